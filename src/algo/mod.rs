@@ -1,0 +1,1 @@
+//! Schedules: pure functions from (collective, nranks, rank, count, chunking) to a [`Program`].

@@ -1,0 +1,1 @@
+//! The executor: runs one rank's Program over its links.

@@ -1,0 +1,1 @@
+//! Links: one per peer pair, RDMA-style.
