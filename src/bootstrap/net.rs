@@ -1,0 +1,191 @@
+//! Picking the local address to listen on: interfaces (getifaddrs), `OXCCL_SOCKET_IFNAME`.
+
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::error::{Error, Result};
+
+/// One IPv4 address of a local network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// The interface name (`eth0`, `ib0`, `lo`...).
+    pub name: String,
+    /// Its IPv4 address.
+    pub addr: Ipv4Addr,
+    /// Whether the interface is up (`IFF_UP`).
+    pub up: bool,
+    /// Whether it is a loopback interface (`IFF_LOOPBACK`).
+    pub loopback: bool,
+}
+
+/// Every IPv4 address of every local interface, in the kernel's order.
+pub fn ipv4_interfaces() -> Result<Vec<Interface>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocated into `head`, which is a valid
+    // place for one pointer; on success we free that list below with freeifaddrs exactly once.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return Err(Error::io("getifaddrs", std::io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays valid
+        // until freeifaddrs; ifa_name is a NUL-terminated string and ifa_addr is either null or
+        // points to a sockaddr whose family says its real type (sockaddr_in for AF_INET).
+        unsafe {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+                let flags = ifa.ifa_flags;
+                out.push(Interface {
+                    name,
+                    addr,
+                    up: flags & (libc::IFF_UP as u32) != 0,
+                    loopback: flags & (libc::IFF_LOOPBACK as u32) != 0,
+                });
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once; no reference into the
+    // list outlives this point (names were copied into owned Strings).
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Interface name prefixes skipped when choosing automatically (container and VM bridges).
+const SKIPPED_PREFIXES: [&str; 4] = ["docker", "virbr", "veth", "br-"];
+
+/// Chooses the IPv4 address to listen on from `ifaces`.
+///
+/// `ifname` follows `OXCCL_SOCKET_IFNAME` (the syntax of `NCCL_SOCKET_IFNAME`): a comma-separated
+/// list of interface names, each matched as a prefix (`eth` matches `eth0`), or exactly when the
+/// whole list starts with `=`; a list starting with `^` excludes those names instead. The first
+/// matching interface in kernel order wins. Without `ifname`, the first up, non-loopback
+/// interface whose name does not start with docker/virbr/veth/br- wins, else 127.0.0.1.
+pub fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Addr> {
+    let Some(spec) = ifname.map(str::trim).filter(|s| !s.is_empty()) else {
+        let auto = ifaces.iter().find(|i| {
+            i.up && !i.loopback && !SKIPPED_PREFIXES.iter().any(|p| i.name.starts_with(p))
+        });
+        return Ok(auto.map(|i| i.addr).unwrap_or(Ipv4Addr::LOCALHOST));
+    };
+    let (exclude, rest) = match spec.strip_prefix('^') {
+        Some(r) => (true, r),
+        None => (false, spec),
+    };
+    let (exact, rest) = match rest.strip_prefix('=') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let names: Vec<&str> = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let matches = |n: &str| {
+        names
+            .iter()
+            .any(|p| if exact { n == *p } else { n.starts_with(p) })
+    };
+    let found = ifaces.iter().find(|i| {
+        if exclude {
+            !matches(&i.name) && !i.loopback
+        } else {
+            matches(&i.name)
+        }
+    });
+    match found {
+        Some(i) => Ok(i.addr),
+        None => {
+            let mut avail: Vec<String> = ifaces
+                .iter()
+                .map(|i| format!("{} ({})", i.name, i.addr))
+                .collect();
+            avail.dedup();
+            Err(Error::InvalidArgument(format!(
+                "OXCCL_SOCKET_IFNAME={spec} matches no interface with an IPv4 address; \
+                 interfaces here: [{}]; set it to one of them or unset it",
+                avail.join(", ")
+            )))
+        }
+    }
+}
+
+/// The local IPv4 address to listen on, from this machine's interfaces and
+/// `OXCCL_SOCKET_IFNAME` (see [`choose_ipv4`]).
+pub fn local_ipv4() -> Result<IpAddr> {
+    let ifname = std::env::var("OXCCL_SOCKET_IFNAME").ok();
+    let ifaces = ipv4_interfaces()?;
+    choose_ipv4(&ifaces, ifname.as_deref()).map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, a: [u8; 4], up: bool, lo: bool) -> Interface {
+        Interface {
+            name: name.into(),
+            addr: Ipv4Addr::from(a),
+            up,
+            loopback: lo,
+        }
+    }
+
+    fn sample() -> Vec<Interface> {
+        vec![
+            iface("lo", [127, 0, 0, 1], true, true),
+            iface("docker0", [172, 17, 0, 1], true, false),
+            iface("eth0", [10, 0, 0, 5], false, false),
+            iface("eth1", [10, 0, 1, 5], true, false),
+            iface("ib0", [192, 168, 0, 5], true, false),
+        ]
+    }
+
+    #[test]
+    fn automatic_choice_skips_loopback_down_and_bridges() {
+        assert_eq!(
+            choose_ipv4(&sample(), None).unwrap(),
+            Ipv4Addr::new(10, 0, 1, 5)
+        );
+        let only_lo = vec![iface("lo", [127, 0, 0, 1], true, true)];
+        assert_eq!(choose_ipv4(&only_lo, None).unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(choose_ipv4(&[], Some("  ")).unwrap(), Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn ifname_prefix_exact_and_exclude() {
+        let s = sample();
+        assert_eq!(
+            choose_ipv4(&s, Some("ib")).unwrap(),
+            Ipv4Addr::new(192, 168, 0, 5)
+        );
+        assert_eq!(
+            choose_ipv4(&s, Some("eth")).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 5)
+        );
+        assert_eq!(
+            choose_ipv4(&s, Some("=eth1")).unwrap(),
+            Ipv4Addr::new(10, 0, 1, 5)
+        );
+        assert_eq!(
+            choose_ipv4(&s, Some("^docker,eth")).unwrap(),
+            Ipv4Addr::new(192, 168, 0, 5)
+        );
+        let e = choose_ipv4(&s, Some("=eth")).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument(ref m) if m.contains("eth1 (10.0.1.5)")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn real_interfaces_include_loopback() {
+        let ifs = ipv4_interfaces().unwrap();
+        assert!(ifs.iter().any(|i| i.addr == Ipv4Addr::LOCALHOST), "{ifs:?}");
+    }
+}
