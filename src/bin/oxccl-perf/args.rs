@@ -1,0 +1,539 @@
+//! Command-line flags, in nccl-tests' spelling (`-b -e -f -i -n -w -c -d -o -z`), plus oxccl's own
+//! (`-N`, `--transport`, `--json`, `-a/--algo`, `--watchdog`). Pure: no I/O, unit-tested below.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oxccl::{DataType, ReduceOp, TransportKind};
+
+/// The collectives this tool can measure (only all-reduce for now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collective {
+    /// `allreduce`, as nccl-tests' `all_reduce_perf`.
+    AllReduce,
+}
+
+impl Collective {
+    /// Parses a leading positional collective name.
+    pub fn parse(s: &str) -> Option<Collective> {
+        match s {
+            "allreduce" | "all_reduce" | "all-reduce" | "all_reduce_perf" => {
+                Some(Collective::AllReduce)
+            }
+            _ => None,
+        }
+    }
+
+    /// The name printed in the header and the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collective::AllReduce => "allreduce",
+        }
+    }
+
+    /// nccl-tests' bus-bandwidth factor for `nranks` ranks: busbw = algbw * factor.
+    pub fn busbw_factor(self, nranks: usize) -> f64 {
+        match self {
+            Collective::AllReduce if nranks > 0 => 2.0 * (nranks as f64 - 1.0) / nranks as f64,
+            Collective::AllReduce => 0.0,
+        }
+    }
+
+    /// The root printed in the table (-1: the collective has none).
+    pub fn root(self) -> i64 {
+        -1
+    }
+}
+
+/// How the message size grows from one row to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Multiply by this (`-f`).
+    Factor(usize),
+    /// Add this many bytes (`-i`).
+    Bytes(usize),
+}
+
+/// Everything the flags say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The collective measured.
+    pub collective: Collective,
+    /// Smallest message in bytes (`-b`).
+    pub minbytes: usize,
+    /// Largest message in bytes (`-e`).
+    pub maxbytes: usize,
+    /// Growth between rows (`-f` or `-i`).
+    pub step: Step,
+    /// Timed iterations per row (`-n`).
+    pub iters: usize,
+    /// Untimed warm-up iterations per row (`-w`).
+    pub warmup: usize,
+    /// Whether to check results (`-c`).
+    pub check: bool,
+    /// Element types, in the order measured (`-d`, `all` for every one).
+    pub dtypes: Vec<DataType>,
+    /// Operators, in the order measured (`-o`, `all` for every one).
+    pub ops: Vec<ReduceOp>,
+    /// Spawn this many local ranks (`-N`).
+    pub local_ranks: Option<usize>,
+    /// Transport to ask for (`--transport`).
+    pub transport: Option<TransportKind>,
+    /// Write a JSON report here (`--json`, rank 0 only).
+    pub json: Option<PathBuf>,
+    /// Algorithm to force (`-a/--algo`), passed into `Config::algo`.
+    pub algo: Option<String>,
+    /// Deadline on the whole `-N` run; `None` = derived from the sweep, `Some(ZERO)` = off.
+    pub watchdog: Option<Duration>,
+    /// The raw arguments minus `-N` (and its value): what `-N` passes to each child rank.
+    pub child_args: Vec<String>,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    /// `-h`: print [`USAGE`] and exit 0.
+    Help,
+    /// Run the benchmark.
+    Run(Box<Options>),
+}
+
+/// The `-h` text.
+pub const USAGE: &str = "\
+oxccl-perf: collective bandwidth, printed as nccl-tests prints it
+
+USAGE: oxccl-perf [allreduce] [FLAGS]
+
+nccl-tests flags:
+  -b, --minbytes <size>       smallest message (default 8); sizes take K, M, G suffixes (x1024)
+  -e, --maxbytes <size>       largest message (default 64M)
+  -f, --stepfactor <n>        multiply the size by n from one row to the next (default 2)
+  -i, --stepbytes <size>      add this many bytes instead (not with -f)
+  -n, --iters <n>             timed iterations per row (default 20)
+  -w, --warmup_iters <n>      warm-up iterations per row (default 5)
+  -c, --check <0|1>           check results; #wrong counts wrong elements (default 1)
+  -d, --datatype <type>       int8 uint8 int32 uint32 int64 uint64 half float double bfloat16, or all
+                              (default float)
+  -o, --op <op>               sum prod max min avg, or all (default sum)
+  -z, --blocking <0|1>        accepted and ignored (oxccl calls are blocking)
+  -t, --nthreads 1, -g, --ngpus 1   accepted (only 1)
+
+oxccl flags:
+  -N, --nranks <k>            spawn k local ranks (child processes of this binary) and run them
+      --transport <tcp|shm|auto>
+  -a, --algo <name>           force an algorithm (as OXCCL_ALGO)
+      --json <file>           rank 0 writes the config and every row as one JSON object
+      --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
+                              default: derived from the sweep)
+  -h, --help
+
+Without -N, the ranks come from a launcher's environment (OXCCL_RANK/OXCCL_WORLD_SIZE/OXCCL_ROOT/
+OXCCL_SECRET, torchrun, Slurm, Open MPI), or the tool runs one rank alone. Exit status: 0 when every
+check passed, 2 when some element was wrong, 1 on an error.
+";
+
+/// Parses a byte count such as `8`, `64K`, `64M`, `1G` (binary multiples, as nccl-tests).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let bad = || format!("bad size '{s}': expected a number with an optional K, M or G suffix");
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// The message sizes of the sweep, `min` to `max` inclusive. With a factor, a size of 0 is followed
+/// by 1 (so `-b 0` still sweeps). A step that would not grow, or would overflow, ends the sweep.
+pub fn size_sweep(min: usize, max: usize, step: Step) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut s = min;
+    while s <= max {
+        out.push(s);
+        let next = match step {
+            Step::Factor(_) if s == 0 => Some(1),
+            Step::Factor(f) => s.checked_mul(f),
+            Step::Bytes(b) => s.checked_add(b),
+        };
+        match next {
+            Some(n) if n > s => s = n,
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The table rows for one element type: `(bytes, count)` with count = floor(size / element size)
+/// and bytes = count * element size (as nccl-tests reports it). Sizes too small for one element are
+/// skipped, except an explicit size 0; a row equal to the previous one is not repeated.
+pub fn rows_for(sizes: &[usize], elem_size: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &s in sizes {
+        let count = s / elem_size;
+        if count == 0 && s != 0 {
+            continue;
+        }
+        let row = (count * elem_size, count);
+        if out.last() != Some(&row) {
+            out.push(row);
+        }
+    }
+    out
+}
+
+fn parse_num(flag: &str, v: &str) -> Result<usize, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("bad value '{v}' for {flag}: expected a non-negative integer"))
+}
+
+fn parse_bool01(flag: &str, v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(format!("bad value '{v}' for {flag}: expected 0 or 1")),
+    }
+}
+
+fn parse_dtypes(v: &str) -> Result<Vec<DataType>, String> {
+    if v == "all" {
+        return Ok(DataType::ALL.to_vec());
+    }
+    DataType::parse(v).map(|d| vec![d]).ok_or_else(|| {
+        let names: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
+        format!(
+            "unknown datatype '{v}': expected one of {} or all",
+            names.join(", ")
+        )
+    })
+}
+
+fn parse_ops(v: &str) -> Result<Vec<ReduceOp>, String> {
+    if v == "all" {
+        return Ok(ReduceOp::ALL.to_vec());
+    }
+    ReduceOp::parse(v).map(|o| vec![o]).ok_or_else(|| {
+        let names: Vec<&str> = ReduceOp::ALL.iter().map(|o| o.name()).collect();
+        format!(
+            "unknown op '{v}': expected one of {} or all",
+            names.join(", ")
+        )
+    })
+}
+
+/// The flags that take a value: (short, long).
+const VALUED: &[(&str, &str)] = &[
+    ("-b", "--minbytes"),
+    ("-e", "--maxbytes"),
+    ("-f", "--stepfactor"),
+    ("-i", "--stepbytes"),
+    ("-n", "--iters"),
+    ("-w", "--warmup_iters"),
+    ("-c", "--check"),
+    ("-d", "--datatype"),
+    ("-o", "--op"),
+    ("-z", "--blocking"),
+    ("-t", "--nthreads"),
+    ("-g", "--ngpus"),
+    ("-N", "--nranks"),
+    ("-a", "--algo"),
+    ("", "--transport"),
+    ("", "--json"),
+    ("", "--watchdog"),
+];
+
+/// Splits one argument into (canonical long flag, inline value) if it is a known valued flag:
+/// `-b8`, `-b`, `--minbytes=8`, `--minbytes`.
+fn split_flag(arg: &str) -> Option<(&'static str, Option<String>)> {
+    for &(short, long) in VALUED {
+        if arg == long || (!short.is_empty() && arg == short) {
+            return Some((long, None));
+        }
+        if let Some(v) = arg.strip_prefix(long).and_then(|r| r.strip_prefix('=')) {
+            return Some((long, Some(v.to_string())));
+        }
+        if let Some(v) = arg
+            .strip_prefix(short)
+            .filter(|v| !short.is_empty() && !v.is_empty())
+        {
+            return Some((long, Some(v.strip_prefix('=').unwrap_or(v).to_string())));
+        }
+    }
+    None
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
+    let mut o = Options {
+        collective: Collective::AllReduce,
+        minbytes: 8,
+        maxbytes: 64 << 20,
+        step: Step::Factor(2),
+        iters: 20,
+        warmup: 5,
+        check: true,
+        dtypes: vec![DataType::F32],
+        ops: vec![ReduceOp::Sum],
+        local_ranks: None,
+        transport: None,
+        json: None,
+        algo: None,
+        watchdog: None,
+        child_args: Vec::new(),
+    };
+    let mut factor: Option<usize> = None;
+    let mut stepbytes: Option<usize> = None;
+    let mut i = 0;
+    if let Some(first) = args.first().filter(|a| !a.starts_with('-')) {
+        o.collective = Collective::parse(first).ok_or_else(|| {
+            format!("unknown collective '{first}': only allreduce is supported for now")
+        })?;
+        o.child_args.push(first.clone());
+        i = 1;
+    }
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "-h" || arg == "--help" {
+            return Ok(Parsed::Help);
+        }
+        let Some((flag, inline)) = split_flag(arg) else {
+            return Err(if arg.starts_with('-') {
+                format!("unknown flag '{arg}' (see -h)")
+            } else {
+                format!("unexpected argument '{arg}' (the collective name goes first; see -h)")
+            });
+        };
+        let consumed = if inline.is_some() { 1 } else { 2 };
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .get(i + 1)
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value (see -h)"))?,
+        };
+        if flag != "--nranks" {
+            o.child_args.extend_from_slice(&args[i..i + consumed]);
+        }
+        i += consumed;
+        match flag {
+            "--minbytes" => o.minbytes = parse_size(&value)?,
+            "--maxbytes" => o.maxbytes = parse_size(&value)?,
+            "--stepfactor" => {
+                let f = parse_num(flag, &value)?;
+                if f < 2 {
+                    return Err(format!("--stepfactor must be at least 2, got {f}"));
+                }
+                factor = Some(f);
+            }
+            "--stepbytes" => {
+                let b = parse_size(&value)?;
+                if b == 0 {
+                    return Err("--stepbytes must be at least 1".into());
+                }
+                stepbytes = Some(b);
+            }
+            "--iters" => {
+                o.iters = parse_num(flag, &value)?;
+                if o.iters == 0 {
+                    return Err("--iters must be at least 1".into());
+                }
+            }
+            "--warmup_iters" => o.warmup = parse_num(flag, &value)?,
+            "--check" => o.check = parse_bool01(flag, &value)?,
+            "--datatype" => o.dtypes = parse_dtypes(&value)?,
+            "--op" => o.ops = parse_ops(&value)?,
+            "--blocking" => {
+                parse_bool01(flag, &value)?;
+            }
+            "--nthreads" | "--ngpus" => {
+                if parse_num(flag, &value)? != 1 {
+                    return Err(format!(
+                        "{flag}: oxccl-perf runs one rank per process (use -N for more)"
+                    ));
+                }
+            }
+            "--nranks" => {
+                let k = parse_num(flag, &value)?;
+                if k == 0 {
+                    return Err("-N must be at least 1".into());
+                }
+                o.local_ranks = Some(k);
+            }
+            "--transport" => {
+                o.transport = Some(TransportKind::parse(&value).ok_or_else(|| {
+                    format!("unknown transport '{value}': expected tcp, shm or auto")
+                })?)
+            }
+            "--json" => o.json = Some(PathBuf::from(value)),
+            "--algo" => o.algo = Some(value),
+            "--watchdog" => {
+                let s: f64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        format!("bad value '{value}' for --watchdog: expected seconds")
+                    })?;
+                o.watchdog = Some(Duration::from_secs_f64(s));
+            }
+            _ => unreachable!("flag table and match disagree on {flag}"),
+        }
+    }
+    o.step = match (factor, stepbytes) {
+        (Some(_), Some(_)) => return Err("give -f (factor) or -i (bytes), not both".into()),
+        (None, Some(b)) => Step::Bytes(b),
+        (Some(f), None) => Step::Factor(f),
+        (None, None) => Step::Factor(2),
+    };
+    if o.minbytes > o.maxbytes {
+        return Err(format!(
+            "--minbytes ({}) is larger than --maxbytes ({})",
+            o.minbytes, o.maxbytes
+        ));
+    }
+    Ok(Parsed::Run(Box::new(o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Options, String> {
+        let v: Vec<String> = s.split_whitespace().map(String::from).collect();
+        match parse_args(&v)? {
+            Parsed::Run(o) => Ok(*o),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("8"), Ok(8));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn defaults_match_nccl_tests() {
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.minbytes, o.maxbytes, o.step),
+            (8, 64 << 20, Step::Factor(2))
+        );
+        assert_eq!((o.iters, o.warmup, o.check), (20, 5, true));
+        assert_eq!(o.dtypes, vec![DataType::F32]);
+        assert_eq!(o.ops, vec![ReduceOp::Sum]);
+        assert_eq!(o.collective, Collective::AllReduce);
+        assert!(o.local_ranks.is_none());
+    }
+
+    #[test]
+    fn flag_spellings() {
+        let o = parse(
+            "allreduce -b 1K -e=4M --stepfactor 4 -n3 --warmup_iters=0 -c 0 -d int32 -o max -z 1",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.minbytes, o.maxbytes, o.step),
+            (1024, 4 << 20, Step::Factor(4))
+        );
+        assert_eq!((o.iters, o.warmup, o.check), (3, 0, false));
+        assert_eq!(o.dtypes, vec![DataType::I32]);
+        assert_eq!(o.ops, vec![ReduceOp::Max]);
+        let o = parse("-i 1M -b 1M -e 4M -o all -d all --json out.json -a ring").unwrap();
+        assert_eq!(o.step, Step::Bytes(1 << 20));
+        assert_eq!(o.ops.len(), ReduceOp::ALL.len());
+        assert_eq!(o.dtypes.len(), DataType::ALL.len());
+        assert_eq!(o.json, Some(PathBuf::from("out.json")));
+        assert_eq!(o.algo.as_deref(), Some("ring"));
+    }
+
+    #[test]
+    fn dash_n_is_stripped_from_child_args() {
+        let o = parse("allreduce -N 4 -b 8 --nranks=4 -e 1K -N2").unwrap();
+        assert_eq!(o.local_ranks, Some(2));
+        assert_eq!(o.child_args, vec!["allreduce", "-b", "8", "-e", "1K"]);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert!(parse("--bogus").unwrap_err().contains("--bogus"));
+        assert!(
+            parse("alltoall")
+                .unwrap_err()
+                .contains("unknown collective 'alltoall'")
+        );
+        assert!(parse("-d nope").unwrap_err().contains("unknown datatype"));
+        assert!(parse("-o nope").unwrap_err().contains("unknown op"));
+        assert!(parse("-b").unwrap_err().contains("needs a value"));
+        assert!(parse("-b 1M -e 1K").unwrap_err().contains("larger"));
+        assert!(parse("-f 2 -i 8").is_err());
+        assert!(parse("-f 1").is_err());
+        assert!(parse("-c 2").is_err());
+        assert!(parse("-n 0").is_err());
+        assert!(parse("-N 0").is_err());
+        assert!(parse("-g 2").is_err());
+        assert!(
+            parse("--transport carrier-pigeon")
+                .unwrap_err()
+                .contains("transport")
+        );
+        assert!(
+            parse("-b 8 stray")
+                .unwrap_err()
+                .contains("unexpected argument")
+        );
+        assert_eq!(parse("-b 8 -h").unwrap_err(), "help");
+    }
+
+    #[test]
+    fn sweep_by_factor_and_bytes() {
+        assert_eq!(size_sweep(8, 64, Step::Factor(2)), vec![8, 16, 32, 64]);
+        assert_eq!(size_sweep(8, 100, Step::Factor(4)), vec![8, 32]);
+        assert_eq!(size_sweep(0, 4, Step::Factor(2)), vec![0, 1, 2, 4]);
+        assert_eq!(size_sweep(10, 30, Step::Bytes(10)), vec![10, 20, 30]);
+        assert_eq!(size_sweep(5, 5, Step::Factor(2)), vec![5]);
+        assert_eq!(
+            size_sweep(usize::MAX / 2 + 1, usize::MAX, Step::Factor(2)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn rows_floor_to_whole_elements() {
+        let sizes = size_sweep(1, 64, Step::Factor(2));
+        assert_eq!(
+            rows_for(&sizes, 4),
+            vec![(4, 1), (8, 2), (16, 4), (32, 8), (64, 16)]
+        );
+        assert_eq!(rows_for(&[0, 1, 2, 10], 8), vec![(0, 0), (8, 1)]);
+        assert_eq!(rows_for(&[10, 11, 20], 4), vec![(8, 2), (20, 5)]);
+    }
+
+    #[test]
+    fn busbw_factor_is_nccl_tests() {
+        let c = Collective::AllReduce;
+        assert_eq!(c.busbw_factor(1), 0.0);
+        assert_eq!(c.busbw_factor(2), 1.0);
+        assert_eq!(c.busbw_factor(4), 1.5);
+        assert_eq!(c.root(), -1);
+    }
+}

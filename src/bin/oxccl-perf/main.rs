@@ -1,0 +1,146 @@
+//! `oxccl-perf`: collective bandwidth, measured and printed as nccl-tests' `all_reduce_perf` does.
+//!
+//! ```text
+//! oxccl-perf -N 4 -b 8 -e 64M -f 2            # 4 local ranks, no launcher needed
+//! torchrun --nproc-per-node 2 oxccl-perf ...  # or any launcher oxccl understands
+//! ```
+//!
+//! Rank 0 prints nccl-tests' header and table (`size count type redop root time algbw busbw
+//! #wrong`, out-of-place then in-place); `--json FILE` writes the same as one JSON object. The exit
+//! status is 0 when every check passed, 2 when some element was wrong, 1 on an error. See `-h`.
+
+mod args;
+mod bench;
+mod check;
+mod launch;
+mod report;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use oxccl::{Communicator, Config, Error, UniqueId};
+
+use args::{Options, Parsed};
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let o = match args::parse_args(&argv) {
+        Ok(Parsed::Help) => {
+            print!("{}", args::USAGE);
+            return 0;
+        }
+        Ok(Parsed::Run(o)) => o,
+        Err(e) => {
+            eprintln!("oxccl-perf: {e}");
+            return 1;
+        }
+    };
+    if let Some(k) = o.local_ranks {
+        return launch::run_local(&o, k);
+    }
+    match run_rank(&o) {
+        Ok(code) => code,
+        Err((rank, e)) => {
+            eprintln!("oxccl-perf: rank {rank}: {e}");
+            1
+        }
+    }
+}
+
+/// Whether a launcher (oxccl's own variables, torchrun, Slurm, Open MPI, PMI) placed this process.
+fn under_launcher() -> bool {
+    let has = |v: &str| std::env::var_os(v).is_some();
+    has("OXCCL_RANK")
+        || (has("RANK") && has("WORLD_SIZE"))
+        || has("SLURM_PROCID")
+        || has("OMPI_COMM_WORLD_RANK")
+        || has("PMI_RANK")
+}
+
+/// This process as one rank: build the communicator, measure, print (rank 0), report.
+fn run_rank(o: &Options) -> Result<i32, (String, Error)> {
+    let env_rank = [
+        "OXCCL_RANK",
+        "RANK",
+        "SLURM_PROCID",
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok())
+    .unwrap_or_else(|| "?".into());
+    // Flags win over OXCCL_* variables; the rest comes from the environment.
+    let cfg = Config {
+        transport: o.transport,
+        algo: o.algo.clone(),
+        ..Config::default()
+    };
+    let comm = cfg
+        .with_env()
+        .and_then(|cfg| {
+            if under_launcher() {
+                Communicator::from_env_with(cfg)
+            } else {
+                let id = UniqueId::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+                Communicator::init(0, 1, &id, cfg)
+            }
+        })
+        .map_err(|e| (env_rank, e))?;
+    let rank = comm.rank();
+    let transport = comm.config().transport.map_or("auto", |t| t.name());
+    measure(&comm, o, transport).map_err(|e| (rank.to_string(), e))
+}
+
+fn measure(comm: &Communicator, o: &Options, transport: &str) -> Result<i32, Error> {
+    let rank = comm.rank();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let cards = bench::gather_cards(comm, transport)?;
+    let algorithm = comm.algorithm_name();
+    if rank == 0 {
+        let mut head = vec![
+            format!(
+                "# Collective test starting: oxccl-perf {}",
+                o.collective.name()
+            ),
+            report::config_line(o),
+            "#".into(),
+            "# Using devices".into(),
+        ];
+        for (r, (pid, host, t)) in cards.iter().enumerate() {
+            head.push(report::device_line(r, *pid, host, t));
+        }
+        head.push(format!("# Algorithm: {algorithm}"));
+        head.push("#".into());
+        head.extend(report::table_header());
+        for l in head {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+    }
+    let rows = bench::run(comm, o, &mut out)?;
+    if rank == 0 {
+        for l in report::footer(&rows) {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+        if let Some(path) = &o.json {
+            let info = report::RunInfo {
+                nranks: comm.size(),
+                algorithm: &algorithm,
+                transport,
+            };
+            std::fs::write(path, report::json_report(o, &info, &rows))
+                .map_err(|e| Error::io(format_args!("cannot write {}", path.display()), e))?;
+        }
+    }
+    Ok(if report::total_wrong(&rows) > 0 {
+        launch::EXIT_WRONG
+    } else {
+        0
+    })
+}

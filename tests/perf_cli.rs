@@ -1,0 +1,520 @@
+//! End-to-end tests of the `oxccl-perf` binary: it launches its own ranks (`-N`), prints the
+//! nccl-tests table, checks results, writes JSON and rejects bad flags. Every run has a deadline:
+//! a child that outlives it is killed and reaped, and the test fails instead of hanging.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PERF: &str = env!("CARGO_BIN_EXE_oxccl-perf");
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs oxccl-perf with `args`, killing it (and failing the test) after `timeout`.
+fn perf(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(PERF)
+        .args(args)
+        .env("OXCCL_TIMEOUT_MS", "60000")
+        .env_remove("OXCCL_RANK")
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .env_remove("OMPI_COMM_WORLD_RANK")
+        .env_remove("PMI_RANK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oxccl-perf");
+    // Read both pipes on threads (a full pipe must not stall the child); results come back over
+    // channels so that a grandchild holding a pipe open cannot hang the test either.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        rx
+    };
+    let out_rx = drain(Box::new(child.stdout.take().unwrap()));
+    let err_rx = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = out_rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
+            let err = err_rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
+            panic!(
+                "oxccl-perf {args:?} still running after {timeout:?}; killed.\nstdout:\n{out}\nstderr:\n{err}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_default();
+    let stderr = err_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_default();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The table rows (lines that are not comments), split into columns.
+fn rows(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+/// Asserts a successful run whose table has one row per `sizes` entry for each (type, op), every
+/// row correct.
+fn assert_table(o: &Output, sizes: &[usize], dtype: &str, op: &str, elem: usize) {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        o.stdout,
+        o.stderr
+    );
+    let rows = rows(&o.stdout);
+    let got: Vec<usize> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(got, sizes, "stdout:\n{}", o.stdout);
+    for r in &rows {
+        assert_eq!(r.len(), 13, "row {r:?}");
+        let size: usize = r[0].parse().unwrap();
+        assert_eq!(r[1].parse::<usize>().unwrap(), size / elem, "row {r:?}");
+        assert_eq!(
+            (r[2].as_str(), r[3].as_str(), r[4].as_str()),
+            (dtype, op, "-1"),
+            "row {r:?}"
+        );
+        assert_eq!(
+            (r[8].as_str(), r[12].as_str()),
+            ("0", "0"),
+            "#wrong in row {r:?}"
+        );
+        for c in [5, 6, 7, 9, 10, 11] {
+            let x: f64 = r[c]
+                .parse()
+                .unwrap_or_else(|_| panic!("column {c} of {r:?}"));
+            assert!(x.is_finite() && x >= 0.0, "row {r:?}");
+        }
+    }
+    assert!(
+        o.stdout.contains("# Out of bounds values : 0 OK"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("# Avg bus bandwidth"), "{}", o.stdout);
+    assert!(o.stdout.contains("# Algorithm: "), "{}", o.stdout);
+    assert!(o.stdout.contains(
+        "#       size         count      type   redop    root     time   algbw   busbw #wrong"
+    ));
+}
+
+fn sizes_x4(max: usize) -> Vec<usize> {
+    std::iter::successors(Some(8usize), |s| Some(s * 4))
+        .take_while(|&s| s <= max)
+        .collect()
+}
+
+#[test]
+fn two_ranks_float_sum() {
+    let o = perf(
+        &[
+            "-N",
+            "2",
+            "-b",
+            "8",
+            "-e",
+            "64K",
+            "-f",
+            "4",
+            "-n",
+            "2",
+            "-w",
+            "1",
+            "--watchdog",
+            "100",
+        ],
+        LIMIT,
+    );
+    assert_table(&o, &sizes_x4(64 << 10), "float", "sum", 4);
+    // One `# Using devices` line per rank.
+    assert_eq!(
+        o.stdout
+            .lines()
+            .filter(|l| l.starts_with("#  Rank "))
+            .count(),
+        2,
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn three_ranks_int32_max() {
+    let args = [
+        "allreduce",
+        "-N",
+        "3",
+        "-b",
+        "8",
+        "-e",
+        "64K",
+        "-f",
+        "4",
+        "-n",
+        "2",
+        "-w",
+        "1",
+        "-d",
+        "int32",
+        "-o",
+        "max",
+        "--watchdog",
+        "100",
+    ];
+    let o = perf(&args, LIMIT);
+    assert_table(&o, &sizes_x4(64 << 10), "int32", "max", 4);
+}
+
+#[test]
+fn every_type_and_op_checks_out() {
+    let o = perf(
+        &[
+            "-N", "2", "-d", "all", "-o", "all", "-b", "8", "-e", "4K", "-f", "8", "-n", "1", "-w",
+            "0",
+        ],
+        LIMIT,
+    );
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        o.stdout,
+        o.stderr
+    );
+    let rows = rows(&o.stdout);
+    // 10 types x 5 ops; 8 B is too small for nothing, so every type has sizes 8, 64, 512, 4096.
+    assert_eq!(rows.len(), 10 * 5 * 4, "{}", o.stdout);
+    for r in &rows {
+        assert_eq!(
+            (r[8].as_str(), r[12].as_str()),
+            ("0", "0"),
+            "#wrong in row {r:?}"
+        );
+    }
+}
+
+#[test]
+fn one_rank_without_launcher() {
+    let o = perf(
+        &["-b", "8", "-e", "1K", "-f", "4", "-n", "2", "-w", "1"],
+        LIMIT,
+    );
+    assert_table(&o, &sizes_x4(1024), "float", "sum", 4);
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    for (args, needle) in [
+        (&["--bogus"][..], "--bogus"),
+        (&["-b", "12X"][..], "12X"),
+        (&["-d", "float128"][..], "float128"),
+        (&["-o", "xor"][..], "xor"),
+        (&["alltoall"][..], "alltoall"),
+        (&["-b", "1M", "-e", "1K"][..], "larger"),
+    ] {
+        let o = perf(args, Duration::from_secs(30));
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(o.stderr.contains(needle), "{args:?}: stderr {:?}", o.stderr);
+        assert!(o.stdout.is_empty(), "{args:?}: stdout {:?}", o.stdout);
+    }
+    let o = perf(&["-h"], Duration::from_secs(30));
+    assert!(o.status.success());
+    assert!(o.stdout.contains("--minbytes"));
+}
+
+#[test]
+fn watchdog_kills_and_reaps_every_rank() {
+    let t0 = Instant::now();
+    let o = perf(
+        &[
+            "-N",
+            "2",
+            "-b",
+            "64M",
+            "-e",
+            "64M",
+            "-n",
+            "100000",
+            "-w",
+            "0",
+            "-c",
+            "0",
+            "--watchdog",
+            "2",
+        ],
+        LIMIT,
+    );
+    assert!(!o.status.success());
+    assert!(o.stderr.contains("watchdog"), "stderr: {}", o.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn json_report_parses() {
+    let path = std::env::temp_dir().join(format!("oxccl-perf-test-{}.json", std::process::id()));
+    let p = path.to_str().unwrap();
+    let o = perf(
+        &[
+            "-N", "2", "-b", "8", "-e", "1K", "-f", "4", "-n", "2", "-w", "1", "-o", "all",
+            "--json", p,
+        ],
+        LIMIT,
+    );
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
+    let text = std::fs::read_to_string(&path).expect("json written");
+    let _ = std::fs::remove_file(&path);
+    let v = Json::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let top = v.obj();
+    assert_eq!(top["collective"].str(), "allreduce");
+    assert_eq!(top["nranks"].num(), 2.0);
+    assert_eq!(top["maxbytes"].num(), 1024.0);
+    assert_eq!(top["iters"].num(), 2.0);
+    assert_eq!(top["wrong"].num(), 0.0);
+    let rows = top["rows"].arr();
+    assert_eq!(rows.len(), 5 * sizes_x4(1024).len());
+    for r in rows {
+        let r = r.obj();
+        for k in ["size", "count", "root"] {
+            r[k].num();
+        }
+        assert_eq!(r["type"].str(), "float");
+        for mode in ["oop", "ip"] {
+            let m = r[mode].obj();
+            assert!(m["time_us"].num() >= 0.0);
+            assert!(m["algbw"].num() >= 0.0 && m["busbw"].num() >= 0.0);
+            assert_eq!(m["wrong"].num(), 0.0);
+        }
+    }
+    // The table and the JSON tell the same story.
+    assert_eq!(rows.len(), self::rows(&o.stdout).len());
+}
+
+/// Just enough JSON to check the report's structure (no crates).
+#[derive(Debug)]
+enum Json {
+    Null,
+    Bool(#[allow(dead_code)] bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(BTreeMap<String, Json>),
+}
+
+impl Json {
+    fn parse(s: &str) -> Result<Json, String> {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let v = Json::value(b, &mut i)?;
+        Json::ws(b, &mut i);
+        if i != b.len() {
+            return Err(format!("trailing bytes at {i}"));
+        }
+        Ok(v)
+    }
+    fn ws(b: &[u8], i: &mut usize) {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    }
+    fn value(b: &[u8], i: &mut usize) -> Result<Json, String> {
+        Json::ws(b, i);
+        let lit = |i: &mut usize, w: &str, v: Json| {
+            if b[*i..].starts_with(w.as_bytes()) {
+                *i += w.len();
+                Ok(v)
+            } else {
+                Err(format!("bad literal at {i}"))
+            }
+        };
+        match b.get(*i) {
+            None => Err("unexpected end".into()),
+            Some(b'n') => lit(i, "null", Json::Null),
+            Some(b't') => lit(i, "true", Json::Bool(true)),
+            Some(b'f') => lit(i, "false", Json::Bool(false)),
+            Some(b'"') => Json::string(b, i).map(Json::Str),
+            Some(b'[') => {
+                *i += 1;
+                let mut v = Vec::new();
+                Json::ws(b, i);
+                if b.get(*i) == Some(&b']') {
+                    *i += 1;
+                    return Ok(Json::Arr(v));
+                }
+                loop {
+                    v.push(Json::value(b, i)?);
+                    Json::ws(b, i);
+                    match b.get(*i) {
+                        Some(b',') => *i += 1,
+                        Some(b']') => {
+                            *i += 1;
+                            return Ok(Json::Arr(v));
+                        }
+                        _ => return Err(format!("expected , or ] at {i}")),
+                    }
+                }
+            }
+            Some(b'{') => {
+                *i += 1;
+                let mut m = BTreeMap::new();
+                Json::ws(b, i);
+                if b.get(*i) == Some(&b'}') {
+                    *i += 1;
+                    return Ok(Json::Obj(m));
+                }
+                loop {
+                    Json::ws(b, i);
+                    let k = Json::string(b, i)?;
+                    Json::ws(b, i);
+                    if b.get(*i) != Some(&b':') {
+                        return Err(format!("expected : at {i}"));
+                    }
+                    *i += 1;
+                    let v = Json::value(b, i)?;
+                    if m.insert(k.clone(), v).is_some() {
+                        return Err(format!("duplicate key {k}"));
+                    }
+                    Json::ws(b, i);
+                    match b.get(*i) {
+                        Some(b',') => *i += 1,
+                        Some(b'}') => {
+                            *i += 1;
+                            return Ok(Json::Obj(m));
+                        }
+                        _ => return Err(format!("expected , or }} at {i}")),
+                    }
+                }
+            }
+            Some(_) => {
+                let start = *i;
+                while *i < b.len()
+                    && matches!(b[*i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    *i += 1;
+                }
+                let t = std::str::from_utf8(&b[start..*i]).unwrap();
+                t.parse()
+                    .map(Json::Num)
+                    .map_err(|_| format!("bad number {t:?} at {start}"))
+            }
+        }
+    }
+    fn string(b: &[u8], i: &mut usize) -> Result<String, String> {
+        if b.get(*i) != Some(&b'"') {
+            return Err(format!("expected string at {i}"));
+        }
+        *i += 1;
+        let mut s = String::new();
+        loop {
+            match b.get(*i) {
+                None => return Err("unterminated string".into()),
+                Some(b'"') => {
+                    *i += 1;
+                    return Ok(s);
+                }
+                Some(b'\\') => {
+                    let c = *b.get(*i + 1).ok_or("bad escape")?;
+                    *i += 2;
+                    match c {
+                        b'"' | b'\\' | b'/' => s.push(c as char),
+                        b'n' => s.push('\n'),
+                        b't' => s.push('\t'),
+                        b'r' => s.push('\r'),
+                        b'u' => {
+                            let h = std::str::from_utf8(b.get(*i..*i + 4).ok_or("bad \\u")?)
+                                .map_err(|e| e.to_string())?;
+                            let c = u32::from_str_radix(h, 16).map_err(|e| e.to_string())?;
+                            s.push(char::from_u32(c).ok_or("bad \\u")?);
+                            *i += 4;
+                        }
+                        _ => return Err(format!("bad escape at {i}")),
+                    }
+                }
+                Some(_) => {
+                    let rest = std::str::from_utf8(&b[*i..]).map_err(|e| e.to_string())?;
+                    let c = rest.chars().next().unwrap();
+                    if (c as u32) < 0x20 {
+                        return Err(format!("control character in string at {i}"));
+                    }
+                    s.push(c);
+                    *i += c.len_utf8();
+                }
+            }
+        }
+    }
+    fn obj(&self) -> &BTreeMap<String, Json> {
+        match self {
+            Json::Obj(m) => m,
+            v => panic!("expected an object, got {v:?}"),
+        }
+    }
+    fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(v) => v,
+            v => panic!("expected an array, got {v:?}"),
+        }
+    }
+    fn num(&self) -> f64 {
+        match self {
+            Json::Num(x) => *x,
+            v => panic!("expected a number, got {v:?}"),
+        }
+    }
+    fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            v => panic!("expected a string, got {v:?}"),
+        }
+    }
+}
+
+#[test]
+fn json_parser_self_check() {
+    let v = Json::parse(r#" {"a": [1, -2.5e3, true, null, "x\"\u0041"], "b": {}} "#).unwrap();
+    let a = v.obj()["a"].arr();
+    assert_eq!(a[1].num(), -2500.0);
+    assert_eq!(a[4].str(), "x\"A");
+    assert!(Json::parse("{\"a\":1,}").is_err());
+    assert!(Json::parse("[1 2]").is_err());
+    assert!(Json::parse("{\"a\":1} x").is_err());
+}
