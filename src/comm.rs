@@ -1,12 +1,656 @@
-//! The communicator.
-/// Config stub.
-#[derive(Debug, Clone, Default)]
-pub struct Config {}
-/// Transport stub.
-#[derive(Debug, Clone, Copy)]
+//! The communicator: the Rust API every user (and the C ABI) goes through.
+//!
+//! `init` meets the other ranks at the root's store, exchanges cards (address, host, pid) and
+//! agrees on a communicator id; links to peers are connected lazily, the first time a Program
+//! needs them (lower rank dials). Each collective picks an algorithm (or honours OXCCL_ALGO),
+//! builds — or reuses — this rank's Program, and hands it to the executor. After any failure the
+//! communicator is revoked: later calls return the same error instead of hanging.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::algo::{self, Algorithm, Collective, Program, Shape};
+use crate::bootstrap::{self, StoreClient, StoreServer, UniqueId};
+use crate::error::{Error, Result};
+use crate::exec::{self, Mem, Params};
+use crate::reduce::{DataType, Element, ReduceOp};
+use crate::transport::connect::{self, Hello, PeerListener};
+use crate::transport::tcp::TcpLink;
+use crate::transport::{Link, Tag};
+
+/// Which transport links use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
-    /// TCP
+    /// The best available per peer (today: TCP).
+    Auto,
+    /// TCP sockets, anywhere.
     Tcp,
+    /// Shared memory between ranks on one host.
+    Shm,
 }
-/// Communicator stub.
-pub struct Communicator {}
+
+impl TransportKind {
+    /// Parses `auto`, `tcp` or `shm`.
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(TransportKind::Auto),
+            "tcp" | "socket" => Some(TransportKind::Tcp),
+            "shm" => Some(TransportKind::Shm),
+            _ => None,
+        }
+    }
+
+    /// The name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Auto => "auto",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Shm => "shm",
+        }
+    }
+}
+
+/// Per-communicator settings. Fields left `None` are filled from the environment
+/// (`OXCCL_TIMEOUT_MS`, `OXCCL_TRANSPORT`, `OXCCL_NSOCKS`, `OXCCL_ALGO`, `OXCCL_CHUNK_BYTES`),
+/// then from defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Give up on any wait after this long without progress (default 300 s).
+    pub timeout: Option<Duration>,
+    /// Transport for links (default auto).
+    pub transport: Option<TransportKind>,
+    /// Sockets per TCP link (default 2).
+    pub nsocks: Option<usize>,
+    /// Force an algorithm: `ring` or `direct`, optionally per collective (`allreduce:ring`).
+    pub algo: Option<String>,
+    /// Largest message (pipelining grain) in bytes (default 512 KiB).
+    pub chunk_bytes: Option<usize>,
+}
+
+/// Default no-progress timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default sockets per TCP link.
+pub const DEFAULT_NSOCKS: usize = 2;
+/// Default chunk (slot) size.
+pub const DEFAULT_CHUNK: usize = 512 << 10;
+/// All-reduces of at most this many bytes use the direct algorithm unless overridden.
+pub const DIRECT_MAX_BYTES: usize = 16 << 10;
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "{name}={v:?} is not a valid value; unset it or fix it"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+impl Config {
+    /// A config with every field read from the environment (where set).
+    pub fn from_env() -> Result<Config> {
+        Config::default().with_env()
+    }
+
+    /// Fills the fields that are `None` from the environment.
+    pub fn with_env(mut self) -> Result<Config> {
+        if self.timeout.is_none() {
+            self.timeout = env_parse::<u64>("OXCCL_TIMEOUT_MS")?.map(Duration::from_millis);
+        }
+        if self.transport.is_none() {
+            if let Ok(v) = std::env::var("OXCCL_TRANSPORT") {
+                self.transport = Some(TransportKind::parse(&v).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "OXCCL_TRANSPORT={v:?}: expected auto, tcp or shm"
+                    ))
+                })?);
+            }
+        }
+        if self.nsocks.is_none() {
+            self.nsocks = env_parse("OXCCL_NSOCKS")?;
+        }
+        if self.algo.is_none() {
+            self.algo = std::env::var("OXCCL_ALGO")
+                .ok()
+                .filter(|s| !s.trim().is_empty());
+        }
+        if self.chunk_bytes.is_none() {
+            self.chunk_bytes = env_parse("OXCCL_CHUNK_BYTES")?;
+        }
+        Ok(self)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The algorithm forced for `coll`, if any. Accepts `ring`, or `allreduce:ring,barrier:direct`.
+    fn forced(&self, coll: Collective) -> Result<Option<Algorithm>> {
+        let Some(spec) = &self.algo else {
+            return Ok(None);
+        };
+        let key = match coll {
+            Collective::AllReduce => "allreduce",
+            Collective::Barrier => "barrier",
+        };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (c, a) = match part.split_once(':') {
+                Some((c, a)) => (Some(c.trim().replace('_', "").to_ascii_lowercase()), a),
+                None => (None, part),
+            };
+            if c.as_deref().is_some_and(|c| c != key) {
+                continue;
+            }
+            return Algorithm::parse(a).map(Some).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "OXCCL_ALGO / Config.algo {spec:?}: unknown algorithm {a:?} (ring, direct)"
+                ))
+            });
+        }
+        Ok(None)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.nsocks.is_some_and(|n| n == 0 || n > 64) {
+            return Err(Error::InvalidArgument(format!(
+                "nsocks {:?} must be 1..=64",
+                self.nsocks
+            )));
+        }
+        if self
+            .chunk_bytes
+            .is_some_and(|c| !(64..=(64 << 20)).contains(&c))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "chunk_bytes {:?} must be 64 B..=64 MiB",
+                self.chunk_bytes
+            )));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidArgument("timeout must be positive".into()));
+        }
+        if self.transport == Some(TransportKind::Shm) {
+            return Err(Error::Unavailable(
+                "the shm transport is not built yet; use OXCCL_TRANSPORT=tcp or auto".into(),
+            ));
+        }
+        self.forced(Collective::AllReduce)?;
+        Ok(())
+    }
+}
+
+/// One rank's card, published in the store at init.
+#[derive(Debug, Clone)]
+struct Card {
+    addr: SocketAddr,
+    host: String,
+    pid: u32,
+}
+
+impl Card {
+    fn encode(&self) -> Vec<u8> {
+        format!("1 {} {} {}", self.addr, self.pid, self.host).into_bytes()
+    }
+
+    fn decode(b: &[u8], rank: usize) -> Result<Card> {
+        let bad = || Error::Internal(format!("rank {rank} published an unreadable card"));
+        let s = std::str::from_utf8(b).map_err(|_| bad())?;
+        let mut it = s.splitn(4, ' ');
+        if it.next() != Some("1") {
+            return Err(bad());
+        }
+        let addr = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+        let pid = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+        let host = it.next().unwrap_or("").to_string();
+        Ok(Card { addr, host, pid })
+    }
+}
+
+struct Inner {
+    links: Vec<Option<Box<dyn Link>>>,
+    seq: u64,
+    revoked: Option<Error>,
+    scratch: Vec<u64>,
+    programs: HashMap<(Algorithm, usize, bool, usize), Program>,
+    logged: Vec<Algorithm>,
+    _store: StoreClient,
+}
+
+/// A group of ranks that run collectives together. `Send + Sync`; calls are serialised.
+pub struct Communicator {
+    rank: usize,
+    nranks: usize,
+    cfg: Config,
+    comm_id: u64,
+    secret: [u8; 16],
+    cards: Vec<Card>,
+    listener: PeerListener,
+    inner: Mutex<Inner>,
+    // Dropped last: rank 0 serves the store until everything else is closed.
+    _server: Option<StoreServer>,
+}
+
+impl std::fmt::Debug for Communicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Communicator")
+            .field("rank", &self.rank)
+            .field("nranks", &self.nranks)
+            .finish()
+    }
+}
+
+/// The local address that routes to `root` (no packet is sent).
+fn local_ip_towards(root: SocketAddr) -> IpAddr {
+    if root.ip().is_loopback() {
+        return root.ip();
+    }
+    let any: SocketAddr = if root.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    UdpSocket::bind(any)
+        .and_then(|s| s.connect(root).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(root.ip())
+}
+
+impl Communicator {
+    /// Joins communicator `id` as `rank` of `nranks`. Rank 0 serves the rendezvous store (on the
+    /// listener `UniqueId::new` opened, when it is in this process).
+    pub fn init(rank: usize, nranks: usize, id: &UniqueId, cfg: Config) -> Result<Communicator> {
+        let listener = if rank == 0 {
+            Some(id.take_listener())
+        } else {
+            None
+        };
+        Self::init_at(rank, nranks, id.addr, id.secret, listener, cfg)
+    }
+
+    /// Joins the communicator the launcher's environment describes (OXCCL_*, torchrun, Slurm,
+    /// Open MPI, PMI), with settings from the environment.
+    pub fn from_env() -> Result<Communicator> {
+        Self::from_env_with(Config::default())
+    }
+
+    /// Like [`Communicator::from_env`], with explicit settings.
+    pub fn from_env_with(cfg: Config) -> Result<Communicator> {
+        let info = bootstrap::env::discover()?.ok_or_else(|| {
+            Error::InvalidUsage(
+                "no launcher environment found: set OXCCL_RANK, OXCCL_WORLD_SIZE and OXCCL_ROOT (or run under \
+                 torchrun, srun or mpirun), or use Communicator::init with a UniqueId"
+                    .into(),
+            )
+        })?;
+        let secret = match info.secret {
+            Some(s) => s,
+            None => {
+                crate::warn!(
+                    Some(info.rank),
+                    "OXCCL_SECRET is not set: connections are not authenticated (any process that can reach {} can join)",
+                    info.root
+                );
+                [0u8; 16]
+            }
+        };
+        let serve = if info.rank == 0 && !info.root_external {
+            Some(None)
+        } else {
+            None
+        };
+        Self::init_at(info.rank, info.world_size, info.root, secret, serve, cfg)
+    }
+
+    /// `serve`: `Some(listener)` on rank 0 when it serves the store (`Some(None)`: bind `root`).
+    fn init_at(
+        rank: usize,
+        nranks: usize,
+        root: SocketAddr,
+        secret: [u8; 16],
+        serve: Option<Option<TcpListener>>,
+        cfg: Config,
+    ) -> Result<Communicator> {
+        if nranks == 0 || rank >= nranks {
+            return Err(Error::InvalidArgument(format!(
+                "rank {rank} of {nranks}: need 0 <= rank < nranks"
+            )));
+        }
+        if nranks > u32::MAX as usize / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "{nranks} ranks is too many"
+            )));
+        }
+        let cfg = cfg.with_env()?;
+        cfg.validate()?;
+        let timeout = cfg.timeout();
+        let deadline = Instant::now() + timeout;
+        let server = match serve {
+            Some(l) => {
+                let l = match l {
+                    Some(l) => l,
+                    None => TcpListener::bind(root)
+                        .map_err(|e| Error::io(format!("rank 0: serve the store on {root}"), e))?,
+                };
+                Some(StoreServer::start(l, secret)?)
+            }
+            None => None,
+        };
+        let mut store = StoreClient::connect(root, &secret, timeout).map_err(|e| match e {
+            Error::Timeout { msg, .. } => Error::Timeout {
+                peer: Some(0),
+                msg: format!("rank {rank}: cannot reach the store of rank 0 at {root}: {msg}"),
+            },
+            e => e,
+        })?;
+        let comm_id = if rank == 0 {
+            let id = crate::sys::random_u64();
+            store.set("comm/id", &id.to_le_bytes())?;
+            id
+        } else {
+            let b = store.get("comm/id", timeout)?;
+            u64::from_le_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Internal("bad comm id in store".into()))?,
+            )
+        };
+        let listener = PeerListener::start(local_ip_towards(root), secret, comm_id, rank, nranks)?;
+        let me = Card {
+            addr: listener.addr(),
+            host: crate::sys::hostname(),
+            pid: std::process::id(),
+        };
+        store.set(&format!("comm/card/{rank}"), &me.encode())?;
+        let mut cards = Vec::with_capacity(nranks);
+        for r in 0..nranks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let b = store.get(&format!("comm/card/{r}"), left).map_err(|e| match e {
+                Error::Timeout { msg, .. } => Error::Timeout {
+                    peer: Some(r),
+                    msg: format!("rank {rank}: rank {r} never joined ({msg}); did all {nranks} ranks start?"),
+                },
+                e => e,
+            })?;
+            cards.push(Card::decode(&b, r)?);
+        }
+        // Everyone has every card: after this barrier nobody needs the store to connect.
+        let left = deadline.saturating_duration_since(Instant::now());
+        bootstrap::store::barrier(&mut store, "comm/init", nranks, left)?;
+        crate::info!(
+            Some(rank),
+            "init rank {rank} of {nranks}: transport {}, {} sockets per peer, {} KiB chunks, timeout {} ms, store {root}, listening on {}",
+            cfg.transport.unwrap_or(TransportKind::Auto).name(),
+            cfg.nsocks.unwrap_or(DEFAULT_NSOCKS),
+            cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK) >> 10,
+            timeout.as_millis(),
+            listener.addr()
+        );
+        let mut links = Vec::with_capacity(nranks);
+        links.resize_with(nranks, || None);
+        Ok(Communicator {
+            rank,
+            nranks,
+            cfg,
+            comm_id,
+            secret,
+            cards,
+            listener,
+            inner: Mutex::new(Inner {
+                links,
+                seq: 0,
+                revoked: None,
+                scratch: Vec::new(),
+                programs: HashMap::new(),
+                logged: Vec::new(),
+                _store: store,
+            }),
+            _server: server,
+        })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.nranks
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The all-reduce algorithm policy, as tools print it.
+    pub fn algorithm_name(&self) -> String {
+        match self.cfg.forced(Collective::AllReduce) {
+            Ok(Some(a)) => a.name().to_string(),
+            _ if self.nranks == 1 => "local".to_string(),
+            _ => format!("direct up to {} KiB, ring above", DIRECT_MAX_BYTES >> 10),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Internal("communicator lock poisoned by a panic".into()))
+    }
+
+    /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all ranks' `buf`.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.all_reduce_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, op)
+    }
+
+    /// Out-of-place all-reduce: `recv` becomes the reduction of all ranks' `send`.
+    pub fn all_reduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.all_reduce_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            op,
+        )
+    }
+
+    /// All-reduce over raw bytes holding `dtype` elements (the C ABI's entry point).
+    /// `send: None` is in place. Lengths are in bytes and must be equal multiples of the element size.
+    pub fn all_reduce_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let es = dtype.size();
+        if recv.len() % es != 0 || send.is_some_and(|s| s.len() != recv.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "all_reduce on rank {}: buffers of {} and {} bytes; they must be equal and a multiple of {} ({})",
+                self.rank,
+                send.map(|s| s.len()).unwrap_or(recv.len()),
+                recv.len(),
+                es,
+                dtype.name()
+            )));
+        }
+        self.collective(Collective::AllReduce, send, recv, dtype, op)
+    }
+
+    /// Blocks until every rank has called `barrier`.
+    pub fn barrier(&self) -> Result<()> {
+        let mut b = [0u8; 1];
+        self.collective(
+            Collective::Barrier,
+            None,
+            &mut b,
+            DataType::U8,
+            ReduceOp::Max,
+        )
+    }
+
+    fn collective(
+        &self,
+        coll: Collective,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Result<()> {
+        let mut inner = self.lock()?;
+        if let Some(e) = &inner.revoked {
+            return Err(Error::InvalidUsage(format!(
+                "{} on rank {}: the communicator was revoked by an earlier failure ({e}); destroy it (or shrink it) and start again",
+                coll.name(),
+                self.rank
+            )));
+        }
+        let es = dtype.size();
+        let count = recv.len() / es;
+        let bytes = recv.len();
+        inner.seq += 1;
+        let tag = Tag {
+            seq: inner.seq,
+            count: count as u64,
+            coll: coll as u8,
+            dtype: dtype as i32 as u8,
+            op: op as i32 as u8,
+            root: u32::MAX,
+        };
+        let algo = match self.cfg.forced(coll)? {
+            Some(a) => a,
+            None if bytes <= DIRECT_MAX_BYTES || coll == Collective::Barrier => Algorithm::Direct,
+            None => Algorithm::Ring,
+        };
+        let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK);
+        let chunk = (chunk_bytes / es).max(1);
+        let in_place = send.is_none();
+        let key = (algo, count, in_place, chunk);
+        if !inner.programs.contains_key(&key) {
+            if inner.programs.len() > 64 {
+                inner.programs.clear();
+            }
+            let shape = Shape {
+                nranks: self.nranks,
+                rank: self.rank,
+                count,
+                in_place,
+                chunk,
+            };
+            inner.programs.insert(key, algo::all_reduce(algo, shape));
+        }
+        if !inner.logged.contains(&algo) {
+            inner.logged.push(algo);
+            crate::info!(
+                Some(self.rank),
+                "{} of {bytes} bytes: algorithm {}",
+                coll.name(),
+                algo.name()
+            );
+        }
+        crate::trace!(
+            Some(self.rank),
+            "{} #{} count {count} {} {}: {}",
+            coll.name(),
+            tag.seq,
+            dtype.name(),
+            op.name(),
+            algo.name()
+        );
+        let inner = &mut *inner;
+        let prog = &inner.programs[&key];
+        let r = self
+            .connect_peers(&mut inner.links, &prog.peers(), chunk * es)
+            .and_then(|()| {
+                let scratch_bytes = prog.scratch_len * es;
+                if inner.scratch.len() * 8 < scratch_bytes {
+                    inner.scratch.resize(scratch_bytes.div_ceil(8), 0);
+                }
+                let input = send.map(|s| s.as_ptr()).unwrap_or(recv.as_ptr());
+                let mem = Mem {
+                    input,
+                    input_len: recv.len(),
+                    output: recv.as_mut_ptr(),
+                    output_len: recv.len(),
+                    scratch: inner.scratch.as_mut_ptr().cast(),
+                    scratch_len: inner.scratch.len() * 8,
+                };
+                let params = Params {
+                    dtype,
+                    op,
+                    rank: self.rank,
+                    nranks: self.nranks,
+                    timeout: self.cfg.timeout(),
+                    tag,
+                };
+                // SAFETY: `send` and `recv` are live slices borrowed for this call (recv exclusively);
+                // scratch is owned by `inner`, which we hold locked. In place, the Program never names
+                // Input. The Program came from algo, whose Programs the verifier proves race-free.
+                unsafe { exec::run(prog, &mem, &mut inner.links, &params) }
+            });
+        if let Err(e) = &r {
+            crate::warn!(Some(self.rank), "{e}");
+            inner.revoked = Some(e.clone());
+        }
+        r
+    }
+
+    /// Connects links to `peers` that are not connected yet (lower rank dials).
+    fn connect_peers(
+        &self,
+        links: &mut [Option<Box<dyn Link>>],
+        peers: &[usize],
+        slot: usize,
+    ) -> Result<()> {
+        let nsocks = self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS);
+        let deadline = Instant::now() + self.cfg.timeout();
+        // Dial higher ranks first (they accept on their listener thread), then take lower ranks'.
+        for &p in peers.iter().filter(|&&p| p > self.rank) {
+            if links[p].is_none() {
+                let hello = Hello {
+                    comm: self.comm_id,
+                    from: self.rank as u32,
+                    to: p as u32,
+                    idx: 0,
+                    nsocks: nsocks as u32,
+                };
+                let socks = connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?;
+                links[p] = Some(self.new_link(p, socks, slot)?);
+            }
+        }
+        for &p in peers.iter().filter(|&&p| p < self.rank) {
+            if links[p].is_none() {
+                let socks = self.listener.take(p, nsocks, deadline)?;
+                links[p] = Some(self.new_link(p, socks, slot)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn new_link(
+        &self,
+        p: usize,
+        socks: Vec<std::net::TcpStream>,
+        _slot: usize,
+    ) -> Result<Box<dyn Link>> {
+        let nsocks = socks.len();
+        let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
+        let nslots = (2 * nsocks).max(4);
+        crate::info!(
+            Some(self.rank),
+            "link to rank {p} ({} pid {} at {}): tcp, {nsocks} sockets, {nslots} slots of {} KiB",
+            self.cards[p].host,
+            self.cards[p].pid,
+            self.cards[p].addr,
+            slot >> 10
+        );
+        Ok(Box::new(TcpLink::new(p, socks, slot, nslots)?))
+    }
+}

@@ -22,7 +22,9 @@ struct Hazards {
 impl Hazards {
     /// Splits segments so that `at` is a segment boundary (if covered).
     fn cut(&mut self, at: usize) {
-        let Some((&start, seg)) = self.segs.range(..=at).next_back() else { return };
+        let Some((&start, seg)) = self.segs.range(..=at).next_back() else {
+            return;
+        };
         if start == at || seg.end <= at {
             return;
         }
@@ -38,15 +40,31 @@ impl Hazards {
         self.cut(r.end());
         // Fill holes with empty segments.
         let mut pos = r.off;
-        let keys: Vec<(usize, usize)> = self.segs.range(r.off..r.end()).map(|(&s, g)| (s, g.end)).collect();
+        let keys: Vec<(usize, usize)> = self
+            .segs
+            .range(r.off..r.end())
+            .map(|(&s, g)| (s, g.end))
+            .collect();
         for (s, e) in keys {
             if s > pos {
-                self.segs.insert(pos, Seg { end: s, ..Seg::default() });
+                self.segs.insert(
+                    pos,
+                    Seg {
+                        end: s,
+                        ..Seg::default()
+                    },
+                );
             }
             pos = e;
         }
         if pos < r.end() {
-            self.segs.insert(pos, Seg { end: r.end(), ..Seg::default() });
+            self.segs.insert(
+                pos,
+                Seg {
+                    end: r.end(),
+                    ..Seg::default()
+                },
+            );
         }
     }
 
@@ -86,7 +104,12 @@ pub struct Builder {
 impl Builder {
     /// A builder for one rank's Program.
     pub fn new(shape: Shape) -> Builder {
-        Builder { shape, steps: Vec::new(), hazards: Default::default(), scratch_len: 0 }
+        Builder {
+            shape,
+            steps: Vec::new(),
+            hazards: Default::default(),
+            scratch_len: 0,
+        }
     }
 
     /// The shape being built for.
@@ -166,7 +189,11 @@ impl Builder {
 
     /// The finished Program.
     pub fn build(self) -> Program {
-        Program { shape: self.shape, steps: self.steps, scratch_len: self.scratch_len }
+        Program {
+            shape: self.shape,
+            steps: self.steps,
+            scratch_len: self.scratch_len,
+        }
     }
 }
 
@@ -175,7 +202,13 @@ mod tests {
     use super::*;
 
     fn shape() -> Shape {
-        Shape { nranks: 2, rank: 0, count: 100, in_place: false, chunk: 100 }
+        Shape {
+            nranks: 2,
+            rank: 0,
+            count: 100,
+            in_place: false,
+            chunk: 100,
+        }
     }
 
     #[test]
@@ -198,7 +231,9 @@ mod tests {
         let o = |off, len| Range::new(Buf::Output, off, len);
         b.recv(1, o(0, 10));
         let s = b.send(1, o(10, 10)).unwrap();
-        let c = b.copy(Range::new(Buf::Input, 0, 5), Range::new(Buf::Scratch, 0, 5)).unwrap();
+        let c = b
+            .copy(Range::new(Buf::Input, 0, 5), Range::new(Buf::Scratch, 0, 5))
+            .unwrap();
         let p = b.build();
         assert!(p.steps[s as usize].deps.is_empty());
         assert!(p.steps[c as usize].deps.is_empty());

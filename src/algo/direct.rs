@@ -9,7 +9,13 @@ use super::{Buf, Builder, Program, Range, Shape, split};
 
 /// One rank's direct all-reduce Program.
 pub fn all_reduce(shape: Shape) -> Program {
-    let Shape { nranks: n, rank: r, count, in_place, chunk } = shape;
+    let Shape {
+        nranks: n,
+        rank: r,
+        count,
+        in_place,
+        chunk,
+    } = shape;
     let mut b = Builder::new(shape);
     let out = |off, len| Range::new(Buf::Output, off, len);
     let own = |off, len| Range::new(if in_place { Buf::Output } else { Buf::Input }, off, len);

@@ -54,7 +54,11 @@ impl Range {
     /// The sub-range `[off, off+len)` relative to this one.
     pub fn sub(&self, off: usize, len: usize) -> Range {
         debug_assert!(off + len <= self.len);
-        Range { buf: self.buf, off: self.off + off, len }
+        Range {
+            buf: self.buf,
+            off: self.off + off,
+            len,
+        }
     }
 }
 
@@ -110,7 +114,9 @@ impl Op {
     /// The peer this step talks to, if any.
     pub fn peer(&self) -> Option<usize> {
         match *self {
-            Op::Send { peer, .. } | Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => Some(peer),
+            Op::Send { peer, .. } | Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => {
+                Some(peer)
+            }
             _ => None,
         }
     }

@@ -11,7 +11,13 @@ use super::{Buf, Builder, Program, Range, Shape, split};
 
 /// One rank's ring all-reduce Program.
 pub fn all_reduce(shape: Shape) -> Program {
-    let Shape { nranks: n, rank: r, count, in_place, chunk } = shape;
+    let Shape {
+        nranks: n,
+        rank: r,
+        count,
+        in_place,
+        chunk,
+    } = shape;
     let mut b = Builder::new(shape);
     let out = |off, len| Range::new(Buf::Output, off, len);
     let inp = |off, len| Range::new(Buf::Input, off, len);
@@ -38,7 +44,11 @@ pub fn all_reduce(shape: Shape) -> Program {
         let recv_c = (r + 2 * n - s - 1) % n;
         for j in 0..slices {
             let (o, l) = piece(send_c, j);
-            let src = if s == 0 && !in_place { inp(o, l) } else { out(o, l) };
+            let src = if s == 0 && !in_place {
+                inp(o, l)
+            } else {
+                out(o, l)
+            };
             b.send(next, src);
             let (o, l) = piece(recv_c, j);
             let acc = (!in_place).then(|| inp(o, l));

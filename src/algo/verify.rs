@@ -76,7 +76,10 @@ fn combine(a: &[V], b: &[V], what: &str) -> Result<Vec<V>, String> {
             } else if x.mask & y.mask != 0 {
                 Err(format!("{what}: counts ranks {:#x} twice", x.mask & y.mask))
             } else {
-                Ok(V { mask: x.mask | y.mask, fin: false })
+                Ok(V {
+                    mask: x.mask | y.mask,
+                    fin: false,
+                })
             }
         })
         .collect()
@@ -105,7 +108,8 @@ pub fn check_races(p: &Program) -> Result<(), String> {
         let wi = p.steps[i].op.writes();
         for j in 0..i {
             let wj = p.steps[j].op.writes();
-            let conflict = wi.is_some_and(|w| p.steps[j].op.reads().chain(wj).any(|r| overlap(w, r)))
+            let conflict = wi
+                .is_some_and(|w| p.steps[j].op.reads().chain(wj).any(|r| overlap(w, r)))
                 || wj.is_some_and(|w| p.steps[i].op.reads().any(|r| overlap(w, r)));
             if conflict && reach[i * words + j / 64] & (1 << (j % 64)) == 0 {
                 return Err(format!(
@@ -132,9 +136,19 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
         if p.shape.rank != r || p.shape.nranks != n || p.shape.count != count {
             return Err(format!("program {r} was built for shape {:?}", p.shape));
         }
-        let own = V { mask: 1 << r, fin: false };
-        let undef = V { mask: 0, fin: false };
-        let input = if p.shape.in_place { Vec::new() } else { vec![own; count] };
+        let own = V {
+            mask: 1 << r,
+            fin: false,
+        };
+        let undef = V {
+            mask: 0,
+            fin: false,
+        };
+        let input = if p.shape.in_place {
+            Vec::new()
+        } else {
+            vec![own; count]
+        };
         let output = vec![if p.shape.in_place { own } else { undef }; count];
         let mut sends = vec![VecDeque::new(); n];
         let mut recvs = vec![VecDeque::new(); n];
@@ -194,7 +208,9 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
                 let what = || format!("rank {r} step {i} {op:?}");
                 match op {
                     Op::Send { peer, src } => {
-                        if ranks[r].sends[peer].front() != Some(&i) || links[r][peer].len() >= credits {
+                        if ranks[r].sends[peer].front() != Some(&i)
+                            || links[r][peer].len() >= credits
+                        {
                             continue;
                         }
                         let v = ranks[r].get(src).map_err(|e| format!("{}: {e}", what()))?;
@@ -220,35 +236,48 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
                         }
                         let val = match op {
                             Op::RecvReduce { acc, .. } => {
-                                let a = ranks[r].get(acc.unwrap_or(dst)).map_err(|e| format!("{}: {e}", what()))?;
+                                let a = ranks[r]
+                                    .get(acc.unwrap_or(dst))
+                                    .map_err(|e| format!("{}: {e}", what()))?;
                                 combine(&a, &msg, &what())?
                             }
                             _ => msg,
                         };
-                        ranks[r].put(dst, &val).map_err(|e| format!("{}: {e}", what()))?;
+                        ranks[r]
+                            .put(dst, &val)
+                            .map_err(|e| format!("{}: {e}", what()))?;
                     }
                     Op::Copy { src, dst } => {
                         let v = ranks[r].get(src).map_err(|e| format!("{}: {e}", what()))?;
                         if src.len != dst.len {
                             return Err(format!("{}: length mismatch", what()));
                         }
-                        ranks[r].put(dst, &v).map_err(|e| format!("{}: {e}", what()))?;
+                        ranks[r]
+                            .put(dst, &v)
+                            .map_err(|e| format!("{}: {e}", what()))?;
                     }
                     Op::Reduce { src, dst } => {
                         let a = ranks[r].get(dst).map_err(|e| format!("{}: {e}", what()))?;
                         let b = ranks[r].get(src).map_err(|e| format!("{}: {e}", what()))?;
                         let v = combine(&a, &b, &what())?;
-                        ranks[r].put(dst, &v).map_err(|e| format!("{}: {e}", what()))?;
+                        ranks[r]
+                            .put(dst, &v)
+                            .map_err(|e| format!("{}: {e}", what()))?;
                     }
                     Op::Finish { dst } => {
                         let mut v = ranks[r].get(dst).map_err(|e| format!("{}: {e}", what()))?;
                         for x in &mut v {
                             if x.mask != full || x.fin {
-                                return Err(format!("{}: finishes a partial or finished element {x:?}", what()));
+                                return Err(format!(
+                                    "{}: finishes a partial or finished element {x:?}",
+                                    what()
+                                ));
                             }
                             x.fin = true;
                         }
-                        ranks[r].put(dst, &v).map_err(|e| format!("{}: {e}", what()))?;
+                        ranks[r]
+                            .put(dst, &v)
+                            .map_err(|e| format!("{}: {e}", what()))?;
                     }
                 }
                 ranks[r].done[i] = true;
@@ -270,20 +299,28 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
                     format!("rank {r} at step {i} {:?}", s.prog.steps[i].op)
                 })
                 .collect();
-            return Err(format!("deadlock with {credits} credits: {}", stuck.join("; ")));
+            return Err(format!(
+                "deadlock with {credits} credits: {}",
+                stuck.join("; ")
+            ));
         }
     }
     for (from, row) in links.iter().enumerate() {
         for (to, q) in row.iter().enumerate() {
             if !q.is_empty() {
-                return Err(format!("{} unmatched messages from rank {from} to rank {to}", q.len()));
+                return Err(format!(
+                    "{} unmatched messages from rank {from} to rank {to}",
+                    q.len()
+                ));
             }
         }
     }
     for (r, st) in ranks.iter().enumerate() {
         for (i, v) in st.bufs[1].iter().enumerate() {
             if v.mask != full || !v.fin {
-                return Err(format!("rank {r} output element {i} ends as {v:?}, want all {n} ranks, finished"));
+                return Err(format!(
+                    "rank {r} output element {i} ends as {v:?}, want all {n} ranks, finished"
+                ));
             }
         }
     }
@@ -296,8 +333,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn progs(algo: Algorithm, n: usize, count: usize, in_place: bool, chunk: usize) -> Vec<Program> {
-        (0..n).map(|rank| all_reduce(algo, Shape { nranks: n, rank, count, in_place, chunk })).collect()
+    fn progs(
+        algo: Algorithm,
+        n: usize,
+        count: usize,
+        in_place: bool,
+        chunk: usize,
+    ) -> Vec<Program> {
+        (0..n)
+            .map(|rank| {
+                all_reduce(
+                    algo,
+                    Shape {
+                        nranks: n,
+                        rank,
+                        count,
+                        in_place,
+                        chunk,
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -322,7 +378,11 @@ mod tests {
     fn catches_a_missing_contribution() {
         let mut p = progs(Algorithm::Ring, 3, 6, false, 2);
         // Drop rank 1's first receive-reduce and the matching send: a rank's data goes missing.
-        let i = p[1].steps.iter().position(|s| matches!(s.op, Op::RecvReduce { .. })).unwrap();
+        let i = p[1]
+            .steps
+            .iter()
+            .position(|s| matches!(s.op, Op::RecvReduce { .. }))
+            .unwrap();
         p[1].steps[i].op = match p[1].steps[i].op {
             Op::RecvReduce { peer, dst, .. } => Op::Recv { peer, dst },
             o => o,
@@ -342,7 +402,16 @@ mod tests {
     #[test]
     fn catches_a_count_mismatch() {
         let mut p = progs(Algorithm::Ring, 2, 4, true, 4);
-        p[1] = all_reduce(Algorithm::Ring, Shape { nranks: 2, rank: 1, count: 4, in_place: true, chunk: 1 });
+        p[1] = all_reduce(
+            Algorithm::Ring,
+            Shape {
+                nranks: 2,
+                rank: 1,
+                count: 4,
+                in_place: true,
+                chunk: 1,
+            },
+        );
         assert!(run(&p, 4, 1).is_err());
     }
 

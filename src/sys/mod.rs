@@ -54,3 +54,90 @@ pub fn boot_id() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
+
+/// Waits for events on `fds` for at most `timeout_ms` (-1: forever). Returns how many are ready.
+/// EINTR counts as zero ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `fds`, a live mutable slice of pollfd structs.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// Gives the CPU to another runnable thread (sched_yield(2)).
+pub fn yield_now() {
+    std::thread::yield_now();
+}
+
+/// A zeroed heap buffer aligned to 64 bytes (a cache line), used for link slots.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only give out &[u8], like a Box<[u8]>.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    const ALIGN: usize = 64;
+
+    /// Allocates `len` zeroed bytes (at least one, so the pointer is always valid).
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout =
+            std::alloc::Layout::from_size_align(len.max(1), Self::ALIGN).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised (zeroed) bytes for self's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes, and &mut self makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), Self::ALIGN)
+            .expect("valid layout");
+        // SAFETY: allocated in new() with this same layout and not freed before.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// shutdown(2) on a raw descriptor; used to wake a thread blocked in accept() on a listener
+/// that this process owns. Errors are ignored (the descriptor may already be shut).
+pub fn shutdown_fd(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown only changes socket state; an invalid or non-socket fd yields an error
+    // that we ignore. The caller keeps the listener (and so the fd) open until after this call.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

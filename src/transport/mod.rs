@@ -1,1 +1,104 @@
-//! Links: one per peer pair, RDMA-style.
+//! Links: one per peer pair, in the RDMA style.
+//!
+//! The receiver owns a small ring of registered slots; the sender writes a message into the next
+//! free slot and publishes it; the receiver consumes it in place (reducing straight out of the
+//! slot) and releases the slot, which returns the credit. Sends are posted from the caller's
+//! memory and complete asynchronously, in order. A link never allocates on the data path.
+//!
+//! Transports: [`tcp`] (anywhere). Shared memory and RDMA verbs follow the same trait.
+
+pub mod connect;
+pub mod tcp;
+
+use crate::Error;
+use crate::error::Result;
+
+/// The signature that travels with every message of a collective, so that ranks which called
+/// different collectives (or the same one with different arguments) fail with a clear
+/// [`Error::Mismatch`] instead of exchanging wrong data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Tag {
+    /// The collective's sequence number on this communicator.
+    pub seq: u64,
+    /// Element count.
+    pub count: u64,
+    /// Which collective (`algo::Collective` as u8).
+    pub coll: u8,
+    /// Element type (`DataType` as u8).
+    pub dtype: u8,
+    /// Reduction operator (`ReduceOp` as u8; 0xff when none).
+    pub op: u8,
+    /// Root rank (u32::MAX when none).
+    pub root: u32,
+}
+
+impl Tag {
+    /// Encoded size.
+    pub const LEN: usize = 24;
+
+    /// Little-endian encoding.
+    pub fn encode(&self) -> [u8; Tag::LEN] {
+        let mut b = [0u8; Tag::LEN];
+        b[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..16].copy_from_slice(&self.count.to_le_bytes());
+        b[16] = self.coll;
+        b[17] = self.dtype;
+        b[18] = self.op;
+        b[20..24].copy_from_slice(&self.root.to_le_bytes());
+        b
+    }
+
+    /// Decodes [`Tag::encode`]'s output.
+    pub fn decode(b: &[u8; Tag::LEN]) -> Tag {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Tag {
+            seq: u64_at(0),
+            count: u64_at(8),
+            coll: b[16],
+            dtype: b[17],
+            op: b[18],
+            root: u32::from_le_bytes(b[20..24].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// One end of a connection to one peer.
+pub trait Link: Send {
+    /// The peer's rank.
+    fn peer(&self) -> usize;
+
+    /// The largest message in bytes (the receiver's slot size).
+    fn max_message(&self) -> usize;
+
+    /// Posts a send of `len` bytes starting at `data`, tagged `tag`. Returns `Ok(false)` when the
+    /// send window (the credits) is full; call [`Link::progress`] and retry.
+    ///
+    /// # Safety
+    /// `data..data + len` must stay valid and unmodified until [`Link::take_send_completions`]
+    /// has reported this send complete (sends complete in the order they were posted), or the
+    /// link is dropped.
+    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool>;
+
+    /// Drives I/O without blocking. Returns whether anything moved.
+    fn progress(&mut self) -> Result<bool>;
+
+    /// How many posted sends completed, in post order, since the last call.
+    fn take_send_completions(&mut self) -> usize;
+
+    /// The next message in arrival order, if it has fully arrived. It stays in its slot until
+    /// [`Link::release_recv`]. A peer's abort arrives here as `Err`.
+    fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>>;
+
+    /// Releases the message last returned by [`Link::peek_recv`], returning its slot.
+    fn release_recv(&mut self);
+
+    /// Adds the file descriptors (and events) that signal progress on this link.
+    fn wait_interest(&self, out: &mut Vec<libc::pollfd>);
+
+    /// Tells the peer, best effort and without blocking, that this rank failed with `err`.
+    /// The link is unusable afterwards.
+    fn send_abort(&mut self, err: &Error);
+
+    /// Which transport this is ("tcp", "shm", "rdma").
+    fn transport(&self) -> &'static str;
+}

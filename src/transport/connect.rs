@@ -1,0 +1,318 @@
+//! Establishing peer connections: a listener thread that authenticates incoming sockets, and a
+//! dialer. The lower rank dials, the higher rank accepts. Every connection first runs the HMAC
+//! handshake (bootstrap::handshake) and then a hello naming the communicator, both ranks and the
+//! socket index; anything else is refused with a WARN and changes nothing.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+use crate::bootstrap::handshake::{self, PURPOSE_PEER};
+use crate::error::Result;
+
+const HELLO_MAGIC: u32 = 0x4f58_4845; // "OXHE"
+const HELLO_LEN: usize = 28;
+/// Bound on the handshake of one incoming connection (slow or silent clients are dropped).
+const ACCEPT_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Who a connection is from, as its hello says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Communicator id.
+    pub comm: u64,
+    /// Dialing rank.
+    pub from: u32,
+    /// Accepting rank.
+    pub to: u32,
+    /// Socket index within the link.
+    pub idx: u32,
+    /// Sockets in the link.
+    pub nsocks: u32,
+}
+
+impl Hello {
+    fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[0..4].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
+        b[4..12].copy_from_slice(&self.comm.to_le_bytes());
+        b[12..16].copy_from_slice(&self.from.to_le_bytes());
+        b[16..20].copy_from_slice(&self.to.to_le_bytes());
+        b[20..24].copy_from_slice(&self.idx.to_le_bytes());
+        b[24..28].copy_from_slice(&self.nsocks.to_le_bytes());
+        b
+    }
+
+    /// Parses a hello; never panics.
+    pub fn decode(b: &[u8; HELLO_LEN]) -> Option<Hello> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        if u32_at(0) != HELLO_MAGIC {
+            return None;
+        }
+        Some(Hello {
+            comm: u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")),
+            from: u32_at(12),
+            to: u32_at(16),
+            idx: u32_at(20),
+            nsocks: u32_at(24),
+        })
+    }
+}
+
+type Pending = Arc<(Mutex<HashMap<(usize, usize), TcpStream>>, Condvar)>;
+
+/// Accepts authenticated peer connections on a background thread until dropped.
+pub struct PeerListener {
+    addr: SocketAddr,
+    pending: Pending,
+    stop: Arc<AtomicBool>,
+    fd: std::os::fd::RawFd,
+    thread: Option<JoinHandle<()>>,
+    _listener: Arc<TcpListener>,
+}
+
+impl PeerListener {
+    /// Binds `ip:0` and starts accepting connections for communicator `comm` at `rank`.
+    pub fn start(
+        ip: std::net::IpAddr,
+        secret: [u8; 16],
+        comm: u64,
+        rank: usize,
+        nranks: usize,
+    ) -> Result<PeerListener> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+            .map_err(|e| Error::io(format!("rank {rank}: bind a peer listener on {ip}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("peer listener address", e))?;
+        let listener = Arc::new(listener);
+        let pending: Pending = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let fd = listener.as_raw_fd();
+        let (l2, p2, s2) = (listener.clone(), pending.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("oxccl-accept-{rank}"))
+            .spawn(move || accept_loop(&l2, &p2, &s2, secret, comm, rank, nranks))
+            .map_err(|e| Error::io("spawn the peer accept thread", e))?;
+        Ok(PeerListener {
+            addr,
+            pending,
+            stop,
+            fd,
+            thread: Some(thread),
+            _listener: listener,
+        })
+    }
+
+    /// The address peers dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until sockets `0..nsocks` from rank `from` have arrived, and takes them.
+    pub fn take(&self, from: usize, nsocks: usize, deadline: Instant) -> Result<Vec<TcpStream>> {
+        let (lock, cv) = &*self.pending;
+        let mut map = lock
+            .lock()
+            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+        loop {
+            if (0..nsocks).all(|i| map.contains_key(&(from, i))) {
+                return Ok((0..nsocks)
+                    .map(|i| map.remove(&(from, i)).expect("checked"))
+                    .collect());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let have = (0..nsocks)
+                    .filter(|i| map.contains_key(&(from, *i)))
+                    .count();
+                return Err(Error::Timeout {
+                    peer: Some(from),
+                    msg: format!(
+                        "waiting for rank {from} to connect ({have} of {nsocks} sockets arrived); is it running, \
+                         and can it reach {}?",
+                        self.addr
+                    ),
+                });
+            }
+            map = cv
+                .wait_timeout(map, deadline - now)
+                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .0;
+        }
+    }
+}
+
+impl Drop for PeerListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        crate::sys::shutdown_fd(self.fd);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    l: &TcpListener,
+    pending: &Pending,
+    stop: &AtomicBool,
+    secret: [u8; 16],
+    comm: u64,
+    rank: usize,
+    nranks: usize,
+) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let (mut sock, from_addr) = match l.accept() {
+            Ok(x) => x,
+            Err(_) if stop.load(Ordering::SeqCst) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                crate::warn!(Some(rank), "peer listener: accept failed: {e}");
+                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EBADF)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        workers.retain(|w| !w.is_finished());
+        let pending = pending.clone();
+        let w = std::thread::Builder::new()
+            .name("oxccl-hello".into())
+            .spawn(move || {
+                let r = handshake::server(&mut sock, &secret, PURPOSE_PEER, ACCEPT_HANDSHAKE)
+                    .and_then(|()| {
+                        let mut b = [0u8; HELLO_LEN];
+                        sock.set_read_timeout(Some(ACCEPT_HANDSHAKE))
+                            .map_err(|e| Error::io("set timeout", e))?;
+                        sock.read_exact(&mut b)
+                            .map_err(|e| Error::io("read hello", e))?;
+                        sock.set_read_timeout(None)
+                            .map_err(|e| Error::io("clear timeout", e))?;
+                        let h = Hello::decode(&b).ok_or_else(|| Error::Auth("bad hello".into()))?;
+                        if h.comm != comm
+                            || h.to as usize != rank
+                            || h.from as usize >= nranks
+                            || h.idx >= h.nsocks
+                        {
+                            return Err(Error::Auth(format!("unexpected hello {h:?}")));
+                        }
+                        Ok(h)
+                    });
+                match r {
+                    Ok(h) => {
+                        let (lock, cv) = &*pending;
+                        if let Ok(mut m) = lock.lock() {
+                            m.insert((h.from as usize, h.idx as usize), sock);
+                            cv.notify_all();
+                        }
+                    }
+                    Err(e) => crate::warn!(
+                        Some(rank),
+                        "refused a peer connection from {from_addr}: {e}"
+                    ),
+                }
+            });
+        if let Ok(w) = w {
+            workers.push(w);
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// Dials `nsocks` authenticated sockets to rank `to` at `addr`.
+pub fn dial(
+    addr: SocketAddr,
+    secret: &[u8; 16],
+    hello: Hello,
+    deadline: Instant,
+) -> Result<Vec<TcpStream>> {
+    let mut socks = Vec::with_capacity(hello.nsocks as usize);
+    for idx in 0..hello.nsocks {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let mut s = TcpStream::connect_timeout(&addr, left).map_err(|e| Error::PeerLost {
+            peer: hello.to as usize,
+            msg: format!("cannot connect to rank {} at {addr}: {e}", hello.to),
+        })?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        handshake::client(&mut s, secret, PURPOSE_PEER, left)?;
+        s.write_all(&Hello { idx, ..hello }.encode())
+            .map_err(|e| Error::PeerLost {
+                peer: hello.to as usize,
+                msg: format!("hello to rank {} at {addr}: {e}", hello.to),
+            })?;
+        socks.push(s);
+    }
+    Ok(socks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_garbage() {
+        let h = Hello {
+            comm: 77,
+            from: 1,
+            to: 2,
+            idx: 0,
+            nsocks: 3,
+        };
+        assert_eq!(Hello::decode(&h.encode()), Some(h));
+        assert_eq!(Hello::decode(&[0u8; HELLO_LEN]), None);
+    }
+
+    #[test]
+    fn dial_and_accept_with_auth() {
+        let secret = [7u8; 16];
+        let l = PeerListener::start("127.0.0.1".parse().unwrap(), secret, 5, 1, 2).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A wrong secret is refused and delivers nothing.
+        let bad = dial(
+            l.addr(),
+            &[8u8; 16],
+            Hello {
+                comm: 5,
+                from: 0,
+                to: 1,
+                idx: 0,
+                nsocks: 1,
+            },
+            deadline,
+        );
+        assert!(bad.is_err());
+        let got = dial(
+            l.addr(),
+            &secret,
+            Hello {
+                comm: 5,
+                from: 0,
+                to: 1,
+                idx: 0,
+                nsocks: 2,
+            },
+            deadline,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        let taken = l.take(0, 2, deadline).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(
+            l.take(0, 1, Instant::now() + Duration::from_millis(50))
+                .is_err()
+        );
+    }
+}

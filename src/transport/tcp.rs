@@ -1,0 +1,629 @@
+//! The TCP link: several sockets per peer, messages striped across them round-robin.
+//!
+//! Message `k` travels on socket `k % nsocks` and lands in receive slot `k % nslots`, so each
+//! socket carries its messages in order and the receiver reassembles the global order from the
+//! sequence alone. A socket reads the next message's body only when its slot is free: that is the
+//! credit, and TCP's own window carries the back-pressure to the sender. Sends are written
+//! straight from the caller's memory (writev of header + body), so nothing is copied or
+//! allocated on the data path.
+//!
+//! Frame: `magic u16 | kind u8 | 0 u8 | len u32 | Tag (24 B)`, then `len` bytes.
+//! Kinds: data (len <= slot size) and abort (len <= 4 KiB: code, peer, message).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+
+use super::{Link, Tag};
+use crate::Error;
+use crate::error::Result;
+use crate::sys::AlignedBuf;
+
+const MAGIC: u16 = 0x584f; // "OX"
+const KIND_DATA: u8 = 1;
+const KIND_ABORT: u8 = 2;
+/// Frame header size.
+pub const HDR: usize = 8 + Tag::LEN;
+const MAX_ABORT: usize = 4096;
+
+fn encode_hdr(kind: u8, len: u32, tag: &Tag) -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = kind;
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..].copy_from_slice(&tag.encode());
+    h
+}
+
+/// Parses a frame header; never panics. Returns (kind, len, tag).
+pub fn decode_hdr(h: &[u8; HDR], max_data: usize) -> std::result::Result<(u8, usize, Tag), String> {
+    let magic = u16::from_le_bytes([h[0], h[1]]);
+    if magic != MAGIC {
+        return Err(format!("bad frame magic {magic:#06x}"));
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    let kind = h[2];
+    let bound = match kind {
+        KIND_DATA => max_data,
+        KIND_ABORT => MAX_ABORT,
+        k => return Err(format!("unknown frame kind {k}")),
+    };
+    if len > bound {
+        return Err(format!(
+            "frame of {len} bytes exceeds the {bound}-byte limit"
+        ));
+    }
+    let tag = Tag::decode(h[8..].try_into().expect("tag bytes"));
+    Ok((kind, len, tag))
+}
+
+/// Encodes an error as an abort frame body.
+fn encode_abort(err: &Error) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    b.push(err.code());
+    b.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
+    let msg = err.message().as_bytes();
+    b.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
+    b
+}
+
+/// Decodes an abort frame body (from `peer`) back into an error.
+pub fn decode_abort(body: &[u8], peer: usize) -> Error {
+    if body.len() < 5 {
+        return Error::PeerLost {
+            peer,
+            msg: format!("rank {peer} aborted (truncated abort frame)"),
+        };
+    }
+    let p = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+    let named = (p != u32::MAX).then_some(p as usize);
+    let msg = String::from_utf8_lossy(&body[5..]);
+    Error::from_parts(body[0], named, format!("{msg} [reported by rank {peer}]"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxPhase {
+    Header,
+    Body { kind: u8, len: usize, tag: Tag },
+}
+
+struct Stream {
+    sock: TcpStream,
+    /// Next message sequence this socket receives.
+    rx_seq: u64,
+    rx_hdr: [u8; HDR],
+    rx_got: usize,
+    rx_phase: RxPhase,
+    /// Next message sequence this socket sends.
+    tx_seq: u64,
+    /// Bytes of the current frame (header + body) already written.
+    tx_off: usize,
+    tx_hdr: [u8; HDR],
+    eof: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    tag: Tag,
+    data: *const u8,
+    len: usize,
+    done: bool,
+}
+
+/// A TCP link to one peer.
+pub struct TcpLink {
+    peer: usize,
+    streams: Vec<Stream>,
+    slot_size: usize,
+    nslots: usize,
+    slots: AlignedBuf,
+    /// Per slot: (tag, len) when a message is ready in it.
+    ready: Vec<Option<(Tag, usize)>>,
+    /// Messages released so far (the next message to hand out has this sequence).
+    released: u64,
+    abort_body: Vec<u8>,
+    pending: Vec<Pending>,
+    posted: u64,
+    completed: u64,
+    reported: u64,
+    failed: Option<Error>,
+}
+
+// SAFETY: the raw pointers in `pending` point into caller memory that post_send's contract keeps
+// valid until completion; the link is used by one thread at a time (&mut self).
+unsafe impl Send for TcpLink {}
+
+impl TcpLink {
+    /// Wraps connected, authenticated sockets (all to `peer`, in socket-index order) as a link
+    /// with `nslots` receive slots of `slot_size` bytes.
+    pub fn new(
+        peer: usize,
+        socks: Vec<TcpStream>,
+        slot_size: usize,
+        nslots: usize,
+    ) -> Result<TcpLink> {
+        if socks.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a TCP link needs at least one socket".into(),
+            ));
+        }
+        let nslots = nslots.max(socks.len()).max(2);
+        let mut streams = Vec::with_capacity(socks.len());
+        for (i, s) in socks.into_iter().enumerate() {
+            s.set_nonblocking(true)
+                .map_err(|e| Error::io(format!("set nonblocking on link to rank {peer}"), e))?;
+            s.set_nodelay(true)
+                .map_err(|e| Error::io(format!("set TCP_NODELAY on link to rank {peer}"), e))?;
+            streams.push(Stream {
+                sock: s,
+                rx_seq: i as u64,
+                rx_hdr: [0; HDR],
+                rx_got: 0,
+                rx_phase: RxPhase::Header,
+                tx_seq: i as u64,
+                tx_off: 0,
+                tx_hdr: [0; HDR],
+                eof: false,
+            });
+        }
+        Ok(TcpLink {
+            peer,
+            streams,
+            slot_size,
+            nslots,
+            slots: AlignedBuf::new(slot_size * nslots),
+            ready: vec![None; nslots],
+            released: 0,
+            abort_body: Vec::with_capacity(MAX_ABORT),
+            pending: vec![
+                Pending {
+                    tag: Tag::default(),
+                    data: std::ptr::null(),
+                    len: 0,
+                    done: true
+                };
+                nslots
+            ],
+            posted: 0,
+            completed: 0,
+            reported: 0,
+            failed: None,
+        })
+    }
+
+    fn lost(&self, what: &str, e: Option<io::Error>) -> Error {
+        let detail = e.map(|e| format!(": {e}")).unwrap_or_default();
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "connection to rank {} {what}{detail} (the process exited or was killed; see its log)",
+                self.peer
+            ),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes as much of stream `i`'s pending frames as the socket takes.
+    fn pump_tx(&mut self, i: usize) -> Result<bool> {
+        let nsocks = self.streams.len() as u64;
+        let mut moved = false;
+        loop {
+            let st = &mut self.streams[i];
+            if st.tx_seq >= self.posted {
+                return Ok(moved);
+            }
+            let p = self.pending[(st.tx_seq % self.nslots as u64) as usize];
+            if st.tx_off == 0 {
+                st.tx_hdr = encode_hdr(KIND_DATA, p.len as u32, &p.tag);
+            }
+            let total = HDR + p.len;
+            // SAFETY: post_send's contract keeps p.data..p.data+p.len valid and unmodified until
+            // this send is reported complete, which happens only after this loop finishes it.
+            let ptr = if p.len == 0 {
+                std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const()
+            } else {
+                p.data
+            };
+            // SAFETY: see above; a zero-length slice only needs a non-null aligned pointer.
+            let body = unsafe { std::slice::from_raw_parts(ptr, p.len) };
+            let r = if st.tx_off < HDR {
+                st.sock
+                    .write_vectored(&[IoSlice::new(&st.tx_hdr[st.tx_off..]), IoSlice::new(body)])
+            } else {
+                st.sock.write(&body[st.tx_off - HDR..])
+            };
+            match r {
+                Ok(0) => return Err(self.lost("closed while sending", None)),
+                Ok(n) => {
+                    moved = true;
+                    st.tx_off += n;
+                    if st.tx_off == total {
+                        st.tx_off = 0;
+                        let seq = st.tx_seq;
+                        st.tx_seq += nsocks;
+                        self.pending[(seq % self.nslots as u64) as usize].done = true;
+                        while self.completed < self.posted
+                            && self.pending[(self.completed % self.nslots as u64) as usize].done
+                        {
+                            self.completed += 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.lost("failed while sending", Some(e))),
+            }
+        }
+    }
+
+    /// Reads as much of stream `i`'s incoming frames as slots allow.
+    fn pump_rx(&mut self, i: usize) -> Result<bool> {
+        let nsocks = self.streams.len() as u64;
+        let mut moved = false;
+        loop {
+            let slot_size = self.slot_size;
+            let st = &mut self.streams[i];
+            if st.eof {
+                return Ok(moved);
+            }
+            let r = match st.rx_phase {
+                RxPhase::Header => st.sock.read(&mut st.rx_hdr[st.rx_got..]),
+                RxPhase::Body {
+                    kind: KIND_ABORT,
+                    len,
+                    ..
+                } => {
+                    self.abort_body.resize(len, 0);
+                    st.sock.read(&mut self.abort_body[st.rx_got..])
+                }
+                RxPhase::Body { len, .. } => {
+                    // The credit: only read into a slot that has been released.
+                    if st.rx_seq >= self.released + self.nslots as u64 {
+                        return Ok(moved);
+                    }
+                    let slot = (st.rx_seq % self.nslots as u64) as usize;
+                    let buf =
+                        &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + len];
+                    st.sock.read(&mut buf[st.rx_got..])
+                }
+            };
+            match r {
+                Ok(0) => {
+                    st.eof = true;
+                    // EOF between frames with nothing owed is only an error if we need more; the
+                    // caller finds out when it waits for a message that cannot come.
+                    if st.rx_got != 0 || st.rx_phase != RxPhase::Header {
+                        return Err(self.lost("closed in the middle of a message", None));
+                    }
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    moved = true;
+                    st.rx_got += n;
+                    match st.rx_phase {
+                        RxPhase::Header if st.rx_got == HDR => {
+                            let (kind, len, tag) = match decode_hdr(&st.rx_hdr, slot_size) {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    let peer = self.peer;
+                                    return Err(Error::PeerLost {
+                                        peer,
+                                        msg: format!(
+                                            "protocol error on the link from rank {peer}: {e}"
+                                        ),
+                                    });
+                                }
+                            };
+                            st.rx_got = 0;
+                            st.rx_phase = RxPhase::Body { kind, len, tag };
+                            if len == 0 {
+                                self.finish_rx(i, nsocks)?;
+                            }
+                        }
+                        RxPhase::Body { len, .. } if st.rx_got == len => {
+                            self.finish_rx(i, nsocks)?
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.lost("failed while receiving", Some(e))),
+            }
+        }
+    }
+
+    fn finish_rx(&mut self, i: usize, nsocks: u64) -> Result<()> {
+        let st = &mut self.streams[i];
+        let RxPhase::Body { kind, len, tag } = st.rx_phase else {
+            return Ok(());
+        };
+        st.rx_phase = RxPhase::Header;
+        st.rx_got = 0;
+        if kind == KIND_ABORT {
+            return Err(decode_abort(&self.abort_body, self.peer));
+        }
+        let seq = st.rx_seq;
+        st.rx_seq += nsocks;
+        self.ready[(seq % self.nslots as u64) as usize] = Some((tag, len));
+        Ok(())
+    }
+
+    fn all_eof(&self) -> bool {
+        self.streams.iter().any(|s| s.eof)
+    }
+}
+
+impl Link for TcpLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.slot_size
+    }
+
+    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+        self.check()?;
+        if len > self.slot_size {
+            return Err(Error::Internal(format!(
+                "message of {len} bytes exceeds the link's {}-byte slots",
+                self.slot_size
+            )));
+        }
+        if self.posted - self.completed >= self.nslots as u64 {
+            return Ok(false);
+        }
+        let idx = (self.posted % self.nslots as u64) as usize;
+        self.pending[idx] = Pending {
+            tag: *tag,
+            data,
+            len,
+            done: false,
+        };
+        self.posted += 1;
+        // Start writing right away: for small messages this is the whole send.
+        let s = ((self.posted - 1) % self.streams.len() as u64) as usize;
+        if let Err(e) = self.pump_tx(s) {
+            return Err(self.fail(e));
+        }
+        Ok(true)
+    }
+
+    fn progress(&mut self) -> Result<bool> {
+        self.check()?;
+        let mut moved = false;
+        for i in 0..self.streams.len() {
+            match self.pump_tx(i).and_then(|a| self.pump_rx(i).map(|b| a | b)) {
+                Ok(m) => moved |= m,
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn take_send_completions(&mut self) -> usize {
+        let n = self.completed - self.reported;
+        self.reported = self.completed;
+        n as usize
+    }
+
+    fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
+        self.check()?;
+        let slot = (self.released % self.nslots as u64) as usize;
+        match self.ready[slot] {
+            Some((tag, len)) => {
+                let off = slot * self.slot_size;
+                Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
+            }
+            None if self.all_eof() => {
+                let e = self.lost(
+                    "was closed by the peer while a message was still expected",
+                    None,
+                );
+                Err(self.fail(e))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn release_recv(&mut self) {
+        let slot = (self.released % self.nslots as u64) as usize;
+        if self.ready[slot].take().is_some() {
+            self.released += 1;
+        }
+    }
+
+    fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {
+        for st in &self.streams {
+            let mut events = 0;
+            if st.tx_seq < self.posted {
+                events |= libc::POLLOUT;
+            }
+            let rx_blocked = matches!(
+                st.rx_phase,
+                RxPhase::Body {
+                    kind: KIND_DATA,
+                    ..
+                }
+            ) && st.rx_seq >= self.released + self.nslots as u64;
+            if !st.eof && !rx_blocked {
+                events |= libc::POLLIN;
+            }
+            out.push(libc::pollfd {
+                fd: st.sock.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+    }
+
+    fn send_abort(&mut self, err: &Error) {
+        let body = encode_abort(err);
+        let hdr = encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default());
+        for st in &mut self.streams {
+            if st.tx_off == 0 {
+                // At a frame boundary: the abort frame is well-formed for the peer. A socket whose
+                // buffer is full just gets shut down; the peer then sees EOF.
+                let _ = st
+                    .sock
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+            }
+            let _ = st.sock.shutdown(Shutdown::Write);
+        }
+        if self.failed.is_none() {
+            self.failed = Some(err.clone());
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        "tcp"
+    }
+}
+
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        for st in &self.streams {
+            let _ = st.sock.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(nsocks: usize, slot: usize, nslots: usize) -> (TcpLink, TcpLink) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..nsocks {
+            a.push(TcpStream::connect(addr).unwrap());
+            b.push(l.accept().unwrap().0);
+        }
+        (
+            TcpLink::new(1, a, slot, nslots).unwrap(),
+            TcpLink::new(0, b, slot, nslots).unwrap(),
+        )
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "link made no progress"
+            );
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_bounds() {
+        let tag = Tag {
+            seq: 9,
+            count: 77,
+            coll: 1,
+            dtype: 7,
+            op: 0,
+            root: u32::MAX,
+        };
+        let h = encode_hdr(KIND_DATA, 100, &tag);
+        assert_eq!(decode_hdr(&h, 100), Ok((KIND_DATA, 100, tag)));
+        assert!(decode_hdr(&h, 99).is_err());
+        let mut bad = h;
+        bad[0] = 0;
+        assert!(decode_hdr(&bad, 100).is_err());
+        let mut bad = h;
+        bad[2] = 9;
+        assert!(decode_hdr(&bad, 100).is_err());
+    }
+
+    #[test]
+    fn messages_arrive_in_order_across_sockets() {
+        for nsocks in [1, 3] {
+            let (mut a, mut b) = pair(nsocks, 4096, 4);
+            let msgs: Vec<Vec<u8>> = (0..50u32)
+                .map(|i| vec![i as u8; (i as usize * 97) % 4097])
+                .collect();
+            let mut sent = 0;
+            let mut got = 0;
+            let mut done = 0;
+            wait_until(|| {
+                while sent < msgs.len() {
+                    let tag = Tag {
+                        seq: sent as u64,
+                        ..Tag::default()
+                    };
+                    // SAFETY: msgs outlives the loop and is not modified.
+                    if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), msgs[sent].len()) }.unwrap()
+                    {
+                        break;
+                    }
+                    sent += 1;
+                }
+                a.progress().unwrap();
+                done += a.take_send_completions();
+                b.progress().unwrap();
+                while let Some((tag, data)) = b.peek_recv().unwrap() {
+                    assert_eq!(tag.seq, got as u64);
+                    assert_eq!(data, &msgs[got][..]);
+                    b.release_recv();
+                    got += 1;
+                }
+                got == msgs.len() && done == msgs.len()
+            });
+        }
+    }
+
+    #[test]
+    fn abort_reaches_the_peer() {
+        let (mut a, mut b) = pair(2, 1024, 4);
+        a.send_abort(&Error::Mismatch {
+            peer: 0,
+            msg: "count 3 vs 4".into(),
+        });
+        let mut res = Ok(None);
+        wait_until(|| {
+            res = b
+                .progress()
+                .and_then(|_| b.peek_recv().map(|m| m.map(|_| ())));
+            res.is_err()
+        });
+        match res {
+            Err(Error::Mismatch { peer: 0, msg }) => assert!(msg.contains("count 3 vs 4"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eof_is_peer_lost() {
+        let (a, mut b) = pair(1, 1024, 2);
+        drop(a);
+        let mut res = Ok(None);
+        wait_until(|| {
+            res = b
+                .progress()
+                .and_then(|_| b.peek_recv().map(|m| m.map(|_| ())));
+            res.is_err()
+        });
+        assert!(
+            matches!(res, Err(Error::PeerLost { peer: 0, .. })),
+            "{res:?}"
+        );
+    }
+}
