@@ -273,7 +273,7 @@ fn with_deadline(
     let result = {
         let mut io = Io {
             stream,
-            deadline: Instant::now() + timeout,
+            deadline: super::store::deadline_after(Instant::now(), timeout),
             timeout,
             peer: &peer,
             who,

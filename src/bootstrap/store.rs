@@ -62,6 +62,17 @@ const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The least time a client waits for a non-blocking reply, and the margin added to blocking ones.
 const MIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Stack of a connection thread: it only parses frames and copies values on the heap.
+const CONN_STACK: usize = 256 << 10;
+
+/// `start + timeout`, or a year from `start` if that overflows (`Duration::MAX` = "no limit").
+pub(crate) fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 86400)))
+        .unwrap_or(start)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent, so a panicking holder does no harm.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -243,6 +254,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("oxccl-store-conn".into())
+            .stack_size(CONN_STACK)
             .spawn(move || serve_connection(&sh, stream, peer, id));
         match spawned {
             Ok(t) => c.threads.push(t),
@@ -429,7 +441,7 @@ fn wait_until(
     timeout: Duration,
     ready: impl Fn(&HashMap<Vec<u8>, Vec<u8>>) -> bool,
 ) -> (MutexGuard<'_, Data>, u8) {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(Instant::now(), timeout);
     let mut d = lock(&shared.data);
     loop {
         if ready(&d.map) {
@@ -568,7 +580,7 @@ impl StoreClient {
     /// all gives [`Error::Timeout`] naming the address and the last error.
     pub fn connect(addr: SocketAddr, secret: &[u8; 16], timeout: Duration) -> Result<StoreClient> {
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = deadline_after(start, timeout);
         let mut backoff = Duration::from_millis(5);
         let mut tries = 0u32;
         loop {
@@ -734,7 +746,10 @@ impl StoreClient {
         frame.extend_from_slice(&(value.len() as u32).to_le_bytes());
         frame.extend_from_slice(value);
         frame.extend_from_slice(&timeout_ms.to_le_bytes());
-        let read_timeout = wait.map_or(self.io_timeout, |w| w + self.io_timeout);
+        // The server waits at most u32::MAX ms; we wait that long plus a margin for the reply.
+        let read_timeout = wait.map_or(self.io_timeout, |_| {
+            Duration::from_millis(u64::from(timeout_ms)).saturating_add(self.io_timeout)
+        });
         let result = self.exchange(&frame, read_timeout);
         result.map_err(|e| {
             let err = self.io_error(op, what, e, read_timeout);
