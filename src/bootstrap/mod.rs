@@ -3,7 +3,7 @@
 //! - [`UniqueId`] (`id`): the root's address plus a random 128-bit secret, like `ncclUniqueId`.
 //!   [`UniqueId::new`] also binds the store's listener in the calling process, so rank 0's init
 //!   there serves the store on it.
-//! - [`env`]: rank, world size and root from the launcher (oxccl, torchrun, Slurm, Open MPI, PMI).
+//! - [`env`](mod@env): rank, world size and root from the launcher (oxccl, torchrun, Slurm, Open MPI, PMI).
 //! - [`handshake`]: the mutual HMAC-SHA256 challenge-response that every connection (to the
 //!   store and between ranks) runs before any other byte is trusted.
 //! - [`store`]: the rendezvous key-value store rank 0 serves ([`StoreServer`]) and every rank
