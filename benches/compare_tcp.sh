@@ -27,6 +27,13 @@ echo "== oxccl-perf (tcp, 2 ranks)"
 # shellcheck disable=SC2086
 "$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b 8 -e "$MAXB" -f 4 -n "$ITERS" -w 5 \
   --json "$TMP/oxccl.json" ${OXCCL_ARGS:-} | tee "$TMP/oxccl.txt"
+# The peers end their sweep with MAXB itself, which 8 x 4^k may skip (64 MiB is 8 x 4^11.5).
+s=8; while [ $((s * 4)) -le "$MAXB" ]; do s=$((s * 4)); done
+if [ "$s" -ne "$MAXB" ]; then
+  # shellcheck disable=SC2086
+  "$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b "$MAXB" -e "$MAXB" -n "$ITERS" -w 5 \
+    ${OXCCL_ARGS:-} | tee -a "$TMP/oxccl.txt"
+fi
 echo "== peers"
 MAXB=$MAXB REPS=$REPS "$PEERS/run.sh" gloo2 ompi_tcp2 | tee "$TMP/peers.txt"
 
@@ -59,7 +66,7 @@ def ratio(a, b):
     return f"{b[0]/a[0]:7.2f}x" if a and b and a[0] > 0 else f"{'-':>8}"
 print()
 print("all-reduce float32 sum, 2 ranks, TCP loopback: time and busbw (GB/s); ratio = peer time / oxccl time")
-print(f"{'bytes':>10} | {'oxccl':>19} | {'gloo':>19} | {'ompi_tcp':>19} | {'vs gloo':>8} {'vs ompi':>8}")
+print(f"{'bytes':>10} | {'oxccl (oop)':>19} | {'gloo':>19} | {'ompi_tcp':>19} | {'vs gloo':>8} {'vs ompi':>8}")
 for size in sorted(set(ox) | set(gl) | set(om)):
     a, g, m = ox.get(size), gl.get(size), om.get(size)
     print(f"{size:>10} | {cell(a)} | {cell(g)} | {cell(m)} | {ratio(a, g)} {ratio(a, m)}")

@@ -285,6 +285,145 @@ fn watchdog_kills_and_reaps_every_rank() {
     assert!(t0.elapsed() < Duration::from_secs(60));
 }
 
+/// The pids of `pid`'s children (Linux /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The OXCCL_RANK a process was started with.
+fn rank_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"OXCCL_RANK="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Whether `pid` is still running (gone or a zombie both count as ended).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// A child process that is killed and reaped when dropped (a failed assertion included).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // After a successful wait these do nothing (the status is known; no signal is sent).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a long `-N k` run (stdout discarded) and waits until its k ranks exist.
+fn start_long_run(k: usize, stderr: Stdio) -> (Reaped, Vec<u32>) {
+    let n = k.to_string();
+    let spawned = Command::new(PERF)
+        .args([
+            "-N",
+            &n,
+            "-b",
+            "1M",
+            "-e",
+            "1M",
+            "-n",
+            "1000000",
+            "-w",
+            "0",
+            "-c",
+            "0",
+            "--watchdog",
+            "100",
+        ])
+        .env("OXCCL_TIMEOUT_MS", "60000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn();
+    let child = Reaped(spawned.expect("spawn oxccl-perf"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kids = children_of(child.0.id());
+        if kids.len() == k && kids.iter().all(|&p| rank_of(p).is_some()) {
+            return (child, kids);
+        }
+        assert!(Instant::now() < deadline, "ranks did not start: {kids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_dead_rank_takes_the_run_down_and_is_named() {
+    let (mut child, ranks) = start_long_run(3, Stdio::piped());
+    let victim = *ranks
+        .iter()
+        .find(|&&p| rank_of(p).as_deref() == Some("1"))
+        .expect("rank 1");
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "oxccl-perf did not end after rank 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("rank 1 was killed by signal 9"),
+        "stderr: {err}"
+    );
+    for p in ranks {
+        assert!(!running(p), "rank pid {p} still running");
+    }
+}
+
+#[test]
+fn ranks_do_not_outlive_a_killed_launcher() {
+    let (mut child, ranks) = start_long_run(2, Stdio::null());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ranks.iter().any(|&p| running(p)) {
+        if Instant::now() >= deadline {
+            for &p in &ranks {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+            panic!("ranks {ranks:?} outlived their launcher");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn json_report_parses() {
     let path = std::env::temp_dir().join(format!("oxccl-perf-test-{}.json", std::process::id()));

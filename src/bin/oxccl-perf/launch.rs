@@ -13,6 +13,35 @@ use crate::args::{Options, rows_for, size_sweep};
 /// Exit status a rank uses when it ran to the end but some element was wrong.
 pub const EXIT_WRONG: i32 = 2;
 
+/// Set in each child's environment to the launcher's pid: the child exits when it is orphaned.
+pub const PARENT_VAR: &str = "OXCCL_PERF_PARENT";
+
+/// In a child of `-N`: a thread that ends this process as soon as the launcher that started it
+/// is gone (killed, say, before it could kill its ranks), so no rank outlives its launcher.
+pub fn watch_parent() {
+    let Some(want) = std::env::var(PARENT_VAR)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            loop {
+                let now = std::os::unix::process::parent_id();
+                if now != want {
+                    eprintln!("oxccl-perf: the launcher (pid {want}) is gone; rank exiting");
+                    std::process::exit(1);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("oxccl-perf: cannot watch the launcher: {e}");
+    }
+}
+
 /// Launcher variables of other launchers, removed from the children's environment so that they
 /// find only the `OXCCL_*` ones set here.
 const FOREIGN_LAUNCHER_VARS: &[&str] = &[
@@ -44,6 +73,36 @@ pub fn default_watchdog(o: &Options, nranks: usize) -> Duration {
         }
     }
     Duration::from_secs_f64(secs.min(7.0 * 24.0 * 3600.0))
+}
+
+/// How long the other ranks may take to exit on their own once one has failed.
+const FAILURE_GRACE: Duration = Duration::from_secs(1);
+
+/// A rank that ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    /// The wait-loop pass that saw it end (earlier is closer to the cause).
+    pass: usize,
+    /// Killed by a signal (rather than exiting with an error after, say, losing a peer).
+    signaled: bool,
+    rank: usize,
+    what: String,
+}
+
+/// Names the likely cause first: the earliest seen, and within one pass a rank killed by a
+/// signal before ranks that exited with an error (typically because they lost that peer).
+fn failure_summary(mut failures: Vec<Failure>) -> Option<String> {
+    failures.sort_by_key(|f| (f.pass, !f.signaled, f.rank));
+    let (first, rest) = failures.split_first()?;
+    let mut s = format!("rank {} {}", first.rank, first.what);
+    if !rest.is_empty() {
+        let others: Vec<String> = rest
+            .iter()
+            .map(|f| format!("rank {} {}", f.rank, f.what))
+            .collect();
+        s.push_str(&format!(" (then {})", others.join(", ")));
+    }
+    Some(s)
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -105,6 +164,7 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
             .env("OXCCL_ROOT", addr.to_string())
             .env("OXCCL_SECRET", secret_hex(&secret))
             .env("OXCCL_ROOT_EXTERNAL", "1")
+            .env(PARENT_VAR, std::process::id().to_string())
             .stdin(Stdio::null());
         for v in FOREIGN_LAUNCHER_VARS {
             cmd.env_remove(v);
@@ -121,42 +181,58 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
         }
     }
 
-    // Wait for all. The first rank to fail with an error (or a signal) brings the others down;
-    // ranks that found wrong elements (EXIT_WRONG) ran to the end, so the others are let finish.
-    let mut first_failure: Option<String> = None;
+    // Wait for all. A rank that fails (an error exit or a signal) brings the others down, after
+    // a short grace in which they may report their side of it; ranks that found wrong elements
+    // (EXIT_WRONG) ran to the end, so the others are let finish.
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut give_up: Option<Instant> = None;
+    let mut watchdog_fired = false;
     let mut wrong = false;
     let mut sleep = Duration::from_millis(1);
+    let mut pass = 0;
     while done.iter().any(|d| !d) {
+        pass += 1;
         let mut progressed = false;
         for (i, (rank, c)) in children.iter_mut().enumerate() {
             if done[i] {
                 continue;
             }
-            match c.try_wait() {
+            let (rank, failure) = match c.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) if status.code() == Some(EXIT_WRONG) => {
+                    wrong = true;
+                    (*rank, None)
+                }
+                Ok(Some(status)) if status.success() => (*rank, None),
                 Ok(Some(status)) => {
-                    done[i] = true;
-                    progressed = true;
-                    if status.code() == Some(EXIT_WRONG) {
-                        wrong = true;
-                    } else if !status.success() && first_failure.is_none() {
-                        first_failure = Some(format!("rank {rank} {}", describe(status)));
-                    }
+                    use std::os::unix::process::ExitStatusExt;
+                    (*rank, Some((status.signal().is_some(), describe(status))))
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    done[i] = true;
-                    first_failure.get_or_insert(format!("cannot wait for rank {rank}: {e}"));
-                }
+                Err(e) => (
+                    *rank,
+                    Some((false, format!("could not be waited for: {e}"))),
+                ),
+            };
+            done[i] = true;
+            progressed = true;
+            if let Some((signaled, what)) = failure {
+                failures.push(Failure {
+                    pass,
+                    signaled,
+                    rank,
+                    what,
+                });
             }
         }
-        if first_failure.is_some() {
+        let now = Instant::now();
+        if !failures.is_empty() && give_up.is_none() {
+            give_up = Some(now + FAILURE_GRACE);
+        }
+        if give_up.is_some_and(|g| now >= g) {
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            first_failure = Some(format!(
-                "watchdog: the run took longer than {:.0} s (raise it with --watchdog SECONDS)",
-                watchdog.as_secs_f64()
-            ));
+        if deadline.is_some_and(|d| now >= d) {
+            watchdog_fired = true;
             break;
         }
         sleep = if progressed {
@@ -169,16 +245,70 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
     let killed = done.iter().filter(|d| !**d).count();
     kill_all(&mut children, &mut done);
     drop(store);
-    match first_failure {
-        Some(why) => {
-            let tail = if killed > 0 {
-                format!("; killed the other {killed} rank(s)")
-            } else {
-                String::new()
-            };
-            Err(format!("{why}{tail}"))
-        }
+    let tail = if killed > 0 {
+        format!("; killed the other {killed} rank(s)")
+    } else {
+        String::new()
+    };
+    if watchdog_fired {
+        return Err(format!(
+            "watchdog: the run took longer than {:.0} s (raise it with --watchdog SECONDS){tail}",
+            watchdog.as_secs_f64()
+        ));
+    }
+    match failure_summary(failures) {
+        Some(why) => Err(format!("{why}{tail}")),
         None if wrong => Ok(EXIT_WRONG),
         None => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(pass: usize, signaled: bool, rank: usize, what: &str) -> Failure {
+        Failure {
+            pass,
+            signaled,
+            rank,
+            what: what.into(),
+        }
+    }
+
+    #[test]
+    fn the_cause_is_named_first() {
+        assert_eq!(failure_summary(vec![]), None);
+        let s = failure_summary(vec![
+            f(3, false, 0, "exited with status 1"),
+            f(3, true, 1, "was killed by signal 9"),
+            f(4, false, 2, "exited with status 1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s,
+            "rank 1 was killed by signal 9 (then rank 0 exited with status 1, rank 2 exited with status 1)"
+        );
+        let s = failure_summary(vec![
+            f(2, false, 2, "exited with status 1"),
+            f(5, true, 0, "x"),
+        ])
+        .unwrap();
+        assert!(s.starts_with("rank 2 exited with status 1"));
+    }
+
+    #[test]
+    fn watchdog_grows_with_the_sweep() {
+        let parse = |s: &str| match crate::args::parse_args(
+            &s.split_whitespace().map(String::from).collect::<Vec<_>>(),
+        ) {
+            Ok(crate::args::Parsed::Run(o)) => *o,
+            _ => unreachable!(),
+        };
+        let small = default_watchdog(&parse("-b 8 -e 1K"), 2);
+        let big = default_watchdog(&parse("-b 8 -e 1G"), 2);
+        assert!(small >= Duration::from_secs(60) && small < Duration::from_secs(200));
+        assert!(big > small * 2);
+        assert!(default_watchdog(&parse("-b 8 -e 1G"), 8) > big);
     }
 }

@@ -42,6 +42,7 @@ fn real_main() -> i32 {
     if let Some(k) = o.local_ranks {
         return launch::run_local(&o, k);
     }
+    launch::watch_parent();
     match run_rank(&o) {
         Ok(code) => code,
         Err((rank, e)) => {
