@@ -91,7 +91,6 @@ pub fn run(comm: &Communicator, o: &Options, out: &mut dyn Write) -> Result<Vec<
     for &dtype in &o.dtypes {
         let sweep = rows_for(&sizes, dtype.size());
         let maxb = sweep.last().map_or(0, |r| r.0);
-        let mut send = Buf::new(maxb);
         let mut recv = Buf::new(maxb);
         for &op in &o.ops {
             // The input pattern does not depend on the size: fill (and reduce) the largest once
@@ -103,10 +102,9 @@ pub fn run(comm: &Communicator, o: &Options, out: &mut dyn Write) -> Result<Vec<
             } else {
                 Vec::new()
             };
-            send.bytes_mut().copy_from_slice(input.bytes());
             for &(bytes, count) in &sweep {
-                // Out of place: the input is never overwritten.
-                let src = &send.bytes()[..bytes];
+                // Out of place: the input itself is the send buffer (it is never written).
+                let src = &input.bytes()[..bytes];
                 let dst = &mut recv.bytes_mut()[..bytes];
                 let oop_us = time_calls(comm, o.warmup, o.iters, || {
                     comm.all_reduce_bytes(Some(src), dst, dtype, op)
