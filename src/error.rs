@@ -83,7 +83,9 @@ impl Error {
             | Error::Internal(m)
             | Error::Unavailable(m)
             | Error::Auth(m) => m,
-            Error::PeerLost { msg, .. } | Error::Timeout { msg, .. } | Error::Mismatch { msg, .. } => msg,
+            Error::PeerLost { msg, .. }
+            | Error::Timeout { msg, .. }
+            | Error::Mismatch { msg, .. } => msg,
         }
     }
 
@@ -152,10 +154,22 @@ mod tests {
     fn parts_round_trip() {
         let errs = [
             Error::InvalidArgument("a".into()),
-            Error::PeerLost { peer: 3, msg: "gone".into() },
-            Error::Timeout { peer: Some(2), msg: "slow".into() },
-            Error::Timeout { peer: None, msg: "slow".into() },
-            Error::Mismatch { peer: 1, msg: "x".into() },
+            Error::PeerLost {
+                peer: 3,
+                msg: "gone".into(),
+            },
+            Error::Timeout {
+                peer: Some(2),
+                msg: "slow".into(),
+            },
+            Error::Timeout {
+                peer: None,
+                msg: "slow".into(),
+            },
+            Error::Mismatch {
+                peer: 1,
+                msg: "x".into(),
+            },
             Error::Auth("bad".into()),
         ];
         for e in errs {

@@ -95,7 +95,12 @@ struct PeerQ {
     inflight: VecDeque<u32>,
     recvs: Vec<u32>,
     next_recv: usize,
+    /// Receives up to this index have been considered for posting.
+    posted: usize,
 }
+
+/// How many receives ahead of the next one the executor offers destinations for.
+const POST_AHEAD: usize = 16;
 
 /// Spin this many idle rounds before yielding, and yield this long before sleeping in poll.
 const SPIN_ROUNDS: u32 = 64;
@@ -113,7 +118,12 @@ pub unsafe fn run(
     links: &mut [Option<Box<dyn Link>>],
     p: &Params,
 ) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
     let r = unsafe { run_inner(prog, mem, links, p) };
+    // No posted destination may outlive the call: the caller's buffers are only borrowed.
+    for l in links.iter_mut().flatten() {
+        l.cancel_recvs();
+    }
     if let Err(e) = &r {
         for l in links.iter_mut().flatten() {
             l.send_abort(e);
@@ -162,13 +172,17 @@ unsafe fn run_inner(
         // SAFETY: validated above to be within the buffer.
         unsafe { base.add(r.off * es) }
     };
-    // SAFETY (for the two helpers): ranges are in bounds (validated above); the Program orders
-    // every pair of steps touching overlapping memory (proven by algo::verify), so while a step
-    // runs no other live access aliases its destination.
-    let slice = |r: Range| -> &[u8] { unsafe { std::slice::from_raw_parts(ptr(r), r.len * es) } };
+    let slice = |r: Range| -> &[u8] {
+        // SAFETY: ranges are in bounds (validated above); the Program orders every pair of steps
+        // touching overlapping memory (proven by algo::verify), so while a step reads this range
+        // nothing writes it.
+        unsafe { std::slice::from_raw_parts(ptr(r), r.len * es) }
+    };
     #[allow(clippy::mut_from_ref)]
-    let slice_mut =
-        |r: Range| -> &mut [u8] { unsafe { std::slice::from_raw_parts_mut(ptr(r), r.len * es) } };
+    let slice_mut = |r: Range| -> &mut [u8] {
+        // SAFETY: as above; while a step writes this range no other live access aliases it.
+        unsafe { std::slice::from_raw_parts_mut(ptr(r), r.len * es) }
+    };
 
     let n = prog.steps.len();
     let mut remaining: Vec<u32> = prog.steps.iter().map(|s| s.deps.len() as u32).collect();
@@ -193,6 +207,7 @@ unsafe fn run_inner(
                         inflight: VecDeque::new(),
                         recvs: Vec::new(),
                         next_recv: 0,
+                        posted: 0,
                     });
                 }
                 let q = &mut queues[qidx[peer]];
@@ -266,6 +281,22 @@ unsafe fn run_inner(
                 q.next_send += 1;
                 moved = true;
             }
+            // Offer final destinations for plain receives whose memory is free, so the link can
+            // place them directly (RDMA's posted receive): no copy out of a slot.
+            q.posted = q.posted.max(q.next_recv);
+            while q.posted < (q.next_recv + POST_AHEAD).min(q.recvs.len()) {
+                let i = q.recvs[q.posted] as usize;
+                if remaining[i] > 0 {
+                    break;
+                }
+                if let Op::Recv { dst, .. } = prog.steps[i].op {
+                    // SAFETY: dst is in bounds and free (its dependencies are done); nothing
+                    // else touches it until this receive completes, and cancel_recvs runs
+                    // before this call returns.
+                    unsafe { link.post_recv(q.posted as u64, ptr(dst), dst.len * es) };
+                }
+                q.posted += 1;
+            }
             while let Some(&i) = q.recvs.get(q.next_recv) {
                 if remaining[i as usize] > 0 {
                     break;
@@ -288,7 +319,9 @@ unsafe fn run_inner(
                 }
                 match prog.steps[i as usize].op {
                     Op::Recv { dst, .. } if data.len() == dst.len * es => {
-                        slice_mut(dst).copy_from_slice(data)
+                        if data.as_ptr() != ptr(dst).cast_const() {
+                            slice_mut(dst).copy_from_slice(data)
+                        }
                     }
                     Op::RecvReduce { dst, acc: None, .. } if data.len() == dst.len * es => {
                         reduce::reduce_bytes(p.dtype, p.op, slice_mut(dst), data)

@@ -36,7 +36,11 @@ pub fn level() -> Level {
         1 => Level::Warn,
         2 => Level::Info,
         3 => Level::Trace,
-        _ => *LEVEL.get_or_init(|| std::env::var("OXCCL_DEBUG").map(|v| parse(&v)).unwrap_or(Level::Warn)),
+        _ => *LEVEL.get_or_init(|| {
+            std::env::var("OXCCL_DEBUG")
+                .map(|v| parse(&v))
+                .unwrap_or(Level::Warn)
+        }),
     }
 }
 
@@ -65,7 +69,12 @@ pub fn write(l: Level, rank: Option<usize>, args: std::fmt::Arguments<'_>) {
         Level::None => return,
     };
     let r = rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-    let line = format!("{}:{}:{} oxccl {lvl} {args}\n", host(), std::process::id(), r);
+    let line = format!(
+        "{}:{}:{} oxccl {lvl} {args}\n",
+        host(),
+        std::process::id(),
+        r
+    );
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 

@@ -1,3 +1,4 @@
+//! Smoke test: all-reduce end to end over threads-as-ranks.
 mod common;
 use common::*;
 use oxccl::ReduceOp;

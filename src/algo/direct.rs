@@ -41,8 +41,8 @@ pub fn all_reduce(shape: Shape) -> Program {
         // acc = c0 op c1 op ... op c_{r-1}, accumulated in rank 0's scratch (or empty if r == 0).
         if r > 0 {
             let acc = scratch[0].expect("rank 0 is a peer").sub(o, l);
-            for p in 1..r {
-                b.reduce(scratch[p].expect("peer").sub(o, l), acc);
+            for peer in &scratch[1..r] {
+                b.reduce(peer.expect("peer").sub(o, l), acc);
             }
             if !in_place {
                 b.copy(own(o, l), out(o, l));
@@ -51,8 +51,8 @@ pub fn all_reduce(shape: Shape) -> Program {
         } else if !in_place {
             b.copy(own(o, l), out(o, l));
         }
-        for p in r + 1..n {
-            b.reduce(scratch[p].expect("peer").sub(o, l), out(o, l));
+        for peer in &scratch[r + 1..n] {
+            b.reduce(peer.expect("peer").sub(o, l), out(o, l));
         }
         b.finish(out(o, l));
     }

@@ -92,6 +92,23 @@ pub trait Link: Send {
     /// Releases the message last returned by [`Link::peek_recv`], returning its slot.
     fn release_recv(&mut self);
 
+    /// Offers `dst` as the final destination of message number `index` (counting this link's
+    /// received messages from 0), so the transport can place it there directly instead of in a
+    /// slot (RDMA's posted receive). It is a hint: a transport may ignore it, and a message whose
+    /// length differs from `len` lands in a slot as usual. When it is used, [`Link::peek_recv`]
+    /// returns a slice of `dst` itself.
+    ///
+    /// # Safety
+    /// `dst..dst + len` must stay valid and untouched by anything else until that message has
+    /// been released or [`Link::cancel_recvs`] has been called.
+    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
+        let _ = (index, dst, len);
+    }
+
+    /// Forgets every posted receive; after it the link never writes to a posted destination.
+    /// A receive already partly placed makes the link unusable (it is failed).
+    fn cancel_recvs(&mut self) {}
+
     /// Adds the file descriptors (and events) that signal progress on this link.
     fn wait_interest(&self, out: &mut Vec<libc::pollfd>);
 

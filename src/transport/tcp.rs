@@ -84,7 +84,13 @@ pub fn decode_abort(body: &[u8], peer: usize) -> Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RxPhase {
     Header,
-    Body { kind: u8, len: usize, tag: Tag },
+    /// `dst` is null for a slot, or the posted receive the body goes straight into.
+    Body {
+        kind: u8,
+        len: usize,
+        tag: Tag,
+        dst: *mut u8,
+    },
 }
 
 struct Stream {
@@ -118,7 +124,9 @@ pub struct TcpLink {
     nslots: usize,
     slots: AlignedBuf,
     /// Per slot: (tag, len) when a message is ready in it.
-    ready: Vec<Option<(Tag, usize)>>,
+    ready: Vec<Option<(Tag, usize, *mut u8)>>,
+    /// Per slot: a posted receive (message index, destination, length).
+    posted_rx: Vec<Option<(u64, *mut u8, usize)>>,
     /// Messages released so far (the next message to hand out has this sequence).
     released: u64,
     abort_body: Vec<u8>,
@@ -173,6 +181,7 @@ impl TcpLink {
             nslots,
             slots: AlignedBuf::new(slot_size * nslots),
             ready: vec![None; nslots],
+            posted_rx: vec![None; nslots],
             released: 0,
             abort_body: Vec::with_capacity(MAX_ABORT),
             pending: vec![
@@ -289,11 +298,20 @@ impl TcpLink {
                     self.abort_body.resize(len, 0);
                     st.sock.read(&mut self.abort_body[st.rx_got..])
                 }
+                RxPhase::Body {
+                    kind: KIND_DATA, ..
+                } if st.rx_seq >= self.released + self.nslots as u64 => {
+                    // The credit: a message may only arrive once its slot has been released.
+                    return Ok(moved);
+                }
+                RxPhase::Body { len, dst, .. } if !dst.is_null() => {
+                    // SAFETY: post_recv's contract keeps dst..dst+len valid and untouched by
+                    // others until this message is released or the receive is cancelled (which
+                    // fails the link if a body is partly placed, so we never get here after it).
+                    let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+                    st.sock.read(&mut buf[st.rx_got..])
+                }
                 RxPhase::Body { len, .. } => {
-                    // The credit: only read into a slot that has been released.
-                    if st.rx_seq >= self.released + self.nslots as u64 {
-                        return Ok(moved);
-                    }
                     let slot = (st.rx_seq % self.nslots as u64) as usize;
                     let buf =
                         &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + len];
@@ -328,7 +346,21 @@ impl TcpLink {
                                 }
                             };
                             st.rx_got = 0;
-                            st.rx_phase = RxPhase::Body { kind, len, tag };
+                            let slot = (st.rx_seq % self.nslots as u64) as usize;
+                            let dst = match self.posted_rx[slot] {
+                                Some((idx, dst, plen))
+                                    if kind == KIND_DATA && idx == st.rx_seq && plen == len =>
+                                {
+                                    dst
+                                }
+                                _ => std::ptr::null_mut(),
+                            };
+                            st.rx_phase = RxPhase::Body {
+                                kind,
+                                len,
+                                tag,
+                                dst,
+                            };
                             if len == 0 {
                                 self.finish_rx(i, nsocks)?;
                             }
@@ -348,7 +380,13 @@ impl TcpLink {
 
     fn finish_rx(&mut self, i: usize, nsocks: u64) -> Result<()> {
         let st = &mut self.streams[i];
-        let RxPhase::Body { kind, len, tag } = st.rx_phase else {
+        let RxPhase::Body {
+            kind,
+            len,
+            tag,
+            dst,
+        } = st.rx_phase
+        else {
             return Ok(());
         };
         st.rx_phase = RxPhase::Header;
@@ -358,7 +396,7 @@ impl TcpLink {
         }
         let seq = st.rx_seq;
         st.rx_seq += nsocks;
-        self.ready[(seq % self.nslots as u64) as usize] = Some((tag, len));
+        self.ready[(seq % self.nslots as u64) as usize] = Some((tag, len, dst));
         Ok(())
     }
 
@@ -425,7 +463,12 @@ impl Link for TcpLink {
         self.check()?;
         let slot = (self.released % self.nslots as u64) as usize;
         match self.ready[slot] {
-            Some((tag, len)) => {
+            Some((tag, len, dst)) if !dst.is_null() => {
+                // SAFETY: the body was placed at the posted destination, which post_recv's
+                // contract keeps valid until release.
+                Ok(Some((tag, unsafe { std::slice::from_raw_parts(dst, len) })))
+            }
+            Some((tag, len, _)) => {
                 let off = slot * self.slot_size;
                 Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
             }
@@ -443,7 +486,36 @@ impl Link for TcpLink {
     fn release_recv(&mut self) {
         let slot = (self.released % self.nslots as u64) as usize;
         if self.ready[slot].take().is_some() {
+            self.posted_rx[slot] = None;
             self.released += 1;
+        }
+    }
+
+    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
+        // Only messages that can still be placed: not yet arrived, within the slot window.
+        if index >= self.released && index < self.released + self.nslots as u64 && len > 0 {
+            let slot = (index % self.nslots as u64) as usize;
+            if self.ready[slot].is_none() {
+                self.posted_rx[slot] = Some((index, dst, len));
+            }
+        }
+    }
+
+    fn cancel_recvs(&mut self) {
+        self.posted_rx.iter_mut().for_each(|p| *p = None);
+        let partly = self
+            .streams
+            .iter()
+            .any(|st| matches!(st.rx_phase, RxPhase::Body { dst, .. } if !dst.is_null()))
+            || self.ready.iter().flatten().any(|(_, _, d)| !d.is_null());
+        if partly && self.failed.is_none() {
+            self.failed = Some(Error::Internal(format!(
+                "link to rank {} abandoned with a receive in flight",
+                self.peer
+            )));
+            for st in &self.streams {
+                let _ = st.sock.shutdown(Shutdown::Both);
+            }
         }
     }
 
