@@ -242,8 +242,16 @@ impl std::fmt::Debug for Communicator {
     }
 }
 
-/// The local address that routes to `root` (no packet is sent).
-fn local_ip_towards(root: SocketAddr) -> IpAddr {
+/// The local address peers reach this rank on: the interface OXCCL_SOCKET_IFNAME names, or
+/// else the one that routes to `root` (no packet is sent).
+fn local_ip_towards(root: SocketAddr) -> Result<IpAddr> {
+    if std::env::var("OXCCL_SOCKET_IFNAME").is_ok_and(|v| !v.trim().is_empty()) {
+        return bootstrap::net::local_ipv4();
+    }
+    Ok(route_to(root))
+}
+
+fn route_to(root: SocketAddr) -> IpAddr {
     if root.ip().is_loopback() {
         return root.ip();
     }
@@ -357,7 +365,7 @@ impl Communicator {
                     .map_err(|_| Error::Internal("bad comm id in store".into()))?,
             )
         };
-        let listener = PeerListener::start(local_ip_towards(root), secret, comm_id, rank, nranks)?;
+        let listener = PeerListener::start(local_ip_towards(root)?, secret, comm_id, rank, nranks)?;
         let me = Card {
             addr: listener.addr(),
             host: crate::sys::hostname(),
