@@ -17,13 +17,16 @@ use crate::error::{Error, Result};
 use crate::exec::{self, Mem, Params};
 use crate::reduce::{DataType, Element, ReduceOp};
 use crate::transport::connect::{self, Hello, PeerListener};
+use crate::transport::shm::setup::{self as shm_setup, DialError, ShmEndpoint};
+use crate::transport::shm::{DEFAULT_SLOTS, Geometry};
 use crate::transport::tcp::TcpLink;
 use crate::transport::{Link, Tag};
 
 /// Which transport links use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
-    /// The best available per peer (today: TCP).
+    /// Shared memory for peers on this host (same boot id, host name and network namespace,
+    /// confirmed by passing a descriptor), TCP for the rest.
     Auto,
     /// TCP sockets, anywhere.
     Tcp,
@@ -132,10 +135,7 @@ impl Config {
         let Some(spec) = &self.algo else {
             return Ok(None);
         };
-        let key = match coll {
-            Collective::AllReduce => "allreduce",
-            Collective::Barrier => "barrier",
-        };
+        let key = coll.key();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (c, a) = match part.split_once(':') {
                 Some((c, a)) => (Some(c.trim().replace('_', "").to_ascii_lowercase()), a),
@@ -172,41 +172,91 @@ impl Config {
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidArgument("timeout must be positive".into()));
         }
-        if self.transport == Some(TransportKind::Shm) {
-            return Err(Error::Unavailable(
-                "the shm transport is not built yet; use OXCCL_TRANSPORT=tcp or auto".into(),
-            ));
-        }
         self.forced(Collective::AllReduce)?;
         Ok(())
     }
 }
 
-/// One rank's card, published in the store at init.
-#[derive(Debug, Clone)]
+/// One rank's card, published in the store at init: where to reach it, and who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Card {
     addr: SocketAddr,
     host: String,
     pid: u32,
+    /// The kernel's boot id (empty if unknown).
+    boot: String,
+    /// The network namespace (`net:[inode]`; empty if unknown): abstract sockets are per namespace.
+    netns: String,
+    /// The abstract Unix socket name of the rank's shm endpoint (empty: no shm).
+    shm: String,
 }
 
 impl Card {
     fn encode(&self) -> Vec<u8> {
-        format!("1 {} {} {}", self.addr, self.pid, self.host).into_bytes()
+        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        format!(
+            "2 {} {} {} {} {} {}",
+            self.addr,
+            self.pid,
+            dash(&self.boot),
+            dash(&self.netns),
+            dash(&self.shm),
+            self.host
+        )
+        .into_bytes()
     }
 
     fn decode(b: &[u8], rank: usize) -> Result<Card> {
         let bad = || Error::Internal(format!("rank {rank} published an unreadable card"));
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
-        let mut it = s.splitn(4, ' ');
-        if it.next() != Some("1") {
+        let mut it = s.splitn(7, ' ');
+        if it.next() != Some("2") {
             return Err(bad());
         }
         let addr = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
         let pid = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+        let mut word = || -> Result<String> {
+            let w = it.next().ok_or_else(bad)?;
+            Ok(if w == "-" { String::new() } else { w.to_string() })
+        };
+        let (boot, netns, shm) = (word()?, word()?, word()?);
         let host = it.next().unwrap_or("").to_string();
-        Ok(Card { addr, host, pid })
+        Ok(Card {
+            addr,
+            host,
+            pid,
+            boot,
+            netns,
+            shm,
+        })
     }
+
+    /// Why shared memory cannot work between the ranks of these cards, if it cannot.
+    fn not_same_host(&self, other: &Card) -> Option<&'static str> {
+        if self.shm.is_empty() || other.shm.is_empty() {
+            Some("no shm endpoint")
+        } else if self.boot.is_empty() || self.boot != other.boot || self.host != other.host {
+            Some("another host")
+        } else if self.netns.is_empty() || self.netns != other.netns {
+            Some("another network namespace")
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the test-only knob `OXCCL_SHM_DENY` (e.g. `0-1,2-3`) forbids shm between `a` and `b`.
+fn shm_denied(a: usize, b: usize) -> bool {
+    let Ok(v) = std::env::var("OXCCL_SHM_DENY") else {
+        return false;
+    };
+    v.split(',').any(|pair| {
+        let mut it = pair.split('-').map(|x| x.trim().parse::<usize>());
+        match (it.next(), it.next()) {
+            (Some(Ok(x)), Some(Ok(y))) => (x, y) == (a, b) || (y, x) == (a, b),
+            _ => false,
+        }
+    })
 }
 
 struct Inner {
@@ -228,6 +278,7 @@ pub struct Communicator {
     secret: [u8; 16],
     cards: Vec<Card>,
     listener: PeerListener,
+    shm: Option<ShmEndpoint>,
     inner: Mutex<Inner>,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
@@ -366,10 +417,28 @@ impl Communicator {
             )
         };
         let listener = PeerListener::start(local_ip_towards(root)?, secret, comm_id, rank, nranks)?;
+        let shm = match cfg.transport.unwrap_or(TransportKind::Auto) {
+            TransportKind::Tcp => None,
+            kind => match ShmEndpoint::start(secret, comm_id, rank, nranks) {
+                Ok(ep) => Some(ep),
+                Err(e) if kind == TransportKind::Auto => {
+                    crate::info!(Some(rank), "shared memory is unavailable ({e}); using tcp");
+                    None
+                }
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "rank {rank}: OXCCL_TRANSPORT=shm, but shared memory is unavailable here: {e}"
+                    )));
+                }
+            },
+        };
         let me = Card {
             addr: listener.addr(),
             host: crate::sys::hostname(),
             pid: std::process::id(),
+            boot: crate::sys::boot_id(),
+            netns: crate::sys::shm::net_namespace(),
+            shm: shm.as_ref().map(|e| e.name().to_string()).unwrap_or_default(),
         };
         store.set(&format!("comm/card/{rank}"), &me.encode())?;
         let mut cards = Vec::with_capacity(nranks);
@@ -406,6 +475,7 @@ impl Communicator {
             secret,
             cards,
             listener,
+            shm,
             inner: Mutex::new(Inner {
                 links,
                 seq: 0,
@@ -534,7 +604,8 @@ impl Communicator {
         };
         let algo = match self.cfg.forced(coll)? {
             Some(a) => a,
-            None if bytes <= DIRECT_MAX_BYTES || coll == Collective::Barrier => Algorithm::Direct,
+            None if coll == Collective::Barrier => Algorithm::Dissemination,
+            None if bytes <= DIRECT_MAX_BYTES => Algorithm::Direct,
             None => Algorithm::Ring,
         };
         let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK);
@@ -545,14 +616,11 @@ impl Communicator {
             if inner.programs.len() > 64 {
                 inner.programs.clear();
             }
-            let shape = Shape {
-                nranks: self.nranks,
-                rank: self.rank,
-                count,
-                in_place,
-                chunk,
-            };
-            inner.programs.insert(key, algo::all_reduce(algo, shape));
+            let shape = Shape::new(coll, self.nranks, self.rank, count, in_place, chunk);
+            let prog = algo::build(algo, &shape).map_err(|e| {
+                Error::InvalidArgument(format!("{} on rank {}: {e}", coll.name(), self.rank))
+            })?;
+            inner.programs.insert(key, prog);
         }
         if !inner.logged.contains(&algo) {
             inner.logged.push(algo);
@@ -610,7 +678,9 @@ impl Communicator {
         r
     }
 
-    /// Connects links to `peers` that are not connected yet (lower rank dials).
+    /// Connects links to `peers` that are not connected yet (lower rank dials). Peers on this
+    /// host get shm links unless OXCCL_TRANSPORT=tcp; the rest (and any pair whose descriptor
+    /// passing fails, under auto) get TCP.
     fn connect_peers(
         &self,
         links: &mut [Option<Box<dyn Link>>],
@@ -619,27 +689,146 @@ impl Communicator {
     ) -> Result<()> {
         let nsocks = self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS);
         let deadline = Instant::now() + self.cfg.timeout();
-        // Dial higher ranks first (they accept on their listener thread), then take lower ranks'.
+        // Dial higher ranks first (their listener threads answer without them), then take
+        // lower ranks'.
         for &p in peers.iter().filter(|&&p| p > self.rank) {
             if links[p].is_none() {
-                let hello = Hello {
-                    comm: self.comm_id,
-                    from: self.rank as u32,
-                    to: p as u32,
-                    idx: 0,
-                    nsocks: nsocks as u32,
-                };
-                let socks = connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?;
-                links[p] = Some(self.new_link(p, socks, slot)?);
+                links[p] = Some(self.dial(p, nsocks, slot, deadline)?);
             }
         }
         for &p in peers.iter().filter(|&&p| p < self.rank) {
             if links[p].is_none() {
-                let socks = self.listener.take(p, nsocks, deadline)?;
-                links[p] = Some(self.new_link(p, socks, slot)?);
+                links[p] = Some(self.accept(p, nsocks, slot, deadline)?);
             }
         }
         Ok(())
+    }
+
+    /// Whether rank `p` may be reached over shared memory: `Ok(None)` yes, `Ok(Some(why))` no
+    /// (use TCP), `Err` when OXCCL_TRANSPORT=shm and it cannot be.
+    fn shm_refusal(&self, p: usize) -> Result<Option<String>> {
+        let kind = self.cfg.transport.unwrap_or(TransportKind::Auto);
+        if kind == TransportKind::Tcp {
+            return Ok(Some("OXCCL_TRANSPORT=tcp".into()));
+        }
+        let why = self.cards[self.rank].not_same_host(&self.cards[p]);
+        match (why, kind) {
+            (None, _) => Ok(None),
+            (Some(why), TransportKind::Shm) => Err(self.shm_impossible(p, why)),
+            (Some(why), _) => Ok(Some(why.into())),
+        }
+    }
+
+    fn shm_impossible(&self, p: usize, why: &str) -> Error {
+        let c = &self.cards[p];
+        Error::Unavailable(format!(
+            "rank {}: OXCCL_TRANSPORT=shm, but rank {p} ({} pid {}) cannot be reached over shared memory: {why}; \
+             use OXCCL_TRANSPORT=auto to use TCP for it",
+            self.rank, c.host, c.pid
+        ))
+    }
+
+    fn shm_geometry(&self) -> Geometry {
+        Geometry {
+            nslots: std::env::var("OXCCL_SHM_SLOTS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n| (2..=crate::transport::shm::MAX_SLOTS).contains(n))
+                .unwrap_or(DEFAULT_SLOTS),
+            slot_size: self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64),
+        }
+    }
+
+    fn shm_link(&self, p: usize, link: crate::transport::shm::ShmLink) -> Box<dyn Link> {
+        let geo = self.shm_geometry();
+        crate::info!(
+            Some(self.rank),
+            "link to rank {p} ({} pid {}): shm, {} slots of {} KiB each way",
+            self.cards[p].host,
+            self.cards[p].pid,
+            geo.nslots,
+            geo.slot_size >> 10
+        );
+        Box::new(link)
+    }
+
+    /// The lower rank's side: shm when possible (falling back to TCP under auto), else TCP.
+    fn dial(
+        &self,
+        p: usize,
+        nsocks: usize,
+        slot: usize,
+        deadline: Instant,
+    ) -> Result<Box<dyn Link>> {
+        let mut why = self.shm_refusal(p)?;
+        if why.is_none() && shm_denied(self.rank, p) {
+            why = Some("OXCCL_SHM_DENY".into());
+        }
+        if let (None, Some(ep)) = (&why, &self.shm) {
+            let r = shm_setup::dial(
+                ep,
+                &self.cards[p].shm,
+                &self.secret,
+                self.comm_id,
+                self.rank,
+                p,
+                self.shm_geometry(),
+                deadline,
+            );
+            match r {
+                Ok(link) => return Ok(self.shm_link(p, link)),
+                Err(DialError::Failed(e)) => return Err(e),
+                Err(DialError::Fallback(w)) => {
+                    if self.cfg.transport == Some(TransportKind::Shm) {
+                        return Err(self.shm_impossible(p, &w));
+                    }
+                    crate::info!(
+                        Some(self.rank),
+                        "shared memory with rank {p} failed ({w}); falling back to tcp"
+                    );
+                    why = Some("descriptor passing failed".into());
+                }
+            }
+        }
+        let hello = Hello {
+            comm: self.comm_id,
+            from: self.rank as u32,
+            to: p as u32,
+            idx: 0,
+            nsocks: nsocks as u32,
+        };
+        let socks = connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?;
+        self.new_link(p, socks, slot, why.as_deref())
+    }
+
+    /// The higher rank's side: takes whichever link the lower rank made, shm or TCP.
+    fn accept(
+        &self,
+        p: usize,
+        nsocks: usize,
+        slot: usize,
+        deadline: Instant,
+    ) -> Result<Box<dyn Link>> {
+        let why = self.shm_refusal(p)?;
+        let (None, Some(ep)) = (&why, &self.shm) else {
+            let socks = self.listener.take(p, nsocks, deadline)?;
+            return self.new_link(p, socks, slot, why.as_deref());
+        };
+        loop {
+            if let Some(link) = ep.try_take(p, Duration::from_millis(1))? {
+                return Ok(self.shm_link(p, link));
+            }
+            let now = Instant::now();
+            match self.listener.take(p, nsocks, now.min(deadline)) {
+                Ok(socks) if self.cfg.transport == Some(TransportKind::Shm) => {
+                    drop(socks);
+                    return Err(self.shm_impossible(p, "it connected over tcp (see its log)"));
+                }
+                Ok(socks) => return self.new_link(p, socks, slot, Some("the peer chose tcp")),
+                Err(e) if now >= deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
     }
 
     fn new_link(
@@ -647,16 +836,18 @@ impl Communicator {
         p: usize,
         socks: Vec<std::net::TcpStream>,
         _slot: usize,
+        not_shm: Option<&str>,
     ) -> Result<Box<dyn Link>> {
         let nsocks = socks.len();
         let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
         let nslots = (2 * nsocks).max(4);
         crate::info!(
             Some(self.rank),
-            "link to rank {p} ({} pid {} at {}): tcp, {nsocks} sockets, {nslots} slots of {} KiB",
+            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB",
             self.cards[p].host,
             self.cards[p].pid,
             self.cards[p].addr,
+            not_shm.unwrap_or("tcp"),
             slot >> 10
         );
         Ok(Box::new(TcpLink::new(p, socks, slot, nslots)?))

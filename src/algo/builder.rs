@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Buf, Op, Program, Range, Shape, Step};
+use super::{Algorithm, Buf, Op, Program, Range, Shape, Step};
 
 #[derive(Debug, Clone, Default)]
 struct Seg {
@@ -103,7 +103,8 @@ pub struct Builder {
 
 impl Builder {
     /// A builder for one rank's Program.
-    pub fn new(shape: Shape) -> Builder {
+    pub fn new(shape: &Shape) -> Builder {
+        let shape = shape.clone();
         Builder {
             shape,
             steps: Vec::new(),
@@ -113,8 +114,8 @@ impl Builder {
     }
 
     /// The shape being built for.
-    pub fn shape(&self) -> Shape {
-        self.shape
+    pub fn shape(&self) -> &Shape {
+        &self.shape
     }
 
     /// Reserves `len` scratch elements and returns their range.
@@ -191,6 +192,7 @@ impl Builder {
     pub fn build(self) -> Program {
         Program {
             shape: self.shape,
+            algo: Algorithm::Linear,
             steps: self.steps,
             scratch_len: self.scratch_len,
         }
@@ -202,18 +204,12 @@ mod tests {
     use super::*;
 
     fn shape() -> Shape {
-        Shape {
-            nranks: 2,
-            rank: 0,
-            count: 100,
-            in_place: false,
-            chunk: 100,
-        }
+        Shape::all_reduce(2, 0, 100, false, 100)
     }
 
     #[test]
     fn infers_raw_war_waw() {
-        let mut b = Builder::new(shape());
+        let mut b = Builder::new(&shape());
         let o = |off, len| Range::new(Buf::Output, off, len);
         let w0 = b.recv(1, o(0, 10)).unwrap(); // writes 0..10
         let r1 = b.send(1, o(5, 10)).unwrap(); // reads 5..15: RAW on w0
@@ -227,7 +223,7 @@ mod tests {
 
     #[test]
     fn disjoint_ranges_are_independent() {
-        let mut b = Builder::new(shape());
+        let mut b = Builder::new(&shape());
         let o = |off, len| Range::new(Buf::Output, off, len);
         b.recv(1, o(0, 10));
         let s = b.send(1, o(10, 10)).unwrap();
@@ -241,7 +237,7 @@ mod tests {
 
     #[test]
     fn zero_length_steps_are_dropped() {
-        let mut b = Builder::new(shape());
+        let mut b = Builder::new(&shape());
         assert_eq!(b.send(1, Range::new(Buf::Output, 3, 0)), None);
         assert!(b.build().steps.is_empty());
     }

@@ -5,17 +5,17 @@
 //! Every rank folds the contributions in rank order `((c0 op c1) op c2) ...`, so all ranks get
 //! bitwise identical results (the operators are commutative, so `c_r op acc == acc op c_r`).
 
-use super::{Buf, Builder, Program, Range, Shape, split};
+use super::{Buf, Builder, Range, Shape, split};
 
 /// One rank's direct all-reduce Program.
-pub fn all_reduce(shape: Shape) -> Program {
-    let Shape {
-        nranks: n,
-        rank: r,
-        count,
-        in_place,
-        chunk,
-    } = shape;
+pub fn all_reduce(shape: &Shape) -> Builder {
+    let (n, r, count, in_place, chunk) = (
+        shape.nranks,
+        shape.rank,
+        shape.count,
+        shape.in_place,
+        shape.chunk,
+    );
     let mut b = Builder::new(shape);
     let out = |off, len| Range::new(Buf::Output, off, len);
     let own = |off, len| Range::new(if in_place { Buf::Output } else { Buf::Input }, off, len);
@@ -56,5 +56,5 @@ pub fn all_reduce(shape: Shape) -> Program {
         }
         b.finish(out(o, l));
     }
-    b.build()
+    b
 }

@@ -10,9 +10,14 @@
 //! addresses to rank `b` is received by the k-th `Recv`/`RecvReduce` that rank `b` posts from
 //! rank `a`; both must have the same length.
 
+pub mod bruck;
 pub mod builder;
+pub mod chain;
 pub mod direct;
+pub mod misc;
+pub mod rhd;
 pub mod ring;
+pub mod tree;
 pub mod verify;
 
 pub use builder::Builder;
@@ -160,73 +165,442 @@ pub struct Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Collective {
-    /// All-reduce.
+    /// All-reduce: everyone gets the reduction of everyone's buffer.
     AllReduce = 1,
-    /// Barrier (an all-reduce of nothing, as far as the wire is concerned).
+    /// Barrier: nobody leaves before everyone has arrived.
     Barrier = 2,
+    /// Broadcast: everyone gets the root's buffer.
+    Broadcast = 3,
+    /// Reduce: the root gets the reduction of everyone's buffer.
+    Reduce = 4,
+    /// All-gather: everyone gets the concatenation of everyone's block.
+    AllGather = 5,
+    /// Reduce-scatter: rank r gets block r of the reduction.
+    ReduceScatter = 6,
+    /// All-to-all: rank r gets block r of everyone's buffer, in rank order.
+    AllToAll = 7,
+    /// Gather: the root gets the concatenation of everyone's block.
+    Gather = 8,
+    /// Scatter: rank r gets block r of the root's buffer.
+    Scatter = 9,
+    /// Point-to-point send (the peer is `Shape::root`).
+    Send = 10,
+    /// Point-to-point receive (the peer is `Shape::root`).
+    Recv = 11,
+    /// All-gather with per-rank block sizes (`Shape::counts`).
+    AllGatherV = 12,
+    /// Reduce-scatter with per-rank block sizes (`Shape::counts`).
+    ReduceScatterV = 13,
+    /// All-to-all with per-peer sizes (`Shape::counts` = n send counts, then n receive counts).
+    AllToAllV = 14,
 }
 
 impl Collective {
+    /// Every collective.
+    pub const ALL: [Collective; 14] = [
+        Collective::AllReduce,
+        Collective::Barrier,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::Gather,
+        Collective::Scatter,
+        Collective::Send,
+        Collective::Recv,
+        Collective::AllGatherV,
+        Collective::ReduceScatterV,
+        Collective::AllToAllV,
+    ];
+
     /// The name as users know it.
     pub fn name(self) -> &'static str {
         match self {
             Collective::AllReduce => "all_reduce",
             Collective::Barrier => "barrier",
+            Collective::Broadcast => "broadcast",
+            Collective::Reduce => "reduce",
+            Collective::AllGather => "all_gather",
+            Collective::ReduceScatter => "reduce_scatter",
+            Collective::AllToAll => "all_to_all",
+            Collective::Gather => "gather",
+            Collective::Scatter => "scatter",
+            Collective::Send => "send",
+            Collective::Recv => "recv",
+            Collective::AllGatherV => "all_gatherv",
+            Collective::ReduceScatterV => "reduce_scatterv",
+            Collective::AllToAllV => "all_to_allv",
+        }
+    }
+
+    /// The key used by OXCCL_ALGO (`allreduce`, `broadcast`, ...).
+    pub fn key(self) -> &'static str {
+        match self {
+            Collective::AllReduce => "allreduce",
+            Collective::Barrier => "barrier",
+            Collective::Broadcast => "broadcast",
+            Collective::Reduce => "reduce",
+            Collective::AllGather | Collective::AllGatherV => "allgather",
+            Collective::ReduceScatter | Collective::ReduceScatterV => "reducescatter",
+            Collective::AllToAll | Collective::AllToAllV => "alltoall",
+            Collective::Gather => "gather",
+            Collective::Scatter => "scatter",
+            Collective::Send | Collective::Recv => "sendrecv",
         }
     }
 
     /// Decodes the wire byte.
     pub fn from_u8(v: u8) -> Option<Collective> {
-        match v {
-            1 => Some(Collective::AllReduce),
-            2 => Some(Collective::Barrier),
-            _ => None,
+        Collective::ALL.into_iter().find(|c| *c as u8 == v)
+    }
+
+    /// Whether it combines values with a reduction operator.
+    pub fn reduces(self) -> bool {
+        matches!(
+            self,
+            Collective::AllReduce
+                | Collective::Reduce
+                | Collective::ReduceScatter
+                | Collective::ReduceScatterV
+        )
+    }
+
+    /// Whether it has a root.
+    pub fn rooted(self) -> bool {
+        matches!(
+            self,
+            Collective::Broadcast | Collective::Reduce | Collective::Gather | Collective::Scatter
+        )
+    }
+
+    /// The algorithms that implement it; the first is the default for large messages.
+    pub fn algorithms(self) -> &'static [Algorithm] {
+        use Algorithm::*;
+        match self {
+            Collective::AllReduce => &[Ring, Tree, Rhd, Direct],
+            Collective::Barrier => &[Dissemination],
+            Collective::Broadcast | Collective::Reduce => &[Chain, Tree],
+            Collective::AllGather
+            | Collective::ReduceScatter
+            | Collective::AllGatherV
+            | Collective::ReduceScatterV => &[Ring, Bruck],
+            Collective::AllToAll | Collective::AllToAllV => &[Pairwise],
+            Collective::Gather | Collective::Scatter => &[Linear],
+            Collective::Send | Collective::Recv => &[Linear],
         }
     }
 }
 
-/// The all-reduce algorithms.
+/// Algorithms. Which apply to which collective: [`Collective::algorithms`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
-    /// Ring: reduce-scatter then all-gather, chunked and pipelined. Bandwidth-optimal.
+    /// Ring: for all-reduce, reduce-scatter then all-gather, chunked and pipelined
+    /// (bandwidth-optimal); for all-gather / reduce-scatter, one ring pass.
     Ring,
-    /// One-shot direct: every rank sends its whole buffer to every other rank and reduces
-    /// locally, in rank order. One message latency; for small messages.
+    /// One-shot direct all-reduce: every rank sends its buffer to every other and reduces
+    /// locally in rank order. One message latency; for small messages.
     Direct,
+    /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the data,
+    /// pipelined); broadcast / reduce: binomial tree.
+    Tree,
+    /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
+    Rhd,
+    /// Broadcast / reduce: a pipelined chain from (to) the root.
+    Chain,
+    /// All-gather / reduce-scatter: Bruck's recursive doubling (halving), any rank count.
+    Bruck,
+    /// All-to-all: pairwise exchange.
+    Pairwise,
+    /// Barrier: dissemination (log n rounds).
+    Dissemination,
+    /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
+    Linear,
 }
 
 impl Algorithm {
+    /// Every algorithm.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::Ring,
+        Algorithm::Direct,
+        Algorithm::Tree,
+        Algorithm::Rhd,
+        Algorithm::Chain,
+        Algorithm::Bruck,
+        Algorithm::Pairwise,
+        Algorithm::Dissemination,
+        Algorithm::Linear,
+    ];
+
     /// The name used by OXCCL_ALGO and printed by tools.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Ring => "ring",
             Algorithm::Direct => "direct",
+            Algorithm::Tree => "tree",
+            Algorithm::Rhd => "rhd",
+            Algorithm::Chain => "chain",
+            Algorithm::Bruck => "bruck",
+            Algorithm::Pairwise => "pairwise",
+            Algorithm::Dissemination => "dissemination",
+            Algorithm::Linear => "linear",
         }
     }
 
-    /// Parses a name.
+    /// Parses a name (a few aliases accepted).
     pub fn parse(s: &str) -> Option<Algorithm> {
         match s.trim().to_ascii_lowercase().as_str() {
             "ring" => Some(Algorithm::Ring),
             "direct" | "oneshot" | "one-shot" => Some(Algorithm::Direct),
+            "tree" | "dbtree" | "binomial" => Some(Algorithm::Tree),
+            "rhd" | "rabenseifner" | "halving-doubling" => Some(Algorithm::Rhd),
+            "chain" | "pipeline" => Some(Algorithm::Chain),
+            "bruck" | "recursive-doubling" | "rd" => Some(Algorithm::Bruck),
+            "pairwise" => Some(Algorithm::Pairwise),
+            "dissemination" => Some(Algorithm::Dissemination),
+            "linear" => Some(Algorithm::Linear),
             _ => None,
         }
     }
 }
 
-/// Parameters every schedule takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Everything a schedule depends on.
+///
+/// Buffer layouts, in elements (`count` is per rank unless said otherwise; `n` ranks):
+///
+/// | collective | Input | Output | in place: input lives in Output at |
+/// |---|---|---|---|
+/// | all-reduce | count | count | 0 |
+/// | broadcast | count (root) | count | 0 (root) |
+/// | reduce | count | count (root only) | 0 (root) |
+/// | all-gather(v) | block r | all blocks | block r |
+/// | reduce-scatter(v) | all blocks | block r | 0 (Output is all blocks; result at block r) |
+/// | all-to-all(v) | n send blocks | n receive blocks | 0 |
+/// | gather | block | n blocks (root only) | block root (root) |
+/// | scatter | n blocks (root only) | block | 0 (root; Output is all blocks, result at block root) |
+/// | send / recv | count | count | — |
+/// | barrier | — | 1 (a byte the executor owns) | — |
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shape {
+    /// Which collective.
+    pub coll: Collective,
     /// Number of ranks.
     pub nranks: usize,
     /// This rank.
     pub rank: usize,
-    /// Elements per rank buffer.
+    /// Elements per rank block (see the table).
     pub count: usize,
-    /// Whether input and output are the same memory.
+    /// Root rank (rooted collectives), or the peer (send / recv); 0 otherwise.
+    pub root: usize,
+    /// Whether the input lives inside the output buffer (see the table).
     pub in_place: bool,
     /// Largest message in elements (the pipelining grain); at least 1.
     pub chunk: usize,
+    /// Per-rank block sizes for the v-variants (all-to-allv: n send then n receive sizes).
+    pub counts: Vec<usize>,
+}
+
+impl Shape {
+    /// An all-reduce shape.
+    pub fn all_reduce(
+        nranks: usize,
+        rank: usize,
+        count: usize,
+        in_place: bool,
+        chunk: usize,
+    ) -> Shape {
+        Shape::new(Collective::AllReduce, nranks, rank, count, in_place, chunk)
+    }
+
+    /// A shape with root 0 and no per-rank counts.
+    pub fn new(
+        coll: Collective,
+        nranks: usize,
+        rank: usize,
+        count: usize,
+        in_place: bool,
+        chunk: usize,
+    ) -> Shape {
+        Shape {
+            coll,
+            nranks,
+            rank,
+            count,
+            root: 0,
+            in_place,
+            chunk: chunk.max(1),
+            counts: Vec::new(),
+        }
+    }
+
+    /// The block layout: per rank (offset, len) in elements.
+    pub fn blocks(&self) -> Layout {
+        match self.coll {
+            Collective::AllGatherV | Collective::ReduceScatterV => {
+                Layout::from_counts(&self.counts)
+            }
+            Collective::AllToAllV => {
+                Layout::from_counts(&self.counts[..self.nranks.min(self.counts.len())])
+            }
+            _ => Layout::uniform(self.nranks, self.count),
+        }
+    }
+
+    /// The receive layout of all-to-all(v).
+    pub fn recv_blocks(&self) -> Layout {
+        match self.coll {
+            Collective::AllToAllV => {
+                Layout::from_counts(self.counts.get(self.nranks..).unwrap_or(&[]))
+            }
+            _ => Layout::uniform(self.nranks, self.count),
+        }
+    }
+
+    /// Elements of Input this rank provides (0 where Input is unused).
+    pub fn in_len(&self) -> usize {
+        let (r, n) = (self.rank, self.nranks);
+        match self.coll {
+            Collective::AllReduce | Collective::Send => self.count,
+            Collective::Broadcast => {
+                if r == self.root {
+                    self.count
+                } else {
+                    0
+                }
+            }
+            Collective::Reduce => self.count,
+            Collective::AllGather | Collective::AllGatherV | Collective::Gather => {
+                self.blocks().len(r)
+            }
+            Collective::ReduceScatter
+            | Collective::ReduceScatterV
+            | Collective::AllToAll
+            | Collective::AllToAllV => self.blocks().total(),
+            Collective::Scatter => {
+                if r == self.root {
+                    n * self.count
+                } else {
+                    0
+                }
+            }
+            Collective::Recv | Collective::Barrier => 0,
+        }
+    }
+
+    /// Elements of Output this rank needs (0 where Output is unused).
+    pub fn out_len(&self) -> usize {
+        let r = self.rank;
+        match self.coll {
+            Collective::AllReduce | Collective::Broadcast | Collective::Recv => self.count,
+            Collective::Reduce => {
+                if r == self.root {
+                    self.count
+                } else {
+                    0
+                }
+            }
+            Collective::AllGather | Collective::AllGatherV => self.blocks().total(),
+            Collective::ReduceScatter | Collective::ReduceScatterV => {
+                if self.in_place {
+                    self.blocks().total()
+                } else {
+                    self.blocks().len(r)
+                }
+            }
+            Collective::AllToAll | Collective::AllToAllV => self.recv_blocks().total(),
+            Collective::Gather => {
+                if r == self.root {
+                    self.blocks().total()
+                } else {
+                    0
+                }
+            }
+            Collective::Scatter => {
+                if self.in_place && r == self.root {
+                    self.nranks * self.count
+                } else {
+                    self.count
+                }
+            }
+            Collective::Send => 0,
+            Collective::Barrier => 1,
+        }
+    }
+
+    /// Where the input lives inside Output when in place.
+    pub fn in_off(&self) -> usize {
+        match self.coll {
+            Collective::AllGather | Collective::AllGatherV => self.blocks().off(self.rank),
+            Collective::Gather => self.blocks().off(self.root),
+            _ => 0,
+        }
+    }
+
+    /// Whether this rank's call is in place in a way that matters (non-roots of rooted
+    /// collectives ignore the flag for the buffers they do not have).
+    pub fn input_range(&self, off: usize, len: usize) -> Range {
+        if self.in_place {
+            Range::new(Buf::Output, self.in_off() + off, len)
+        } else {
+            Range::new(Buf::Input, off, len)
+        }
+    }
+}
+
+/// Per-rank blocks of a buffer: rank i's block is `[off(i), off(i) + len(i))`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    offs: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl Layout {
+    /// `n` blocks of `count` elements.
+    pub fn uniform(n: usize, count: usize) -> Layout {
+        Layout {
+            offs: (0..n).map(|i| i * count).collect(),
+            lens: vec![count; n],
+        }
+    }
+
+    /// Contiguous blocks of the given sizes.
+    pub fn from_counts(counts: &[usize]) -> Layout {
+        let mut offs = Vec::with_capacity(counts.len());
+        let mut o = 0;
+        for &c in counts {
+            offs.push(o);
+            o += c;
+        }
+        Layout {
+            offs,
+            lens: counts.to_vec(),
+        }
+    }
+
+    /// Block i's offset.
+    pub fn off(&self, i: usize) -> usize {
+        self.offs.get(i).copied().unwrap_or(0)
+    }
+
+    /// Block i's length.
+    pub fn len(&self, i: usize) -> usize {
+        self.lens.get(i).copied().unwrap_or(0)
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Sum of all blocks.
+    pub fn total(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// The largest block.
+    pub fn max(&self) -> usize {
+        self.lens.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// One rank's part of a collective.
@@ -234,6 +608,8 @@ pub struct Shape {
 pub struct Program {
     /// The shape it was built for.
     pub shape: Shape,
+    /// The algorithm that built it.
+    pub algo: Algorithm,
     /// Steps in a valid execution order.
     pub steps: Vec<Step>,
     /// Scratch elements the executor must provide.
@@ -263,12 +639,80 @@ impl Program {
     }
 }
 
+/// Builds one rank's Program for `shape` with `algo`, or says why that algorithm does not
+/// implement that collective or the shape is invalid.
+pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
+    let s = shape;
+    if s.nranks == 0 || s.rank >= s.nranks {
+        return Err(format!("rank {} of {}", s.rank, s.nranks));
+    }
+    if (s.coll.rooted() || matches!(s.coll, Collective::Send | Collective::Recv))
+        && s.root >= s.nranks
+    {
+        return Err(format!(
+            "{} root/peer {} is not a rank of {}",
+            s.coll.name(),
+            s.root,
+            s.nranks
+        ));
+    }
+    let need = match s.coll {
+        Collective::AllGatherV | Collective::ReduceScatterV => s.nranks,
+        Collective::AllToAllV => 2 * s.nranks,
+        _ => 0,
+    };
+    if s.counts.len() != need {
+        return Err(format!(
+            "{} needs {need} per-rank counts, got {}",
+            s.coll.name(),
+            s.counts.len()
+        ));
+    }
+    if s.coll == Collective::AllToAllV && s.in_place && s.counts[..s.nranks] != s.counts[s.nranks..]
+    {
+        return Err(
+            "all_to_allv in place needs each rank's send counts to equal its receive counts".into(),
+        );
+    }
+    if !s.coll.algorithms().contains(&algo) {
+        let names: Vec<&str> = s.coll.algorithms().iter().map(|a| a.name()).collect();
+        return Err(format!(
+            "{} has no {} algorithm (it has: {})",
+            s.coll.name(),
+            algo.name(),
+            names.join(", ")
+        ));
+    }
+    use Algorithm as A;
+    use Collective as C;
+    let b = match (s.coll, algo) {
+        (C::AllReduce, A::Ring) => ring::all_reduce(s),
+        (C::AllReduce, A::Direct) => direct::all_reduce(s),
+        (C::AllReduce, A::Tree) => tree::all_reduce(s),
+        (C::AllReduce, A::Rhd) => rhd::all_reduce(s),
+        (C::Broadcast, A::Chain) => chain::broadcast(s),
+        (C::Broadcast, A::Tree) => tree::broadcast(s),
+        (C::Reduce, A::Chain) => chain::reduce(s),
+        (C::Reduce, A::Tree) => tree::reduce(s),
+        (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather(s),
+        (C::AllGather | C::AllGatherV, A::Bruck) => bruck::all_gather(s),
+        (C::ReduceScatter | C::ReduceScatterV, A::Ring) => ring::reduce_scatter(s),
+        (C::ReduceScatter | C::ReduceScatterV, A::Bruck) => bruck::reduce_scatter(s),
+        (C::AllToAll | C::AllToAllV, _) => misc::all_to_all(s),
+        (C::Gather, _) => misc::gather(s),
+        (C::Scatter, _) => misc::scatter(s),
+        (C::Send | C::Recv, _) => misc::send_recv(s),
+        (C::Barrier, _) => misc::barrier(s),
+        _ => unreachable!("checked against algorithms() above"),
+    };
+    let mut p = b.build();
+    p.algo = algo;
+    Ok(p)
+}
+
 /// Builds one rank's all-reduce Program with `algo`.
 pub fn all_reduce(algo: Algorithm, shape: Shape) -> Program {
-    match algo {
-        Algorithm::Ring => ring::all_reduce(shape),
-        Algorithm::Direct => direct::all_reduce(shape),
-    }
+    build(algo, &shape).expect("all-reduce shapes and algorithms are valid")
 }
 
 /// Splits `count` elements into `parts` near-equal contiguous pieces; returns piece `i` as
@@ -279,4 +723,10 @@ pub fn split(count: usize, parts: usize, i: usize) -> (usize, usize) {
     let off = i * base + i.min(extra);
     let len = base + usize::from(i < extra);
     (off, len)
+}
+
+/// Cuts `len` elements at `off` into slices of at most `chunk` elements: (offset, len) pairs.
+pub fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..len.div_ceil(chunk)).map(move |j| (off + j * chunk, chunk.min(len - j * chunk)))
 }

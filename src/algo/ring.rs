@@ -1,24 +1,21 @@
-//! Ring all-reduce: a reduce-scatter around the ring, then an all-gather around it.
+//! Ring algorithms.
 //!
-//! The buffer is cut into `nranks` chunks. In reduce-scatter step `s`, rank `r` sends chunk
-//! `r - s` to `r + 1` and reduces chunk `r - s - 1` arriving from `r - 1` into its output; after
-//! `n - 1` steps it owns the fully reduced chunk `r + 1`. The all-gather then passes owned chunks
-//! around for another `n - 1` steps. Each chunk is cut into slices of at most `shape.chunk`
-//! elements, which are independent, so slice `j + 1` travels while slice `j` is being reduced.
-//! Out of place, the first reduction reads the input directly, so there is no initial copy.
+//! All-reduce: the buffer is cut into `nranks` chunks. In reduce-scatter step `s`, rank `r`
+//! sends chunk `r - s` to `r + 1` and reduces chunk `r - s - 1` arriving from `r - 1` into its
+//! output; after `n - 1` steps it owns the fully reduced chunk `r + 1`. The all-gather then
+//! passes owned chunks around for another `n - 1` steps. Each chunk is cut into slices of at most
+//! `chunk` elements, which are independent, so slice `j + 1` travels while slice `j` is being
+//! reduced. Out of place, the first reduction reads the input directly: no initial copy.
+//!
+//! All-gather and reduce-scatter are one pass of the same ring over per-rank blocks (of any
+//! sizes, for the v-variants).
 
-use super::{Buf, Builder, Program, Range, Shape, split};
+use super::{Buf, Builder, Range, Shape, slices, split};
 
-/// One rank's ring all-reduce Program.
-pub fn all_reduce(shape: Shape) -> Program {
-    let Shape {
-        nranks: n,
-        rank: r,
-        count,
-        in_place,
-        chunk,
-    } = shape;
-    let mut b = Builder::new(shape);
+/// One rank's ring all-reduce.
+pub fn all_reduce(s: &Shape) -> Builder {
+    let (n, r, count, in_place, chunk) = (s.nranks, s.rank, s.count, s.in_place, s.chunk);
+    let mut b = Builder::new(s);
     let out = |off, len| Range::new(Buf::Output, off, len);
     let inp = |off, len| Range::new(Buf::Input, off, len);
     if n == 1 {
@@ -26,25 +23,24 @@ pub fn all_reduce(shape: Shape) -> Program {
             b.copy(inp(0, count), out(0, count));
         }
         b.finish(out(0, count));
-        return b.build();
+        return b;
     }
     let next = (r + 1) % n;
     let prev = (r + n - 1) % n;
     // Every chunk is cut into the same number of slices, so message k on every link is slice
     // (k % slices) of the same step on both sides.
-    let slices = split(count, n, 0).1.div_ceil(chunk.max(1)).max(1);
+    let nslices = split(count, n, 0).1.div_ceil(chunk).max(1);
     let piece = |c: usize, j: usize| {
         let (co, cl) = split(count, n, c);
-        let (so, sl) = split(cl, slices, j);
+        let (so, sl) = split(cl, nslices, j);
         (co + so, sl)
     };
-    // Reduce-scatter.
-    for s in 0..n - 1 {
-        let send_c = (r + n - s) % n;
-        let recv_c = (r + 2 * n - s - 1) % n;
-        for j in 0..slices {
+    for st in 0..n - 1 {
+        let send_c = (r + n - st) % n;
+        let recv_c = (r + 2 * n - st - 1) % n;
+        for j in 0..nslices {
             let (o, l) = piece(send_c, j);
-            let src = if s == 0 && !in_place {
+            let src = if st == 0 && !in_place {
                 inp(o, l)
             } else {
                 out(o, l)
@@ -53,21 +49,96 @@ pub fn all_reduce(shape: Shape) -> Program {
             let (o, l) = piece(recv_c, j);
             let acc = (!in_place).then(|| inp(o, l));
             b.recv_reduce(prev, out(o, l), acc);
-            if s == n - 2 {
+            if st == n - 2 {
                 b.finish(out(o, l));
             }
         }
     }
-    // All-gather.
-    for s in 0..n - 1 {
-        let send_c = (r + 1 + n - s) % n;
-        let recv_c = (r + n - s) % n;
-        for j in 0..slices {
+    for st in 0..n - 1 {
+        let send_c = (r + 1 + n - st) % n;
+        let recv_c = (r + n - st) % n;
+        for j in 0..nslices {
             let (o, l) = piece(send_c, j);
             b.send(next, out(o, l));
             let (o, l) = piece(recv_c, j);
             b.recv(prev, out(o, l));
         }
     }
-    b.build()
+    b
+}
+
+/// One rank's ring all-gather (uniform or per-rank block sizes).
+pub fn all_gather(s: &Shape) -> Builder {
+    let (n, r) = (s.nranks, s.rank);
+    let lay = s.blocks();
+    let mut b = Builder::new(s);
+    let out = |blk: usize| Range::new(Buf::Output, lay.off(blk), lay.len(blk));
+    if !s.in_place {
+        b.copy(Range::new(Buf::Input, 0, lay.len(r)), out(r));
+    }
+    let next = (r + 1) % n;
+    let prev = (r + n - 1) % n;
+    for st in 0..n.saturating_sub(1) {
+        let send_b = (r + n - st) % n;
+        let recv_b = (r + 2 * n - st - 1) % n;
+        for (o, l) in slices(0, lay.len(send_b), s.chunk) {
+            let src = if send_b == r && !s.in_place {
+                Range::new(Buf::Input, o, l)
+            } else {
+                out(send_b).sub(o, l)
+            };
+            b.send(next, src);
+        }
+        for (o, l) in slices(0, lay.len(recv_b), s.chunk) {
+            b.recv(prev, out(recv_b).sub(o, l));
+        }
+    }
+    b
+}
+
+/// One rank's ring reduce-scatter (uniform or per-rank block sizes).
+pub fn reduce_scatter(s: &Shape) -> Builder {
+    let (n, r) = (s.nranks, s.rank);
+    let lay = s.blocks();
+    let mut b = Builder::new(s);
+    let input = |blk: usize| s.input_range(lay.off(blk), lay.len(blk));
+    let result = if s.in_place {
+        Range::new(Buf::Output, lay.off(r), lay.len(r))
+    } else {
+        Range::new(Buf::Output, 0, lay.len(r))
+    };
+    let scratch = b.scratch(lay.total());
+    let partial = |blk: usize| scratch.sub(lay.off(blk), lay.len(blk));
+    if n == 1 {
+        if !s.in_place {
+            b.copy(input(0), result);
+        }
+        b.finish(result);
+        return b;
+    }
+    let next = (r + 1) % n;
+    let prev = (r + n - 1) % n;
+    for st in 0..n - 1 {
+        let send_b = (r + 2 * n - st - 1) % n;
+        let recv_b = (r + 2 * n - st - 2) % n;
+        for (o, l) in slices(0, lay.len(send_b), s.chunk) {
+            let src = if st == 0 {
+                input(send_b)
+            } else {
+                partial(send_b)
+            };
+            b.send(next, src.sub(o, l));
+        }
+        for (o, l) in slices(0, lay.len(recv_b), s.chunk) {
+            let own = input(recv_b).sub(o, l);
+            if recv_b == r {
+                let dst = result.sub(o, l);
+                b.recv_reduce(prev, dst, (dst != own).then_some(own));
+                b.finish(dst);
+            } else {
+                b.recv_reduce(prev, partial(recv_b).sub(o, l), Some(own));
+            }
+        }
+    }
+    b
 }

@@ -2,8 +2,10 @@
 //! element the set of ranks whose contribution it holds.
 //!
 //! It proves, for one (collective, nranks, count, chunk):
-//! - every output element ends holding exactly one contribution from every rank, finished once
-//!   (no double counting, no missing rank, no uninitialised read);
+//! - every output element ends holding exactly what the collective promises: for reductions, one
+//!   contribution of the right input element from every rank, finished once (no double counting,
+//!   no missing rank, no uninitialised read); for data movement, the right element of the right
+//!   rank;
 //! - every send is matched by a receive of the same length, in order;
 //! - no deadlock when each link holds at most `credits` messages in flight (the executor's limit);
 //! - no race: any two steps of one rank that touch overlapping elements, one of them writing, are
@@ -14,16 +16,24 @@
 
 use std::collections::VecDeque;
 
-use super::{Buf, Op, Program, Range};
+use super::{Buf, Collective, Op, Program, Range, Shape};
 
 /// One element's symbolic value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct V {
+    /// Which input element (index into the contributing ranks' Input) this holds.
+    idx: usize,
     /// Bit r set: holds rank r's contribution. 0: undefined.
     mask: u64,
     /// Finished (divided for Avg).
     fin: bool,
 }
+
+const UNDEF: V = V {
+    idx: 0,
+    mask: 0,
+    fin: false,
+};
 
 struct RankState<'p> {
     prog: &'p Program,
@@ -62,7 +72,7 @@ impl RankState<'_> {
     }
 }
 
-fn combine(a: &[V], b: &[V], what: &str) -> Result<Vec<V>, String> {
+fn combine(a: &[V], b: &[V], idempotent: bool, what: &str) -> Result<Vec<V>, String> {
     if a.len() != b.len() {
         return Err(format!("{what}: length {} vs {}", a.len(), b.len()));
     }
@@ -71,18 +81,126 @@ fn combine(a: &[V], b: &[V], what: &str) -> Result<Vec<V>, String> {
         .map(|(x, y)| {
             if x.mask == 0 || y.mask == 0 {
                 Err(format!("{what}: reads an undefined element"))
+            } else if x.idx != y.idx {
+                Err(format!(
+                    "{what}: combines input elements {} and {}",
+                    x.idx, y.idx
+                ))
             } else if x.fin || y.fin {
                 Err(format!("{what}: reduces an already finished element"))
-            } else if x.mask & y.mask != 0 {
+            } else if x.mask & y.mask != 0 && !idempotent {
                 Err(format!("{what}: counts ranks {:#x} twice", x.mask & y.mask))
             } else {
                 Ok(V {
+                    idx: x.idx,
                     mask: x.mask | y.mask,
                     fin: false,
                 })
             }
         })
         .collect()
+}
+
+/// Whether this rank's call is in place (rooted collectives: only the root's flag counts).
+fn effective_in_place(s: &Shape) -> bool {
+    s.in_place && (!s.coll.rooted() || s.rank == s.root)
+}
+
+/// Initial Input and Output of a rank.
+fn initial(s: &Shape) -> (Vec<V>, Vec<V>) {
+    let r = s.rank;
+    let own = |i: usize| V {
+        idx: i,
+        mask: 1 << r,
+        fin: false,
+    };
+    let mut out = vec![UNDEF; s.out_len()];
+    if s.coll == Collective::Barrier {
+        out[0] = own(0);
+        return (Vec::new(), out);
+    }
+    if effective_in_place(s) {
+        let plain = Shape {
+            in_place: false,
+            ..s.clone()
+        };
+        let off = s.in_off();
+        for i in 0..plain.in_len() {
+            if let Some(x) = out.get_mut(off + i) {
+                *x = own(i);
+            }
+        }
+        (Vec::new(), out)
+    } else {
+        ((0..s.in_len()).map(own).collect(), out)
+    }
+}
+
+/// What rank `r`'s Output must hold at the end: (offset, expected values); `None` where it
+/// does not matter.
+fn expected(progs: &[Program], r: usize) -> Vec<(usize, V)> {
+    let s = &progs[r].shape;
+    let n = s.nranks;
+    let full = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+    let red = |idx| V {
+        idx,
+        mask: full,
+        fin: true,
+    };
+    let from = |idx, who: usize| V {
+        idx,
+        mask: 1 << who,
+        fin: false,
+    };
+    let mut e = Vec::new();
+    match s.coll {
+        Collective::AllReduce => e.extend((0..s.count).map(|i| (i, red(i)))),
+        Collective::Reduce if r == s.root => e.extend((0..s.count).map(|i| (i, red(i)))),
+        Collective::Broadcast => e.extend((0..s.count).map(|i| (i, from(i, s.root)))),
+        Collective::AllGather | Collective::AllGatherV => {
+            let lay = s.blocks();
+            for b in 0..n {
+                e.extend((0..lay.len(b)).map(|i| (lay.off(b) + i, from(i, b))));
+            }
+        }
+        Collective::Gather if r == s.root => {
+            let lay = s.blocks();
+            for b in 0..n {
+                e.extend((0..lay.len(b)).map(|i| (lay.off(b) + i, from(i, b))));
+            }
+        }
+        Collective::ReduceScatter | Collective::ReduceScatterV => {
+            let lay = s.blocks();
+            let at = if s.in_place { lay.off(r) } else { 0 };
+            e.extend((0..lay.len(r)).map(|i| (at + i, red(lay.off(r) + i))));
+        }
+        Collective::AllToAll | Collective::AllToAllV => {
+            let rl = s.recv_blocks();
+            for (src, p) in progs.iter().enumerate() {
+                let sl = p.shape.blocks();
+                e.extend((0..rl.len(src)).map(|i| (rl.off(src) + i, from(sl.off(r) + i, src))));
+            }
+        }
+        Collective::Scatter => {
+            let at = if effective_in_place(s) {
+                r * s.count
+            } else {
+                0
+            };
+            e.extend((0..s.count).map(|i| (at + i, from(r * s.count + i, s.root))));
+        }
+        Collective::Recv => e.extend((0..s.count).map(|i| (i, from(i, s.root)))),
+        Collective::Barrier => e.push((
+            0,
+            V {
+                idx: 0,
+                mask: full,
+                fin: false,
+            },
+        )),
+        _ => {}
+    }
+    e
 }
 
 /// Checks that every pair of conflicting steps in `p` is ordered by its dependencies.
@@ -129,27 +247,14 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
     if n == 0 || n > 64 {
         return Err(format!("verifier handles 1..=64 ranks, got {n}"));
     }
-    let count = progs[0].shape.count;
     let full = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+    let idempotent = progs[0].shape.coll == Collective::Barrier;
     let mut ranks: Vec<RankState> = Vec::with_capacity(n);
     for (r, p) in progs.iter().enumerate() {
-        if p.shape.rank != r || p.shape.nranks != n || p.shape.count != count {
+        if p.shape.rank != r || p.shape.nranks != n {
             return Err(format!("program {r} was built for shape {:?}", p.shape));
         }
-        let own = V {
-            mask: 1 << r,
-            fin: false,
-        };
-        let undef = V {
-            mask: 0,
-            fin: false,
-        };
-        let input = if p.shape.in_place {
-            Vec::new()
-        } else {
-            vec![own; count]
-        };
-        let output = vec![if p.shape.in_place { own } else { undef }; count];
+        let (input, output) = initial(&p.shape);
         let mut sends = vec![VecDeque::new(); n];
         let mut recvs = vec![VecDeque::new(); n];
         for (i, s) in p.steps.iter().enumerate() {
@@ -167,7 +272,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
         check_races(p)?;
         ranks.push(RankState {
             prog: p,
-            bufs: [input, output, vec![undef; p.scratch_len]],
+            bufs: [input, output, vec![UNDEF; p.scratch_len]],
             done: vec![false; p.steps.len()],
             ndone: 0,
             sends,
@@ -239,7 +344,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
                                 let a = ranks[r]
                                     .get(acc.unwrap_or(dst))
                                     .map_err(|e| format!("{}: {e}", what()))?;
-                                combine(&a, &msg, &what())?
+                                combine(&a, &msg, idempotent, &what())?
                             }
                             _ => msg,
                         };
@@ -259,7 +364,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
                     Op::Reduce { src, dst } => {
                         let a = ranks[r].get(dst).map_err(|e| format!("{}: {e}", what()))?;
                         let b = ranks[r].get(src).map_err(|e| format!("{}: {e}", what()))?;
-                        let v = combine(&a, &b, &what())?;
+                        let v = combine(&a, &b, idempotent, &what())?;
                         ranks[r]
                             .put(dst, &v)
                             .map_err(|e| format!("{}: {e}", what()))?;
@@ -316,10 +421,11 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
         }
     }
     for (r, st) in ranks.iter().enumerate() {
-        for (i, v) in st.bufs[1].iter().enumerate() {
-            if v.mask != full || !v.fin {
+        for (i, want) in expected(progs, r) {
+            let got = st.bufs[1].get(i).copied().unwrap_or(UNDEF);
+            if got != want {
                 return Err(format!(
-                    "rank {r} output element {i} ends as {v:?}, want all {n} ranks, finished"
+                    "rank {r} output element {i} ends as {got:?}, want {want:?}"
                 ));
             }
         }
@@ -329,44 +435,109 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, Shape, all_reduce};
+    use super::super::{Algorithm, Collective, Shape, build};
     use super::*;
     use proptest::prelude::*;
 
-    fn progs(
-        algo: Algorithm,
+    /// Shapes of every rank for one call; `counts` drives the v-variants.
+    fn shapes(
+        coll: Collective,
         n: usize,
         count: usize,
+        root: usize,
         in_place: bool,
         chunk: usize,
-    ) -> Vec<Program> {
+        seed: u64,
+    ) -> Vec<Shape> {
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // All-to-allv: a random matrix m[src][dst] of sizes.
+        let mut m: Vec<Vec<usize>> = (0..n)
+            .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
+            .collect();
+        if in_place {
+            // In place needs equal send and receive sizes per rank: a symmetric matrix.
+            for a in 0..n {
+                for b in 0..a {
+                    m[a][b] = m[b][a];
+                }
+            }
+        }
+        let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
         (0..n)
             .map(|rank| {
-                all_reduce(
-                    algo,
-                    Shape {
-                        nranks: n,
-                        rank,
-                        count,
-                        in_place,
-                        chunk,
-                    },
-                )
+                let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
+                s.root = root % n;
+                match coll {
+                    Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
+                    Collective::AllToAllV => {
+                        s.counts = m[rank].clone();
+                        s.counts.extend((0..n).map(|src| m[src][rank]));
+                    }
+                    _ => {}
+                }
+                s
             })
             .collect()
     }
 
+    fn check(
+        coll: Collective,
+        algo: Algorithm,
+        n: usize,
+        count: usize,
+        root: usize,
+        in_place: bool,
+        chunk: usize,
+        credits: usize,
+        seed: u64,
+    ) -> Result<(), String> {
+        let progs: Vec<Program> = shapes(coll, n, count, root, in_place, chunk, seed)
+            .iter()
+            .map(|s| build(algo, s))
+            .collect::<Result<_, _>>()?;
+        run(&progs, credits, seed).map_err(|e| {
+            format!(
+                "{} {} n={n} count={count} root={root} in_place={in_place} chunk={chunk}: {e}",
+                coll.name(),
+                algo.name()
+            )
+        })
+    }
+
+    const COLLS: [Collective; 12] = [
+        Collective::AllReduce,
+        Collective::Barrier,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::AllToAll,
+        Collective::Gather,
+        Collective::Scatter,
+        Collective::AllGatherV,
+        Collective::ReduceScatterV,
+        Collective::AllToAllV,
+    ];
+
     #[test]
     fn small_cases_exhaustive() {
-        for algo in [Algorithm::Ring, Algorithm::Direct] {
-            for n in 1usize..=9 {
-                for count in [0, 1, 2, n.saturating_sub(1), n, 2 * n + 1, 37] {
-                    for in_place in [false, true] {
-                        for chunk in [1, 3, 64] {
-                            let p = progs(algo, n, count, in_place, chunk);
-                            run(&p, 1, 7).unwrap_or_else(|e| {
-                                panic!("{algo:?} n={n} count={count} in_place={in_place} chunk={chunk}: {e}")
-                            });
+        for coll in COLLS {
+            for &algo in coll.algorithms() {
+                for n in 1usize..=9 {
+                    for count in [0, 1, 2, n.saturating_sub(1), 2 * n + 1, 37] {
+                        for root in [0, n - 1] {
+                            for in_place in [false, true] {
+                                for chunk in [1, 3, 64] {
+                                    check(coll, algo, n, count, root, in_place, chunk, 1, 7)
+                                        .unwrap_or_else(|e| panic!("{e}"));
+                                }
+                            }
                         }
                     }
                 }
@@ -375,9 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn point_to_point() {
+        for count in [0, 1, 5, 100] {
+            let mut s = Shape::new(Collective::Send, 2, 0, count, false, 7);
+            s.root = 1;
+            let mut r = Shape::new(Collective::Recv, 2, 1, count, false, 7);
+            r.root = 0;
+            let progs = vec![
+                build(Algorithm::Linear, &s).unwrap(),
+                build(Algorithm::Linear, &r).unwrap(),
+            ];
+            run(&progs, 1, 3).unwrap();
+        }
+    }
+
+    #[test]
     fn catches_a_missing_contribution() {
-        let mut p = progs(Algorithm::Ring, 3, 6, false, 2);
-        // Drop rank 1's first receive-reduce and the matching send: a rank's data goes missing.
+        let mut p: Vec<Program> = shapes(Collective::AllReduce, 3, 6, 0, false, 2, 1)
+            .iter()
+            .map(|s| build(Algorithm::Ring, s).unwrap())
+            .collect();
+        // Turn rank 1's first receive-reduce into a plain receive: a rank's data goes missing.
         let i = p[1]
             .steps
             .iter()
@@ -392,37 +581,49 @@ mod tests {
 
     #[test]
     fn catches_a_race() {
-        let mut p = progs(Algorithm::Ring, 2, 4, true, 4);
-        for s in &mut p[0].steps {
+        let mut p = build(Algorithm::Ring, &Shape::all_reduce(2, 0, 4, true, 4)).unwrap();
+        for s in &mut p.steps {
             s.deps.clear();
         }
-        assert!(check_races(&p[0]).is_err());
+        assert!(check_races(&p).is_err());
     }
 
     #[test]
     fn catches_a_count_mismatch() {
-        let mut p = progs(Algorithm::Ring, 2, 4, true, 4);
-        p[1] = all_reduce(
-            Algorithm::Ring,
-            Shape {
-                nranks: 2,
-                rank: 1,
-                count: 4,
-                in_place: true,
-                chunk: 1,
-            },
-        );
+        let p = vec![
+            build(Algorithm::Ring, &Shape::all_reduce(2, 0, 4, true, 4)).unwrap(),
+            build(Algorithm::Ring, &Shape::all_reduce(2, 1, 4, true, 1)).unwrap(),
+        ];
+        assert!(run(&p, 4, 1).is_err());
+    }
+
+    #[test]
+    fn catches_a_wrong_block() {
+        // An all-gather whose rank 0 forgets to copy its own block.
+        let mut p: Vec<Program> = shapes(Collective::AllGather, 2, 3, 0, false, 8, 1)
+            .iter()
+            .map(|s| build(Algorithm::Ring, s).unwrap())
+            .collect();
+        p[0].steps.retain(|s| !matches!(s.op, Op::Copy { .. }));
+        for s in &mut p[0].steps {
+            s.deps.clear();
+        }
         assert!(run(&p, 4, 1).is_err());
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
         #[test]
-        fn ring_and_direct_are_correct(n in 1usize..=64, count in 0usize..400, chunk in 1usize..64,
-                                       in_place: bool, credits in 1usize..4, seed: u64, direct: bool) {
-            let algo = if direct && n <= 16 { Algorithm::Direct } else { Algorithm::Ring };
-            let p = progs(algo, n, count, in_place, chunk);
-            prop_assert_eq!(run(&p, credits, seed), Ok(()));
+        fn every_collective_and_algorithm(ci in 0usize..12, ai in 0usize..4, n in 1usize..=64, count in 0usize..200,
+                                          root in 0usize..64, chunk in 1usize..48, in_place: bool,
+                                          credits in 1usize..4, seed: u64) {
+            let coll = COLLS[ci];
+            let algos = coll.algorithms();
+            let algo = algos[ai % algos.len()];
+            // Direct all-reduce moves n^2 messages: keep it to the rank counts it is meant for.
+            let n = if algo == Algorithm::Direct { n.min(16) } else { n };
+            let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) { count.min(8) } else { count };
+            prop_assert_eq!(check(coll, algo, n, count, root, in_place, chunk, credits, seed), Ok(()));
         }
     }
 }

@@ -1,0 +1,175 @@
+//! Tree algorithms.
+//!
+//! All-reduce: a double binary tree, as in NCCL. Tree A is the heap-ordered binary tree over
+//! ranks 0..n (position p has children 2p+1 and 2p+2); tree B is the same tree shifted by n/2
+//! ranks, so that the interior nodes of one tree are (roughly) the leaves of the other. Each tree
+//! carries half of the data: slices are reduced up to the tree's root and broadcast back down,
+//! pipelined, so every rank sends and receives about the data size once per tree direction and
+//! the latency grows with log n instead of n.
+//!
+//! Broadcast / reduce: binomial trees rooted at the root (in root-relative rank numbering).
+
+use super::{Buf, Builder, Collective, Range, Shape, slices, split};
+
+/// Parent and children of `rank` in the heap tree over `n` ranks shifted by `shift`.
+fn heap_links(n: usize, rank: usize, shift: usize) -> (Option<usize>, Vec<usize>) {
+    let pos = (rank + n - shift) % n;
+    let real = |p: usize| (p + shift) % n;
+    let parent = (pos > 0).then(|| real((pos - 1) / 2));
+    let children = [2 * pos + 1, 2 * pos + 2]
+        .into_iter()
+        .filter(|&c| c < n)
+        .map(real)
+        .collect();
+    (parent, children)
+}
+
+/// One rank's double-binary-tree all-reduce.
+pub fn all_reduce(s: &Shape) -> Builder {
+    let (n, r, count) = (s.nranks, s.rank, s.count);
+    let mut b = Builder::new(s);
+    let out = |o, l| Range::new(Buf::Output, o, l);
+    let trees = [heap_links(n, r, 0), heap_links(n, r, n / 2)];
+    let ntrees = if n > 1 { 2 } else { 1 };
+    let halves: Vec<(usize, usize)> = (0..ntrees).map(|t| split(count, ntrees, t)).collect();
+    let per: Vec<Vec<(usize, usize)>> = halves
+        .iter()
+        .map(|&(o, l)| slices(o, l, s.chunk).collect())
+        .collect();
+    let most = per.iter().map(Vec::len).max().unwrap_or(0);
+    for j in 0..most {
+        // Up: reduce this slice towards each tree's root.
+        for t in 0..ntrees {
+            let Some(&(o, l)) = per[t].get(j) else {
+                continue;
+            };
+            let (parent, children) = &trees[t];
+            let own = s.input_range(o, l);
+            let mut partial = own;
+            for (k, &c) in children.iter().enumerate() {
+                let acc = (k == 0 && own != out(o, l)).then_some(own);
+                b.recv_reduce(c, out(o, l), acc);
+                partial = out(o, l);
+            }
+            match parent {
+                Some(p) => {
+                    b.send(*p, partial);
+                }
+                None => {
+                    if partial != out(o, l) {
+                        b.copy(partial, out(o, l));
+                    }
+                    b.finish(out(o, l));
+                }
+            }
+        }
+        // Down: broadcast the result.
+        for t in 0..ntrees {
+            let Some(&(o, l)) = per[t].get(j) else {
+                continue;
+            };
+            let (parent, children) = &trees[t];
+            if let Some(p) = parent {
+                b.recv(*p, out(o, l));
+            }
+            for &c in children {
+                b.send(c, out(o, l));
+            }
+        }
+    }
+    b
+}
+
+/// Root-relative rank helpers.
+fn rel(s: &Shape) -> (usize, impl Fn(usize) -> usize) {
+    let (n, root) = (s.nranks, s.root);
+    ((s.rank + n - root) % n, move |v: usize| (v + root) % n)
+}
+
+fn lowbit(v: usize) -> usize {
+    v & v.wrapping_neg()
+}
+
+/// One rank's binomial-tree broadcast.
+pub fn broadcast(s: &Shape) -> Builder {
+    let n = s.nranks;
+    let (v, real) = rel(s);
+    let mut b = Builder::new(s);
+    let ip = s.in_place && v == 0;
+    let top = if v == 0 {
+        n.next_power_of_two()
+    } else {
+        lowbit(v)
+    };
+    for (o, l) in slices(0, s.count, s.chunk) {
+        let out = Range::new(Buf::Output, o, l);
+        let src = if v == 0 && !ip {
+            Range::new(Buf::Input, o, l)
+        } else {
+            out
+        };
+        if v == 0 && !ip {
+            b.copy(src, out);
+        }
+        if v != 0 {
+            b.recv(real(v - lowbit(v)), out);
+        }
+        let mut m = top >> 1;
+        while m > 0 {
+            if v + m < n {
+                b.send(real(v + m), src);
+            }
+            m >>= 1;
+        }
+    }
+    b
+}
+
+/// One rank's binomial-tree reduce.
+pub fn reduce(s: &Shape) -> Builder {
+    debug_assert_eq!(s.coll, Collective::Reduce);
+    let n = s.nranks;
+    let (v, real) = rel(s);
+    let mut b = Builder::new(s);
+    let ip = s.in_place && v == 0;
+    let top = if v == 0 {
+        n.next_power_of_two()
+    } else {
+        lowbit(v)
+    };
+    let scratch = if v != 0 {
+        Some(b.scratch(s.count))
+    } else {
+        None
+    };
+    for (o, l) in slices(0, s.count, s.chunk) {
+        let own = if ip {
+            Range::new(Buf::Output, o, l)
+        } else {
+            Range::new(Buf::Input, o, l)
+        };
+        let acc = match scratch {
+            Some(sc) => sc.sub(o, l),
+            None => Range::new(Buf::Output, o, l),
+        };
+        let mut partial = own;
+        let mut m = 1;
+        while m < top {
+            if v + m < n {
+                let first = partial == own;
+                b.recv_reduce(real(v + m), acc, (first && own != acc).then_some(own));
+                partial = acc;
+            }
+            m <<= 1;
+        }
+        if v != 0 {
+            b.send(real(v - lowbit(v)), partial);
+        } else {
+            if partial != acc {
+                b.copy(partial, acc);
+            }
+            b.finish(acc);
+        }
+    }
+    b
+}
