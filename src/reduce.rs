@@ -227,9 +227,16 @@ use sealed::Kernels;
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise loops. Plain zipped slice loops that LLVM vectorises. Each is compiled twice: for
-// the baseline target (SSE2 on x86_64) and, on x86_64, for AVX2, picked at run time. 256-bit
-// loads and stores matter even when memory-bound: with SSE2 one core falls ~15% short of the
-// memory bandwidth that `a[i] += b[i]` reaches with AVX2 (benches/reduce.rs, membw).
+// the baseline target (SSE2 on x86_64) and, on x86_64, for AVX2, picked at run time.
+//
+// Two things measured on large (out-of-cache) arrays shape the AVX2 versions (see
+// benches/reduce.rs and /work/shared/peers/membw.c):
+// - 256-bit loads and stores: with SSE2 one core falls ~15% short of the bandwidth that
+//   `a[i] += b[i]` reaches with AVX2.
+// - Software prefetch: a loop that spends more than a few instructions per element (the f16 and
+//   bf16 conversions) leaves too few cache misses in flight and runs at a fraction of memory
+//   bandwidth (bf16 Sum: 6 GB/s without, 20+ GB/s with). So the AVX2 loops walk the arrays in
+//   1 KiB chunks and, before each chunk, prefetch the inputs 2 KiB ahead.
 
 #[inline(always)]
 fn map2_base<T: Copy>(dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
@@ -252,29 +259,92 @@ fn map1_base<T: Copy>(buf: &mut [T], f: impl Fn(T) -> T) {
     }
 }
 
+/// Bytes per chunk of the prefetching loops.
+#[cfg(target_arch = "x86_64")]
+const CHUNK_BYTES: usize = 1024;
+/// How far ahead of the chunk being reduced the prefetches reach.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Elements of `T` per prefetch chunk.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+const fn chunk_len<T>() -> usize {
+    let n = CHUNK_BYTES / size_of::<T>();
+    if n == 0 { 1 } else { n }
+}
+
+/// Asks the CPU to start loading the cache lines `PREFETCH_AHEAD` bytes past `s`, as many as
+/// `s` spans.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead<T>(s: &[T]) {
+    prefetch_ahead_by(s, PREFETCH_AHEAD);
+}
+
+/// Asks the CPU to start loading the cache lines `ahead` bytes past `s`, as many as `s` spans.
+/// (A no-op off x86_64.)
+#[inline(always)]
+fn prefetch_ahead_by<T>(s: &[T], ahead: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = s.as_ptr().cast::<i8>().wrapping_add(ahead);
+        let mut off = 0;
+        while off < size_of_val(s) {
+            // SAFETY: PREFETCHT0 is a hint: it never faults and never reads into or writes any
+            // register or memory the program sees, whatever the address (it may point past the
+            // end of `s`, which is why it is computed with wrapping_add).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, ahead);
+}
+
 /// True if the AVX2 versions of the loops may run (cached by std after the first call).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_avx2() -> bool {
+    #[cfg(test)]
+    if tests::FORCE_PORTABLE.with(|f| f.get()) {
+        return false;
+    }
     std::is_x86_feature_detected!("avx2")
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn map2_avx2<T: Copy>(dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
-    map2_base(dst, src, f)
+    let n = chunk_len::<T>();
+    for (d, s) in dst.chunks_mut(n).zip(src.chunks(n)) {
+        prefetch_ahead(d);
+        prefetch_ahead(s);
+        map2_base(d, s, &f);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn map3_avx2<T: Copy>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
-    map3_base(dst, a, b, f)
+    let n = chunk_len::<T>();
+    let chunks = dst.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n));
+    for ((d, x), y) in chunks {
+        prefetch_ahead(x);
+        prefetch_ahead(y);
+        map3_base(d, x, y, &f);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn map1_avx2<T: Copy>(buf: &mut [T], f: impl Fn(T) -> T) {
-    map1_base(buf, f)
+    let n = chunk_len::<T>();
+    for d in buf.chunks_mut(n) {
+        prefetch_ahead(d);
+        map1_base(d, &f);
+    }
 }
 
 /// `dst[i] = f(dst[i], src[i])`, vectorised, AVX2 where the CPU has it.
@@ -449,6 +519,19 @@ trait HalfLike: Copy + Kernels {
     fn to_f32_ref(self) -> f32;
     /// See [`HalfLike::to_f32_ref`].
     fn from_f32_ref(x: f32) -> Self;
+    /// Reduces `dst = dst op src` on a CPU-specific fast path, if this CPU has one; returns
+    /// false (having done nothing) if not.
+    fn accel2(_op: ReduceOp, _dst: &mut [Self], _src: &[Self]) -> bool {
+        false
+    }
+    /// As [`HalfLike::accel2`], for `dst = a op b`.
+    fn accel3(_op: ReduceOp, _dst: &mut [Self], _a: &[Self], _b: &[Self]) -> bool {
+        false
+    }
+    /// As [`HalfLike::accel2`], for `buf /= n`.
+    fn accel_avg(_buf: &mut [Self], _n: usize) -> bool {
+        false
+    }
 }
 
 /// f16 bits -> f32, exactly (subnormals via one exact f32 subtraction).
@@ -528,6 +611,170 @@ impl HalfLike for f16 {
     fn from_f32_ref(x: f32) -> Self {
         f16::from_f32(x)
     }
+    #[cfg(target_arch = "x86_64")]
+    fn accel2(op: ReduceOp, dst: &mut [Self], src: &[Self]) -> bool {
+        if !f16c::available() {
+            return false;
+        }
+        // SAFETY: the CPU has AVX2 and F16C, checked just above.
+        unsafe {
+            match op {
+                ReduceOp::Sum | ReduceOp::Avg => f16c::zip2(dst, src, |a, b| a + b),
+                ReduceOp::Prod => f16c::zip2(dst, src, |a, b| a * b),
+                ReduceOp::Max => f16c::zip2(dst, src, fmax),
+                ReduceOp::Min => f16c::zip2(dst, src, fmin),
+            }
+        }
+        true
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn accel3(op: ReduceOp, dst: &mut [Self], a: &[Self], b: &[Self]) -> bool {
+        if !f16c::available() {
+            return false;
+        }
+        // SAFETY: the CPU has AVX2 and F16C, checked just above.
+        unsafe {
+            match op {
+                ReduceOp::Sum | ReduceOp::Avg => f16c::zip3(dst, a, b, |a, b| a + b),
+                ReduceOp::Prod => f16c::zip3(dst, a, b, |a, b| a * b),
+                ReduceOp::Max => f16c::zip3(dst, a, b, fmax),
+                ReduceOp::Min => f16c::zip3(dst, a, b, fmin),
+            }
+        }
+        true
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn accel_avg(buf: &mut [Self], n: usize) -> bool {
+        if !f16c::available() {
+            return false;
+        }
+        let d = n as f32;
+        // SAFETY: the CPU has AVX2 and F16C, checked just above.
+        unsafe { f16c::each(buf, |x| x / d) };
+        true
+    }
+}
+
+/// f16 on x86_64 CPUs with F16C: eight elements at a time are widened to f32 with VCVTPH2PS,
+/// reduced as f32, and rounded back with VCVTPS2PH (round to nearest even: the same result as
+/// the portable conversion; the tests check both against `half`). Walked in prefetched 1 KiB
+/// chunks like the AVX2 loops.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    // The conversion intrinsics are safe to call inside `#[target_feature]` functions since Rust
+    // 1.87 and unsafe before; the blocks around them keep rust-version 1.85 building.
+    #![allow(unused_unsafe)]
+
+    use std::arch::x86_64::{
+        __m128i, __m256, _MM_FROUND_TO_NEAREST_INT, _mm256_cvtph_ps, _mm256_cvtps_ph,
+    };
+
+    use half::f16;
+
+    use super::{f16_bits_to_f32, f32_to_f16_bits, prefetch_ahead};
+
+    /// Elements per prefetch chunk (1 KiB).
+    const BLOCK: usize = 512;
+
+    /// True if this CPU has what the functions below need (cached by std).
+    #[inline(always)]
+    pub(super) fn available() -> bool {
+        super::has_avx2() && std::is_x86_feature_detected!("f16c")
+    }
+
+    /// Eight f16 -> eight f32.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn widen8(s: &[f16]) -> [f32; 8] {
+        let mut h = [f16::ZERO; 8];
+        h.copy_from_slice(s);
+        // SAFETY: F16C is enabled on this function; its callers check the CPU has it.
+        let w: __m256 = unsafe { _mm256_cvtph_ps(bytemuck::cast::<[f16; 8], __m128i>(h)) };
+        bytemuck::cast(w)
+    }
+
+    /// Eight f32 -> eight f16, round to nearest even.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn narrow8(x: [f32; 8], d: &mut [f16]) {
+        let v = bytemuck::cast::<[f32; 8], __m256>(x);
+        // SAFETY: F16C is enabled on this function; its callers check the CPU has it.
+        let h = unsafe { _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v) };
+        d.copy_from_slice(&bytemuck::cast::<__m128i, [f16; 8]>(h));
+    }
+
+    /// `dst[i] = f(dst[i], src[i])` computed in f32. Needs AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn zip2(dst: &mut [f16], src: &[f16], f: impl Fn(f32, f32) -> f32) {
+        for (d, s) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
+            prefetch_ahead(d);
+            prefetch_ahead(s);
+            let mut d8 = d.chunks_exact_mut(8);
+            let mut s8 = s.chunks_exact(8);
+            for (d, s) in (&mut d8).zip(&mut s8) {
+                // SAFETY: widen8 and narrow8 need the features this function has.
+                let (x, y) = unsafe { (widen8(d), widen8(s)) };
+                let r: [f32; 8] = std::array::from_fn(|i| f(x[i], y[i]));
+                // SAFETY: as above.
+                unsafe { narrow8(r, d) };
+            }
+            for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+                let r = f(f16_bits_to_f32(d.to_bits()), f16_bits_to_f32(s.to_bits()));
+                *d = f16::from_bits(f32_to_f16_bits(r));
+            }
+        }
+    }
+
+    /// `dst[i] = f(a[i], b[i])` computed in f32. Needs AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn zip3(dst: &mut [f16], a: &[f16], b: &[f16], f: impl Fn(f32, f32) -> f32) {
+        let blocks = dst
+            .chunks_mut(BLOCK)
+            .zip(a.chunks(BLOCK))
+            .zip(b.chunks(BLOCK));
+        for ((d, a), b) in blocks {
+            prefetch_ahead(a);
+            prefetch_ahead(b);
+            let mut d8 = d.chunks_exact_mut(8);
+            let mut a8 = a.chunks_exact(8);
+            let mut b8 = b.chunks_exact(8);
+            for ((d, a), b) in (&mut d8).zip(&mut a8).zip(&mut b8) {
+                // SAFETY: widen8 and narrow8 need the features this function has.
+                let (x, y) = unsafe { (widen8(a), widen8(b)) };
+                let r: [f32; 8] = std::array::from_fn(|i| f(x[i], y[i]));
+                // SAFETY: as above.
+                unsafe { narrow8(r, d) };
+            }
+            let rest = d8
+                .into_remainder()
+                .iter_mut()
+                .zip(a8.remainder())
+                .zip(b8.remainder());
+            for ((d, a), b) in rest {
+                let r = f(f16_bits_to_f32(a.to_bits()), f16_bits_to_f32(b.to_bits()));
+                *d = f16::from_bits(f32_to_f16_bits(r));
+            }
+        }
+    }
+
+    /// `buf[i] = f(buf[i])` computed in f32. Needs AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn each(buf: &mut [f16], f: impl Fn(f32) -> f32) {
+        for d in buf.chunks_mut(BLOCK) {
+            prefetch_ahead(d);
+            let mut d8 = d.chunks_exact_mut(8);
+            for d in &mut d8 {
+                // SAFETY: widen8 and narrow8 need the features this function has.
+                let x = unsafe { widen8(d) };
+                let r: [f32; 8] = std::array::from_fn(|i| f(x[i]));
+                // SAFETY: as above.
+                unsafe { narrow8(r, d) };
+            }
+            for d in d8.into_remainder() {
+                *d = f16::from_bits(f32_to_f16_bits(f(f16_bits_to_f32(d.to_bits()))));
+            }
+        }
+    }
 }
 
 impl HalfLike for bf16 {
@@ -547,6 +794,34 @@ impl HalfLike for bf16 {
     }
 }
 
+/// Portable 16-bit float kernels: fused widen, op, narrow per element.
+fn half_kern2<H: HalfLike>(op: ReduceOp, dst: &mut [H], src: &[H]) {
+    let w = H::widen;
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => map2(dst, src, |a, b| H::narrow(w(a) + w(b))),
+        ReduceOp::Prod => map2(dst, src, |a, b| H::narrow(w(a) * w(b))),
+        ReduceOp::Max => map2(dst, src, |a, b| H::narrow(fmax(w(a), w(b)))),
+        ReduceOp::Min => map2(dst, src, |a, b| H::narrow(fmin(w(a), w(b)))),
+    }
+}
+
+/// See [`half_kern2`].
+fn half_kern3<H: HalfLike>(op: ReduceOp, dst: &mut [H], a: &[H], b: &[H]) {
+    let w = H::widen;
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => map3(dst, a, b, |a, b| H::narrow(w(a) + w(b))),
+        ReduceOp::Prod => map3(dst, a, b, |a, b| H::narrow(w(a) * w(b))),
+        ReduceOp::Max => map3(dst, a, b, |a, b| H::narrow(fmax(w(a), w(b)))),
+        ReduceOp::Min => map3(dst, a, b, |a, b| H::narrow(fmin(w(a), w(b)))),
+    }
+}
+
+/// See [`half_kern2`].
+fn half_avg<H: HalfLike>(buf: &mut [H], n: usize) {
+    let d = n as f32;
+    map1(buf, |x: H| H::narrow(x.widen() / d));
+}
+
 macro_rules! impl_half {
     ($($t:ty => $dt:ident);* $(;)?) => {$(
         impl Element for $t {
@@ -554,30 +829,19 @@ macro_rules! impl_half {
         }
         impl Kernels for $t {
             fn kern2(op: ReduceOp, dst: &mut [Self], src: &[Self]) {
-                let w = Self::widen;
-                match op {
-                    ReduceOp::Sum | ReduceOp::Avg => {
-                        map2(dst, src, |a, b| Self::narrow(w(a) + w(b)))
-                    }
-                    ReduceOp::Prod => map2(dst, src, |a, b| Self::narrow(w(a) * w(b))),
-                    ReduceOp::Max => map2(dst, src, |a, b| Self::narrow(fmax(w(a), w(b)))),
-                    ReduceOp::Min => map2(dst, src, |a, b| Self::narrow(fmin(w(a), w(b)))),
+                if !Self::accel2(op, dst, src) {
+                    half_kern2(op, dst, src);
                 }
             }
             fn kern3(op: ReduceOp, dst: &mut [Self], a: &[Self], b: &[Self]) {
-                let w = Self::widen;
-                match op {
-                    ReduceOp::Sum | ReduceOp::Avg => {
-                        map3(dst, a, b, |a, b| Self::narrow(w(a) + w(b)))
-                    }
-                    ReduceOp::Prod => map3(dst, a, b, |a, b| Self::narrow(w(a) * w(b))),
-                    ReduceOp::Max => map3(dst, a, b, |a, b| Self::narrow(fmax(w(a), w(b)))),
-                    ReduceOp::Min => map3(dst, a, b, |a, b| Self::narrow(fmin(w(a), w(b)))),
+                if !Self::accel3(op, dst, a, b) {
+                    half_kern3(op, dst, a, b);
                 }
             }
             fn kern_avg(buf: &mut [Self], n: usize) {
-                let d = n as f32;
-                map1(buf, |x: Self| Self::narrow(x.widen() / d));
+                if !Self::accel_avg(buf, n) {
+                    half_avg(buf, n);
+                }
             }
             fn op1(op: ReduceOp, a: Self, b: Self) -> Self {
                 Self::from_f32_ref(f32::op1(op, a.to_f32_ref(), b.to_f32_ref()))
@@ -659,8 +923,9 @@ pub fn reference<T: Element>(op: ReduceOp, inputs: &[&[T]]) -> Vec<T> {
 // ---------------------------------------------------------------------------------------------
 // Byte kernels.
 
-/// Bytes per bounce block on the unaligned path (8-byte aligned, fits any element type).
+/// The unaligned path works in blocks of this many bytes (8-byte aligned, fits any element).
 const BOUNCE_WORDS: usize = 512;
+const BOUNCE_BYTES: usize = BOUNCE_WORDS * 8;
 
 type Bounce = [u64; BOUNCE_WORDS];
 
@@ -668,6 +933,33 @@ type Bounce = [u64; BOUNCE_WORDS];
 #[inline]
 fn whole<T>(len: usize) -> usize {
     len - len % size_of::<T>()
+}
+
+/// `bytes` (whole `T`s, at most [`BOUNCE_BYTES`]) as `&[T]`: in place if aligned for `T`,
+/// else copied into `buf`.
+fn view<'a, T: Element>(bytes: &'a [u8], buf: &'a mut Bounce) -> &'a [T] {
+    if let Ok(t) = bytemuck::try_cast_slice(bytes) {
+        return t;
+    }
+    let copy = &mut bytemuck::cast_slice_mut::<u64, u8>(buf)[..bytes.len()];
+    copy.copy_from_slice(bytes);
+    // `buf` is 8-byte aligned and the length is whole elements, so this cannot fail.
+    bytemuck::try_cast_slice(copy).unwrap_or(&[])
+}
+
+/// Runs `f` on `bytes` (whole `T`s, at most [`BOUNCE_BYTES`]) as `&mut [T]`: in place if
+/// aligned for `T`, else on a copy in `buf` that is then copied back.
+fn with_view_mut<T: Element>(bytes: &mut [u8], buf: &mut Bounce, f: impl FnOnce(&mut [T])) {
+    if let Ok(t) = bytemuck::try_cast_slice_mut(bytes) {
+        return f(t);
+    }
+    let copy = &mut bytemuck::cast_slice_mut::<u64, u8>(buf)[..bytes.len()];
+    copy.copy_from_slice(bytes);
+    // `buf` is 8-byte aligned and the length is whole elements, so this cannot fail.
+    if let Ok(t) = bytemuck::try_cast_slice_mut(&mut *copy) {
+        f(t);
+    }
+    bytes.copy_from_slice(copy);
 }
 
 fn bytes2<T: Element>(op: ReduceOp, dst: &mut [u8], src: &[u8]) {
@@ -679,25 +971,14 @@ fn bytes2<T: Element>(op: ReduceOp, dst: &mut [u8], src: &[u8]) {
     ) {
         return T::kern2(op, d, s);
     }
-    // Unaligned: bounce through aligned stack buffers, one L1-sized block at a time.
-    let mut db: Bounce = [0; BOUNCE_WORDS];
-    let mut sb: Bounce = [0; BOUNCE_WORDS];
-    let block = BOUNCE_WORDS * 8;
-    for (dc, sc) in dst.chunks_mut(block).zip(src.chunks(block)) {
-        let n = dc.len();
-        let dbytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut db)[..n];
-        let sbytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut sb)[..n];
-        dbytes.copy_from_slice(dc);
-        sbytes.copy_from_slice(sc);
-        // The bounce buffers are 8-byte aligned and n is a multiple of size_of::<T>() (a block
-        // is a multiple of 8 bytes and `len` is whole elements), so these casts cannot fail.
-        if let (Ok(d), Ok(s)) = (
-            bytemuck::try_cast_slice_mut::<u8, T>(dbytes),
-            bytemuck::try_cast_slice::<u8, T>(sbytes),
-        ) {
-            T::kern2(op, d, s);
-        }
-        dc.copy_from_slice(dbytes);
+    // Some slice is unaligned: go block by block, bouncing only the unaligned ones through
+    // aligned stack buffers, and prefetch the next block while this one is copied and reduced.
+    let (mut db, mut sb): (Bounce, Bounce) = ([0; BOUNCE_WORDS], [0; BOUNCE_WORDS]);
+    for (dc, sc) in dst.chunks_mut(BOUNCE_BYTES).zip(src.chunks(BOUNCE_BYTES)) {
+        prefetch_ahead_by(dc, BOUNCE_BYTES);
+        prefetch_ahead_by(sc, BOUNCE_BYTES);
+        let s = view::<T>(sc, &mut sb);
+        with_view_mut::<T>(dc, &mut db, |d| T::kern2(op, d, s));
     }
 }
 
@@ -711,27 +992,28 @@ fn bytes3<T: Element>(op: ReduceOp, dst: &mut [u8], a: &[u8], b: &[u8]) {
     ) {
         return T::kern3(op, d, x, y);
     }
-    let mut ab: Bounce = [0; BOUNCE_WORDS];
-    let mut bb: Bounce = [0; BOUNCE_WORDS];
-    let block = BOUNCE_WORDS * 8;
+    let mut bufs: [Bounce; 3] = [[0; BOUNCE_WORDS]; 3];
+    let [db, ab, bb] = &mut bufs;
     let blocks = dst
-        .chunks_mut(block)
-        .zip(a.chunks(block))
-        .zip(b.chunks(block));
+        .chunks_mut(BOUNCE_BYTES)
+        .zip(a.chunks(BOUNCE_BYTES))
+        .zip(b.chunks(BOUNCE_BYTES));
     for ((dc, ac), bc) in blocks {
-        let n = dc.len();
-        let abytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut ab)[..n];
-        let bbytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut bb)[..n];
-        abytes.copy_from_slice(ac);
-        bbytes.copy_from_slice(bc);
-        // As in `bytes2`: aligned buffers, whole elements, the casts cannot fail.
-        if let (Ok(x), Ok(y)) = (
-            bytemuck::try_cast_slice_mut::<u8, T>(abytes),
-            bytemuck::try_cast_slice::<u8, T>(bbytes),
-        ) {
-            T::kern2(op, x, y);
+        prefetch_ahead_by(ac, BOUNCE_BYTES);
+        prefetch_ahead_by(bc, BOUNCE_BYTES);
+        let (x, y) = (view::<T>(ac, ab), view::<T>(bc, bb));
+        match bytemuck::try_cast_slice_mut::<u8, T>(dc) {
+            Ok(d) => T::kern3(op, d, x, y),
+            Err(_) => {
+                // Unaligned dst: compute into the bounce buffer, then copy out (nothing to
+                // copy in: dst is only written).
+                let copy = &mut bytemuck::cast_slice_mut::<u64, u8>(db)[..dc.len()];
+                if let Ok(d) = bytemuck::try_cast_slice_mut::<u8, T>(&mut *copy) {
+                    T::kern3(op, d, x, y);
+                }
+                dc.copy_from_slice(copy);
+            }
         }
-        dc.copy_from_slice(abytes);
     }
 }
 
@@ -745,14 +1027,9 @@ fn bytes_avg<T: Element>(buf: &mut [u8], n: usize) {
         return T::kern_avg(b, n);
     }
     let mut bb: Bounce = [0; BOUNCE_WORDS];
-    for c in buf.chunks_mut(BOUNCE_WORDS * 8) {
-        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut bb)[..c.len()];
-        bytes.copy_from_slice(c);
-        // As in `bytes2`: aligned buffer, whole elements, the cast cannot fail.
-        if let Ok(b) = bytemuck::try_cast_slice_mut::<u8, T>(bytes) {
-            T::kern_avg(b, n);
-        }
-        c.copy_from_slice(bytes);
+    for c in buf.chunks_mut(BOUNCE_BYTES) {
+        prefetch_ahead_by(c, BOUNCE_BYTES);
+        with_view_mut::<T>(c, &mut bb, |b| T::kern_avg(b, n));
     }
 }
 
@@ -816,6 +1093,13 @@ pub fn finish_avg_bytes(dtype: DataType, buf: &mut [u8], n: usize) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set by a test to make this thread take the portable (baseline) loops, so that they
+        /// are tested on CPUs that would otherwise take the AVX2 / F16C ones.
+        pub(super) static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
 
     /// splitmix64: a tiny deterministic generator for test data.
     fn next(state: &mut u64) -> u64 {
@@ -996,6 +1280,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn portable_loops() {
+        FORCE_PORTABLE.with(|f| f.set(true));
+        for dt in DataType::ALL {
+            for op in ReduceOp::ALL {
+                for len in [0, 1, 7, 33, 4097, 100_003] {
+                    for offs in OFFSETS {
+                        for_dtype!(dt, check(op, len, offs, len as u64 * 17 + op as u64));
+                    }
+                }
+            }
+            for n in [2, 3, 300] {
+                for off in [0, 1] {
+                    for_dtype!(dt, check_avg(4099, off, n, n as u64));
+                }
+            }
+        }
+        FORCE_PORTABLE.with(|f| f.set(false));
     }
 
     #[test]
