@@ -108,17 +108,6 @@ const POST_AHEAD: usize = 16;
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_FOR: Duration = Duration::from_micros(2000);
 
-/// One Program with its memory and parameters: an element of a group run by [`run_jobs`].
-#[derive(Debug, Clone, Copy)]
-pub struct Job<'a> {
-    /// This rank's part of the call.
-    pub prog: &'a Program,
-    /// The call's buffers.
-    pub mem: Mem,
-    /// The call's type, operator and signature.
-    pub params: Params,
-}
-
 /// Runs `prog` to completion.
 ///
 /// # Safety
@@ -132,32 +121,7 @@ pub unsafe fn run(
     p: &Params,
 ) -> Result<()> {
     // SAFETY: forwarded from this function's contract.
-    unsafe {
-        run_jobs(
-            &[Job {
-                prog,
-                mem: *mem,
-                params: *p,
-            }],
-            links,
-        )
-    }
-}
-
-/// Runs several Programs together (a group): they progress concurrently and share the links.
-/// On each link, messages keep job order (all of job 0's sends to a peer precede job 1's), which
-/// every rank agrees on because it issued the calls in the same order.
-///
-/// # Safety
-/// As [`run`], for every job; the jobs' buffers must not overlap each other (except a job's own
-/// input and output when it is in place).
-pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let mut failed_job = 0;
-    // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(jobs, links, &mut failed_job) };
+    let r = unsafe { run_inner(prog, mem, links, p) };
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
     for l in links.iter_mut().flatten() {
         l.cancel_recvs();
@@ -167,94 +131,74 @@ pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) ->
             l.send_abort(e);
         }
     }
-    r.map_err(|e| in_context(e, &jobs[failed_job.min(jobs.len() - 1)].params))
+    r.map_err(|e| in_context(e, p))
 }
 
 unsafe fn run_inner(
-    jobs: &[Job<'_>],
+    prog: &Program,
+    mem: &Mem,
     links: &mut [Option<Box<dyn Link>>],
-    failed_job: &mut usize,
+    p: &Params,
 ) -> Result<()> {
-    let p0 = jobs[0].params;
-    // Global step ids: job j's step i is base[j] + i.
-    let mut base = Vec::with_capacity(jobs.len() + 1);
-    let mut job_of: Vec<u32> = Vec::new();
-    base.push(0usize);
-    for (j, job) in jobs.iter().enumerate() {
-        base.push(base[j] + job.prog.steps.len());
-        job_of.extend(std::iter::repeat_n(j as u32, job.prog.steps.len()));
-    }
-    let n = base[jobs.len()];
-    let op_of = |g: u32| -> (usize, Op) {
-        let j = job_of[g as usize] as usize;
-        (j, jobs[j].prog.steps[g as usize - base[j]].op)
-    };
+    let es = p.dtype.size();
     // Validate every range up front: after this, slices built from `mem` are in bounds.
-    for job in jobs {
-        let (mem, es) = (&job.mem, job.params.dtype.size());
-        let blen = |b: Buf| match b {
-            Buf::Input => mem.input_len,
-            Buf::Output => mem.output_len,
-            Buf::Scratch => mem.scratch_len,
-        };
-        for s in &job.prog.steps {
-            for r in s.op.reads().chain(s.op.writes()) {
-                if r.end().checked_mul(es).is_none_or(|e| e > blen(r.buf)) {
-                    return Err(Error::Internal(format!(
-                        "step {:?} is outside its buffer",
-                        s.op
-                    )));
-                }
+    let blen = |b: Buf| match b {
+        Buf::Input => mem.input_len,
+        Buf::Output => mem.output_len,
+        Buf::Scratch => mem.scratch_len,
+    };
+    for s in &prog.steps {
+        for r in s.op.reads().chain(s.op.writes()) {
+            if r.end().checked_mul(es).is_none_or(|e| e > blen(r.buf)) {
+                return Err(Error::Internal(format!(
+                    "step {:?} is outside its buffer",
+                    s.op
+                )));
             }
-            if let Some(peer) = s.op.peer() {
-                if links.get(peer).is_none_or(|l| l.is_none()) {
-                    return Err(Error::Internal(format!(
-                        "no link to rank {peer} for step {:?}",
-                        s.op
-                    )));
-                }
+        }
+        if let Some(peer) = s.op.peer() {
+            if links.get(peer).is_none_or(|l| l.is_none()) {
+                return Err(Error::Internal(format!(
+                    "no link to rank {peer} for step {:?}",
+                    s.op
+                )));
             }
         }
     }
-    let es = |j: usize| jobs[j].params.dtype.size();
-    let ptr = |j: usize, r: Range| -> *mut u8 {
-        let mem = &jobs[j].mem;
+    let ptr = |r: Range| -> *mut u8 {
         let base = match r.buf {
             Buf::Input => mem.input.cast_mut(),
             Buf::Output => mem.output,
             Buf::Scratch => mem.scratch,
         };
         // SAFETY: validated above to be within the buffer.
-        unsafe { base.add(r.off * es(j)) }
+        unsafe { base.add(r.off * es) }
     };
-    let slice = |j: usize, r: Range| -> &[u8] {
+    let slice = |r: Range| -> &[u8] {
         // SAFETY: ranges are in bounds (validated above); the Program orders every pair of steps
-        // touching overlapping memory (proven by algo::verify), and jobs do not overlap, so
-        // while a step reads this range nothing writes it.
-        unsafe { std::slice::from_raw_parts(ptr(j, r), r.len * es(j)) }
+        // touching overlapping memory (proven by algo::verify), so while a step reads this range
+        // nothing writes it.
+        unsafe { std::slice::from_raw_parts(ptr(r), r.len * es) }
     };
     #[allow(clippy::mut_from_ref)]
-    let slice_mut = |j: usize, r: Range| -> &mut [u8] {
+    let slice_mut = |r: Range| -> &mut [u8] {
         // SAFETY: as above; while a step writes this range no other live access aliases it.
-        unsafe { std::slice::from_raw_parts_mut(ptr(j, r), r.len * es(j)) }
+        unsafe { std::slice::from_raw_parts_mut(ptr(r), r.len * es) }
     };
 
-    let mut remaining: Vec<u32> = Vec::with_capacity(n);
+    let n = prog.steps.len();
+    let mut remaining: Vec<u32> = prog.steps.iter().map(|s| s.deps.len() as u32).collect();
     let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (j, job) in jobs.iter().enumerate() {
-        for (i, s) in job.prog.steps.iter().enumerate() {
-            remaining.push(s.deps.len() as u32);
-            for &d in &s.deps {
-                dependents[base[j] + d as usize].push((base[j] + i) as u32);
-            }
+    for (i, s) in prog.steps.iter().enumerate() {
+        for &d in &s.deps {
+            dependents[d as usize].push(i as u32);
         }
     }
     let mut queues: Vec<PeerQ> = Vec::new();
-    let mut qidx = vec![usize::MAX; p0.nranks];
+    let mut qidx = vec![usize::MAX; p.nranks];
     let mut ready_local: Vec<u32> = Vec::new();
-    for g in 0..n as u32 {
-        let (_, op) = op_of(g);
-        match op.peer() {
+    for (i, s) in prog.steps.iter().enumerate() {
+        match s.op.peer() {
             Some(peer) => {
                 if qidx[peer] == usize::MAX {
                     qidx[peer] = queues.len();
@@ -269,23 +213,23 @@ unsafe fn run_inner(
                     });
                 }
                 let q = &mut queues[qidx[peer]];
-                if matches!(op, Op::Send { .. }) {
-                    q.sends.push(g)
+                if matches!(s.op, Op::Send { .. }) {
+                    q.sends.push(i as u32)
                 } else {
-                    q.recvs.push(g)
+                    q.recvs.push(i as u32)
                 }
             }
-            None if remaining[g as usize] == 0 => ready_local.push(g),
+            None if s.deps.is_empty() => ready_local.push(i as u32),
             None => {}
         }
     }
     let mut done = 0usize;
     let complete =
-        |g: u32, remaining: &mut Vec<u32>, ready_local: &mut Vec<u32>, done: &mut usize| {
+        |i: u32, remaining: &mut Vec<u32>, ready_local: &mut Vec<u32>, done: &mut usize| {
             *done += 1;
-            for &d in &dependents[g as usize] {
+            for &d in &dependents[i as usize] {
                 remaining[d as usize] -= 1;
-                if remaining[d as usize] == 0 && op_of(d).1.peer().is_none() {
+                if remaining[d as usize] == 0 && prog.steps[d as usize].op.peer().is_none() {
                     ready_local.push(d);
                 }
             }
@@ -296,49 +240,46 @@ unsafe fn run_inner(
     let mut waiter = Waiter::new();
     while done < n {
         let mut moved = false;
-        while let Some(g) = ready_local.pop() {
-            let (j, op) = op_of(g);
-            let p = &jobs[j].params;
-            match op {
-                Op::Copy { src, dst } => slice_mut(j, dst).copy_from_slice(slice(j, src)),
+        while let Some(i) = ready_local.pop() {
+            match prog.steps[i as usize].op {
+                Op::Copy { src, dst } => slice_mut(dst).copy_from_slice(slice(src)),
                 Op::Reduce { src, dst } => {
-                    reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, src))
+                    reduce::reduce_bytes(p.dtype, p.op, slice_mut(dst), slice(src))
                 }
                 Op::Finish { dst } => {
                     if p.op == ReduceOp::Avg {
-                        reduce::finish_avg_bytes(p.dtype, slice_mut(j, dst), p.nranks)
+                        reduce::finish_avg_bytes(p.dtype, slice_mut(dst), p.nranks)
                     }
                 }
                 _ => unreachable!("only local steps are queued here"),
             }
-            complete(g, &mut remaining, &mut ready_local, &mut done);
+            complete(i, &mut remaining, &mut ready_local, &mut done);
             moved = true;
         }
         for q in queues.iter_mut() {
             let link = links[q.peer].as_mut().expect("validated above");
             moved |= link.progress()?;
             for _ in 0..link.take_send_completions() {
-                let g = q
+                let i = q
                     .inflight
                     .pop_front()
                     .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
-                complete(g, &mut remaining, &mut ready_local, &mut done);
+                complete(i, &mut remaining, &mut ready_local, &mut done);
                 moved = true;
             }
-            while let Some(&g) = q.sends.get(q.next_send) {
-                if remaining[g as usize] > 0 {
+            while let Some(&i) = q.sends.get(q.next_send) {
+                if remaining[i as usize] > 0 {
                     break;
                 }
-                let (j, Op::Send { src, .. }) = op_of(g) else {
+                let Op::Send { src, .. } = prog.steps[i as usize].op else {
                     unreachable!()
                 };
-                *failed_job = j;
                 // SAFETY: the range stays valid and unwritten until the send completes: later
                 // writers of it depend on this step, which completes only on link completion.
-                if !unsafe { link.post_send(&jobs[j].params.tag, ptr(j, src), src.len * es(j))? } {
+                if !unsafe { link.post_send(&p.tag, ptr(src), src.len * es)? } {
                     break;
                 }
-                q.inflight.push_back(g);
+                q.inflight.push_back(i);
                 q.next_send += 1;
                 moved = true;
             }
@@ -346,25 +287,22 @@ unsafe fn run_inner(
             // place them directly (RDMA's posted receive): no copy out of a slot.
             q.posted = q.posted.max(q.next_recv);
             while q.posted < (q.next_recv + POST_AHEAD).min(q.recvs.len()) {
-                let g = q.recvs[q.posted];
-                if remaining[g as usize] > 0 {
+                let i = q.recvs[q.posted] as usize;
+                if remaining[i] > 0 {
                     break;
                 }
-                if let (j, Op::Recv { dst, .. }) = op_of(g) {
+                if let Op::Recv { dst, .. } = prog.steps[i].op {
                     // SAFETY: dst is in bounds and free (its dependencies are done); nothing
                     // else touches it until this receive completes, and cancel_recvs runs
                     // before this call returns.
-                    unsafe { link.post_recv(q.posted as u64, ptr(j, dst), dst.len * es(j)) };
+                    unsafe { link.post_recv(q.posted as u64, ptr(dst), dst.len * es) };
                 }
                 q.posted += 1;
             }
-            while let Some(&g) = q.recvs.get(q.next_recv) {
-                if remaining[g as usize] > 0 {
+            while let Some(&i) = q.recvs.get(q.next_recv) {
+                if remaining[i as usize] > 0 {
                     break;
                 }
-                let (j, op) = op_of(g);
-                *failed_job = j;
-                let p = &jobs[j].params;
                 let Some((tag, data)) = link.peek_recv()? else {
                     break;
                 };
@@ -381,30 +319,28 @@ unsafe fn run_inner(
                         ),
                     });
                 }
-                let es = es(j);
-                match op {
+                match prog.steps[i as usize].op {
                     Op::Recv { dst, .. } if data.len() == dst.len * es => {
-                        if data.as_ptr() != ptr(j, dst).cast_const() {
-                            slice_mut(j, dst).copy_from_slice(data)
+                        if data.as_ptr() != ptr(dst).cast_const() {
+                            slice_mut(dst).copy_from_slice(data)
                         }
                     }
                     Op::RecvReduce { dst, acc: None, .. } if data.len() == dst.len * es => {
-                        reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), data)
+                        reduce::reduce_bytes(p.dtype, p.op, slice_mut(dst), data)
                     }
                     Op::RecvReduce {
                         dst, acc: Some(a), ..
                     } if data.len() == dst.len * es => {
-                        reduce::reduce3_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, a), data)
+                        reduce::reduce3_bytes(p.dtype, p.op, slice_mut(dst), slice(a), data)
                     }
                     op => {
                         return Err(Error::Mismatch {
                             peer: q.peer,
                             msg: format!(
-                                "rank {} sent {} bytes where this rank expects {} ({:?}); the ranks \
-                                 passed different counts",
+                                "rank {} sent {} bytes where {:?} expects a different length (same call, \
+                                 different buffer layout?)",
                                 q.peer,
                                 data.len(),
-                                op.writes().map(|r| r.len * es).unwrap_or(0),
                                 op
                             ),
                         });
@@ -412,7 +348,7 @@ unsafe fn run_inner(
                 }
                 link.release_recv();
                 q.next_recv += 1;
-                complete(g, &mut remaining, &mut ready_local, &mut done);
+                complete(i, &mut remaining, &mut ready_local, &mut done);
                 moved = true;
             }
         }
@@ -432,8 +368,8 @@ unsafe fn run_inner(
         }
         let now = Instant::now();
         let waited = now.duration_since(last_progress);
-        if waited >= p0.timeout {
-            return Err(timeout_error(&queues, &remaining, &p0));
+        if waited >= p.timeout {
+            return Err(timeout_error(prog, &queues, &remaining, p));
         }
         if waited < YIELD_FOR || wait::never_sleep() {
             crate::sys::yield_now();
@@ -445,12 +381,12 @@ unsafe fn run_inner(
         for q in &queues {
             waiter.add(links[q.peer].as_deref_mut().expect("validated"));
         }
-        waiter.wait(p0.timeout - waited)?;
+        waiter.wait(p.timeout - waited)?;
     }
     Ok(())
 }
 
-fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
+fn timeout_error(prog: &Program, queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
     let mut waiting: Vec<String> = Vec::new();
     let mut first = None;
     for q in queues {
@@ -469,6 +405,7 @@ fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
             first.get_or_insert(q.peer);
         }
     }
+    let _ = prog;
     let what = if waiting.is_empty() {
         "progress".to_string()
     } else {

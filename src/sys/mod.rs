@@ -1,5 +1,7 @@
 //! The few unsafe syscall wrappers oxccl needs. Everything above this module is safe code.
 
+pub mod shm;
+
 use std::io;
 
 /// This machine's host name (empty string if the kernel will not say).

@@ -5,10 +5,13 @@
 //! slot) and releases the slot, which returns the credit. Sends are posted from the caller's
 //! memory and complete asynchronously, in order. A link never allocates on the data path.
 //!
-//! Transports: [`tcp`] (anywhere). Shared memory and RDMA verbs follow the same trait.
+//! Transports: [`shm`] (ranks on one host), [`tcp`] (anywhere). RDMA verbs follow the same
+//! trait. How the executor waits on a mix of them is in [`wait`].
 
 pub mod connect;
+pub mod shm;
 pub mod tcp;
+pub mod wait;
 
 use crate::Error;
 use crate::error::Result;
@@ -111,6 +114,19 @@ pub trait Link: Send {
 
     /// Adds the file descriptors (and events) that signal progress on this link.
     fn wait_interest(&self, out: &mut Vec<libc::pollfd>);
+
+    /// Called before the executor sleeps: a link may check here that its peer is still alive
+    /// (shm: has its socket hit EOF?). Returns true when something changed and the executor
+    /// should look at the link again instead of sleeping.
+    fn before_wait(&mut self) -> bool {
+        false
+    }
+
+    /// The doorbell the peer rings when it publishes a message or returns a credit, for links
+    /// without descriptors to poll (shm). All shm links of one rank share one doorbell.
+    fn doorbell(&self) -> Option<&std::sync::Arc<shm::Doorbell>> {
+        None
+    }
 
     /// Tells the peer, best effort and without blocking, that this rank failed with `err`.
     /// The link is unusable afterwards.

@@ -1,0 +1,904 @@
+//! The shared-memory link: two rings in one memfd segment per peer pair.
+//!
+//! The lower rank creates the segment (an anonymous, size-sealed memfd), maps it and hands the
+//! descriptor to the higher rank over an abstract Unix socket with SCM_RIGHTS ([`setup`]); both
+//! map it, so nothing is ever created on disk or in /dev/shm and the kernel frees it when both
+//! processes are gone, even after `kill -9`.
+//!
+//! ```text
+//! segment:  header (4 KiB: geometry, pids, one abort area per side)
+//!           ring 0 (side 0 -> side 1)   ring 1 (side 1 -> side 0)
+//! ring:     tail (released count, written by the receiver; cache-line padded)
+//!           nslots x [ slot header (64 B: seq, len, tag) | data (slot size, 64 B aligned) ]
+//! ```
+//!
+//! The sender copies message `k` into slot `k % nslots` when `k - tail < nslots` (the credit),
+//! then publishes it with a release store of `seq = k + 1` in the slot header. The receiver
+//! polls the next slot's `seq` (one cache line carries flag, length and tag), reads in place —
+//! the executor reduces straight out of the slot — and returns the credit with a release store
+//! of `tail`. A send therefore completes as soon as it is posted.
+//!
+//! Waiting: each rank owns a [`Doorbell`] (a futex word in a page of its own memfd, mapped by
+//! every shm peer). A rank about to sleep announces itself in the doorbell's `waiting` word,
+//! looks at its links once more, then sleeps on the futex; a peer that publishes a message or
+//! returns a credit bumps the word and calls FUTEX_WAKE only when a waiter has announced itself.
+//!
+//! Failure: `send_abort` fills this side's abort area (error code, named peer, message; the
+//! same encoding as TCP abort frames) and the peer's `peek_recv`/`post_send` turn it into the
+//! same error. The Unix socket stays open as a liveness signal: EOF means the peer process (or
+//! its communicator) is gone, which becomes [`Error::PeerLost`] naming it once a message from
+//! it is still expected.
+
+pub mod setup;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use super::{Link, Tag};
+use crate::Error;
+use crate::error::Result;
+use crate::sys::shm::{self as sys, Mapping};
+
+const MAGIC: u64 = 0x4d48_534c_4343_584f; // "OXCCLSHM"
+const VERSION: u32 = 1;
+const HDR_BYTES: usize = 4096;
+const SLOT_HDR: usize = 64;
+const RING_HDR: usize = 128;
+const ABORT_MAX: usize = 1024;
+/// Default number of slots per ring.
+pub const DEFAULT_SLOTS: usize = 4;
+/// Largest slot count a segment may declare.
+pub const MAX_SLOTS: usize = 64;
+/// Largest slot size a segment may declare.
+pub const MAX_SLOT_BYTES: usize = 64 << 20;
+
+/// Abort area states.
+const OPEN: u32 = 0;
+const ABORTED: u32 = 1;
+const CLOSED: u32 = 2;
+
+/// The segment header. Geometry and pids are written by the creator before the descriptor is
+/// passed on (the socket orders them); the abort areas are written by their side at any time.
+#[repr(C, align(64))]
+struct Header {
+    magic: u64,
+    version: u32,
+    nslots: u32,
+    slot_size: u64,
+    total: u64,
+    pid: [u32; 2],
+    abort: [Abort; 2],
+}
+
+#[repr(C, align(64))]
+struct Abort {
+    /// OPEN, ABORTED (body filled) or CLOSED (the side dropped its link cleanly).
+    state: AtomicU32,
+    len: AtomicU32,
+    body: [u8; ABORT_MAX],
+}
+
+#[repr(C, align(64))]
+struct SlotHdr {
+    /// Index + 1 of the message in this slot; written last, with release ordering.
+    seq: AtomicU64,
+    len: AtomicU32,
+    _pad: u32,
+    tag: [u8; Tag::LEN],
+}
+
+const _: () = assert!(size_of::<Header>() <= HDR_BYTES);
+const _: () = assert!(size_of::<SlotHdr>() == SLOT_HDR);
+const _: () = assert!(size_of::<CachePadded<AtomicU64>>() <= RING_HDR);
+
+/// The shape of a segment: `nslots` slots of `slot_size` bytes per direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Slots per ring.
+    pub nslots: usize,
+    /// Bytes per slot (the largest message).
+    pub slot_size: usize,
+}
+
+impl Geometry {
+    fn stride(&self) -> usize {
+        SLOT_HDR + self.slot_size.next_multiple_of(64)
+    }
+
+    fn ring_bytes(&self) -> usize {
+        RING_HDR + self.nslots * self.stride()
+    }
+
+    fn ring_off(&self, dir: usize) -> usize {
+        HDR_BYTES + dir * self.ring_bytes()
+    }
+
+    /// Total segment size in bytes (page aligned).
+    pub fn total(&self) -> usize {
+        (HDR_BYTES + 2 * self.ring_bytes()).next_multiple_of(4096)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if !(1..=MAX_SLOTS).contains(&self.nslots) || self.slot_size > MAX_SLOT_BYTES {
+            return Err(format!(
+                "{} slots of {} bytes is out of bounds (1..={MAX_SLOTS} slots of at most {MAX_SLOT_BYTES} bytes)",
+                self.nslots, self.slot_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A segment's memory: a shared mapping of the memfd.
+pub struct Segment {
+    map: Mapping,
+    geo: Geometry,
+}
+
+impl Segment {
+    /// Creates and maps a fresh segment for a link between `pid_lo` (side 0, this process) and
+    /// the peer. Returns the segment and the descriptor to hand to the peer.
+    pub fn create(geo: Geometry) -> Result<(Segment, OwnedFd)> {
+        geo.check().map_err(Error::InvalidArgument)?;
+        let total = geo.total();
+        let fd = sys::memfd_sealed("oxccl-shm", total)
+            .map_err(|e| Error::io("memfd_create for a shared-memory link", e))?;
+        let map = Mapping::new(fd.as_raw_fd(), total)
+            .map_err(|e| Error::io("mmap of a shared-memory segment", e))?;
+        let h = map.as_ptr().cast::<Header>();
+        // SAFETY: the mapping is fresh, zeroed, page aligned and at least HDR_BYTES long, and no
+        // other process has it yet, so plain writes to the header fields race with nothing.
+        unsafe {
+            (*h).magic = MAGIC;
+            (*h).version = VERSION;
+            (*h).nslots = geo.nslots as u32;
+            (*h).slot_size = geo.slot_size as u64;
+            (*h).total = total as u64;
+            (*h).pid[0] = std::process::id();
+        }
+        Ok((Segment { map, geo }, fd))
+    }
+
+    /// Maps a segment received from the peer, checking its seals, size and header.
+    pub fn open(fd: RawFd) -> Result<Segment> {
+        let bad = |m: String| Error::System(format!("shared-memory segment from the peer: {m}"));
+        let size = sys::sealed_size(fd).map_err(|e| bad(e.to_string()))?;
+        if size < HDR_BYTES {
+            return Err(bad(format!("{size} bytes is too small")));
+        }
+        let map = Mapping::new(fd, size).map_err(|e| bad(format!("mmap: {e}")))?;
+        let h = map.as_ptr().cast::<Header>();
+        // SAFETY: the mapping is at least HDR_BYTES long and page aligned; the peer wrote these
+        // fields before passing the descriptor and does not change them afterwards; a peer that
+        // did could only make us reject the segment, never read out of bounds (checked below).
+        let (magic, version, nslots, slot_size, total) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const (*h).magic),
+                std::ptr::read_volatile(&raw const (*h).version),
+                std::ptr::read_volatile(&raw const (*h).nslots),
+                std::ptr::read_volatile(&raw const (*h).slot_size),
+                std::ptr::read_volatile(&raw const (*h).total),
+            )
+        };
+        if magic != MAGIC || version != VERSION {
+            return Err(bad(format!(
+                "not an oxccl v{VERSION} segment (magic {magic:#x}, version {version})"
+            )));
+        }
+        let geo = Geometry {
+            nslots: nslots as usize,
+            slot_size: usize::try_from(slot_size).unwrap_or(usize::MAX),
+        };
+        geo.check().map_err(bad)?;
+        if geo.total() != size || total != size as u64 {
+            return Err(bad(format!(
+                "size {size} does not match its geometry ({} expected)",
+                geo.total()
+            )));
+        }
+        // SAFETY: as above; side 1 is the only writer of pid[1].
+        unsafe { (*h).pid[1] = std::process::id() };
+        Ok(Segment { map, geo })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn header(&self) -> *mut Header {
+        self.map.as_ptr().cast()
+    }
+
+    fn abort(&self, side: usize) -> &Abort {
+        // SAFETY: the header lies within the mapping, which lives as long as `self`; only the
+        // atomic fields are read through this reference, the body through raw pointers.
+        unsafe { &(*self.header()).abort[side] }
+    }
+
+    fn pid(&self, side: usize) -> u32 {
+        // SAFETY: in bounds (header); written once by its side before the link was made.
+        unsafe { std::ptr::read_volatile(&raw const (*self.header()).pid[side]) }
+    }
+
+    /// The tail counter and the first slot of ring `dir`.
+    fn ring(&self, dir: usize) -> (*const AtomicU64, *mut u8) {
+        let off = self.geo.ring_off(dir);
+        // SAFETY: ring_off(dir) + ring_bytes <= total == the mapping's length (checked in open,
+        // by construction in create).
+        unsafe {
+            let base = self.map.as_ptr().add(off);
+            (base.cast::<AtomicU64>(), base.add(RING_HDR))
+        }
+    }
+}
+
+/// Memory of a doorbell: the futex word peers bump, and the word that says someone sleeps on it.
+#[repr(C)]
+struct BellMem {
+    waiting: CachePadded<AtomicU32>,
+    bell: CachePadded<AtomicU32>,
+}
+
+const BELL_BYTES: usize = 4096;
+const _: () = assert!(size_of::<BellMem>() <= BELL_BYTES);
+
+/// A process-shared futex that one rank sleeps on and all of its shm peers ring.
+pub struct Doorbell {
+    map: Mapping,
+    /// Kept by the owner, to hand to new peers; `None` for a peer's doorbell.
+    fd: Option<OwnedFd>,
+}
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell")
+            .field("at", &self.map.as_ptr())
+            .finish()
+    }
+}
+
+impl Doorbell {
+    /// Creates this rank's doorbell.
+    pub fn create() -> Result<Doorbell> {
+        let fd = sys::memfd_sealed("oxccl-bell", BELL_BYTES)
+            .map_err(|e| Error::io("memfd_create for the shm doorbell", e))?;
+        let map = Mapping::new(fd.as_raw_fd(), BELL_BYTES)
+            .map_err(|e| Error::io("mmap of the shm doorbell", e))?;
+        Ok(Doorbell { map, fd: Some(fd) })
+    }
+
+    /// Maps a peer's doorbell from its descriptor.
+    pub fn open(fd: OwnedFd) -> Result<Doorbell> {
+        let size = sys::sealed_size(fd.as_raw_fd())
+            .map_err(|e| Error::io("the peer's shm doorbell", e))?;
+        if size != BELL_BYTES {
+            return Err(Error::System(format!(
+                "the peer's shm doorbell has {size} bytes, not {BELL_BYTES}"
+            )));
+        }
+        let map = Mapping::new(fd.as_raw_fd(), BELL_BYTES)
+            .map_err(|e| Error::io("mmap of the peer's shm doorbell", e))?;
+        Ok(Doorbell { map, fd: None })
+    }
+
+    /// The descriptor to pass to peers (only for this rank's own doorbell).
+    pub fn fd(&self) -> Option<RawFd> {
+        self.fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    fn mem(&self) -> &BellMem {
+        // SAFETY: the mapping is page aligned, BELL_BYTES long and lives as long as `self`;
+        // BellMem holds only atomics, which may be shared with other processes.
+        unsafe { &*self.map.as_ptr().cast::<BellMem>() }
+    }
+
+    /// Announces that the owner is about to sleep and returns the value to sleep on. The owner
+    /// must look at its links once more after this, and only then [`Doorbell::sleep`].
+    pub fn announce(&self) -> u32 {
+        let m = self.mem();
+        let seen = m.bell.load(Ordering::Acquire);
+        m.waiting.store(1, Ordering::Relaxed);
+        // Pairs with the fence in `ring_if_waiting`: either the peer sees `waiting`, or our
+        // re-check sees what the peer published.
+        fence(Ordering::SeqCst);
+        seen
+    }
+
+    /// Withdraws an announcement.
+    pub fn retract(&self) {
+        let m = self.mem();
+        if m.waiting.load(Ordering::Relaxed) != 0 {
+            m.waiting.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sleeps until a peer rings (the bell differs from `seen`) or `timeout` passes.
+    pub fn sleep(&self, seen: u32, timeout: Duration) {
+        sys::futex_wait(&self.mem().bell, seen, timeout);
+    }
+
+    /// Wakes the owner if it announced itself. The caller has just published something with a
+    /// release store and must have issued a SeqCst fence after it.
+    fn ring_if_waiting(&self) {
+        let m = self.mem();
+        if m.waiting.load(Ordering::Relaxed) != 0 {
+            m.bell.fetch_add(1, Ordering::Release);
+            sys::futex_wake(&m.bell);
+        }
+    }
+
+    /// Wakes the owner whether or not it announced itself (aborts, closes).
+    fn ring(&self) {
+        let m = self.mem();
+        m.bell.fetch_add(1, Ordering::Release);
+        sys::futex_wake(&m.bell);
+    }
+}
+
+/// One end of a shared-memory link.
+pub struct ShmLink {
+    peer: usize,
+    side: usize,
+    seg: Segment,
+    tx_tail: *const AtomicU64,
+    tx_slots: *mut u8,
+    rx_tail: *const AtomicU64,
+    rx_slots: *mut u8,
+    nslots: u64,
+    slot_size: usize,
+    stride: usize,
+    /// Messages published so far.
+    sent: u64,
+    /// The receiver's `tail` as last read.
+    tail_cache: u64,
+    unreported: usize,
+    /// Messages consumed (released) so far.
+    consumed: u64,
+    bell: Arc<Doorbell>,
+    peer_bell: Doorbell,
+    sock: Option<UnixStream>,
+    gone: bool,
+    ticks: u32,
+    abort_sent: bool,
+    failed: Option<Error>,
+}
+
+// SAFETY: the raw pointers point into `seg`'s mapping, which the link owns; the link is used by
+// one thread at a time (&mut self) and everything shared with the peer goes through atomics.
+unsafe impl Send for ShmLink {}
+
+impl ShmLink {
+    /// Makes a link to `peer` over `seg`, on `side` (0: the segment's creator, the lower rank).
+    /// `bell` is this rank's doorbell, `peer_bell` the peer's; `sock`, when given, is the Unix
+    /// socket the segment came over, kept open so that EOF tells us the peer is gone.
+    pub fn new(
+        peer: usize,
+        side: usize,
+        seg: Segment,
+        bell: Arc<Doorbell>,
+        peer_bell: Doorbell,
+        sock: Option<UnixStream>,
+    ) -> Result<ShmLink> {
+        if side > 1 {
+            return Err(Error::InvalidArgument(format!("shm side {side}")));
+        }
+        if let Some(s) = &sock {
+            s.set_nonblocking(true)
+                .map_err(|e| Error::io("set nonblocking on the shm liveness socket", e))?;
+        }
+        let geo = seg.geometry();
+        let (tx_tail, tx_slots) = seg.ring(side);
+        let (rx_tail, rx_slots) = seg.ring(1 - side);
+        Ok(ShmLink {
+            peer,
+            side,
+            tx_tail,
+            tx_slots,
+            rx_tail,
+            rx_slots,
+            nslots: geo.nslots as u64,
+            slot_size: geo.slot_size,
+            stride: geo.stride(),
+            seg,
+            sent: 0,
+            tail_cache: 0,
+            unreported: 0,
+            consumed: 0,
+            bell,
+            peer_bell,
+            sock,
+            gone: false,
+            ticks: 0,
+            abort_sent: false,
+            failed: None,
+        })
+    }
+
+    /// The slot header and data of message `k` in a ring.
+    fn slot(&self, slots: *mut u8, k: u64) -> (&SlotHdr, *mut u8) {
+        let i = (k % self.nslots) as usize;
+        // SAFETY: i < nslots, so the slot (header + data) lies inside the ring, inside the
+        // mapping owned by self.seg. SlotHdr is 64-byte aligned there (stride and ring offsets
+        // are multiples of 64). Only its atomics are accessed through the reference.
+        unsafe {
+            let p = slots.add(i * self.stride);
+            (&*p.cast::<SlotHdr>(), p.add(SLOT_HDR))
+        }
+    }
+
+    fn tail(&self, p: *const AtomicU64) -> &AtomicU64 {
+        // SAFETY: points at a ring's tail inside the mapping owned by self.seg, 64-byte aligned.
+        unsafe { &*p }
+    }
+
+    fn lost(&self, what: &str) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "shared-memory link to rank {} (pid {}) {what} (the process exited or was killed, or \
+                 destroyed its communicator; see its log)",
+                self.peer,
+                self.seg.pid(1 - self.side)
+            ),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    /// The peer's abort, if it sent one; `Some(None)` if it closed cleanly.
+    fn peer_state(&self) -> Option<Option<Error>> {
+        let a = self.seg.abort(1 - self.side);
+        match a.state.load(Ordering::Acquire) {
+            OPEN => None,
+            ABORTED => {
+                let len = (a.len.load(Ordering::Relaxed) as usize).min(ABORT_MAX);
+                let mut body = vec![0u8; len];
+                // SAFETY: `body` has room for len <= ABORT_MAX bytes, the source is the abort
+                // area's body inside the mapping; the peer wrote it before its release store of
+                // `state`, which our acquire load saw.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(a.body.as_ptr(), body.as_mut_ptr(), len);
+                }
+                Some(Some(super::tcp::decode_abort(&body, self.peer)))
+            }
+            _ => Some(None),
+        }
+    }
+
+    /// Checks (at most every few thousand calls, or when `now`) whether the peer's socket hit EOF.
+    fn check_alive(&mut self, now: bool) -> bool {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.gone || !(now || self.ticks % 4096 == 0) {
+            return false;
+        }
+        if let Some(s) = &self.sock {
+            if sys::peer_closed(s.as_raw_fd()) {
+                self.gone = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The error for "nothing from the peer and it can send nothing more", if that is the case.
+    fn dead_end(&mut self, waiting_for: &str) -> Option<Error> {
+        match self.peer_state() {
+            Some(Some(e)) => return Some(self.fail(e)),
+            Some(None) => {
+                let e = self.lost(&format!(
+                    "was closed by rank {} while {waiting_for}",
+                    self.peer
+                ));
+                return Some(self.fail(e));
+            }
+            None => {}
+        }
+        if self.gone {
+            let e = self.lost(&format!("hit EOF while {waiting_for}"));
+            return Some(self.fail(e));
+        }
+        None
+    }
+}
+
+impl Link for ShmLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.slot_size
+    }
+
+    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if len > self.slot_size {
+            return Err(Error::Internal(format!(
+                "message of {len} bytes exceeds the link's {}-byte slots",
+                self.slot_size
+            )));
+        }
+        if self.sent - self.tail_cache >= self.nslots {
+            // A tail beyond what we sent would be a corrupt peer: treat it as no credit.
+            self.tail_cache = self
+                .tail(self.tx_tail)
+                .load(Ordering::Acquire)
+                .min(self.sent);
+            if self.sent - self.tail_cache >= self.nslots {
+                if let Some(e) = self.dead_end("a send waited for a free slot") {
+                    return Err(e);
+                }
+                return Ok(false);
+            }
+        }
+        let k = self.sent;
+        let (hdr, body) = self.slot(self.tx_slots, k);
+        // SAFETY: the slot is free (the receiver's release of message k - nslots happened
+        // before its tail store, which our acquire load saw), so nobody reads it; `body` has
+        // room for slot_size >= len bytes; `data..data+len` is valid per post_send's contract.
+        unsafe {
+            if len > 0 {
+                std::ptr::copy_nonoverlapping(data, body, len);
+            }
+            let t = tag.encode();
+            std::ptr::copy_nonoverlapping(
+                t.as_ptr(),
+                (&raw const hdr.tag).cast::<u8>().cast_mut(),
+                Tag::LEN,
+            );
+        }
+        hdr.len.store(len as u32, Ordering::Relaxed);
+        hdr.seq.store(k + 1, Ordering::Release);
+        self.sent = k + 1;
+        self.unreported += 1;
+        fence(Ordering::SeqCst);
+        self.peer_bell.ring_if_waiting();
+        Ok(true)
+    }
+
+    fn progress(&mut self) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.check_alive(false);
+        Ok(false)
+    }
+
+    fn take_send_completions(&mut self) -> usize {
+        std::mem::take(&mut self.unreported)
+    }
+
+    fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let k = self.consumed;
+        let (hdr, body) = self.slot(self.rx_slots, k);
+        if hdr.seq.load(Ordering::Acquire) != k + 1 {
+            if let Some(e) = self.dead_end("a message was still expected") {
+                return Err(e);
+            }
+            return Ok(None);
+        }
+        let len = hdr.len.load(Ordering::Relaxed) as usize;
+        if len > self.slot_size {
+            let e = Error::PeerLost {
+                peer: self.peer,
+                msg: format!(
+                    "protocol error on the shared-memory link from rank {}: a {len}-byte message in a {}-byte slot",
+                    self.peer, self.slot_size
+                ),
+            };
+            return Err(self.fail(e));
+        }
+        let mut t = [0u8; Tag::LEN];
+        // SAFETY: the sender wrote the tag before its release store of seq, which we saw; it
+        // does not touch the slot again until we release it. The data slice stays valid and
+        // unchanged while `self` is borrowed (release_recv needs &mut self).
+        let data = unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&raw const hdr.tag).cast::<u8>(),
+                t.as_mut_ptr(),
+                Tag::LEN,
+            );
+            std::slice::from_raw_parts(body.cast_const(), len)
+        };
+        Ok(Some((Tag::decode(&t), data)))
+    }
+
+    fn release_recv(&mut self) {
+        let k = self.consumed;
+        let (hdr, _) = self.slot(self.rx_slots, k);
+        if hdr.seq.load(Ordering::Relaxed) != k + 1 {
+            return;
+        }
+        self.consumed = k + 1;
+        self.tail(self.rx_tail)
+            .store(self.consumed, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.peer_bell.ring_if_waiting();
+    }
+
+    fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {
+        if let (Some(s), false) = (&self.sock, self.gone) {
+            out.push(libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+
+    fn before_wait(&mut self) -> bool {
+        self.check_alive(true) || self.peer_state().is_some()
+    }
+
+    fn doorbell(&self) -> Option<&Arc<Doorbell>> {
+        Some(&self.bell)
+    }
+
+    fn send_abort(&mut self, err: &Error) {
+        if !self.abort_sent {
+            self.abort_sent = true;
+            let a = self.seg.abort(self.side);
+            let mut body = Vec::with_capacity(64);
+            body.push(err.code());
+            body.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
+            let msg = err.message().as_bytes();
+            body.extend_from_slice(&msg[..msg.len().min(ABORT_MAX - 5)]);
+            // SAFETY: body.len() <= ABORT_MAX; only this side writes its abort area, and the
+            // peer reads it only after the release store of `state` below.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    body.as_ptr(),
+                    a.body.as_ptr().cast_mut(),
+                    body.len(),
+                );
+            }
+            a.len.store(body.len() as u32, Ordering::Relaxed);
+            a.state.store(ABORTED, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.peer_bell.ring();
+        }
+        if self.failed.is_none() {
+            self.failed = Some(err.clone());
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        "shm"
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        if !self.abort_sent {
+            self.seg
+                .abort(self.side)
+                .state
+                .store(CLOSED, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.peer_bell.ring();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ends of a link in one process, over one memfd mapped twice (as two processes would).
+    fn pair(nslots: usize, slot_size: usize) -> (ShmLink, ShmLink) {
+        let (seg0, fd) = Segment::create(Geometry { nslots, slot_size }).unwrap();
+        let seg1 = Segment::open(fd.as_raw_fd()).unwrap();
+        let b0 = Arc::new(Doorbell::create().unwrap());
+        let b1 = Arc::new(Doorbell::create().unwrap());
+        let b0_for_1 = Doorbell::open(b0.fd.as_ref().unwrap().try_clone().unwrap()).unwrap();
+        let b1_for_0 = Doorbell::open(b1.fd.as_ref().unwrap().try_clone().unwrap()).unwrap();
+        let (s0, s1) = UnixStream::pair().unwrap();
+        (
+            ShmLink::new(1, 0, seg0, b0, b1_for_0, Some(s0)).unwrap(),
+            ShmLink::new(0, 1, seg1, b1, b0_for_1, Some(s1)).unwrap(),
+        )
+    }
+
+    fn tag(seq: u64) -> Tag {
+        Tag {
+            seq,
+            count: 3,
+            coll: 1,
+            dtype: 7,
+            op: 0,
+            root: u32::MAX,
+        }
+    }
+
+    fn deadline() -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_secs(20)
+    }
+
+    #[test]
+    fn geometry_is_validated() {
+        assert!(Segment::create(Geometry { nslots: 0, slot_size: 64 }).is_err());
+        assert!(
+            Segment::create(Geometry {
+                nslots: 2,
+                slot_size: MAX_SLOT_BYTES + 1
+            })
+            .is_err()
+        );
+        // A memfd that is not a segment is refused.
+        let fd = sys::memfd_sealed("x", 8192).unwrap();
+        assert!(Segment::open(fd.as_raw_fd()).is_err());
+    }
+
+    #[test]
+    fn messages_arrive_in_order_with_tags_across_threads() {
+        let (mut a, mut b) = pair(4, 1000);
+        let msgs: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| (0..(i as usize * 37) % 1001).map(|j| (i as usize + j) as u8).collect())
+            .collect();
+        std::thread::scope(|s| {
+            let msgs2 = &msgs;
+            s.spawn(move || {
+                let d = deadline();
+                let mut done = 0;
+                for (i, m) in msgs2.iter().enumerate() {
+                    // SAFETY: `m` outlives the loop and is not modified.
+                    while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
+                        assert!(std::time::Instant::now() < d);
+                        std::thread::yield_now();
+                    }
+                    done += a.take_send_completions();
+                }
+                assert_eq!(done, msgs2.len(), "a posted send completes at once");
+            });
+            let d = deadline();
+            let mut got = 0;
+            while got < msgs.len() {
+                assert!(std::time::Instant::now() < d);
+                match b.peek_recv().unwrap() {
+                    Some((t, data)) => {
+                        assert_eq!(t, tag(got as u64));
+                        assert_eq!(data, &msgs[got][..]);
+                        b.release_recv();
+                        got += 1;
+                    }
+                    None => std::thread::yield_now(),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn sender_blocks_when_the_ring_is_full_until_a_release() {
+        let (mut a, mut b) = pair(3, 64);
+        let m = [7u8; 64];
+        for i in 0..3 {
+            // SAFETY: `m` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+        }
+        // SAFETY: as above.
+        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        assert_eq!(a.take_send_completions(), 3);
+        // Peeking does not return the credit; releasing does.
+        assert!(b.peek_recv().unwrap().is_some());
+        // SAFETY: as above.
+        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        b.release_recv();
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        for i in 1..4 {
+            let (t, d) = b.peek_recv().unwrap().unwrap();
+            assert_eq!((t.seq, d.len()), (i, 64));
+            b.release_recv();
+        }
+        assert!(b.peek_recv().unwrap().is_none());
+        // A message larger than a slot is refused.
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
+    }
+
+    #[test]
+    fn abort_reaches_the_peer_after_the_messages_before_it() {
+        let (mut a, mut b) = pair(4, 128);
+        let m = [1u8; 8];
+        // SAFETY: `m` outlives the call.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
+        a.send_abort(&Error::Mismatch {
+            peer: 2,
+            msg: "count 3 vs 4".into(),
+        });
+        assert!(b.before_wait(), "an abort is news for a waiter");
+        assert!(b.peek_recv().unwrap().is_some());
+        b.release_recv();
+        match b.peek_recv() {
+            Err(Error::Mismatch { peer: 2, msg }) => {
+                assert!(msg.contains("count 3 vs 4") && msg.contains("rank 0"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Sticky, and a's own sends fail too.
+        assert!(b.peek_recv().is_err());
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
+    }
+
+    #[test]
+    fn a_dropped_or_dead_peer_is_peer_lost() {
+        let (a, mut b) = pair(2, 64);
+        drop(a);
+        assert!(b.progress().is_ok(), "nothing is owed yet");
+        match b.peek_recv() {
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eof_on_the_socket_is_peer_lost() {
+        let (mut a, mut b) = pair(2, 64);
+        // Simulate the peer process dying: its socket closes, its memory stays mapped.
+        a.sock = None;
+        a.abort_sent = true; // suppress the clean-close mark in Drop
+        drop(a);
+        assert!(b.before_wait());
+        match b.peek_recv() {
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("EOF"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn doorbell_wakes_a_sleeper_without_lost_wakeups() {
+        let (mut a, mut b) = pair(2, 64);
+        let bell = b.doorbell().unwrap().clone();
+        let m = [5u8; 16];
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for i in 0..500u64 {
+                    // SAFETY: `m` outlives the calls.
+                    while !unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                        let seen = a.doorbell().unwrap().announce();
+                        // SAFETY: as above.
+                        if unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                            a.doorbell().unwrap().retract();
+                            break;
+                        }
+                        a.doorbell().unwrap().sleep(seen, Duration::from_secs(5));
+                        a.doorbell().unwrap().retract();
+                    }
+                }
+            });
+            let d = deadline();
+            let mut got = 0;
+            while got < 500 {
+                assert!(std::time::Instant::now() < d, "lost a wake-up");
+                if b.peek_recv().unwrap().is_some() {
+                    b.release_recv();
+                    got += 1;
+                    continue;
+                }
+                let seen = bell.announce();
+                if b.peek_recv().unwrap().is_none() {
+                    // 5 s: a lost wake-up would show up as a test that takes minutes.
+                    bell.sleep(seen, Duration::from_secs(5));
+                }
+                bell.retract();
+            }
+        });
+    }
+}

@@ -1,0 +1,124 @@
+//! How the executor sleeps once spinning and yielding have found nothing to do.
+//!
+//! When every link it waits on is a shm link (they all share this rank's [`Doorbell`]), it
+//! announces itself on the doorbell, looks at its links once more, and only then sleeps on the
+//! futex, until a peer rings it or a short while passes (to notice a peer that died: shm has no
+//! descriptor that would tell). Otherwise it sleeps in poll(2) on the links' descriptors; when
+//! some of those links are shm links, whose news poll cannot see, for at most a millisecond.
+//!
+//! ```text
+//! executor idle:  spin ─► yield ─► wait():  all shm?  ── announce, return (caller looks again)
+//!                                                      └─ announced: futex sleep, retract
+//!                                          otherwise  ── poll(fds, 1 ms if any shm else ≤100 ms)
+//! ```
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::Link;
+use super::shm::Doorbell;
+use crate::Error;
+use crate::error::Result;
+
+/// Longest futex sleep: how late a dead shm peer may be noticed.
+const SHM_SLEEP: Duration = Duration::from_millis(10);
+/// Longest poll when some links are shm links (their news does not wake poll).
+const MIXED_POLL: Duration = Duration::from_millis(1);
+/// Longest poll when every link has descriptors.
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Whether `OXCCL_NOPOLL` asks the executor never to sleep (only spin and yield).
+pub fn never_sleep() -> bool {
+    static NOPOLL: OnceLock<bool> = OnceLock::new();
+    *NOPOLL.get_or_init(|| std::env::var_os("OXCCL_NOPOLL").is_some())
+}
+
+/// The executor's sleeping state across idle rounds. Dropping it withdraws any announcement.
+#[derive(Default)]
+pub struct Waiter {
+    /// The doorbell we announced ourselves on, and the value to sleep on.
+    armed: Option<(Arc<Doorbell>, u32)>,
+    /// This round's links: their common doorbell, if they all have the same one.
+    bell: Option<Arc<Doorbell>>,
+    mixed: bool,
+    any_shm: bool,
+    news: bool,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl Waiter {
+    /// A waiter that has announced nothing.
+    pub fn new() -> Waiter {
+        Waiter::default()
+    }
+
+    /// Withdraws an announcement (the executor is busy again). Cheap when there is none.
+    pub fn disarm(&mut self) {
+        if let Some((b, _)) = self.armed.take() {
+            b.retract();
+        }
+    }
+
+    /// Starts a round: the links to wait on follow with [`Waiter::add`].
+    pub fn begin(&mut self) {
+        self.pollfds.clear();
+        self.bell = None;
+        self.mixed = false;
+        self.any_shm = false;
+        self.news = false;
+    }
+
+    /// Adds a link the executor is waiting on.
+    pub fn add(&mut self, link: &mut dyn Link) {
+        self.news |= link.before_wait();
+        match link.doorbell() {
+            Some(d) => {
+                self.any_shm = true;
+                match &self.bell {
+                    None if !self.mixed => self.bell = Some(d.clone()),
+                    Some(b) if Arc::ptr_eq(b, d) => {}
+                    _ => self.mixed = true,
+                }
+            }
+            None => self.mixed = true,
+        }
+        link.wait_interest(&mut self.pollfds);
+    }
+
+    /// Sleeps for at most `budget`, or returns at once: when a link had news, and the first
+    /// time it could sleep on a doorbell (it then announces itself, and the caller must look at
+    /// every link once more before calling again).
+    pub fn wait(&mut self, budget: Duration) -> Result<()> {
+        if self.news {
+            self.disarm();
+            return Ok(());
+        }
+        if !self.mixed {
+            if let Some(bell) = self.bell.take() {
+                match &self.armed {
+                    Some((b, seen)) if Arc::ptr_eq(b, &bell) => {
+                        b.sleep(*seen, budget.min(SHM_SLEEP));
+                        self.disarm();
+                    }
+                    _ => {
+                        self.disarm();
+                        let seen = bell.announce();
+                        self.armed = Some((bell, seen));
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.disarm();
+        let cap = if self.any_shm { MIXED_POLL } else { POLL_MAX };
+        let ms = budget.min(cap).as_millis().max(1) as i32;
+        crate::sys::poll(&mut self.pollfds, ms).map_err(|e| Error::io("poll on links", e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
