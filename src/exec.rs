@@ -108,6 +108,17 @@ const POST_AHEAD: usize = 16;
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_FOR: Duration = Duration::from_micros(2000);
 
+/// One Program with its memory and parameters: an element of a group run by [`run_jobs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// This rank's part of the call.
+    pub prog: &'a Program,
+    /// The call's buffers.
+    pub mem: Mem,
+    /// The call's type, operator and signature.
+    pub params: Params,
+}
+
 /// Runs `prog` to completion.
 ///
 /// # Safety
@@ -121,7 +132,32 @@ pub unsafe fn run(
     p: &Params,
 ) -> Result<()> {
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(prog, mem, links, p) };
+    unsafe {
+        run_jobs(
+            &[Job {
+                prog,
+                mem: *mem,
+                params: *p,
+            }],
+            links,
+        )
+    }
+}
+
+/// Runs several Programs together (a group): they progress concurrently and share the links.
+/// On each link, messages keep job order (all of job 0's sends to a peer precede job 1's), which
+/// every rank agrees on because it issued the calls in the same order.
+///
+/// # Safety
+/// As [`run`], for every job; the jobs' buffers must not overlap each other (except a job's own
+/// input and output when it is in place).
+pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut failed_job = 0;
+    // SAFETY: forwarded from this function's contract.
+    let r = unsafe { run_inner(jobs, links, &mut failed_job) };
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
     for l in links.iter_mut().flatten() {
         l.cancel_recvs();
@@ -131,74 +167,94 @@ pub unsafe fn run(
             l.send_abort(e);
         }
     }
-    r.map_err(|e| in_context(e, p))
+    r.map_err(|e| in_context(e, &jobs[failed_job.min(jobs.len() - 1)].params))
 }
 
 unsafe fn run_inner(
-    prog: &Program,
-    mem: &Mem,
+    jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
-    p: &Params,
+    failed_job: &mut usize,
 ) -> Result<()> {
-    let es = p.dtype.size();
-    // Validate every range up front: after this, slices built from `mem` are in bounds.
-    let blen = |b: Buf| match b {
-        Buf::Input => mem.input_len,
-        Buf::Output => mem.output_len,
-        Buf::Scratch => mem.scratch_len,
+    let p0 = jobs[0].params;
+    // Global step ids: job j's step i is base[j] + i.
+    let mut base = Vec::with_capacity(jobs.len() + 1);
+    let mut job_of: Vec<u32> = Vec::new();
+    base.push(0usize);
+    for (j, job) in jobs.iter().enumerate() {
+        base.push(base[j] + job.prog.steps.len());
+        job_of.extend(std::iter::repeat_n(j as u32, job.prog.steps.len()));
+    }
+    let n = base[jobs.len()];
+    let op_of = |g: u32| -> (usize, Op) {
+        let j = job_of[g as usize] as usize;
+        (j, jobs[j].prog.steps[g as usize - base[j]].op)
     };
-    for s in &prog.steps {
-        for r in s.op.reads().chain(s.op.writes()) {
-            if r.end().checked_mul(es).is_none_or(|e| e > blen(r.buf)) {
-                return Err(Error::Internal(format!(
-                    "step {:?} is outside its buffer",
-                    s.op
-                )));
+    // Validate every range up front: after this, slices built from `mem` are in bounds.
+    for job in jobs {
+        let (mem, es) = (&job.mem, job.params.dtype.size());
+        let blen = |b: Buf| match b {
+            Buf::Input => mem.input_len,
+            Buf::Output => mem.output_len,
+            Buf::Scratch => mem.scratch_len,
+        };
+        for s in &job.prog.steps {
+            for r in s.op.reads().chain(s.op.writes()) {
+                if r.end().checked_mul(es).is_none_or(|e| e > blen(r.buf)) {
+                    return Err(Error::Internal(format!(
+                        "step {:?} is outside its buffer",
+                        s.op
+                    )));
+                }
             }
-        }
-        if let Some(peer) = s.op.peer() {
-            if links.get(peer).is_none_or(|l| l.is_none()) {
-                return Err(Error::Internal(format!(
-                    "no link to rank {peer} for step {:?}",
-                    s.op
-                )));
+            if let Some(peer) = s.op.peer() {
+                if links.get(peer).is_none_or(|l| l.is_none()) {
+                    return Err(Error::Internal(format!(
+                        "no link to rank {peer} for step {:?}",
+                        s.op
+                    )));
+                }
             }
         }
     }
-    let ptr = |r: Range| -> *mut u8 {
+    let es = |j: usize| jobs[j].params.dtype.size();
+    let ptr = |j: usize, r: Range| -> *mut u8 {
+        let mem = &jobs[j].mem;
         let base = match r.buf {
             Buf::Input => mem.input.cast_mut(),
             Buf::Output => mem.output,
             Buf::Scratch => mem.scratch,
         };
         // SAFETY: validated above to be within the buffer.
-        unsafe { base.add(r.off * es) }
+        unsafe { base.add(r.off * es(j)) }
     };
-    let slice = |r: Range| -> &[u8] {
+    let slice = |j: usize, r: Range| -> &[u8] {
         // SAFETY: ranges are in bounds (validated above); the Program orders every pair of steps
-        // touching overlapping memory (proven by algo::verify), so while a step reads this range
-        // nothing writes it.
-        unsafe { std::slice::from_raw_parts(ptr(r), r.len * es) }
+        // touching overlapping memory (proven by algo::verify), and jobs do not overlap, so
+        // while a step reads this range nothing writes it.
+        unsafe { std::slice::from_raw_parts(ptr(j, r), r.len * es(j)) }
     };
     #[allow(clippy::mut_from_ref)]
-    let slice_mut = |r: Range| -> &mut [u8] {
+    let slice_mut = |j: usize, r: Range| -> &mut [u8] {
         // SAFETY: as above; while a step writes this range no other live access aliases it.
-        unsafe { std::slice::from_raw_parts_mut(ptr(r), r.len * es) }
+        unsafe { std::slice::from_raw_parts_mut(ptr(j, r), r.len * es(j)) }
     };
 
-    let n = prog.steps.len();
-    let mut remaining: Vec<u32> = prog.steps.iter().map(|s| s.deps.len() as u32).collect();
+    let mut remaining: Vec<u32> = Vec::with_capacity(n);
     let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, s) in prog.steps.iter().enumerate() {
-        for &d in &s.deps {
-            dependents[d as usize].push(i as u32);
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, s) in job.prog.steps.iter().enumerate() {
+            remaining.push(s.deps.len() as u32);
+            for &d in &s.deps {
+                dependents[base[j] + d as usize].push((base[j] + i) as u32);
+            }
         }
     }
     let mut queues: Vec<PeerQ> = Vec::new();
-    let mut qidx = vec![usize::MAX; p.nranks];
+    let mut qidx = vec![usize::MAX; p0.nranks];
     let mut ready_local: Vec<u32> = Vec::new();
-    for (i, s) in prog.steps.iter().enumerate() {
-        match s.op.peer() {
+    for g in 0..n as u32 {
+        let (_, op) = op_of(g);
+        match op.peer() {
             Some(peer) => {
                 if qidx[peer] == usize::MAX {
                     qidx[peer] = queues.len();
@@ -213,23 +269,23 @@ unsafe fn run_inner(
                     });
                 }
                 let q = &mut queues[qidx[peer]];
-                if matches!(s.op, Op::Send { .. }) {
-                    q.sends.push(i as u32)
+                if matches!(op, Op::Send { .. }) {
+                    q.sends.push(g)
                 } else {
-                    q.recvs.push(i as u32)
+                    q.recvs.push(g)
                 }
             }
-            None if s.deps.is_empty() => ready_local.push(i as u32),
+            None if remaining[g as usize] == 0 => ready_local.push(g),
             None => {}
         }
     }
     let mut done = 0usize;
     let complete =
-        |i: u32, remaining: &mut Vec<u32>, ready_local: &mut Vec<u32>, done: &mut usize| {
+        |g: u32, remaining: &mut Vec<u32>, ready_local: &mut Vec<u32>, done: &mut usize| {
             *done += 1;
-            for &d in &dependents[i as usize] {
+            for &d in &dependents[g as usize] {
                 remaining[d as usize] -= 1;
-                if remaining[d as usize] == 0 && prog.steps[d as usize].op.peer().is_none() {
+                if remaining[d as usize] == 0 && op_of(d).1.peer().is_none() {
                     ready_local.push(d);
                 }
             }
@@ -240,46 +296,49 @@ unsafe fn run_inner(
     let mut waiter = Waiter::new();
     while done < n {
         let mut moved = false;
-        while let Some(i) = ready_local.pop() {
-            match prog.steps[i as usize].op {
-                Op::Copy { src, dst } => slice_mut(dst).copy_from_slice(slice(src)),
+        while let Some(g) = ready_local.pop() {
+            let (j, op) = op_of(g);
+            let p = &jobs[j].params;
+            match op {
+                Op::Copy { src, dst } => slice_mut(j, dst).copy_from_slice(slice(j, src)),
                 Op::Reduce { src, dst } => {
-                    reduce::reduce_bytes(p.dtype, p.op, slice_mut(dst), slice(src))
+                    reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, src))
                 }
                 Op::Finish { dst } => {
                     if p.op == ReduceOp::Avg {
-                        reduce::finish_avg_bytes(p.dtype, slice_mut(dst), p.nranks)
+                        reduce::finish_avg_bytes(p.dtype, slice_mut(j, dst), p.nranks)
                     }
                 }
                 _ => unreachable!("only local steps are queued here"),
             }
-            complete(i, &mut remaining, &mut ready_local, &mut done);
+            complete(g, &mut remaining, &mut ready_local, &mut done);
             moved = true;
         }
         for q in queues.iter_mut() {
             let link = links[q.peer].as_mut().expect("validated above");
             moved |= link.progress()?;
             for _ in 0..link.take_send_completions() {
-                let i = q
+                let g = q
                     .inflight
                     .pop_front()
                     .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
-                complete(i, &mut remaining, &mut ready_local, &mut done);
+                complete(g, &mut remaining, &mut ready_local, &mut done);
                 moved = true;
             }
-            while let Some(&i) = q.sends.get(q.next_send) {
-                if remaining[i as usize] > 0 {
+            while let Some(&g) = q.sends.get(q.next_send) {
+                if remaining[g as usize] > 0 {
                     break;
                 }
-                let Op::Send { src, .. } = prog.steps[i as usize].op else {
+                let (j, Op::Send { src, .. }) = op_of(g) else {
                     unreachable!()
                 };
+                *failed_job = j;
                 // SAFETY: the range stays valid and unwritten until the send completes: later
                 // writers of it depend on this step, which completes only on link completion.
-                if !unsafe { link.post_send(&p.tag, ptr(src), src.len * es)? } {
+                if !unsafe { link.post_send(&jobs[j].params.tag, ptr(j, src), src.len * es(j))? } {
                     break;
                 }
-                q.inflight.push_back(i);
+                q.inflight.push_back(g);
                 q.next_send += 1;
                 moved = true;
             }
@@ -287,22 +346,25 @@ unsafe fn run_inner(
             // place them directly (RDMA's posted receive): no copy out of a slot.
             q.posted = q.posted.max(q.next_recv);
             while q.posted < (q.next_recv + POST_AHEAD).min(q.recvs.len()) {
-                let i = q.recvs[q.posted] as usize;
-                if remaining[i] > 0 {
+                let g = q.recvs[q.posted];
+                if remaining[g as usize] > 0 {
                     break;
                 }
-                if let Op::Recv { dst, .. } = prog.steps[i].op {
+                if let (j, Op::Recv { dst, .. }) = op_of(g) {
                     // SAFETY: dst is in bounds and free (its dependencies are done); nothing
                     // else touches it until this receive completes, and cancel_recvs runs
                     // before this call returns.
-                    unsafe { link.post_recv(q.posted as u64, ptr(dst), dst.len * es) };
+                    unsafe { link.post_recv(q.posted as u64, ptr(j, dst), dst.len * es(j)) };
                 }
                 q.posted += 1;
             }
-            while let Some(&i) = q.recvs.get(q.next_recv) {
-                if remaining[i as usize] > 0 {
+            while let Some(&g) = q.recvs.get(q.next_recv) {
+                if remaining[g as usize] > 0 {
                     break;
                 }
+                let (j, op) = op_of(g);
+                *failed_job = j;
+                let p = &jobs[j].params;
                 let Some((tag, data)) = link.peek_recv()? else {
                     break;
                 };
@@ -319,28 +381,30 @@ unsafe fn run_inner(
                         ),
                     });
                 }
-                match prog.steps[i as usize].op {
+                let es = es(j);
+                match op {
                     Op::Recv { dst, .. } if data.len() == dst.len * es => {
-                        if data.as_ptr() != ptr(dst).cast_const() {
-                            slice_mut(dst).copy_from_slice(data)
+                        if data.as_ptr() != ptr(j, dst).cast_const() {
+                            slice_mut(j, dst).copy_from_slice(data)
                         }
                     }
                     Op::RecvReduce { dst, acc: None, .. } if data.len() == dst.len * es => {
-                        reduce::reduce_bytes(p.dtype, p.op, slice_mut(dst), data)
+                        reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), data)
                     }
                     Op::RecvReduce {
                         dst, acc: Some(a), ..
                     } if data.len() == dst.len * es => {
-                        reduce::reduce3_bytes(p.dtype, p.op, slice_mut(dst), slice(a), data)
+                        reduce::reduce3_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, a), data)
                     }
                     op => {
                         return Err(Error::Mismatch {
                             peer: q.peer,
                             msg: format!(
-                                "rank {} sent {} bytes where {:?} expects a different length (same call, \
-                                 different buffer layout?)",
+                                "rank {} sent {} bytes where this rank expects {} ({:?}); the ranks \
+                                 passed different counts",
                                 q.peer,
                                 data.len(),
+                                op.writes().map(|r| r.len * es).unwrap_or(0),
                                 op
                             ),
                         });
@@ -348,7 +412,7 @@ unsafe fn run_inner(
                 }
                 link.release_recv();
                 q.next_recv += 1;
-                complete(i, &mut remaining, &mut ready_local, &mut done);
+                complete(g, &mut remaining, &mut ready_local, &mut done);
                 moved = true;
             }
         }
@@ -368,8 +432,8 @@ unsafe fn run_inner(
         }
         let now = Instant::now();
         let waited = now.duration_since(last_progress);
-        if waited >= p.timeout {
-            return Err(timeout_error(prog, &queues, &remaining, p));
+        if waited >= p0.timeout {
+            return Err(timeout_error(&queues, &remaining, &p0));
         }
         if waited < YIELD_FOR || wait::never_sleep() {
             crate::sys::yield_now();
@@ -381,12 +445,12 @@ unsafe fn run_inner(
         for q in &queues {
             waiter.add(links[q.peer].as_deref_mut().expect("validated"));
         }
-        waiter.wait(p.timeout - waited)?;
+        waiter.wait(p0.timeout - waited)?;
     }
     Ok(())
 }
 
-fn timeout_error(prog: &Program, queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
+fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
     let mut waiting: Vec<String> = Vec::new();
     let mut first = None;
     for q in queues {
@@ -405,7 +469,6 @@ fn timeout_error(prog: &Program, queues: &[PeerQ], remaining: &[u32], p: &Params
             first.get_or_insert(q.peer);
         }
     }
-    let _ = prog;
     let what = if waiting.is_empty() {
         "progress".to_string()
     } else {
