@@ -1,0 +1,143 @@
+//! The boundary every `extern "C"` body runs inside: panics caught, errors turned into result
+//! codes and remembered as messages (per communicator and per thread).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+
+use core_oxccl::Error;
+
+use crate::comm::{Handle, oxcclComm_t};
+use crate::types::{ResultArg, oxcclResult_t};
+
+thread_local! {
+    /// The message of the last failure on this thread (for `oxcclGetLastError(NULL)`).
+    static LAST: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// How many messages a communicator keeps alive: a pointer `oxcclGetLastError(comm)` returned
+/// stays valid until this many later failures on that communicator (or its destruction), even when
+/// another thread fails meanwhile.
+const KEEP: usize = 16;
+
+/// A communicator's recent error messages, newest last.
+#[derive(Default)]
+pub(crate) struct ErrorLog(Mutex<VecDeque<CString>>);
+
+impl ErrorLog {
+    fn push(&self, msg: CString) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == KEEP {
+            q.pop_front();
+        }
+        q.push_back(msg);
+    }
+
+    fn last(&self) -> *const c_char {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match q.back() {
+            // The CString's heap buffer does not move when the deque does; it lives until KEEP
+            // more messages are pushed or the handle is freed.
+            Some(s) => s.as_ptr(),
+            None => c"".as_ptr(),
+        }
+    }
+}
+
+fn to_cstring(s: String) -> CString {
+    CString::new(s).unwrap_or_else(|e| {
+        let mut v = e.into_vec();
+        v.retain(|&b| b != 0);
+        CString::new(v).unwrap_or_default()
+    })
+}
+
+/// Records `e` (thread-local, and on `comm` when there is one) and returns its code.
+pub(crate) fn fail(comm: Option<&Handle>, func: &str, e: &Error) -> oxcclResult_t {
+    let msg = format!("{func}: {e}");
+    if let Some(h) = comm {
+        h.errors.push(to_cstring(msg.clone()));
+        h.note_async(e);
+    }
+    let msg = to_cstring(msg);
+    LAST.with(|l| *l.borrow_mut() = msg);
+    oxcclResult_t::of(e)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Runs `f` inside the panic boundary. `comm` (if any) is where the error is also recorded;
+/// it is resolved before `f` runs, so `f` gets it too.
+pub(crate) fn guard(
+    func: &'static str,
+    comm: Option<&Handle>,
+    f: impl FnOnce() -> Result<(), Error>,
+) -> oxcclResult_t {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => oxcclResult_t::oxcclSuccess,
+        Ok(Err(e)) => fail(comm, func, &e),
+        Err(p) => fail(
+            comm,
+            func,
+            &Error::Internal(format!(
+                "panic: {} (a bug in oxccl; please report it)",
+                panic_message(&*p)
+            )),
+        ),
+    }
+}
+
+/// A null-pointer error for argument `what`.
+pub(crate) fn null(what: &str) -> Error {
+    Error::InvalidArgument(format!("{what} is NULL"))
+}
+
+/// The name and meaning of a result code, as a static string (never NULL; unknown codes get a
+/// string that says so).
+#[unsafe(no_mangle)]
+pub extern "C" fn oxcclGetErrorString(result: ResultArg) -> *const c_char {
+    use oxcclResult_t::*;
+    let s: &'static CStr = match oxcclResult_t::from_c(result.0) {
+        Some(oxcclSuccess) => c"no error",
+        Some(oxcclInvalidArgument) => c"invalid argument",
+        Some(oxcclInvalidUsage) => c"invalid usage",
+        Some(oxcclSystemError) => c"system error",
+        Some(oxcclInternalError) => c"internal error (a bug in oxccl; please report it)",
+        Some(oxcclRemoteError) => c"remote error: a peer was lost",
+        Some(oxcclTimeout) => c"timeout",
+        Some(oxcclMismatch) => c"mismatch: ranks disagree about a call",
+        Some(oxcclUnavailable) => c"unavailable",
+        Some(oxcclAuthError) => c"authentication failed",
+        Some(oxcclInProgress) => c"operation in progress",
+        Some(oxcclNumResults) | None => c"unknown oxcclResult_t",
+    };
+    s.as_ptr()
+}
+
+/// The message of the last failure: on `comm` when it is not NULL (kept until 16 later failures
+/// on it, or its destruction), else on the calling thread (kept until that thread's next failure;
+/// this is where init failures are read). Never NULL; `""` when there was no failure.
+///
+/// # Safety
+/// `comm` is NULL or a live communicator from an `oxcclCommInit*` function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller passes NULL or a live handle (function contract).
+        match unsafe { Handle::from_ptr(comm) } {
+            Some(h) => h.errors.last(),
+            None => LAST.with(|l| l.borrow().as_ptr()),
+        }
+    }));
+    r.unwrap_or(c"oxcclGetLastError panicked".as_ptr())
+}

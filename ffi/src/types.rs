@@ -1,0 +1,297 @@
+//! The C types of the ABI: result codes, element types, operators, the unique id, the config.
+
+use std::ffi::{c_char, c_int, c_uint};
+
+use core_oxccl::{DataType, Error, ReduceOp};
+
+/// Major version of this library (`OXCCL_VERSION_CODE = MAJOR*10000 + MINOR*100 + PATCH`).
+pub const OXCCL_MAJOR: c_int = 0;
+/// Minor version of this library.
+pub const OXCCL_MINOR: c_int = 1;
+/// Patch version of this library.
+pub const OXCCL_PATCH: c_int = 0;
+/// The version this header describes, as `oxcclGetVersion` reports the library's.
+pub const OXCCL_VERSION_CODE: c_int = 100;
+
+/// Size of `oxcclUniqueId` in bytes (like `NCCL_UNIQUE_ID_BYTES`).
+pub const OXCCL_UNIQUE_ID_BYTES: usize = 128;
+/// A buffer of this many bytes always holds `oxcclUniqueIdToString`'s output and its NUL.
+pub const OXCCL_UNIQUE_ID_STRLEN: usize = 128;
+
+/// `oxcclConfig_t.magic` must hold this (`OXCCL_CONFIG_INITIALIZER` sets it).
+pub const OXCCL_CONFIG_MAGIC: c_uint = 0x0c0c_c1c0;
+/// The newest `oxcclConfig_t.version` this library reads.
+pub const OXCCL_CONFIG_VERSION: c_uint = 1;
+
+/// What every function returns. `oxcclSuccess` is 0; the other codes are stable and equal
+/// `oxccl::Error::code()` on the Rust side. `oxcclGetLastError` has the message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum oxcclResult_t {
+    /// It worked.
+    oxcclSuccess = 0,
+    /// A bad argument: a null pointer, an out-of-range enum, rank or count, buffers that overlap.
+    oxcclInvalidArgument = 1,
+    /// The API was used in the wrong state, e.g. a call on a communicator an earlier failure revoked.
+    oxcclInvalidUsage = 2,
+    /// The operating system refused something (socket, memory, ...).
+    oxcclSystemError = 3,
+    /// A bug in oxccl (including a caught panic); please report it with the message.
+    oxcclInternalError = 4,
+    /// A peer was lost: it died or closed its connection (NCCL's name for it).
+    oxcclRemoteError = 5,
+    /// A deadline passed (`OXCCL_TIMEOUT_MS` / `oxcclConfig_t.timeoutMs`).
+    oxcclTimeout = 6,
+    /// Ranks called different collectives, or the same one with different arguments.
+    oxcclMismatch = 7,
+    /// A transport or feature is not available here.
+    oxcclUnavailable = 8,
+    /// A connection failed authentication (wrong or missing `OXCCL_SECRET` / unique id).
+    oxcclAuthError = 9,
+    /// A non-blocking operation has not finished yet.
+    oxcclInProgress = 10,
+    /// The number of result codes.
+    oxcclNumResults = 11,
+}
+
+impl oxcclResult_t {
+    /// The code of a Rust error (unknown codes of future errors read as internal errors).
+    pub fn of(e: &Error) -> oxcclResult_t {
+        use oxcclResult_t::*;
+        match e.code() {
+            1 => oxcclInvalidArgument,
+            2 => oxcclInvalidUsage,
+            3 => oxcclSystemError,
+            5 => oxcclRemoteError,
+            6 => oxcclTimeout,
+            7 => oxcclMismatch,
+            8 => oxcclUnavailable,
+            9 => oxcclAuthError,
+            _ => oxcclInternalError,
+        }
+    }
+
+    /// The code numbered `v`, if there is one (`oxcclNumResults` is not a result).
+    pub fn from_c(v: c_int) -> Option<oxcclResult_t> {
+        use oxcclResult_t::*;
+        Some(match v {
+            0 => oxcclSuccess,
+            1 => oxcclInvalidArgument,
+            2 => oxcclInvalidUsage,
+            3 => oxcclSystemError,
+            4 => oxcclInternalError,
+            5 => oxcclRemoteError,
+            6 => oxcclTimeout,
+            7 => oxcclMismatch,
+            8 => oxcclUnavailable,
+            9 => oxcclAuthError,
+            10 => oxcclInProgress,
+            _ => return None,
+        })
+    }
+}
+
+/// Element types, numbered as NCCL numbers `ncclDataType_t` (so the values are interchangeable).
+/// The aliases `oxcclChar`, `oxcclInt`, `oxcclHalf`, `oxcclFloat`, `oxcclDouble` are macros.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum oxcclDataType_t {
+    /// `int8_t`
+    oxcclInt8 = 0,
+    /// `uint8_t`
+    oxcclUint8 = 1,
+    /// `int32_t`
+    oxcclInt32 = 2,
+    /// `uint32_t`
+    oxcclUint32 = 3,
+    /// `int64_t`
+    oxcclInt64 = 4,
+    /// `uint64_t`
+    oxcclUint64 = 5,
+    /// IEEE 754 binary16
+    oxcclFloat16 = 6,
+    /// `float`
+    oxcclFloat32 = 7,
+    /// `double`
+    oxcclFloat64 = 8,
+    /// bfloat16
+    oxcclBfloat16 = 9,
+    /// The number of types.
+    oxcclNumTypes = 10,
+}
+
+/// Reduction operators, numbered as NCCL numbers `ncclRedOp_t`. `oxcclAvg` sums, then divides
+/// once by the number of ranks.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum oxcclRedOp_t {
+    /// `a + b` (integers wrap)
+    oxcclSum = 0,
+    /// `a * b` (integers wrap)
+    oxcclProd = 1,
+    /// `max(a, b)` (NaN propagates)
+    oxcclMax = 2,
+    /// `min(a, b)` (NaN propagates)
+    oxcclMin = 3,
+    /// the sum divided by the number of ranks
+    oxcclAvg = 4,
+    /// The number of operators.
+    oxcclNumOps = 5,
+}
+
+// C may pass any int where the header says an enum, and a Rust enum holding a value that is not
+// one of its variants is undefined behaviour. So functions take these plain ints, which the header
+// shows under the enum's name (cbindgen.toml renames them and does not emit them), and convert.
+
+/// An `oxcclDataType_t` as C passed it: any int.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataTypeArg(pub c_int);
+
+/// An `oxcclRedOp_t` as C passed it: any int.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedOpArg(pub c_int);
+
+/// An `oxcclResult_t` as C passed it: any int.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultArg(pub c_int);
+
+impl DataTypeArg {
+    /// The element type, or an invalid-argument error naming the value.
+    pub fn get(self) -> Result<DataType, Error> {
+        DataType::from_i32(self.0).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "datatype {} is not an oxcclDataType_t (0 = oxcclInt8 .. 9 = oxcclBfloat16)",
+                self.0
+            ))
+        })
+    }
+}
+
+impl RedOpArg {
+    /// The operator, or an invalid-argument error naming the value.
+    pub fn get(self) -> Result<ReduceOp, Error> {
+        ReduceOp::from_i32(self.0).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "op {} is not an oxcclRedOp_t (0 = oxcclSum .. 4 = oxcclAvg)",
+                self.0
+            ))
+        })
+    }
+}
+
+/// Like `ncclUniqueId`: 128 opaque bytes that rank 0 gets from `oxcclGetUniqueId` and sends to
+/// every other rank out of band (or as text: `oxcclUniqueIdToString` / `oxcclUniqueIdFromString`).
+/// It holds the root's address and the job's secret: treat it like a password.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct oxcclUniqueId {
+    /// The bytes (see `oxccl::UniqueId::to_bytes` for the layout).
+    pub internal: [c_char; OXCCL_UNIQUE_ID_BYTES],
+}
+
+/// Settings for `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig`, like `ncclConfig_t`.
+/// Start from `OXCCL_CONFIG_INITIALIZER` and set what you need; fields left at
+/// `OXCCL_CONFIG_UNDEF_INT` / `NULL` come from the environment (`OXCCL_TIMEOUT_MS`,
+/// `OXCCL_NSOCKS`, `OXCCL_CHUNK_BYTES`, `OXCCL_TRANSPORT`, `OXCCL_ALGO`), then the defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct oxcclConfig_t {
+    /// `sizeof(oxcclConfig_t)` (set by the initializer).
+    pub size: usize,
+    /// `OXCCL_CONFIG_MAGIC` (set by the initializer).
+    pub magic: c_uint,
+    /// `OXCCL_CONFIG_VERSION` (set by the initializer).
+    pub version: c_uint,
+    /// Give up on any wait after this many milliseconds without progress (> 0).
+    pub timeoutMs: c_int,
+    /// TCP sockets per peer (1..=64).
+    pub nsocks: c_int,
+    /// Largest message, the pipelining grain, in bytes (64..=64 MiB).
+    pub chunkBytes: c_int,
+    /// `"auto"`, `"tcp"` or `"shm"`.
+    pub transport: *const c_char,
+    /// Force an algorithm: `"ring"`, `"direct"`, or per collective `"allreduce:ring,barrier:direct"`.
+    pub algo: *const c_char,
+}
+
+/// Sentinel for "not set" in `oxcclConfig_t`'s int fields (as `NCCL_CONFIG_UNDEF_INT`).
+pub(crate) const CONFIG_UNDEF_INT: c_int = c_int::MIN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_matches_cargo() {
+        let p = |s: &str| s.parse::<c_int>().unwrap();
+        assert_eq!(OXCCL_MAJOR, p(env!("CARGO_PKG_VERSION_MAJOR")));
+        assert_eq!(OXCCL_MINOR, p(env!("CARGO_PKG_VERSION_MINOR")));
+        assert_eq!(OXCCL_PATCH, p(env!("CARGO_PKG_VERSION_PATCH")));
+        assert_eq!(
+            OXCCL_VERSION_CODE,
+            OXCCL_MAJOR * 10000 + OXCCL_MINOR * 100 + OXCCL_PATCH
+        );
+    }
+
+    #[test]
+    fn enums_match_the_rust_numbering() {
+        for t in DataType::ALL {
+            assert_eq!(DataTypeArg(t as c_int).get().unwrap(), t);
+        }
+        assert_eq!(oxcclDataType_t::oxcclBfloat16 as i32, DataType::BF16 as i32);
+        assert_eq!(oxcclDataType_t::oxcclFloat16 as i32, DataType::F16 as i32);
+        assert_eq!(oxcclDataType_t::oxcclNumTypes as usize, DataType::ALL.len());
+        assert_eq!(oxcclRedOp_t::oxcclAvg as i32, ReduceOp::Avg as i32);
+        assert_eq!(oxcclRedOp_t::oxcclNumOps as usize, ReduceOp::ALL.len());
+        for bad in [-1, 10, c_int::MAX, c_int::MIN] {
+            assert!(DataTypeArg(bad).get().is_err());
+        }
+        for bad in [-1, 5, c_int::MAX] {
+            assert!(RedOpArg(bad).get().is_err());
+        }
+        for c in 0..11 {
+            assert_eq!(oxcclResult_t::from_c(c).unwrap() as c_int, c);
+        }
+        assert!(oxcclResult_t::from_c(11).is_none());
+        assert!(oxcclResult_t::from_c(-1).is_none());
+    }
+
+    #[test]
+    fn result_codes_equal_rust_codes() {
+        let errs = [
+            Error::InvalidArgument(String::new()),
+            Error::InvalidUsage(String::new()),
+            Error::System(String::new()),
+            Error::Internal(String::new()),
+            Error::PeerLost {
+                peer: 1,
+                msg: String::new(),
+            },
+            Error::Timeout {
+                peer: None,
+                msg: String::new(),
+            },
+            Error::Mismatch {
+                peer: 1,
+                msg: String::new(),
+            },
+            Error::Unavailable(String::new()),
+            Error::Auth(String::new()),
+        ];
+        for e in errs {
+            assert_eq!(oxcclResult_t::of(&e) as c_int, c_int::from(e.code()));
+        }
+    }
+
+    #[test]
+    fn unique_id_is_128_bytes() {
+        assert_eq!(std::mem::size_of::<oxcclUniqueId>(), 128);
+        assert_eq!(
+            OXCCL_UNIQUE_ID_BYTES,
+            core_oxccl::bootstrap::UNIQUE_ID_BYTES
+        );
+    }
+}
