@@ -11,16 +11,17 @@ use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::algo::{self, Algorithm, Collective, Program, Shape};
+use crate::algo::{Algorithm, Collective, Program, Shape};
 use crate::bootstrap::{self, StoreClient, StoreServer, UniqueId};
 use crate::error::{Error, Result};
-use crate::exec::{self, Mem, Params};
-use crate::reduce::{DataType, Element, ReduceOp};
 use crate::transport::connect::{self, Hello, PeerListener};
 use crate::transport::shm::setup::{self as shm_setup, DialError, ShmEndpoint};
 use crate::transport::shm::{DEFAULT_SLOTS, Geometry};
 use crate::transport::tcp::TcpLink;
-use crate::transport::{Link, Tag};
+
+mod api;
+pub use api::{Call, Request, Scope};
+use crate::transport::Link;
 
 /// Which transport links use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,11 +262,15 @@ fn shm_denied(a: usize, b: usize) -> bool {
 
 struct Inner {
     links: Vec<Option<Box<dyn Link>>>,
+    /// Collectives issued so far (every message carries its call's number).
     seq: u64,
+    /// Point-to-point messages sent to / received from each peer so far.
+    p2p_sent: HashMap<usize, u64>,
+    p2p_recvd: HashMap<usize, u64>,
     revoked: Option<Error>,
     scratch: Vec<u64>,
-    programs: HashMap<(Algorithm, usize, bool, usize), Program>,
-    logged: Vec<Algorithm>,
+    programs: HashMap<(Algorithm, Shape), Program>,
+    logged: Vec<(Collective, Algorithm)>,
     _store: StoreClient,
 }
 
@@ -280,8 +285,17 @@ pub struct Communicator {
     listener: PeerListener,
     shm: Option<ShmEndpoint>,
     inner: Mutex<Inner>,
+    sched: api::Sched,
+    worker: Mutex<Option<api::Worker>>,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        // Started non-blocking calls borrow from callers and from self: finish them first.
+        self.stop_worker();
+    }
 }
 
 impl std::fmt::Debug for Communicator {
@@ -479,12 +493,16 @@ impl Communicator {
             inner: Mutex::new(Inner {
                 links,
                 seq: 0,
+                p2p_sent: HashMap::new(),
+                p2p_recvd: HashMap::new(),
                 revoked: None,
                 scratch: Vec::new(),
                 programs: HashMap::new(),
                 logged: Vec::new(),
                 _store: store,
             }),
+            sched: api::Sched::default(),
+            worker: Mutex::new(None),
             _server: server,
         })
     }
@@ -517,165 +535,6 @@ impl Communicator {
         self.inner
             .lock()
             .map_err(|_| Error::Internal("communicator lock poisoned by a panic".into()))
-    }
-
-    /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all ranks' `buf`.
-    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        self.all_reduce_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, op)
-    }
-
-    /// Out-of-place all-reduce: `recv` becomes the reduction of all ranks' `send`.
-    pub fn all_reduce_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.all_reduce_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            op,
-        )
-    }
-
-    /// All-reduce over raw bytes holding `dtype` elements (the C ABI's entry point).
-    /// `send: None` is in place. Lengths are in bytes and must be equal multiples of the element size.
-    pub fn all_reduce_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        op: ReduceOp,
-    ) -> Result<()> {
-        let es = dtype.size();
-        if recv.len() % es != 0 || send.is_some_and(|s| s.len() != recv.len()) {
-            return Err(Error::InvalidArgument(format!(
-                "all_reduce on rank {}: buffers of {} and {} bytes; they must be equal and a multiple of {} ({})",
-                self.rank,
-                send.map(|s| s.len()).unwrap_or(recv.len()),
-                recv.len(),
-                es,
-                dtype.name()
-            )));
-        }
-        self.collective(Collective::AllReduce, send, recv, dtype, op)
-    }
-
-    /// Blocks until every rank has called `barrier`.
-    pub fn barrier(&self) -> Result<()> {
-        let mut b = [0u8; 1];
-        self.collective(
-            Collective::Barrier,
-            None,
-            &mut b,
-            DataType::U8,
-            ReduceOp::Max,
-        )
-    }
-
-    fn collective(
-        &self,
-        coll: Collective,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        op: ReduceOp,
-    ) -> Result<()> {
-        let mut inner = self.lock()?;
-        if let Some(e) = &inner.revoked {
-            return Err(Error::InvalidUsage(format!(
-                "{} on rank {}: the communicator was revoked by an earlier failure ({e}); destroy it (or shrink it) and start again",
-                coll.name(),
-                self.rank
-            )));
-        }
-        let es = dtype.size();
-        let count = recv.len() / es;
-        let bytes = recv.len();
-        inner.seq += 1;
-        let tag = Tag {
-            seq: inner.seq,
-            count: count as u64,
-            coll: coll as u8,
-            dtype: dtype as i32 as u8,
-            op: op as i32 as u8,
-            root: u32::MAX,
-        };
-        let algo = match self.cfg.forced(coll)? {
-            Some(a) => a,
-            None if coll == Collective::Barrier => Algorithm::Dissemination,
-            None if bytes <= DIRECT_MAX_BYTES => Algorithm::Direct,
-            None => Algorithm::Ring,
-        };
-        let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK);
-        let chunk = (chunk_bytes / es).max(1);
-        let in_place = send.is_none();
-        let key = (algo, count, in_place, chunk);
-        if !inner.programs.contains_key(&key) {
-            if inner.programs.len() > 64 {
-                inner.programs.clear();
-            }
-            let shape = Shape::new(coll, self.nranks, self.rank, count, in_place, chunk);
-            let prog = algo::build(algo, &shape).map_err(|e| {
-                Error::InvalidArgument(format!("{} on rank {}: {e}", coll.name(), self.rank))
-            })?;
-            inner.programs.insert(key, prog);
-        }
-        if !inner.logged.contains(&algo) {
-            inner.logged.push(algo);
-            crate::info!(
-                Some(self.rank),
-                "{} of {bytes} bytes: algorithm {}",
-                coll.name(),
-                algo.name()
-            );
-        }
-        crate::trace!(
-            Some(self.rank),
-            "{} #{} count {count} {} {}: {}",
-            coll.name(),
-            tag.seq,
-            dtype.name(),
-            op.name(),
-            algo.name()
-        );
-        let inner = &mut *inner;
-        let prog = &inner.programs[&key];
-        let r = self
-            .connect_peers(&mut inner.links, &prog.peers(), chunk * es)
-            .and_then(|()| {
-                let scratch_bytes = prog.scratch_len * es;
-                if inner.scratch.len() * 8 < scratch_bytes {
-                    inner.scratch.resize(scratch_bytes.div_ceil(8), 0);
-                }
-                let input = send.map(|s| s.as_ptr()).unwrap_or(recv.as_ptr());
-                let mem = Mem {
-                    input,
-                    input_len: recv.len(),
-                    output: recv.as_mut_ptr(),
-                    output_len: recv.len(),
-                    scratch: inner.scratch.as_mut_ptr().cast(),
-                    scratch_len: inner.scratch.len() * 8,
-                };
-                let params = Params {
-                    dtype,
-                    op,
-                    rank: self.rank,
-                    nranks: self.nranks,
-                    timeout: self.cfg.timeout(),
-                    tag,
-                };
-                // SAFETY: `send` and `recv` are live slices borrowed for this call (recv exclusively);
-                // scratch is owned by `inner`, which we hold locked. In place, the Program never names
-                // Input. The Program came from algo, whose Programs the verifier proves race-free.
-                unsafe { exec::run(prog, &mem, &mut inner.links, &params) }
-            });
-        if let Err(e) = &r {
-            crate::warn!(Some(self.rank), "{e}");
-            inner.revoked = Some(e.clone());
-        }
-        r
     }
 
     /// Connects links to `peers` that are not connected yet (lower rank dials). Peers on this

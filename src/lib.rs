@@ -29,8 +29,10 @@ pub mod exec;
 pub mod reduce;
 pub mod sys;
 pub mod transport;
+pub mod tune;
 
 pub use bootstrap::UniqueId;
-pub use comm::{Communicator, Config, TransportKind};
+pub use algo::{Algorithm, Collective};
+pub use comm::{Call, Communicator, Config, Request, Scope, TransportKind};
 pub use error::{Error, Result};
 pub use reduce::{DataType, Element, ReduceOp};

@@ -1,0 +1,1201 @@
+//! The collective calls: byte-level [`Call`]s (what the C ABI uses), typed wrappers, groups,
+//! and non-blocking requests.
+//!
+//! Every call, blocking or not, takes a ticket when it is issued and runs in ticket order, so
+//! the order in which a rank issues calls is the order in which it executes them — the order
+//! every rank must agree on. Non-blocking calls run on the communicator's worker thread;
+//! [`Communicator::scope`] makes borrowing buffers for them sound (like `std::thread::scope`,
+//! every request is finished before the scope returns).
+
+use std::marker::PhantomData;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Communicator, Inner};
+use crate::algo::{self, Algorithm, Collective, Shape};
+use crate::error::{Error, Result};
+use crate::exec::{self, Job, Mem, Params};
+use crate::reduce::{DataType, Element, ReduceOp};
+use crate::transport::Tag;
+
+/// One collective call over raw bytes. Build it with the constructors; lengths are in bytes and
+/// must be whole elements of `dtype`. `send: None` means in place (see each constructor).
+#[derive(Debug)]
+pub struct Call<'a> {
+    coll: Collective,
+    send: Option<&'a [u8]>,
+    recv: Option<&'a mut [u8]>,
+    dtype: DataType,
+    op: ReduceOp,
+    root: usize,
+    counts: Vec<usize>,
+    tag: u32,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        coll: Collective,
+        send: Option<&'a [u8]>,
+        recv: Option<&'a mut [u8]>,
+        dtype: DataType,
+    ) -> Call<'a> {
+        Call {
+            coll,
+            send,
+            recv,
+            dtype,
+            op: ReduceOp::Sum,
+            root: 0,
+            counts: Vec::new(),
+            tag: 0,
+        }
+    }
+
+    /// All-reduce; `send: None` reduces `recv` in place.
+    pub fn all_reduce(
+        send: Option<&'a [u8]>,
+        recv: &'a mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Call<'a> {
+        Call {
+            op,
+            ..Call::new(Collective::AllReduce, send, Some(recv), dtype)
+        }
+    }
+
+    /// Broadcast from `root` into every rank's `recv`; the root's data is `send`, or `recv` itself
+    /// when `send` is `None`. Other ranks' `send` is ignored.
+    pub fn broadcast(
+        send: Option<&'a [u8]>,
+        recv: &'a mut [u8],
+        dtype: DataType,
+        root: usize,
+    ) -> Call<'a> {
+        Call {
+            root,
+            ..Call::new(Collective::Broadcast, send, Some(recv), dtype)
+        }
+    }
+
+    /// Reduce into the root's `recv`; every rank's input is `send`, or `recv` when `send` is
+    /// `None`. Other ranks' `recv` is not written.
+    pub fn reduce(
+        send: Option<&'a [u8]>,
+        recv: &'a mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Call<'a> {
+        Call {
+            op,
+            root,
+            ..Call::new(Collective::Reduce, send, Some(recv), dtype)
+        }
+    }
+
+    /// All-gather: `recv` (n blocks) gets every rank's `send` block in rank order; with `send:
+    /// None` this rank's block is already at its place in `recv`.
+    pub fn all_gather(send: Option<&'a [u8]>, recv: &'a mut [u8], dtype: DataType) -> Call<'a> {
+        Call::new(Collective::AllGather, send, Some(recv), dtype)
+    }
+
+    /// Reduce-scatter: `recv` gets block `rank` of the reduction of every rank's `send` (n
+    /// blocks); with `send: None`, `recv` holds all n blocks and the result lands in block `rank`.
+    pub fn reduce_scatter(
+        send: Option<&'a [u8]>,
+        recv: &'a mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Call<'a> {
+        Call {
+            op,
+            ..Call::new(Collective::ReduceScatter, send, Some(recv), dtype)
+        }
+    }
+
+    /// All-to-all: block `p` of `send` goes to rank `p`; block `p` of `recv` comes from rank `p`.
+    /// `send: None` works in place in `recv`.
+    pub fn all_to_all(send: Option<&'a [u8]>, recv: &'a mut [u8], dtype: DataType) -> Call<'a> {
+        Call::new(Collective::AllToAll, send, Some(recv), dtype)
+    }
+
+    /// Gather every rank's `send` block into the root's `recv` (n blocks; ignored elsewhere).
+    pub fn gather(send: &'a [u8], recv: &'a mut [u8], dtype: DataType, root: usize) -> Call<'a> {
+        Call {
+            root,
+            ..Call::new(Collective::Gather, Some(send), Some(recv), dtype)
+        }
+    }
+
+    /// Scatter the root's `send` (n blocks; ignored elsewhere): rank `p` gets block `p` in `recv`.
+    pub fn scatter(send: &'a [u8], recv: &'a mut [u8], dtype: DataType, root: usize) -> Call<'a> {
+        Call {
+            root,
+            ..Call::new(Collective::Scatter, Some(send), Some(recv), dtype)
+        }
+    }
+
+    /// All-gather with per-rank element counts (`counts[p]` from rank p; `recv` holds them all).
+    pub fn all_gatherv(
+        send: &'a [u8],
+        recv: &'a mut [u8],
+        counts: &[usize],
+        dtype: DataType,
+    ) -> Call<'a> {
+        Call {
+            counts: counts.to_vec(),
+            ..Call::new(Collective::AllGatherV, Some(send), Some(recv), dtype)
+        }
+    }
+
+    /// Reduce-scatter with per-rank element counts (`send` holds all blocks; `recv` block `rank`).
+    pub fn reduce_scatterv(
+        send: &'a [u8],
+        recv: &'a mut [u8],
+        counts: &[usize],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Call<'a> {
+        Call {
+            op,
+            counts: counts.to_vec(),
+            ..Call::new(Collective::ReduceScatterV, Some(send), Some(recv), dtype)
+        }
+    }
+
+    /// All-to-all with per-peer element counts: `send_counts[p]` elements go to rank p (blocks
+    /// contiguous in rank order), `recv_counts[p]` arrive from rank p.
+    pub fn all_to_allv(
+        send: &'a [u8],
+        send_counts: &[usize],
+        recv: &'a mut [u8],
+        recv_counts: &[usize],
+        dtype: DataType,
+    ) -> Call<'a> {
+        let mut counts = send_counts.to_vec();
+        counts.extend_from_slice(recv_counts);
+        Call {
+            counts,
+            ..Call::new(Collective::AllToAllV, Some(send), Some(recv), dtype)
+        }
+    }
+
+    /// Point-to-point send to `peer` with a user `tag` (the receiver must post the matching
+    /// receive with the same tag, in the same order).
+    pub fn send(buf: &'a [u8], dtype: DataType, peer: usize, tag: u32) -> Call<'a> {
+        Call {
+            root: peer,
+            tag,
+            ..Call::new(Collective::Send, Some(buf), None, dtype)
+        }
+    }
+
+    /// Point-to-point receive from `peer` with a user `tag`.
+    pub fn recv(buf: &'a mut [u8], dtype: DataType, peer: usize, tag: u32) -> Call<'a> {
+        Call {
+            root: peer,
+            tag,
+            ..Call::new(Collective::Recv, None, Some(buf), dtype)
+        }
+    }
+
+    /// A barrier.
+    pub fn barrier() -> Call<'a> {
+        Call {
+            op: ReduceOp::Max,
+            ..Call::new(Collective::Barrier, None, None, DataType::U8)
+        }
+    }
+
+    /// Which collective.
+    pub fn collective(&self) -> Collective {
+        self.coll
+    }
+}
+
+/// A validated call: its shape and its memory.
+struct Planned {
+    shape: Shape,
+    mem: Mem,
+    bytes: usize,
+}
+
+fn bad(call: &Call<'_>, rank: usize, what: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("{} on rank {rank}: {what}", call.coll.name()))
+}
+
+impl Communicator {
+    /// Checks a call's buffers against the collective's rules and works out its shape.
+    fn plan(&self, call: &mut Call<'_>, chunk_bytes: usize) -> Result<Planned> {
+        let (n, r) = (self.nranks, self.rank);
+        let es = call.dtype.size();
+        let chunk = (chunk_bytes / es).max(1);
+        let send_len = call.send.map(|s| s.len());
+        let recv_len = call.recv.as_ref().map(|s| s.len()).unwrap_or(0);
+        for (what, len) in [
+            ("send buffer", send_len.unwrap_or(0)),
+            ("receive buffer", recv_len),
+        ] {
+            if len % es != 0 {
+                return Err(bad(
+                    call,
+                    r,
+                    format!(
+                        "{what} of {len} bytes is not a whole number of {} elements",
+                        call.dtype.name()
+                    ),
+                ));
+            }
+        }
+        let (sl, rl) = (send_len.map(|l| l / es), recv_len / es);
+        if (call.coll.rooted() || matches!(call.coll, Collective::Send | Collective::Recv))
+            && call.root >= n
+        {
+            return Err(bad(
+                call,
+                r,
+                format!(
+                    "root/peer {} is not a rank of this {n}-rank communicator",
+                    call.root
+                ),
+            ));
+        }
+        let eq = |a: usize, b: usize, what: &str| -> Result<()> {
+            if a != b {
+                Err(bad(call, r, format!("{what}: {} vs {} elements", a, b)))
+            } else {
+                Ok(())
+            }
+        };
+        let whole = |len: usize, what: &str| -> Result<usize> {
+            if len % n != 0 {
+                Err(bad(
+                    call,
+                    r,
+                    format!("{what} of {len} elements is not {n} equal blocks"),
+                ))
+            } else {
+                Ok(len / n)
+            }
+        };
+        let in_place = call.send.is_none();
+        let (count, counts) = match call.coll {
+            Collective::AllReduce => {
+                if let Some(s) = sl {
+                    eq(s, rl, "send and receive buffers differ")?;
+                }
+                (rl, Vec::new())
+            }
+            Collective::Broadcast => {
+                if r == call.root {
+                    if let Some(s) = sl {
+                        eq(s, rl, "send and receive buffers differ")?;
+                    }
+                }
+                (rl, Vec::new())
+            }
+            Collective::Reduce => {
+                let c = sl.unwrap_or(rl);
+                if r == call.root {
+                    eq(c, rl, "send and receive buffers differ")?;
+                }
+                (c, Vec::new())
+            }
+            Collective::AllGather => match sl {
+                Some(s) => {
+                    eq(
+                        rl,
+                        n * s,
+                        "the receive buffer must hold nranks send buffers",
+                    )?;
+                    (s, Vec::new())
+                }
+                None => (whole(rl, "receive buffer")?, Vec::new()),
+            },
+            Collective::ReduceScatter => match sl {
+                Some(s) => {
+                    eq(
+                        s,
+                        n * rl,
+                        "the send buffer must hold nranks receive buffers",
+                    )?;
+                    (rl, Vec::new())
+                }
+                None => (whole(rl, "buffer")?, Vec::new()),
+            },
+            Collective::AllToAll => {
+                if let Some(s) = sl {
+                    eq(s, rl, "send and receive buffers differ")?;
+                }
+                (whole(rl, "receive buffer")?, Vec::new())
+            }
+            Collective::Gather => {
+                let s = sl.unwrap_or(0);
+                if r == call.root {
+                    eq(
+                        rl,
+                        n * s,
+                        "the root's receive buffer must hold nranks send buffers",
+                    )?;
+                }
+                (s, Vec::new())
+            }
+            Collective::Scatter => {
+                if r == call.root {
+                    eq(
+                        sl.unwrap_or(0),
+                        n * rl,
+                        "the root's send buffer must hold nranks receive buffers",
+                    )?;
+                }
+                (rl, Vec::new())
+            }
+            Collective::AllGatherV | Collective::ReduceScatterV => {
+                if call.counts.len() != n {
+                    return Err(bad(
+                        call,
+                        r,
+                        format!(
+                            "{} counts given, need one per rank ({n})",
+                            call.counts.len()
+                        ),
+                    ));
+                }
+                let total: usize = call.counts.iter().sum();
+                let mine = call.counts[r];
+                if call.coll == Collective::AllGatherV {
+                    eq(sl.unwrap_or(0), mine, "send buffer vs counts[rank]")?;
+                    eq(rl, total, "receive buffer vs the sum of counts")?;
+                } else {
+                    eq(sl.unwrap_or(0), total, "send buffer vs the sum of counts")?;
+                    eq(rl, mine, "receive buffer vs counts[rank]")?;
+                }
+                (mine, call.counts.clone())
+            }
+            Collective::AllToAllV => {
+                if call.counts.len() != 2 * n {
+                    return Err(bad(
+                        call,
+                        r,
+                        format!("need {n} send counts and {n} receive counts"),
+                    ));
+                }
+                let (sc, rc) = call.counts.split_at(n);
+                eq(
+                    sl.unwrap_or(0),
+                    sc.iter().sum(),
+                    "send buffer vs the sum of send counts",
+                )?;
+                eq(
+                    rl,
+                    rc.iter().sum(),
+                    "receive buffer vs the sum of receive counts",
+                )?;
+                eq(
+                    sc[r],
+                    rc[r],
+                    "send_counts[rank] and recv_counts[rank] (this rank's own block)",
+                )?;
+                (sc[r], call.counts.clone())
+            }
+            Collective::Send | Collective::Recv => {
+                if call.root == r {
+                    return Err(bad(call, r, "a rank cannot send to or receive from itself"));
+                }
+                (
+                    if call.coll == Collective::Send {
+                        sl.unwrap_or(0)
+                    } else {
+                        rl
+                    },
+                    Vec::new(),
+                )
+            }
+            Collective::Barrier => (1, Vec::new()),
+        };
+        let mut shape = Shape::new(call.coll, n, r, count, in_place, chunk);
+        shape.root = call.root;
+        shape.counts = counts;
+        if matches!(
+            call.coll,
+            Collective::Send | Collective::Recv | Collective::Barrier
+        ) {
+            shape.in_place = false;
+        }
+        let input = call.send.map(|s| s.as_ptr()).unwrap_or(std::ptr::null());
+        let (output, out_len) = match call.recv.as_deref_mut() {
+            Some(b) => (b.as_mut_ptr(), b.len()),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let (input, in_len) = if in_place {
+            (output.cast_const(), out_len)
+        } else {
+            (input, send_len.unwrap_or(0))
+        };
+        Ok(Planned {
+            bytes: count * es,
+            mem: Mem {
+                input,
+                input_len: in_len,
+                output,
+                output_len: out_len,
+                scratch: std::ptr::null_mut(),
+                scratch_len: 0,
+            },
+            shape,
+        })
+    }
+
+    /// The algorithm for a call: forced by the config, else chosen by size.
+    fn choose(&self, shape: &Shape, bytes: usize) -> Result<Algorithm> {
+        if let Some(a) = self.cfg.forced(shape.coll)? {
+            if shape.coll.algorithms().contains(&a) {
+                return Ok(a);
+            }
+        }
+        Ok(crate::tune::choose(shape, bytes, self.nranks))
+    }
+
+    /// Runs calls together, blocking, after every call issued before them.
+    pub(super) fn run_calls(&self, calls: Vec<Call<'_>>) -> Result<()> {
+        let ticket = self.sched.take();
+        self.run_ticket(ticket, calls)
+    }
+
+    fn run_ticket(&self, ticket: u64, mut calls: Vec<Call<'_>>) -> Result<()> {
+        let r = self
+            .sched
+            .wait_turn(ticket, self.cfg.timeout())
+            .and_then(|()| {
+                let mut inner = self.lock()?;
+                self.execute(&mut inner, &mut calls)
+            });
+        self.sched.done(ticket);
+        r
+    }
+
+    fn execute(&self, inner: &mut Inner, calls: &mut [Call<'_>]) -> Result<()> {
+        if let Some(e) = &inner.revoked {
+            let what: Vec<&str> = calls.iter().map(|c| c.coll.name()).collect();
+            return Err(Error::InvalidUsage(format!(
+                "{} on rank {}: the communicator was revoked by an earlier failure ({e}); destroy it (or shrink it) and start again",
+                what.join("+"),
+                self.rank
+            )));
+        }
+        let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(super::DEFAULT_CHUNK);
+        let mut planned = Vec::with_capacity(calls.len());
+        let mut barrier_bytes = vec![0u8; calls.len()];
+        for (k, call) in calls.iter_mut().enumerate() {
+            let mut p = self.plan(call, chunk_bytes)?;
+            if call.coll == Collective::Barrier {
+                p.mem.output = &mut barrier_bytes[k];
+                p.mem.output_len = 1;
+            }
+            let algo = self.choose(&p.shape, p.bytes)?;
+            let tag = match call.coll {
+                Collective::Send | Collective::Recv => {
+                    let seqs = if call.coll == Collective::Send {
+                        &mut inner.p2p_sent
+                    } else {
+                        &mut inner.p2p_recvd
+                    };
+                    let s = seqs.entry(call.root).or_insert(0);
+                    *s += 1;
+                    Tag {
+                        seq: *s,
+                        count: p.shape.count as u64,
+                        coll: Collective::Send as u8,
+                        dtype: call.dtype as i32 as u8,
+                        op: 0xff,
+                        root: call.tag,
+                    }
+                }
+                c => {
+                    inner.seq += 1;
+                    // The count every rank agrees on: per-rank counts differ in the v-variants.
+                    let count = match c {
+                        Collective::AllGatherV | Collective::ReduceScatterV => {
+                            p.shape.counts.iter().sum()
+                        }
+                        Collective::AllToAllV => 0,
+                        _ => p.shape.count,
+                    };
+                    Tag {
+                        seq: inner.seq,
+                        count: count as u64,
+                        coll: c as u8,
+                        dtype: call.dtype as i32 as u8,
+                        op: if c.reduces() {
+                            call.op as i32 as u8
+                        } else {
+                            0xff
+                        },
+                        root: if c.rooted() {
+                            call.root as u32
+                        } else {
+                            u32::MAX
+                        },
+                    }
+                }
+            };
+            let key = (algo, p.shape.clone());
+            if !inner.programs.contains_key(&key) {
+                if inner.programs.len() > 256 {
+                    inner.programs.clear();
+                }
+                let prog = algo::build(algo, &p.shape).map_err(|e| bad(call, self.rank, e))?;
+                inner.programs.insert(key.clone(), prog);
+            }
+            if !inner.logged.contains(&(call.coll, algo)) {
+                inner.logged.push((call.coll, algo));
+                crate::info!(
+                    Some(self.rank),
+                    "{} of {} bytes: algorithm {}",
+                    call.coll.name(),
+                    p.bytes,
+                    algo.name()
+                );
+            }
+            crate::trace!(Some(self.rank), "{}: {}", exec::describe(&tag), algo.name());
+            let params = Params {
+                dtype: call.dtype,
+                op: call.op,
+                rank: self.rank,
+                nranks: self.nranks,
+                timeout: self.cfg.timeout(),
+                tag,
+            };
+            planned.push((key, p.mem, params));
+        }
+        // Links, then scratch for all of them (one allocation, carved up).
+        let mut scratch_total = 0usize;
+        for (key, _, params) in &planned {
+            let prog = &inner.programs[key];
+            self.connect_peers(
+                &mut inner.links,
+                &prog.peers(),
+                prog.max_message() * params.dtype.size(),
+            )
+            .inspect_err(|e| inner.revoked = Some(e.clone()))?;
+            scratch_total += (prog.scratch_len * params.dtype.size()).div_ceil(64) * 64;
+        }
+        if inner.scratch.len() * 8 < scratch_total {
+            inner.scratch.resize(scratch_total.div_ceil(8), 0);
+        }
+        let base: *mut u8 = inner.scratch.as_mut_ptr().cast();
+        let mut off = 0usize;
+        let mut jobs = Vec::with_capacity(planned.len());
+        for (key, mut mem, params) in planned {
+            let prog = &inner.programs[&key];
+            let len = prog.scratch_len * params.dtype.size();
+            // SAFETY: off + len <= scratch_total <= the scratch allocation (sized just above).
+            mem.scratch = unsafe { base.add(off) };
+            mem.scratch_len = len;
+            off += len.div_ceil(64) * 64;
+            jobs.push(Job { prog, mem, params });
+        }
+        // SAFETY: each job's memory comes from the call's live borrows (recv exclusively) or the
+        // scratch owned by `inner`, which we hold locked; distinct calls' buffers are distinct
+        // borrows; in place, Programs never name Input; Programs come from algo, which the
+        // verifier proves race-free.
+        let r = unsafe { exec::run_jobs(&jobs, &mut inner.links) };
+        drop(jobs);
+        if let Err(e) = &r {
+            crate::warn!(Some(self.rank), "{e}");
+            inner.revoked = Some(e.clone());
+        }
+        r
+    }
+
+    // ---- blocking API ----
+
+    /// All-reduce over raw bytes holding `dtype` elements (the C ABI's entry point).
+    /// `send: None` is in place.
+    pub fn all_reduce_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::all_reduce(send, recv, dtype, op)])
+    }
+
+    /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all ranks' `buf`.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.all_reduce_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, op)
+    }
+
+    /// Out-of-place all-reduce: `recv` becomes the reduction of all ranks' `send`.
+    pub fn all_reduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.all_reduce_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            op,
+        )
+    }
+
+    /// Blocks until every rank has called `barrier`.
+    pub fn barrier(&self) -> Result<()> {
+        self.run_calls(vec![Call::barrier()])
+    }
+
+    /// Broadcast (bytes); see [`Call::broadcast`].
+    pub fn broadcast_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        root: usize,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::broadcast(send, recv, dtype, root)])
+    }
+
+    /// In-place broadcast: every rank's `buf` becomes the root's.
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
+        self.broadcast_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, root)
+    }
+
+    /// Reduce (bytes); see [`Call::reduce`].
+    pub fn reduce_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::reduce(send, recv, dtype, op, root)])
+    }
+
+    /// Reduce into the root's `recv` (other ranks' `recv` is not written and may be empty).
+    pub fn reduce<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        self.reduce_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            op,
+            root,
+        )
+    }
+
+    /// All-gather (bytes); see [`Call::all_gather`].
+    pub fn all_gather_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::all_gather(send, recv, dtype)])
+    }
+
+    /// All-gather: `recv` (nranks × `send.len()`) gets every rank's `send`, in rank order.
+    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        self.all_gather_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+        )
+    }
+
+    /// Reduce-scatter (bytes); see [`Call::reduce_scatter`].
+    pub fn reduce_scatter_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::reduce_scatter(send, recv, dtype, op)])
+    }
+
+    /// Reduce-scatter: `recv` gets block `rank` of the reduction of every rank's `send`
+    /// (nranks × `recv.len()` elements).
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.reduce_scatter_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            op,
+        )
+    }
+
+    /// All-to-all (bytes); see [`Call::all_to_all`].
+    pub fn all_to_all_bytes(
+        &self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        dtype: DataType,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::all_to_all(send, recv, dtype)])
+    }
+
+    /// All-to-all: block p of `send` goes to rank p; block p of `recv` comes from rank p.
+    pub fn all_to_all<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        self.all_to_all_bytes(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+        )
+    }
+
+    /// Gather (bytes); see [`Call::gather`].
+    pub fn gather_bytes(
+        &self,
+        send: &[u8],
+        recv: &mut [u8],
+        dtype: DataType,
+        root: usize,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::gather(send, recv, dtype, root)])
+    }
+
+    /// Gather every rank's `send` into the root's `recv` (nranks blocks; ignored elsewhere).
+    pub fn gather<T: Element>(&self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
+        self.gather_bytes(
+            bytemuck::cast_slice(send),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            root,
+        )
+    }
+
+    /// Scatter (bytes); see [`Call::scatter`].
+    pub fn scatter_bytes(
+        &self,
+        send: &[u8],
+        recv: &mut [u8],
+        dtype: DataType,
+        root: usize,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::scatter(send, recv, dtype, root)])
+    }
+
+    /// Scatter the root's `send` (nranks blocks; ignored elsewhere): rank p gets block p.
+    pub fn scatter<T: Element>(&self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
+        self.scatter_bytes(
+            bytemuck::cast_slice(send),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            root,
+        )
+    }
+
+    /// All-gather with per-rank counts: rank p contributes `counts[p]` elements.
+    pub fn all_gatherv<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
+        self.run_calls(vec![Call::all_gatherv(
+            bytemuck::cast_slice(send),
+            bytemuck::cast_slice_mut(recv),
+            counts,
+            T::DTYPE,
+        )])
+    }
+
+    /// Reduce-scatter with per-rank counts: rank p gets `counts[p]` elements.
+    pub fn reduce_scatterv<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.run_calls(vec![Call::reduce_scatterv(
+            bytemuck::cast_slice(send),
+            bytemuck::cast_slice_mut(recv),
+            counts,
+            T::DTYPE,
+            op,
+        )])
+    }
+
+    /// All-to-all with per-peer counts.
+    pub fn all_to_allv<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        self.run_calls(vec![Call::all_to_allv(
+            bytemuck::cast_slice(send),
+            send_counts,
+            bytemuck::cast_slice_mut(recv),
+            recv_counts,
+            T::DTYPE,
+        )])
+    }
+
+    /// Sends `buf` to `peer`, tagged (the receive must use the same tag, in the same order).
+    pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
+        self.run_calls(vec![Call::send(
+            bytemuck::cast_slice(buf),
+            T::DTYPE,
+            peer,
+            tag,
+        )])
+    }
+
+    /// Receives `buf` from `peer`, tagged.
+    pub fn recv<T: Element>(&self, buf: &mut [T], peer: usize, tag: u32) -> Result<()> {
+        self.run_calls(vec![Call::recv(
+            bytemuck::cast_slice_mut(buf),
+            T::DTYPE,
+            peer,
+            tag,
+        )])
+    }
+
+    /// Runs several calls together (like ncclGroupStart/End): they share the links and progress
+    /// concurrently; it returns when all are done. Every rank must pass its calls in the same order
+    /// (a send and its receive may sit in different positions on the two ranks: point-to-point
+    /// calls match per peer).
+    pub fn group(&self, calls: Vec<Call<'_>>) -> Result<()> {
+        self.run_calls(calls)
+    }
+
+    // ---- non-blocking API ----
+
+    /// Runs `f` with a scope in which calls can be started without blocking; every request
+    /// started in it is finished before `scope` returns (so borrowing buffers is sound).
+    pub fn scope<'env, R>(
+        &'env self,
+        f: impl for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R,
+    ) -> R {
+        let scope = Scope {
+            comm: self,
+            pending: Mutex::new(Vec::new()),
+            _scope: PhantomData,
+            _env: PhantomData,
+        };
+        let r = f(&scope);
+        let pending = std::mem::take(&mut *scope.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in pending {
+            let _ = c.wait_forever();
+        }
+        r
+    }
+
+    /// Starts calls on the worker thread without tying them to a scope.
+    ///
+    /// # Safety
+    /// Every buffer the calls borrow must stay valid (and, for receive buffers, untouched) until
+    /// the returned request reports completion; the communicator must not be dropped before that
+    /// either (dropping it waits for started calls, so this holds unless it is leaked).
+    pub unsafe fn start_detached(&self, calls: Vec<Call<'_>>) -> Result<Request<'static>> {
+        let done = self.start_raw(calls)?;
+        Ok(Request {
+            done,
+            _borrow: PhantomData,
+        })
+    }
+
+    fn start_raw(&self, calls: Vec<Call<'_>>) -> Result<Arc<Completion>> {
+        if calls.is_empty() {
+            return Err(Error::InvalidArgument("no calls to start".into()));
+        }
+        let ticket = self.sched.take();
+        let done = Arc::new(Completion::default());
+        let job = Detached {
+            comm: self as *const Communicator,
+            // SAFETY: only the lifetime is erased; start_raw's callers guarantee the borrows
+            // outlive the job (scope waits for it; start_detached's contract).
+            calls: unsafe { std::mem::transmute::<Vec<Call<'_>>, Vec<Call<'static>>>(calls) },
+            ticket,
+            done: done.clone(),
+        };
+        let mut w = self
+            .worker
+            .lock()
+            .map_err(|_| Error::Internal("worker lock poisoned".into()))?;
+        if w.is_none() {
+            *w = Some(Worker::start(self.rank)?);
+        }
+        let sent = w.as_ref().map(|w| w.tx.send(job));
+        match sent {
+            Some(Ok(())) => Ok(done),
+            Some(Err(mpsc::SendError(job))) => {
+                self.sched.done(job.ticket);
+                Err(Error::Internal("the worker thread is gone".into()))
+            }
+            None => unreachable!("worker started above"),
+        }
+    }
+
+    /// Waits for started calls and stops the worker thread.
+    pub(super) fn stop_worker(&self) {
+        let w = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = w {
+            drop(w.tx);
+            let _ = w.handle.join();
+        }
+    }
+}
+
+/// Calls handed to the worker thread.
+struct Detached {
+    comm: *const Communicator,
+    calls: Vec<Call<'static>>,
+    ticket: u64,
+    done: Arc<Completion>,
+}
+
+// SAFETY: the raw pointers (the communicator, and inside `calls` the borrowed buffers) stay valid
+// until `done` is signalled: scope() and start_detached() guarantee it, and the communicator's
+// Drop joins the worker before anything is freed. The communicator is Sync.
+unsafe impl Send for Detached {}
+
+pub(super) struct Worker {
+    tx: mpsc::Sender<Detached>,
+    handle: JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(rank: usize) -> Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Detached>();
+        let handle = std::thread::Builder::new()
+            .name(format!("oxccl-worker-{rank}"))
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    // SAFETY: see `Detached`: the communicator outlives the job.
+                    let comm = unsafe { &*job.comm };
+                    let r = comm.run_ticket(job.ticket, job.calls);
+                    job.done.set(r);
+                }
+            })
+            .map_err(|e| Error::io("spawn the non-blocking worker thread", e))?;
+        Ok(Worker { tx, handle })
+    }
+}
+
+/// Completion of started calls.
+#[derive(Default)]
+pub(crate) struct Completion {
+    state: Mutex<Option<Result<()>>>,
+    cv: Condvar,
+}
+
+impl Completion {
+    fn set(&self, r: Result<()>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *s = Some(r);
+        self.cv.notify_all();
+    }
+
+    fn test(&self) -> Option<Result<()>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn wait_until(&self, deadline: Instant) -> Option<Result<()>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = &*s {
+                return Some(r.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            s = self
+                .cv
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn wait_forever(&self) -> Result<()> {
+        loop {
+            if let Some(r) = self.wait_until(Instant::now() + Duration::from_secs(3600)) {
+                return r;
+            }
+        }
+    }
+}
+
+/// A scope for non-blocking calls; see [`Communicator::scope`].
+pub struct Scope<'scope, 'env: 'scope> {
+    comm: &'env Communicator,
+    pending: Mutex<Vec<Arc<Completion>>>,
+    _scope: PhantomData<&'scope mut &'scope ()>,
+    _env: PhantomData<&'env mut &'env ()>,
+}
+
+impl<'scope> Scope<'scope, '_> {
+    /// Starts calls (run together, like [`Communicator::group`]) and returns at once.
+    pub fn start(&'scope self, calls: Vec<Call<'scope>>) -> Result<Request<'scope>> {
+        let done = self.comm.start_raw(calls)?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(done.clone());
+        Ok(Request {
+            done,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// Starts an in-place all-reduce.
+    pub fn all_reduce<T: Element>(
+        &'scope self,
+        buf: &'scope mut [T],
+        op: ReduceOp,
+    ) -> Result<Request<'scope>> {
+        self.start(vec![Call::all_reduce(
+            None,
+            bytemuck::cast_slice_mut(buf),
+            T::DTYPE,
+            op,
+        )])
+    }
+
+    /// Starts an in-place broadcast.
+    pub fn broadcast<T: Element>(
+        &'scope self,
+        buf: &'scope mut [T],
+        root: usize,
+    ) -> Result<Request<'scope>> {
+        self.start(vec![Call::broadcast(
+            None,
+            bytemuck::cast_slice_mut(buf),
+            T::DTYPE,
+            root,
+        )])
+    }
+
+    /// Starts an all-gather.
+    pub fn all_gather<T: Element>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+    ) -> Result<Request<'scope>> {
+        self.start(vec![Call::all_gather(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+        )])
+    }
+
+    /// Starts a reduce-scatter.
+    pub fn reduce_scatter<T: Element>(
+        &'scope self,
+        send: &'scope [T],
+        recv: &'scope mut [T],
+        op: ReduceOp,
+    ) -> Result<Request<'scope>> {
+        self.start(vec![Call::reduce_scatter(
+            Some(bytemuck::cast_slice(send)),
+            bytemuck::cast_slice_mut(recv),
+            T::DTYPE,
+            op,
+        )])
+    }
+}
+
+/// A started call: [`Request::wait`] for it, or [`Request::test`] whether it is done.
+pub struct Request<'scope> {
+    done: Arc<Completion>,
+    _borrow: PhantomData<&'scope mut ()>,
+}
+
+impl Request<'_> {
+    /// `None` while running; the result once done.
+    pub fn test(&self) -> Option<Result<()>> {
+        self.done.test()
+    }
+
+    /// Waits for the result. Every wait inside the call has the communicator's deadline, so this
+    /// returns; `timeout` bounds the wait here too (a `Timeout` error if it passes first).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        self.done
+            .wait_until(Instant::now() + timeout)
+            .unwrap_or_else(|| {
+                Err(Error::Timeout {
+                    peer: None,
+                    msg: format!("request not done within {} ms", timeout.as_millis()),
+                })
+            })
+    }
+
+    /// Waits for the result.
+    pub fn wait(&self) -> Result<()> {
+        self.done.wait_forever()
+    }
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("done", &self.test().is_some())
+            .finish()
+    }
+}
+
+/// Tickets: calls run in the order they were issued.
+#[derive(Default)]
+pub(crate) struct Sched {
+    next: Mutex<u64>,
+    serving: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Sched {
+    fn take(&self) -> u64 {
+        let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let t = *n;
+        *n += 1;
+        t
+    }
+
+    fn wait_turn(&self, ticket: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        while *s < ticket {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::timeout(
+                    None,
+                    "waiting for earlier calls on this communicator to finish",
+                    timeout,
+                ));
+            }
+            s = self
+                .cv
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    fn done(&self, ticket: u64) {
+        let mut s = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (*s).max(ticket + 1);
+        self.cv.notify_all();
+    }
+}

@@ -1,0 +1,370 @@
+//! Every collective against a plain reference, over real links (threads as ranks), with every
+//! algorithm forced in turn: counts 0, 1, odd and prime, roots 0 and last, several types and
+//! operators, in and out of place.
+
+mod common;
+use common::*;
+use oxccl::{Call, Collective, Communicator, Config, DataType, Element, ReduceOp};
+use std::time::Duration;
+
+const COUNTS: [usize; 4] = [0, 1, 7, 1009];
+
+/// Config forcing the `k`-th algorithm of every collective (wrapping around).
+fn forced(k: usize) -> Config {
+    let spec: Vec<String> = Collective::ALL
+        .iter()
+        .filter(|c| !matches!(c, Collective::Send | Collective::Recv))
+        .map(|c| {
+            format!(
+                "{}:{}",
+                c.key(),
+                c.algorithms()[k % c.algorithms().len()].name()
+            )
+        })
+        .collect();
+    Config {
+        algo: Some(spec.join(",")),
+        chunk_bytes: Some(256),
+        ..test_cfg(20_000)
+    }
+}
+
+fn inp<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) -> Vec<T> {
+    input(op, rank, count, salt)
+}
+
+fn reference<T: TestElem>(op: ReduceOp, ins: &[Vec<T>]) -> Vec<T> {
+    let refs: Vec<&[T]> = ins.iter().map(Vec::as_slice).collect();
+    oxccl::reduce::reference(op, &refs)
+}
+
+fn ok<E: std::fmt::Display>(what: &str, r: Result<(), E>) -> Result<(), String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// All collectives for one type and operator on one communicator.
+fn all_collectives<T: TestElem>(
+    comm: &Communicator,
+    op: ReduceOp,
+    salt: u64,
+) -> Result<(), String> {
+    let (n, r) = (comm.size(), comm.rank());
+    for (ci, &count) in COUNTS.iter().enumerate() {
+        let salt = salt + ci as u64 * 100;
+        for root in [0, n - 1] {
+            let w = |c: &str| {
+                format!(
+                    "rank {r}/{n} {c} {} {op:?} count {count} root {root}",
+                    T::DTYPE.name()
+                )
+            };
+            // Broadcast, in and out of place.
+            let want: Vec<T> = inp(op, root, count, salt);
+            let mut buf: Vec<T> = if r == root {
+                want.clone()
+            } else {
+                inp(op, r + 50, count, salt)
+            };
+            ok(&w("broadcast"), comm.broadcast(&mut buf, root))?;
+            check(&w("broadcast"), ReduceOp::Sum, &buf, &want)?;
+            let mut out: Vec<T> = inp(op, r + 50, count, salt);
+            let send = if r == root {
+                Some(bytemuck::cast_slice(&want[..]))
+            } else {
+                None
+            };
+            ok(
+                &w("broadcast_bytes"),
+                comm.broadcast_bytes(send, bytemuck::cast_slice_mut(&mut out), T::DTYPE, root),
+            )?;
+            check(&w("broadcast out of place"), ReduceOp::Sum, &out, &want)?;
+            // Reduce.
+            let ins: Vec<Vec<T>> = (0..n).map(|p| inp(op, p, count, salt)).collect();
+            let want = reference(op, &ins);
+            let mut out: Vec<T> = if r == root {
+                vec![T::from_i64(3); count]
+            } else {
+                Vec::new()
+            };
+            ok(&w("reduce"), comm.reduce(&ins[r], &mut out, op, root))?;
+            if r == root {
+                check(&w("reduce"), op, &out, &want)?;
+            }
+            let mut inplace = ins[r].clone();
+            ok(
+                &w("reduce in place"),
+                comm.reduce_bytes(
+                    None,
+                    bytemuck::cast_slice_mut(&mut inplace),
+                    T::DTYPE,
+                    op,
+                    root,
+                ),
+            )?;
+            check(
+                &w("reduce in place"),
+                op,
+                &inplace,
+                if r == root { &want } else { &ins[r] },
+            )?;
+            // Gather and scatter.
+            let blocks: Vec<Vec<T>> = (0..n).map(|p| inp(op, p + 7, count, salt)).collect();
+            let mut g: Vec<T> = if r == root {
+                vec![T::from_i64(1); n * count]
+            } else {
+                Vec::new()
+            };
+            ok(&w("gather"), comm.gather(&blocks[r], &mut g, root))?;
+            if r == root {
+                check(&w("gather"), ReduceOp::Sum, &g, &blocks.concat())?;
+            }
+            let all: Vec<T> = if r == root {
+                blocks.concat()
+            } else {
+                Vec::new()
+            };
+            let mut s: Vec<T> = vec![T::from_i64(1); count];
+            ok(&w("scatter"), comm.scatter(&all, &mut s, root))?;
+            check(&w("scatter"), ReduceOp::Sum, &s, &blocks[r])?;
+        }
+        let w = |c: &str| format!("rank {r}/{n} {c} {} {op:?} count {count}", T::DTYPE.name());
+        // All-reduce, in and out of place.
+        let ins: Vec<Vec<T>> = (0..n).map(|p| inp(op, p, count, salt)).collect();
+        let want = reference(op, &ins);
+        let mut out = vec![T::from_i64(5); count];
+        ok(
+            &w("all_reduce_into"),
+            comm.all_reduce_into(&ins[r], &mut out, op),
+        )?;
+        check(&w("all_reduce_into"), op, &out, &want)?;
+        let mut buf = ins[r].clone();
+        ok(&w("all_reduce"), comm.all_reduce(&mut buf, op))?;
+        check(&w("all_reduce"), op, &buf, &want)?;
+        // All-gather, out of place and in place.
+        let mut ag = vec![T::from_i64(2); n * count];
+        ok(&w("all_gather"), comm.all_gather(&ins[r], &mut ag))?;
+        check(&w("all_gather"), ReduceOp::Sum, &ag, &ins.concat())?;
+        let mut ag2 = vec![T::from_i64(2); n * count];
+        ag2[r * count..(r + 1) * count].copy_from_slice(&ins[r]);
+        ok(
+            &w("all_gather in place"),
+            comm.all_gather_bytes(None, bytemuck::cast_slice_mut(&mut ag2), T::DTYPE),
+        )?;
+        check(
+            &w("all_gather in place"),
+            ReduceOp::Sum,
+            &ag2,
+            &ins.concat(),
+        )?;
+        // Reduce-scatter, out of place and in place.
+        let big: Vec<Vec<T>> = (0..n).map(|p| inp(op, p + 20, n * count, salt)).collect();
+        let full = reference(op, &big);
+        let mut rs = vec![T::from_i64(2); count];
+        ok(
+            &w("reduce_scatter"),
+            comm.reduce_scatter(&big[r], &mut rs, op),
+        )?;
+        check(
+            &w("reduce_scatter"),
+            op,
+            &rs,
+            &full[r * count..(r + 1) * count],
+        )?;
+        let mut rs2 = big[r].clone();
+        ok(
+            &w("reduce_scatter in place"),
+            comm.reduce_scatter_bytes(None, bytemuck::cast_slice_mut(&mut rs2), T::DTYPE, op),
+        )?;
+        check(
+            &w("reduce_scatter in place"),
+            op,
+            &rs2[r * count..(r + 1) * count],
+            &full[r * count..(r + 1) * count],
+        )?;
+        // All-to-all, out of place and in place.
+        let a2a_want: Vec<T> = (0..n)
+            .flat_map(|p| big[p][r * count..(r + 1) * count].to_vec())
+            .collect();
+        let mut a2a = vec![T::from_i64(2); n * count];
+        ok(&w("all_to_all"), comm.all_to_all(&big[r], &mut a2a))?;
+        check(&w("all_to_all"), ReduceOp::Sum, &a2a, &a2a_want)?;
+        let mut a2a2 = big[r].clone();
+        ok(
+            &w("all_to_all in place"),
+            comm.all_to_all_bytes(None, bytemuck::cast_slice_mut(&mut a2a2), T::DTYPE),
+        )?;
+        check(&w("all_to_all in place"), ReduceOp::Sum, &a2a2, &a2a_want)?;
+        // V-variants: rank p has (count + p) % 5 + p elements.
+        let counts: Vec<usize> = (0..n).map(|p| (count + p) % 5 + p).collect();
+        let total: usize = counts.iter().sum();
+        let vin: Vec<Vec<T>> = (0..n).map(|p| inp(op, p + 30, counts[p], salt)).collect();
+        let mut agv = vec![T::from_i64(2); total];
+        ok(
+            &w("all_gatherv"),
+            comm.all_gatherv(&vin[r], &mut agv, &counts),
+        )?;
+        check(&w("all_gatherv"), ReduceOp::Sum, &agv, &vin.concat())?;
+        let vbig: Vec<Vec<T>> = (0..n).map(|p| inp(op, p + 40, total, salt)).collect();
+        let vfull = reference(op, &vbig);
+        let off: usize = counts[..r].iter().sum();
+        let mut rsv = vec![T::from_i64(2); counts[r]];
+        ok(
+            &w("reduce_scatterv"),
+            comm.reduce_scatterv(&vbig[r], &mut rsv, &counts, op),
+        )?;
+        check(
+            &w("reduce_scatterv"),
+            op,
+            &rsv,
+            &vfull[off..off + counts[r]],
+        )?;
+        // All-to-allv: rank s sends m(s, d) = (s + 2d + count) % 4 elements to rank d.
+        let m = |s: usize, d: usize| (s + 2 * d + count) % 4;
+        let sc: Vec<usize> = (0..n).map(|d| m(r, d)).collect();
+        let rc: Vec<usize> = (0..n).map(|s| m(s, r)).collect();
+        let vsend = |s: usize| -> Vec<T> { inp(op, s + 60, (0..n).map(|d| m(s, d)).sum(), salt) };
+        let mut a2av = vec![T::from_i64(2); rc.iter().sum()];
+        ok(
+            &w("all_to_allv"),
+            comm.all_to_allv(&vsend(r), &sc, &mut a2av, &rc),
+        )?;
+        let want: Vec<T> = (0..n)
+            .flat_map(|s| {
+                let o: usize = (0..r).map(|d| m(s, d)).sum();
+                vsend(s)[o..o + m(s, r)].to_vec()
+            })
+            .collect();
+        check(&w("all_to_allv"), ReduceOp::Sum, &a2av, &want)?;
+        // Point to point: a ring exchange in one group, tagged.
+        if n > 1 {
+            let (next, prev) = ((r + 1) % n, (r + n - 1) % n);
+            let mine: Vec<T> = inp(op, r + 80, count, salt);
+            let mut got = vec![T::from_i64(2); count];
+            ok(
+                &w("send/recv"),
+                comm.group(vec![
+                    Call::send(bytemuck::cast_slice(&mine), T::DTYPE, next, 42),
+                    Call::recv(bytemuck::cast_slice_mut(&mut got), T::DTYPE, prev, 42),
+                ]),
+            )?;
+            check(
+                &w("send/recv"),
+                ReduceOp::Sum,
+                &got,
+                &inp(op, prev + 80, count, salt),
+            )?;
+        }
+        ok(&w("barrier"), comm.barrier())?;
+    }
+    Ok(())
+}
+
+fn sweep(comm: &Communicator, dtypes: &[DataType], ops: &[ReduceOp]) -> Result<(), String> {
+    for (i, &dt) in dtypes.iter().enumerate() {
+        for (j, &op) in ops.iter().enumerate() {
+            with_dtype!(dt, all_collectives(comm, op, (i * 10 + j) as u64))?;
+        }
+    }
+    Ok(())
+}
+
+fn run(n: usize, cfg: Config, dtypes: &'static [DataType], ops: &'static [ReduceOp]) {
+    let res = run_ranks(n, cfg, Duration::from_secs(240), move |comm| {
+        sweep(&comm, dtypes, ops)
+    });
+    for r in res {
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+const SOME_TYPES: [DataType; 4] = [DataType::F32, DataType::I32, DataType::BF16, DataType::U8];
+const SOME_OPS: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Avg];
+
+#[test]
+fn every_algorithm_small_rank_counts() {
+    for n in [1, 2, 3] {
+        for k in 0..4 {
+            run(n, forced(k), &SOME_TYPES, &SOME_OPS);
+        }
+    }
+}
+
+#[test]
+fn every_algorithm_4_and_5_ranks() {
+    for n in [4, 5] {
+        for k in 0..4 {
+            run(
+                n,
+                forced(k),
+                &[DataType::F32, DataType::I64],
+                &[ReduceOp::Sum, ReduceOp::Min],
+            );
+        }
+    }
+}
+
+#[test]
+fn default_choice_8_ranks_all_types_and_ops() {
+    run(8, test_cfg(20_000), &DataType::ALL, &ReduceOp::ALL);
+}
+
+#[test]
+fn nonblocking_requests_and_scope() {
+    let res = run_ranks(3, test_cfg(20_000), Duration::from_secs(60), |comm| {
+        let r = comm.rank();
+        let mut a = vec![r as f32 + 1.0; 1000];
+        let mut b = vec![(r * 2) as i32; 77];
+        let mut c = vec![0u8; 5];
+        if r == 2 {
+            c = vec![9u8; 5];
+        }
+        comm.scope(|s| {
+            let ra = s.all_reduce(&mut a, ReduceOp::Sum)?;
+            let rb = s.all_reduce(&mut b, ReduceOp::Max)?;
+            let rc = s.broadcast(&mut c, 2)?;
+            ra.wait()?;
+            rb.wait_timeout(Duration::from_secs(30))?;
+            rc.wait()?;
+            assert!(rc.test().is_some_and(|r| r.is_ok()));
+            Ok::<(), oxccl::Error>(())
+        })
+        .unwrap();
+        // A blocking call after the scope runs after everything started in it.
+        comm.barrier().unwrap();
+        (a, b, c)
+    });
+    for (a, b, c) in res {
+        assert!(a.iter().all(|&x| x == 6.0));
+        assert!(b.iter().all(|&x| x == 4));
+        assert_eq!(c, vec![9u8; 5]);
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors_not_panics() {
+    let res = run_ranks(2, test_cfg(5_000), Duration::from_secs(60), |comm| {
+        let mut v = vec![0f32; 4];
+        let mut errs = Vec::new();
+        errs.push(comm.broadcast(&mut v, 2).unwrap_err());
+        errs.push(comm.all_gather(&v[..3], &mut vec![0f32; 5]).unwrap_err());
+        errs.push(
+            comm.reduce_scatter(&v, &mut vec![0f32; 3], ReduceOp::Sum)
+                .unwrap_err(),
+        );
+        errs.push(comm.all_gatherv(&v, &mut vec![0f32; 8], &[4]).unwrap_err());
+        errs.push(comm.send(&v, comm.rank(), 0).unwrap_err());
+        errs.push(comm.all_to_all(&v[..3], &mut vec![0f32; 3]).unwrap_err());
+        // The communicator still works afterwards: argument errors do not revoke it.
+        comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+        errs
+    });
+    for errs in res {
+        for e in errs {
+            assert!(matches!(e, oxccl::Error::InvalidArgument(_)), "{e}");
+        }
+    }
+}
+
+/// Elements of every type, for the macro above.
+#[allow(dead_code)]
+fn _types_are_elements<T: Element>() {}
