@@ -288,11 +288,18 @@ pub unsafe extern "C" fn oxcclCommInitRankConfig(
         if comm.is_null() {
             return Err(null("comm"));
         }
+        // Checked here too (the core checks it) so that a bad call leaves rank 0's store
+        // listener from oxcclGetUniqueId in place for the next try.
         let (Ok(n), Ok(r)) = (usize::try_from(nranks), usize::try_from(rank)) else {
             return Err(Error::InvalidArgument(format!(
                 "rank {rank} of {nranks}: need 0 <= rank < nranks"
             )));
         };
+        if r >= n {
+            return Err(Error::InvalidArgument(format!(
+                "rank {rank} of {nranks}: need 0 <= rank < nranks"
+            )));
+        }
         // SAFETY: NULL or initialised (caller's contract).
         let cfg = unsafe { read_config(config)? };
         let id = from_c(&commId)?;

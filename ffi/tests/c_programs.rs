@@ -1,0 +1,348 @@
+//! C programs (tests/c/*.c and examples/c/allreduce.c) compiled with `cc` against include/oxccl.h
+//! and the built liboxccl, run as 1–4 processes. The harness serves the rendezvous store itself
+//! (as a launcher would) and gives each process OXCCL_RANK / OXCCL_WORLD_SIZE / OXCCL_ROOT /
+//! OXCCL_SECRET / OXCCL_ROOT_EXTERNAL=1, or lets rank 0 make a unique id and passes it on.
+//! Every test has a deadline; every child is killed and reaped on every path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use core_oxccl::bootstrap::{StoreServer, UniqueId, secret_hex};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds liboxccl (cargo builds only the Rust parts for tests) with the profile this test was
+/// built with, into the same target directory, and returns the directory holding liboxccl.so.
+fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(manifest_dir())
+            .args(["build", "--quiet", "-p", "oxccl-ffi", "--target-dir"])
+            .arg(target_dir);
+        match profile_dir.file_name().and_then(|s| s.to_str()) {
+            Some("release") => cmd.arg("--release"),
+            // `cargo test` builds with the test profile into target/debug: reuse its artifacts.
+            Some("debug") => cmd.args(["--profile", "test"]),
+            Some(other) => cmd.args(["--profile", other]),
+            None => panic!("odd target dir {}", profile_dir.display()),
+        };
+        let st = cmd.status().expect("run cargo build -p oxccl-ffi");
+        assert!(st.success(), "cargo build -p oxccl-ffi failed");
+        assert!(
+            profile_dir.join("liboxccl.so").exists(),
+            "no liboxccl.so in {}",
+            profile_dir.display()
+        );
+        profile_dir
+    })
+}
+
+/// A fresh directory under cargo's temp dir (unique per call: tests run in parallel).
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("oxccl-ffi-c")
+        .join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles C sources into an executable linked against liboxccl.so (rpath set), or against
+/// liboxccl.a when `static_lib`. Warnings are errors.
+fn compile(name: &str, srcs: &[PathBuf], static_lib: bool) -> PathBuf {
+    let lib = lib_dir();
+    let out = scratch("bin").join(name);
+    let mut cmd = Command::new("cc");
+    cmd.args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"])
+        .arg(format!("-I{}", manifest_dir().join("include").display()))
+        .args(srcs)
+        .arg("-o")
+        .arg(&out);
+    if static_lib {
+        cmd.arg(lib.join("liboxccl.a"))
+            .args(["-lpthread", "-ldl", "-lm", "-lrt"]);
+    } else {
+        cmd.arg(format!("-L{}", lib.display()))
+            .arg("-loxccl")
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
+    }
+    let o = cmd.output().expect("run cc");
+    assert!(
+        o.status.success(),
+        "cc {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn test_src(name: &str) -> PathBuf {
+    manifest_dir().join("tests/c").join(name)
+}
+
+/// One child process, killed and reaped when dropped (whatever happened).
+struct Proc {
+    rank: usize,
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Proc {
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+/// Starts `exe args` as rank `rank` with a clean environment plus `env`.
+fn spawn(exe: &Path, rank: usize, args: &[String], env: &[(String, String)]) -> Proc {
+    let dir = scratch(&format!("run-rank{rank}"));
+    let out = dir.join(format!("rank{rank}.out"));
+    let err = dir.join(format!("rank{rank}.err"));
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap());
+    for k in ["PATH", "OXCCL_DEBUG"] {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+    Proc {
+        rank,
+        child,
+        out,
+        err,
+        status: None,
+    }
+}
+
+/// Waits for every process until `deadline`; on the deadline, kills them all (Drop) and fails.
+fn wait_all(procs: &mut [Proc], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut running = 0;
+        for p in procs.iter_mut() {
+            if p.status.is_none() {
+                match p.child.try_wait().expect("try_wait") {
+                    Some(st) => p.status = Some(st),
+                    None => running += 1,
+                }
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let report = report(procs);
+            panic!("processes still running after {limit:?}:\n{report}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn report(procs: &[Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            format!(
+                "--- rank {} ({:?})\nstdout:\n{}stderr:\n{}",
+                p.rank,
+                p.status,
+                p.stdout(),
+                p.stderr()
+            )
+        })
+        .collect()
+}
+
+fn assert_all_ok(procs: &[Proc]) {
+    if procs.iter().any(|p| !p.status.is_some_and(|s| s.success())) {
+        panic!("a rank failed:\n{}", report(procs));
+    }
+}
+
+/// A store served by this process, as a launcher serves it, and each rank's environment.
+struct Launch {
+    _server: StoreServer,
+    env: Vec<Vec<(String, String)>>,
+}
+
+fn launch(n: usize) -> Launch {
+    let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("bind store");
+    let server =
+        StoreServer::start(id.take_listener().expect("listener"), id.secret).expect("serve store");
+    let env = (0..n)
+        .map(|r| {
+            vec![
+                ("OXCCL_RANK".into(), r.to_string()),
+                ("OXCCL_WORLD_SIZE".into(), n.to_string()),
+                ("OXCCL_ROOT".into(), id.addr.to_string()),
+                ("OXCCL_SECRET".into(), secret_hex(&id.secret)),
+                ("OXCCL_ROOT_EXTERNAL".into(), "1".into()),
+            ]
+        })
+        .collect();
+    Launch {
+        _server: server,
+        env,
+    }
+}
+
+/// Runs `exe args` as `n` ranks from the environment and waits for all of them.
+fn run_env(exe: &Path, n: usize, args: &[&str], limit: Duration) -> Vec<Proc> {
+    let l = launch(n);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut procs: Vec<Proc> = (0..n).map(|r| spawn(exe, r, &args, &l.env[r])).collect();
+    wait_all(&mut procs, limit);
+    procs
+}
+
+#[test]
+fn allreduce_every_type_and_op() {
+    let exe = compile("allreduce_all", &[test_src("allreduce_all.c")], false);
+    for n in [2, 4] {
+        let t = Instant::now();
+        let procs = run_env(&exe, n, &[], Duration::from_secs(120));
+        assert_all_ok(&procs);
+        for p in &procs {
+            assert!(p.stdout().contains("all-reduce ok"), "{}", report(&procs));
+        }
+        eprintln!("{n} ranks: {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn error_paths() {
+    let exe = compile("errors", &[test_src("errors.c")], false);
+    let mut p = vec![spawn(&exe, 0, &[], &[])];
+    wait_all(&mut p, Duration::from_secs(60));
+    assert_all_ok(&p);
+    assert!(p[0].stdout().contains("errors ok"), "{}", report(&p));
+}
+
+#[test]
+fn unique_id_from_rank_zero() {
+    let exe = compile("unique_id", &[test_src("unique_id.c")], false);
+    let n = 3;
+    let limit = Duration::from_secs(60);
+    let deadline = Instant::now() + limit;
+    let mut procs = vec![spawn(&exe, 0, &["0".into(), n.to_string()], &[])];
+    // Rank 0 prints the id on its first line.
+    let id = loop {
+        let out = procs[0].stdout();
+        if let Some((line, _)) = out.split_once('\n') {
+            break line.trim().to_string();
+        }
+        if let Some(st) = procs[0].child.try_wait().unwrap() {
+            procs[0].status = Some(st);
+            panic!("rank 0 exited before printing the id:\n{}", report(&procs));
+        }
+        assert!(Instant::now() < deadline, "no id:\n{}", report(&procs));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(id.parse::<UniqueId>().is_ok(), "rank 0 printed {id:?}");
+    for r in 1..n {
+        procs.push(spawn(
+            &exe,
+            r,
+            &[r.to_string(), n.to_string(), id.clone()],
+            &[],
+        ));
+    }
+    wait_all(
+        &mut procs,
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    assert_all_ok(&procs);
+}
+
+#[test]
+fn lost_peer_fails_and_revokes() {
+    let exe = compile("failures", &[test_src("failures.c")], false);
+    let procs = run_env(&exe, 2, &["lost"], Duration::from_secs(60));
+    assert_all_ok(&procs);
+    assert!(procs[0].stdout().contains("lost ok"), "{}", report(&procs));
+}
+
+#[test]
+fn mismatched_counts_fail_on_every_rank() {
+    let exe = compile("failures", &[test_src("failures.c")], false);
+    let procs = run_env(&exe, 2, &["mismatch"], Duration::from_secs(60));
+    let codes: Vec<Option<i32>> = procs
+        .iter()
+        .map(|p| p.status.and_then(|s| s.code()))
+        .collect();
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(10 | 11))) && codes.contains(&Some(10)),
+        "expected every rank to fail, at least one with oxcclMismatch; got {codes:?}\n{}",
+        report(&procs)
+    );
+}
+
+fn example_src() -> PathBuf {
+    manifest_dir().join("../examples/c/allreduce.c")
+}
+
+#[test]
+fn example_allreduce_c_runs_on_two_ranks() {
+    let exe = compile("allreduce_example", &[example_src()], false);
+    let procs = run_env(&exe, 2, &[], Duration::from_secs(60));
+    assert_all_ok(&procs);
+    for p in &procs {
+        let want = format!("rank {} of 2: sum of ranks = 1 (expected 1)", p.rank);
+        assert!(p.stdout().contains(&want), "{}", report(&procs));
+    }
+}
+
+#[test]
+fn static_library_links() {
+    let exe = compile("allreduce_static", &[example_src()], true);
+    let procs = run_env(&exe, 3, &[], Duration::from_secs(60));
+    assert_all_ok(&procs);
+    assert!(
+        procs[2]
+            .stdout()
+            .contains("rank 2 of 3: sum of ranks = 3 (expected 3)"),
+        "{}",
+        report(&procs)
+    );
+}
