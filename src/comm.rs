@@ -71,6 +71,9 @@ pub struct Config {
     pub algo: Option<String>,
     /// Largest message (pipelining grain) in bytes (default 512 KiB).
     pub chunk_bytes: Option<usize>,
+    /// Bitwise-reproducible reductions: every element folded in rank order by one owner
+    /// (the `ordered` algorithm), whatever the size (default false; OXCCL_DETERMINISTIC=1).
+    pub deterministic: Option<bool>,
 }
 
 /// Default no-progress timeout.
@@ -120,6 +123,19 @@ impl Config {
             self.algo = std::env::var("OXCCL_ALGO")
                 .ok()
                 .filter(|s| !s.trim().is_empty());
+        }
+        if self.deterministic.is_none() {
+            if let Ok(v) = std::env::var("OXCCL_DETERMINISTIC") {
+                self.deterministic = Some(match v.trim() {
+                    "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" | "" => false,
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "OXCCL_DETERMINISTIC={v:?}: expected 0 or 1"
+                        )));
+                    }
+                });
+            }
         }
         if self.chunk_bytes.is_none() {
             self.chunk_bytes = env_parse("OXCCL_CHUNK_BYTES")?;

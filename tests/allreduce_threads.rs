@@ -177,7 +177,6 @@ fn large_prime_count() {
 /// `OXCCL_ALGO=ring` (or `direct`) forces the all-reduce algorithm; collectives that have no such
 /// algorithm (the barrier) must keep working with theirs, on a fresh communicator and later.
 #[test]
-#[ignore = "bug: Config.algo/OXCCL_ALGO \"ring\" or \"direct\" makes every barrier() fail with InvalidArgument"]
 fn plain_algorithm_name_leaves_barrier_working() {
     for algo in ["ring", "direct"] {
         let cfg = Config {
@@ -204,7 +203,6 @@ fn plain_algorithm_name_leaves_barrier_working() {
 /// u8 in-place all-reduce share an entry, and whichever runs second runs the other's Program. An
 /// all-reduce must then either work or fail; it must never return Ok with wrong data.
 #[test]
-#[ignore = "bug: comm.rs caches Programs without the collective in the key; an all-reduce after a barrier can run the barrier's Program and return Ok with wrong data"]
 fn program_cache_keeps_collectives_apart() {
     let cfg = Config {
         algo: Some("dissemination".into()),

@@ -368,3 +368,55 @@ fn bad_arguments_are_errors_not_panics() {
 /// Elements of every type, for the macro above.
 #[allow(dead_code)]
 fn _types_are_elements<T: Element>() {}
+
+#[test]
+fn deterministic_mode_is_bitwise_reproducible() {
+    // Values whose float sums depend on the order: results must not depend on chunking or size.
+    let n = 5;
+    let make = |r: usize, count: usize| -> Vec<f32> {
+        (0..count)
+            .map(|i| ((i * 7919 + r * 104729) % 1000) as f32 * 1.0e-3 + (r as f32) * 1.0e7)
+            .collect()
+    };
+    let mut results = Vec::new();
+    for chunk in [64usize, 4096, 1 << 20] {
+        let cfg = Config {
+            deterministic: Some(true),
+            chunk_bytes: Some(chunk),
+            ..test_cfg(20_000)
+        };
+        let res = run_ranks(n, cfg, Duration::from_secs(60), move |comm| {
+            let mut a = make(comm.rank(), 3001);
+            comm.all_reduce(&mut a, ReduceOp::Sum).unwrap();
+            let mut big = make(comm.rank(), 3001 * 5);
+            let mut rs = vec![0f32; 3001];
+            comm.reduce_scatter(&big, &mut rs, ReduceOp::Sum).unwrap();
+            comm.all_reduce(&mut big, ReduceOp::Sum).unwrap();
+            (a, rs, big)
+        });
+        // Every rank agrees, and reduce-scatter's block equals the all-reduce's.
+        for (r, (a, rs, big)) in res.iter().enumerate() {
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                res[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            let block: Vec<u32> = big[r * 3001..(r + 1) * 3001]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            assert_eq!(rs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), block);
+        }
+        results.push(res[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+    // ... and the result is the plain rank-order fold, whatever the chunk size.
+    let want: Vec<u32> = (0..3001)
+        .map(|i| {
+            (1..n)
+                .fold(make(0, 3001)[i], |acc, r| acc + make(r, 3001)[i])
+                .to_bits()
+        })
+        .collect();
+    for r in results {
+        assert_eq!(r, want);
+    }
+}

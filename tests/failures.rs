@@ -264,7 +264,6 @@ fn mismatch_collective() {
 /// error. Dropping the communicator right after the error (as a program that exits does) hits
 /// the same race.
 #[test]
-#[ignore = "bug: a peer's TCP reset hides the abort frame it sent first (PeerLost instead of Mismatch)"]
 fn mismatch_while_streaming_reports_mismatch_on_every_rank() {
     for setup in SETUPS {
         for _round in 0..20 {

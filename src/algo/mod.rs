@@ -15,6 +15,7 @@ pub mod builder;
 pub mod chain;
 pub mod direct;
 pub mod misc;
+pub mod ordered;
 pub mod rhd;
 pub mod ring;
 pub mod tree;
@@ -278,13 +279,12 @@ impl Collective {
     pub fn algorithms(self) -> &'static [Algorithm] {
         use Algorithm::*;
         match self {
-            Collective::AllReduce => &[Ring, Tree, Rhd, Direct],
+            Collective::AllReduce => &[Ring, Tree, Rhd, Direct, Ordered],
             Collective::Barrier => &[Dissemination],
-            Collective::Broadcast | Collective::Reduce => &[Chain, Tree],
-            Collective::AllGather
-            | Collective::ReduceScatter
-            | Collective::AllGatherV
-            | Collective::ReduceScatterV => &[Ring, Bruck],
+            Collective::Broadcast => &[Chain, Tree],
+            Collective::Reduce => &[Chain, Tree, Ordered],
+            Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck],
+            Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered],
             Collective::AllToAll | Collective::AllToAllV => &[Pairwise],
             Collective::Gather | Collective::Scatter => &[Linear],
             Collective::Send | Collective::Recv => &[Linear],
@@ -316,11 +316,14 @@ pub enum Algorithm {
     Dissemination,
     /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
     Linear,
+    /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
+    /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
+    Ordered,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Tree,
@@ -330,6 +333,7 @@ impl Algorithm {
         Algorithm::Pairwise,
         Algorithm::Dissemination,
         Algorithm::Linear,
+        Algorithm::Ordered,
     ];
 
     /// The name used by OXCCL_ALGO and printed by tools.
@@ -344,6 +348,7 @@ impl Algorithm {
             Algorithm::Pairwise => "pairwise",
             Algorithm::Dissemination => "dissemination",
             Algorithm::Linear => "linear",
+            Algorithm::Ordered => "ordered",
         }
     }
 
@@ -359,6 +364,7 @@ impl Algorithm {
             "pairwise" => Some(Algorithm::Pairwise),
             "dissemination" => Some(Algorithm::Dissemination),
             "linear" => Some(Algorithm::Linear),
+            "ordered" | "deterministic" => Some(Algorithm::Ordered),
             _ => None,
         }
     }
@@ -694,6 +700,9 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
         (C::Broadcast, A::Tree) => tree::broadcast(s),
         (C::Reduce, A::Chain) => chain::reduce(s),
         (C::Reduce, A::Tree) => tree::reduce(s),
+        (C::AllReduce, A::Ordered) => ordered::all_reduce(s),
+        (C::Reduce, A::Ordered) => ordered::reduce(s),
+        (C::ReduceScatter | C::ReduceScatterV, A::Ordered) => ordered::reduce_scatter(s),
         (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather(s),
         (C::AllGather | C::AllGatherV, A::Bruck) => bruck::all_gather(s),
         (C::ReduceScatter | C::ReduceScatterV, A::Ring) => ring::reduce_scatter(s),

@@ -614,7 +614,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
         #[test]
-        fn every_collective_and_algorithm(ci in 0usize..12, ai in 0usize..4, n in 1usize..=64, count in 0usize..200,
+        fn every_collective_and_algorithm(ci in 0usize..12, ai in 0usize..8, n in 1usize..=64, count in 0usize..200,
                                           root in 0usize..64, chunk in 1usize..48, in_place: bool,
                                           credits in 1usize..4, seed: u64) {
             let coll = COLLS[ci];

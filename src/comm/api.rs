@@ -451,6 +451,11 @@ impl Communicator {
 
     /// The algorithm for a call: forced by the config, else chosen by size.
     fn choose(&self, shape: &Shape, bytes: usize) -> Result<Algorithm> {
+        if self.cfg.deterministic == Some(true)
+            && shape.coll.algorithms().contains(&Algorithm::Ordered)
+        {
+            return Ok(Algorithm::Ordered);
+        }
         if let Some(a) = self.cfg.forced(shape.coll)? {
             if shape.coll.algorithms().contains(&a) {
                 return Ok(a);

@@ -211,6 +211,21 @@ impl TcpLink {
         }
     }
 
+    /// A send failed because the peer went away: if it left an abort frame saying why (say, a
+    /// mismatch it detected), that is the real error; report it instead of the reset.
+    fn abort_behind(&mut self, e: Error) -> Error {
+        if !matches!(e, Error::PeerLost { .. }) {
+            return e;
+        }
+        for i in 0..self.streams.len() {
+            match self.pump_rx(i) {
+                Err(Error::PeerLost { .. }) | Ok(_) => {}
+                Err(abort) => return abort,
+            }
+        }
+        e
+    }
+
     fn fail(&mut self, e: Error) -> Error {
         if self.failed.is_none() {
             self.failed = Some(e.clone());
@@ -436,6 +451,7 @@ impl Link for TcpLink {
         // Start writing right away: for small messages this is the whole send.
         let s = ((self.posted - 1) % self.streams.len() as u64) as usize;
         if let Err(e) = self.pump_tx(s) {
+            let e = self.abort_behind(e);
             return Err(self.fail(e));
         }
         Ok(true)
@@ -445,7 +461,14 @@ impl Link for TcpLink {
         self.check()?;
         let mut moved = false;
         for i in 0..self.streams.len() {
-            match self.pump_tx(i).and_then(|a| self.pump_rx(i).map(|b| a | b)) {
+            match self.pump_tx(i) {
+                Ok(m) => moved |= m,
+                Err(e) => {
+                    let e = self.abort_behind(e);
+                    return Err(self.fail(e));
+                }
+            }
+            match self.pump_rx(i) {
                 Ok(m) => moved |= m,
                 Err(e) => return Err(self.fail(e)),
             }
@@ -513,9 +536,6 @@ impl Link for TcpLink {
                 "link to rank {} abandoned with a receive in flight",
                 self.peer
             )));
-            for st in &self.streams {
-                let _ = st.sock.shutdown(Shutdown::Both);
-            }
         }
     }
 
