@@ -100,8 +100,7 @@ impl ShmEndpoint {
             std::process::id(),
             crate::sys::random_u64()
         );
-        let addr =
-            abstract_addr(&name).map_err(|e| Error::io("abstract Unix socket name", e))?;
+        let addr = abstract_addr(&name).map_err(|e| Error::io("abstract Unix socket name", e))?;
         let listener = UnixListener::bind_addr(&addr)
             .map_err(|e| Error::io(format!("bind the shm socket @{name}"), e))?;
         let pending: Pending = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
@@ -263,7 +262,11 @@ fn serve(
     let nonce_s = nonce()?;
     let mut msg = [0u8; 64];
     msg[..32].copy_from_slice(&nonce_s);
-    msg[32..].copy_from_slice(&mac(secret, b"server", &hello, &nonce_s).finalize().into_bytes());
+    msg[32..].copy_from_slice(
+        &mac(secret, b"server", &hello, &nonce_s)
+            .finalize()
+            .into_bytes(),
+    );
     s.write_all(&msg)
         .map_err(|e| Error::io("shm setup: writing the challenge", e))?;
     let mut proof = [0u8; PROOF];
@@ -344,11 +347,12 @@ pub fn dial(
     geo: Geometry,
     deadline: Instant,
 ) -> std::result::Result<ShmLink, DialError> {
-    let fallback = |what: &str, e: &dyn std::fmt::Display| DialError::Fallback(format!("{what}: {e}"));
+    let fallback =
+        |what: &str, e: &dyn std::fmt::Display| DialError::Fallback(format!("{what}: {e}"));
     let (seg, seg_fd) = Segment::create(geo).map_err(|e| fallback("creating the segment", &e))?;
     let addr = abstract_addr(name).map_err(|e| fallback("socket name", &e))?;
-    let mut s =
-        UnixStream::connect_addr(&addr).map_err(|e| fallback(&format!("connect to @{name}"), &e))?;
+    let mut s = UnixStream::connect_addr(&addr)
+        .map_err(|e| fallback(&format!("connect to @{name}"), &e))?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
@@ -376,7 +380,11 @@ pub fn dial(
         ))));
     }
     let mut proof = [0u8; PROOF];
-    proof[..32].copy_from_slice(&mac(secret, b"client", &hello, &nonce_s).finalize().into_bytes());
+    proof[..32].copy_from_slice(
+        &mac(secret, b"client", &hello, &nonce_s)
+            .finalize()
+            .into_bytes(),
+    );
     proof[32..36].copy_from_slice(&std::process::id().to_le_bytes());
     proof[36..40].copy_from_slice(&(geo.nslots as u32).to_le_bytes());
     proof[40..48].copy_from_slice(&(geo.slot_size as u64).to_le_bytes());

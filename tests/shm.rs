@@ -1,0 +1,405 @@
+//! The shared-memory transport end to end.
+//!
+//! - `threads_*`: all-reduce over shm links between threads-as-ranks (1 to 8 ranks; the links
+//!   still go through the full memfd + SCM_RIGHTS setup), several types and operators, in and
+//!   out of place, counts 0, 1, a prime and a multi-chunk prime.
+//! - `procs_*`: processes as ranks (the test binary re-executes itself, `common::ProcGroup`):
+//!   forced shm, auto (shm for everyone here), a mix of shm and TCP links forced by the
+//!   test-only knob `OXCCL_SHM_DENY`, and forced TCP; each child checks its own results and its
+//!   log says which transport each link got.
+//! - `procs_killed_rank_*`: a rank SIGKILLed mid-collective makes every other rank fail naming
+//!   it well within the timeout; the survivors' descriptor counts return to their baseline once
+//!   the communicator is dropped, and nothing named oxccl appears in /dev/shm.
+//! - `procs_oversubscribed_*`: 4 and 8 process ranks on this machine's cores complete 1,000
+//!   all-reduces of 1 KiB each well inside the limit.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use oxccl::{Communicator, Config, DataType, Error, ReduceOp, TransportKind};
+
+/// A prime above the default chunk (in f32 elements), so large calls are pipelined.
+const BIG_PRIME: usize = 262_147;
+
+fn shm_cfg(timeout_ms: u64) -> Config {
+    Config {
+        transport: Some(TransportKind::Shm),
+        ..test_cfg(timeout_ms)
+    }
+}
+
+fn case<T: TestElem>(comm: &Communicator, op: ReduceOp, counts: &[usize]) -> Result<(), String> {
+    for &count in counts {
+        let salt = count as u64 ^ 0xC0FFEE;
+        let want = expected::<T>(op, comm.size(), count, salt);
+        for in_place in [true, false] {
+            all_reduce_checked(comm, op, count, salt, in_place, &want)?;
+        }
+    }
+    Ok(())
+}
+
+/// The correctness cases every group runs: (type, operator, counts).
+fn cases(n: usize) -> Vec<(DataType, ReduceOp, Vec<usize>)> {
+    let small = vec![0, 1, n + 1, 1031];
+    vec![
+        (DataType::F32, ReduceOp::Sum, {
+            let mut c = small.clone();
+            c.push(BIG_PRIME);
+            c
+        }),
+        (DataType::I32, ReduceOp::Prod, small.clone()),
+        (DataType::F64, ReduceOp::Max, small.clone()),
+        (DataType::BF16, ReduceOp::Avg, small.clone()),
+        (DataType::U8, ReduceOp::Min, small.clone()),
+        (DataType::I64, ReduceOp::Sum, small),
+    ]
+}
+
+fn run_cases(comm: &Communicator) -> Result<(), String> {
+    for (dt, op, counts) in cases(comm.size()) {
+        with_dtype!(dt, case(comm, op, &counts))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn threads_all_reduce_1_to_8_ranks() {
+    for n in 1..=8 {
+        let out = run_ranks(n, shm_cfg(30_000), Duration::from_secs(120), |comm| {
+            run_cases(&comm)
+        });
+        for (r, res) in out.into_iter().enumerate() {
+            if let Err(e) = res {
+                panic!("{n} ranks, rank {r}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn threads_many_small_calls_interleaved_with_large() {
+    // Back-to-back calls of alternating sizes: message order per link and slot reuse across
+    // calls, with the default chunk and with tiny 4 KiB slots (many chunks in flight).
+    for chunk in [None, Some(4096)] {
+        let cfg = Config {
+            chunk_bytes: chunk,
+            ..shm_cfg(30_000)
+        };
+        let out = run_ranks(
+            3,
+            cfg,
+            Duration::from_secs(120),
+            |comm| -> Result<(), String> {
+                for i in 0..200usize {
+                    let count = if i % 10 == 9 { 70_001 } else { i % 17 };
+                    case::<f32>(&comm, ReduceOp::Sum, &[count])?;
+                }
+                Ok(())
+            },
+        );
+        for (r, res) in out.into_iter().enumerate() {
+            if let Err(e) = res {
+                panic!("chunk {chunk:?}, rank {r}: {e}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes as ranks.
+
+const CHILD: &str = "child_rank";
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// What a child does, from OXCCL_SHM_TEST_MODE.
+fn child_mode() -> String {
+    std::env::var("OXCCL_SHM_TEST_MODE").unwrap_or_default()
+}
+
+/// Descriptors this process has open now.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The body of each child rank. Not a test on its own: without the marker it returns at once.
+#[test]
+fn child_rank() {
+    if !is_child(CHILD) {
+        return;
+    }
+    child_main(|| match child_mode().as_str() {
+        "cases" => {
+            let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+            run_cases(&comm)?;
+            comm.barrier().map_err(|e| format!("final barrier: {e}"))?;
+            println!("rank {}: all cases passed", comm.rank());
+            Ok(())
+        }
+        "loop_until_killed" => loop_until_killed(),
+        "many_small" => {
+            let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+            let mut buf = vec![1.0f32; 256];
+            let t = Instant::now();
+            for i in 0..1000 {
+                buf.fill(1.0);
+                comm.all_reduce(&mut buf, ReduceOp::Sum)
+                    .map_err(|e| format!("call {i}: {e}"))?;
+                if buf.iter().any(|&x| x != comm.size() as f32) {
+                    return Err(format!("call {i}: wrong result {}", buf[0]));
+                }
+            }
+            println!(
+                "rank {}: 1000 all-reduces of 1 KiB in {:?}",
+                comm.rank(),
+                t.elapsed()
+            );
+            Ok(())
+        }
+        m => Err(format!("unknown OXCCL_SHM_TEST_MODE {m:?}")),
+    });
+}
+
+/// Loops 1 MiB all-reduces until a peer is killed; then the error must name the killed rank
+/// (OXCCL_SHM_TEST_VICTIM), and dropping the communicator must give back every descriptor.
+fn loop_until_killed() -> Result<(), String> {
+    let victim: usize = std::env::var("OXCCL_SHM_TEST_VICTIM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("no victim")?;
+    let baseline = open_fds();
+    let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+    let mut buf = vec![1.0f32; 256 << 10];
+    let mut calls = 0u64;
+    let err = loop {
+        match comm.all_reduce(&mut buf, ReduceOp::Sum) {
+            Ok(()) => {
+                calls += 1;
+                if calls == 3 {
+                    println!("looping");
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    let named = err.peer() == Some(victim) || err.to_string().contains(&format!("rank {victim}"));
+    if !named {
+        return Err(format!(
+            "after {calls} calls: error does not name rank {victim}: {err}"
+        ));
+    }
+    if !matches!(err, Error::PeerLost { .. } | Error::Timeout { .. }) {
+        eprintln!("note: error kind {}", err.kind_name());
+    }
+    println!("failed as expected after {calls} calls: {err}");
+    drop(comm);
+    let after = open_fds();
+    if after > baseline {
+        let list: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        format!(
+                            "{} -> {:?}",
+                            e.file_name().to_string_lossy(),
+                            std::fs::read_link(e.path()).unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(format!(
+            "{after} descriptors open after dropping the communicator, {baseline} before init: {list:?}"
+        ));
+    }
+    println!("descriptors back to {after} (baseline {baseline})");
+    Ok(())
+}
+
+fn oxccl_in_dev_shm() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.to_ascii_lowercase().contains("oxccl"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the correctness cases on `n` processes with `env`, and returns the group for log checks.
+fn procs_cases(n: usize, env: &[(&str, &str)]) -> ProcGroup {
+    let mut vars = vec![
+        ("OXCCL_SHM_TEST_MODE", "cases"),
+        ("OXCCL_TIMEOUT_MS", "30000"),
+        ("OXCCL_DEBUG", "INFO"),
+        ("OXCCL_ALGO", ""),
+        ("OXCCL_CHUNK_BYTES", ""),
+        ("OXCCL_SHM_DENY", ""),
+    ];
+    vars.extend_from_slice(env);
+    let mut g = ProcGroup::spawn(CHILD, n, &vars);
+    let ok = g.wait(Instant::now() + LIMIT, true);
+    let all_zero = (0..n).all(|r| g.status(r).is_some_and(|s| s.success()));
+    assert!(ok && all_zero, "{n} ranks with {env:?}:\n{}", g.report());
+    g
+}
+
+/// The transport rank `r`'s log says its link to `p` got ("shm" or "tcp").
+fn link_transport(g: &ProcGroup, r: usize, p: usize) -> String {
+    let out = g.report();
+    let section = out
+        .split("=== rank ")
+        .find(|s| s.starts_with(&format!("{r}:")))
+        .unwrap_or("");
+    let key = format!("link to rank {p} (");
+    let line = section
+        .lines()
+        .find(|l| l.contains(&key))
+        .unwrap_or_else(|| panic!("rank {r} logged no link to rank {p}:\n{out}"));
+    let after = &line[line.find("): ").map(|i| i + 3).unwrap_or(0)..];
+    after[..3].to_string()
+}
+
+#[test]
+fn procs_forced_shm_2_to_4_ranks() {
+    for n in 2..=4 {
+        let g = procs_cases(n, &[("OXCCL_TRANSPORT", "shm")]);
+        for r in 0..n {
+            for p in (0..n).filter(|&p| p != r) {
+                assert_eq!(link_transport(&g, r, p), "shm");
+            }
+        }
+    }
+}
+
+#[test]
+fn procs_auto_uses_shm_on_one_host() {
+    let g = procs_cases(3, &[("OXCCL_TRANSPORT", "auto")]);
+    assert_eq!(link_transport(&g, 0, 2), "shm");
+    assert_eq!(link_transport(&g, 2, 1), "shm");
+}
+
+#[test]
+fn procs_mixed_shm_and_tcp_links() {
+    // Pairs 0-1 and 2-3 use TCP, every other pair shm; both algorithms cross both kinds.
+    for algo in ["ring", "direct"] {
+        let g = procs_cases(
+            4,
+            &[
+                ("OXCCL_TRANSPORT", "auto"),
+                ("OXCCL_SHM_DENY", "0-1,2-3"),
+                ("OXCCL_ALGO", algo),
+                ("OXCCL_CHUNK_BYTES", "65536"),
+            ],
+        );
+        for (a, b) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
+            assert_eq!(link_transport(&g, a, b), "tcp", "{algo}");
+        }
+        for (a, b) in [(0, 2), (3, 1), (1, 2), (0, 3)] {
+            assert_eq!(link_transport(&g, a, b), "shm", "{algo}");
+        }
+    }
+}
+
+#[test]
+fn procs_forced_tcp() {
+    let g = procs_cases(3, &[("OXCCL_TRANSPORT", "tcp")]);
+    assert_eq!(link_transport(&g, 0, 1), "tcp");
+    assert_eq!(link_transport(&g, 2, 0), "tcp");
+}
+
+fn killed_rank(n: usize, victim: usize, algo: &str) {
+    let before = oxccl_in_dev_shm();
+    let mut g = ProcGroup::spawn(
+        CHILD,
+        n,
+        &[
+            ("OXCCL_SHM_TEST_MODE", "loop_until_killed"),
+            ("OXCCL_SHM_TEST_VICTIM", &victim.to_string()),
+            ("OXCCL_TIMEOUT_MS", "60000"),
+            ("OXCCL_TRANSPORT", "shm"),
+            ("OXCCL_ALGO", algo),
+            ("OXCCL_CHUNK_BYTES", "65536"),
+        ],
+    );
+    let deadline = Instant::now() + LIMIT;
+    let mut looping = vec![false; n];
+    while !looping.iter().all(|&l| l) {
+        match g.next_line(deadline) {
+            Some((r, l)) if l.ends_with("looping") => looping[r] = true,
+            Some(_) => {}
+            None => panic!("ranks did not start looping:\n{}", g.report()),
+        }
+    }
+    let killed_at = Instant::now();
+    g.kill(victim);
+    // Well within the 60 s timeout: EOF on the victim's sockets is noticed in milliseconds.
+    let ok = g.wait(killed_at + Duration::from_secs(20), false);
+    assert!(
+        !ok,
+        "the victim was killed, so not all exited by themselves"
+    );
+    for r in (0..n).filter(|&r| r != victim) {
+        let st = g.status(r);
+        assert!(
+            st.is_some_and(|s| s.success()) && !g.was_killed(r),
+            "{algo}: rank {r} did not fail cleanly naming rank {victim}:\n{}",
+            g.report()
+        );
+        let took = g.exited_at(r).unwrap() - killed_at;
+        assert!(took < Duration::from_secs(20), "rank {r} took {took:?}");
+    }
+    let after = oxccl_in_dev_shm();
+    assert!(
+        after.iter().all(|f| before.contains(f)),
+        "oxccl files appeared in /dev/shm: {after:?}"
+    );
+}
+
+#[test]
+fn procs_killed_rank_ring() {
+    killed_rank(4, 2, "ring");
+}
+
+#[test]
+fn procs_killed_rank_direct() {
+    killed_rank(3, 0, "direct");
+}
+
+fn oversubscribed(n: usize) {
+    let t = Instant::now();
+    let mut g = ProcGroup::spawn(
+        CHILD,
+        n,
+        &[
+            ("OXCCL_SHM_TEST_MODE", "many_small"),
+            ("OXCCL_TIMEOUT_MS", "60000"),
+            ("OXCCL_TRANSPORT", "shm"),
+            ("OXCCL_ALGO", ""),
+            ("OXCCL_CHUNK_BYTES", ""),
+        ],
+    );
+    let limit = Duration::from_secs(60);
+    let ok = g.wait(Instant::now() + limit, true);
+    let all_zero = (0..n).all(|r| g.status(r).is_some_and(|s| s.success()));
+    assert!(ok && all_zero, "{n} ranks:\n{}", g.report());
+    eprintln!(
+        "{n} ranks: 1000 all-reduces of 1 KiB, spawn to exit {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn procs_oversubscribed_4_ranks() {
+    oversubscribed(4);
+}
+
+#[test]
+fn procs_oversubscribed_8_ranks() {
+    oversubscribed(8);
+}
