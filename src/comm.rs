@@ -20,7 +20,9 @@ use crate::transport::shm::{DEFAULT_SLOTS, Geometry};
 use crate::transport::tcp::TcpLink;
 
 mod api;
+mod manage;
 pub use api::{Call, Request, Scope};
+pub use manage::NO_COLOR;
 use crate::transport::Link;
 
 /// Which transport links use.
@@ -303,6 +305,7 @@ pub struct Communicator {
     inner: Mutex<Inner>,
     sched: api::Sched,
     worker: Mutex<Option<api::Worker>>,
+    aborted: std::sync::atomic::AtomicBool,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
 }
@@ -519,6 +522,7 @@ impl Communicator {
             }),
             sched: api::Sched::default(),
             worker: Mutex::new(None),
+            aborted: std::sync::atomic::AtomicBool::new(false),
             _server: server,
         })
     }
@@ -562,8 +566,14 @@ impl Communicator {
         peers: &[usize],
         slot: usize,
     ) -> Result<()> {
+        if peers.iter().all(|&p| links[p].is_some()) {
+            return Ok(());
+        }
         let nsocks = self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS);
         let deadline = Instant::now() + self.cfg.timeout();
+        let me = &self.cards[self.rank];
+        let here = self.cards.iter().filter(|c| c.not_same_host(me).is_none()).count();
+        crate::transport::wait::note_ranks_on_host(here.max(1));
         // Dial higher ranks first (their listener threads answer without them), then take
         // lower ranks'.
         for &p in peers.iter().filter(|&&p| p > self.rank) {

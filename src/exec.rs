@@ -152,12 +152,26 @@ pub unsafe fn run(
 /// As [`run`], for every job; the jobs' buffers must not overlap each other (except a job's own
 /// input and output when it is in place).
 pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { run_jobs_abortable(jobs, links, None) }
+}
+
+/// [`run_jobs`], giving up with an error soon after `abort` becomes true (it is checked whenever
+/// the executor would wait, and every few thousand rounds).
+///
+/// # Safety
+/// As [`run_jobs`].
+pub unsafe fn run_jobs_abortable(
+    jobs: &[Job<'_>],
+    links: &mut [Option<Box<dyn Link>>],
+    abort: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
     let mut failed_job = 0;
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(jobs, links, &mut failed_job) };
+    let r = unsafe { run_inner(jobs, links, &mut failed_job, abort) };
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
     for l in links.iter_mut().flatten() {
         l.cancel_recvs();
@@ -174,7 +188,10 @@ unsafe fn run_inner(
     jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
     failed_job: &mut usize,
+    abort: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
+    let aborted = || abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
+    let mut rounds = 0u32;
     let p0 = jobs[0].params;
     // Global step ids: job j's step i is base[j] + i.
     let mut base = Vec::with_capacity(jobs.len() + 1);
@@ -416,6 +433,13 @@ unsafe fn run_inner(
                 moved = true;
             }
         }
+        rounds = rounds.wrapping_add(1);
+        if (!moved || rounds % 4096 == 0) && aborted() {
+            return Err(Error::InvalidUsage(format!(
+                "the call was interrupted by abort() on rank {}",
+                p0.rank
+            )));
+        }
         if moved {
             idle = 0;
             last_progress = Instant::now();
@@ -425,7 +449,7 @@ unsafe fn run_inner(
             break;
         }
         idle += 1;
-        if idle <= SPIN_ROUNDS {
+        if idle <= wait::spin_rounds(SPIN_ROUNDS) {
             waiter.disarm();
             std::hint::spin_loop();
             continue;

@@ -27,12 +27,13 @@ pub mod comm;
 pub mod error;
 pub mod exec;
 pub mod reduce;
+pub mod sim;
 pub mod sys;
 pub mod transport;
 pub mod tune;
 
 pub use bootstrap::UniqueId;
 pub use algo::{Algorithm, Collective};
-pub use comm::{Call, Communicator, Config, Request, Scope, TransportKind};
+pub use comm::{Call, Communicator, Config, NO_COLOR, Request, Scope, TransportKind};
 pub use error::{Error, Result};
 pub use reduce::{DataType, Element, ReduceOp};

@@ -483,6 +483,12 @@ impl Communicator {
     }
 
     fn execute(&self, inner: &mut Inner, calls: &mut [Call<'_>]) -> Result<()> {
+        if self.aborted.load(std::sync::atomic::Ordering::SeqCst) && inner.revoked.is_none() {
+            inner.revoked = Some(Error::InvalidUsage(format!(
+                "rank {} aborted the communicator",
+                self.rank
+            )));
+        }
         if let Some(e) = &inner.revoked {
             let what: Vec<&str> = calls.iter().map(|c| c.coll.name()).collect();
             return Err(Error::InvalidUsage(format!(
@@ -607,7 +613,7 @@ impl Communicator {
         // scratch owned by `inner`, which we hold locked; distinct calls' buffers are distinct
         // borrows; in place, Programs never name Input; Programs come from algo, which the
         // verifier proves race-free.
-        let r = unsafe { exec::run_jobs(&jobs, &mut inner.links) };
+        let r = unsafe { exec::run_jobs_abortable(&jobs, &mut inner.links, Some(&self.aborted)) };
         drop(jobs);
         if let Err(e) = &r {
             crate::warn!(Some(self.rank), "{e}");
