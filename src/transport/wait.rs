@@ -12,6 +12,7 @@
 //!                                          otherwise  ── poll(fds, 1 ms if any shm else ≤100 ms)
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,6 +32,39 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 pub fn never_sleep() -> bool {
     static NOPOLL: OnceLock<bool> = OnceLock::new();
     *NOPOLL.get_or_init(|| std::env::var_os("OXCCL_NOPOLL").is_some())
+}
+
+/// Idle rounds to spin before yielding when this host has more busy ranks than CPUs: a peer
+/// that is not running cannot answer, so spinning only delays the yield that lets it run.
+const SPIN_OVERSUBSCRIBED: u32 = 4;
+
+static RANKS_HERE: AtomicUsize = AtomicUsize::new(0);
+
+/// Records that `n` ranks (of some communicator) run on this host; with more of them than CPUs
+/// an idle executor yields almost at once instead of spinning.
+pub fn note_ranks_on_host(n: usize) {
+    RANKS_HERE.fetch_max(n, Ordering::Relaxed);
+}
+
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// How many idle rounds the executor spins before it starts yielding: `normal`, or a few when
+/// the host is oversubscribed. `OXCCL_SPIN_ROUNDS` overrides both (for tuning).
+pub fn spin_rounds(normal: u32) -> u32 {
+    static FORCED: OnceLock<Option<u32>> = OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        std::env::var("OXCCL_SPIN_ROUNDS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    match forced {
+        Some(n) => *n,
+        None if RANKS_HERE.load(Ordering::Relaxed) > cpus() => normal.min(SPIN_OVERSUBSCRIBED),
+        None => normal,
+    }
 }
 
 /// The executor's sleeping state across idle rounds. Dropping it withdraws any announcement.

@@ -1,0 +1,296 @@
+//! ShmLink tests: two ends in one process over one memfd mapped twice, as two processes would.
+
+mod support {
+    use super::super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// Two ends of a link in one process, over one memfd mapped twice (as two processes would).
+    pub fn pair(nslots: usize, slot_size: usize) -> (ShmLink, ShmLink) {
+        let (seg0, fd) = Segment::create(Geometry { nslots, slot_size }).unwrap();
+        let seg1 = Segment::open(fd.as_raw_fd()).unwrap();
+        let b0 = Arc::new(Doorbell::create().unwrap());
+        let b1 = Arc::new(Doorbell::create().unwrap());
+        let b0_for_1 = Doorbell::open(b0.clone_fd().unwrap()).unwrap();
+        let b1_for_0 = Doorbell::open(b1.clone_fd().unwrap()).unwrap();
+        let (s0, s1) = UnixStream::pair().unwrap();
+        (
+            ShmLink::new(1, 0, seg0, b0, b1_for_0, Some(s0)).unwrap(),
+            ShmLink::new(0, 1, seg1, b1, b0_for_1, Some(s1)).unwrap(),
+        )
+    }
+}
+
+mod unit {
+    use super::super::*;
+    use super::support::pair;
+    use std::time::Duration;
+
+    fn tag(seq: u64) -> Tag {
+        Tag {
+            seq,
+            count: 3,
+            coll: 1,
+            dtype: 7,
+            op: 0,
+            root: u32::MAX,
+        }
+    }
+
+    fn deadline() -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_secs(20)
+    }
+
+    #[test]
+    fn geometry_is_validated() {
+        assert!(
+            Segment::create(Geometry {
+                nslots: 0,
+                slot_size: 64
+            })
+            .is_err()
+        );
+        assert!(
+            Segment::create(Geometry {
+                nslots: 2,
+                slot_size: MAX_SLOT_BYTES + 1
+            })
+            .is_err()
+        );
+        // A memfd that is not a segment is refused.
+        let fd = sys::memfd_sealed("x", 8192).unwrap();
+        assert!(Segment::open(fd.as_raw_fd()).is_err());
+    }
+
+    #[test]
+    fn messages_arrive_in_order_with_tags_across_threads() {
+        let (mut a, mut b) = pair(4, 1000);
+        let msgs: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                (0..(i as usize * 37) % 1001)
+                    .map(|j| (i as usize + j) as u8)
+                    .collect()
+            })
+            .collect();
+        std::thread::scope(|s| {
+            let msgs2 = &msgs;
+            s.spawn(move || {
+                let d = deadline();
+                let mut done = 0;
+                for (i, m) in msgs2.iter().enumerate() {
+                    // SAFETY: `m` outlives the loop and is not modified.
+                    while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
+                        assert!(std::time::Instant::now() < d);
+                        std::thread::yield_now();
+                    }
+                    done += a.take_send_completions();
+                }
+                assert_eq!(done, msgs2.len(), "a posted send completes at once");
+            });
+            let d = deadline();
+            let mut got = 0;
+            while got < msgs.len() {
+                assert!(std::time::Instant::now() < d);
+                match b.peek_recv().unwrap() {
+                    Some((t, data)) => {
+                        assert_eq!(t, tag(got as u64));
+                        assert_eq!(data, &msgs[got][..]);
+                        b.release_recv();
+                        got += 1;
+                    }
+                    None => std::thread::yield_now(),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn sender_blocks_when_the_ring_is_full_until_a_release() {
+        let (mut a, mut b) = pair(3, 64);
+        let m = [7u8; 64];
+        for i in 0..3 {
+            // SAFETY: `m` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+        }
+        // SAFETY: as above.
+        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        assert_eq!(a.take_send_completions(), 3);
+        // Peeking does not return the credit; releasing does.
+        assert!(b.peek_recv().unwrap().is_some());
+        // SAFETY: as above.
+        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        b.release_recv();
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        for i in 1..4 {
+            let (t, d) = b.peek_recv().unwrap().unwrap();
+            assert_eq!((t.seq, d.len()), (i, 64));
+            b.release_recv();
+        }
+        assert!(b.peek_recv().unwrap().is_none());
+        // A message larger than a slot is refused.
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
+    }
+
+    #[test]
+    fn abort_reaches_the_peer_after_the_messages_before_it() {
+        let (mut a, mut b) = pair(4, 128);
+        let m = [1u8; 8];
+        // SAFETY: `m` outlives the call.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
+        a.send_abort(&Error::Mismatch {
+            peer: 2,
+            msg: "count 3 vs 4".into(),
+        });
+        assert!(b.before_wait(), "an abort is news for a waiter");
+        assert!(b.peek_recv().unwrap().is_some());
+        b.release_recv();
+        match b.peek_recv() {
+            Err(Error::Mismatch { peer: 2, msg }) => {
+                assert!(
+                    msg.contains("count 3 vs 4") && msg.contains("rank 0"),
+                    "{msg}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Sticky, and a's own sends fail too.
+        assert!(b.peek_recv().is_err());
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
+    }
+
+    #[test]
+    fn a_dropped_or_dead_peer_is_peer_lost() {
+        let (a, mut b) = pair(2, 64);
+        drop(a);
+        assert!(b.progress().is_ok(), "nothing is owed yet");
+        match b.peek_recv() {
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eof_on_the_socket_is_peer_lost() {
+        let (mut a, mut b) = pair(2, 64);
+        // Simulate the peer process dying: its socket closes, its memory stays mapped.
+        a.sock = None;
+        a.abort_sent = true; // suppress the clean-close mark in Drop
+        drop(a);
+        assert!(b.before_wait());
+        match b.peek_recv() {
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("EOF"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn doorbell_wakes_a_sleeper_without_lost_wakeups() {
+        let (mut a, mut b) = pair(2, 64);
+        let bell = b.doorbell().unwrap().clone();
+        let m = [5u8; 16];
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for i in 0..500u64 {
+                    // SAFETY: `m` outlives the calls.
+                    while !unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                        let seen = a.doorbell().unwrap().announce();
+                        // SAFETY: as above.
+                        if unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                            a.doorbell().unwrap().retract();
+                            break;
+                        }
+                        a.doorbell().unwrap().sleep(seen, Duration::from_secs(5));
+                        a.doorbell().unwrap().retract();
+                    }
+                }
+            });
+            let d = deadline();
+            let mut got = 0;
+            while got < 500 {
+                assert!(std::time::Instant::now() < d, "lost a wake-up");
+                if b.peek_recv().unwrap().is_some() {
+                    b.release_recv();
+                    got += 1;
+                    continue;
+                }
+                let seen = bell.announce();
+                if b.peek_recv().unwrap().is_none() {
+                    // 5 s: a lost wake-up would show up as a test that takes minutes.
+                    bell.sleep(seen, Duration::from_secs(5));
+                }
+                bell.retract();
+            }
+        });
+    }
+}
+
+mod bench {
+    use super::super::*;
+    use super::support::pair;
+
+    /// Round-trip time of an 8-byte message between two threads (run with --ignored --nocapture
+    /// in release mode).
+    #[test]
+    #[ignore]
+    fn ping_pong_latency() {
+        let (mut a, mut b) = pair(4, 512 << 10);
+        let n = 100_000u64;
+        let reps = 7;
+        let m = [1u8; 8];
+        let t = std::thread::spawn(move || {
+            for i in 0..n * reps {
+                loop {
+                    if b.peek_recv().unwrap().is_some() {
+                        b.release_recv();
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                // SAFETY: `m` outlives the call.
+                while !unsafe {
+                    b.post_send(
+                        &Tag {
+                            seq: i,
+                            ..Tag::default()
+                        },
+                        m.as_ptr(),
+                        8,
+                    )
+                }
+                .unwrap()
+                {}
+            }
+        });
+        let mut best = f64::MAX;
+        for _ in 0..reps {
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                // SAFETY: `m` outlives the call.
+                while !unsafe {
+                    a.post_send(
+                        &Tag {
+                            seq: i,
+                            ..Tag::default()
+                        },
+                        m.as_ptr(),
+                        8,
+                    )
+                }
+                .unwrap()
+                {}
+                loop {
+                    if a.peek_recv().unwrap().is_some() {
+                        a.release_recv();
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
+        }
+        t.join().unwrap();
+        eprintln!("round trip {best:.0} ns (best of {reps})");
+    }
+}
