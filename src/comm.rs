@@ -572,7 +572,11 @@ impl Communicator {
         let nsocks = self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS);
         let deadline = Instant::now() + self.cfg.timeout();
         let me = &self.cards[self.rank];
-        let here = self.cards.iter().filter(|c| c.not_same_host(me).is_none()).count();
+        let here = self
+            .cards
+            .iter()
+            .filter(|c| c.boot == me.boot && c.host == me.host)
+            .count();
         crate::transport::wait::note_ranks_on_host(here.max(1));
         // Dial higher ranks first (their listener threads answer without them), then take
         // lower ranks'.
