@@ -32,7 +32,8 @@
 /* Initial value of an oxcclConfig_t: every setting from the environment or the defaults. */
 #define OXCCL_CONFIG_INITIALIZER { \
     sizeof(oxcclConfig_t), OXCCL_CONFIG_MAGIC, OXCCL_CONFIG_VERSION, \
-    OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, NULL, NULL }
+    OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, \
+    OXCCL_CONFIG_UNDEF_INT, NULL, NULL }
 
 /**
  * Major version of this library (`OXCCL_VERSION_CODE = MAJOR*10000 + MINOR*100 + PATCH`).
@@ -219,9 +220,20 @@ typedef enum {
 typedef struct oxcclComm oxcclComm;
 
 /**
+ * A started non-blocking call, opaque to C. Holds what the call borrows from the library side
+ * (owned copies, counts) until it is freed.
+ */
+typedef struct oxcclRequest oxcclRequest;
+
+/**
  * The handle C holds: a pointer to an opaque communicator.
  */
 typedef oxcclComm *oxcclComm_t;
+
+/**
+ * The handle C holds for a started call.
+ */
+typedef oxcclRequest *oxcclRequest_t;
 
 /**
  * Like `ncclUniqueId`: 128 opaque bytes that rank 0 gets from `oxcclGetUniqueId` and sends to
@@ -239,7 +251,8 @@ typedef struct {
  * Settings for `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig`, like `ncclConfig_t`.
  * Start from `OXCCL_CONFIG_INITIALIZER` and set what you need; fields left at
  * `OXCCL_CONFIG_UNDEF_INT` / `NULL` come from the environment (`OXCCL_TIMEOUT_MS`,
- * `OXCCL_NSOCKS`, `OXCCL_CHUNK_BYTES`, `OXCCL_TRANSPORT`, `OXCCL_ALGO`), then the defaults.
+ * `OXCCL_NSOCKS`, `OXCCL_CHUNK_BYTES`, `OXCCL_DETERMINISTIC`, `OXCCL_TRANSPORT`, `OXCCL_ALGO`),
+ * then the defaults.
  */
 typedef struct {
   /**
@@ -266,6 +279,10 @@ typedef struct {
    * Largest message, the pipelining grain, in bytes (64..=64 MiB).
    */
   int chunkBytes;
+  /**
+   * 1: bitwise-reproducible reductions (every element folded in rank order); 0: fastest.
+   */
+  int deterministic;
   /**
    * `"auto"`, `"tcp"` or `"shm"`.
    */
@@ -297,12 +314,12 @@ const char *oxcclGetErrorString(oxcclResult_t result);
 const char *oxcclGetLastError(oxcclComm_t comm);
 
 /**
- * All-reduce: `recvbuff` of every rank becomes the element-wise reduction of every rank's
+ * All-reduce: every rank's `recvbuff` becomes the element-wise reduction (`op`) of every rank's
  * `sendbuff` (`count` elements). In place when `sendbuff == recvbuff`.
  *
  * # Safety
- * `sendbuff` is readable and `recvbuff` writable for `count` elements (or NULL when `count` is
- * 0); they are equal or do not overlap; `comm` is NULL or live.
+ * `sendbuff` readable and `recvbuff` writable for `count` elements (either may be NULL when
+ * `count` is 0); `comm` NULL or live.
  */
 oxcclResult_t oxcclAllReduce(const void *sendbuff,
                              void *recvbuff,
@@ -312,12 +329,410 @@ oxcclResult_t oxcclAllReduce(const void *sendbuff,
                              oxcclComm_t comm);
 
 /**
+ * Non-blocking `oxcclAllReduce`.
+ *
+ * # Safety
+ * As `oxcclAllReduce`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIAllReduce(const void *sendbuff,
+                              void *recvbuff,
+                              size_t count,
+                              oxcclDataType_t datatype,
+                              oxcclRedOp_t op,
+                              oxcclComm_t comm,
+                              oxcclRequest_t *request);
+
+/**
+ * Broadcast: every rank's `recvbuff` (`count` elements) becomes the root's `sendbuff`. Only the
+ * root reads `sendbuff` (others may pass NULL); in place when `sendbuff == recvbuff`.
+ *
+ * # Safety
+ * On the root `sendbuff` readable for `count` elements; `recvbuff` writable for `count`
+ * elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclBroadcast(const void *sendbuff,
+                             void *recvbuff,
+                             size_t count,
+                             oxcclDataType_t datatype,
+                             int root,
+                             oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclBroadcast`.
+ *
+ * # Safety
+ * As `oxcclBroadcast`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIBroadcast(const void *sendbuff,
+                              void *recvbuff,
+                              size_t count,
+                              oxcclDataType_t datatype,
+                              int root,
+                              oxcclComm_t comm,
+                              oxcclRequest_t *request);
+
+/**
+ * Reduce: the root's `recvbuff` becomes the reduction of every rank's `sendbuff` (`count`
+ * elements). Only the root writes `recvbuff` (others may pass NULL); in place when
+ * `sendbuff == recvbuff`.
+ *
+ * # Safety
+ * `sendbuff` readable for `count` elements; on the root `recvbuff` writable for `count`
+ * elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclReduce(const void *sendbuff,
+                          void *recvbuff,
+                          size_t count,
+                          oxcclDataType_t datatype,
+                          oxcclRedOp_t op,
+                          int root,
+                          oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclReduce`.
+ *
+ * # Safety
+ * As `oxcclReduce`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIReduce(const void *sendbuff,
+                           void *recvbuff,
+                           size_t count,
+                           oxcclDataType_t datatype,
+                           oxcclRedOp_t op,
+                           int root,
+                           oxcclComm_t comm,
+                           oxcclRequest_t *request);
+
+/**
+ * All-gather: `recvbuff` (nranks × `sendcount` elements) gets every rank's `sendbuff`, in rank
+ * order. In place when `sendbuff == recvbuff + rank*sendcount`.
+ *
+ * # Safety
+ * `sendbuff` readable for `sendcount` elements, `recvbuff` writable for nranks × `sendcount`;
+ * `comm` NULL or live.
+ */
+oxcclResult_t oxcclAllGather(const void *sendbuff,
+                             void *recvbuff,
+                             size_t sendcount,
+                             oxcclDataType_t datatype,
+                             oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclAllGather`.
+ *
+ * # Safety
+ * As `oxcclAllGather`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIAllGather(const void *sendbuff,
+                              void *recvbuff,
+                              size_t sendcount,
+                              oxcclDataType_t datatype,
+                              oxcclComm_t comm,
+                              oxcclRequest_t *request);
+
+/**
+ * Reduce-scatter: `recvbuff` (`recvcount` elements) gets block `rank` of the reduction of every
+ * rank's `sendbuff` (nranks × `recvcount`). In place when `recvbuff == sendbuff + rank*recvcount`.
+ *
+ * # Safety
+ * `sendbuff` readable for nranks × `recvcount` elements, `recvbuff` writable for `recvcount`;
+ * `comm` NULL or live.
+ */
+oxcclResult_t oxcclReduceScatter(const void *sendbuff,
+                                 void *recvbuff,
+                                 size_t recvcount,
+                                 oxcclDataType_t datatype,
+                                 oxcclRedOp_t op,
+                                 oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclReduceScatter`.
+ *
+ * # Safety
+ * As `oxcclReduceScatter`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIReduceScatter(const void *sendbuff,
+                                  void *recvbuff,
+                                  size_t recvcount,
+                                  oxcclDataType_t datatype,
+                                  oxcclRedOp_t op,
+                                  oxcclComm_t comm,
+                                  oxcclRequest_t *request);
+
+/**
+ * All-to-all: block p (`count` elements) of `sendbuff` goes to rank p; block p of `recvbuff`
+ * comes from rank p. Both hold nranks × `count` elements; in place when they are equal.
+ *
+ * # Safety
+ * `sendbuff` readable and `recvbuff` writable for nranks × `count` elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclAllToAll(const void *sendbuff,
+                            void *recvbuff,
+                            size_t count,
+                            oxcclDataType_t datatype,
+                            oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclAllToAll`.
+ *
+ * # Safety
+ * As `oxcclAllToAll`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIAllToAll(const void *sendbuff,
+                             void *recvbuff,
+                             size_t count,
+                             oxcclDataType_t datatype,
+                             oxcclComm_t comm,
+                             oxcclRequest_t *request);
+
+/**
+ * Gather: the root's `recvbuff` (nranks × `count` elements) gets every rank's `sendbuff`
+ * (`count`), in rank order. Only the root writes `recvbuff` (others may pass NULL); in place on
+ * the root when `sendbuff == recvbuff + root*count`.
+ *
+ * # Safety
+ * `sendbuff` readable for `count` elements; on the root `recvbuff` writable for nranks ×
+ * `count`; `comm` NULL or live.
+ */
+oxcclResult_t oxcclGather(const void *sendbuff,
+                          void *recvbuff,
+                          size_t count,
+                          oxcclDataType_t datatype,
+                          int root,
+                          oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclGather`.
+ *
+ * # Safety
+ * As `oxcclGather`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIGather(const void *sendbuff,
+                           void *recvbuff,
+                           size_t count,
+                           oxcclDataType_t datatype,
+                           int root,
+                           oxcclComm_t comm,
+                           oxcclRequest_t *request);
+
+/**
+ * Scatter: rank p's `recvbuff` (`count` elements) gets block p of the root's `sendbuff`
+ * (nranks × `count`). Only the root reads `sendbuff` (others may pass NULL); in place on the
+ * root when `recvbuff == sendbuff + root*count`.
+ *
+ * # Safety
+ * On the root `sendbuff` readable for nranks × `count` elements; `recvbuff` writable for
+ * `count`; `comm` NULL or live.
+ */
+oxcclResult_t oxcclScatter(const void *sendbuff,
+                           void *recvbuff,
+                           size_t count,
+                           oxcclDataType_t datatype,
+                           int root,
+                           oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclScatter`.
+ *
+ * # Safety
+ * As `oxcclScatter`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIScatter(const void *sendbuff,
+                            void *recvbuff,
+                            size_t count,
+                            oxcclDataType_t datatype,
+                            int root,
+                            oxcclComm_t comm,
+                            oxcclRequest_t *request);
+
+/**
+ * All-gather with per-rank counts: rank p contributes `recvcounts[p]` elements (its
+ * `sendbuff`); `recvbuff` gets them all, contiguous in rank order. `recvcounts` has nranks
+ * entries, equal on every rank. In place when `sendbuff` is this rank's block of `recvbuff`.
+ *
+ * # Safety
+ * `recvcounts` readable for nranks values; `sendbuff` readable for `recvcounts[rank]`
+ * elements, `recvbuff` writable for their sum; `comm` NULL or live.
+ */
+oxcclResult_t oxcclAllGatherV(const void *sendbuff,
+                              void *recvbuff,
+                              const size_t *recvcounts,
+                              oxcclDataType_t datatype,
+                              oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclAllGatherV`.
+ *
+ * # Safety
+ * As `oxcclAllGatherV`, with the buffers valid until the request is done (`recvcounts` is
+ * copied at once); `request` writable.
+ */
+oxcclResult_t oxcclIAllGatherV(const void *sendbuff,
+                               void *recvbuff,
+                               const size_t *recvcounts,
+                               oxcclDataType_t datatype,
+                               oxcclComm_t comm,
+                               oxcclRequest_t *request);
+
+/**
+ * Reduce-scatter with per-rank counts: `sendbuff` holds nranks blocks (`recvcounts[p]`
+ * elements each, contiguous in rank order); this rank's `recvbuff` gets block `rank` of the
+ * reduction. `recvcounts` is equal on every rank. Not in place.
+ *
+ * # Safety
+ * `recvcounts` readable for nranks values; `sendbuff` readable for their sum, `recvbuff`
+ * writable for `recvcounts[rank]` elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclReduceScatterV(const void *sendbuff,
+                                  void *recvbuff,
+                                  const size_t *recvcounts,
+                                  oxcclDataType_t datatype,
+                                  oxcclRedOp_t op,
+                                  oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclReduceScatterV`.
+ *
+ * # Safety
+ * As `oxcclReduceScatterV`, with the buffers valid until the request is done (`recvcounts` is
+ * copied at once); `request` writable.
+ */
+oxcclResult_t oxcclIReduceScatterV(const void *sendbuff,
+                                   void *recvbuff,
+                                   const size_t *recvcounts,
+                                   oxcclDataType_t datatype,
+                                   oxcclRedOp_t op,
+                                   oxcclComm_t comm,
+                                   oxcclRequest_t *request);
+
+/**
+ * All-to-all with per-peer counts: `sendcounts[p]` elements of `sendbuff` go to rank p and
+ * `recvcounts[p]` elements of `recvbuff` come from rank p, blocks contiguous in rank order
+ * (no displacements). `sendcounts[q]` on rank p must equal `recvcounts[p]` on rank q. Not in
+ * place.
+ *
+ * # Safety
+ * `sendcounts` and `recvcounts` readable for nranks values; `sendbuff` readable for the sum of
+ * `sendcounts`, `recvbuff` writable for the sum of `recvcounts`; `comm` NULL or live.
+ */
+oxcclResult_t oxcclAllToAllV(const void *sendbuff,
+                             const size_t *sendcounts,
+                             void *recvbuff,
+                             const size_t *recvcounts,
+                             oxcclDataType_t datatype,
+                             oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclAllToAllV`.
+ *
+ * # Safety
+ * As `oxcclAllToAllV`, with the buffers valid until the request is done (the counts are copied
+ * at once); `request` writable.
+ */
+oxcclResult_t oxcclIAllToAllV(const void *sendbuff,
+                              const size_t *sendcounts,
+                              void *recvbuff,
+                              const size_t *recvcounts,
+                              oxcclDataType_t datatype,
+                              oxcclComm_t comm,
+                              oxcclRequest_t *request);
+
+/**
+ * Sends `count` elements to rank `peer` (tag 0), like `ncclSend`. Blocks until the data has
+ * left (in a group: runs with the group, so pairs of sends and receives cannot deadlock).
+ *
+ * # Safety
+ * `sendbuff` readable for `count` elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclSend(const void *sendbuff,
+                        size_t count,
+                        oxcclDataType_t datatype,
+                        int peer,
+                        oxcclComm_t comm);
+
+/**
+ * Receives `count` elements from rank `peer` (tag 0), like `ncclRecv`.
+ *
+ * # Safety
+ * `recvbuff` writable for `count` elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclRecv(void *recvbuff,
+                        size_t count,
+                        oxcclDataType_t datatype,
+                        int peer,
+                        oxcclComm_t comm);
+
+/**
+ * `oxcclSend` with a tag: the receiver's matching `oxcclRecvTagged` must use the same tag (and
+ * count and type); messages between two ranks match in order.
+ *
+ * # Safety
+ * As `oxcclSend`.
+ */
+oxcclResult_t oxcclSendTagged(const void *sendbuff,
+                              size_t count,
+                              oxcclDataType_t datatype,
+                              int peer,
+                              uint32_t tag,
+                              oxcclComm_t comm);
+
+/**
+ * `oxcclRecv` with a tag (see `oxcclSendTagged`).
+ *
+ * # Safety
+ * As `oxcclRecv`.
+ */
+oxcclResult_t oxcclRecvTagged(void *recvbuff,
+                              size_t count,
+                              oxcclDataType_t datatype,
+                              int peer,
+                              uint32_t tag,
+                              oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclSendTagged` (like `MPI_Isend`).
+ *
+ * # Safety
+ * As `oxcclSend`, with `sendbuff` valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclISend(const void *sendbuff,
+                         size_t count,
+                         oxcclDataType_t datatype,
+                         int peer,
+                         uint32_t tag,
+                         oxcclComm_t comm,
+                         oxcclRequest_t *request);
+
+/**
+ * Non-blocking `oxcclRecvTagged` (like `MPI_Irecv`).
+ *
+ * # Safety
+ * As `oxcclRecv`, with `recvbuff` valid and untouched until the request is done; `request`
+ * writable.
+ */
+oxcclResult_t oxcclIRecv(void *recvbuff,
+                         size_t count,
+                         oxcclDataType_t datatype,
+                         int peer,
+                         uint32_t tag,
+                         oxcclComm_t comm,
+                         oxcclRequest_t *request);
+
+/**
  * Blocks until every rank of `comm` has called it.
  *
  * # Safety
  * `comm` is NULL or live.
  */
 oxcclResult_t oxcclBarrier(oxcclComm_t comm);
+
+/**
+ * Non-blocking `oxcclBarrier`: the request completes when every rank has entered it.
+ *
+ * # Safety
+ * `comm` is NULL or live; `request` writable.
+ */
+oxcclResult_t oxcclIBarrier(oxcclComm_t comm, oxcclRequest_t *request);
 
 /**
  * The library's version, `OXCCL_MAJOR*10000 + OXCCL_MINOR*100 + OXCCL_PATCH`.
@@ -438,6 +853,52 @@ oxcclResult_t oxcclCommUserRank(oxcclComm_t comm, int *rank);
  * `comm` is NULL or live; `asyncError` is NULL or writable.
  */
 oxcclResult_t oxcclCommGetAsyncError(oxcclComm_t comm, oxcclResult_t *asyncError);
+
+/**
+ * Opens a group on the calling thread (groups nest; the outermost `oxcclGroupEnd` runs them):
+ * until then, collective and point-to-point calls are only checked and queued, and return
+ * `oxcclSuccess`. Their buffers must stay valid until `oxcclGroupEnd` returns.
+ */
+oxcclResult_t oxcclGroupStart(void);
+
+/**
+ * Closes a group; the outermost one runs every queued call, the calls of each communicator
+ * together (sends and receives between the same ranks progress at once, as in NCCL), the
+ * communicators concurrently, and returns when all are done: the first failure's code, with each
+ * failing communicator's message in `oxcclGetLastError(comm)`.
+ *
+ * # Safety
+ * The communicators and buffers of the queued calls are still valid.
+ */
+oxcclResult_t oxcclGroupEnd(void);
+
+/**
+ * Waits for a started call and returns its result (its message, on failure, in
+ * `oxcclGetLastError(comm)` of the call's communicator and of this thread). The request stays
+ * allocated: free it with `oxcclRequestFree`.
+ *
+ * # Safety
+ * `request` is NULL (an error) or a live request.
+ */
+oxcclResult_t oxcclWait(oxcclRequest_t request);
+
+/**
+ * Whether a started call is done, without blocking: `*done` = 0 while it runs, 1 when it
+ * succeeded; when it failed, its error code is returned instead (and `*done` is not written).
+ *
+ * # Safety
+ * `request` is NULL (an error) or a live request; `done` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclTest(oxcclRequest_t request, int *done);
+
+/**
+ * Frees a request, first waiting for its call if it still runs (its buffers are in use until
+ * then). NULL is fine.
+ *
+ * # Safety
+ * `request` is NULL or a live request; it is invalid afterwards.
+ */
+oxcclResult_t oxcclRequestFree(oxcclRequest_t request);
 
 #ifdef __cplusplus
 }  // extern "C"

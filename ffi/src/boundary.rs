@@ -7,6 +7,8 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use core_oxccl::Error;
 
 use crate::comm::{Handle, oxcclComm_t};
@@ -25,6 +27,34 @@ const KEEP: usize = 16;
 /// A communicator's recent error messages, newest last.
 #[derive(Default)]
 pub(crate) struct ErrorLog(Mutex<VecDeque<CString>>);
+
+/// What a communicator's handle and its requests share: where their errors are recorded (a
+/// request may report after its communicator is gone).
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) errors: ErrorLog,
+    /// The first failure that revoked the communicator, as an `oxcclResult_t` (0: none).
+    pub(crate) async_error: AtomicI32,
+}
+
+impl Shared {
+    /// Remembers the first failure of a call that went to the peers: the core revokes the
+    /// communicator after any of them (argument and usage errors are caught before and do not).
+    fn note_async(&self, e: &Error) {
+        let code = oxcclResult_t::of(e);
+        if !matches!(
+            code,
+            oxcclResult_t::oxcclInvalidArgument | oxcclResult_t::oxcclInvalidUsage
+        ) {
+            let _ = self.async_error.compare_exchange(
+                0,
+                code as i32,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+}
 
 impl ErrorLog {
     fn push(&self, msg: CString) {
@@ -55,7 +85,7 @@ fn to_cstring(s: String) -> CString {
 }
 
 /// Records `e` (thread-local, and on `comm` when there is one) and returns its code.
-pub(crate) fn fail(comm: Option<&Handle>, func: &str, e: &Error) -> oxcclResult_t {
+pub(crate) fn fail(comm: Option<&Shared>, func: &str, e: &Error) -> oxcclResult_t {
     let msg = format!("{func}: {e}");
     if let Some(h) = comm {
         h.errors.push(to_cstring(msg.clone()));
@@ -80,7 +110,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// it is resolved before `f` runs, so `f` gets it too.
 pub(crate) fn guard(
     func: &'static str,
-    comm: Option<&Handle>,
+    comm: Option<&Shared>,
     f: impl FnOnce() -> Result<(), Error>,
 ) -> oxcclResult_t {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -135,7 +165,7 @@ pub unsafe extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the caller passes NULL or a live handle (function contract).
         match unsafe { Handle::from_ptr(comm) } {
-            Some(h) => h.errors.last(),
+            Some(h) => h.shared.errors.last(),
             None => LAST.with(|l| l.borrow().as_ptr()),
         }
     }));

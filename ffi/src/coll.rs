@@ -1,92 +1,73 @@
-//! Collectives over host memory. Every call blocks until this rank's part is done (there is no
-//! stream argument); `count` is in elements of `datatype`.
+//! Collectives and point-to-point calls over host memory, NCCL-shaped (no stream argument).
+//! `count` is in elements of `datatype`. Each call has a blocking form, which returns when this
+//! rank's part is done (or, inside `oxcclGroupStart/End`, is queued until the group ends), and a
+//! non-blocking `oxcclI*` form, which returns an `oxcclRequest_t` at once: the buffers must then
+//! stay valid and untouched until `oxcclWait` / `oxcclTest` report it done.
+//!
+//! In place: `sendbuff == recvbuff` for all-reduce, broadcast, reduce and all-to-all;
+//! `sendbuff == recvbuff + rank*count` (in elements) for all-gather, and for gather on the root;
+//! `recvbuff == sendbuff + rank*recvcount` for reduce-scatter, and for scatter on the root
+//! (NCCL's conventions). Other overlaps of the two buffers are invalid arguments.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
-use core_oxccl::{DataType, Error};
+use core_oxccl::Error;
 
 use crate::boundary::null;
 use crate::comm::{Handle, oxcclComm_t, with_comm};
+use crate::group::{oxcclRequest_t, start, submit};
+use crate::op::{Op, Who, counts_arg, rank_arg};
 use crate::types::*;
 
-/// Bytes in `count` elements of `dtype`, times `factor`; overflow (e.g. a negative count cast to
-/// size_t) is an invalid argument.
-fn span(count: usize, dtype: DataType, factor: usize, what: &str) -> Result<usize, Error> {
-    count
-        .checked_mul(dtype.size())
-        .and_then(|b| b.checked_mul(factor))
-        .filter(|&b| b <= isize::MAX as usize)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{what}: {count} elements of {} (x{factor}) overflow the address space; is the count negative?",
-                dtype.name()
-            ))
-        })
-}
-
-/// The caller's send and receive buffers as byte slices. `send` is `None` when the call is in
-/// place (`sendbuff == recvbuff`). NULL is allowed only for zero bytes.
-pub(crate) struct Bufs<'a> {
-    pub send: Option<&'a [u8]>,
-    pub recv: &'a mut [u8],
-}
-
+/// Checks the call on `comm` with `build`, then runs it (blocking, or queued in a group), or
+/// starts it and writes `*request` when `request` is `Some`.
+///
 /// # Safety
-/// Unless NULL, `send` is readable for `send_len` bytes and `recv` writable for `recv_len` bytes,
-/// for `'a`, and nothing else writes them meanwhile.
-pub(crate) unsafe fn bufs<'a>(
-    send: *const c_void,
-    send_len: usize,
-    recv: *mut c_void,
-    recv_len: usize,
-) -> Result<Bufs<'a>, Error> {
-    if send_len > 0 && send.is_null() {
-        return Err(null("sendbuff"));
-    }
-    if recv_len > 0 && recv.is_null() {
-        return Err(null("recvbuff"));
-    }
-    let recv_slice: &'a mut [u8] = if recv_len == 0 {
-        &mut []
-    } else {
-        // SAFETY: non-null and writable for recv_len bytes (caller's contract); no other slice of
-        // it exists (the send slice, if any, is checked below not to overlap).
-        unsafe { std::slice::from_raw_parts_mut(recv.cast::<u8>(), recv_len) }
-    };
-    if send.cast::<u8>() == recv.cast_const().cast::<u8>() && !send.is_null() {
-        return Ok(Bufs {
-            send: None,
-            recv: recv_slice,
-        });
-    }
-    if send_len == 0 {
-        return Ok(Bufs {
-            send: Some(&[]),
-            recv: recv_slice,
-        });
-    }
-    let (s, r) = (send as usize, recv as usize);
-    if recv_len > 0 && s < r + recv_len && r < s + send_len {
-        return Err(Error::InvalidArgument(
-            "sendbuff and recvbuff overlap without being equal (pass the same pointer for in place)"
-                .into(),
-        ));
-    }
-    // SAFETY: non-null and readable for send_len bytes (caller's contract), and disjoint from the
-    // mutable receive slice (checked just above).
-    let send_slice = unsafe { std::slice::from_raw_parts(send.cast::<u8>(), send_len) };
-    Ok(Bufs {
-        send: Some(send_slice),
-        recv: recv_slice,
+/// `comm` is NULL or live; the buffers `build` names are valid as the calling C function's
+/// contract says; `request`, if `Some`, is NULL or writable.
+unsafe fn run(
+    func: &'static str,
+    comm: oxcclComm_t,
+    request: Option<*mut oxcclRequest_t>,
+    build: impl FnOnce(Who) -> Result<Op, Error>,
+) -> oxcclResult_t {
+    // SAFETY: NULL or live (caller's contract).
+    let h = unsafe { Handle::from_ptr(comm) };
+    with_comm(func, h, |h| {
+        if request.is_some_and(|r| r.is_null()) {
+            return Err(null("request"));
+        }
+        let who = Who {
+            rank: h.comm.rank(),
+            nranks: h.comm.size(),
+        };
+        let op = build(who)?;
+        match request {
+            // SAFETY: buffers valid until completion and `request` writable (caller's contract).
+            Some(req) => unsafe { start(func, h, op, req) },
+            // SAFETY: buffers valid for the call or until the group ends (caller's contract).
+            None => unsafe { submit(func, comm, h, op) },
+        }
     })
 }
 
-/// All-reduce: `recvbuff` of every rank becomes the element-wise reduction of every rank's
+/// Reads the per-rank counts of a v-variant (`nranks` size_t values).
+///
+/// # Safety
+/// `p` is NULL or readable for `nranks` values.
+unsafe fn counts(p: *const usize, who: Who, what: &str) -> Result<(Vec<usize>, usize), Error> {
+    // SAFETY: forwarded contract.
+    unsafe { counts_arg(p, who.nranks, what) }
+}
+
+// ---- all-reduce ------------------------------------------------------------------------------
+
+/// All-reduce: every rank's `recvbuff` becomes the element-wise reduction (`op`) of every rank's
 /// `sendbuff` (`count` elements). In place when `sendbuff == recvbuff`.
 ///
 /// # Safety
-/// `sendbuff` is readable and `recvbuff` writable for `count` elements (or NULL when `count` is
-/// 0); they are equal or do not overlap; `comm` is NULL or live.
+/// `sendbuff` readable and `recvbuff` writable for `count` elements (either may be NULL when
+/// `count` is 0); `comm` NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclAllReduce(
     sendbuff: *const c_void,
@@ -96,17 +77,645 @@ pub unsafe extern "C" fn oxcclAllReduce(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm("oxcclAllReduce", h, |h| {
-        let dt = datatype.get()?;
-        let op = op.get()?;
-        let n = span(count, dt, 1, "oxcclAllReduce")?;
-        // SAFETY: buffers valid for `count` elements (caller's contract).
-        let b = unsafe { bufs(sendbuff, n, recvbuff, n)? };
-        h.comm.all_reduce_bytes(b.send, b.recv, dt, op)
-    })
+    let b = |_: Who| Op::all_reduce(sendbuff, recvbuff, count, datatype.get()?, op.get()?);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclAllReduce", comm, None, b) }
 }
+
+/// Non-blocking `oxcclAllReduce`.
+///
+/// # Safety
+/// As `oxcclAllReduce`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllReduce(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |_: Who| Op::all_reduce(sendbuff, recvbuff, count, datatype.get()?, op.get()?);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIAllReduce", comm, Some(request), b) }
+}
+
+// ---- broadcast -------------------------------------------------------------------------------
+
+/// Broadcast: every rank's `recvbuff` (`count` elements) becomes the root's `sendbuff`. Only the
+/// root reads `sendbuff` (others may pass NULL); in place when `sendbuff == recvbuff`.
+///
+/// # Safety
+/// On the root `sendbuff` readable for `count` elements; `recvbuff` writable for `count`
+/// elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclBroadcast(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::broadcast(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclBroadcast", comm, None, b) }
+}
+
+/// Non-blocking `oxcclBroadcast`.
+///
+/// # Safety
+/// As `oxcclBroadcast`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIBroadcast(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::broadcast(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIBroadcast", comm, Some(request), b) }
+}
+
+// ---- reduce ----------------------------------------------------------------------------------
+
+/// Reduce: the root's `recvbuff` becomes the reduction of every rank's `sendbuff` (`count`
+/// elements). Only the root writes `recvbuff` (others may pass NULL); in place when
+/// `sendbuff == recvbuff`.
+///
+/// # Safety
+/// `sendbuff` readable for `count` elements; on the root `recvbuff` writable for `count`
+/// elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclReduce(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    root: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::reduce(
+            sendbuff,
+            recvbuff,
+            count,
+            datatype.get()?,
+            op.get()?,
+            root,
+            w,
+        )
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclReduce", comm, None, b) }
+}
+
+/// Non-blocking `oxcclReduce`.
+///
+/// # Safety
+/// As `oxcclReduce`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIReduce(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    root: c_int,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::reduce(
+            sendbuff,
+            recvbuff,
+            count,
+            datatype.get()?,
+            op.get()?,
+            root,
+            w,
+        )
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIReduce", comm, Some(request), b) }
+}
+
+// ---- all-gather ------------------------------------------------------------------------------
+
+/// All-gather: `recvbuff` (nranks × `sendcount` elements) gets every rank's `sendbuff`, in rank
+/// order. In place when `sendbuff == recvbuff + rank*sendcount`.
+///
+/// # Safety
+/// `sendbuff` readable for `sendcount` elements, `recvbuff` writable for nranks × `sendcount`;
+/// `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclAllGather(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    sendcount: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| Op::all_gather(sendbuff, recvbuff, sendcount, datatype.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclAllGather", comm, None, b) }
+}
+
+/// Non-blocking `oxcclAllGather`.
+///
+/// # Safety
+/// As `oxcclAllGather`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllGather(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    sendcount: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| Op::all_gather(sendbuff, recvbuff, sendcount, datatype.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIAllGather", comm, Some(request), b) }
+}
+
+// ---- reduce-scatter --------------------------------------------------------------------------
+
+/// Reduce-scatter: `recvbuff` (`recvcount` elements) gets block `rank` of the reduction of every
+/// rank's `sendbuff` (nranks × `recvcount`). In place when `recvbuff == sendbuff + rank*recvcount`.
+///
+/// # Safety
+/// `sendbuff` readable for nranks × `recvcount` elements, `recvbuff` writable for `recvcount`;
+/// `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclReduceScatter(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcount: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b =
+        |w: Who| Op::reduce_scatter(sendbuff, recvbuff, recvcount, datatype.get()?, op.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclReduceScatter", comm, None, b) }
+}
+
+/// Non-blocking `oxcclReduceScatter`.
+///
+/// # Safety
+/// As `oxcclReduceScatter`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIReduceScatter(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcount: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b =
+        |w: Who| Op::reduce_scatter(sendbuff, recvbuff, recvcount, datatype.get()?, op.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIReduceScatter", comm, Some(request), b) }
+}
+
+// ---- all-to-all ------------------------------------------------------------------------------
+
+/// All-to-all: block p (`count` elements) of `sendbuff` goes to rank p; block p of `recvbuff`
+/// comes from rank p. Both hold nranks × `count` elements; in place when they are equal.
+///
+/// # Safety
+/// `sendbuff` readable and `recvbuff` writable for nranks × `count` elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclAllToAll(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| Op::all_to_all(sendbuff, recvbuff, count, datatype.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclAllToAll", comm, None, b) }
+}
+
+/// Non-blocking `oxcclAllToAll`.
+///
+/// # Safety
+/// As `oxcclAllToAll`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllToAll(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| Op::all_to_all(sendbuff, recvbuff, count, datatype.get()?, w);
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIAllToAll", comm, Some(request), b) }
+}
+
+// ---- gather / scatter ------------------------------------------------------------------------
+
+/// Gather: the root's `recvbuff` (nranks × `count` elements) gets every rank's `sendbuff`
+/// (`count`), in rank order. Only the root writes `recvbuff` (others may pass NULL); in place on
+/// the root when `sendbuff == recvbuff + root*count`.
+///
+/// # Safety
+/// `sendbuff` readable for `count` elements; on the root `recvbuff` writable for nranks ×
+/// `count`; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclGather(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::gather(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclGather", comm, None, b) }
+}
+
+/// Non-blocking `oxcclGather`.
+///
+/// # Safety
+/// As `oxcclGather`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIGather(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::gather(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIGather", comm, Some(request), b) }
+}
+
+/// Scatter: rank p's `recvbuff` (`count` elements) gets block p of the root's `sendbuff`
+/// (nranks × `count`). Only the root reads `sendbuff` (others may pass NULL); in place on the
+/// root when `recvbuff == sendbuff + root*count`.
+///
+/// # Safety
+/// On the root `sendbuff` readable for nranks × `count` elements; `recvbuff` writable for
+/// `count`; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclScatter(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::scatter(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclScatter", comm, None, b) }
+}
+
+/// Non-blocking `oxcclScatter`.
+///
+/// # Safety
+/// As `oxcclScatter`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIScatter(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let root = rank_arg(root, w, "root")?;
+        Op::scatter(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIScatter", comm, Some(request), b) }
+}
+
+// ---- v-variants ------------------------------------------------------------------------------
+
+/// All-gather with per-rank counts: rank p contributes `recvcounts[p]` elements (its
+/// `sendbuff`); `recvbuff` gets them all, contiguous in rank order. `recvcounts` has nranks
+/// entries, equal on every rank. In place when `sendbuff` is this rank's block of `recvbuff`.
+///
+/// # Safety
+/// `recvcounts` readable for nranks values; `sendbuff` readable for `recvcounts[rank]`
+/// elements, `recvbuff` writable for their sum; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclAllGatherV(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let dt = datatype.get()?;
+        // SAFETY: readable for nranks values (caller's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::all_gatherv(sendbuff, recvbuff, c, total, dt, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclAllGatherV", comm, None, b) }
+}
+
+/// Non-blocking `oxcclAllGatherV`.
+///
+/// # Safety
+/// As `oxcclAllGatherV`, with the buffers valid until the request is done (`recvcounts` is
+/// copied at once); `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllGatherV(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let dt = datatype.get()?;
+        // SAFETY: readable for nranks values (caller's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::all_gatherv(sendbuff, recvbuff, c, total, dt, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIAllGatherV", comm, Some(request), b) }
+}
+
+/// Reduce-scatter with per-rank counts: `sendbuff` holds nranks blocks (`recvcounts[p]`
+/// elements each, contiguous in rank order); this rank's `recvbuff` gets block `rank` of the
+/// reduction. `recvcounts` is equal on every rank. Not in place.
+///
+/// # Safety
+/// `recvcounts` readable for nranks values; `sendbuff` readable for their sum, `recvbuff`
+/// writable for `recvcounts[rank]` elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclReduceScatterV(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let (dt, op) = (datatype.get()?, op.get()?);
+        // SAFETY: readable for nranks values (caller's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::reduce_scatterv(sendbuff, recvbuff, c, total, dt, op, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclReduceScatterV", comm, None, b) }
+}
+
+/// Non-blocking `oxcclReduceScatterV`.
+///
+/// # Safety
+/// As `oxcclReduceScatterV`, with the buffers valid until the request is done (`recvcounts` is
+/// copied at once); `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIReduceScatterV(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let (dt, op) = (datatype.get()?, op.get()?);
+        // SAFETY: readable for nranks values (caller's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::reduce_scatterv(sendbuff, recvbuff, c, total, dt, op, w)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIReduceScatterV", comm, Some(request), b) }
+}
+
+/// All-to-all with per-peer counts: `sendcounts[p]` elements of `sendbuff` go to rank p and
+/// `recvcounts[p]` elements of `recvbuff` come from rank p, blocks contiguous in rank order
+/// (no displacements). `sendcounts[q]` on rank p must equal `recvcounts[p]` on rank q. Not in
+/// place.
+///
+/// # Safety
+/// `sendcounts` and `recvcounts` readable for nranks values; `sendbuff` readable for the sum of
+/// `sendcounts`, `recvbuff` writable for the sum of `recvcounts`; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclAllToAllV(
+    sendbuff: *const c_void,
+    sendcounts: *const usize,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let dt = datatype.get()?;
+        // SAFETY: both readable for nranks values (caller's contract).
+        let (sc, rc) = unsafe {
+            (
+                counts(sendcounts, w, "sendcounts")?,
+                counts(recvcounts, w, "recvcounts")?,
+            )
+        };
+        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclAllToAllV", comm, None, b) }
+}
+
+/// Non-blocking `oxcclAllToAllV`.
+///
+/// # Safety
+/// As `oxcclAllToAllV`, with the buffers valid until the request is done (the counts are copied
+/// at once); `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllToAllV(
+    sendbuff: *const c_void,
+    sendcounts: *const usize,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let dt = datatype.get()?;
+        // SAFETY: both readable for nranks values (caller's contract).
+        let (sc, rc) = unsafe {
+            (
+                counts(sendcounts, w, "sendcounts")?,
+                counts(recvcounts, w, "recvcounts")?,
+            )
+        };
+        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIAllToAllV", comm, Some(request), b) }
+}
+
+// ---- point to point --------------------------------------------------------------------------
+
+/// Sends `count` elements to rank `peer` (tag 0), like `ncclSend`. Blocks until the data has
+/// left (in a group: runs with the group, so pairs of sends and receives cannot deadlock).
+///
+/// # Safety
+/// `sendbuff` readable for `count` elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclSend(
+    sendbuff: *const c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    // SAFETY: the caller's contract is oxcclSendTagged's.
+    unsafe { oxcclSendTagged(sendbuff, count, datatype, peer, 0, comm) }
+}
+
+/// Receives `count` elements from rank `peer` (tag 0), like `ncclRecv`.
+///
+/// # Safety
+/// `recvbuff` writable for `count` elements; `comm` NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclRecv(
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    // SAFETY: the caller's contract is oxcclRecvTagged's.
+    unsafe { oxcclRecvTagged(recvbuff, count, datatype, peer, 0, comm) }
+}
+
+/// `oxcclSend` with a tag: the receiver's matching `oxcclRecvTagged` must use the same tag (and
+/// count and type); messages between two ranks match in order.
+///
+/// # Safety
+/// As `oxcclSend`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclSendTagged(
+    sendbuff: *const c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    tag: u32,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let peer = rank_arg(peer, w, "peer")?;
+        Op::send(sendbuff, count, datatype.get()?, peer, tag)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclSend", comm, None, b) }
+}
+
+/// `oxcclRecv` with a tag (see `oxcclSendTagged`).
+///
+/// # Safety
+/// As `oxcclRecv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclRecvTagged(
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    tag: u32,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let peer = rank_arg(peer, w, "peer")?;
+        Op::recv(recvbuff, count, datatype.get()?, peer, tag)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclRecv", comm, None, b) }
+}
+
+/// Non-blocking `oxcclSendTagged` (like `MPI_Isend`).
+///
+/// # Safety
+/// As `oxcclSend`, with `sendbuff` valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclISend(
+    sendbuff: *const c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    tag: u32,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let peer = rank_arg(peer, w, "peer")?;
+        Op::send(sendbuff, count, datatype.get()?, peer, tag)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclISend", comm, Some(request), b) }
+}
+
+/// Non-blocking `oxcclRecvTagged` (like `MPI_Irecv`).
+///
+/// # Safety
+/// As `oxcclRecv`, with `recvbuff` valid and untouched until the request is done; `request`
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIRecv(
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    tag: u32,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    let b = |w: Who| {
+        let peer = rank_arg(peer, w, "peer")?;
+        Op::recv(recvbuff, count, datatype.get()?, peer, tag)
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe { run("oxcclIRecv", comm, Some(request), b) }
+}
+
+// ---- barrier ---------------------------------------------------------------------------------
 
 /// Blocks until every rank of `comm` has called it.
 ///
@@ -114,41 +723,19 @@ pub unsafe extern "C" fn oxcclAllReduce(
 /// `comm` is NULL or live.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclBarrier(comm: oxcclComm_t) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm("oxcclBarrier", h, |h| h.comm.barrier())
+    // SAFETY: no buffers; `comm` NULL or live (caller's contract).
+    unsafe { run("oxcclBarrier", comm, None, |_| Ok(Op::barrier())) }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_overflow() {
-        assert_eq!(span(3, DataType::F32, 2, "x").unwrap(), 24);
-        assert!(span(usize::MAX, DataType::U8, 1, "x").is_err());
-        assert!(span(usize::MAX / 4, DataType::F64, 1, "x").is_err());
-        assert!(span(1 << 40, DataType::F32, 1 << 30, "x").is_err());
-    }
-
-    #[test]
-    fn bufs_rules() {
-        let mut a = [0u8; 16];
-        let p = a.as_mut_ptr();
-        // SAFETY: every pointer below points into `a` (16 bytes) or is NULL with length 0.
-        unsafe {
-            assert!(bufs(p.cast(), 16, p.cast(), 16).unwrap().send.is_none());
-            assert!(bufs(p.add(4).cast(), 8, p.cast(), 8).is_err());
-            assert!(
-                bufs(p.cast(), 8, p.add(8).cast(), 8)
-                    .unwrap()
-                    .send
-                    .is_some()
-            );
-            assert!(bufs(std::ptr::null(), 8, p.cast(), 8).is_err());
-            assert!(bufs(p.cast(), 8, std::ptr::null_mut(), 8).is_err());
-            let b = bufs(std::ptr::null(), 0, std::ptr::null_mut(), 0).unwrap();
-            assert!(b.recv.is_empty());
-        }
-    }
+/// Non-blocking `oxcclBarrier`: the request completes when every rank has entered it.
+///
+/// # Safety
+/// `comm` is NULL or live; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIBarrier(
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    // SAFETY: no buffers; `comm` NULL or live, `request` writable (caller's contract).
+    unsafe { run("oxcclIBarrier", comm, Some(request), |_| Ok(Op::barrier())) }
 }

@@ -2,12 +2,13 @@
 
 use std::ffi::{CStr, c_char, c_int};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use core_oxccl::{Communicator, Config, Error, TransportKind, UniqueId};
 
-use crate::boundary::{ErrorLog, guard, null};
+use crate::boundary::{Shared, guard, null};
 use crate::types::*;
 
 /// A communicator, opaque to C. Created by the `oxcclCommInit*` functions, freed by
@@ -15,9 +16,7 @@ use crate::types::*;
 /// one communicator are serialised), but not destroyed while another thread uses it.
 pub struct oxcclComm {
     pub(crate) comm: Communicator,
-    pub(crate) errors: ErrorLog,
-    /// The first failure that revoked the communicator, as an `oxcclResult_t` (0: none).
-    async_error: AtomicI32,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// The handle C holds: a pointer to an opaque communicator.
@@ -34,23 +33,6 @@ impl Handle {
         // shared references (all mutation inside goes through locks and atomics).
         unsafe { p.cast_const().as_ref() }
     }
-
-    /// Remembers the first failure of a call that went to the peers: the core revokes the
-    /// communicator after any of them (argument and usage errors are caught before and do not).
-    pub(crate) fn note_async(&self, e: &Error) {
-        let code = oxcclResult_t::of(e);
-        if !matches!(
-            code,
-            oxcclResult_t::oxcclInvalidArgument | oxcclResult_t::oxcclInvalidUsage
-        ) {
-            let _ = self.async_error.compare_exchange(
-                0,
-                code as i32,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
-    }
 }
 
 /// Runs `f` with the handle `h` inside the panic boundary; a NULL handle is an invalid argument.
@@ -59,7 +41,9 @@ pub(crate) fn with_comm(
     h: Option<&Handle>,
     f: impl FnOnce(&Handle) -> Result<(), Error>,
 ) -> oxcclResult_t {
-    guard(func, h, || f(h.ok_or_else(|| null("comm"))?))
+    guard(func, h.map(|h| &*h.shared), || {
+        f(h.ok_or_else(|| null("comm"))?)
+    })
 }
 
 /// Writes `v` through `out`, which was checked non-null.
@@ -238,20 +222,33 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     };
     // SAFETY: NULL or NUL-terminated (caller's contract).
     let algo = unsafe { c_str(c.algo, "config->algo")? }.map(str::to_string);
+    let deterministic = match c.deterministic {
+        CONFIG_UNDEF_INT => None,
+        0 => Some(false),
+        1 => Some(true),
+        v => {
+            return Err(Error::InvalidArgument(format!(
+                "config->deterministic is {v}; use 0, 1 or OXCCL_CONFIG_UNDEF_INT"
+            )));
+        }
+    };
+    // The core's Config grows; fields C cannot set yet keep their defaults.
+    #[allow(clippy::needless_update)]
     Ok(Config {
         timeout: int(c.timeoutMs, "timeoutMs")?.map(|ms| Duration::from_millis(ms as u64)),
         transport,
         nsocks: int(c.nsocks, "nsocks")?,
         algo,
         chunk_bytes: int(c.chunkBytes, "chunkBytes")?,
+        deterministic,
+        ..Config::default()
     })
 }
 
 fn boxed(comm: Communicator) -> oxcclComm_t {
     Box::into_raw(Box::new(oxcclComm {
         comm,
-        errors: ErrorLog::default(),
-        async_error: AtomicI32::new(0),
+        shared: Arc::default(),
     }))
 }
 
@@ -433,7 +430,7 @@ pub unsafe extern "C" fn oxcclCommGetAsyncError(
         if asyncError.is_null() {
             return Err(null("asyncError"));
         }
-        let code = h.async_error.load(Ordering::SeqCst);
+        let code = h.shared.async_error.load(Ordering::SeqCst);
         let r = oxcclResult_t::from_c(code).unwrap_or(oxcclResult_t::oxcclInternalError);
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(asyncError, r) };

@@ -31,10 +31,13 @@
 mod boundary;
 mod coll;
 mod comm;
+mod group;
+mod op;
 mod types;
 
 pub use coll::*;
 pub use comm::*;
+pub use group::*;
 pub use types::*;
 
 pub use boundary::{oxcclGetErrorString, oxcclGetLastError};

@@ -195,7 +195,8 @@ pub struct oxcclUniqueId {
 /// Settings for `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig`, like `ncclConfig_t`.
 /// Start from `OXCCL_CONFIG_INITIALIZER` and set what you need; fields left at
 /// `OXCCL_CONFIG_UNDEF_INT` / `NULL` come from the environment (`OXCCL_TIMEOUT_MS`,
-/// `OXCCL_NSOCKS`, `OXCCL_CHUNK_BYTES`, `OXCCL_TRANSPORT`, `OXCCL_ALGO`), then the defaults.
+/// `OXCCL_NSOCKS`, `OXCCL_CHUNK_BYTES`, `OXCCL_DETERMINISTIC`, `OXCCL_TRANSPORT`, `OXCCL_ALGO`),
+/// then the defaults.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct oxcclConfig_t {
@@ -211,6 +212,8 @@ pub struct oxcclConfig_t {
     pub nsocks: c_int,
     /// Largest message, the pipelining grain, in bytes (64..=64 MiB).
     pub chunkBytes: c_int,
+    /// 1: bitwise-reproducible reductions (every element folded in rank order); 0: fastest.
+    pub deterministic: c_int,
     /// `"auto"`, `"tcp"` or `"shm"`.
     pub transport: *const c_char,
     /// Force an algorithm: `"ring"`, `"direct"`, or per collective `"allreduce:ring,barrier:direct"`.

@@ -142,6 +142,8 @@ fn spawn(exe: &Path, rank: usize, args: &[String], env: &[(String, String)]) -> 
             cmd.env(k, v);
         }
     }
+    // A hang becomes an error naming the peer well before the test's deadline.
+    cmd.env("OXCCL_TIMEOUT_MS", "30000");
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let child = cmd
         .spawn()
@@ -245,6 +247,20 @@ fn allreduce_every_type_and_op() {
         assert_all_ok(&procs);
         for p in &procs {
             assert!(p.stdout().contains("all-reduce ok"), "{}", report(&procs));
+        }
+        eprintln!("{n} ranks: {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn every_collective_blocking_nonblocking_and_grouped() {
+    let exe = compile("collectives", &[test_src("collectives.c")], false);
+    for n in [2, 3, 4] {
+        let t = Instant::now();
+        let procs = run_env(&exe, n, &[], Duration::from_secs(120));
+        assert_all_ok(&procs);
+        for p in &procs {
+            assert!(p.stdout().contains("collectives ok"), "{}", report(&procs));
         }
         eprintln!("{n} ranks: {:?}", t.elapsed());
     }
