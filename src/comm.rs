@@ -306,6 +306,7 @@ pub struct Communicator {
     sched: api::Sched,
     worker: Mutex<Option<api::Worker>>,
     aborted: std::sync::atomic::AtomicBool,
+    shrinks: std::sync::atomic::AtomicU64,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
 }
@@ -523,6 +524,7 @@ impl Communicator {
             sched: api::Sched::default(),
             worker: Mutex::new(None),
             aborted: std::sync::atomic::AtomicBool::new(false),
+            shrinks: std::sync::atomic::AtomicU64::new(0),
             _server: server,
         })
     }

@@ -116,3 +116,166 @@ impl Communicator {
         Communicator::init(new_rank, members.len(), &id, inherited).map(Some)
     }
 }
+
+impl Communicator {
+    /// Builds a new communicator of the ranks that are still alive, renumbered in rank order,
+    /// with the same settings (collective over the survivors: every survivor calls it, typically
+    /// after a call failed with `PeerLost` or `Timeout`). It does not rely on rank 0 or the store:
+    /// every survivor dials every other rank directly (a dead process refuses at once), the
+    /// survivors exchange the sets of ranks they found dead until they agree, and the lowest
+    /// survivor hands out a fresh communicator id. This communicator is aborted first.
+    pub fn shrink(&self) -> Result<Communicator> {
+        use crate::transport::connect;
+        use std::io::{Read, Write};
+        let (n, me) = (self.nranks, self.rank);
+        let chan = self.shrinks.fetch_add(1, Ordering::SeqCst) as u32;
+        // Survivors notice a failure at different times (at once by EOF, or only at their
+        // timeout), so the agreement allows for one full timeout of skew.
+        let deadline = Instant::now() + self.cfg.timeout() * 2 + Duration::from_secs(5);
+        let mut dead = vec![false; n];
+        if let Some(p) = self.async_error().and_then(|e| e.peer()) {
+            if p < n && p != me {
+                dead[p] = true;
+            }
+        }
+        self.abort();
+        // Everyone dials everyone: what I dial carries my messages, what I accept carries theirs.
+        let mut out: Vec<Option<std::net::TcpStream>> = (0..n).map(|_| None).collect();
+        for p in 0..n {
+            if p == me || dead[p] {
+                continue;
+            }
+            match connect::dial_control(
+                self.cards[p].addr,
+                &self.secret,
+                self.comm_id,
+                me,
+                p,
+                chan,
+                deadline,
+            ) {
+                Ok(s) => out[p] = Some(s),
+                Err(e) => {
+                    crate::info!(Some(me), "shrink: rank {p} is gone ({e})");
+                    dead[p] = true;
+                }
+            }
+        }
+        let mut inc: Vec<Option<std::net::TcpStream>> = (0..n).map(|_| None).collect();
+        for p in 0..n {
+            if p == me || dead[p] {
+                continue;
+            }
+            match self.listener.take_control(p, chan, deadline) {
+                Ok(s) => inc[p] = Some(s),
+                Err(_) => dead[p] = true,
+            }
+        }
+        let set_timeouts = |s: &std::net::TcpStream| {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
+            let _ = s.set_read_timeout(Some(left));
+            let _ = s.set_write_timeout(Some(left));
+        };
+        let nbytes = n.div_ceil(8);
+        let encode = |d: &[bool]| -> Vec<u8> {
+            let mut b = vec![0u8; nbytes];
+            for (i, &x) in d.iter().enumerate() {
+                if x {
+                    b[i / 8] |= 1 << (i % 8);
+                }
+            }
+            b
+        };
+        // Flood the dead sets until a round in which every survivor reported the same set.
+        for round in 0..8 {
+            let mine = encode(&dead);
+            let mut agreed = true;
+            for p in 0..n {
+                if p == me || dead[p] {
+                    continue;
+                }
+                let ok = out[p].as_mut().is_some_and(|s| {
+                    set_timeouts(s);
+                    s.write_all(&mine).is_ok()
+                });
+                if !ok {
+                    dead[p] = true;
+                    agreed = false;
+                }
+            }
+            let mut buf = vec![0u8; nbytes];
+            for p in 0..n {
+                if p == me || dead[p] {
+                    continue;
+                }
+                let ok = inc[p].as_mut().is_some_and(|s| {
+                    set_timeouts(s);
+                    s.read_exact(&mut buf).is_ok()
+                });
+                if !ok {
+                    dead[p] = true;
+                    agreed = false;
+                    continue;
+                }
+                if buf != mine {
+                    agreed = false;
+                }
+                for (i, d) in dead.iter_mut().enumerate() {
+                    if buf[i / 8] & (1 << (i % 8)) != 0 && i != me {
+                        *d = true;
+                    }
+                }
+            }
+            if agreed {
+                break;
+            }
+            if round == 7 {
+                return Err(Error::Timeout {
+                    peer: None,
+                    msg: format!(
+                        "shrink on rank {me}: the survivors did not agree on who is alive"
+                    ),
+                });
+            }
+        }
+        let survivors: Vec<usize> = (0..n).filter(|&p| !dead[p]).collect();
+        let leader = survivors[0];
+        let new_rank = survivors
+            .iter()
+            .position(|&p| p == me)
+            .expect("we are alive");
+        let id = if leader == me {
+            let id = UniqueId::bind(SocketAddr::new(self.listener.addr().ip(), 0))?;
+            let blob = id.to_bytes();
+            for &p in &survivors[1..] {
+                if let Some(s) = out[p].as_mut() {
+                    set_timeouts(s);
+                    s.write_all(&blob).map_err(|e| {
+                        Error::io(format!("shrink: send the new id to rank {p}"), e)
+                    })?;
+                }
+            }
+            id
+        } else {
+            let s = inc[leader]
+                .as_mut()
+                .ok_or_else(|| Error::Internal("shrink: no connection from the leader".into()))?;
+            set_timeouts(s);
+            let mut blob = [0u8; UNIQUE_ID_BYTES];
+            s.read_exact(&mut blob).map_err(|e| Error::PeerLost {
+                peer: leader,
+                msg: format!("shrink: rank {leader} did not send the new communicator id: {e}"),
+            })?;
+            UniqueId::from_bytes(&blob)?
+        };
+        crate::info!(
+            Some(me),
+            "shrink: {} of {n} ranks survive ({:?}); this rank becomes {new_rank}",
+            survivors.len(),
+            survivors
+        );
+        Communicator::init(new_rank, survivors.len(), &id, self.cfg.clone())
+    }
+}

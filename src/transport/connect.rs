@@ -316,3 +316,69 @@ mod tests {
         );
     }
 }
+
+/// `Hello::nsocks` of a control connection (used by shrink's agreement), not a link socket.
+pub const CONTROL: u32 = u32::MAX;
+const CONTROL_BASE: u32 = 1 << 24;
+
+/// Dials one authenticated control connection (channel `chan`) to rank `to` at `addr`.
+pub fn dial_control(
+    addr: SocketAddr,
+    secret: &[u8; 16],
+    comm: u64,
+    from: usize,
+    to: usize,
+    chan: u32,
+    deadline: Instant,
+) -> Result<TcpStream> {
+    let hello = Hello {
+        comm,
+        from: from as u32,
+        to: to as u32,
+        idx: CONTROL_BASE + chan,
+        nsocks: CONTROL,
+    };
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    let mut s = TcpStream::connect_timeout(&addr, left).map_err(|e| Error::PeerLost {
+        peer: to,
+        msg: format!("cannot connect to rank {to} at {addr}: {e}"),
+    })?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    handshake::client(&mut s, secret, PURPOSE_PEER, left)?;
+    s.write_all(&hello.encode()).map_err(|e| Error::PeerLost {
+        peer: to,
+        msg: format!("hello to rank {to} at {addr}: {e}"),
+    })?;
+    Ok(s)
+}
+
+impl PeerListener {
+    /// Waits for rank `from`'s control connection on channel `chan`, and takes it.
+    pub fn take_control(&self, from: usize, chan: u32, deadline: Instant) -> Result<TcpStream> {
+        let key = (from, (CONTROL_BASE + chan) as usize);
+        let (lock, cv) = &*self.pending;
+        let mut map = lock
+            .lock()
+            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+        loop {
+            if let Some(s) = map.remove(&key) {
+                return Ok(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    peer: Some(from),
+                    msg: format!("rank {from} did not connect for the agreement"),
+                });
+            }
+            map = cv
+                .wait_timeout(map, deadline - now)
+                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .0;
+        }
+    }
+}
