@@ -53,7 +53,9 @@ pub fn all_reduce(s: &Shape) -> Builder {
     }
     let nid = if r < 2 * rem { r / 2 } else { r - rem };
     let (mut lo, mut hi) = (0, count);
-    let mut history: Vec<(usize, (usize, usize), (usize, usize))> = Vec::new();
+    // (partner, kept half, given half) of each halving step, as (offset, len) pairs.
+    type Halving = (usize, (usize, usize), (usize, usize));
+    let mut history: Vec<Halving> = Vec::new();
     let mut mask = p >> 1;
     while mask > 0 {
         let partner = real(nid ^ mask);

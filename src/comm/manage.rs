@@ -111,7 +111,6 @@ impl Communicator {
             algo: cfg.algo.clone().or_else(|| self.cfg.algo.clone()),
             chunk_bytes: cfg.chunk_bytes.or(self.cfg.chunk_bytes),
             deterministic: cfg.deterministic.or(self.cfg.deterministic),
-            ..cfg
         };
         Communicator::init(new_rank, members.len(), &id, inherited).map(Some)
     }
