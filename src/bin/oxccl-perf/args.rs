@@ -1,48 +1,137 @@
-//! Command-line flags, in nccl-tests' spelling (`-b -e -f -i -n -w -c -d -o -z`), plus oxccl's own
-//! (`-N`, `--transport`, `--json`, `-a/--algo`, `--watchdog`). Pure: no I/O, unit-tested below.
+//! Command-line flags, in nccl-tests' spelling (`-b -e -f -i -n -w -c -d -o -r -z`), plus oxccl's
+//! own (`-N`, `--transport`, `--json`, `-a/--algo`, `--watchdog`). Pure: no I/O, unit-tested below.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oxccl::{DataType, ReduceOp, TransportKind};
+use oxccl::{Algorithm, DataType, ReduceOp, TransportKind};
 
-/// The collectives this tool can measure (only all-reduce for now).
+/// The collectives this tool measures, each with nccl-tests' conventions for its test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collective {
     /// `allreduce`, as nccl-tests' `all_reduce_perf`.
     AllReduce,
+    /// `allgather`, as `all_gather_perf`.
+    AllGather,
+    /// `reducescatter`, as `reduce_scatter_perf`.
+    ReduceScatter,
+    /// `broadcast`, as `broadcast_perf`.
+    Broadcast,
+    /// `reduce`, as `reduce_perf`.
+    Reduce,
+    /// `alltoall`, as `alltoall_perf`.
+    AllToAll,
+    /// `sendrecv`, as `sendrecv_perf`: each rank sends to rank+1 and receives from rank-1.
+    SendRecv,
 }
 
 impl Collective {
-    /// Parses a leading positional collective name.
+    /// Every collective, in the order `-h` lists them.
+    pub const ALL: [Collective; 7] = [
+        Collective::AllReduce,
+        Collective::AllGather,
+        Collective::ReduceScatter,
+        Collective::Broadcast,
+        Collective::Reduce,
+        Collective::AllToAll,
+        Collective::SendRecv,
+    ];
+
+    /// Parses a collective name: ours (`allgather`), with `_` or `-` between the words
+    /// (`all_gather`), or nccl-tests' binary name (`all_gather_perf`).
     pub fn parse(s: &str) -> Option<Collective> {
-        match s {
-            "allreduce" | "all_reduce" | "all-reduce" | "all_reduce_perf" => {
-                Some(Collective::AllReduce)
-            }
+        let s = s.trim().to_ascii_lowercase();
+        let s = s
+            .strip_suffix("_perf")
+            .unwrap_or(&s)
+            .replace(['_', '-'], "");
+        match s.as_str() {
+            "allreduce" => Some(Collective::AllReduce),
+            "allgather" => Some(Collective::AllGather),
+            "reducescatter" => Some(Collective::ReduceScatter),
+            "broadcast" | "bcast" => Some(Collective::Broadcast),
+            "reduce" => Some(Collective::Reduce),
+            "alltoall" => Some(Collective::AllToAll),
+            "sendrecv" => Some(Collective::SendRecv),
             _ => None,
         }
     }
 
-    /// The name printed in the header and the JSON.
+    /// The name printed in the header and the JSON (and the `-a` key: `Config.algo` keys).
     pub fn name(self) -> &'static str {
+        self.lib().key()
+    }
+
+    /// The library's collective (send/recv: its send half, which shares the `sendrecv` key).
+    pub fn lib(self) -> oxccl::Collective {
         match self {
-            Collective::AllReduce => "allreduce",
+            Collective::AllReduce => oxccl::Collective::AllReduce,
+            Collective::AllGather => oxccl::Collective::AllGather,
+            Collective::ReduceScatter => oxccl::Collective::ReduceScatter,
+            Collective::Broadcast => oxccl::Collective::Broadcast,
+            Collective::Reduce => oxccl::Collective::Reduce,
+            Collective::AllToAll => oxccl::Collective::AllToAll,
+            Collective::SendRecv => oxccl::Collective::Send,
+        }
+    }
+
+    /// Whether it takes a reduction operator (`-o`); the others print `none` in `redop`.
+    pub fn reduces(self) -> bool {
+        self.lib().reduces()
+    }
+
+    /// Whether it has a root (`-r`); the others print -1 in `root`.
+    pub fn rooted(self) -> bool {
+        self.lib().rooted()
+    }
+
+    /// Whether it has an in-place form. Send/recv has none (a send and a receive cannot share a
+    /// buffer); nccl-tests does not check its in-place run either.
+    pub fn has_in_place(self) -> bool {
+        self != Collective::SendRecv
+    }
+
+    /// How many per-rank blocks the `size` column counts: nccl-tests' all_gather_perf,
+    /// reduce_scatter_perf and alltoall_perf report the whole n-block buffer as the size and one
+    /// block as the count; the others one buffer of `count` elements.
+    pub fn blocks(self, nranks: usize) -> usize {
+        match self {
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
+                nranks.max(1)
+            }
+            _ => 1,
         }
     }
 
     /// nccl-tests' bus-bandwidth factor for `nranks` ranks: busbw = algbw * factor.
     pub fn busbw_factor(self, nranks: usize) -> f64 {
+        let n = nranks as f64;
         match self {
-            Collective::AllReduce if nranks > 0 => 2.0 * (nranks as f64 - 1.0) / nranks as f64,
-            Collective::AllReduce => 0.0,
+            _ if nranks == 0 => 0.0,
+            Collective::AllReduce => 2.0 * (n - 1.0) / n,
+            Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
+                (n - 1.0) / n
+            }
+            Collective::Broadcast | Collective::Reduce | Collective::SendRecv => 1.0,
         }
     }
 
-    /// The root printed in the table (-1: the collective has none).
-    pub fn root(self) -> i64 {
-        -1
+    /// The algorithms that implement it (the library's list).
+    pub fn algorithms(self) -> &'static [Algorithm] {
+        self.lib().algorithms()
     }
+
+    /// The algorithm names, comma-separated, for messages.
+    pub fn algorithm_names(self) -> String {
+        let v: Vec<&str> = self.algorithms().iter().map(|a| a.name()).collect();
+        v.join(", ")
+    }
+}
+
+/// The collective names `-h` and errors list.
+fn collective_names() -> String {
+    let v: Vec<&str> = Collective::ALL.iter().map(|c| c.name()).collect();
+    v.join(", ")
 }
 
 /// How the message size grows from one row to the next.
@@ -81,12 +170,44 @@ pub struct Options {
     pub transport: Option<TransportKind>,
     /// Write a JSON report here (`--json`, rank 0 only).
     pub json: Option<PathBuf>,
-    /// Algorithm to force (`-a/--algo`), passed into `Config::algo`.
-    pub algo: Option<String>,
+    /// Root rank of rooted collectives (`-r`, default 0); `None` (`-r -1`): every rank in turn.
+    pub root: Option<usize>,
+    /// Algorithm to force for the measured collective (`-a/--algo`), checked against the ones
+    /// that implement it.
+    pub algo: Option<Algorithm>,
     /// Deadline on the whole `-N` run; `None` = derived from the sweep, `Some(ZERO)` = off.
     pub watchdog: Option<Duration>,
     /// The raw arguments minus `-N` (and its value): what `-N` passes to each child rank.
     pub child_args: Vec<String>,
+}
+
+impl Options {
+    /// The operators the collective runs with: `-o`'s for reductions, one (shown as `none`)
+    /// otherwise.
+    pub fn ops_for(&self) -> Vec<ReduceOp> {
+        if self.collective.reduces() {
+            self.ops.clone()
+        } else {
+            vec![ReduceOp::Sum]
+        }
+    }
+
+    /// The roots the collective runs with: `-r`'s (every rank for `-r -1`) for rooted ones, 0
+    /// otherwise.
+    pub fn roots_for(&self, nranks: usize) -> Vec<usize> {
+        match self.root {
+            _ if !self.collective.rooted() => vec![0],
+            Some(r) => vec![r],
+            None => (0..nranks).collect(),
+        }
+    }
+
+    /// The table rows of one element type: `(bytes, count)`, as nccl-tests counts them for the
+    /// collective (see [`Collective::blocks`]).
+    pub fn rows_of(&self, nranks: usize, dtype: DataType) -> Vec<(usize, usize)> {
+        let sizes = size_sweep(self.minbytes, self.maxbytes, self.step);
+        rows_for(&sizes, dtype.size() * self.collective.blocks(nranks))
+    }
 }
 
 /// What the command line asks for.
@@ -98,11 +219,23 @@ pub enum Parsed {
     Run(Box<Options>),
 }
 
-/// The `-h` text.
-pub const USAGE: &str = "\
+/// The `-h` text (the algorithm list comes from the library).
+pub fn usage() -> String {
+    let mut algos = String::new();
+    for c in Collective::ALL {
+        algos.push_str(&format!("  {:<14}{}\n", c.name(), c.algorithm_names()));
+    }
+    format!(
+        "\
 oxccl-perf: collective bandwidth, printed as nccl-tests prints it
 
-USAGE: oxccl-perf [allreduce] [FLAGS]
+USAGE: oxccl-perf [COLLECTIVE] [FLAGS]
+
+COLLECTIVE (default allreduce; nccl-tests' names such as all_gather_perf work too):
+  allreduce  allgather  reducescatter  broadcast  reduce  alltoall  sendrecv
+  Sizes follow nccl-tests: for allgather, reducescatter and alltoall the size is the whole
+  nranks-block buffer and the count one rank's block. busbw = algbw x 2(n-1)/n (allreduce),
+  (n-1)/n (allgather, reducescatter, alltoall), 1 (broadcast, reduce, sendrecv).
 
 nccl-tests flags:
   -b, --minbytes <size>       smallest message (default 8); sizes take K, M, G suffixes (x1024)
@@ -114,23 +247,31 @@ nccl-tests flags:
   -c, --check <0|1>           check results; #wrong counts wrong elements (default 1)
   -d, --datatype <type>       int8 uint8 int32 uint32 int64 uint64 half float double bfloat16, or all
                               (default float)
-  -o, --op <op>               sum prod max min avg, or all (default sum)
+  -o, --op <op>               sum prod max min avg, or all (default sum; reducing collectives)
+  -r, --root <rank>           root of broadcast and reduce (default 0; -1: every rank in turn)
   -z, --blocking <0|1>        accepted and ignored (oxccl calls are blocking)
   -t, --nthreads 1, -g, --ngpus 1   accepted (only 1)
 
 oxccl flags:
   -N, --nranks <k>            spawn k local ranks (child processes of this binary) and run them
       --transport <tcp|shm|auto>
-  -a, --algo <name>           force an algorithm (as OXCCL_ALGO)
+  -a, --algo <name>           force the measured collective's algorithm (as OXCCL_ALGO=KEY:NAME)
       --json <file>           rank 0 writes the config and every row as one JSON object
       --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
                               default: derived from the sweep)
   -h, --help
 
+Algorithms (-a), per collective:
+{algos}
+Without -a the header says which algorithm ran (# Algorithm: NAME), or, when the tuner's pick
+changes with the size, each row ends with it.
+
 Without -N, the ranks come from a launcher's environment (OXCCL_RANK/OXCCL_WORLD_SIZE/OXCCL_ROOT/
 OXCCL_SECRET, torchrun, Slurm, Open MPI), or the tool runs one rank alone. Exit status: 0 when every
 check passed, 2 when some element was wrong, 1 on an error.
-";
+"
+    )
+}
 
 /// Parses a byte count such as `8`, `64K`, `64M`, `1G` (binary multiples, as nccl-tests).
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -232,6 +373,39 @@ fn parse_ops(v: &str) -> Result<Vec<ReduceOp>, String> {
     })
 }
 
+/// Why the run cannot go ahead with `nranks` ranks, if it cannot (checked by every rank, and by
+/// `-N` before it starts any).
+pub fn unrunnable(o: &Options, nranks: usize) -> Option<String> {
+    let c = o.collective;
+    if c == Collective::SendRecv && nranks < 2 {
+        return Some(format!(
+            "sendrecv needs at least 2 ranks (each rank sends to the next), not {nranks}"
+        ));
+    }
+    match o.root {
+        Some(r) if c.rooted() && r >= nranks => Some(format!(
+            "root {r} (-r) is not a rank of this {nranks}-rank run"
+        )),
+        _ => None,
+    }
+}
+
+/// Checks `-a NAME` against the algorithms that implement `c`.
+pub fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
+    let known = || format!("{} has {}", c.name(), c.algorithm_names());
+    let a = Algorithm::parse(name)
+        .ok_or_else(|| format!("unknown algorithm '{name}' for -a: {}", known()))?;
+    if !c.algorithms().contains(&a) {
+        return Err(format!(
+            "algorithm '{}' does not implement {}: {}",
+            a.name(),
+            c.name(),
+            known()
+        ));
+    }
+    Ok(a)
+}
+
 /// The flags that take a value: (short, long).
 const VALUED: &[(&str, &str)] = &[
     ("-b", "--minbytes"),
@@ -248,6 +422,7 @@ const VALUED: &[(&str, &str)] = &[
     ("-g", "--ngpus"),
     ("-N", "--nranks"),
     ("-a", "--algo"),
+    ("-r", "--root"),
     ("", "--transport"),
     ("", "--json"),
     ("", "--watchdog"),
@@ -288,18 +463,23 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         local_ranks: None,
         transport: None,
         json: None,
+        root: Some(0),
         algo: None,
         watchdog: None,
         child_args: Vec::new(),
     };
     let mut factor: Option<usize> = None;
     let mut stepbytes: Option<usize> = None;
+    let mut algo: Option<String> = None;
     let mut i = 0;
     if let Some(first) = args.first().filter(|a| !a.starts_with('-')) {
         o.collective = Collective::parse(first).ok_or_else(|| {
-            format!("unknown collective '{first}': only allreduce is supported for now")
+            format!(
+                "unknown collective '{first}': expected one of {} (or nccl-tests' names, such as all_gather_perf)",
+                collective_names()
+            )
         })?;
-        o.child_args.push(first.clone());
+        o.child_args.push(o.collective.name().to_string());
         i = 1;
     }
     while i < args.len() {
@@ -376,7 +556,17 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
                 })?)
             }
             "--json" => o.json = Some(PathBuf::from(value)),
-            "--algo" => o.algo = Some(value),
+            "--algo" => algo = Some(value),
+            "--root" => {
+                o.root = match value.trim() {
+                    "-1" => None,
+                    v => Some(parse_num(flag, v).map_err(|_| {
+                        format!(
+                            "bad value '{value}' for --root: expected a rank, or -1 for every rank"
+                        )
+                    })?),
+                }
+            }
             "--watchdog" => {
                 let s: f64 = value
                     .trim()
@@ -397,6 +587,9 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         (Some(f), None) => Step::Factor(f),
         (None, None) => Step::Factor(2),
     };
+    if let Some(name) = algo {
+        o.algo = Some(parse_algo(o.collective, &name)?);
+    }
     if o.minbytes > o.maxbytes {
         return Err(format!(
             "--minbytes ({}) is larger than --maxbytes ({})",
@@ -463,7 +656,97 @@ mod tests {
         assert_eq!(o.ops.len(), ReduceOp::ALL.len());
         assert_eq!(o.dtypes.len(), DataType::ALL.len());
         assert_eq!(o.json, Some(PathBuf::from("out.json")));
-        assert_eq!(o.algo.as_deref(), Some("ring"));
+        assert_eq!(o.algo, Some(Algorithm::Ring));
+        let o = parse("broadcast -r 2 --algo=chain").unwrap();
+        assert_eq!((o.root, o.algo), (Some(2), Some(Algorithm::Chain)));
+        assert_eq!(parse("reduce -r -1").unwrap().root, None);
+        assert_eq!(parse("reduce --root=-1").unwrap().root, None);
+    }
+
+    #[test]
+    fn collective_names() {
+        for (name, c) in [
+            ("allreduce", Collective::AllReduce),
+            ("all_reduce_perf", Collective::AllReduce),
+            ("all-gather", Collective::AllGather),
+            ("all_gather_perf", Collective::AllGather),
+            ("reduce_scatter_perf", Collective::ReduceScatter),
+            ("ReduceScatter", Collective::ReduceScatter),
+            ("broadcast_perf", Collective::Broadcast),
+            ("reduce_perf", Collective::Reduce),
+            ("alltoall_perf", Collective::AllToAll),
+            ("all_to_all", Collective::AllToAll),
+            ("sendrecv_perf", Collective::SendRecv),
+        ] {
+            assert_eq!(Collective::parse(name), Some(c), "{name}");
+        }
+        for c in Collective::ALL {
+            assert_eq!(Collective::parse(c.name()), Some(c));
+            assert_eq!(parse(c.name()).unwrap().collective, c);
+            // The key -a passes into Config.algo is the library's.
+            assert_eq!(c.name(), c.lib().key());
+        }
+        assert_eq!(Collective::parse("gather_perf"), None);
+        // The children get the canonical name.
+        assert_eq!(
+            parse("all_gather_perf -N 2").unwrap().child_args,
+            vec!["allgather"]
+        );
+    }
+
+    #[test]
+    fn algo_is_checked_against_the_collective() {
+        for c in Collective::ALL {
+            for &a in c.algorithms() {
+                assert_eq!(parse_algo(c, a.name()), Ok(a));
+            }
+        }
+        let e = parse("-a warp").unwrap_err();
+        assert!(
+            e.contains("unknown algorithm 'warp'") && e.contains("ring"),
+            "{e}"
+        );
+        let e = parse("allreduce -a chain").unwrap_err();
+        assert!(e.contains("'chain' does not implement allreduce"), "{e}");
+        let e = parse("broadcast -a ring").unwrap_err();
+        assert!(e.contains("broadcast has chain, tree"), "{e}");
+    }
+
+    #[test]
+    fn unrunnable_runs_are_named() {
+        let o = parse("sendrecv").unwrap();
+        assert!(unrunnable(&o, 1).unwrap().contains("at least 2 ranks"));
+        assert_eq!(unrunnable(&o, 2), None);
+        let o = parse("broadcast -r 3").unwrap();
+        assert!(unrunnable(&o, 3).unwrap().contains("root 3"));
+        assert_eq!(unrunnable(&o, 4), None);
+        // Rootless collectives ignore -r.
+        assert_eq!(unrunnable(&parse("allgather -r 3").unwrap(), 2), None);
+    }
+
+    #[test]
+    fn rows_follow_nccl_tests_per_collective() {
+        // all_gather_perf & co: the size is the whole buffer, the count one rank's block.
+        let o = parse("allgather -b 8 -e 64 -f 2").unwrap();
+        assert_eq!(o.rows_of(3, DataType::F32), vec![(12, 1), (24, 2), (60, 5)]);
+        let o = parse("alltoall -b 8 -e 64 -f 2").unwrap();
+        assert_eq!(
+            o.rows_of(2, DataType::F32),
+            vec![(8, 1), (16, 2), (32, 4), (64, 8)]
+        );
+        let o = parse("broadcast -b 8 -e 16 -f 2").unwrap();
+        assert_eq!(o.rows_of(3, DataType::F32), vec![(8, 2), (16, 4)]);
+        // Operators and roots.
+        assert_eq!(
+            parse("allgather -o all").unwrap().ops_for(),
+            vec![ReduceOp::Sum]
+        );
+        assert_eq!(
+            parse("reduce -o all").unwrap().ops_for().len(),
+            ReduceOp::ALL.len()
+        );
+        assert_eq!(parse("reduce -r -1").unwrap().roots_for(3), vec![0, 1, 2]);
+        assert_eq!(parse("allreduce -r 2").unwrap().roots_for(3), vec![0]);
     }
 
     #[test]
@@ -476,11 +759,12 @@ mod tests {
     #[test]
     fn bad_input_is_a_clear_error() {
         assert!(parse("--bogus").unwrap_err().contains("--bogus"));
+        let e = parse("gather").unwrap_err();
         assert!(
-            parse("alltoall")
-                .unwrap_err()
-                .contains("unknown collective 'alltoall'")
+            e.contains("unknown collective 'gather'") && e.contains("sendrecv"),
+            "{e}"
         );
+        assert!(parse("-r x").unwrap_err().contains("--root"));
         assert!(parse("-d nope").unwrap_err().contains("unknown datatype"));
         assert!(parse("-o nope").unwrap_err().contains("unknown op"));
         assert!(parse("-b").unwrap_err().contains("needs a value"));
@@ -530,10 +814,25 @@ mod tests {
 
     #[test]
     fn busbw_factor_is_nccl_tests() {
-        let c = Collective::AllReduce;
-        assert_eq!(c.busbw_factor(1), 0.0);
-        assert_eq!(c.busbw_factor(2), 1.0);
-        assert_eq!(c.busbw_factor(4), 1.5);
-        assert_eq!(c.root(), -1);
+        use Collective::*;
+        assert_eq!(AllReduce.busbw_factor(1), 0.0);
+        assert_eq!(AllReduce.busbw_factor(2), 1.0);
+        assert_eq!(AllReduce.busbw_factor(4), 1.5);
+        for c in [AllGather, ReduceScatter, AllToAll] {
+            assert_eq!(c.busbw_factor(4), 0.75);
+            assert_eq!(c.busbw_factor(1), 0.0);
+        }
+        for c in [Broadcast, Reduce, SendRecv] {
+            assert_eq!(c.busbw_factor(4), 1.0);
+        }
+        assert_eq!(AllReduce.busbw_factor(0), 0.0);
+        // Which columns say "none" and -1.
+        let reducing: Vec<_> = Collective::ALL
+            .into_iter()
+            .filter(|c| c.reduces())
+            .collect();
+        assert_eq!(reducing, vec![AllReduce, ReduceScatter, Reduce]);
+        let rooted: Vec<_> = Collective::ALL.into_iter().filter(|c| c.rooted()).collect();
+        assert_eq!(rooted, vec![Broadcast, Reduce]);
     }
 }

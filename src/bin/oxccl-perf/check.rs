@@ -1,6 +1,8 @@
 //! Check values: what each rank puts in its send buffer, and the expected result.
 //!
-//! Every value is a small integer, exactly representable in every element type, chosen so that
+//! Collectives that only move data send [`data_value`]s: a pattern of the rank and the element's
+//! index in the sender's buffer, so every rank can regenerate any rank's buffer. For reductions
+//! every value is a small integer, exactly representable in every element type, chosen so that
 //! every partial result of the reduction is exact too, in any order: for floats, the ranks' values
 //! together stay within the type's exact-integer range (2^11 for half, 2^8 for bfloat16); for
 //! integers, arithmetic wraps, which is associative and commutative. So the expected result is
@@ -55,6 +57,30 @@ pub fn input_value(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, i:
     }
 }
 
+/// The value rank `rank` holds at element `i` of its send buffer in collectives that move data
+/// without reducing it (a full-range pattern of rank and index; exact in every type).
+pub fn data_value(dtype: DataType, rank: usize, i: usize) -> i64 {
+    input_value(dtype, ReduceOp::Sum, rank, 1, i)
+}
+
+/// Writes [`data_value`]s of `rank` for elements `first..` into `buf` (whole elements).
+pub fn fill_data(dtype: DataType, rank: usize, first: usize, buf: &mut [u8]) {
+    let size = dtype.size();
+    for (i, e) in buf.chunks_exact_mut(size).enumerate() {
+        encode(dtype, data_value(dtype, rank, first + i), e);
+    }
+}
+
+/// Turns an expected result into a value that differs from it in every element, by far more
+/// than the tolerance for averages (bit 6 of each element's most significant byte: an exponent
+/// bit for floats), so an element the collective failed to write is always counted as wrong.
+pub fn poison(dtype: DataType, buf: &mut [u8]) {
+    let size = dtype.size();
+    for e in buf.chunks_exact_mut(size) {
+        e[size - 1] ^= 0x40;
+    }
+}
+
 /// Writes one value as a little-endian element of `dtype` (integers wrap, as `as` does).
 fn encode(dtype: DataType, v: i64, out: &mut [u8]) {
     match dtype {
@@ -90,7 +116,8 @@ pub fn fill_input(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, buf
     }
 }
 
-/// The expected result of reducing every rank's input over `bytes` bytes.
+/// The expected result of reducing every rank's input over `bytes` bytes (element by element:
+/// a prefix of a longer result is the result for the prefix).
 pub fn expected(dtype: DataType, op: ReduceOp, nranks: usize, bytes: usize) -> Vec<u8> {
     let mut acc = vec![0u8; bytes];
     fill_input(dtype, op, 0, nranks, &mut acc);
@@ -203,6 +230,33 @@ mod tests {
                 .max()
                 .unwrap();
             assert_eq!(f32::from_le_bytes(e.try_into().unwrap()), want as f32);
+        }
+    }
+
+    #[test]
+    fn poison_is_always_wrong() {
+        for &d in DataType::ALL.iter() {
+            for &op in ReduceOp::ALL.iter() {
+                let want = expected(d, op, 3, 64 * d.size());
+                let mut got = want.clone();
+                poison(d, &mut got);
+                assert_eq!(count_wrong(d, op, &got, &want), 64, "{d:?} {op:?}");
+            }
+            let mut want = vec![0u8; 64 * d.size()];
+            fill_data(d, 2, 5, &mut want);
+            let mut got = want.clone();
+            poison(d, &mut got);
+            assert_eq!(count_wrong(d, ReduceOp::Avg, &got, &want), 64, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn data_values_tell_ranks_apart() {
+        for &d in DataType::ALL.iter() {
+            let a: Vec<i64> = (0..32).map(|i| data_value(d, 0, i)).collect();
+            let b: Vec<i64> = (0..32).map(|i| data_value(d, 1, i)).collect();
+            assert_ne!(a, b, "{d:?}");
+            assert!(a.iter().any(|&v| v != a[0]), "{d:?}");
         }
     }
 

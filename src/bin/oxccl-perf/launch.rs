@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use oxccl::bootstrap::{StoreServer, secret_hex};
 
-use crate::args::{Options, rows_for, size_sweep};
+use crate::args::{Options, unrunnable};
 
 /// Exit status a rank uses when it ran to the end but some element was wrong.
 pub const EXIT_WRONG: i32 = 2;
@@ -64,12 +64,12 @@ const FOREIGN_LAUNCHER_VARS: &[&str] = &[
 /// A generous deadline for a whole run: a minute to start, ten seconds a row, plus the bytes
 /// moved at a pessimistic 100 MB/s per rank (ranks may share a core).
 pub fn default_watchdog(o: &Options, nranks: usize) -> Duration {
-    let sizes = size_sweep(o.minbytes, o.maxbytes, o.step);
     let calls = 2.0 * (o.iters + o.warmup + 1) as f64;
+    let passes = (o.ops_for().len() * o.roots_for(nranks).len()) as f64;
     let mut secs: f64 = 60.0;
-    for d in &o.dtypes {
-        for (bytes, _) in rows_for(&sizes, d.size()) {
-            secs += o.ops.len() as f64 * (10.0 + calls * bytes as f64 * nranks as f64 / 1e8);
+    for &d in &o.dtypes {
+        for (bytes, _) in o.rows_of(nranks, d) {
+            secs += passes * (10.0 + calls * bytes as f64 * nranks as f64 / 1e8);
         }
     }
     Duration::from_secs_f64(secs.min(7.0 * 24.0 * 3600.0))
@@ -141,6 +141,9 @@ pub fn run_local(o: &Options, k: usize) -> i32 {
 }
 
 fn launch(o: &Options, k: usize) -> Result<i32, String> {
+    if let Some(why) = unrunnable(o, k) {
+        return Err(why);
+    }
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind the store: {e}"))?;
     let addr = listener

@@ -1,9 +1,14 @@
-//! `oxccl-perf`: collective bandwidth, measured and printed as nccl-tests' `all_reduce_perf` does.
+//! `oxccl-perf`: collective bandwidth, measured and printed as nccl-tests' `*_perf` tools do.
 //!
 //! ```text
-//! oxccl-perf -N 4 -b 8 -e 64M -f 2            # 4 local ranks, no launcher needed
+//! oxccl-perf -N 4 -b 8 -e 64M -f 2            # 4 local ranks, all-reduce, no launcher needed
+//! oxccl-perf allgather -N 4 -a ring           # another collective, its algorithm forced
 //! torchrun --nproc-per-node 2 oxccl-perf ...  # or any launcher oxccl understands
 //! ```
+//!
+//! Collectives: allreduce (default), allgather, reducescatter, broadcast, reduce, alltoall,
+//! sendrecv, each with nccl-tests' size, count and bus-bandwidth conventions. A binary named after
+//! an nccl-tests tool (a link `all_gather_perf` -> `oxccl-perf`) measures that collective.
 //!
 //! Rank 0 prints nccl-tests' header and table (`size count type redop root time algbw busbw
 //! #wrong`, out-of-place then in-place); `--json FILE` writes the same as one JSON object. The exit
@@ -12,6 +17,7 @@
 mod args;
 mod bench;
 mod check;
+mod coll;
 mod launch;
 mod report;
 
@@ -20,17 +26,33 @@ use std::net::SocketAddr;
 
 use oxccl::{Communicator, Config, Error, UniqueId};
 
-use args::{Options, Parsed};
+use args::{Collective, Options, Parsed};
 
 fn main() {
     std::process::exit(real_main());
 }
 
 fn real_main() -> i32 {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    // Called as nccl-tests' `all_gather_perf` (a link to this binary): that collective, unless
+    // the command line names one.
+    let called_as = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .filter(|name| name.ends_with("_perf"))
+        .and_then(|name| Collective::parse(&name));
+    if let Some(c) = called_as {
+        if argv.first().is_none_or(|a| a.starts_with('-')) {
+            argv.insert(0, c.name().to_string());
+        }
+    }
     let o = match args::parse_args(&argv) {
         Ok(Parsed::Help) => {
-            print!("{}", args::USAGE);
+            print!("{}", args::usage());
             return 0;
         }
         Ok(Parsed::Run(o)) => o,
@@ -77,7 +99,9 @@ fn run_rank(o: &Options) -> Result<i32, (String, Error)> {
     // Flags win over OXCCL_* variables; the rest comes from the environment.
     let cfg = Config {
         transport: o.transport,
-        algo: o.algo.clone(),
+        algo: o
+            .algo
+            .map(|a| format!("{}:{}", o.collective.lib().key(), a.name())),
         ..Config::default()
     };
     let comm = cfg
@@ -97,11 +121,14 @@ fn run_rank(o: &Options) -> Result<i32, (String, Error)> {
 }
 
 fn measure(comm: &Communicator, o: &Options, transport: &str) -> Result<i32, Error> {
-    let rank = comm.rank();
+    let (rank, nranks) = (comm.rank(), comm.size());
+    if let Some(why) = args::unrunnable(o, nranks) {
+        return Err(Error::InvalidArgument(why));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let cards = bench::gather_cards(comm, transport)?;
-    let algorithm = comm.algorithm_name();
+    let algorithms = bench::algorithms(comm, o);
     if rank == 0 {
         let mut head = vec![
             format!(
@@ -115,15 +142,17 @@ fn measure(comm: &Communicator, o: &Options, transport: &str) -> Result<i32, Err
         for (r, (pid, host, t)) in cards.iter().enumerate() {
             head.push(report::device_line(r, *pid, host, t));
         }
-        head.push(format!("# Algorithm: {algorithm}"));
+        head.push(algorithms.header());
         head.push("#".into());
-        head.extend(report::table_header());
+        head.extend(report::table_header(
+            algorithms == bench::Algorithms::PerRow,
+        ));
         for l in head {
             let _ = writeln!(out, "{l}");
         }
         let _ = out.flush();
     }
-    let rows = bench::run(comm, o, &mut out)?;
+    let rows = bench::run(comm, o, &algorithms, &mut out)?;
     if rank == 0 {
         for l in report::footer(&rows) {
             let _ = writeln!(out, "{l}");
@@ -132,7 +161,7 @@ fn measure(comm: &Communicator, o: &Options, transport: &str) -> Result<i32, Err
         if let Some(path) = &o.json {
             let info = report::RunInfo {
                 nranks: comm.size(),
-                algorithm: &algorithm,
+                algorithm: algorithms.summary(),
                 transport,
             };
             std::fs::write(path, report::json_report(o, &info, &rows))

@@ -43,14 +43,23 @@ pub struct Row {
     pub count: usize,
     /// Element type name, as nccl-tests spells it ("float", "int32", ...).
     pub dtype: &'static str,
-    /// Operator name ("sum", ...).
+    /// Operator name ("sum", ...; "none" for collectives that do not reduce).
     pub op: &'static str,
     /// Root rank; -1 for rootless collectives.
     pub root: i64,
     /// Separate send and receive buffers.
     pub oop: Measure,
-    /// One buffer, reduced in place.
-    pub ip: Measure,
+    /// One buffer, in place; `None` for a collective without an in-place form (printed N/A).
+    pub ip: Option<Measure>,
+    /// The algorithm, when it changes from row to row (printed after the nccl-tests columns).
+    pub algorithm: Option<String>,
+}
+
+impl Row {
+    /// The measured modes: out of place, then in place where there is one.
+    pub fn measures(&self) -> impl Iterator<Item = &Measure> {
+        std::iter::once(&self.oop).chain(self.ip.as_ref())
+    }
 }
 
 /// nccl-tests' time column: fewer decimals as the time grows, always 7 wide.
@@ -120,9 +129,9 @@ pub fn device_line(rank: usize, pid: u32, host: &str, transport: &str) -> String
     format!("#  Rank {rank:2} Group  0 Pid {pid:6} on {host:>10} device cpu [{transport}]")
 }
 
-/// The three column-title lines of the table.
-pub fn table_header() -> [String; 3] {
-    [
+/// The three column-title lines of the table; `algorithm` adds the trailing column's title.
+pub fn table_header(algorithm: bool) -> [String; 3] {
+    let mut lines = [
         format!(
             "# {:>10}  {:>12}  {:>8}  {:>6}  {:>6}           out-of-place                       in-place          ",
             "", "", "", "", ""
@@ -159,10 +168,17 @@ pub fn table_header() -> [String; 3] {
             "(GB/s)",
             ""
         ),
-    ]
+    ];
+    if algorithm {
+        lines[1].push_str("  algorithm");
+    }
+    lines
 }
 
-fn measure_cols(m: &Measure) -> String {
+fn measure_cols(m: Option<&Measure>) -> String {
+    let Some(m) = m else {
+        return format!("  {:>7}  {:>6}  {:>6}  {:>5}", "N/A", "N/A", "N/A", "N/A");
+    };
     let wrong = m.wrong.map_or_else(|| "N/A".to_string(), |w| w.to_string());
     format!(
         "  {}  {:6.2}  {:6.2}  {:>5}",
@@ -173,32 +189,38 @@ fn measure_cols(m: &Measure) -> String {
     )
 }
 
-/// One table row, as nccl-tests prints it.
+/// One table row, as nccl-tests prints it (then the algorithm, when rows differ in it).
 pub fn format_row(r: &Row) -> String {
-    format!(
+    let mut s = format!(
         "{:12}  {:12}  {:>8}  {:>6}  {:6}{}{}",
         r.bytes,
         r.count,
         r.dtype,
         r.op,
         r.root,
-        measure_cols(&r.oop),
-        measure_cols(&r.ip)
-    )
+        measure_cols(Some(&r.oop)),
+        measure_cols(r.ip.as_ref())
+    );
+    if let Some(a) = &r.algorithm {
+        let _ = write!(s, "  {a:>9}");
+    }
+    s
 }
 
-/// nccl-tests' average bus bandwidth: the mean busbw over every row's two modes.
+/// nccl-tests' average bus bandwidth: the mean busbw over every row's measured modes.
 pub fn avg_busbw(rows: &[Row]) -> f64 {
-    if rows.is_empty() {
-        return 0.0;
-    }
-    rows.iter().map(|r| r.oop.busbw + r.ip.busbw).sum::<f64>() / (2 * rows.len()) as f64
+    let (sum, n) = rows
+        .iter()
+        .flat_map(Row::measures)
+        .fold((0.0, 0usize), |(s, n), m| (s + m.busbw, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 /// Total wrong elements over every row and mode.
 pub fn total_wrong(rows: &[Row]) -> u64 {
     rows.iter()
-        .map(|r| r.oop.wrong.unwrap_or(0) + r.ip.wrong.unwrap_or(0))
+        .flat_map(Row::measures)
+        .map(|m| m.wrong.unwrap_or(0))
         .sum()
 }
 
@@ -270,7 +292,7 @@ fn json_measure(m: &Measure) -> String {
 pub struct RunInfo<'a> {
     /// Number of ranks.
     pub nranks: usize,
-    /// `comm.algorithm_name()`.
+    /// The algorithm of every row, or "per-size" (each row then names its own).
     pub algorithm: &'a str,
     /// The transport asked for ("auto" when none was).
     pub transport: &'a str,
@@ -288,7 +310,7 @@ pub fn json_report(o: &Options, info: &RunInfo<'_>, rows: &[Row]) -> String {
         s,
         "{{\"tool\":\"oxccl-perf\",\"collective\":{},\"nranks\":{},\"algorithm\":{},\"transport\":{},\
          \"minbytes\":{},\"maxbytes\":{},\"stepfactor\":{},\"stepbytes\":{},\"iters\":{},\"warmup_iters\":{},\
-         \"check\":{},\"datatypes\":[{}],\"ops\":[{}],\"rows\":[",
+         \"check\":{},\"root\":{},\"datatypes\":[{}],\"ops\":[{}],\"rows\":[",
         json_str(o.collective.name()),
         info.nranks,
         json_str(info.algorithm),
@@ -300,8 +322,13 @@ pub fn json_report(o: &Options, info: &RunInfo<'_>, rows: &[Row]) -> String {
         o.iters,
         o.warmup,
         o.check,
+        o.root.map_or(-1, |r| r as i64),
         names(o.dtypes.iter().map(|d| d.name()).collect()),
-        names(o.ops.iter().map(|op| op.name()).collect()),
+        names(if o.collective.reduces() {
+            o.ops.iter().map(|op| op.name()).collect()
+        } else {
+            vec!["none"]
+        }),
     );
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -309,14 +336,16 @@ pub fn json_report(o: &Options, info: &RunInfo<'_>, rows: &[Row]) -> String {
         }
         let _ = write!(
             s,
-            "\n{{\"size\":{},\"count\":{},\"type\":{},\"redop\":{},\"root\":{},\"oop\":{},\"ip\":{}}}",
+            "\n{{\"size\":{},\"count\":{},\"type\":{},\"redop\":{},\"root\":{},\"algorithm\":{},\"oop\":{},\"ip\":{}}}",
             r.bytes,
             r.count,
             json_str(r.dtype),
             json_str(r.op),
             r.root,
+            json_str(r.algorithm.as_deref().unwrap_or(info.algorithm)),
             json_measure(&r.oop),
-            json_measure(&r.ip)
+            r.ip.as_ref()
+                .map_or_else(|| "null".to_string(), json_measure)
         );
     }
     let _ = writeln!(
@@ -345,12 +374,13 @@ mod tests {
                 busbw: 0.0,
                 wrong: Some(0),
             },
-            ip: Measure {
+            ip: Some(Measure {
                 time_us: 3.90,
                 algbw: 0.0,
                 busbw: 0.0,
                 wrong: Some(0),
-            },
+            }),
+            algorithm: None,
         }
     }
 
@@ -364,7 +394,7 @@ mod tests {
 
     #[test]
     fn header_columns_line_up_with_rows() {
-        let [top, names, units] = table_header();
+        let [top, names, units] = table_header(false);
         let r = format_row(&row());
         assert_eq!(names.len(), r.len());
         assert_eq!(units.len(), r.len());
@@ -397,8 +427,35 @@ mod tests {
     fn unchecked_rows_say_na() {
         let mut r = row();
         r.oop.wrong = None;
-        r.ip.wrong = None;
+        r.ip.as_mut().unwrap().wrong = None;
         assert!(format_row(&r).ends_with("  N/A     3.90    0.00    0.00    N/A"));
+    }
+
+    #[test]
+    fn no_in_place_form_prints_na_and_is_left_out_of_the_average() {
+        let mut r = row();
+        r.op = "none";
+        r.oop.busbw = 2.0;
+        r.ip = None;
+        let s = format_row(&r);
+        assert_eq!(s.len(), format_row(&row()).len());
+        assert!(
+            s.ends_with("      0      N/A     N/A     N/A    N/A"),
+            "{s:?}"
+        );
+        assert_eq!(avg_busbw(&[r]), 2.0);
+    }
+
+    #[test]
+    fn algorithm_column_follows_the_nccl_tests_ones() {
+        let mut r = row();
+        r.algorithm = Some("rhd".into());
+        let s = format_row(&r);
+        assert!(s.starts_with(&format_row(&row())));
+        assert!(s.ends_with("        rhd"));
+        let [_, names, _] = table_header(true);
+        let end = names.find("algorithm").unwrap() + "algorithm".len();
+        assert_eq!(end, s.len(), "\n{names}\n{s}");
     }
 
     #[test]
@@ -424,11 +481,11 @@ mod tests {
     fn footer_reports_errors() {
         let mut r = row();
         r.oop.busbw = 1.0;
-        r.ip.busbw = 2.0;
+        r.ip.as_mut().unwrap().busbw = 2.0;
         let f = footer(std::slice::from_ref(&r));
         assert_eq!(f[0], "# Out of bounds values : 0 OK");
         assert_eq!(f[1], "# Avg bus bandwidth    : 1.5 ");
-        r.ip.wrong = Some(3);
+        r.ip.as_mut().unwrap().wrong = Some(3);
         let f = footer(&[r]);
         assert_eq!(f[0], "# Out of bounds values : 3 FAILED");
         assert_eq!(f[2], "# Errors: 3 wrong elements");
