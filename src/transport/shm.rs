@@ -30,6 +30,7 @@
 //! it is still expected.
 
 mod doorbell;
+mod place;
 pub mod setup;
 
 pub use doorbell::Doorbell;
@@ -41,16 +42,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crossbeam_utils::CachePadded;
 
+use place::{POSTS, Post, Posted, Writer};
+
 use super::{Link, Tag};
 use crate::Error;
 use crate::error::Result;
 use crate::sys::shm::{self as sys, Mapping};
 
 const MAGIC: u64 = 0x4d48_534c_4343_584f; // "OXCCLSHM"
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HDR_BYTES: usize = 4096;
 const SLOT_HDR: usize = 64;
-const RING_HDR: usize = 128;
+/// Ring header: the tail (one padded cache line pair), then the posted-receive table.
+const RING_HDR: usize = 128 + POSTS * size_of::<Post>();
 const ABORT_MAX: usize = 1024;
 
 /// Default number of slots per ring.
@@ -91,11 +95,15 @@ struct SlotHdr {
     /// Index + 1 of the message in this slot; written last, with release ordering.
     seq: AtomicU64,
     len: AtomicU32,
-    _pad: u32,
+    /// DATA (in the slot) or PLACED (already in the receiver's posted buffer).
+    kind: AtomicU32,
     tag: [u8; Tag::LEN],
     /// Messages of at most INLINE bytes travel here, in the header's cache line.
     inline: [u8; INLINE],
 }
+
+const DATA: u32 = 0;
+const PLACED: u32 = 1;
 
 /// Largest message carried inside the slot header.
 const INLINE: usize = 24;
@@ -105,7 +113,8 @@ const INLINE_OFF: usize = 40;
 const _: () = assert!(size_of::<Header>() <= HDR_BYTES);
 const _: () = assert!(size_of::<SlotHdr>() == SLOT_HDR);
 const _: () = assert!(std::mem::offset_of!(SlotHdr, inline) == INLINE_OFF);
-const _: () = assert!(size_of::<CachePadded<AtomicU64>>() <= RING_HDR);
+const _: () = assert!(size_of::<CachePadded<AtomicU64>>() <= 128);
+const _: () = assert!(RING_HDR % 64 == 0);
 
 /// The shape of a segment: `nslots` slots of `slot_size` bytes per direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,14 +246,18 @@ impl Segment {
         unsafe { std::ptr::read_volatile(&raw const (*self.header()).pid[side]) }
     }
 
-    /// The tail counter and the first slot of ring `dir`.
-    fn ring(&self, dir: usize) -> (*const AtomicU64, *mut u8) {
+    /// The tail counter, the posted-receive table and the first slot of ring `dir`.
+    fn ring(&self, dir: usize) -> (*const AtomicU64, *const Post, *mut u8) {
         let off = self.geo.ring_off(dir);
         // SAFETY: ring_off(dir) + ring_bytes <= total == the mapping's length (checked in open,
-        // by construction in create).
+        // by construction in create); the table lies between the tail's 128 bytes and the slots.
         unsafe {
             let base = self.map.as_ptr().add(off);
-            (base.cast::<AtomicU64>(), base.add(RING_HDR))
+            (
+                base.cast::<AtomicU64>(),
+                base.add(128).cast::<Post>(),
+                base.add(RING_HDR),
+            )
         }
     }
 }
@@ -255,9 +268,15 @@ pub struct ShmLink {
     side: usize,
     seg: Segment,
     tx_tail: *const AtomicU64,
+    tx_posts: *const Post,
     tx_slots: *mut u8,
     rx_tail: *const AtomicU64,
+    rx_posts: *const Post,
     rx_slots: *mut u8,
+    /// How we can write into the peer's posted buffers.
+    writer: Writer,
+    /// The buffers we posted.
+    posted: Posted,
     nslots: u64,
     slot_size: usize,
     stride: usize,
@@ -301,15 +320,19 @@ impl ShmLink {
                 .map_err(|e| Error::io("set nonblocking on the shm liveness socket", e))?;
         }
         let geo = seg.geometry();
-        let (tx_tail, tx_slots) = seg.ring(side);
-        let (rx_tail, rx_slots) = seg.ring(1 - side);
+        let (tx_tail, tx_posts, tx_slots) = seg.ring(side);
+        let (rx_tail, rx_posts, rx_slots) = seg.ring(1 - side);
         Ok(ShmLink {
             peer,
             side,
             tx_tail,
+            tx_posts,
             tx_slots,
             rx_tail,
+            rx_posts,
             rx_slots,
+            writer: Writer::for_socket(sock.as_ref()),
+            posted: Posted::default(),
             nslots: geo.nslots as u64,
             slot_size: geo.slot_size,
             stride: geo.stride(),
@@ -456,13 +479,16 @@ impl Link for ShmLink {
             }
         }
         let k = self.sent;
+        // SAFETY: tx_posts is the table of the ring we send on; data..data+len is readable per
+        // post_send's contract.
+        let placed = unsafe { place::try_place(self.tx_posts, &mut self.writer, k, data, len) };
         let (hdr, body) = self.slot(self.tx_slots, k, len);
         // SAFETY: the slot is free (the receiver's release of message k - nslots happened
         // before its tail store, which our acquire load saw), so nobody reads it; `body` has
         // room for len bytes (INLINE inline, else slot_size); `data..data+len` is valid per
         // post_send's contract.
         unsafe {
-            if len > 0 {
+            if len > 0 && !placed {
                 std::ptr::copy_nonoverlapping(data, body, len);
             }
             let t = tag.encode();
@@ -473,6 +499,8 @@ impl Link for ShmLink {
             );
         }
         hdr.len.store(len as u32, Ordering::Relaxed);
+        hdr.kind
+            .store(if placed { PLACED } else { DATA }, Ordering::Relaxed);
         hdr.seq.store(k + 1, Ordering::Release);
         self.sent = k + 1;
         self.unreported += 1;
@@ -516,11 +544,27 @@ impl Link for ShmLink {
             };
             return Err(self.fail(e));
         }
-        let (_, body) = self.slot(self.rx_slots, k, len);
+        let (_, mut body) = self.slot(self.rx_slots, k, len);
+        if hdr.kind.load(Ordering::Relaxed) == PLACED {
+            // Only a buffer we posted ourselves, never an address from shared memory.
+            let Some(dst) = self.posted.placed(k, len) else {
+                let e = Error::PeerLost {
+                    peer: self.peer,
+                    msg: format!(
+                        "protocol error on the shared-memory link from rank {}: message {k} placed \
+                         in a buffer that was not posted for it",
+                        self.peer
+                    ),
+                };
+                return Err(self.fail(e));
+            };
+            body = dst;
+        }
         let mut t = [0u8; Tag::LEN];
-        // SAFETY: the sender wrote the tag before its release store of seq, which we saw; it
-        // does not touch the slot again until we release it. The data slice stays valid and
-        // unchanged while `self` is borrowed (release_recv needs &mut self).
+        // SAFETY: the sender wrote the tag (and the data, in the slot or in our posted buffer)
+        // before its release store of seq, which we saw; it does not touch either again until
+        // we release the message. The posted buffer is valid until then (post_recv's contract).
+        // The slice stays valid and unchanged while `self` is borrowed (release needs &mut).
         let data = unsafe {
             std::ptr::copy_nonoverlapping(
                 (&raw const hdr.tag).cast::<u8>(),
@@ -538,11 +582,44 @@ impl Link for ShmLink {
         if hdr.seq.load(Ordering::Relaxed) != k + 1 {
             return;
         }
+        // SAFETY: rx_posts is the table of the ring we receive on.
+        unsafe { self.posted.consumed(self.rx_posts, k) };
         self.consumed = k + 1;
         self.tail(self.rx_tail)
             .store(self.consumed, Ordering::Release);
         fence(Ordering::SeqCst);
         self.peer_bell.ring_if_waiting();
+    }
+
+    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
+        // Not for a message that has already arrived in its slot.
+        if index >= self.consumed && index < self.consumed + self.nslots {
+            let (hdr, _) = self.slot(self.rx_slots, index, 0);
+            if hdr.seq.load(Ordering::Relaxed) == index + 1 {
+                return;
+            }
+        }
+        // SAFETY: rx_posts is the table of the ring we receive on; dst stays valid until the
+        // message is released or cancel_recvs (post_recv's contract).
+        unsafe {
+            self.posted
+                .post(self.rx_posts, self.consumed, index, dst, len)
+        };
+    }
+
+    fn cancel_recvs(&mut self) {
+        let fd = self.sock.as_ref().map(|s| s.as_raw_fd());
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let alive =
+            || fd.is_none_or(|fd| !sys::peer_closed(fd)) && std::time::Instant::now() < give_up;
+        // SAFETY: rx_posts is the table of the ring we receive on.
+        let clean = unsafe { self.posted.cancel(self.rx_posts, alive) };
+        if !clean && self.failed.is_none() {
+            self.failed = Some(Error::Internal(format!(
+                "shared-memory link to rank {} abandoned with a receive in flight",
+                self.peer
+            )));
+        }
     }
 
     fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {

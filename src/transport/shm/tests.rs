@@ -224,6 +224,78 @@ mod unit {
             }
         });
     }
+    #[test]
+    fn posted_receives_are_placed_directly_in_one_copy() {
+        let (mut a, mut b) = pair(2, 128 << 10);
+        let len = place::PLACE_MIN + 8;
+        let msg: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let mut dst = vec![0u8; len];
+        // Message 0 is posted; message 1 (same size) is not; message 2 is posted too late.
+        // SAFETY: dst stays valid and untouched until the message is released.
+        unsafe { b.post_recv(0, dst.as_mut_ptr(), len) };
+        for i in 0..2 {
+            // SAFETY: `msg` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(i), msg.as_ptr(), len) }.unwrap());
+        }
+        let dst_ptr = dst.as_ptr();
+        {
+            let (t, got) = b.peek_recv().unwrap().unwrap();
+            assert_eq!(t, tag(0));
+            assert_eq!(
+                got.as_ptr(),
+                dst_ptr,
+                "placed straight into the posted buffer"
+            );
+            assert_eq!(got, &msg[..]);
+        }
+        b.release_recv();
+        {
+            let (_, got) = b.peek_recv().unwrap().unwrap();
+            assert_ne!(got.as_ptr(), dst_ptr, "not posted: through the slot");
+            assert_eq!(got, &msg[..]);
+        }
+        b.release_recv();
+        // A posting withdrawn before the send is never written to.
+        let mut dst2 = vec![0u8; len];
+        // SAFETY: as above.
+        unsafe { b.post_recv(2, dst2.as_mut_ptr(), len) };
+        b.cancel_recvs();
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(2), msg.as_ptr(), len) }.unwrap());
+        let (_, got) = b.peek_recv().unwrap().unwrap();
+        assert_eq!(got, &msg[..]);
+        assert!(dst2.iter().all(|&x| x == 0));
+        b.release_recv();
+        // Small messages are not posted (a second copy is cheaper than the bookkeeping).
+        let mut small = vec![0u8; 64];
+        // SAFETY: as above.
+        unsafe { b.post_recv(3, small.as_mut_ptr(), 64) };
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(3), msg.as_ptr(), 64) }.unwrap());
+        assert_ne!(b.peek_recv().unwrap().unwrap().1.as_ptr(), small.as_ptr());
+        b.release_recv();
+        b.cancel_recvs();
+        assert!(b.peek_recv().unwrap().is_none(), "the link is still usable");
+    }
+
+    #[test]
+    fn a_cancel_after_a_claim_fails_the_link() {
+        let (_a, mut b) = pair(2, 128 << 10);
+        let len = place::PLACE_MIN;
+        let mut dst = vec![0u8; len];
+        let src = vec![9u8; len];
+        // SAFETY: dst stays valid until cancel_recvs.
+        unsafe { b.post_recv(0, dst.as_mut_ptr(), len) };
+        // The peer places message 0 (as a's post_send would), but b gives the buffer back
+        // before consuming it: the link can no longer be trusted.
+        let mut w = place::Writer::Same;
+        let (_, posts, _) = b.seg.ring(1 - b.side);
+        // SAFETY: `posts` is the table b posts into; src is readable.
+        assert!(unsafe { place::try_place(posts, &mut w, 0, src.as_ptr(), len) });
+        b.cancel_recvs();
+        assert_eq!(dst, src);
+        assert!(matches!(b.peek_recv(), Err(Error::Internal(_))));
+    }
 }
 
 mod bench {
