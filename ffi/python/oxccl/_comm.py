@@ -1,0 +1,538 @@
+"""Unique ids, communicators, collectives, groups and requests."""
+
+import contextlib
+import ctypes
+import threading
+
+from . import _buffers
+from ._lib import (
+    CONFIG_MAGIC,
+    CONFIG_UNDEF_INT,
+    CONFIG_VERSION,
+    UNIQUE_ID_BYTES,
+    UNIQUE_ID_STRLEN,
+    ConfigStruct,
+    UniqueIdStruct,
+    call,
+    check,
+    lib,
+)
+from .errors import InvalidArgumentError, InvalidUsageError, error_for
+
+__all__ = ["UniqueId", "Communicator", "Request", "init", "group", "version"]
+
+
+def version():
+    """The library's version code: major*10000 + minor*100 + patch."""
+    v = ctypes.c_int()
+    call("oxcclGetVersion", ctypes.byref(v))
+    return v.value
+
+
+class UniqueId:
+    """Like ``ncclUniqueId``: the root's address and the job's secret. Rank 0 makes one with
+    :meth:`new` (it also opens the rendezvous store's socket in this process) and sends
+    ``str(uid)`` to the other ranks, which :meth:`parse` it. Treat it like a password."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw):
+        if isinstance(raw, UniqueIdStruct):
+            raw = bytes(raw.internal)
+        raw = bytes(raw)
+        if len(raw) > UNIQUE_ID_BYTES:
+            raise InvalidArgumentError("a unique id is %d bytes" % UNIQUE_ID_BYTES, 1)
+        self._raw = raw.ljust(UNIQUE_ID_BYTES, b"\0")
+
+    @classmethod
+    def new(cls):
+        """A fresh id whose store this process (rank 0) will serve."""
+        s = UniqueIdStruct()
+        call("oxcclGetUniqueId", ctypes.byref(s))
+        return cls(s)
+
+    @classmethod
+    def parse(cls, text):
+        """Reads ``str(uid)``'s form: ``<ip>:<port>#<32 hex digits>``."""
+        s = UniqueIdStruct()
+        call("oxcclUniqueIdFromString", str(text).strip().encode(), ctypes.byref(s))
+        return cls(s)
+
+    def _struct(self):
+        return UniqueIdStruct.from_buffer_copy(self._raw)
+
+    def __bytes__(self):
+        return self._raw
+
+    def __str__(self):
+        buf = ctypes.create_string_buffer(UNIQUE_ID_STRLEN)
+        call("oxcclUniqueIdToString", ctypes.byref(self._struct()), buf, UNIQUE_ID_STRLEN)
+        return buf.value.decode()
+
+    def __repr__(self):
+        return "UniqueId(<hidden>)"
+
+    def __eq__(self, other):
+        return isinstance(other, UniqueId) and other._raw == self._raw
+
+    def __hash__(self):
+        return hash(self._raw)
+
+
+def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
+    c = ConfigStruct()
+    c.size = ctypes.sizeof(ConfigStruct)
+    c.magic = CONFIG_MAGIC
+    c.version = CONFIG_VERSION
+
+    def ival(v, what):
+        if v is None:
+            return CONFIG_UNDEF_INT
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**31:
+            raise InvalidArgumentError("%s=%r must be a positive int" % (what, v), 1)
+        return v
+
+    if timeout is not None:
+        ms = int(round(float(timeout) * 1000))
+        if ms <= 0:
+            raise InvalidArgumentError("timeout=%r must be positive (seconds)" % (timeout,), 1)
+        timeout = min(ms, 2**31 - 1)
+    c.timeoutMs = ival(timeout, "timeout")
+    c.nsocks = ival(nsocks, "nsocks")
+    c.chunkBytes = ival(chunk_bytes, "chunk_bytes")
+    c.deterministic = CONFIG_UNDEF_INT if deterministic is None else int(bool(deterministic))
+    c.transport = None if transport is None else str(transport).encode()
+    c.algo = None if algo is None else str(algo).encode()
+    return c
+
+
+class _Group(threading.local):
+    def __init__(self):
+        self.depth = 0
+        self.keep = []
+
+
+_group = _Group()
+
+
+@contextlib.contextmanager
+def group():
+    """Runs the collectives and sends/receives issued inside together when the block ends (NCCL's
+    ``ncclGroupStart/End``), e.g. a ring exchange: ``with oxccl.group(): comm.send(a, nxt);
+    comm.recv(b, prv)``. The buffers must not be touched until the block ends."""
+    call("oxcclGroupStart")
+    _group.depth += 1
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _group.depth -= 1
+        code = lib().oxcclGroupEnd()
+        if _group.depth == 0:
+            for b in _group.keep:
+                b.release()
+            _group.keep = []
+        if ok:
+            check(code)
+
+
+class Request:
+    """A started non-blocking call (``async_op=True``): :meth:`wait` for it, or :meth:`test`
+    whether it is done. Keeps the buffers alive until it is done; the buffers must not be touched
+    before that."""
+
+    def __init__(self, handle, bufs, result):
+        self._h = handle
+        self._bufs = bufs
+        self._result = result
+
+    def test(self):
+        """True when done (raises the call's error if it failed), False while it runs."""
+        if self._h is None:
+            return True
+        done = ctypes.c_int(0)
+        try:
+            call("oxcclTest", self._h, ctypes.byref(done))
+        except Exception:
+            self._free()
+            raise
+        if done.value:
+            self._free()
+        return bool(done.value)
+
+    def wait(self):
+        """Waits for the call and returns its output buffer (raises its error if it failed)."""
+        if self._h is not None:
+            try:
+                call("oxcclWait", self._h)
+            finally:
+                self._free()
+        return self._result
+
+    def is_completed(self):
+        """torch.distributed's name for :meth:`test`."""
+        return self.test()
+
+    def _free(self):
+        h, self._h = self._h, None
+        if h is not None:
+            lib().oxcclRequestFree(h)
+        for b in self._bufs:
+            b.release()
+        self._bufs = []
+
+    def __del__(self):
+        try:
+            self._free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _same_type(what, *bufs):
+    names = {b.dtype for b in bufs if b is not None}
+    if len(names) > 1:
+        raise InvalidArgumentError("%s: buffers of different element types %s" % (what, sorted(names)), 1)
+
+
+class Communicator:
+    """A group of ranks that run collectives together.
+
+    ``Communicator(rank, nranks, unique_id)`` joins the communicator rank 0 created with
+    :meth:`UniqueId.new`; :func:`init` joins the one a launcher's environment describes. Keyword
+    settings (``timeout`` in seconds, ``transport``, ``nsocks``, ``chunk_bytes``, ``algo``,
+    ``deterministic``) override the OXCCL_* environment.
+
+    Collectives take any buffer without copying: numpy arrays of int8, uint8, int32, uint32,
+    int64, uint64, float16, float32, float64 and bfloat16 (ml_dtypes), torch CPU tensors,
+    bytearray, array.array, memoryview... The element type comes from the buffer, or ``dtype=``.
+    Each returns its output buffer, or a :class:`Request` with ``async_op=True``. The GIL is
+    released while a call runs. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, rank, nranks, unique_id, **settings):
+        if isinstance(unique_id, str):
+            unique_id = UniqueId.parse(unique_id)
+        elif not isinstance(unique_id, UniqueId):
+            unique_id = UniqueId(unique_id)
+        cfg = _config(**_settings(settings))
+        h = ctypes.c_void_p()
+        call(
+            "oxcclCommInitRankConfig",
+            ctypes.byref(h),
+            _int_arg(nranks, "nranks"),
+            unique_id._struct(),
+            _int_arg(rank, "rank"),
+            ctypes.byref(cfg),
+        )
+        self._h = h
+
+    @classmethod
+    def _from_env(cls, **settings):
+        cfg = _config(**_settings(settings))
+        h = ctypes.c_void_p()
+        call("oxcclCommInitFromEnvConfig", ctypes.byref(h), ctypes.byref(cfg))
+        c = cls.__new__(cls)
+        c._h = h
+        return c
+
+    # ---- lifetime -------------------------------------------------------------------------
+
+    def _handle(self):
+        h = self._h
+        if h is None or not h.value:
+            raise InvalidUsageError("the communicator is closed", 2)
+        return h
+
+    def close(self):
+        """Frees the communicator (waits for its started calls). Idempotent."""
+        h, self._h = getattr(self, "_h", None), None
+        if h is not None and h.value:
+            check(lib().oxcclCommDestroy(h))
+
+    def abort(self):
+        """Frees the communicator without waiting for peers (they see it as lost)."""
+        h, self._h = getattr(self, "_h", None), None
+        if h is not None and h.value:
+            check(lib().oxcclCommAbort(h))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, or an error nobody can see
+            pass
+
+    # ---- queries --------------------------------------------------------------------------
+
+    @property
+    def rank(self):
+        """This rank."""
+        v = ctypes.c_int()
+        call("oxcclCommUserRank", self._handle(), ctypes.byref(v))
+        return v.value
+
+    @property
+    def size(self):
+        """The number of ranks."""
+        v = ctypes.c_int()
+        call("oxcclCommCount", self._handle(), ctypes.byref(v))
+        return v.value
+
+    def async_error(self):
+        """None while healthy; else the exception of the failure that revoked the communicator."""
+        v = ctypes.c_int()
+        call("oxcclCommGetAsyncError", self._handle(), ctypes.byref(v))
+        if v.value == 0:
+            return None
+        m = lib().oxcclGetLastError(self._handle())
+        return error_for(v.value, m.decode("utf-8", "replace") if m else "")
+
+    def __repr__(self):
+        if self._h is None:
+            return "<oxccl.Communicator closed>"
+        return "<oxccl.Communicator rank %d of %d>" % (self.rank, self.size)
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def _run(self, name, bufs, result, async_op, *args):
+        """Calls ``name`` (blocking, queued in a group, or its oxcclI* form) with ``args`` and
+        the handle; ``bufs`` are released when the call no longer uses them."""
+        h = self._handle()
+        if async_op:
+            if _group.depth:
+                for b in bufs:
+                    b.release()
+                raise InvalidUsageError("async_op=True inside oxccl.group()", 2)
+            req = ctypes.c_void_p()
+            try:
+                call("oxcclI" + name, *args, h, ctypes.byref(req))
+            except Exception:
+                for b in bufs:
+                    b.release()
+                raise
+            return Request(req, bufs, result)
+        try:
+            call("oxccl" + name, *args, h)
+        except Exception:
+            for b in bufs:
+                b.release()
+            raise
+        if _group.depth:
+            _group.keep.extend(bufs)  # in use until the group ends
+        else:
+            for b in bufs:
+                b.release()
+        return result
+
+    def _pair(self, send, out, dtype, what, send_needed=True, out_needed=True):
+        dt = _buffers.dtype_name(dtype)
+        s = _buffers.get(send, False, dt, what + " send") if send is not None else None
+        try:
+            o = _buffers.get(out, True, dt, what + " out") if out is not None else None
+        except Exception:
+            if s is not None:
+                s.release()
+            raise
+        try:
+            _same_type(what, s, o)
+        except Exception:
+            for b in (s, o):
+                if b is not None:
+                    b.release()
+            raise
+        return s, o
+
+    # ---- collectives ----------------------------------------------------------------------
+
+    def all_reduce(self, buf, op="sum", *, out=None, dtype=None, async_op=False):
+        """Every rank's ``out`` (default: ``buf``, in place) becomes the element-wise reduction
+        (``op``: sum, prod, max, min, avg) of every rank's ``buf``."""
+        opc = _buffers.op_code(op)
+        if out is None or out is buf:
+            b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "all_reduce buf")
+            return self._run("AllReduce", [b], buf, async_op, b.ptr, b.ptr, b.count, b.code, opc)
+        s, o = self._pair(buf, out, dtype, "all_reduce")
+        _check_sizes("all_reduce", [s, o], s.nbytes == o.nbytes, "buf and out differ in size")
+        return self._run("AllReduce", [s, o], out, async_op, s.ptr, o.ptr, o.count, o.code, opc)
+
+    def broadcast(self, buf, root=0, *, dtype=None, async_op=False):
+        """Every rank's ``buf`` becomes the root's ``buf`` (in place)."""
+        b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "broadcast buf")
+        return self._run("Broadcast", [b], buf, async_op, b.ptr, b.ptr, b.count, b.code, root)
+
+    def reduce(self, buf, root=0, op="sum", *, out=None, dtype=None, async_op=False):
+        """The root's ``out`` (default: its ``buf``, in place) becomes the reduction of every
+        rank's ``buf``. Other ranks' ``out`` is ignored and their ``buf`` left alone."""
+        opc = _buffers.op_code(op)
+        if out is None or out is buf:
+            b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "reduce buf")
+            return self._run("Reduce", [b], buf, async_op, b.ptr, b.ptr, b.count, b.code, opc, root)
+        s, o = self._pair(buf, out if self.rank == root else None, dtype, "reduce")
+        if o is not None:
+            _check_sizes("reduce", [s, o], s.nbytes == o.nbytes, "buf and out differ in size")
+        bufs = [b for b in (s, o) if b is not None]
+        optr = o.ptr if o is not None else None
+        return self._run("Reduce", bufs, out, async_op, s.ptr, optr, s.count, s.code, opc, root)
+
+    def all_gather(self, buf, out, *, dtype=None, async_op=False):
+        """``out`` (nranks × len(buf) elements) gets every rank's ``buf``, in rank order."""
+        s, o = self._pair(buf, out, dtype, "all_gather")
+        n = self.size
+        _check_sizes("all_gather", [s, o], o.nbytes == n * s.nbytes, "out must hold nranks x buf")
+        return self._run("AllGather", [s, o], out, async_op, s.ptr, o.ptr, s.count, s.code)
+
+    def reduce_scatter(self, buf, out, op="sum", *, dtype=None, async_op=False):
+        """``out`` gets block ``rank`` of the reduction of every rank's ``buf`` (nranks blocks
+        of len(out))."""
+        opc = _buffers.op_code(op)
+        s, o = self._pair(buf, out, dtype, "reduce_scatter")
+        n = self.size
+        _check_sizes("reduce_scatter", [s, o], s.nbytes == n * o.nbytes, "buf must hold nranks x out")
+        return self._run("ReduceScatter", [s, o], out, async_op, s.ptr, o.ptr, o.count, o.code, opc)
+
+    def all_to_all(self, buf, out=None, *, dtype=None, async_op=False):
+        """Block p of ``buf`` goes to rank p; block p of ``out`` (default ``buf``: in place)
+        comes from rank p. Both hold nranks equal blocks."""
+        n = self.size
+        if out is None or out is buf:
+            b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "all_to_all buf")
+            _check_sizes("all_to_all", [b], b.count % n == 0, "buf is not nranks equal blocks")
+            return self._run("AllToAll", [b], buf, async_op, b.ptr, b.ptr, b.count // n, b.code)
+        s, o = self._pair(buf, out, dtype, "all_to_all")
+        _check_sizes(
+            "all_to_all", [s, o], s.nbytes == o.nbytes and s.count % n == 0,
+            "buf and out must be the same size, nranks equal blocks",
+        )
+        return self._run("AllToAll", [s, o], out, async_op, s.ptr, o.ptr, s.count // n, s.code)
+
+    def gather(self, buf, out=None, root=0, *, dtype=None, async_op=False):
+        """The root's ``out`` (nranks × len(buf)) gets every rank's ``buf`` in rank order;
+        other ranks' ``out`` is ignored."""
+        is_root = self.rank == root
+        if is_root and out is None:
+            raise InvalidArgumentError("gather: the root needs out=", 1)
+        s, o = self._pair(buf, out if is_root else None, dtype, "gather")
+        if o is not None:
+            _check_sizes("gather", [s, o], o.nbytes == self.size * s.nbytes, "out must hold nranks x buf")
+        bufs = [b for b in (s, o) if b is not None]
+        optr = o.ptr if o is not None else None
+        return self._run("Gather", bufs, out, async_op, s.ptr, optr, s.count, s.code, root)
+
+    def scatter(self, buf, out, root=0, *, dtype=None, async_op=False):
+        """Rank p's ``out`` gets block p of the root's ``buf`` (nranks × len(out)); other
+        ranks' ``buf`` is ignored (may be None)."""
+        is_root = self.rank == root
+        s, o = self._pair(buf if is_root else None, out, dtype, "scatter")
+        if s is not None:
+            _check_sizes("scatter", [s, o], s.nbytes == self.size * o.nbytes, "buf must hold nranks x out")
+        bufs = [b for b in (s, o) if b is not None]
+        sptr = s.ptr if s is not None else None
+        return self._run("Scatter", bufs, out, async_op, sptr, o.ptr, o.count, o.code, root)
+
+    def all_gatherv(self, buf, out, counts, *, dtype=None, async_op=False):
+        """Rank p contributes ``counts[p]`` elements (its ``buf``); ``out`` gets them all,
+        contiguous in rank order."""
+        s, o = self._pair(buf, out, dtype, "all_gatherv")
+        c, counts = _counts(counts, self.size, "counts", [s, o])
+        _check_sizes(
+            "all_gatherv", [s, o],
+            s.count == counts[self.rank] and o.count == sum(counts),
+            "buf must hold counts[rank] and out sum(counts) elements",
+        )
+        return self._run("AllGatherV", [s, o], out, async_op, s.ptr, o.ptr, c, s.code)
+
+    def reduce_scatterv(self, buf, out, counts, op="sum", *, dtype=None, async_op=False):
+        """``out`` (``counts[rank]`` elements) gets block ``rank`` of the reduction of every
+        rank's ``buf`` (blocks of ``counts[p]``, contiguous in rank order)."""
+        opc = _buffers.op_code(op)
+        s, o = self._pair(buf, out, dtype, "reduce_scatterv")
+        c, counts = _counts(counts, self.size, "counts", [s, o])
+        _check_sizes(
+            "reduce_scatterv", [s, o],
+            s.count == sum(counts) and o.count == counts[self.rank],
+            "buf must hold sum(counts) and out counts[rank] elements",
+        )
+        return self._run("ReduceScatterV", [s, o], out, async_op, s.ptr, o.ptr, c, s.code, opc)
+
+    def all_to_allv(self, buf, send_counts, out, recv_counts, *, dtype=None, async_op=False):
+        """``send_counts[p]`` elements of ``buf`` go to rank p, ``recv_counts[p]`` elements of
+        ``out`` come from rank p (blocks contiguous in rank order)."""
+        s, o = self._pair(buf, out, dtype, "all_to_allv")
+        sc, send_counts = _counts(send_counts, self.size, "send_counts", [s, o])
+        rc, recv_counts = _counts(recv_counts, self.size, "recv_counts", [s, o])
+        _check_sizes(
+            "all_to_allv", [s, o],
+            s.count == sum(send_counts) and o.count == sum(recv_counts),
+            "buf must hold sum(send_counts) and out sum(recv_counts) elements",
+        )
+        return self._run("AllToAllV", [s, o], out, async_op, s.ptr, sc, o.ptr, rc, s.code)
+
+    def send(self, buf, peer, tag=0, *, dtype=None, async_op=False):
+        """Sends ``buf`` to rank ``peer`` (the receiver uses the same ``tag``)."""
+        b = _buffers.get(buf, False, _buffers.dtype_name(dtype), "send buf")
+        name = "Send" if async_op else "SendTagged"
+        return self._run(name, [b], None, async_op, b.ptr, b.count, b.code, peer, tag)
+
+    def recv(self, buf, peer, tag=0, *, dtype=None, async_op=False):
+        """Receives into ``buf`` from rank ``peer``, matching its ``send`` with the same ``tag``."""
+        b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "recv buf")
+        name = "Recv" if async_op else "RecvTagged"
+        return self._run(name, [b], buf, async_op, b.ptr, b.count, b.code, peer, tag)
+
+    def barrier(self, *, async_op=False):
+        """Blocks until every rank has called it."""
+        return self._run("Barrier", [], None, async_op)
+
+
+def _int_arg(v, what):
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgumentError("%s=%r must be an int" % (what, v), 1)
+    if not -(2**31) <= v < 2**31:
+        raise InvalidArgumentError("%s=%r is out of range" % (what, v), 1)
+    return v
+
+
+def _check_sizes(what, bufs, ok, msg):
+    if not ok:
+        sizes = ", ".join("%d bytes" % b.nbytes for b in bufs if b is not None)
+        for b in bufs:
+            if b is not None:
+                b.release()
+        raise InvalidArgumentError("%s: %s (%s)" % (what, msg, sizes), 1)
+
+
+def _counts(counts, n, what, bufs):
+    try:
+        counts = [int(c) for c in counts]
+        ok = len(counts) == n and all(c >= 0 for c in counts)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        for b in bufs:
+            if b is not None:
+                b.release()
+        raise InvalidArgumentError("%s must be %d non-negative ints, one per rank" % (what, n), 1)
+    return (ctypes.c_size_t * n)(*counts), counts
+
+
+_SETTINGS = ("timeout", "transport", "nsocks", "chunk_bytes", "algo", "deterministic")
+
+
+def _settings(kw):
+    unknown = set(kw) - set(_SETTINGS)
+    if unknown:
+        raise TypeError("unknown settings %s (known: %s)" % (sorted(unknown), ", ".join(_SETTINGS)))
+    return {k: kw.get(k) for k in _SETTINGS}
+
+
+def init(**settings):
+    """Joins the communicator the launcher's environment describes: ``python -m oxccl.run``,
+    torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), Slurm, Open MPI, or OXCCL_RANK /
+    OXCCL_WORLD_SIZE / OXCCL_ROOT / OXCCL_SECRET. Settings as for :class:`Communicator`."""
+    return Communicator._from_env(**settings)

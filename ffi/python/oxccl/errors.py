@@ -1,0 +1,112 @@
+"""Exceptions: one class per ``oxcclResult_t`` code, all subclasses of :class:`OxcclError`."""
+
+__all__ = [
+    "OxcclError",
+    "InvalidArgumentError",
+    "InvalidUsageError",
+    "SystemError_",
+    "InternalError",
+    "PeerLostError",
+    "TimeoutError_",
+    "MismatchError",
+    "UnavailableError",
+    "AuthError",
+    "InProgressError",
+    "error_for",
+]
+
+
+class OxcclError(Exception):
+    """A failed oxccl call. ``code`` is the ``oxcclResult_t``; ``message`` is the library's text
+    (it names the collective, the rank and the peer where that is known)."""
+
+    code = -1
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgumentError(OxcclError, ValueError):
+    """A bad argument: a wrong size, type, rank or count (oxcclInvalidArgument)."""
+
+    code = 1
+
+
+class InvalidUsageError(OxcclError):
+    """The API was used in the wrong state, e.g. a revoked or closed communicator (oxcclInvalidUsage)."""
+
+    code = 2
+
+
+class SystemError_(OxcclError):
+    """The operating system refused something (oxcclSystemError)."""
+
+    code = 3
+
+
+class InternalError(OxcclError):
+    """A bug in oxccl; please report it with the message (oxcclInternalError)."""
+
+    code = 4
+
+
+class PeerLostError(OxcclError):
+    """A peer died or closed its connection (oxcclRemoteError)."""
+
+    code = 5
+
+
+class TimeoutError_(OxcclError, TimeoutError):
+    """A deadline passed (oxcclTimeout); OXCCL_TIMEOUT_MS or ``timeout=`` sets it."""
+
+    code = 6
+
+
+class MismatchError(OxcclError):
+    """Ranks called different collectives, or the same one with different arguments (oxcclMismatch)."""
+
+    code = 7
+
+
+class UnavailableError(OxcclError):
+    """A transport or feature is not available here (oxcclUnavailable)."""
+
+    code = 8
+
+
+class AuthError(OxcclError):
+    """A connection failed authentication: wrong or missing secret (oxcclAuthError)."""
+
+    code = 9
+
+
+class InProgressError(OxcclError):
+    """A non-blocking operation has not finished yet (oxcclInProgress)."""
+
+    code = 10
+
+
+_BY_CODE = {
+    c.code: c
+    for c in (
+        InvalidArgumentError,
+        InvalidUsageError,
+        SystemError_,
+        InternalError,
+        PeerLostError,
+        TimeoutError_,
+        MismatchError,
+        UnavailableError,
+        AuthError,
+        InProgressError,
+    )
+}
+
+
+def error_for(code, message):
+    """The exception for result ``code`` with ``message``."""
+    cls = _BY_CODE.get(code, OxcclError)
+    return cls(message or "oxccl error %d" % code, code)
