@@ -744,3 +744,45 @@ impl Communicator {
         Ok(Box::new(TcpLink::new(p, socks, slot, nslots)?))
     }
 }
+
+#[cfg(test)]
+mod card_tests {
+    use super::*;
+
+    fn card(host: &str, boot: &str, netns: &str, shm: &str) -> Card {
+        Card {
+            addr: "127.0.0.1:5000".parse().unwrap(),
+            host: host.into(),
+            pid: 42,
+            boot: boot.into(),
+            netns: netns.into(),
+            shm: shm.into(),
+        }
+    }
+
+    #[test]
+    fn cards_round_trip_and_reject_garbage() {
+        for c in [
+            card("node-1", "b0", "net:[1]", "oxccl-1-ab"),
+            card("", "", "", ""),
+        ] {
+            assert_eq!(Card::decode(&c.encode(), 3).unwrap(), c);
+        }
+        for bad in [&b"1 127.0.0.1:5000 42 host"[..], b"2 nonsense", b"", b"\xff\xfe"] {
+            assert!(Card::decode(bad, 3).is_err());
+        }
+    }
+
+    #[test]
+    fn same_host_needs_boot_id_host_name_namespace_and_endpoints() {
+        let a = card("n1", "boot", "net:[1]", "s-a");
+        assert_eq!(a.not_same_host(&card("n1", "boot", "net:[1]", "s-b")), None);
+        assert!(a.not_same_host(&card("n2", "boot", "net:[1]", "s-b")).is_some());
+        assert!(a.not_same_host(&card("n1", "other", "net:[1]", "s-b")).is_some());
+        assert!(a.not_same_host(&card("n1", "boot", "net:[2]", "s-b")).is_some());
+        assert!(a.not_same_host(&card("n1", "boot", "net:[1]", "")).is_some());
+        // Unknown identities never match, even each other.
+        let u = card("n1", "", "", "s");
+        assert!(u.not_same_host(&u.clone()).is_some());
+    }
+}

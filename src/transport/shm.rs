@@ -291,6 +291,8 @@ pub struct ShmLink {
     peer_bell: Doorbell,
     sock: Option<UnixStream>,
     gone: bool,
+    /// The peer's abort or close was already reported to a waiter as news.
+    state_seen: bool,
     ticks: u32,
     abort_sent: bool,
     failed: Option<Error>,
@@ -345,6 +347,7 @@ impl ShmLink {
             peer_bell,
             sock,
             gone: false,
+            state_seen: false,
             ticks: 0,
             abort_sent: false,
             failed: None,
@@ -633,7 +636,11 @@ impl Link for ShmLink {
     }
 
     fn before_wait(&mut self) -> bool {
-        self.check_alive(true) || self.peer_state().is_some()
+        // News only once: a peer that closed after its last message must not keep a rank that
+        // still waits on others from sleeping.
+        let closed = !self.state_seen && self.peer_state().is_some();
+        self.state_seen |= closed;
+        self.check_alive(true) || closed
     }
 
     fn doorbell(&self) -> Option<&Arc<Doorbell>> {

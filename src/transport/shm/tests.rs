@@ -143,6 +143,7 @@ mod unit {
             msg: "count 3 vs 4".into(),
         });
         assert!(b.before_wait(), "an abort is news for a waiter");
+        assert!(!b.before_wait(), "but only once");
         assert!(b.peek_recv().unwrap().is_some());
         b.release_recv();
         match b.peek_recv() {
