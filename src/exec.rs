@@ -310,7 +310,7 @@ unsafe fn run_inner(
 
     let mut idle = 0u32;
     let mut last_progress = Instant::now();
-    let mut waiter = Waiter::new();
+    let mut waiter = Waiter::new(SPIN_ROUNDS);
     while done < n {
         let mut moved = false;
         while let Some(g) = ready_local.pop() {
@@ -375,6 +375,18 @@ unsafe fn run_inner(
                 }
                 q.posted += 1;
             }
+            // A message that arrived for a call this rank is not making is a mismatch, and is
+            // one even if the receive it would match is not ready yet: say so now, not at the
+            // timeout (the peer is owed a message, so its next one must be for this call).
+            if let Some(&g) = q.recvs.get(q.next_recv) {
+                let j = op_of(g).0;
+                if let Some((tag, _)) = link.peek_recv()? {
+                    if tag != jobs[j].params.tag {
+                        *failed_job = j;
+                        return Err(mismatch(q.peer, &tag, &jobs[j].params));
+                    }
+                }
+            }
             while let Some(&g) = q.recvs.get(q.next_recv) {
                 if remaining[g as usize] > 0 {
                     break;
@@ -386,17 +398,7 @@ unsafe fn run_inner(
                     break;
                 };
                 if tag != p.tag {
-                    return Err(Error::Mismatch {
-                        peer: q.peer,
-                        msg: format!(
-                            "rank {} called {} but rank {} called {}; every rank must make the same \
-                             collective calls in the same order with the same count, type, operator and root",
-                            q.peer,
-                            describe(&tag),
-                            p.rank,
-                            describe(&p.tag)
-                        ),
-                    });
+                    return Err(mismatch(q.peer, &tag, p));
                 }
                 let es = es(j);
                 match op {
@@ -449,7 +451,7 @@ unsafe fn run_inner(
             break;
         }
         idle += 1;
-        if idle <= wait::spin_rounds(SPIN_ROUNDS) {
+        if idle <= waiter.spin_rounds() {
             waiter.disarm();
             std::hint::spin_loop();
             continue;
@@ -472,6 +474,19 @@ unsafe fn run_inner(
         waiter.wait(p0.timeout - waited)?;
     }
     Ok(())
+}
+
+fn mismatch(peer: usize, theirs: &Tag, p: &Params) -> Error {
+    Error::Mismatch {
+        peer,
+        msg: format!(
+            "rank {peer} called {} but rank {} called {}; every rank must make the same collective \
+             calls in the same order with the same count, type, operator and root",
+            describe(theirs),
+            p.rank,
+            describe(&p.tag)
+        ),
+    }
 }
 
 fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {

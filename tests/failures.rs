@@ -521,3 +521,31 @@ fn invalid_buffers_are_rejected_and_harmless() {
         }
     }
 }
+
+/// A mismatch whose wrong message sits behind a receive that is not ready yet (rank 0's tree
+/// reduce waits for child 1 before child 2; ranks 1 and 2 call barrier instead) is reported at
+/// once, not at the timeout.
+#[test]
+fn mismatch_behind_an_unready_receive_is_prompt() {
+    let t0 = std::time::Instant::now();
+    let cfg = oxccl::Config {
+        algo: Some("reduce:tree".into()),
+        ..test_cfg(20_000)
+    };
+    let res = run_ranks(3, cfg, Duration::from_secs(60), |comm| {
+        if comm.rank() == 0 {
+            let mut out = vec![0f32; 8];
+            comm.reduce(&[1f32; 8], &mut out, oxccl::ReduceOp::Sum, 0)
+        } else {
+            comm.barrier()
+        }
+    });
+    for r in res {
+        assert!(r.is_err(), "{r:?}");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
