@@ -70,6 +70,8 @@ pub fn spin_rounds(normal: u32) -> u32 {
 /// The executor's sleeping state across idle rounds. Dropping it withdraws any announcement.
 #[derive(Default)]
 pub struct Waiter {
+    /// Idle rounds to spin before yielding (see [`spin_rounds`]).
+    spin: u32,
     /// The doorbell we announced ourselves on, and the value to sleep on.
     armed: Option<(Arc<Doorbell>, u32)>,
     /// This round's links: their common doorbell, if they all have the same one.
@@ -81,9 +83,17 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// A waiter that has announced nothing.
-    pub fn new() -> Waiter {
-        Waiter::default()
+    /// A waiter that has announced nothing; it spins `normal_spin` idle rounds before yielding
+    /// (fewer on an oversubscribed host, see [`spin_rounds`]).
+    pub fn new(normal_spin: u32) -> Waiter {
+        let mut w = Waiter::default();
+        w.spin = spin_rounds(normal_spin);
+        w
+    }
+
+    /// Idle rounds to spin before yielding.
+    pub fn spin_rounds(&self) -> u32 {
+        self.spin
     }
 
     /// Withdraws an announcement (the executor is busy again). Cheap when there is none.
