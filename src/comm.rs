@@ -21,7 +21,9 @@ use crate::transport::tcp::TcpLink;
 
 mod api;
 mod manage;
-pub use api::{Call, Request, Scope};
+mod nonblocking;
+pub use api::Call;
+pub use nonblocking::{Request, Scope};
 pub use manage::NO_COLOR;
 use crate::transport::Link;
 
@@ -35,15 +37,18 @@ pub enum TransportKind {
     Tcp,
     /// Shared memory between ranks on one host.
     Shm,
+    /// RDMA (InfiniBand / RoCE verbs) to every peer; needs the cargo feature `rdma` and a device.
+    Rdma,
 }
 
 impl TransportKind {
-    /// Parses `auto`, `tcp` or `shm`.
+    /// Parses `auto`, `tcp`, `shm` or `rdma`.
     pub fn parse(s: &str) -> Option<TransportKind> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" | "" => Some(TransportKind::Auto),
             "tcp" | "socket" => Some(TransportKind::Tcp),
             "shm" => Some(TransportKind::Shm),
+            "rdma" | "ib" | "verbs" => Some(TransportKind::Rdma),
             _ => None,
         }
     }
@@ -54,6 +59,7 @@ impl TransportKind {
             TransportKind::Auto => "auto",
             TransportKind::Tcp => "tcp",
             TransportKind::Shm => "shm",
+            TransportKind::Rdma => "rdma",
         }
     }
 }
@@ -113,7 +119,7 @@ impl Config {
             if let Ok(v) = std::env::var("OXCCL_TRANSPORT") {
                 self.transport = Some(TransportKind::parse(&v).ok_or_else(|| {
                     Error::InvalidArgument(format!(
-                        "OXCCL_TRANSPORT={v:?}: expected auto, tcp or shm"
+                        "OXCCL_TRANSPORT={v:?}: expected auto, tcp, shm or rdma"
                     ))
                 })?);
             }
@@ -208,18 +214,21 @@ struct Card {
     netns: String,
     /// The abstract Unix socket name of the rank's shm endpoint (empty: no shm).
     shm: String,
+    /// Whether the rank offers RDMA (`-`, `a:<device>`, `f:<device>`: see transport::rdma).
+    rdma: String,
 }
 
 impl Card {
     fn encode(&self) -> Vec<u8> {
         let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
         format!(
-            "2 {} {} {} {} {} {}",
+            "3 {} {} {} {} {} {} {}",
             self.addr,
             self.pid,
             dash(&self.boot),
             dash(&self.netns),
             dash(&self.shm),
+            dash(&self.rdma),
             self.host
         )
         .into_bytes()
@@ -228,8 +237,8 @@ impl Card {
     fn decode(b: &[u8], rank: usize) -> Result<Card> {
         let bad = || Error::Internal(format!("rank {rank} published an unreadable card"));
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
-        let mut it = s.splitn(7, ' ');
-        if it.next() != Some("2") {
+        let mut it = s.splitn(8, ' ');
+        if it.next() != Some("3") {
             return Err(bad());
         }
         let addr = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
@@ -238,7 +247,7 @@ impl Card {
             let w = it.next().ok_or_else(bad)?;
             Ok(if w == "-" { String::new() } else { w.to_string() })
         };
-        let (boot, netns, shm) = (word()?, word()?, word()?);
+        let (boot, netns, shm, rdma) = (word()?, word()?, word()?, word()?);
         let host = it.next().unwrap_or("").to_string();
         Ok(Card {
             addr,
@@ -247,6 +256,7 @@ impl Card {
             boot,
             netns,
             shm,
+            rdma,
         })
     }
 
@@ -302,9 +312,11 @@ pub struct Communicator {
     cards: Vec<Card>,
     listener: PeerListener,
     shm: Option<ShmEndpoint>,
+    #[cfg(feature = "rdma")]
+    rdma: Option<crate::transport::rdma::Endpoint>,
     inner: Mutex<Inner>,
-    sched: api::Sched,
-    worker: Mutex<Option<api::Worker>>,
+    sched: nonblocking::Sched,
+    worker: Mutex<Option<nonblocking::Worker>>,
     aborted: std::sync::atomic::AtomicBool,
     shrinks: std::sync::atomic::AtomicU64,
     // Dropped last: rank 0 serves the store until everything else is closed.
@@ -452,7 +464,7 @@ impl Communicator {
         };
         let listener = PeerListener::start(local_ip_towards(root)?, secret, comm_id, rank, nranks)?;
         let shm = match cfg.transport.unwrap_or(TransportKind::Auto) {
-            TransportKind::Tcp => None,
+            TransportKind::Tcp | TransportKind::Rdma => None,
             kind => match ShmEndpoint::start(secret, comm_id, rank, nranks) {
                 Ok(ep) => Some(ep),
                 Err(e) if kind == TransportKind::Auto => {
@@ -466,6 +478,18 @@ impl Communicator {
                 }
             },
         };
+        #[cfg(feature = "rdma")]
+        let rdma = crate::transport::rdma::Endpoint::open(
+            rank,
+            cfg.transport.unwrap_or(TransportKind::Auto),
+            timeout,
+        )?;
+        #[cfg(not(feature = "rdma"))]
+        if cfg.transport == Some(TransportKind::Rdma) {
+            return Err(Error::Unavailable(format!(
+                "rank {rank}: OXCCL_TRANSPORT=rdma, but this oxccl was built without RDMA support (cargo feature rdma)"
+            )));
+        }
         let me = Card {
             addr: listener.addr(),
             host: crate::sys::hostname(),
@@ -473,6 +497,10 @@ impl Communicator {
             boot: crate::sys::boot_id(),
             netns: crate::sys::shm::net_namespace(),
             shm: shm.as_ref().map(|e| e.name().to_string()).unwrap_or_default(),
+            #[cfg(feature = "rdma")]
+            rdma: rdma.as_ref().map_or(String::new(), |e| e.card_word()),
+            #[cfg(not(feature = "rdma"))]
+            rdma: String::new(),
         };
         store.set(&format!("comm/card/{rank}"), &me.encode())?;
         let mut cards = Vec::with_capacity(nranks);
@@ -510,6 +538,8 @@ impl Communicator {
             cards,
             listener,
             shm,
+            #[cfg(feature = "rdma")]
+            rdma,
             inner: Mutex::new(Inner {
                 links,
                 seq: 0,
@@ -521,7 +551,7 @@ impl Communicator {
                 logged: Vec::new(),
                 _store: store,
             }),
-            sched: api::Sched::default(),
+            sched: nonblocking::Sched::default(),
             worker: Mutex::new(None),
             aborted: std::sync::atomic::AtomicBool::new(false),
             shrinks: std::sync::atomic::AtomicU64::new(0),
@@ -651,6 +681,10 @@ impl Communicator {
         slot: usize,
         deadline: Instant,
     ) -> Result<Box<dyn Link>> {
+        #[cfg(feature = "rdma")]
+        if let Some(link) = self.rdma_link(p, true, slot, deadline)? {
+            return Ok(link);
+        }
         let mut why = self.shm_refusal(p)?;
         if why.is_none() && shm_denied(self.rank, p) {
             why = Some("OXCCL_SHM_DENY".into());
@@ -700,6 +734,10 @@ impl Communicator {
         slot: usize,
         deadline: Instant,
     ) -> Result<Box<dyn Link>> {
+        #[cfg(feature = "rdma")]
+        if let Some(link) = self.rdma_link(p, false, slot, deadline)? {
+            return Ok(link);
+        }
         let why = self.shm_refusal(p)?;
         let (None, Some(ep)) = (&why, &self.shm) else {
             let socks = self.listener.take(p, nsocks, deadline)?;
@@ -720,6 +758,54 @@ impl Communicator {
                 Err(_) => {}
             }
         }
+    }
+
+    /// The RDMA link to `p` when both ranks choose one (transport::rdma::wanted): the lower
+    /// rank dials one authenticated socket, over which the queue pairs are set up and which
+    /// then stays open as the link's liveness signal.
+    #[cfg(feature = "rdma")]
+    fn rdma_link(
+        &self,
+        p: usize,
+        dialer: bool,
+        _slot: usize,
+        deadline: Instant,
+    ) -> Result<Option<Box<dyn Link>>> {
+        use crate::transport::rdma;
+        let same_host = self.cards[self.rank].not_same_host(&self.cards[p]).is_none();
+        let ep = self.rdma.as_ref();
+        if !rdma::wanted(ep, self.rank, p, &self.cards[p].rdma, same_host)? {
+            return Ok(None);
+        }
+        let ep = ep.ok_or_else(|| Error::Internal("rdma wanted without an endpoint".into()))?;
+        let socks = if dialer {
+            let hello = Hello {
+                comm: self.comm_id,
+                from: self.rank as u32,
+                to: p as u32,
+                idx: 0,
+                nsocks: 1,
+            };
+            connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?
+        } else {
+            self.listener.take(p, 1, deadline)?
+        };
+        let sock = socks
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal(format!("no bootstrap socket to rank {p}")))?;
+        let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
+        let link = ep.connect(p, sock, slot, deadline)?;
+        crate::info!(
+            Some(self.rank),
+            "link to rank {p} ({} pid {}): rdma on {} to {}, {} KiB slots",
+            self.cards[p].host,
+            self.cards[p].pid,
+            ep.device_name(),
+            self.cards[p].rdma,
+            slot >> 10
+        );
+        Ok(Some(Box::new(link)))
     }
 
     fn new_link(
