@@ -705,6 +705,20 @@ impl Communicator {
                 Err(DialError::Failed(e)) => return Err(e),
                 Err(DialError::Fallback(w)) => {
                     if self.cfg.transport == Some(TransportKind::Shm) {
+                        // Tell the peer at once (it waits for shm or tcp and fails on tcp)
+                        // rather than let it wait for its timeout.
+                        let _ = connect::dial(
+                            self.cards[p].addr,
+                            &self.secret,
+                            Hello {
+                                comm: self.comm_id,
+                                from: self.rank as u32,
+                                to: p as u32,
+                                idx: 0,
+                                nsocks: nsocks as u32,
+                            },
+                            deadline,
+                        );
                         return Err(self.shm_impossible(p, &w));
                     }
                     crate::info!(

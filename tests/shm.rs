@@ -307,6 +307,43 @@ fn procs_mixed_shm_and_tcp_links() {
 }
 
 #[test]
+fn procs_refused_descriptors_fall_back_to_tcp_or_fail_clearly() {
+    // Under auto, a listener that refuses the segment makes the pair use TCP (one INFO line).
+    let g = procs_cases(
+        3,
+        &[
+            ("OXCCL_TRANSPORT", "auto"),
+            ("OXCCL_SHM_TEST_REFUSE", "1"),
+        ],
+    );
+    assert_eq!(link_transport(&g, 0, 1), "tcp");
+    assert_eq!(link_transport(&g, 2, 1), "tcp");
+    assert!(g.report().contains("falling back to tcp"), "{}", g.report());
+    // Forced shm: every rank fails with an error that says why, instead of hanging.
+    let mut g = ProcGroup::spawn(
+        CHILD,
+        2,
+        &[
+            ("OXCCL_SHM_TEST_MODE", "cases"),
+            ("OXCCL_TIMEOUT_MS", "30000"),
+            ("OXCCL_TRANSPORT", "shm"),
+            ("OXCCL_SHM_TEST_REFUSE", "1"),
+        ],
+    );
+    g.wait(Instant::now() + LIMIT, false);
+    for r in 0..2 {
+        assert!(
+            g.status(r).is_some_and(|s| !s.success()) && !g.was_killed(r),
+            "rank {r} should fail by itself:\n{}",
+            g.report()
+        );
+    }
+    let report = g.report();
+    assert!(report.contains("OXCCL_TRANSPORT=shm"), "{report}");
+    assert!(report.contains("refused"), "{report}");
+}
+
+#[test]
 fn procs_forced_tcp() {
     let g = procs_cases(3, &[("OXCCL_TRANSPORT", "tcp")]);
     assert_eq!(link_transport(&g, 0, 1), "tcp");

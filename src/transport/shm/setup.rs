@@ -312,6 +312,10 @@ fn serve(
     }) {
         return Err(refuse(s, e.to_string()));
     }
+    // Test-only knob: behave as if the descriptors were unusable here.
+    if std::env::var("OXCCL_SHM_TEST_REFUSE").is_ok_and(|v| v.trim() == "1") {
+        return Err(refuse(s, "refused by OXCCL_SHM_TEST_REFUSE".into()));
+    }
     let Some(my_bell) = bell.fd() else {
         return Err(refuse(s, "no doorbell".into()));
     };
