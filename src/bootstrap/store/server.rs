@@ -221,9 +221,49 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream, peer: SocketAddr, id
     lock(&shared.conns).streams.remove(&id);
 }
 
+/// Reads one request under a deadline that starts at the server's handshake limit and grows by
+/// 1 µs per byte received (1 MB/s): a client that starts a request and then stalls or trickles
+/// (a slowloris that knows the secret) is disconnected, while a large value still arrives over a
+/// slow link.
+struct Paced<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl io::Read for Paced<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request did not arrive in time (a stalled or trickling client)",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let n = io::Read::read(&mut &*self.stream, buf)?;
+        self.deadline += Duration::from_micros(n as u64);
+        Ok(n)
+    }
+}
+
 fn serve_requests(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr) {
     loop {
-        let req = match read_request(stream) {
+        // Between requests a client may stay idle as long as it likes (ranks keep their
+        // connection for the whole job); once a request has begun, it must arrive in time.
+        if stream.set_read_timeout(None).is_err() {
+            return;
+        }
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+        let mut paced = Paced {
+            stream,
+            deadline: deadline_after(Instant::now(), shared.handshake_timeout),
+        };
+        let req = match read_request(&mut paced) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(ReqError::Io(e)) => {
