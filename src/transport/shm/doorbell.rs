@@ -104,10 +104,11 @@ impl Doorbell {
     }
 
     /// Wakes the owner if it announced itself. The caller has just published something with a
-    /// release store and must have issued a SeqCst fence after it.
+    /// release store and must have issued a SeqCst fence after it. Of several peers ringing at
+    /// once only the one that takes the announcement back pays for the system call.
     pub(super) fn ring_if_waiting(&self) {
         let m = self.mem();
-        if m.waiting.load(Ordering::Relaxed) != 0 {
+        if m.waiting.load(Ordering::Relaxed) != 0 && m.waiting.swap(0, Ordering::AcqRel) != 0 {
             m.bell.fetch_add(1, Ordering::Release);
             sys::futex_wake(&m.bell);
         }
