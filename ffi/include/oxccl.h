@@ -36,6 +36,11 @@
     OXCCL_CONFIG_UNDEF_INT, NULL, NULL }
 
 /**
+ * `color` for `oxcclCommSplit` meaning "in no new communicator" (`NCCL_SPLIT_NOCOLOR`).
+ */
+#define OXCCL_SPLIT_NOCOLOR -1
+
+/**
  * Major version of this library (`OXCCL_VERSION_CODE = MAJOR*10000 + MINOR*100 + PATCH`).
  */
 #define OXCCL_MAJOR 0
@@ -213,9 +218,10 @@ typedef enum {
 } oxcclRedOp_t;
 
 /**
- * A communicator, opaque to C. Created by the `oxcclCommInit*` functions, freed by
- * `oxcclCommDestroy` or `oxcclCommAbort`. May be used from several threads at once (calls on
- * one communicator are serialised), but not destroyed while another thread uses it.
+ * A communicator, opaque to C. Created by the `oxcclCommInit*` functions (and split/shrink),
+ * freed by `oxcclCommDestroy` or `oxcclCommAbort`. It may be used from several threads at once
+ * (calls on one communicator run one at a time, in issue order), and `oxcclCommAbort` may be
+ * called while another thread is inside a call on it.
  */
 typedef struct oxcclComm oxcclComm;
 
@@ -308,8 +314,10 @@ const char *oxcclGetErrorString(oxcclResult_t result);
  * on it, or its destruction), else on the calling thread (kept until that thread's next failure;
  * this is where init failures are read). Never NULL; `""` when there was no failure.
  *
+ * A pointer that is not a live communicator gets the calling thread's message too.
+ *
  * # Safety
- * `comm` is NULL or a live communicator from an `oxcclCommInit*` function.
+ * None beyond the types: `comm` is never dereferenced unless it is a live communicator.
  */
 const char *oxcclGetLastError(oxcclComm_t comm);
 
@@ -810,30 +818,57 @@ oxcclResult_t oxcclCommInitFromEnv(oxcclComm_t *comm);
 oxcclResult_t oxcclCommInitFromEnvConfig(oxcclComm_t *comm, const oxcclConfig_t *config);
 
 /**
- * Frees a communicator (its links and, on rank 0, the store). NULL is fine.
+ * Frees a communicator: waits for its started non-blocking calls, closes its links and, on rank
+ * 0, the store. NULL is fine; a pointer that is not a live communicator (destroyed already) is
+ * an invalid argument. If another thread is inside a call on it, the memory is freed when that
+ * call returns.
  *
  * # Safety
- * `comm` is NULL or a live communicator that no other thread is using; it is invalid afterwards.
+ * None beyond the types: `comm` is never dereferenced unless it is a live communicator.
  */
 oxcclResult_t oxcclCommDestroy(oxcclComm_t comm);
 
 /**
- * Frees a communicator without waiting for peers (like `ncclCommAbort`). NULL is fine. Peers
- * blocked in a collective with this rank see it as lost and fail with `oxcclRemoteError`.
- *
- * Today this closes every link at once, as `oxcclCommDestroy` does; it cannot yet interrupt a
- * call that another thread is blocked in on the same communicator (that call ends at its timeout).
+ * Aborts and frees a communicator without waiting for peers (like `ncclCommAbort`). A call in
+ * flight on it in another thread fails within about 100 ms; peers in a collective with this rank
+ * are told and fail too (instead of waiting for their timeout). NULL is fine.
  *
  * # Safety
- * As `oxcclCommDestroy`.
+ * None beyond the types: `comm` is never dereferenced unless it is a live communicator.
  */
 oxcclResult_t oxcclCommAbort(oxcclComm_t comm);
+
+/**
+ * Splits `comm` (every rank calls it, like `ncclCommSplit`): ranks with the same `color` (>= 0)
+ * form a new communicator, ranked by `key`, then by their rank in `comm`. A rank passing
+ * `OXCCL_SPLIT_NOCOLOR` gets `*newcomm = NULL`. Settings left unset in `config` (may be NULL)
+ * are inherited from `comm`.
+ *
+ * # Safety
+ * `newcomm` is NULL (an error) or writable; `config` is NULL or an initialised `oxcclConfig_t`.
+ */
+oxcclResult_t oxcclCommSplit(oxcclComm_t comm,
+                             int color,
+                             int key,
+                             oxcclComm_t *newcomm,
+                             const oxcclConfig_t *config);
+
+/**
+ * Builds a communicator of the ranks of `comm` that are still alive, renumbered in rank order
+ * (every survivor calls it, typically after a call failed with `oxcclRemoteError` or
+ * `oxcclTimeout`). It does not need rank 0 or the store. `comm` is aborted; destroy it
+ * afterwards. (Unlike `ncclCommShrink`, the dead ranks are found, not listed.)
+ *
+ * # Safety
+ * `newcomm` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclCommShrink(oxcclComm_t comm, oxcclComm_t *newcomm);
 
 /**
  * The number of ranks in `comm`.
  *
  * # Safety
- * `comm` is NULL or live; `count` is NULL or writable.
+ * `count` is NULL (an error) or writable.
  */
 oxcclResult_t oxcclCommCount(oxcclComm_t comm, int *count);
 
@@ -841,16 +876,18 @@ oxcclResult_t oxcclCommCount(oxcclComm_t comm, int *count);
  * This rank's number in `comm`.
  *
  * # Safety
- * `comm` is NULL or live; `rank` is NULL or writable.
+ * `rank` is NULL (an error) or writable.
  */
 oxcclResult_t oxcclCommUserRank(oxcclComm_t comm, int *rank);
 
 /**
- * `oxcclSuccess` while `comm` is healthy, else the code of the failure that revoked it (a lost
- * peer, a timeout, a mismatch...): after that, every call on it fails; destroy it.
+ * `oxcclSuccess` while `comm` is healthy, else the code of the first failure reported by a
+ * call on it that revoked it (a lost peer, a timeout, a mismatch...): after that, every call
+ * on it fails; destroy it, or shrink it. Never blocks (it may be polled while another thread
+ * is inside a call).
  *
  * # Safety
- * `comm` is NULL or live; `asyncError` is NULL or writable.
+ * `asyncError` is NULL (an error) or writable.
  */
 oxcclResult_t oxcclCommGetAsyncError(oxcclComm_t comm, oxcclResult_t *asyncError);
 

@@ -38,14 +38,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Remembers the first failure of a call that went to the peers: the core revokes the
-    /// communicator after any of them (argument and usage errors are caught before and do not).
+    /// Remembers the first failure of a call on the communicator that revoked it: every error
+    /// from the core but a bad argument (which it rejects before anything is sent) revokes it,
+    /// including a usage error a peer's abort propagates. (Usage errors of this crate's own, such
+    /// as a non-blocking call inside a group, are reported without the communicator.)
     fn note_async(&self, e: &Error) {
         let code = oxcclResult_t::of(e);
-        if !matches!(
-            code,
-            oxcclResult_t::oxcclInvalidArgument | oxcclResult_t::oxcclInvalidUsage
-        ) {
+        if code != oxcclResult_t::oxcclInvalidArgument {
             let _ = self.async_error.compare_exchange(
                 0,
                 code as i32,
@@ -158,16 +157,16 @@ pub extern "C" fn oxcclGetErrorString(result: ResultArg) -> *const c_char {
 /// on it, or its destruction), else on the calling thread (kept until that thread's next failure;
 /// this is where init failures are read). Never NULL; `""` when there was no failure.
 ///
+/// A pointer that is not a live communicator gets the calling thread's message too.
+///
 /// # Safety
-/// `comm` is NULL or a live communicator from an `oxcclCommInit*` function.
+/// None beyond the types: `comm` is never dereferenced unless it is a live communicator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the caller passes NULL or a live handle (function contract).
-        match unsafe { Handle::from_ptr(comm) } {
-            Some(h) => h.shared.errors.last(),
-            None => LAST.with(|l| l.borrow().as_ptr()),
-        }
+    let r = catch_unwind(AssertUnwindSafe(|| match Handle::lookup(comm) {
+        // The message lives in the communicator's shared log, which outlives this Arc.
+        Some(h) => h.shared.errors.last(),
+        None => LAST.with(|l| l.borrow().as_ptr()),
     }));
     r.unwrap_or(c"oxcclGetLastError panicked".as_ptr())
 }

@@ -14,8 +14,8 @@ use std::ffi::{c_int, c_void};
 use core_oxccl::Error;
 
 use crate::boundary::null;
-use crate::comm::{Handle, oxcclComm_t, with_comm};
-use crate::group::{oxcclRequest_t, start, submit};
+use crate::comm::{oxcclComm_t, with_comm};
+use crate::group::{no_group, oxcclRequest_t, start, submit};
 use crate::op::{Op, Who, counts_arg, rank_arg};
 use crate::types::*;
 
@@ -23,17 +23,20 @@ use crate::types::*;
 /// starts it and writes `*request` when `request` is `Some`.
 ///
 /// # Safety
-/// `comm` is NULL or live; the buffers `build` names are valid as the calling C function's
-/// contract says; `request`, if `Some`, is NULL or writable.
+/// The buffers `build` names are valid as the calling C function's contract says; `request`,
+/// if `Some`, is NULL or writable.
 unsafe fn run(
     func: &'static str,
     comm: oxcclComm_t,
     request: Option<*mut oxcclRequest_t>,
     build: impl FnOnce(Who) -> Result<Op, Error>,
 ) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm(func, h, |h| {
+    if request.is_some() {
+        if let Err(code) = no_group(func) {
+            return code;
+        }
+    }
+    with_comm(func, comm, |h| {
         if request.is_some_and(|r| r.is_null()) {
             return Err(null("request"));
         }

@@ -1,9 +1,10 @@
 //! Communicators: unique ids, init, destroy/abort, queries.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int};
 use std::ptr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use core_oxccl::{Communicator, Config, Error, TransportKind, UniqueId};
@@ -11,9 +12,10 @@ use core_oxccl::{Communicator, Config, Error, TransportKind, UniqueId};
 use crate::boundary::{Shared, guard, null};
 use crate::types::*;
 
-/// A communicator, opaque to C. Created by the `oxcclCommInit*` functions, freed by
-/// `oxcclCommDestroy` or `oxcclCommAbort`. May be used from several threads at once (calls on
-/// one communicator are serialised), but not destroyed while another thread uses it.
+/// A communicator, opaque to C. Created by the `oxcclCommInit*` functions (and split/shrink),
+/// freed by `oxcclCommDestroy` or `oxcclCommAbort`. It may be used from several threads at once
+/// (calls on one communicator run one at a time, in issue order), and `oxcclCommAbort` may be
+/// called while another thread is inside a call on it.
 pub struct oxcclComm {
     pub(crate) comm: Communicator,
     pub(crate) shared: Arc<Shared>,
@@ -24,25 +26,61 @@ pub type oxcclComm_t = *mut oxcclComm;
 
 pub(crate) use oxcclComm as Handle;
 
+/// Every live communicator, by the address C holds. A call looks its handle up here (and holds
+/// the `Arc` while it runs), so a destroyed or made-up pointer is an error instead of a
+/// use-after-free, and a communicator destroyed or aborted while another thread is inside a call
+/// on it is freed when that call returns.
+static LIVE: LazyLock<Mutex<HashMap<usize, Arc<Handle>>>> = LazyLock::new(Default::default);
+
+fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<Handle>>> {
+    // Inserts and removes are single operations: a panic cannot leave the map half-updated.
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Handle {
-    /// # Safety
-    /// `p` is NULL or a pointer from an `oxcclCommInit*` function that has not been freed, and it
-    /// is not freed while the returned reference is used.
-    pub(crate) unsafe fn from_ptr<'a>(p: oxcclComm_t) -> Option<&'a Handle> {
-        // SAFETY: by the contract above, a non-null `p` points to a live `Handle`; we only hand out
-        // shared references (all mutation inside goes through locks and atomics).
-        unsafe { p.cast_const().as_ref() }
+    /// The live communicator `p` names, or `None` for NULL or a pointer that is not (or no
+    /// longer) one. Never dereferences `p`.
+    pub(crate) fn lookup(p: oxcclComm_t) -> Option<Arc<Handle>> {
+        if p.is_null() {
+            return None;
+        }
+        live().get(&(p as usize)).cloned()
+    }
+
+    fn register(comm: Communicator) -> oxcclComm_t {
+        let h = Arc::new(Handle {
+            comm,
+            shared: Arc::default(),
+        });
+        let p = Arc::as_ptr(&h).cast_mut();
+        live().insert(p as usize, h);
+        p
+    }
+
+    fn unregister(p: oxcclComm_t) -> Option<Arc<Handle>> {
+        live().remove(&(p as usize))
     }
 }
 
-/// Runs `f` with the handle `h` inside the panic boundary; a NULL handle is an invalid argument.
+/// The error for a non-null pointer that is not a live communicator.
+fn not_live() -> Error {
+    Error::InvalidArgument(
+        "comm is not a live communicator (destroyed already, or not from oxcclCommInit*)".into(),
+    )
+}
+
+/// Runs `f` with the communicator `comm` names inside the panic boundary; NULL or a pointer that
+/// is not a live communicator is an invalid argument.
 pub(crate) fn with_comm(
     func: &'static str,
-    h: Option<&Handle>,
+    comm: oxcclComm_t,
     f: impl FnOnce(&Handle) -> Result<(), Error>,
 ) -> oxcclResult_t {
-    guard(func, h.map(|h| &*h.shared), || {
-        f(h.ok_or_else(|| null("comm"))?)
+    let h = Handle::lookup(comm);
+    guard(func, h.as_deref().map(|h| &*h.shared), || match &h {
+        Some(h) => f(h),
+        None if comm.is_null() => Err(null("comm")),
+        None => Err(not_live()),
     })
 }
 
@@ -245,13 +283,6 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     })
 }
 
-fn boxed(comm: Communicator) -> oxcclComm_t {
-    Box::into_raw(Box::new(oxcclComm {
-        comm,
-        shared: Arc::default(),
-    }))
-}
-
 /// Joins communicator `commId` as `rank` of `nranks` (like `ncclCommInitRank`). Blocks until
 /// every rank has joined (or the timeout passes). On failure `*comm` is untouched and
 /// `oxcclGetLastError(NULL)` says why.
@@ -302,7 +333,7 @@ pub unsafe extern "C" fn oxcclCommInitRankConfig(
         let id = from_c(&commId)?;
         let c = Communicator::init(r, n, &id, cfg)?;
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(comm, boxed(c)) };
+        unsafe { put(comm, Handle::register(c)) };
         Ok(())
     })
 }
@@ -335,41 +366,109 @@ pub unsafe extern "C" fn oxcclCommInitFromEnvConfig(
         let cfg = unsafe { read_config(config)? };
         let c = Communicator::from_env_with(cfg)?;
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(comm, boxed(c)) };
+        unsafe { put(comm, Handle::register(c)) };
         Ok(())
     })
 }
 
-/// Frees a communicator (its links and, on rank 0, the store). NULL is fine.
+/// Frees a communicator: waits for its started non-blocking calls, closes its links and, on rank
+/// 0, the store. NULL is fine; a pointer that is not a live communicator (destroyed already) is
+/// an invalid argument. If another thread is inside a call on it, the memory is freed when that
+/// call returns.
 ///
 /// # Safety
-/// `comm` is NULL or a live communicator that no other thread is using; it is invalid afterwards.
+/// None beyond the types: `comm` is never dereferenced unless it is a live communicator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclCommDestroy(comm: oxcclComm_t) -> oxcclResult_t {
     guard("oxcclCommDestroy", None, || {
-        if !comm.is_null() {
-            // SAFETY: a live handle from Box::into_raw (caller's contract), freed exactly once.
-            drop(unsafe { Box::from_raw(comm) });
+        if comm.is_null() {
+            return Ok(());
         }
+        drop(Handle::unregister(comm).ok_or_else(not_live)?);
         Ok(())
     })
 }
 
-/// Frees a communicator without waiting for peers (like `ncclCommAbort`). NULL is fine. Peers
-/// blocked in a collective with this rank see it as lost and fail with `oxcclRemoteError`.
-///
-/// Today this closes every link at once, as `oxcclCommDestroy` does; it cannot yet interrupt a
-/// call that another thread is blocked in on the same communicator (that call ends at its timeout).
+/// Aborts and frees a communicator without waiting for peers (like `ncclCommAbort`). A call in
+/// flight on it in another thread fails within about 100 ms; peers in a collective with this rank
+/// are told and fail too (instead of waiting for their timeout). NULL is fine.
 ///
 /// # Safety
-/// As `oxcclCommDestroy`.
+/// None beyond the types: `comm` is never dereferenced unless it is a live communicator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclCommAbort(comm: oxcclComm_t) -> oxcclResult_t {
     guard("oxcclCommAbort", None, || {
-        if !comm.is_null() {
-            // SAFETY: a live handle from Box::into_raw (caller's contract), freed exactly once.
-            drop(unsafe { Box::from_raw(comm) });
+        if comm.is_null() {
+            return Ok(());
         }
+        let h = Handle::unregister(comm).ok_or_else(not_live)?;
+        h.comm.abort();
+        drop(h);
+        Ok(())
+    })
+}
+
+/// `color` for `oxcclCommSplit` meaning "in no new communicator" (`NCCL_SPLIT_NOCOLOR`).
+pub const OXCCL_SPLIT_NOCOLOR: c_int = -1;
+
+/// Splits `comm` (every rank calls it, like `ncclCommSplit`): ranks with the same `color` (>= 0)
+/// form a new communicator, ranked by `key`, then by their rank in `comm`. A rank passing
+/// `OXCCL_SPLIT_NOCOLOR` gets `*newcomm = NULL`. Settings left unset in `config` (may be NULL)
+/// are inherited from `comm`.
+///
+/// # Safety
+/// `newcomm` is NULL (an error) or writable; `config` is NULL or an initialised `oxcclConfig_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommSplit(
+    comm: oxcclComm_t,
+    color: c_int,
+    key: c_int,
+    newcomm: *mut oxcclComm_t,
+    config: *const oxcclConfig_t,
+) -> oxcclResult_t {
+    with_comm("oxcclCommSplit", comm, |h| {
+        if newcomm.is_null() {
+            return Err(null("newcomm"));
+        }
+        let color = match color {
+            OXCCL_SPLIT_NOCOLOR => None,
+            c => Some(u32::try_from(c).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "color {c}: use a color >= 0, or OXCCL_SPLIT_NOCOLOR"
+                ))
+            })?),
+        };
+        let key = u32::try_from(key)
+            .map_err(|_| Error::InvalidArgument(format!("key {key} must be >= 0")))?;
+        // SAFETY: NULL or initialised (caller's contract).
+        let cfg = unsafe { read_config(config)? };
+        let c = h.comm.split(color, key, cfg)?;
+        let out = c.map(Handle::register).unwrap_or(ptr::null_mut());
+        // SAFETY: non-null and writable (caller's contract).
+        unsafe { put(newcomm, out) };
+        Ok(())
+    })
+}
+
+/// Builds a communicator of the ranks of `comm` that are still alive, renumbered in rank order
+/// (every survivor calls it, typically after a call failed with `oxcclRemoteError` or
+/// `oxcclTimeout`). It does not need rank 0 or the store. `comm` is aborted; destroy it
+/// afterwards. (Unlike `ncclCommShrink`, the dead ranks are found, not listed.)
+///
+/// # Safety
+/// `newcomm` is NULL (an error) or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommShrink(
+    comm: oxcclComm_t,
+    newcomm: *mut oxcclComm_t,
+) -> oxcclResult_t {
+    with_comm("oxcclCommShrink", comm, |h| {
+        if newcomm.is_null() {
+            return Err(null("newcomm"));
+        }
+        let c = h.comm.shrink()?;
+        // SAFETY: non-null and writable (caller's contract).
+        unsafe { put(newcomm, Handle::register(c)) };
         Ok(())
     })
 }
@@ -377,12 +476,10 @@ pub unsafe extern "C" fn oxcclCommAbort(comm: oxcclComm_t) -> oxcclResult_t {
 /// The number of ranks in `comm`.
 ///
 /// # Safety
-/// `comm` is NULL or live; `count` is NULL or writable.
+/// `count` is NULL (an error) or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclCommCount(comm: oxcclComm_t, count: *mut c_int) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm("oxcclCommCount", h, |h| {
+    with_comm("oxcclCommCount", comm, |h| {
         if count.is_null() {
             return Err(null("count"));
         }
@@ -397,12 +494,10 @@ pub unsafe extern "C" fn oxcclCommCount(comm: oxcclComm_t, count: *mut c_int) ->
 /// This rank's number in `comm`.
 ///
 /// # Safety
-/// `comm` is NULL or live; `rank` is NULL or writable.
+/// `rank` is NULL (an error) or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclCommUserRank(comm: oxcclComm_t, rank: *mut c_int) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm("oxcclCommUserRank", h, |h| {
+    with_comm("oxcclCommUserRank", comm, |h| {
         if rank.is_null() {
             return Err(null("rank"));
         }
@@ -414,19 +509,19 @@ pub unsafe extern "C" fn oxcclCommUserRank(comm: oxcclComm_t, rank: *mut c_int) 
     })
 }
 
-/// `oxcclSuccess` while `comm` is healthy, else the code of the failure that revoked it (a lost
-/// peer, a timeout, a mismatch...): after that, every call on it fails; destroy it.
+/// `oxcclSuccess` while `comm` is healthy, else the code of the first failure reported by a
+/// call on it that revoked it (a lost peer, a timeout, a mismatch...): after that, every call
+/// on it fails; destroy it, or shrink it. Never blocks (it may be polled while another thread
+/// is inside a call).
 ///
 /// # Safety
-/// `comm` is NULL or live; `asyncError` is NULL or writable.
+/// `asyncError` is NULL (an error) or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclCommGetAsyncError(
     comm: oxcclComm_t,
     asyncError: *mut oxcclResult_t,
 ) -> oxcclResult_t {
-    // SAFETY: NULL or live (caller's contract).
-    let h = unsafe { Handle::from_ptr(comm) };
-    with_comm("oxcclCommGetAsyncError", h, |h| {
+    with_comm("oxcclCommGetAsyncError", comm, |h| {
         if asyncError.is_null() {
             return Err(null("asyncError"));
         }

@@ -64,6 +64,20 @@ pub(crate) unsafe fn submit(
     h.comm.group(vec![unsafe { op.call() }])
 }
 
+/// Fails when the calling thread has a group open: non-blocking calls cannot join a group.
+/// Checked before the communicator is involved (a usage error that does not revoke it).
+pub(crate) fn no_group(func: &'static str) -> Result<(), oxcclResult_t> {
+    if GROUP.with(|g| g.borrow().depth > 0) {
+        return Err(guard(func, None, || {
+            Err(Error::InvalidUsage(format!(
+                "{func} inside oxcclGroupStart/End; use the blocking form there (the group runs \
+                 its calls together at oxcclGroupEnd)"
+            )))
+        }));
+    }
+    Ok(())
+}
+
 /// Starts `op` on `h` without blocking and writes the request.
 ///
 /// # Safety
@@ -75,13 +89,6 @@ pub(crate) unsafe fn start(
     op: Op,
     request: *mut oxcclRequest_t,
 ) -> Result<(), Error> {
-    if GROUP.with(|g| g.borrow().depth > 0) {
-        return Err(Error::InvalidUsage(
-            "a non-blocking call inside oxcclGroupStart/End; use the blocking form there (the group \
-             runs its calls together at oxcclGroupEnd)"
-                .into(),
-        ));
-    }
     // SAFETY: the buffers stay valid until completion (caller's contract); the communicator's
     // Drop waits for started calls, so it cannot go away under the worker either.
     let req = unsafe { h.comm.start_detached(vec![op.call()])? };
@@ -149,11 +156,17 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
                 comms.push(*c);
             }
         }
-        // SAFETY: every queued comm was a live handle when queued, and the caller keeps it live
-        // until this returns (function contract).
-        let handles: Vec<&Handle> = comms
+        // Held until the calls are done, so a concurrent destroy cannot free one under them.
+        let handles: Vec<Arc<Handle>> = comms
             .iter()
-            .map(|&c| unsafe { Handle::from_ptr(c) }.ok_or_else(|| null("comm")))
+            .map(|&c| {
+                Handle::lookup(c).ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "a communicator used in this group was destroyed before oxcclGroupEnd"
+                            .into(),
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?;
         let calls_of = |c: oxcclComm_t| {
             calls

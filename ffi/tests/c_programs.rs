@@ -73,7 +73,7 @@ fn compile(name: &str, srcs: &[PathBuf], static_lib: bool) -> PathBuf {
     let lib = lib_dir();
     let out = scratch("bin").join(name);
     let mut cmd = Command::new("cc");
-    cmd.args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"])
+    cmd.args(["-std=c11", "-O1", "-pthread", "-Wall", "-Wextra", "-Werror"])
         .arg(format!("-I{}", manifest_dir().join("include").display()))
         .args(srcs)
         .arg("-o")
@@ -332,6 +332,30 @@ fn mismatched_counts_fail_on_every_rank() {
         "expected every rank to fail, at least one with oxcclMismatch; got {codes:?}\n{}",
         report(&procs)
     );
+}
+
+#[test]
+fn split_into_two_colors_and_no_color() {
+    let exe = compile("manage", &[test_src("manage.c")], false);
+    let procs = run_env(&exe, 4, &["split"], Duration::from_secs(60));
+    assert_all_ok(&procs);
+}
+
+#[test]
+fn shrink_to_the_survivors() {
+    let exe = compile("manage", &[test_src("manage.c")], false);
+    let procs = run_env(&exe, 3, &["shrink"], Duration::from_secs(90));
+    assert_all_ok(&procs);
+    for p in &procs[..2] {
+        assert!(p.stdout().contains("shrink ok"), "{}", report(&procs));
+    }
+}
+
+#[test]
+fn abort_interrupts_a_blocked_call() {
+    let exe = compile("manage", &[test_src("manage.c")], false);
+    let procs = run_env(&exe, 2, &["abort"], Duration::from_secs(60));
+    assert_all_ok(&procs);
 }
 
 fn example_src() -> PathBuf {

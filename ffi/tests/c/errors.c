@@ -128,6 +128,12 @@ int main(void) {
   ASSERT(y[0] == 1 && y[3] == 4);
   CHECK(oxcclBarrier(comm));
   CHECK(oxcclCommDestroy(comm));
+  /* A destroyed handle is recognised: errors, not crashes. */
+  EXPECT(oxcclCommDestroy(comm), oxcclInvalidArgument);
+  EXPECT_MSG(NULL, "not a live communicator");
+  EXPECT(oxcclAllReduce(x, x, 4, oxcclFloat32, oxcclSum, comm), oxcclInvalidArgument);
+  EXPECT(oxcclCommCount(SENTINEL, &n), oxcclInvalidArgument);
+  EXPECT(oxcclCommAbort(SENTINEL), oxcclInvalidArgument);
   puts("errors ok");
   return 0;
 }

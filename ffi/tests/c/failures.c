@@ -1,5 +1,5 @@
 /* Failures between ranks (argv[1]):
- *   lost      rank 1 aborts after a first all-reduce and exits; rank 0's next all-reduce must fail
+ *   lost      rank 1 exits after a first all-reduce; rank 0's next all-reduce must fail
  *             with oxcclRemoteError or oxcclTimeout naming rank 1, then the comm is revoked.
  *   mismatch  the ranks pass different counts: nobody may succeed or hang; exit 10 on
  *             oxcclMismatch, 11 on oxcclRemoteError (a peer that saw the mismatch first left). */
@@ -18,10 +18,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 64; i++) x[i] = (float)i;
   if (strcmp(argv[1], "lost") == 0) {
     CHECK(oxcclAllReduce(x, x, 64, oxcclFloat32, oxcclSum, comm));
-    if (test_rank == 1) {
-      CHECK(oxcclCommAbort(comm));
-      _exit(0);
-    }
+    if (test_rank == 1) _exit(0); /* gone without a word, as a crash */
     oxcclResult_t r = oxcclAllReduce(x, x, 64, oxcclFloat32, oxcclSum, comm);
     if (r != oxcclRemoteError && r != oxcclTimeout)
       FAIL("all-reduce with a lost peer returned %d (%s): %s", (int)r, oxcclGetErrorString(r),
