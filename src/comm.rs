@@ -786,7 +786,9 @@ impl Communicator {
         deadline: Instant,
     ) -> Result<Option<Box<dyn Link>>> {
         use crate::transport::rdma;
-        let same_host = self.cards[self.rank].not_same_host(&self.cards[p]).is_none();
+        let same_host = self.cards[self.rank]
+            .not_same_host(&self.cards[p])
+            .is_none();
         let ep = self.rdma.as_ref();
         if !rdma::wanted(ep, self.rank, p, &self.cards[p].rdma, same_host)? {
             return Ok(None);
@@ -857,6 +859,7 @@ mod card_tests {
             boot: boot.into(),
             netns: netns.into(),
             shm: shm.into(),
+            rdma: String::new(),
         }
     }
 
@@ -865,6 +868,10 @@ mod card_tests {
         for c in [
             card("node-1", "b0", "net:[1]", "oxccl-1-ab"),
             card("", "", "", ""),
+            Card {
+                rdma: "a:mlx5_0:1".into(),
+                ..card("node 2", "b", "n", "s")
+            },
         ] {
             assert_eq!(Card::decode(&c.encode(), 3).unwrap(), c);
         }

@@ -5,10 +5,13 @@
 //! slot) and releases the slot, which returns the credit. Sends are posted from the caller's
 //! memory and complete asynchronously, in order. A link never allocates on the data path.
 //!
-//! Transports: [`shm`] (ranks on one host), [`tcp`] (anywhere). RDMA verbs follow the same
-//! trait. How the executor waits on a mix of them is in [`wait`].
+//! Transports: [`shm`] (ranks on one host), [`tcp`] (anywhere), `rdma` (cargo feature `rdma`:
+//! InfiniBand / RoCE verbs, and an emulated NIC for tests). How the executor waits on a mix of
+//! them is in [`wait`].
 
 pub mod connect;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod shm;
 pub mod tcp;
 pub mod wait;

@@ -1,0 +1,1196 @@
+//! The RDMA link protocol, over any [`Nic`]: the shm link's slot/credit protocol carried by RDMA
+//! writes.
+//!
+//! ```text
+//! region (one registration per link, page aligned, remote-writable):
+//!   ctrl page:  credit_in (u64, the peer writes its consumed count here) | credit_out (u64,
+//!               the source of our credit writes) | abort_out (1 KiB) | abort_in (1 KiB)
+//!   tx staging: nslots x [ header 64 B | slot_size ]      (what we write from)
+//!   rx slots:   nslots x [ header 64 B | slot_size ]      (what the peer writes into)
+//! header:       seq u64 | len u32 | 0 u32 | Tag (24 B)
+//! immediate:    kind (2 bits: data, credit, abort, close) | 30 bits: seq, count or length
+//! ```
+//!
+//! Send `k` (when `k - credit < nslots`): small messages are copied behind a header into
+//! staging slot `k % nslots` and complete at once; messages of at least `zcopy_min` bytes go
+//! straight from the caller's buffer (registered through the [`RegCache`]) with the header as a
+//! second scatter/gather entry, and complete when the NIC reports the write done. Either way
+//! one RDMA WRITE_WITH_IMM puts header and data into the peer's rx slot `k % nslots`; the
+//! immediate's completion tells the receiver that slot `k` is complete (RC writes land in
+//! order, and the completion follows the data). The receiver consumes in place and returns the
+//! credit with an 8-byte WRITE_WITH_IMM of its consumed count into our `credit_in` (the
+//! immediate wakes a sender asleep on its completion channel).
+//!
+//! Every incoming immediate consumes a posted receive; at most `nslots` data and `nslots` credit
+//! immediates can be unpolled at once, so `2 nslots + 4` receives, reposted as they are used,
+//! never run out. Waiting: the executor spins on [`Link::progress`] / [`Link::peek_recv`]
+//! (which poll the CQ), then calls [`Link::before_wait`] (arm the CQ, poll once more) and sleeps
+//! in poll(2) on the completion channel's descriptor.
+//!
+//! Failure: an error completion fails the link with [`Error::PeerLost`] naming the peer (after
+//! the NIC's own retries). An abort travels as a write-with-immediate of the error into the
+//! peer's `abort_in` (after the messages posted before it, as RC orders them); a clean close as
+//! an immediate of its own. A peer that waits on us and hears nothing probes us with a
+//! zero-length write (the NIC's retries then tell a dead peer from a slow one), and the
+//! bootstrap TCP connection stays open as a second liveness signal: EOF means the process died.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, Remote, Sge, status};
+use super::regcache::RegCache;
+use crate::Error;
+use crate::error::Result;
+use crate::transport::{Link, Tag};
+
+/// Default slots per direction.
+pub const DEFAULT_SLOTS: usize = 4;
+/// Most slots a link may have.
+pub const MAX_SLOTS: usize = 64;
+/// Largest slot.
+pub const MAX_SLOT_BYTES: usize = 64 << 20;
+const HDR: usize = 64;
+const CTRL: usize = 4096;
+const CREDIT_IN: usize = 0;
+const CREDIT_OUT: usize = 64;
+const ABORT_OUT: usize = 1024;
+const ABORT_IN: usize = 2048;
+/// Largest abort body.
+pub const ABORT_MAX: usize = 1024;
+
+const IMM_BITS: u32 = 30;
+const IMM_MASK: u32 = (1 << IMM_BITS) - 1;
+const K_DATA: u32 = 0;
+const K_CREDIT: u32 = 1;
+const K_ABORT: u32 = 2;
+const K_CLOSE: u32 = 3;
+
+/// Encodes an immediate: `kind` in the top 2 bits, the low 30 bits of `v` below.
+pub fn imm(kind: u32, v: u64) -> u32 {
+    (kind << IMM_BITS) | (v as u32 & IMM_MASK)
+}
+
+/// Splits an immediate into (kind, value).
+pub fn imm_parts(imm: u32) -> (u32, u32) {
+    (imm >> IMM_BITS, imm & IMM_MASK)
+}
+
+const WR_SHIFT: u32 = 56;
+const WR_DATA: u64 = 1;
+const WR_CREDIT: u64 = 2;
+const WR_ABORT: u64 = 3;
+const WR_CLOSE: u64 = 4;
+const WR_PROBE: u64 = 5;
+const WR_RECV: u64 = 6;
+const WR_SEQ_MASK: u64 = (1 << WR_SHIFT) - 1;
+
+/// Send-queue entries kept free for control writes (abort, close, probe).
+const CTRL_RESERVE: usize = 3;
+
+/// Slots per direction and bytes per slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Slots per direction.
+    pub nslots: usize,
+    /// Bytes per slot (the largest message).
+    pub slot_size: usize,
+}
+
+impl Geometry {
+    fn stride(&self) -> usize {
+        HDR + self.slot_size.next_multiple_of(64)
+    }
+
+    fn tx_off(&self) -> usize {
+        CTRL
+    }
+
+    fn rx_off(&self) -> usize {
+        CTRL + self.nslots * self.stride()
+    }
+
+    /// Bytes of the registered region.
+    pub fn total(&self) -> usize {
+        (CTRL + 2 * self.nslots * self.stride()).next_multiple_of(4096)
+    }
+
+    /// Checks the bounds.
+    pub fn check(&self) -> Result<()> {
+        if !(2..=MAX_SLOTS).contains(&self.nslots)
+            || !(1..=MAX_SLOT_BYTES).contains(&self.slot_size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "RDMA link geometry: {} slots of {} bytes is out of bounds (2..={MAX_SLOTS} slots of 1..={MAX_SLOT_BYTES} bytes)",
+                self.nslots, self.slot_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Send and receive queue depths this geometry needs.
+    pub fn caps(&self) -> super::nic::QpCaps {
+        super::nic::QpCaps {
+            send_depth: (2 * self.nslots + 8) as u32,
+            recv_depth: (2 * self.nslots + 4) as u32,
+        }
+    }
+}
+
+/// Tuning of one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkParams {
+    /// Messages of at least this many bytes are sent from the caller's buffer (registered);
+    /// smaller ones are copied into a registered staging slot.
+    pub zcopy_min: usize,
+    /// Registrations kept per link.
+    pub reg_max: usize,
+    /// Keep registrations across calls (`OXCCL_IB_REG_PERSIST`).
+    pub reg_persist: bool,
+    /// How long a waiting receiver hears nothing before it probes the peer.
+    pub probe_every: Duration,
+}
+
+impl Default for LinkParams {
+    fn default() -> Self {
+        LinkParams {
+            zcopy_min: 128 << 10,
+            reg_max: 64,
+            reg_persist: false,
+            probe_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the peer's memory is: what a link sends the other side at setup (with its
+/// [`QpAddress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemInfo {
+    /// The first rx slot.
+    pub rx_slots: u64,
+    /// The abort area.
+    pub abort_in: u64,
+    /// The credit word.
+    pub credit_in: u64,
+    /// Remote key of the region.
+    pub rkey: u32,
+    /// Slots.
+    pub nslots: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+}
+
+/// Page-aligned memory the NIC reads and the peer writes: touched only through raw pointers.
+struct Region {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the region is plain memory owned by one link; all access goes through the link (one
+// thread at a time) or the NIC, as the protocol orders it.
+unsafe impl Send for Region {}
+
+impl Region {
+    fn new(len: usize) -> Region {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Region { ptr, layout }
+    }
+
+    fn at(&self, off: usize) -> *mut u8 {
+        debug_assert!(off < self.layout.size());
+        // SAFETY: callers pass offsets inside the region (debug-checked).
+        unsafe { self.ptr.as_ptr().add(off) }
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: `off` is one of the 8-byte aligned control words inside the region, which
+        // lives as long as `self`; the NIC writes it with aligned 8-byte (atomic) writes.
+        unsafe { &*self.at(off).cast::<AtomicU64>() }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// Encodes an error as an abort body (the TCP abort frame's encoding).
+fn encode_abort(err: &Error, out: &mut [u8]) -> usize {
+    let peer = err.peer().map(|p| p as u32).unwrap_or(u32::MAX);
+    out[0] = err.code();
+    out[1..5].copy_from_slice(&peer.to_le_bytes());
+    let msg = err.message().as_bytes();
+    let n = msg.len().min(out.len() - 5);
+    out[5..5 + n].copy_from_slice(&msg[..n]);
+    5 + n
+}
+
+/// One end of an RDMA link. Field order matters: the NIC (queue pair, registrations) goes
+/// before the memory it may touch.
+pub struct RdmaLink {
+    nic: Box<dyn Nic>,
+    region: Region,
+    mr: Mr,
+    cache: RegCache,
+    peer: usize,
+    device: String,
+    geo: Geometry,
+    remote: MemInfo,
+    params: LinkParams,
+    sq_depth: usize,
+    sq_used: usize,
+    // Sending.
+    sent: u64,
+    credit: u64,
+    /// Zero-copy sends not yet completed: (message, lkey of the registration it pins).
+    zc_inflight: VecDeque<(u64, u32)>,
+    reported: u64,
+    // Receiving.
+    arrived: u64,
+    consumed: u64,
+    credit_pending: bool,
+    // Peer state and failure.
+    peer_abort: Option<Error>,
+    peer_closed: bool,
+    qp_dead: bool,
+    failed: Option<Error>,
+    abort_sent: bool,
+    connected: bool,
+    sock: Option<TcpStream>,
+    gone: bool,
+    ticks: u32,
+    last_heard: Instant,
+    probe_inflight: bool,
+    wc: [Completion; 16],
+}
+
+impl RdmaLink {
+    /// A link to `peer` over `nic`, not yet connected: allocates and registers its region and
+    /// posts its receives. Exchange [`RdmaLink::address`] and [`RdmaLink::mem_info`] with the
+    /// peer, then [`RdmaLink::connect`].
+    pub fn new(
+        peer: usize,
+        mut nic: Box<dyn Nic>,
+        device: String,
+        geo: Geometry,
+        params: LinkParams,
+    ) -> Result<RdmaLink> {
+        geo.check()?;
+        let region = Region::new(geo.total());
+        // SAFETY: the region lives in the link, whose NIC (dropped first) deregisters it; the
+        // peer writes only rx slots, abort_in and credit_in, as the protocol orders.
+        let mr = unsafe { nic.register(region.at(0), geo.total(), true)? };
+        let caps = geo.caps();
+        for _ in 0..caps.recv_depth {
+            nic.post_recv(WR_RECV << WR_SHIFT)?;
+        }
+        Ok(RdmaLink {
+            nic,
+            region,
+            mr,
+            cache: RegCache::new(params.reg_max, params.reg_persist),
+            peer,
+            device,
+            geo,
+            remote: MemInfo::default(),
+            params,
+            sq_depth: caps.send_depth as usize,
+            sq_used: 0,
+            sent: 0,
+            credit: 0,
+            zc_inflight: VecDeque::with_capacity(caps.send_depth as usize),
+            reported: 0,
+            arrived: 0,
+            consumed: 0,
+            credit_pending: false,
+            peer_abort: None,
+            peer_closed: false,
+            qp_dead: false,
+            failed: None,
+            abort_sent: false,
+            connected: false,
+            sock: None,
+            gone: false,
+            ticks: 0,
+            last_heard: Instant::now(),
+            probe_inflight: false,
+            wc: [Completion::default(); 16],
+        })
+    }
+
+    /// The queue pair's address, for the peer.
+    pub fn address(&self) -> QpAddress {
+        self.nic.address()
+    }
+
+    /// Where the peer writes, for the peer.
+    pub fn mem_info(&self) -> MemInfo {
+        let base = self.mr.addr;
+        MemInfo {
+            rx_slots: base + self.geo.rx_off() as u64,
+            abort_in: base + ABORT_IN as u64,
+            credit_in: base + CREDIT_IN as u64,
+            rkey: self.mr.rkey,
+            nslots: self.geo.nslots as u32,
+            slot_size: self.geo.slot_size as u32,
+        }
+    }
+
+    /// Connects to the peer's queue pair and memory.
+    pub fn connect(&mut self, qp: &QpAddress, mem: &MemInfo) -> Result<()> {
+        if mem.nslots as usize != self.geo.nslots || mem.slot_size as usize != self.geo.slot_size {
+            return Err(Error::InvalidUsage(format!(
+                "the RDMA link to rank {} cannot be set up: this rank uses {} slots of {} bytes, rank {} uses {} of {} \
+                 (every rank must use the same OXCCL_CHUNK_BYTES and OXCCL_IB_SLOTS)",
+                self.peer,
+                self.geo.nslots,
+                self.geo.slot_size,
+                self.peer,
+                mem.nslots,
+                mem.slot_size
+            )));
+        }
+        self.nic.connect(qp)?;
+        self.remote = *mem;
+        self.connected = true;
+        self.last_heard = Instant::now();
+        Ok(())
+    }
+
+    /// Keeps the bootstrap connection open: its EOF says the peer process is gone.
+    pub fn watch(&mut self, sock: TcpStream) {
+        let _ = sock.set_nonblocking(true);
+        self.sock = Some(sock);
+    }
+
+    /// The device this link runs on.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Registrations made for zero-copy sends (cache misses).
+    pub fn registrations_made(&self) -> u64 {
+        self.cache.misses
+    }
+
+    fn lost(&self, what: &str) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "RDMA link to rank {} (device {}) {what} (the process exited or was killed, or destroyed its \
+                 communicator; see its log)",
+                self.peer, self.device
+            ),
+        }
+    }
+
+    fn protocol(&self, what: String) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "protocol error on the RDMA link from rank {} (device {}): {what}",
+                self.peer, self.device
+            ),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    fn sq_room(&self, reserve: usize) -> bool {
+        self.sq_used + 1 + reserve <= self.sq_depth
+    }
+
+    fn remote_slot(&self, k: u64) -> u64 {
+        self.remote.rx_slots + (k % self.geo.nslots as u64) * self.geo.stride() as u64
+    }
+
+    fn tx_slot(&self, k: u64) -> usize {
+        self.geo.tx_off() + (k % self.geo.nslots as u64) as usize * self.geo.stride()
+    }
+
+    fn rx_slot(&self, k: u64) -> usize {
+        self.geo.rx_off() + (k % self.geo.nslots as u64) as usize * self.geo.stride()
+    }
+
+    /// Posts a write and counts it against the send queue.
+    ///
+    /// # Safety
+    /// As [`Nic::post_write`]: the entries stay valid until the completion is polled.
+    unsafe fn post(
+        &mut self,
+        wr_id: u64,
+        sges: &[Sge],
+        remote: Remote,
+        imm: Option<u32>,
+    ) -> Result<()> {
+        // SAFETY: forwarded from this function's contract.
+        match unsafe { self.nic.post_write(wr_id, sges, remote, imm) } {
+            Ok(()) => {
+                self.sq_used += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.qp_dead = true;
+                let e = self.lost(&format!("could not post a write: {e}"));
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// Polls the completion queue dry. `Ok(true)` when anything was completed.
+    fn poll_cq(&mut self) -> Result<bool> {
+        let mut any = false;
+        loop {
+            let mut wc = self.wc;
+            let n = match self.nic.poll(&mut wc) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.qp_dead = true;
+                    let e = self.lost(&format!("could not poll its completion queue: {e}"));
+                    return Err(self.fail(e));
+                }
+            };
+            for c in &wc[..n] {
+                self.handle(c)?;
+            }
+            any |= n > 0;
+            if n < wc.len() {
+                break;
+            }
+        }
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        Ok(any)
+    }
+
+    fn handle(&mut self, c: &Completion) -> Result<()> {
+        let kind = c.wr_id >> WR_SHIFT;
+        if c.kind == CompletionKind::Send {
+            self.sq_used = self.sq_used.saturating_sub(1);
+        }
+        if c.status != status::SUCCESS {
+            self.qp_dead = true;
+            if self.failed.is_some() || c.status == status::WR_FLUSH_ERR {
+                // Flushed after an earlier error (which was reported), or after the link failed.
+                if self.failed.is_none() {
+                    let e = self.lost("failed (its queue pair was flushed)");
+                    self.fail(e);
+                }
+                return Ok(());
+            }
+            if let Some(e) = self.peer_abort.clone() {
+                return Err(self.fail(e));
+            }
+            if self.peer_closed {
+                // The peer left cleanly: writes that were still on their way (a credit, a
+                // probe) have nowhere to go, and nothing more is owed in either direction.
+                return Ok(());
+            }
+            let what = match kind {
+                WR_DATA => "a data write",
+                WR_CREDIT => "a credit write",
+                WR_PROBE => "a liveness probe",
+                WR_ABORT => "an abort",
+                WR_CLOSE => "a close notice",
+                _ => "a request",
+            };
+            let e = self.lost(&format!(
+                "failed: {what} completed with status {} ({}, vendor error {:#x})",
+                c.status,
+                super::nic::status_str(c.status),
+                c.vendor_err
+            ));
+            return Err(self.fail(e));
+        }
+        self.last_heard = Instant::now();
+        match c.kind {
+            CompletionKind::Send => match kind {
+                WR_DATA => {
+                    let k = c.wr_id & WR_SEQ_MASK;
+                    if let Some(&(front, lkey)) = self.zc_inflight.front() {
+                        if front == k {
+                            self.zc_inflight.pop_front();
+                            self.cache.unpin(lkey);
+                        }
+                    }
+                }
+                WR_PROBE => self.probe_inflight = false,
+                _ => {}
+            },
+            CompletionKind::RecvImm => {
+                if let Err(e) = self.nic.post_recv(WR_RECV << WR_SHIFT) {
+                    let e = self.lost(&format!("could not post a receive: {e}"));
+                    return Err(self.fail(e));
+                }
+                let (k, v) = imm_parts(c.imm);
+                match k {
+                    K_DATA => {
+                        if v != (self.arrived as u32 & IMM_MASK) {
+                            let e = self.protocol(format!(
+                                "message {} arrived where {} was expected",
+                                v, self.arrived
+                            ));
+                            return Err(self.fail(e));
+                        }
+                        if self.arrived - self.consumed >= self.geo.nslots as u64 {
+                            let e = self.protocol(format!(
+                                "message {} arrived without a credit ({} slots, {} consumed)",
+                                self.arrived, self.geo.nslots, self.consumed
+                            ));
+                            return Err(self.fail(e));
+                        }
+                        self.arrived += 1;
+                    }
+                    K_CREDIT => {
+                        let w = self.region.word(CREDIT_IN).load(Ordering::Acquire);
+                        if w < self.credit || w > self.sent {
+                            let e = self.protocol(format!(
+                                "credit {w} (had {}, sent {})",
+                                self.credit, self.sent
+                            ));
+                            return Err(self.fail(e));
+                        }
+                        self.credit = w;
+                    }
+                    K_ABORT => {
+                        let len = (v as usize).min(ABORT_MAX);
+                        let mut body = [0u8; ABORT_MAX];
+                        // SAFETY: abort_in is ABORT_MAX bytes inside the region; the peer
+                        // wrote it before the completion we just polled and writes it once.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                self.region.at(ABORT_IN),
+                                body.as_mut_ptr(),
+                                len,
+                            )
+                        };
+                        if self.peer_abort.is_none() {
+                            self.peer_abort =
+                                Some(crate::transport::tcp::decode_abort(&body[..len], self.peer));
+                        }
+                    }
+                    _ => self.peer_closed = true,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts the pending credit write, if the send queue has room.
+    fn flush_credit(&mut self) -> Result<()> {
+        if !self.credit_pending || self.failed.is_some() || !self.sq_room(CTRL_RESERVE - 1) {
+            return Ok(());
+        }
+        self.credit_pending = false;
+        let sge = Sge {
+            addr: self.mr.addr + CREDIT_OUT as u64,
+            len: 8,
+            lkey: self.mr.lkey,
+        };
+        let remote = Remote {
+            addr: self.remote.credit_in,
+            rkey: self.remote.rkey,
+        };
+        // SAFETY: credit_out lives in the region (freed after the NIC); the NIC may read a later
+        // value than the one current now, which is as good (the count only grows).
+        unsafe {
+            self.post(
+                WR_CREDIT << WR_SHIFT,
+                &[sge],
+                remote,
+                Some(imm(K_CREDIT, self.consumed)),
+            )
+        }
+    }
+
+    /// The error for "nothing from the peer and nothing more can come", if that is the case.
+    fn dead_end(&mut self, waiting_for: &str) -> Option<Error> {
+        if let Some(e) = self.peer_abort.clone() {
+            return Some(self.fail(e));
+        }
+        if self.peer_closed {
+            let e = self.lost(&format!(
+                "was closed by rank {} while {waiting_for}",
+                self.peer
+            ));
+            return Some(self.fail(e));
+        }
+        if self.gone {
+            let e = self.lost(&format!(
+                "lost its bootstrap connection (EOF) while {waiting_for}"
+            ));
+            return Some(self.fail(e));
+        }
+        None
+    }
+
+    /// Checks (every few thousand calls, or when `now`) whether the bootstrap socket hit EOF.
+    fn check_alive(&mut self, now: bool) -> bool {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.gone || !(now || self.ticks % 4096 == 0) {
+            return false;
+        }
+        if let Some(s) = &self.sock {
+            if crate::sys::shm::peer_closed(s.as_raw_fd()) {
+                self.gone = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A zero-length write to the peer when we have heard nothing for a while: its completion
+    /// (or the NIC's retry error) says whether the peer's queue pair is still there.
+    fn maybe_probe(&mut self) {
+        if self.probe_inflight
+            || self.failed.is_some()
+            || self.peer_closed
+            || !self.connected
+            || self.last_heard.elapsed() < self.params.probe_every
+            || !self.sq_room(CTRL_RESERVE - 1)
+        {
+            return;
+        }
+        let remote = Remote {
+            addr: self.remote.credit_in,
+            rkey: self.remote.rkey,
+        };
+        // SAFETY: a zero-length write names no local memory.
+        if unsafe { self.post(WR_PROBE << WR_SHIFT, &[], remote, None) }.is_ok() {
+            self.probe_inflight = true;
+            self.last_heard = Instant::now();
+        }
+    }
+
+    /// Posts a control write with an immediate from `len` bytes of the region at `off`
+    /// (none when `len` is 0) into the peer's abort area; best effort.
+    fn post_control(&mut self, wr: u64, kind: u32, off: usize, len: usize) -> bool {
+        if self.qp_dead || !self.connected || self.sq_used >= self.sq_depth {
+            return false;
+        }
+        let sge = Sge {
+            addr: self.mr.addr + off as u64,
+            len: len as u32,
+            lkey: self.mr.lkey,
+        };
+        let sges: &[Sge] = if len == 0 {
+            &[]
+        } else {
+            std::slice::from_ref(&sge)
+        };
+        let remote = Remote {
+            addr: self.remote.abort_in,
+            rkey: self.remote.rkey,
+        };
+        // SAFETY: the bytes are in the region (freed after the NIC) and written once.
+        unsafe {
+            self.nic
+                .post_write(wr << WR_SHIFT, sges, remote, Some(imm(kind, len as u64)))
+        }
+        .map(|()| self.sq_used += 1)
+        .is_ok()
+    }
+}
+
+impl Link for RdmaLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.geo.slot_size
+    }
+
+    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if len > self.geo.slot_size {
+            return Err(Error::Internal(format!(
+                "message of {len} bytes exceeds the RDMA link's {}-byte slots",
+                self.geo.slot_size
+            )));
+        }
+        let nslots = self.geo.nslots as u64;
+        if self.sent - self.credit >= nslots || !self.sq_room(CTRL_RESERVE) {
+            self.poll_cq()?;
+            self.flush_credit()?;
+            if self.sent - self.credit >= nslots {
+                if let Some(e) = self.dead_end("a send waited for a free slot") {
+                    return Err(e);
+                }
+                return Ok(false);
+            }
+            if !self.sq_room(CTRL_RESERVE) {
+                return Ok(false);
+            }
+        }
+        let k = self.sent;
+        let off = self.tx_slot(k);
+        let mut hdr = [0u8; HDR];
+        hdr[0..8].copy_from_slice(&k.to_le_bytes());
+        hdr[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        hdr[16..16 + Tag::LEN].copy_from_slice(&tag.encode());
+        // SAFETY: staging slot k % nslots is free: message k - nslots used it, and its credit
+        // (which we hold) says the peer consumed it, so the NIC has finished reading it.
+        unsafe { std::ptr::copy_nonoverlapping(hdr.as_ptr(), self.region.at(off), HDR) };
+        let remote = Remote {
+            addr: self.remote_slot(k),
+            rkey: self.remote.rkey,
+        };
+        let hdr_sge = Sge {
+            addr: self.mr.addr + off as u64,
+            len: HDR as u32,
+            lkey: self.mr.lkey,
+        };
+        let zc = if len >= self.params.zcopy_min && len > 0 {
+            // SAFETY: post_send's contract keeps the caller's bytes valid until this send is
+            // reported complete; the cache is flushed at the end of the call (cancel_recvs) or
+            // at drop, before the caller may free them.
+            unsafe { self.cache.get(self.nic.as_mut(), data as u64, len) }
+        } else {
+            None
+        };
+        let wr = (WR_DATA << WR_SHIFT) | (k & WR_SEQ_MASK);
+        let im = Some(imm(K_DATA, k));
+        match zc {
+            Some(m) => {
+                let data_sge = Sge {
+                    addr: data as u64,
+                    len: len as u32,
+                    lkey: m.lkey,
+                };
+                // SAFETY: the header is in the region; the data stays valid until this send is
+                // reported complete, which happens only after its completion (zc_inflight).
+                let r = unsafe { self.post(wr, &[hdr_sge, data_sge], remote, im) };
+                if let Err(e) = r {
+                    self.cache.unpin(m.lkey);
+                    return Err(e);
+                }
+                self.zc_inflight.push_back((k, m.lkey));
+            }
+            None => {
+                // SAFETY: the staging slot has room for slot_size bytes after its header and is
+                // free (above); `data..data + len` is valid per this function's contract.
+                unsafe {
+                    if len > 0 {
+                        std::ptr::copy_nonoverlapping(data, self.region.at(off + HDR), len);
+                    }
+                }
+                let sge = Sge {
+                    len: (HDR + len) as u32,
+                    ..hdr_sge
+                };
+                // SAFETY: header and copy are in the region, untouched until the slot's credit.
+                unsafe { self.post(wr, &[sge], remote, im)? };
+            }
+        }
+        self.sent = k + 1;
+        Ok(true)
+    }
+
+    fn progress(&mut self) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let moved = self.poll_cq()?;
+        self.flush_credit()?;
+        self.check_alive(false);
+        Ok(moved)
+    }
+
+    fn take_send_completions(&mut self) -> usize {
+        let done = self.zc_inflight.front().map_or(self.sent, |&(k, _)| k);
+        let n = done.saturating_sub(self.reported);
+        self.reported = self.reported.max(done);
+        n as usize
+    }
+
+    fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.arrived == self.consumed {
+            self.poll_cq()?;
+        }
+        if self.arrived == self.consumed {
+            if let Some(e) = self.dead_end("a message was still expected") {
+                return Err(e);
+            }
+            return Ok(None);
+        }
+        let k = self.consumed;
+        let off = self.rx_slot(k);
+        let mut hdr = [0u8; HDR];
+        // SAFETY: the slot's write completed before we polled its immediate, and the peer does
+        // not write the slot again until we return its credit (after release_recv).
+        unsafe { std::ptr::copy_nonoverlapping(self.region.at(off), hdr.as_mut_ptr(), HDR) };
+        let seq = u64::from_le_bytes(hdr[0..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as usize;
+        if seq != k || len > self.geo.slot_size {
+            let e = self.protocol(format!(
+                "slot header says message {seq} of {len} bytes where message {k} (at most {} bytes) was due",
+                self.geo.slot_size
+            ));
+            return Err(self.fail(e));
+        }
+        let tag = Tag::decode(hdr[16..16 + Tag::LEN].try_into().expect("tag bytes"));
+        // SAFETY: as above; the slice borrows self, so release_recv (&mut self) ends it first.
+        let data =
+            unsafe { std::slice::from_raw_parts(self.region.at(off + HDR).cast_const(), len) };
+        Ok(Some((tag, data)))
+    }
+
+    fn release_recv(&mut self) {
+        if self.arrived == self.consumed {
+            return;
+        }
+        self.consumed += 1;
+        self.region
+            .word(CREDIT_OUT)
+            .store(self.consumed, Ordering::Release);
+        self.credit_pending = true;
+        // An error here surfaces at the next call.
+        let _ = self.flush_credit();
+    }
+
+    fn cancel_recvs(&mut self) {
+        // The end of a call. Zero-copy sends still in flight (only after a failure) must not
+        // read the caller's memory once we return: deregistering stops the NIC.
+        if !self.zc_inflight.is_empty() {
+            let e = self.lost("was failed with zero-copy sends in flight");
+            self.fail(e);
+            self.cache.flush(self.nic.as_mut());
+        } else {
+            self.cache.end_of_call(self.nic.as_mut());
+        }
+    }
+
+    fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {
+        if let Some(fd) = self.nic.completion_fd() {
+            out.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let (Some(s), false) = (&self.sock, self.gone) {
+            out.push(libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+
+    fn before_wait(&mut self) -> bool {
+        if self.failed.is_some() {
+            return true;
+        }
+        self.nic.drain_events();
+        if self.nic.arm().is_err() {
+            return true;
+        }
+        let news = self.poll_cq().unwrap_or(true);
+        let _ = self.flush_credit();
+        let alive_news = self.check_alive(true);
+        self.maybe_probe();
+        news || alive_news || self.peer_abort.is_some() || self.peer_closed
+    }
+
+    fn send_abort(&mut self, err: &Error) {
+        if !self.abort_sent {
+            self.abort_sent = true;
+            let mut body = [0u8; ABORT_MAX];
+            let n = encode_abort(err, &mut body);
+            // SAFETY: abort_out is ABORT_MAX bytes inside the region, written once, and read by
+            // the NIC only after this post.
+            unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), self.region.at(ABORT_OUT), n) };
+            self.post_control(WR_ABORT, K_ABORT, ABORT_OUT, n);
+        }
+        if self.failed.is_none() {
+            self.failed = Some(err.clone());
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        "rdma"
+    }
+}
+
+impl Drop for RdmaLink {
+    fn drop(&mut self) {
+        if !self.abort_sent && self.post_control(WR_CLOSE, K_CLOSE, 0, 0) {
+            // Give the close notice a moment to leave before the queue pair is destroyed (the
+            // peer learns from the bootstrap socket's EOF anyway).
+            let deadline = Instant::now() + Duration::from_millis(100);
+            'wait: while Instant::now() < deadline {
+                let mut wc = self.wc;
+                match self.nic.poll(&mut wc) {
+                    Ok(n) => {
+                        if wc[..n].iter().any(|c| {
+                            c.kind == CompletionKind::Send && c.wr_id >> WR_SHIFT == WR_CLOSE
+                        }) {
+                            break 'wait;
+                        }
+                        if n == 0 {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.cache.flush(self.nic.as_mut());
+        let mr = self.mr;
+        self.nic.deregister(&mr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::emu::Fabric;
+    use super::*;
+
+    fn tag(seq: u64) -> Tag {
+        Tag {
+            seq,
+            count: 3,
+            coll: 1,
+            dtype: 7,
+            op: 0,
+            root: u32::MAX,
+        }
+    }
+
+    /// Two connected links over an emulated fabric.
+    pub fn pair(
+        f: &Fabric,
+        nslots: usize,
+        slot_size: usize,
+        params: LinkParams,
+    ) -> (RdmaLink, RdmaLink) {
+        let geo = Geometry { nslots, slot_size };
+        let mk = |label: usize, peer: usize| {
+            let d = f.device(label);
+            RdmaLink::new(peer, d.open(geo.caps()).unwrap(), d.name(), geo, params).unwrap()
+        };
+        let (mut a, mut b) = (mk(0, 1), mk(1, 0));
+        let (qa, ma, qb, mb) = (a.address(), a.mem_info(), b.address(), b.mem_info());
+        a.connect(&qb, &mb).unwrap();
+        b.connect(&qa, &ma).unwrap();
+        (a, b)
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(20)
+    }
+
+    fn recv_one(l: &mut RdmaLink, d: Instant) -> Result<(Tag, Vec<u8>)> {
+        loop {
+            if let Some((t, data)) = l.peek_recv()? {
+                let v = data.to_vec();
+                l.release_recv();
+                return Ok((t, v));
+            }
+            assert!(Instant::now() < d, "no message");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn immediates_round_trip() {
+        for k in 0..4 {
+            for v in [0u64, 1, 12345, (1 << 30) - 1, 1 << 30, u64::MAX] {
+                assert_eq!(imm_parts(imm(k, v)), (k, v as u32 & IMM_MASK));
+            }
+        }
+    }
+
+    #[test]
+    fn messages_arrive_in_order_with_tags_copy_and_zero_copy() {
+        let f = Fabric::new();
+        let params = LinkParams {
+            zcopy_min: 300,
+            ..LinkParams::default()
+        };
+        let (mut a, mut b) = pair(&f, 4, 1000, params);
+        let msgs: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| {
+                (0..(i as usize * 37) % 1001)
+                    .map(|j| (i as usize * 7 + j) as u8)
+                    .collect()
+            })
+            .collect();
+        std::thread::scope(|s| {
+            let msgs2 = &msgs;
+            s.spawn(move || {
+                let d = deadline();
+                let mut done = 0;
+                for (i, m) in msgs2.iter().enumerate() {
+                    // SAFETY: `m` outlives the loop and the link's use of it (all sends
+                    // complete before the thread ends, checked below).
+                    while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
+                        assert!(Instant::now() < d);
+                        a.progress().unwrap();
+                        done += a.take_send_completions();
+                        std::thread::yield_now();
+                    }
+                    a.progress().unwrap();
+                    done += a.take_send_completions();
+                }
+                while done < msgs2.len() {
+                    assert!(Instant::now() < d);
+                    a.progress().unwrap();
+                    done += a.take_send_completions();
+                }
+                assert!(a.registrations_made() >= 1, "large messages went zero-copy");
+                a.cancel_recvs();
+                a
+            });
+            let d = deadline();
+            for (i, m) in msgs.iter().enumerate() {
+                let (t, data) = recv_one(&mut b, d).unwrap();
+                assert_eq!(t, tag(i as u64));
+                assert_eq!(&data, m);
+            }
+        });
+    }
+
+    #[test]
+    fn credits_bound_the_sender_and_wake_it() {
+        let f = Fabric::new();
+        let (mut a, mut b) = pair(&f, 2, 64, LinkParams::default());
+        let m = [7u8; 64];
+        for i in 0..2 {
+            // SAFETY: `m` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+        }
+        // SAFETY: as above.
+        assert!(!unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
+        assert_eq!(
+            a.take_send_completions(),
+            2,
+            "copied sends complete at once"
+        );
+        // Peeking does not return the credit; releasing does, and it wakes the sender's fd.
+        assert!(b.peek_recv().unwrap().is_some());
+        assert!(!a.before_wait(), "nothing new yet: armed");
+        let mut fds = Vec::new();
+        a.wait_interest(&mut fds);
+        assert_eq!(crate::sys::poll(&mut fds, 0).unwrap(), 0);
+        b.release_recv();
+        assert_eq!(
+            crate::sys::poll(&mut fds, 1000).unwrap(),
+            1,
+            "credit woke the sender"
+        );
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
+        for i in 1..3 {
+            let (t, d) = recv_one(&mut b, deadline()).unwrap();
+            assert_eq!((t.seq, d.len()), (i, 64));
+        }
+        // A message larger than a slot is refused.
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
+    }
+
+    #[test]
+    fn abort_arrives_after_the_messages_before_it() {
+        let f = Fabric::new();
+        let (mut a, mut b) = pair(&f, 4, 128, LinkParams::default());
+        let m = [1u8; 8];
+        // SAFETY: `m` outlives the call.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
+        a.send_abort(&Error::Mismatch {
+            peer: 2,
+            msg: "count 3 vs 4".into(),
+        });
+        assert!(recv_one(&mut b, deadline()).is_ok());
+        match b.peek_recv() {
+            Err(Error::Mismatch { peer: 2, msg }) => {
+                assert!(
+                    msg.contains("count 3 vs 4") && msg.contains("rank 0"),
+                    "{msg}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(b.peek_recv().is_err(), "sticky");
+        // SAFETY: as above.
+        assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
+    }
+
+    #[test]
+    fn a_closed_peer_is_peer_lost_and_a_killed_one_too() {
+        let f = Fabric::with_retries(3, Duration::from_millis(1));
+        let (a, mut b) = pair(&f, 2, 64, LinkParams::default());
+        drop(a);
+        assert!(b.progress().is_ok(), "nothing is owed yet");
+        match b.peek_recv() {
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        // A killed peer (its NIC gone, its thread alive): a waiting receiver's probe finds out.
+        let params = LinkParams {
+            probe_every: Duration::from_millis(5),
+            ..LinkParams::default()
+        };
+        let (c, mut d) = pair(&f, 2, 64, params);
+        f.kill(0);
+        let dl = deadline();
+        let err = loop {
+            match d.peek_recv() {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("no message was sent"),
+                Err(e) => break e,
+            }
+            d.before_wait();
+            assert!(Instant::now() < dl);
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        match err {
+            Error::PeerLost { peer: 0, msg } => {
+                assert!(msg.contains("retry") && msg.contains("probe"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        drop((b, c, d));
+        assert_eq!((f.queue_pairs(), f.registrations()), (0, 0));
+    }
+
+    #[test]
+    fn lost_packets_are_retransmitted_transparently() {
+        let f = Fabric::with_retries(7, Duration::from_millis(1));
+        let (mut a, mut b) = pair(&f, 4, 256, LinkParams::default());
+        let d = deadline();
+        for i in 0..40u64 {
+            if i % 5 == 0 {
+                f.lose_packets(0, 3);
+            }
+            let m = [i as u8; 200];
+            // SAFETY: `m` lives until the send is received below (copied sends complete at once).
+            while !unsafe { a.post_send(&tag(i), m.as_ptr(), 200) }.unwrap() {
+                assert!(Instant::now() < d);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let (t, data) = recv_one(&mut b, d).unwrap();
+            assert_eq!((t.seq, data), (i, vec![i as u8; 200]));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Connecting an RDMA link: both ranks exchange a fixed-size card (queue pair address: LID,
+//! GID, QPN, PSN, MTU, link layer; memory: rkey, slot, abort and credit addresses, geometry)
+//! over their authenticated bootstrap TCP connection, connect their queue pairs, and meet once
+//! more on the socket so that neither writes before the other is ready to receive. The socket
+//! then stays open as the link's liveness signal.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::link::{Geometry, LinkParams, MemInfo, RdmaLink};
+use super::nic::{NicDevice, QpAddress};
+use crate::Error;
+use crate::error::Result;
+
+const MAGIC: u32 = 0x4249_584f; // "OXIB"
+const VERSION: u8 = 1;
+/// Encoded card size.
+pub const CARD_LEN: usize = 96;
+const READY: u8 = b'R';
+
+/// What one side of a link tells the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Card {
+    /// Sending rank.
+    pub from: u32,
+    /// Receiving rank.
+    pub to: u32,
+    /// Queue pair address.
+    pub qp: QpAddress,
+    /// Memory.
+    pub mem: MemInfo,
+}
+
+impl Card {
+    /// Little-endian encoding.
+    pub fn encode(&self) -> [u8; CARD_LEN] {
+        let mut b = [0u8; CARD_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4] = VERSION;
+        b[5] = self.qp.link_layer;
+        b[6] = self.qp.mtu;
+        b[8..10].copy_from_slice(&self.qp.lid.to_le_bytes());
+        b[12..16].copy_from_slice(&self.qp.qpn.to_le_bytes());
+        b[16..20].copy_from_slice(&self.qp.psn.to_le_bytes());
+        b[20..24].copy_from_slice(&self.mem.rkey.to_le_bytes());
+        b[24..40].copy_from_slice(&self.qp.gid);
+        b[40..48].copy_from_slice(&self.mem.rx_slots.to_le_bytes());
+        b[48..56].copy_from_slice(&self.mem.abort_in.to_le_bytes());
+        b[56..64].copy_from_slice(&self.mem.credit_in.to_le_bytes());
+        b[64..68].copy_from_slice(&self.mem.nslots.to_le_bytes());
+        b[68..72].copy_from_slice(&self.mem.slot_size.to_le_bytes());
+        b[72..76].copy_from_slice(&self.from.to_le_bytes());
+        b[76..80].copy_from_slice(&self.to.to_le_bytes());
+        b
+    }
+
+    /// Parses a card; never panics.
+    pub fn decode(b: &[u8; CARD_LEN]) -> std::result::Result<Card, String> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if u32_at(0) != MAGIC || b[4] != VERSION {
+            return Err(format!(
+                "not an oxccl v{VERSION} RDMA card (magic {:#x}, version {})",
+                u32_at(0),
+                b[4]
+            ));
+        }
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[24..40]);
+        let c = Card {
+            from: u32_at(72),
+            to: u32_at(76),
+            qp: QpAddress {
+                lid: u16::from_le_bytes([b[8], b[9]]),
+                gid,
+                qpn: u32_at(12),
+                psn: u32_at(16),
+                mtu: b[6],
+                link_layer: b[5],
+            },
+            mem: MemInfo {
+                rx_slots: u64_at(40),
+                abort_in: u64_at(48),
+                credit_in: u64_at(56),
+                rkey: u32_at(20),
+                nslots: u32_at(64),
+                slot_size: u32_at(68),
+            },
+        };
+        if c.qp.qpn > 0xff_ffff || c.qp.psn > 0xff_ffff || !(1..=5).contains(&c.qp.mtu) {
+            return Err(format!(
+                "bad queue pair address (qpn {:#x}, psn {:#x}, mtu {})",
+                c.qp.qpn, c.qp.psn, c.qp.mtu
+            ));
+        }
+        Ok(c)
+    }
+}
+
+fn io_err(peer: usize, what: &str, e: std::io::Error) -> Error {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        return Error::Timeout {
+            peer: Some(peer),
+            msg: format!("setting up the RDMA link to rank {peer}: {what}: no answer in time"),
+        };
+    }
+    Error::PeerLost {
+        peer,
+        msg: format!(
+            "setting up the RDMA link to rank {peer}: {what}: {e} (did its RDMA setup fail? see its log)"
+        ),
+    }
+}
+
+fn left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// Makes the RDMA link between `rank` and `peer` over `sock` (their authenticated bootstrap
+/// connection), on `dev`.
+pub fn connect(
+    dev: &dyn NicDevice,
+    rank: usize,
+    peer: usize,
+    mut sock: TcpStream,
+    geo: Geometry,
+    params: LinkParams,
+    deadline: Instant,
+) -> Result<RdmaLink> {
+    let nic = dev.open(geo.caps())?;
+    let mut link = RdmaLink::new(peer, nic, dev.name(), geo, params)?;
+    let mine = Card {
+        from: rank as u32,
+        to: peer as u32,
+        qp: link.address(),
+        mem: link.mem_info(),
+    };
+    sock.set_nodelay(true)
+        .map_err(|e| io_err(peer, "TCP_NODELAY", e))?;
+    sock.set_write_timeout(Some(left(deadline)))
+        .and_then(|()| sock.set_read_timeout(Some(left(deadline))))
+        .map_err(|e| io_err(peer, "socket timeouts", e))?;
+    sock.write_all(&mine.encode())
+        .map_err(|e| io_err(peer, "sending our card", e))?;
+    let mut b = [0u8; CARD_LEN];
+    sock.read_exact(&mut b)
+        .map_err(|e| io_err(peer, "reading its card", e))?;
+    let theirs = Card::decode(&b).map_err(|m| Error::PeerLost {
+        peer,
+        msg: format!("setting up the RDMA link to rank {peer}: {m}"),
+    })?;
+    if theirs.from as usize != peer || theirs.to as usize != rank {
+        return Err(Error::PeerLost {
+            peer,
+            msg: format!(
+                "setting up the RDMA link to rank {peer}: its card is from rank {} to rank {}",
+                theirs.from, theirs.to
+            ),
+        });
+    }
+    link.connect(&theirs.qp, &theirs.mem)?;
+    // Both queue pairs are ready to receive once both sides got here.
+    sock.write_all(&[READY])
+        .map_err(|e| io_err(peer, "sending ready", e))?;
+    let mut r = [0u8; 1];
+    sock.set_read_timeout(Some(left(deadline)))
+        .map_err(|e| io_err(peer, "socket timeouts", e))?;
+    sock.read_exact(&mut r)
+        .map_err(|e| io_err(peer, "waiting for its ready", e))?;
+    if r[0] != READY {
+        return Err(Error::PeerLost {
+            peer,
+            msg: format!(
+                "setting up the RDMA link to rank {peer}: bad ready byte {:#x}",
+                r[0]
+            ),
+        });
+    }
+    let _ = sock.set_read_timeout(None);
+    let _ = sock.set_write_timeout(None);
+    link.watch(sock);
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cards_round_trip_and_garbage_is_refused() {
+        let c = Card {
+            from: 3,
+            to: 5,
+            qp: QpAddress {
+                lid: 0x1234,
+                gid: [7; 16],
+                qpn: 0xabcdef,
+                psn: 0x123456,
+                mtu: 5,
+                link_layer: 2,
+            },
+            mem: MemInfo {
+                rx_slots: 0x7f00_0000_1000,
+                abort_in: 0x7f00_0000_0800,
+                credit_in: 0x7f00_0000_0000,
+                rkey: 0xdead_beef,
+                nslots: 4,
+                slot_size: 1 << 19,
+            },
+        };
+        assert_eq!(Card::decode(&c.encode()), Ok(c));
+        assert!(Card::decode(&[0u8; CARD_LEN]).is_err());
+        let mut b = c.encode();
+        b[6] = 9;
+        assert!(Card::decode(&b).is_err());
+        // Any bytes: an error or a card, never a panic.
+        let mut x = 1u64;
+        for _ in 0..1000 {
+            let mut b = c.encode();
+            for _ in 0..4 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                b[(x >> 33) as usize % CARD_LEN] = (x >> 13) as u8;
+            }
+            let _ = Card::decode(&b);
+        }
+    }
+
+    #[test]
+    fn two_threads_connect_over_a_socket_pair() {
+        use super::super::emu::Fabric;
+        let f = Fabric::new();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let geo = Geometry {
+            nslots: 4,
+            slot_size: 4096,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let f2 = f.clone();
+        let t = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            connect(
+                f2.device(0).as_ref(),
+                0,
+                1,
+                s,
+                geo,
+                LinkParams::default(),
+                deadline,
+            )
+        });
+        let (s, _) = l.accept().unwrap();
+        let b = connect(
+            f.device(1).as_ref(),
+            1,
+            0,
+            s,
+            geo,
+            LinkParams::default(),
+            deadline,
+        );
+        let (a, b) = (t.join().unwrap().unwrap(), b.unwrap());
+        assert_eq!((a.device(), b.device()), ("emu:0", "emu:1"));
+        // Mismatched ranks are refused.
+        let f3 = f.clone();
+        let t = std::thread::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            connect(
+                f3.device(0).as_ref(),
+                0,
+                2,
+                s,
+                geo,
+                LinkParams::default(),
+                deadline,
+            )
+        });
+        let (s, _) = l.accept().unwrap();
+        assert!(
+            connect(
+                f.device(1).as_ref(),
+                1,
+                0,
+                s,
+                geo,
+                LinkParams::default(),
+                deadline
+            )
+            .is_err()
+        );
+        assert!(t.join().unwrap().is_err());
+    }
+}
