@@ -232,9 +232,7 @@ class Communicator:
         cfg = _config(**_settings(settings))
         h = ctypes.c_void_p()
         call("oxcclCommInitFromEnvConfig", ctypes.byref(h), ctypes.byref(cfg))
-        c = cls.__new__(cls)
-        c._h = h
-        return c
+        return cls._wrap(h)
 
     # ---- lifetime -------------------------------------------------------------------------
 
@@ -255,6 +253,31 @@ class Communicator:
         h, self._h = getattr(self, "_h", None), None
         if h is not None and h.value:
             check(lib().oxcclCommAbort(h))
+
+    def split(self, color, key=0, **settings):
+        """Splits the communicator (every rank calls it): ranks with the same ``color`` (an int
+        >= 0) form a new one, ranked by ``key`` then by rank here. ``color=None`` joins none and
+        returns None. Settings not given are inherited."""
+        cfg = _config(**_settings(settings))
+        c = -1 if color is None else _int_arg(color, "color")
+        if c < 0 and color is not None:
+            raise InvalidArgumentError("color=%r must be >= 0 (or None)" % (color,), 1)
+        h = ctypes.c_void_p()
+        call("oxcclCommSplit", self._handle(), c, _int_arg(key, "key"), ctypes.byref(h), ctypes.byref(cfg))
+        return Communicator._wrap(h) if h.value else None
+
+    def shrink(self):
+        """A new communicator of the ranks still alive, renumbered in rank order (every survivor
+        calls it, typically after a PeerLostError or TimeoutError_). This one is aborted; close it."""
+        h = ctypes.c_void_p()
+        call("oxcclCommShrink", self._handle(), ctypes.byref(h))
+        return Communicator._wrap(h)
+
+    @classmethod
+    def _wrap(cls, h):
+        c = cls.__new__(cls)
+        c._h = h
+        return c
 
     def __enter__(self):
         return self

@@ -102,6 +102,8 @@ _PROTOTYPES = {
     "oxcclUniqueIdFromString": [ctypes.c_char_p, ctypes.POINTER(UniqueIdStruct)],
     "oxcclCommInitRankConfig": [_req_p, _int, UniqueIdStruct, _int, ctypes.POINTER(ConfigStruct)],
     "oxcclCommInitFromEnvConfig": [_req_p, ctypes.POINTER(ConfigStruct)],
+    "oxcclCommSplit": [_vp, _int, _int, _req_p, ctypes.POINTER(ConfigStruct)],
+    "oxcclCommShrink": [_vp, _req_p],
     "oxcclCommDestroy": [_vp],
     "oxcclCommAbort": [_vp],
     "oxcclCommCount": [_vp, _c_int_p],

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -201,3 +202,40 @@ def test_library_search_honours_oxccl_library(tmp_path):
     p = subprocess.run([sys.executable, "-c", "import oxccl; print(oxccl.library_path())"],
                        env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert p.stdout.strip() == oxccl.library_path(), p.stderr
+
+
+def test_abort_from_another_thread_interrupts_a_blocked_call():
+    uid = oxccl.UniqueId.new()
+    comms = [None, None]
+
+    def make(r):
+        comms[r] = oxccl.Communicator(r, 2, uid, timeout=60)
+
+    ts = [threading.Thread(target=make, args=(r,)) for r in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    c0, c1 = comms
+    outcome = {}
+
+    def blocked():
+        t0 = time.monotonic()
+        try:
+            c0.all_reduce(np.ones(8, dtype=np.float32))  # rank 1 never joins
+            outcome["result"] = "returned"
+        except oxccl.OxcclError as e:
+            outcome["result"] = e
+        outcome["took"] = time.monotonic() - t0
+
+    t = threading.Thread(target=blocked, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    c0.abort()
+    t.join(20)
+    assert not t.is_alive(), "abort did not interrupt the blocked call"
+    assert isinstance(outcome["result"], oxccl.OxcclError), outcome
+    assert outcome["took"] < 10, outcome
+    with pytest.raises(oxccl.InvalidUsageError, match="closed"):
+        c0.barrier()
+    c1.close()

@@ -30,6 +30,18 @@ def test_mismatch_raises_on_every_rank():
     assert "mismatch:" in out, out
 
 
+def test_split():
+    code, out = launch(4, worker("failures.py"), "split", timeout=60)
+    assert code == 0, out
+    assert out.count("split ok") == 4, out
+
+
+def test_shrink_after_a_rank_dies():
+    code, out = launch(3, worker("failures.py"), "shrink", timeout=90)
+    assert code == 0, out
+    assert out.count("shrink ok") == 2, out
+
+
 def test_launcher_sets_the_torchrun_environment():
     code, out = launch(3, worker("launcher.py"), "env", timeout=30)
     assert code == 0, out

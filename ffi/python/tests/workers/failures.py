@@ -1,4 +1,6 @@
-"""Failures between ranks, by argv[1]:
+"""Failures and communicator management between ranks, by argv[1]:
+split     colors rank % 2, keys reversed; the last rank passes None.
+shrink    the last rank dies after a first all-reduce; the others shrink and go on.
 lost      rank 1 leaves without a word after a first all-reduce; rank 0's next one must raise
           PeerLostError (or TimeoutError_) naming rank 1, and the communicator is then revoked.
 mismatch  ranks pass different sizes: every rank raises MismatchError or PeerLostError, at least
@@ -13,8 +15,41 @@ import oxccl
 
 mode = sys.argv[1]
 comm = oxccl.init(timeout=20)
-rank = comm.rank
+rank, n = comm.rank, comm.size
 x = np.ones(64, dtype=np.float32)
+if mode == "split":
+    color = None if rank == n - 1 else rank % 2
+    sub = comm.split(color, key=n - rank)
+    if color is None:
+        assert sub is None
+    else:
+        members = [r for r in range(n - 1) if r % 2 == color]
+        assert sub.size == len(members), (sub.size, members)
+        assert sub.rank == sorted(members, key=lambda r: n - r).index(rank)
+        v = np.array([rank], dtype=np.int64)
+        sub.all_reduce(v)
+        assert v[0] == sum(members), (v, members)
+        sub.close()
+    comm.barrier()
+    print("rank %d: split ok" % rank)
+    sys.exit(0)
+if mode == "shrink":
+    comm.all_reduce(x)
+    if rank == n - 1:
+        os._exit(0)
+    try:
+        comm.all_reduce(x)
+    except (oxccl.PeerLostError, oxccl.TimeoutError_):
+        pass
+    small = comm.shrink()
+    comm.close()
+    assert (small.rank, small.size) == (rank, n - 1)
+    v = np.ones(3, dtype=np.float64)
+    small.all_reduce(v)
+    assert (v == n - 1).all()
+    small.close()
+    print("rank %d: shrink ok" % rank)
+    sys.exit(0)
 if mode == "lost":
     comm.all_reduce(x)
     if rank == 1:
