@@ -148,8 +148,27 @@ fn read_request(r: &mut impl Read) -> Result<Option<Request>, ReqError> {
     }))
 }
 
-/// Parses a key list (`count u32`, then `len u32 | key` each), bounds-checked.
-fn parse_key_list(b: &[u8]) -> Option<Vec<&[u8]>> {
+/// A request as [`parse_request`] returns it: `(op, key, value, timeout)`.
+pub type ParsedRequest = (u8, Vec<u8>, Vec<u8>, Duration);
+
+/// Parses one request from untrusted bytes exactly as the server does: every length is checked
+/// against [`MAX_KEY_LEN`] / [`MAX_VALUE_LEN`] before anything is read, and buffers grow only
+/// as bytes arrive. Returns `(op, key, value, timeout)`, `Ok(None)` for empty input, and `Err`
+/// (why) for a protocol violation or input that ends early. Never panics. Public for the
+/// protocol's tests and fuzz targets; clients use [`StoreClient`].
+pub fn parse_request(bytes: &[u8]) -> Result<Option<ParsedRequest>, String> {
+    match read_request(&mut &bytes[..]) {
+        Ok(Some(r)) => Ok(Some((r.op, r.key, r.value, r.timeout))),
+        Ok(None) => Ok(None),
+        Err(ReqError::Io(e)) => Err(format!("truncated request: {e}")),
+        Err(ReqError::Violation(why)) => Err(why),
+    }
+}
+
+/// Parses a key list (`count u32`, then `len u32 | key` each, little-endian; the value of a
+/// WAIT or CHECK request), bounds-checked: `None` for anything malformed, including trailing
+/// bytes. Never panics. Public for the protocol's tests and fuzz targets.
+pub fn parse_key_list(b: &[u8]) -> Option<Vec<&[u8]>> {
     let mut rest = b;
     let mut take = |n: usize| -> Option<&[u8]> {
         if rest.len() < n {
@@ -178,7 +197,8 @@ fn parse_key_list(b: &[u8]) -> Option<Vec<&[u8]>> {
     Some(keys)
 }
 
-fn encode_key_list(keys: &[&str]) -> Vec<u8> {
+/// Encodes a key list in the form [`parse_key_list`] reads.
+pub fn encode_key_list(keys: &[&str]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + keys.iter().map(|k| 4 + k.len()).sum::<usize>());
     v.extend_from_slice(&(keys.len() as u32).to_le_bytes());
     for k in keys {
