@@ -22,10 +22,10 @@ use crate::transport::tcp::TcpLink;
 mod api;
 mod manage;
 mod nonblocking;
-pub use api::Call;
-pub use nonblocking::{Request, Scope};
-pub use manage::NO_COLOR;
 use crate::transport::Link;
+pub use api::Call;
+pub use manage::NO_COLOR;
+pub use nonblocking::{Request, Scope};
 
 /// Which transport links use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,13 @@ struct Card {
 
 impl Card {
     fn encode(&self) -> Vec<u8> {
-        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         format!(
             "3 {} {} {} {} {} {} {}",
             self.addr,
@@ -245,7 +251,11 @@ impl Card {
         let pid = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
         let mut word = || -> Result<String> {
             let w = it.next().ok_or_else(bad)?;
-            Ok(if w == "-" { String::new() } else { w.to_string() })
+            Ok(if w == "-" {
+                String::new()
+            } else {
+                w.to_string()
+            })
         };
         let (boot, netns, shm, rdma) = (word()?, word()?, word()?, word()?);
         let host = it.next().unwrap_or("").to_string();
@@ -318,6 +328,8 @@ pub struct Communicator {
     sched: nonblocking::Sched,
     worker: Mutex<Option<nonblocking::Worker>>,
     aborted: std::sync::atomic::AtomicBool,
+    /// The error that revoked the communicator, readable without waiting for a running call.
+    failure: Mutex<Option<Error>>,
     shrinks: std::sync::atomic::AtomicU64,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
@@ -367,6 +379,13 @@ impl Communicator {
     /// Joins communicator `id` as `rank` of `nranks`. Rank 0 serves the rendezvous store (on the
     /// listener `UniqueId::new` opened, when it is in this process).
     pub fn init(rank: usize, nranks: usize, id: &UniqueId, cfg: Config) -> Result<Communicator> {
+        // Validate before taking rank 0's listener, so a rejected call leaves the id usable.
+        if nranks == 0 || rank >= nranks {
+            return Err(Error::InvalidArgument(format!(
+                "rank {rank} of {nranks}: need 0 <= rank < nranks"
+            )));
+        }
+        cfg.clone().with_env()?.validate()?;
         let listener = if rank == 0 {
             Some(id.take_listener())
         } else {
@@ -496,7 +515,10 @@ impl Communicator {
             pid: std::process::id(),
             boot: crate::sys::boot_id(),
             netns: crate::sys::shm::net_namespace(),
-            shm: shm.as_ref().map(|e| e.name().to_string()).unwrap_or_default(),
+            shm: shm
+                .as_ref()
+                .map(|e| e.name().to_string())
+                .unwrap_or_default(),
             #[cfg(feature = "rdma")]
             rdma: rdma.as_ref().map_or(String::new(), |e| e.card_word()),
             #[cfg(not(feature = "rdma"))]
@@ -554,6 +576,7 @@ impl Communicator {
             sched: nonblocking::Sched::default(),
             worker: Mutex::new(None),
             aborted: std::sync::atomic::AtomicBool::new(false),
+            failure: Mutex::new(None),
             shrinks: std::sync::atomic::AtomicU64::new(0),
             _server: server,
         })
@@ -875,7 +898,12 @@ mod card_tests {
         ] {
             assert_eq!(Card::decode(&c.encode(), 3).unwrap(), c);
         }
-        for bad in [&b"1 127.0.0.1:5000 42 host"[..], b"2 nonsense", b"", b"\xff\xfe"] {
+        for bad in [
+            &b"1 127.0.0.1:5000 42 host"[..],
+            b"2 nonsense",
+            b"",
+            b"\xff\xfe",
+        ] {
             assert!(Card::decode(bad, 3).is_err());
         }
     }
@@ -884,10 +912,22 @@ mod card_tests {
     fn same_host_needs_boot_id_host_name_namespace_and_endpoints() {
         let a = card("n1", "boot", "net:[1]", "s-a");
         assert_eq!(a.not_same_host(&card("n1", "boot", "net:[1]", "s-b")), None);
-        assert!(a.not_same_host(&card("n2", "boot", "net:[1]", "s-b")).is_some());
-        assert!(a.not_same_host(&card("n1", "other", "net:[1]", "s-b")).is_some());
-        assert!(a.not_same_host(&card("n1", "boot", "net:[2]", "s-b")).is_some());
-        assert!(a.not_same_host(&card("n1", "boot", "net:[1]", "")).is_some());
+        assert!(
+            a.not_same_host(&card("n2", "boot", "net:[1]", "s-b"))
+                .is_some()
+        );
+        assert!(
+            a.not_same_host(&card("n1", "other", "net:[1]", "s-b"))
+                .is_some()
+        );
+        assert!(
+            a.not_same_host(&card("n1", "boot", "net:[2]", "s-b"))
+                .is_some()
+        );
+        assert!(
+            a.not_same_host(&card("n1", "boot", "net:[1]", ""))
+                .is_some()
+        );
         // Unknown identities never match, even each other.
         let u = card("n1", "", "", "s");
         assert!(u.not_same_host(&u.clone()).is_some());

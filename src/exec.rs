@@ -177,8 +177,20 @@ pub unsafe fn run_jobs_abortable(
         l.cancel_recvs();
     }
     if let Err(e) = &r {
+        // A call interrupted by abort() tells peers that this rank gave up (a remote failure
+        // naming it); any other error travels as it is.
+        let interrupted = abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
+        let wire = if interrupted {
+            let rank = jobs[0].params.rank;
+            Error::PeerLost {
+                peer: rank,
+                msg: format!("rank {rank} aborted the communicator"),
+            }
+        } else {
+            e.clone()
+        };
         for l in links.iter_mut().flatten() {
-            l.send_abort(e);
+            l.send_abort(&wire);
         }
     }
     r.map_err(|e| in_context(e, &jobs[failed_job.min(jobs.len() - 1)].params))

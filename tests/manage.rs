@@ -90,7 +90,10 @@ fn abort_interrupts_a_call_in_flight_and_peers_learn_it() {
     assert!(*took0 < Duration::from_secs(5), "abort took {took0:?}");
     assert!(again.is_err());
     let (r1, took1, _) = &res[1];
-    assert!(r1.is_err(), "rank 1 must learn of the abort: {r1:?}");
+    assert!(
+        matches!(r1, Err(Error::PeerLost { peer: 0, .. })),
+        "rank 1 must learn of rank 0's abort as a remote failure: {r1:?}"
+    );
     assert!(
         *took1 < Duration::from_secs(10),
         "rank 1 took {took1:?}: {r1:?}"

@@ -5,7 +5,6 @@
 //! the order in which a rank issues calls is the order in which it executes them — the order
 //! every rank must agree on.
 
-
 use super::{Communicator, Inner};
 use crate::algo::{self, Algorithm, Collective, Shape};
 use crate::error::{Error, Result};
@@ -442,7 +441,7 @@ impl Communicator {
         })
     }
 
-    /// The algorithm for a call: forced by the config, else chosen by size.
+    /// The algorithm for a call: forced by the config, else the cost model's (`crate::tune`).
     fn choose(&self, shape: &Shape, bytes: usize) -> Result<Algorithm> {
         if self.cfg.deterministic == Some(true)
             && shape.coll.algorithms().contains(&Algorithm::Ordered)
@@ -454,7 +453,36 @@ impl Communicator {
                 return Ok(a);
             }
         }
-        Ok(crate::tune::choose(shape, bytes, self.nranks))
+        // Every rank must pick the same algorithm, so the model sees only what all ranks share:
+        // the cards (same host? shm?), the config and the communicator's model.
+        let (transport, one_host) = crate::tune::placement(self.comm_id, || {
+            let c0 = &self.cards[0];
+            let one_host = self
+                .cards
+                .iter()
+                .all(|c| c.boot == c0.boot && c.host == c0.host);
+            let shm = one_host
+                && self.cfg.transport != Some(super::TransportKind::Tcp)
+                && self.cards.iter().all(|c| c0.not_same_host(c).is_none());
+            let t = if shm {
+                crate::tune::Transport::Shm
+            } else {
+                crate::tune::Transport::Tcp
+            };
+            (t, one_host)
+        });
+        let mut model = crate::tune::model_for(self.comm_id);
+        if !one_host {
+            // Hosts may differ in cores; the ranks of different hosts must still agree.
+            model.cores = 0;
+        }
+        Ok(crate::tune::choose_with(
+            shape,
+            bytes,
+            self.nranks,
+            transport,
+            &model,
+        ))
     }
 
     /// Runs calls together, blocking, after every call issued before them.
@@ -611,6 +639,10 @@ impl Communicator {
         if let Err(e) = &r {
             crate::warn!(Some(self.rank), "{e}");
             inner.revoked = Some(e.clone());
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e.clone());
         }
         r
     }

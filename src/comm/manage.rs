@@ -28,10 +28,15 @@ impl Communicator {
             match self.inner.try_lock() {
                 Ok(mut inner) => {
                     inner.revoked.get_or_insert(err.clone());
+                    // Peers see a remote failure naming this rank (NCCL's "remote error").
+                    let remote = Error::PeerLost {
+                        peer: self.rank,
+                        msg: format!("rank {} aborted the communicator", self.rank),
+                    };
                     for l in inner.links.iter_mut() {
                         if let Some(mut link) = l.take() {
                             link.cancel_recvs();
-                            link.send_abort(&err);
+                            link.send_abort(&remote);
                         }
                     }
                     return;
@@ -57,12 +62,18 @@ impl Communicator {
     /// Whether [`Communicator::abort`] was called or a failure revoked the communicator; the
     /// error, if so (like ncclCommGetAsyncError).
     pub fn async_error(&self) -> Option<Error> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.revoked.clone().or_else(|| {
-            self.aborted.load(Ordering::SeqCst).then(|| {
-                Error::InvalidUsage(format!("rank {} aborted the communicator", self.rank))
-            })
-        })
+        // Never waits for a running call: the failure is recorded on its own.
+        if let Some(e) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(e);
+        }
+        self.aborted
+            .load(Ordering::SeqCst)
+            .then(|| Error::InvalidUsage(format!("rank {} aborted the communicator", self.rank)))
     }
 
     /// Splits the communicator (collective: every rank calls it): ranks with the same `color`

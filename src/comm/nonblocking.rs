@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::reduce::{Element, ReduceOp};
 
 impl Communicator {
-
     /// Runs `f` with a scope in which calls can be started without blocking; every request
     /// started in it is finished before `scope` returns (so borrowing buffers is sound).
     pub fn scope<'env, R>(
