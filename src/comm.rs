@@ -834,7 +834,7 @@ impl Communicator {
             .next()
             .ok_or_else(|| Error::Internal(format!("no bootstrap socket to rank {p}")))?;
         let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
-        let link = ep.connect(p, sock, slot, deadline)?;
+        let link = ep.connect(p, sock, dialer, slot, deadline)?;
         crate::info!(
             Some(self.rank),
             "link to rank {p} ({} pid {}): rdma on {} to {}, {} KiB slots",

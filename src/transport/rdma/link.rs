@@ -35,6 +35,7 @@
 //! bootstrap TCP connection stays open as a second liveness signal: EOF means the process died.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, Remote, Sge, status};
 use super::regcache::RegCache;
+use super::setup::{CARD_LEN, Card, READY};
 use crate::Error;
 use crate::error::Result;
 use crate::transport::{Link, Tag};
@@ -233,6 +235,28 @@ fn encode_abort(err: &Error, out: &mut [u8]) -> usize {
     5 + n
 }
 
+/// Where connection setup stands (see [`super::setup`]): the dialer waits for the acceptor's
+/// card, the acceptor for the dialer's ready byte; both read them from the bootstrap socket
+/// without blocking, whenever the executor looks at the link.
+enum SetupState {
+    Ready,
+    AwaitCard,
+    AwaitReady,
+}
+
+/// First byte of an abort frame on the bootstrap socket: `'A' | len u32 | body`.
+const SOCK_ABORT: u8 = b'A';
+const SOCK_BUF: usize = CARD_LEN + 5 + ABORT_MAX;
+
+/// What a link still waits for from the peer's side of the setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The peer's card (this side dialed).
+    Card,
+    /// The peer's ready byte (this side accepted and connected its queue pair).
+    Ready,
+}
+
 /// One end of an RDMA link. Field order matters: the NIC (queue pair, registrations) goes
 /// before the memory it may touch.
 pub struct RdmaLink {
@@ -240,8 +264,10 @@ pub struct RdmaLink {
     region: Region,
     mr: Mr,
     cache: RegCache,
+    rank: usize,
     peer: usize,
     device: String,
+    setup: SetupState,
     geo: Geometry,
     remote: MemInfo,
     params: LinkParams,
@@ -265,6 +291,8 @@ pub struct RdmaLink {
     abort_sent: bool,
     connected: bool,
     sock: Option<TcpStream>,
+    sock_buf: [u8; SOCK_BUF],
+    sock_got: usize,
     gone: bool,
     ticks: u32,
     last_heard: Instant,
@@ -277,6 +305,7 @@ impl RdmaLink {
     /// posts its receives. Exchange [`RdmaLink::address`] and [`RdmaLink::mem_info`] with the
     /// peer, then [`RdmaLink::connect`].
     pub fn new(
+        rank: usize,
         peer: usize,
         mut nic: Box<dyn Nic>,
         device: String,
@@ -297,8 +326,10 @@ impl RdmaLink {
             region,
             mr,
             cache: RegCache::new(params.reg_max, params.reg_persist),
+            rank,
             peer,
             device,
+            setup: SetupState::Ready,
             geo,
             remote: MemInfo::default(),
             params,
@@ -318,6 +349,8 @@ impl RdmaLink {
             abort_sent: false,
             connected: false,
             sock: None,
+            sock_buf: [0; SOCK_BUF],
+            sock_got: 0,
             gone: false,
             ticks: 0,
             last_heard: Instant::now(),
@@ -365,10 +398,128 @@ impl RdmaLink {
         Ok(())
     }
 
-    /// Keeps the bootstrap connection open: its EOF says the peer process is gone.
-    pub fn watch(&mut self, sock: TcpStream) {
+    /// Keeps the bootstrap connection open (its EOF says the peer process is gone), and
+    /// finishes the setup over it: the link sends only once the peer's side is connected.
+    pub fn watch(&mut self, sock: TcpStream, awaiting: Awaiting) {
         let _ = sock.set_nonblocking(true);
         self.sock = Some(sock);
+        self.setup = match awaiting {
+            Awaiting::Card => SetupState::AwaitCard,
+            Awaiting::Ready => SetupState::AwaitReady,
+        };
+    }
+
+    /// Whether both queue pairs are connected (data may be sent).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.setup, SetupState::Ready)
+    }
+
+    /// Reads what the bootstrap socket has (the setup's card or ready byte, an abort, EOF)
+    /// without blocking. `Ok(true)` when the link became ready.
+    pub fn drive_setup(&mut self) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let was = self.is_ready();
+        if let Err(e) = self.pump_sock() {
+            return Err(self.fail(e));
+        }
+        if !self.is_ready() && self.gone {
+            let e = self.setup_lost("its connection closed before the link was set up".into());
+            return Err(self.fail(self.peer_abort.clone().unwrap_or(e)));
+        }
+        Ok(!was && self.is_ready())
+    }
+
+    fn setup_lost(&self, what: String) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "setting up the RDMA link to rank {}: {what} (did its RDMA setup fail, or did it exit? see its log)",
+                self.peer
+            ),
+        }
+    }
+
+    /// Reads the socket into `sock_buf` and acts on complete items. `Ok(true)` when something
+    /// changed (setup advanced, an abort or EOF arrived).
+    fn pump_sock(&mut self) -> Result<bool> {
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        while !self.gone && self.sock_got < self.sock_buf.len() {
+            match sock.read(&mut self.sock_buf[self.sock_got..]) {
+                Ok(0) => {
+                    self.gone = true;
+                    changed = true;
+                }
+                Ok(n) => self.sock_got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Reset: as good as EOF.
+                    self.gone = true;
+                    changed = true;
+                }
+            }
+        }
+        while self.sock_got > 0 {
+            let used = match (self.sock_buf[0], &self.setup) {
+                (SOCK_ABORT, _) => {
+                    if self.sock_got < 5 {
+                        break;
+                    }
+                    let len =
+                        u32::from_le_bytes(self.sock_buf[1..5].try_into().expect("4")) as usize;
+                    if len > ABORT_MAX {
+                        return Err(self
+                            .protocol(format!("a {len}-byte abort on its bootstrap connection")));
+                    }
+                    if self.sock_got < 5 + len {
+                        break;
+                    }
+                    if self.peer_abort.is_none() {
+                        let body = &self.sock_buf[5..5 + len];
+                        self.peer_abort =
+                            Some(crate::transport::tcp::decode_abort(body, self.peer));
+                    }
+                    5 + len
+                }
+                (READY, SetupState::AwaitReady) => {
+                    self.setup = SetupState::Ready;
+                    self.last_heard = Instant::now();
+                    1
+                }
+                (_, SetupState::AwaitCard) => {
+                    if self.sock_got < CARD_LEN {
+                        break;
+                    }
+                    let mut b = [0u8; CARD_LEN];
+                    b.copy_from_slice(&self.sock_buf[..CARD_LEN]);
+                    let card = Card::decode(&b)
+                        .and_then(|c| c.check(self.peer, self.rank).map(|()| c))
+                        .map_err(|m| self.setup_lost(m))?;
+                    self.connect(&card.qp, &card.mem)?;
+                    let sock = self.sock.as_mut().expect("checked above");
+                    let _ = sock.set_nonblocking(false);
+                    let r = sock.write_all(&[READY]);
+                    let _ = sock.set_nonblocking(true);
+                    r.map_err(|e| self.setup_lost(format!("sending ready: {e}")))?;
+                    self.setup = SetupState::Ready;
+                    CARD_LEN
+                }
+                (b, _) => {
+                    return Err(self.protocol(format!(
+                        "unexpected byte {b:#04x} on its bootstrap connection"
+                    )));
+                }
+            };
+            self.sock_buf.copy_within(used..self.sock_got, 0);
+            self.sock_got -= used;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// The device this link runs on.
@@ -381,13 +532,26 @@ impl RdmaLink {
         self.cache.misses
     }
 
+    /// The peer went away (EOF, close).
     fn lost(&self, what: &str) -> Error {
         Error::PeerLost {
             peer: self.peer,
             msg: format!(
-                "RDMA link to rank {} (device {}) {what} (the process exited or was killed, or destroyed its \
+                "RDMA link to rank {} (local device {}) {what} (the process exited or was killed, or destroyed its \
                  communicator; see its log)",
                 self.peer, self.device
+            ),
+        }
+    }
+
+    /// The NIC reported a failure on the link.
+    fn nic_failed(&self, what: &str) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!(
+                "RDMA link to rank {} (local device {}) {what} (rank {} or its NIC, port or queue pair is gone, or \
+                 the fabric between us failed; see both ranks' logs)",
+                self.peer, self.device, self.peer
             ),
         }
     }
@@ -444,7 +608,7 @@ impl RdmaLink {
             }
             Err(e) => {
                 self.qp_dead = true;
-                let e = self.lost(&format!("could not post a write: {e}"));
+                let e = self.nic_failed(&format!("could not post a write: {e}"));
                 Err(self.fail(e))
             }
         }
@@ -459,7 +623,7 @@ impl RdmaLink {
                 Ok(n) => n,
                 Err(e) => {
                     self.qp_dead = true;
-                    let e = self.lost(&format!("could not poll its completion queue: {e}"));
+                    let e = self.nic_failed(&format!("could not poll its completion queue: {e}"));
                     return Err(self.fail(e));
                 }
             };
@@ -484,13 +648,23 @@ impl RdmaLink {
         }
         if c.status != status::SUCCESS {
             self.qp_dead = true;
-            if self.failed.is_some() || c.status == status::WR_FLUSH_ERR {
-                // Flushed after an earlier error (which was reported), or after the link failed.
-                if self.failed.is_none() {
-                    let e = self.lost("failed (its queue pair was flushed)");
-                    self.fail(e);
-                }
+            if self.failed.is_some() {
+                // Flushed after the link failed (that error was reported).
                 return Ok(());
+            }
+            if c.status == status::WR_FLUSH_ERR {
+                // Flushed with no error of its own first: our own queue pair went to the error
+                // state, i.e. this rank's NIC or port failed. This rank is the one lost (so
+                // that is what its abort tells the others).
+                let e = self.peer_abort.clone().unwrap_or_else(|| Error::PeerLost {
+                    peer: self.rank,
+                    msg: format!(
+                        "rank {}'s RDMA device {} failed: its queue pair to rank {} was flushed without an \
+                         error of its own (the local NIC or port went down)",
+                        self.rank, self.device, self.peer
+                    ),
+                });
+                return Err(self.fail(e));
             }
             if let Some(e) = self.peer_abort.clone() {
                 return Err(self.fail(e));
@@ -508,11 +682,15 @@ impl RdmaLink {
                 WR_CLOSE => "a close notice",
                 _ => "a request",
             };
-            let e = self.lost(&format!(
-                "failed: {what} completed with status {} ({}, vendor error {:#x})",
+            let vendor = if c.vendor_err != 0 {
+                format!(", vendor error {:#x}", c.vendor_err)
+            } else {
+                String::new()
+            };
+            let e = self.nic_failed(&format!(
+                "failed: {what} completed with status {} ({}{vendor})",
                 c.status,
                 super::nic::status_str(c.status),
-                c.vendor_err
             ));
             return Err(self.fail(e));
         }
@@ -533,7 +711,7 @@ impl RdmaLink {
             },
             CompletionKind::RecvImm => {
                 if let Err(e) = self.nic.post_recv(WR_RECV << WR_SHIFT) {
-                    let e = self.lost(&format!("could not post a receive: {e}"));
+                    let e = self.nic_failed(&format!("could not post a receive: {e}"));
                     return Err(self.fail(e));
                 }
                 let (k, v) = imm_parts(c.imm);
@@ -592,7 +770,11 @@ impl RdmaLink {
 
     /// Posts the pending credit write, if the send queue has room.
     fn flush_credit(&mut self) -> Result<()> {
-        if !self.credit_pending || self.failed.is_some() || !self.sq_room(CTRL_RESERVE - 1) {
+        if !self.credit_pending
+            || !self.connected
+            || self.failed.is_some()
+            || !self.sq_room(CTRL_RESERVE - 1)
+        {
             return Ok(());
         }
         self.credit_pending = false;
@@ -638,19 +820,20 @@ impl RdmaLink {
         None
     }
 
-    /// Checks (every few thousand calls, or when `now`) whether the bootstrap socket hit EOF.
-    fn check_alive(&mut self, now: bool) -> bool {
+    /// Reads the bootstrap socket (every few thousand calls, or when `now`): EOF says the peer
+    /// process is gone, and a peer whose RDMA path is down sends its abort there too.
+    fn check_sock(&mut self, now: bool) -> bool {
         self.ticks = self.ticks.wrapping_add(1);
-        if self.gone || !(now || self.ticks % 4096 == 0) {
+        if self.gone || self.sock.is_none() || !(now || self.ticks % 4096 == 0) {
             return false;
         }
-        if let Some(s) = &self.sock {
-            if crate::sys::shm::peer_closed(s.as_raw_fd()) {
-                self.gone = true;
-                return true;
+        match self.pump_sock() {
+            Ok(changed) => changed,
+            Err(e) => {
+                self.fail(e);
+                true
             }
         }
-        false
     }
 
     /// A zero-length write to the peer when we have heard nothing for a while: its completion
@@ -659,7 +842,7 @@ impl RdmaLink {
         if self.probe_inflight
             || self.failed.is_some()
             || self.peer_closed
-            || !self.connected
+            || !self.is_ready()
             || self.last_heard.elapsed() < self.params.probe_every
             || !self.sq_room(CTRL_RESERVE - 1)
         {
@@ -724,6 +907,12 @@ impl Link for RdmaLink {
                 "message of {len} bytes exceeds the RDMA link's {}-byte slots",
                 self.geo.slot_size
             )));
+        }
+        if !self.is_ready() && !self.drive_setup()? {
+            if let Some(e) = self.dead_end("a send waited for the link to be set up") {
+                return Err(e);
+            }
+            return Ok(false);
         }
         let nslots = self.geo.nslots as u64;
         if self.sent - self.credit >= nslots || !self.sq_room(CTRL_RESERVE) {
@@ -807,9 +996,13 @@ impl Link for RdmaLink {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let moved = self.poll_cq()?;
+        let mut moved = false;
+        if !self.is_ready() {
+            moved |= self.drive_setup()?;
+        }
+        moved |= self.poll_cq()?;
         self.flush_credit()?;
-        self.check_alive(false);
+        self.check_sock(false);
         Ok(moved)
     }
 
@@ -905,9 +1098,10 @@ impl Link for RdmaLink {
         if self.nic.arm().is_err() {
             return true;
         }
-        let news = self.poll_cq().unwrap_or(true);
+        let setup_news = !self.is_ready() && self.drive_setup().unwrap_or(true);
+        let news = setup_news || self.poll_cq().unwrap_or(true);
         let _ = self.flush_credit();
-        let alive_news = self.check_alive(true);
+        let alive_news = self.check_sock(true);
         self.maybe_probe();
         news || alive_news || self.peer_abort.is_some() || self.peer_closed
     }
@@ -921,6 +1115,15 @@ impl Link for RdmaLink {
             // the NIC only after this post.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), self.region.at(ABORT_OUT), n) };
             self.post_control(WR_ABORT, K_ABORT, ABORT_OUT, n);
+            // Also on the bootstrap socket, for a peer whose RDMA path is not up (setup) or not
+            // working (a dead NIC or port); best effort, without blocking.
+            if let (Some(s), false) = (self.sock.as_mut(), self.gone) {
+                let mut frame = [0u8; 5 + ABORT_MAX];
+                frame[0] = SOCK_ABORT;
+                frame[1..5].copy_from_slice(&(n as u32).to_le_bytes());
+                frame[5..5 + n].copy_from_slice(&body[..n]);
+                let _ = s.write(&frame[..5 + n]);
+            }
         }
         if self.failed.is_none() {
             self.failed = Some(err.clone());
@@ -987,7 +1190,15 @@ mod tests {
         let geo = Geometry { nslots, slot_size };
         let mk = |label: usize, peer: usize| {
             let d = f.device(label);
-            RdmaLink::new(peer, d.open(geo.caps()).unwrap(), d.name(), geo, params).unwrap()
+            RdmaLink::new(
+                label,
+                peer,
+                d.open(geo.caps()).unwrap(),
+                d.name(),
+                geo,
+                params,
+            )
+            .unwrap()
         };
         let (mut a, mut b) = (mk(0, 1), mk(1, 0));
         let (qa, ma, qb, mb) = (a.address(), a.mem_info(), b.address(), b.mem_info());

@@ -161,12 +161,14 @@ impl Endpoint {
         self.dev.name()
     }
 
-    /// Makes the RDMA link to `peer` over `sock`, its authenticated bootstrap connection, with
-    /// slots of `slot_size` bytes.
+    /// Makes the RDMA link to `peer` over `sock`, its authenticated bootstrap connection
+    /// (`dialer`: this is the lower rank, which dialed it), with slots of `slot_size` bytes. It
+    /// finishes connecting when the executor first uses it.
     pub fn connect(
         &self,
         peer: usize,
         sock: TcpStream,
+        dialer: bool,
         slot_size: usize,
         deadline: Instant,
     ) -> Result<RdmaLink> {
@@ -174,15 +176,12 @@ impl Endpoint {
             nslots: self.nslots,
             slot_size,
         };
-        setup::connect(
-            self.dev.as_ref(),
-            self.rank,
+        let ends = setup::Ends {
+            rank: self.rank,
             peer,
-            sock,
-            geo,
-            self.params,
-            deadline,
-        )
+            dialer,
+        };
+        setup::start(self.dev.as_ref(), ends, sock, geo, self.params, deadline)
     }
 }
 

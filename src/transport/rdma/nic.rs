@@ -103,9 +103,7 @@ pub fn status_str(s: u32) -> &'static str {
         9 => "remote invalid request",
         10 => "remote access error (the peer's registration is gone or refused the write)",
         11 => "remote operation error",
-        12 => {
-            "transport retry counter exceeded (no answer from the peer: its process, queue pair or port is gone)"
-        }
+        12 => "transport retry counter exceeded: no answer from the peer",
         13 => "RNR retry counter exceeded (the peer posted no receive)",
         16 => "remote aborted",
         19 => "fatal error",

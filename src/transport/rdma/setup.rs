@@ -1,14 +1,26 @@
-//! Connecting an RDMA link: both ranks exchange a fixed-size card (queue pair address: LID,
-//! GID, QPN, PSN, MTU, link layer; memory: rkey, slot, abort and credit addresses, geometry)
-//! over their authenticated bootstrap TCP connection, connect their queue pairs, and meet once
-//! more on the socket so that neither writes before the other is ready to receive. The socket
-//! then stays open as the link's liveness signal.
+//! Connecting an RDMA link over the two ranks' authenticated bootstrap TCP connection. Each
+//! side sends a fixed-size card (queue pair address: LID, GID, QPN, PSN, MTU, link layer;
+//! memory: rkey, slot, abort and credit addresses, geometry):
+//!
+//! ```text
+//! dialer (lower rank)                          acceptor (higher rank)
+//!   open QP, post receives, send card D  ──►     read D; open QP, post receives,
+//!   (returns: the link finishes later)            connect QP to D, send card A
+//!   read A (when the executor looks);    ◄──      (returns: the link finishes later)
+//!   connect QP to A, send ready          ──►     read ready (when the executor looks)
+//!   sends allowed                                 sends allowed
+//! ```
+//!
+//! Neither side blocks on the other's main thread beyond what the TCP dial already needs (the
+//! dialer's card is written right after its dial), so ranks connecting in any order, even in a
+//! cycle, never wait on each other; the executor's deadline bounds the rest. The socket then
+//! stays open as the link's liveness signal.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::link::{Geometry, LinkParams, MemInfo, RdmaLink};
+use super::link::{Awaiting, Geometry, LinkParams, MemInfo, RdmaLink};
 use super::nic::{NicDevice, QpAddress};
 use crate::Error;
 use crate::error::Result;
@@ -17,7 +29,8 @@ const MAGIC: u32 = 0x4249_584f; // "OXIB"
 const VERSION: u8 = 1;
 /// Encoded card size.
 pub const CARD_LEN: usize = 96;
-const READY: u8 = b'R';
+/// The byte that says "my queue pair is connected to yours".
+pub const READY: u8 = b'R';
 
 /// What one side of a link tells the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +109,17 @@ impl Card {
         }
         Ok(c)
     }
+
+    /// Whether this card is the one rank `from` sends rank `to`.
+    pub fn check(&self, from: usize, to: usize) -> std::result::Result<(), String> {
+        if self.from as usize != from || self.to as usize != to {
+            return Err(format!(
+                "expected the card from rank {from} to rank {to}, got one from rank {} to rank {}",
+                self.from, self.to
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn io_err(peer: usize, what: &str, e: std::io::Error) -> Error {
@@ -122,19 +146,31 @@ fn left(deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// Makes the RDMA link between `rank` and `peer` over `sock` (their authenticated bootstrap
-/// connection), on `dev`.
-pub fn connect(
+/// Which link: this rank, the peer, and whether this rank dialed (the lower rank does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// This rank.
+    pub rank: usize,
+    /// The peer.
+    pub peer: usize,
+    /// Whether this rank dialed the bootstrap connection.
+    pub dialer: bool,
+}
+
+/// Starts the RDMA link `ends` over `sock` (the two ranks' authenticated bootstrap
+/// connection), on `dev`. The link finishes its setup by itself
+/// when it is first used ([`RdmaLink::drive_setup`]).
+pub fn start(
     dev: &dyn NicDevice,
-    rank: usize,
-    peer: usize,
+    ends: Ends,
     mut sock: TcpStream,
     geo: Geometry,
     params: LinkParams,
     deadline: Instant,
 ) -> Result<RdmaLink> {
+    let Ends { rank, peer, dialer } = ends;
     let nic = dev.open(geo.caps())?;
-    let mut link = RdmaLink::new(peer, nic, dev.name(), geo, params)?;
+    let mut link = RdmaLink::new(rank, peer, nic, dev.name(), geo, params)?;
     let mine = Card {
         from: rank as u32,
         to: peer as u32,
@@ -146,45 +182,25 @@ pub fn connect(
     sock.set_write_timeout(Some(left(deadline)))
         .and_then(|()| sock.set_read_timeout(Some(left(deadline))))
         .map_err(|e| io_err(peer, "socket timeouts", e))?;
-    sock.write_all(&mine.encode())
-        .map_err(|e| io_err(peer, "sending our card", e))?;
+    if dialer {
+        sock.write_all(&mine.encode())
+            .map_err(|e| io_err(peer, "sending our card", e))?;
+        link.watch(sock, Awaiting::Card);
+        return Ok(link);
+    }
     let mut b = [0u8; CARD_LEN];
     sock.read_exact(&mut b)
         .map_err(|e| io_err(peer, "reading its card", e))?;
-    let theirs = Card::decode(&b).map_err(|m| Error::PeerLost {
-        peer,
-        msg: format!("setting up the RDMA link to rank {peer}: {m}"),
-    })?;
-    if theirs.from as usize != peer || theirs.to as usize != rank {
-        return Err(Error::PeerLost {
+    let theirs = Card::decode(&b)
+        .and_then(|c| c.check(peer, rank).map(|()| c))
+        .map_err(|m| Error::PeerLost {
             peer,
-            msg: format!(
-                "setting up the RDMA link to rank {peer}: its card is from rank {} to rank {}",
-                theirs.from, theirs.to
-            ),
-        });
-    }
+            msg: format!("setting up the RDMA link to rank {peer}: {m}"),
+        })?;
     link.connect(&theirs.qp, &theirs.mem)?;
-    // Both queue pairs are ready to receive once both sides got here.
-    sock.write_all(&[READY])
-        .map_err(|e| io_err(peer, "sending ready", e))?;
-    let mut r = [0u8; 1];
-    sock.set_read_timeout(Some(left(deadline)))
-        .map_err(|e| io_err(peer, "socket timeouts", e))?;
-    sock.read_exact(&mut r)
-        .map_err(|e| io_err(peer, "waiting for its ready", e))?;
-    if r[0] != READY {
-        return Err(Error::PeerLost {
-            peer,
-            msg: format!(
-                "setting up the RDMA link to rank {peer}: bad ready byte {:#x}",
-                r[0]
-            ),
-        });
-    }
-    let _ = sock.set_read_timeout(None);
-    let _ = sock.set_write_timeout(None);
-    link.watch(sock);
+    sock.write_all(&mine.encode())
+        .map_err(|e| io_err(peer, "sending our card", e))?;
+    link.watch(sock, Awaiting::Ready);
     Ok(link)
 }
 
@@ -233,8 +249,24 @@ mod tests {
         }
     }
 
+    fn ends(rank: usize, peer: usize, dialer: bool) -> Ends {
+        Ends { rank, peer, dialer }
+    }
+
+    /// Drives both links' setup until both are ready (or one fails).
+    fn finish(a: &mut RdmaLink, b: &mut RdmaLink) -> Result<()> {
+        let d = Instant::now() + Duration::from_secs(20);
+        while !(a.is_ready() && b.is_ready()) {
+            a.drive_setup()?;
+            b.drive_setup()?;
+            assert!(Instant::now() < d, "setup did not finish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     #[test]
-    fn two_threads_connect_over_a_socket_pair() {
+    fn the_dialer_never_waits_for_the_acceptor() {
         use super::super::emu::Fabric;
         let f = Fabric::new();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -243,59 +275,29 @@ mod tests {
             nslots: 4,
             slot_size: 4096,
         };
+        let p = LinkParams::default();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let f2 = f.clone();
-        let t = std::thread::spawn(move || {
-            let s = TcpStream::connect(addr).unwrap();
-            connect(
-                f2.device(0).as_ref(),
-                0,
-                1,
-                s,
-                geo,
-                LinkParams::default(),
-                deadline,
-            )
-        });
+        // The dialer returns before the acceptor has even accepted.
+        let s = TcpStream::connect(addr).unwrap();
+        let mut a = start(f.device(0).as_ref(), ends(0, 1, true), s, geo, p, deadline).unwrap();
+        assert!(!a.is_ready());
         let (s, _) = l.accept().unwrap();
-        let b = connect(
-            f.device(1).as_ref(),
-            1,
-            0,
-            s,
-            geo,
-            LinkParams::default(),
-            deadline,
-        );
-        let (a, b) = (t.join().unwrap().unwrap(), b.unwrap());
+        let mut b = start(f.device(1).as_ref(), ends(1, 0, false), s, geo, p, deadline).unwrap();
+        finish(&mut a, &mut b).unwrap();
         assert_eq!((a.device(), b.device()), ("emu:0", "emu:1"));
-        // Mismatched ranks are refused.
-        let f3 = f.clone();
-        let t = std::thread::spawn(move || {
-            let s = TcpStream::connect(addr).unwrap();
-            connect(
-                f3.device(0).as_ref(),
-                0,
-                2,
-                s,
-                geo,
-                LinkParams::default(),
-                deadline,
-            )
-        });
+        // Mismatched ranks are refused: the acceptor at once, the dialer when it looks.
+        let s = TcpStream::connect(addr).unwrap();
+        let mut a = start(f.device(0).as_ref(), ends(0, 2, true), s, geo, p, deadline).unwrap();
         let (s, _) = l.accept().unwrap();
-        assert!(
-            connect(
-                f.device(1).as_ref(),
-                1,
-                0,
-                s,
-                geo,
-                LinkParams::default(),
-                deadline
-            )
-            .is_err()
-        );
-        assert!(t.join().unwrap().is_err());
+        assert!(start(f.device(1).as_ref(), ends(1, 0, false), s, geo, p, deadline).is_err());
+        let d = Instant::now() + Duration::from_secs(20);
+        loop {
+            match a.drive_setup() {
+                Err(Error::PeerLost { peer: 2, .. }) => break,
+                Ok(false) => assert!(Instant::now() < d),
+                other => panic!("{other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -231,7 +231,13 @@ pub fn open_device(rank: usize) -> std::result::Result<Arc<dyn NicDevice>, Strin
     // SAFETY: `n` is a live out-parameter; the list is freed below.
     let list = unsafe { (lib.get_device_list)(&mut n) };
     if list.is_null() {
-        return Err(format!("ibv_get_device_list failed: {}", errno()));
+        let e = errno();
+        return Err(if e.raw_os_error() == Some(libc::ENOSYS) {
+            "no RDMA device: this kernel has no RDMA (uverbs) support (ibv_get_device_list: ENOSYS)"
+                .to_string()
+        } else {
+            format!("ibv_get_device_list failed: {e}")
+        });
     }
     let devs: Vec<*mut IbvDevice> = (0..n.max(0) as usize)
         // SAFETY: the list has n entries.
@@ -272,7 +278,7 @@ pub fn open_device(rank: usize) -> std::result::Result<Arc<dyn NicDevice>, Strin
     }
     let pick = (!candidates.is_empty()).then(|| candidates[rank % candidates.len()].clone());
     let r = match pick {
-        None if devs.is_empty() => Err("no RDMA device (libibverbs found none)".to_string()),
+        None if devs.is_empty() => Err("no RDMA device found (libibverbs lists none)".to_string()),
         None => Err(format!(
             "no active RDMA port matches OXCCL_IB_HCA={:?} (found: {})",
             std::env::var("OXCCL_IB_HCA").unwrap_or_default(),

@@ -1,0 +1,541 @@
+//! The RDMA transport (cargo feature `rdma`), end to end over the emulated NIC: threads as
+//! ranks, each holding the test's [`Fabric`] while it initialises its communicator, so the real
+//! executor runs real collectives over RDMA links (`OXCCL_TRANSPORT=rdma` semantics: every peer).
+//!
+//! - collectives against references: all-reduce of many sizes (copy and zero-copy sends, one
+//!   and many chunks), every all-reduce algorithm, and the other collectives;
+//! - transport faults: lost packets (retransmitted, results exact); a rank whose NIC dies
+//!   mid-collective (`Fabric::kill`: its thread and TCP connections stay up) is `PeerLost`
+//!   naming it on every survivor, well within the timeout; a rank that drops its communicator;
+//!   `abort()` and a mismatch propagate to every rank; a rank insisting on RDMA with a peer that
+//!   does not offer it fails on both sides;
+//! - the binary: `oxccl-perf` built with the feature runs over shm/TCP where RDMA is
+//!   unavailable (one INFO line), and `OXCCL_TRANSPORT=rdma` / `--transport rdma` fail with a
+//!   one-line explanation.
+#![cfg(feature = "rdma")]
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{all_reduce_checked, check, expected, input};
+use oxccl::transport::rdma::emu::Fabric;
+use oxccl::{Communicator, Config, Error, ReduceOp, TransportKind, UniqueId};
+
+/// A config forcing RDMA links, with a short timeout.
+fn rdma_cfg(timeout_ms: u64) -> Config {
+    Config {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        transport: Some(TransportKind::Rdma),
+        ..Config::default()
+    }
+}
+
+/// Runs `f(comm)` on `n` rank threads whose communicators use `fabric` for RDMA; `cfgs[r]` (or
+/// the last one) is rank r's config. Returns each rank's result; panics if they do not all
+/// finish within `limit`.
+fn run_on<T: Send + 'static>(
+    fabric: &Fabric,
+    n: usize,
+    cfgs: Vec<Config>,
+    limit: Duration,
+    f: impl Fn(Communicator) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("unique id");
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for rank in 0..n {
+        let cfg = cfgs[rank.min(cfgs.len() - 1)].clone();
+        let (id, f, tx, fabric) = (id.clone(), f.clone(), tx.clone(), fabric.clone());
+        handles.push(std::thread::spawn(move || {
+            let _g = fabric.enter();
+            let comm = Communicator::init(rank, n, &id, cfg)
+                .unwrap_or_else(|e| panic!("rank {rank} init: {e}"));
+            let out = f(comm);
+            let _ = tx.send((rank, out));
+        }));
+    }
+    drop(tx);
+    let deadline = Instant::now() + limit;
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((r, v)) => out[r] = Some(v),
+            Err(_) => {
+                for (r, h) in handles.into_iter().enumerate() {
+                    if h.is_finished() {
+                        if let Err(p) = h.join() {
+                            std::panic::resume_unwind(p);
+                        }
+                    } else {
+                        eprintln!("rank {r} still running");
+                    }
+                }
+                panic!("ranks did not finish within {limit:?}");
+            }
+        }
+    }
+    for h in handles {
+        h.join().expect("rank thread");
+    }
+    out.into_iter().map(|v| v.expect("reported")).collect()
+}
+
+fn all_ok(results: Vec<Result<(), String>>) {
+    let bad: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Nothing is left on the fabric once every communicator is gone.
+fn assert_clean(f: &Fabric) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (f.queue_pairs(), f.registrations()) != (0, 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        (f.queue_pairs(), f.registrations()),
+        (0, 0),
+        "leaked QPs / MRs"
+    );
+}
+
+#[test]
+fn all_reduce_of_many_sizes_matches_the_reference() {
+    let fabric = Fabric::new();
+    // Sizes: tiny (direct), one chunk, many 512 KiB chunks (zero-copy sends from the caller's
+    // buffer), and an odd count; f32 and i64, in and out of place.
+    const COUNTS: [usize; 5] = [1, 7, 3000, 100_003, 1_000_003];
+    let n = 4;
+    let r = run_on(
+        &fabric,
+        n,
+        vec![rdma_cfg(30_000)],
+        Duration::from_secs(180),
+        move |c| {
+            for (i, &count) in COUNTS.iter().enumerate() {
+                for op in [ReduceOp::Sum, ReduceOp::Max] {
+                    let salt = i as u64 * 10 + op as u64;
+                    let want: Vec<f32> = expected(op, n, count, salt);
+                    all_reduce_checked(&c, op, count, salt, i % 2 == 0, &want)?;
+                    let want: Vec<i64> = expected(op, n, count, salt);
+                    all_reduce_checked(&c, op, count, salt, i % 2 == 1, &want)?;
+                }
+            }
+            Ok(())
+        },
+    );
+    all_ok(r);
+    assert_clean(&fabric);
+}
+
+#[test]
+fn every_all_reduce_algorithm_over_small_chunks() {
+    let fabric = Fabric::new();
+    for algo in ["ring", "tree", "rhd", "direct", "ordered"] {
+        for n in [3, 4] {
+            let cfg = Config {
+                algo: Some(format!("allreduce:{algo}")),
+                // 16 KiB chunks: many copied messages per call, credits cycling.
+                chunk_bytes: Some(16 << 10),
+                ..rdma_cfg(30_000)
+            };
+            let r = run_on(&fabric, n, vec![cfg], Duration::from_secs(120), move |c| {
+                for (k, count) in [5usize, 40_000].into_iter().enumerate() {
+                    let want: Vec<f32> = expected(ReduceOp::Sum, n, count, k as u64);
+                    all_reduce_checked(&c, ReduceOp::Sum, count, k as u64, k == 0, &want)
+                        .map_err(|e| format!("{algo}: {e}"))?;
+                }
+                Ok(())
+            });
+            all_ok(r);
+        }
+    }
+    assert_clean(&fabric);
+}
+
+#[test]
+fn other_collectives_match_their_references() {
+    let fabric = Fabric::new();
+    let n = 3;
+    let r = run_on(
+        &fabric,
+        n,
+        vec![rdma_cfg(30_000)],
+        Duration::from_secs(120),
+        move |c| {
+            let rank = c.rank();
+            let count = 50_001;
+            let e = |w: &str, x: oxccl::Result<()>| x.map_err(|e| format!("rank {rank} {w}: {e}"));
+            let ins: Vec<Vec<f32>> = (0..n).map(|p| input(ReduceOp::Sum, p, count, 1)).collect();
+            // Broadcast from rank 1.
+            let mut b = if rank == 1 {
+                ins[1].clone()
+            } else {
+                vec![0.0; count]
+            };
+            e("broadcast", c.broadcast(&mut b, 1))?;
+            check("broadcast", ReduceOp::Sum, &b, &ins[1])?;
+            // Reduce to rank 2.
+            let mut out = vec![0.0f32; if rank == 2 { count } else { 0 }];
+            e("reduce", c.reduce(&ins[rank], &mut out, ReduceOp::Sum, 2))?;
+            if rank == 2 {
+                check(
+                    "reduce",
+                    ReduceOp::Sum,
+                    &out,
+                    &expected(ReduceOp::Sum, n, count, 1),
+                )?;
+            }
+            // All-gather.
+            let mut ag = vec![0.0f32; n * count];
+            e("all_gather", c.all_gather(&ins[rank], &mut ag))?;
+            check("all_gather", ReduceOp::Sum, &ag, &ins.concat())?;
+            // Reduce-scatter.
+            let big: Vec<Vec<f32>> = (0..n)
+                .map(|p| input(ReduceOp::Sum, p, n * count, 2))
+                .collect();
+            let full: Vec<f32> = expected(ReduceOp::Sum, n, n * count, 2);
+            let mut rs = vec![0.0f32; count];
+            e(
+                "reduce_scatter",
+                c.reduce_scatter(&big[rank], &mut rs, ReduceOp::Sum),
+            )?;
+            check(
+                "reduce_scatter",
+                ReduceOp::Sum,
+                &rs,
+                &full[rank * count..(rank + 1) * count],
+            )?;
+            // All-to-all.
+            let want: Vec<f32> = (0..n)
+                .flat_map(|p| big[p][rank * count..(rank + 1) * count].to_vec())
+                .collect();
+            let mut a2a = vec![0.0f32; n * count];
+            e("all_to_all", c.all_to_all(&big[rank], &mut a2a))?;
+            check("all_to_all", ReduceOp::Sum, &a2a, &want)?;
+            // Send/recv around the ring, then a barrier.
+            let (next, prev) = ((rank + 1) % n, (rank + n - 1) % n);
+            let mut got = vec![0.0f32; count];
+            e(
+                "send/recv",
+                c.group(vec![
+                    oxccl::Call::send(
+                        bytemuck::cast_slice(&ins[rank]),
+                        oxccl::DataType::F32,
+                        next,
+                        9,
+                    ),
+                    oxccl::Call::recv(
+                        bytemuck::cast_slice_mut(&mut got),
+                        oxccl::DataType::F32,
+                        prev,
+                        9,
+                    ),
+                ]),
+            )?;
+            check("send/recv", ReduceOp::Sum, &got, &ins[prev])?;
+            e("barrier", c.barrier())?;
+            Ok(())
+        },
+    );
+    all_ok(r);
+    assert_clean(&fabric);
+}
+
+#[test]
+fn lost_packets_are_retried_and_results_stay_exact() {
+    let fabric = Fabric::with_retries(7, Duration::from_millis(1));
+    let n = 3;
+    let f2 = fabric.clone();
+    let cfg = Config {
+        chunk_bytes: Some(32 << 10),
+        ..rdma_cfg(30_000)
+    };
+    let r = run_on(&fabric, n, vec![cfg], Duration::from_secs(120), move |c| {
+        for k in 0..6u64 {
+            // Each rank loses a few of its packets before each call (at most 6 in a row, under
+            // the retry count of 7).
+            f2.lose_packets(c.rank(), 6);
+            let want: Vec<f32> = expected(ReduceOp::Sum, n, 100_000, k);
+            all_reduce_checked(&c, ReduceOp::Sum, 100_000, k, false, &want)?;
+        }
+        Ok(())
+    });
+    all_ok(r);
+    assert_clean(&fabric);
+}
+
+/// What rank 2 does after its 3rd all-reduce (after `harm`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Keeps calling.
+    Call,
+    /// Stops calling and drops its communicator.
+    Leave,
+    /// Stops calling but keeps its communicator (its TCP connections stay up) until the others
+    /// have failed: a hung process, or one whose NIC died under it.
+    Hang,
+}
+
+/// Runs all-reduces on 3 ranks until one fails; rank 2 does `harm` after its 3rd call and then
+/// what that returns. Returns each rank's first error and when it came.
+fn until_failure(
+    fabric: &Fabric,
+    timeout_ms: u64,
+    harm: impl Fn(&Fabric, &Communicator) -> Then + Send + Sync + Clone + 'static,
+) -> Vec<(Option<Error>, Duration)> {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let f2 = fabric.clone();
+    let t0 = Instant::now();
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    run_on(
+        fabric,
+        3,
+        vec![rdma_cfg(timeout_ms)],
+        Duration::from_secs(120),
+        move |c| {
+            let mut buf = vec![1.0f32; 300_000];
+            let mut first = (None, Duration::ZERO);
+            let mut then = Then::Call;
+            for k in 0..1000 {
+                if c.rank() == 2 && k == 3 {
+                    then = harm(&f2, &c);
+                    if then != Then::Call {
+                        break;
+                    }
+                }
+                if let Err(e) = c.all_reduce(&mut buf, ReduceOp::Sum) {
+                    first = (Some(e), t0.elapsed());
+                    break;
+                }
+                buf.iter_mut().for_each(|x| *x = 1.0);
+            }
+            if c.rank() < 2 {
+                failed.fetch_add(1, SeqCst);
+            } else if then != Then::Leave {
+                let d = Instant::now() + Duration::from_secs(60);
+                while failed.load(SeqCst) < 2 && Instant::now() < d {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            first
+        },
+    )
+}
+
+/// Survivors 0 and 1 failed with PeerLost naming rank 2, within `within`.
+fn survivors_name_rank_2(r: &[(Option<Error>, Duration)], within: Duration) {
+    for (rank, (e, at)) in r.iter().enumerate().take(2) {
+        match e {
+            Some(Error::PeerLost { peer: 2, msg }) => {
+                assert!(msg.contains("rank 2"), "rank {rank}: {msg}")
+            }
+            other => panic!("rank {rank}: expected PeerLost naming rank 2, got {other:?}"),
+        }
+        assert!(*at < within, "rank {rank} noticed only after {at:?}");
+    }
+}
+
+#[test]
+fn a_rank_whose_nic_dies_is_peer_lost_on_every_survivor_within_the_timeout() {
+    let fabric = Fabric::new();
+    let timeout = Duration::from_secs(20);
+    let ms = timeout.as_millis() as u64;
+    // Rank 2's NIC dies and it keeps calling: it fails (its queue pairs flush), names itself,
+    // and its abort reaches the others over the bootstrap connections.
+    let r = until_failure(&fabric, ms, |f, c| {
+        f.kill(c.rank());
+        Then::Call
+    });
+    survivors_name_rank_2(&r, timeout / 2);
+    assert!(
+        matches!(r[2].0, Some(Error::PeerLost { peer: 2, .. })),
+        "the rank with the dead NIC names itself: {:?}",
+        r[2].0
+    );
+    // Rank 2's NIC dies and it goes quiet, its process and TCP connections up: the survivors'
+    // writes and liveness probes go unanswered, and the NIC's retries give up.
+    let r = until_failure(&fabric, ms, |f, c| {
+        f.kill(c.rank());
+        Then::Hang
+    });
+    survivors_name_rank_2(&r, timeout / 2);
+    for (rank, (e, _)) in r.iter().enumerate().take(2) {
+        let m = e.as_ref().map(|e| e.to_string()).unwrap_or_default();
+        assert!(m.contains("retry counter exceeded"), "rank {rank}: {m}");
+    }
+    assert_clean(&fabric);
+}
+
+#[test]
+fn a_rank_that_leaves_is_peer_lost_and_abort_and_mismatch_propagate() {
+    let fabric = Fabric::new();
+    // Rank 2 drops its communicator while the others call all-reduce.
+    let r = until_failure(&fabric, 20_000, |_, _| Then::Leave);
+    survivors_name_rank_2(&r, Duration::from_secs(10));
+    // Rank 2 aborts its communicator instead of calling.
+    let r = until_failure(&fabric, 20_000, |_, c| {
+        c.abort();
+        Then::Call
+    });
+    for (rank, (e, at)) in r.iter().enumerate() {
+        let e = e
+            .as_ref()
+            .unwrap_or_else(|| panic!("rank {rank} did not fail"));
+        assert!(e.to_string().contains("rank 2 aborted"), "rank {rank}: {e}");
+        assert!(*at < Duration::from_secs(10), "rank {rank} after {at:?}");
+    }
+    // A mismatch (rank 0 passes another count) fails every rank, not just the ones that see it.
+    let r = run_on(
+        &fabric,
+        3,
+        vec![rdma_cfg(20_000)],
+        Duration::from_secs(60),
+        |c| {
+            let mut buf = vec![1.0f32; if c.rank() == 0 { 1000 } else { 1001 }];
+            c.all_reduce(&mut buf, ReduceOp::Sum)
+        },
+    );
+    for (rank, e) in r.iter().enumerate() {
+        assert!(
+            matches!(e, Err(Error::Mismatch { .. })),
+            "rank {rank}: {e:?}"
+        );
+    }
+    assert_clean(&fabric);
+}
+
+#[test]
+fn insisting_on_rdma_with_a_peer_that_does_not_offer_it_fails_on_both_sides() {
+    let fabric = Fabric::new();
+    let tcp = Config {
+        transport: Some(TransportKind::Tcp),
+        ..rdma_cfg(20_000)
+    };
+    let t0 = Instant::now();
+    // Neither drops its communicator (rank 0's serves the store) before both have their answer.
+    let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let r = run_on(
+        &fabric,
+        2,
+        vec![rdma_cfg(20_000), tcp],
+        Duration::from_secs(60),
+        move |c| {
+            let mut buf = vec![1.0f32; 10];
+            let r = c.all_reduce(&mut buf, ReduceOp::Sum);
+            both.wait();
+            r
+        },
+    );
+    for (rank, e) in r.iter().enumerate() {
+        match e {
+            Err(Error::Unavailable(m)) => assert!(m.contains("RDMA"), "rank {rank}: {m}"),
+            other => panic!("rank {rank}: {other:?}"),
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // Under auto, ranks on one host use shared memory, not the NIC.
+    let auto = Config {
+        transport: None,
+        ..rdma_cfg(20_000)
+    };
+    let f2 = fabric.clone();
+    let r = run_on(&fabric, 2, vec![auto], Duration::from_secs(60), move |c| {
+        let mut buf = vec![1.0f32; 10];
+        c.all_reduce(&mut buf, ReduceOp::Sum)
+            .map(|()| f2.queue_pairs())
+    });
+    assert_eq!(r, vec![Ok(0), Ok(0)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary, where RDMA is unavailable (no device here; and a missing library, simulated).
+
+fn perf(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oxccl-perf"));
+    cmd.args(args);
+    for v in [
+        "OXCCL_TRANSPORT",
+        "OXCCL_DEBUG",
+        "OXCCL_IBVERBS_LIB",
+        "OXCCL_IB_HCA",
+    ] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run oxccl-perf");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Where RDMA is available (a machine with a device), these checks do not apply.
+fn rdma_unavailable_here() -> bool {
+    let (_, _, err) = perf(
+        &["-N", "1", "-b", "8", "-e", "8"],
+        &[("OXCCL_DEBUG", "INFO")],
+    );
+    err.contains("rdma is unavailable")
+}
+
+#[test]
+fn perf_tool_falls_back_without_rdma_and_refuses_a_forced_rdma_in_one_line() {
+    let no_lib = [("OXCCL_IBVERBS_LIB", "/nonexistent/libibverbs.so.1")];
+    // No library at all: runs over shm/tcp, saying so once per rank at INFO.
+    let (ok, out, err) = perf(
+        &["-N", "2", "-b", "8", "-e", "64K"],
+        &[no_lib[0], ("OXCCL_DEBUG", "INFO")],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Avg bus bandwidth"), "{out}");
+    let info: Vec<&str> = err.lines().filter(|l| l.contains("rdma")).collect();
+    assert_eq!(info.len(), 2, "one INFO line per rank:\n{err}");
+    assert!(
+        info.iter()
+            .all(|l| l.contains("INFO") && l.contains("could not be loaded")),
+        "{err}"
+    );
+    // Forced: a clear error, one line per rank (plus the launcher's summary), by env or flag.
+    for (args, env) in [
+        (
+            vec!["-N", "2"],
+            vec![no_lib[0], ("OXCCL_TRANSPORT", "rdma")],
+        ),
+        (vec!["-N", "2", "--transport", "rdma"], vec![no_lib[0]]),
+    ] {
+        let (ok, out, err) = perf(&args, &env);
+        assert!(!ok, "{out}\n{err}");
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("OXCCL_TRANSPORT=rdma"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("unavailable") && l.contains("libibverbs")),
+            "{err}"
+        );
+    }
+    // With the system's libibverbs (no device or no kernel support here), the same.
+    if rdma_unavailable_here() {
+        let (ok, _, err) = perf(
+            &["-N", "2", "-b", "8", "-e", "8"],
+            &[("OXCCL_TRANSPORT", "rdma")],
+        );
+        assert!(!ok);
+        assert!(err.contains("RDMA is unavailable here"), "{err}");
+        let (ok, out, err) = perf(&["-N", "2", "-b", "8", "-e", "1K"], &[]);
+        assert!(ok, "{out}\n{err}");
+    }
+}
