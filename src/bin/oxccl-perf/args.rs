@@ -254,7 +254,7 @@ nccl-tests flags:
 
 oxccl flags:
   -N, --nranks <k>            spawn k local ranks (child processes of this binary) and run them
-      --transport <tcp|shm|auto>
+      --transport <tcp|shm|rdma|auto>
   -a, --algo <name>           force the measured collective's algorithm (as OXCCL_ALGO=KEY:NAME)
       --json <file>           rank 0 writes the config and every row as one JSON object
       --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
@@ -552,7 +552,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             }
             "--transport" => {
                 o.transport = Some(TransportKind::parse(&value).ok_or_else(|| {
-                    format!("unknown transport '{value}': expected tcp, shm or auto")
+                    format!("unknown transport '{value}': expected tcp, shm, rdma or auto")
                 })?)
             }
             "--json" => o.json = Some(PathBuf::from(value)),
