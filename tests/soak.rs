@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `OXCCL_SOAK_COLLECTIVES` | mixed collectives in the init/destroy soak (per transport) | 1200 |
 //! | `OXCCL_SOAK_EVERY` | collectives per communicator before it is destroyed | 100 |
-//! | `OXCCL_SOAK_LONG` | collectives on one communicator (the resource check) | 3000 |
+//! | `OXCCL_SOAK_LONG` | collectives on one communicator (the resource check; per transport) | 3000 |
 //! | `OXCCL_SOAK_RANKS` | ranks | 4 |
 //!
 //! A process-ranks variant (4 processes; each rebuilds a communicator with `split` every round
@@ -41,6 +41,8 @@ struct Sample {
     fds: usize,
     threads: usize,
     rss_kb: usize,
+    /// Shared-memory mappings (memfd segments and doorbells) in /proc/self/maps.
+    shm_maps: usize,
 }
 
 fn sample() -> Sample {
@@ -56,6 +58,11 @@ fn sample() -> Sample {
         fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
         threads: field("Threads:"),
         rss_kb: field("VmRSS:"),
+        shm_maps: std::fs::read_to_string("/proc/self/maps")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("memfd:"))
+            .count(),
     }
 }
 
@@ -145,10 +152,13 @@ fn cfg(transport: TransportKind) -> Config {
 
 fn print_series(title: &str, rows: &[(usize, Sample)]) {
     println!("{title}");
-    println!("| after collectives | fds | threads | VmRSS (kB) |");
-    println!("|---|---|---|---|");
+    println!("| after collectives | fds | threads | VmRSS (kB) | shm mappings |");
+    println!("|---|---|---|---|---|");
     for (k, s) in rows {
-        println!("| {k} | {} | {} | {} |", s.fds, s.threads, s.rss_kb);
+        println!(
+            "| {k} | {} | {} | {} | {} |",
+            s.fds, s.threads, s.rss_kb, s.shm_maps
+        );
     }
 }
 
@@ -170,6 +180,12 @@ fn assert_flat(what: &str, rows: &[(usize, Sample)], warm: usize) {
             "{what}: threads grew from {} to {} after {k} collectives",
             base.threads,
             s.threads
+        );
+        assert!(
+            s.shm_maps <= base.shm_maps,
+            "{what}: shared-memory mappings grew from {} to {} after {k} collectives",
+            base.shm_maps,
+            s.shm_maps
         );
         let bound = max_rss_base + max_rss_base / 4 + 24 * 1024;
         assert!(
@@ -232,33 +248,27 @@ fn soak_init_destroy_tcp() {
 
 /// One communicator, `OXCCL_SOAK_LONG` mixed collectives; resources sampled by rank 0 ten times
 /// along the way (the other ranks are threads of the same process, so this is the whole job).
-#[test]
-fn soak_long_lived_communicator() {
+fn long_lived(transport: TransportKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let n = env_usize("OXCCL_SOAK_RANKS", 4);
     let total = env_usize("OXCCL_SOAK_LONG", 3000);
     let step = total.div_ceil(10).max(1);
     let t0 = Instant::now();
-    let res = run_ranks(
-        n,
-        cfg(TransportKind::Auto),
-        Duration::from_secs(3600),
-        move |comm| {
-            let mut rows = Vec::new();
-            for i in 0..total {
-                mixed(&comm, i)?;
-                if (i + 1) % step == 0 || i + 1 == total {
-                    // Everyone stops at the same call, so the sample sees a quiet job.
-                    comm.barrier().map_err(|e| format!("barrier: {e}"))?;
-                    if comm.rank() == 0 {
-                        rows.push((i + 1, sample()));
-                    }
-                    comm.barrier().map_err(|e| format!("barrier: {e}"))?;
+    let res = run_ranks(n, cfg(transport), Duration::from_secs(3600), move |comm| {
+        let mut rows = Vec::new();
+        for i in 0..total {
+            mixed(&comm, i)?;
+            if (i + 1) % step == 0 || i + 1 == total {
+                // Everyone stops at the same call, so the sample sees a quiet job.
+                comm.barrier().map_err(|e| format!("barrier: {e}"))?;
+                if comm.rank() == 0 {
+                    rows.push((i + 1, sample()));
                 }
+                comm.barrier().map_err(|e| format!("barrier: {e}"))?;
             }
-            Ok::<_, String>(rows)
-        },
-    );
+        }
+        Ok::<_, String>(rows)
+    });
     let took = t0.elapsed();
     let mut rows = Vec::new();
     for (r, x) in res.into_iter().enumerate() {
@@ -269,12 +279,27 @@ fn soak_long_lived_communicator() {
     }
     print_series(
         &format!(
-            "\nlong-lived communicator, {n} ranks (threads), auto: {total} mixed collectives in {took:.1?} ({:.0}/s)",
+            "\nlong-lived communicator, {n} ranks (threads), {}: {total} mixed collectives in {took:.1?} ({:.0}/s)",
+            transport.name(),
             total as f64 / took.as_secs_f64()
         ),
         &rows,
     );
-    assert_flat("long-lived communicator", &rows, 1);
+    assert_flat(
+        &format!("long-lived communicator ({})", transport.name()),
+        &rows,
+        1,
+    );
+}
+
+#[test]
+fn soak_long_lived_shm() {
+    long_lived(TransportKind::Auto);
+}
+
+#[test]
+fn soak_long_lived_tcp() {
+    long_lived(TransportKind::Tcp);
 }
 
 // ---------------------------------------------------------------------------------------------
