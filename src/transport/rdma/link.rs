@@ -1137,10 +1137,15 @@ impl Link for RdmaLink {
 
 impl Drop for RdmaLink {
     fn drop(&mut self) {
-        if !self.abort_sent && self.post_control(WR_CLOSE, K_CLOSE, 0, 0) {
+        if !self.abort_sent
+            && !self.peer_closed
+            && !self.gone
+            && self.is_ready()
+            && self.post_control(WR_CLOSE, K_CLOSE, 0, 0)
+        {
             // Give the close notice a moment to leave before the queue pair is destroyed (the
             // peer learns from the bootstrap socket's EOF anyway).
-            let deadline = Instant::now() + Duration::from_millis(100);
+            let deadline = Instant::now() + Duration::from_millis(20);
             'wait: while Instant::now() < deadline {
                 let mut wc = self.wc;
                 match self.nic.poll(&mut wc) {

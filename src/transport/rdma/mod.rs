@@ -122,7 +122,7 @@ impl Endpoint {
                 crate::info!(
                     Some(rank),
                     "rdma: device {}{}",
-                    dev.name(),
+                    dev.describe(),
                     if forced {
                         " (OXCCL_TRANSPORT=rdma: every peer)"
                     } else {

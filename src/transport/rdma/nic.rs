@@ -158,6 +158,11 @@ pub trait NicDevice: Send + Sync {
     /// `mlx5_0:1`, `emu:3`: for logs and cards.
     fn name(&self) -> String;
 
+    /// The name with the port's particulars (link layer, GID index, MTU), for logs.
+    fn describe(&self) -> String {
+        self.name()
+    }
+
     /// A new reliable-connection queue pair with its own completion queue and channel.
     fn open(&self, caps: QpCaps) -> Result<Box<dyn Nic>>;
 }

@@ -369,11 +369,15 @@ fn open_port(
 
 impl NicDevice for VerbsDevice {
     fn name(&self) -> String {
+        format!("{}:{}", self.0.name, self.0.port)
+    }
+
+    fn describe(&self) -> String {
         let d = &self.0;
         let ll = if d.link_layer == IBV_LINK_LAYER_ETHERNET {
             format!("RoCE, GID index {}", d.gid_index)
         } else {
-            format!("IB, LID {}", d.lid)
+            format!("InfiniBand, LID {}", d.lid)
         };
         format!(
             "{}:{} ({ll}, MTU {})",
@@ -381,7 +385,6 @@ impl NicDevice for VerbsDevice {
             d.port,
             mtu_bytes(d.tun.mtu.unwrap_or(d.active_mtu).min(d.active_mtu))
         )
-        .replace(' ', "_")
     }
 
     fn open(&self, caps: QpCaps) -> Result<Box<dyn Nic>> {
