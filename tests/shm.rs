@@ -311,10 +311,7 @@ fn procs_refused_descriptors_fall_back_to_tcp_or_fail_clearly() {
     // Under auto, a listener that refuses the segment makes the pair use TCP (one INFO line).
     let g = procs_cases(
         3,
-        &[
-            ("OXCCL_TRANSPORT", "auto"),
-            ("OXCCL_SHM_TEST_REFUSE", "1"),
-        ],
+        &[("OXCCL_TRANSPORT", "auto"), ("OXCCL_SHM_TEST_REFUSE", "1")],
     );
     assert_eq!(link_transport(&g, 0, 1), "tcp");
     assert_eq!(link_transport(&g, 2, 1), "tcp");
