@@ -35,7 +35,6 @@
 //! bootstrap TCP connection stays open as a second liveness signal: EOF means the process died.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -44,10 +43,13 @@ use std::time::{Duration, Instant};
 
 use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, Remote, Sge, status};
 use super::regcache::RegCache;
-use super::setup::{CARD_LEN, Card, READY};
+
+mod sock;
 use crate::Error;
 use crate::error::Result;
 use crate::transport::{Link, Tag};
+pub use sock::Awaiting;
+use sock::{SOCK_BUF, SetupState};
 
 /// Default slots per direction.
 pub const DEFAULT_SLOTS: usize = 4;
@@ -235,28 +237,6 @@ fn encode_abort(err: &Error, out: &mut [u8]) -> usize {
     5 + n
 }
 
-/// Where connection setup stands (see [`super::setup`]): the dialer waits for the acceptor's
-/// card, the acceptor for the dialer's ready byte; both read them from the bootstrap socket
-/// without blocking, whenever the executor looks at the link.
-enum SetupState {
-    Ready,
-    AwaitCard,
-    AwaitReady,
-}
-
-/// First byte of an abort frame on the bootstrap socket: `'A' | len u32 | body`.
-const SOCK_ABORT: u8 = b'A';
-const SOCK_BUF: usize = CARD_LEN + 5 + ABORT_MAX;
-
-/// What a link still waits for from the peer's side of the setup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Awaiting {
-    /// The peer's card (this side dialed).
-    Card,
-    /// The peer's ready byte (this side accepted and connected its queue pair).
-    Ready,
-}
-
 /// One end of an RDMA link. Field order matters: the NIC (queue pair, registrations) goes
 /// before the memory it may touch.
 pub struct RdmaLink {
@@ -396,130 +376,6 @@ impl RdmaLink {
         self.connected = true;
         self.last_heard = Instant::now();
         Ok(())
-    }
-
-    /// Keeps the bootstrap connection open (its EOF says the peer process is gone), and
-    /// finishes the setup over it: the link sends only once the peer's side is connected.
-    pub fn watch(&mut self, sock: TcpStream, awaiting: Awaiting) {
-        let _ = sock.set_nonblocking(true);
-        self.sock = Some(sock);
-        self.setup = match awaiting {
-            Awaiting::Card => SetupState::AwaitCard,
-            Awaiting::Ready => SetupState::AwaitReady,
-        };
-    }
-
-    /// Whether both queue pairs are connected (data may be sent).
-    pub fn is_ready(&self) -> bool {
-        matches!(self.setup, SetupState::Ready)
-    }
-
-    /// Reads what the bootstrap socket has (the setup's card or ready byte, an abort, EOF)
-    /// without blocking. `Ok(true)` when the link became ready.
-    pub fn drive_setup(&mut self) -> Result<bool> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        let was = self.is_ready();
-        if let Err(e) = self.pump_sock() {
-            return Err(self.fail(e));
-        }
-        if !self.is_ready() && self.gone {
-            let e = self.setup_lost("its connection closed before the link was set up".into());
-            return Err(self.fail(self.peer_abort.clone().unwrap_or(e)));
-        }
-        Ok(!was && self.is_ready())
-    }
-
-    fn setup_lost(&self, what: String) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
-                "setting up the RDMA link to rank {}: {what} (did its RDMA setup fail, or did it exit? see its log)",
-                self.peer
-            ),
-        }
-    }
-
-    /// Reads the socket into `sock_buf` and acts on complete items. `Ok(true)` when something
-    /// changed (setup advanced, an abort or EOF arrived).
-    fn pump_sock(&mut self) -> Result<bool> {
-        let Some(sock) = self.sock.as_mut() else {
-            return Ok(false);
-        };
-        let mut changed = false;
-        while !self.gone && self.sock_got < self.sock_buf.len() {
-            match sock.read(&mut self.sock_buf[self.sock_got..]) {
-                Ok(0) => {
-                    self.gone = true;
-                    changed = true;
-                }
-                Ok(n) => self.sock_got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // Reset: as good as EOF.
-                    self.gone = true;
-                    changed = true;
-                }
-            }
-        }
-        while self.sock_got > 0 {
-            let used = match (self.sock_buf[0], &self.setup) {
-                (SOCK_ABORT, _) => {
-                    if self.sock_got < 5 {
-                        break;
-                    }
-                    let len =
-                        u32::from_le_bytes(self.sock_buf[1..5].try_into().expect("4")) as usize;
-                    if len > ABORT_MAX {
-                        return Err(self
-                            .protocol(format!("a {len}-byte abort on its bootstrap connection")));
-                    }
-                    if self.sock_got < 5 + len {
-                        break;
-                    }
-                    if self.peer_abort.is_none() {
-                        let body = &self.sock_buf[5..5 + len];
-                        self.peer_abort =
-                            Some(crate::transport::tcp::decode_abort(body, self.peer));
-                    }
-                    5 + len
-                }
-                (READY, SetupState::AwaitReady) => {
-                    self.setup = SetupState::Ready;
-                    self.last_heard = Instant::now();
-                    1
-                }
-                (_, SetupState::AwaitCard) => {
-                    if self.sock_got < CARD_LEN {
-                        break;
-                    }
-                    let mut b = [0u8; CARD_LEN];
-                    b.copy_from_slice(&self.sock_buf[..CARD_LEN]);
-                    let card = Card::decode(&b)
-                        .and_then(|c| c.check(self.peer, self.rank).map(|()| c))
-                        .map_err(|m| self.setup_lost(m))?;
-                    self.connect(&card.qp, &card.mem)?;
-                    let sock = self.sock.as_mut().expect("checked above");
-                    let _ = sock.set_nonblocking(false);
-                    let r = sock.write_all(&[READY]);
-                    let _ = sock.set_nonblocking(true);
-                    r.map_err(|e| self.setup_lost(format!("sending ready: {e}")))?;
-                    self.setup = SetupState::Ready;
-                    CARD_LEN
-                }
-                (b, _) => {
-                    return Err(self.protocol(format!(
-                        "unexpected byte {b:#04x} on its bootstrap connection"
-                    )));
-                }
-            };
-            self.sock_buf.copy_within(used..self.sock_got, 0);
-            self.sock_got -= used;
-            changed = true;
-        }
-        Ok(changed)
     }
 
     /// The device this link runs on.
@@ -820,22 +676,6 @@ impl RdmaLink {
         None
     }
 
-    /// Reads the bootstrap socket (every few thousand calls, or when `now`): EOF says the peer
-    /// process is gone, and a peer whose RDMA path is down sends its abort there too.
-    fn check_sock(&mut self, now: bool) -> bool {
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.gone || self.sock.is_none() || !(now || self.ticks % 4096 == 0) {
-            return false;
-        }
-        match self.pump_sock() {
-            Ok(changed) => changed,
-            Err(e) => {
-                self.fail(e);
-                true
-            }
-        }
-    }
-
     /// A zero-length write to the peer when we have heard nothing for a while: its completion
     /// (or the NIC's retry error) says whether the peer's queue pair is still there.
     fn maybe_probe(&mut self) {
@@ -1116,14 +956,8 @@ impl Link for RdmaLink {
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), self.region.at(ABORT_OUT), n) };
             self.post_control(WR_ABORT, K_ABORT, ABORT_OUT, n);
             // Also on the bootstrap socket, for a peer whose RDMA path is not up (setup) or not
-            // working (a dead NIC or port); best effort, without blocking.
-            if let (Some(s), false) = (self.sock.as_mut(), self.gone) {
-                let mut frame = [0u8; 5 + ABORT_MAX];
-                frame[0] = SOCK_ABORT;
-                frame[1..5].copy_from_slice(&(n as u32).to_le_bytes());
-                frame[5..5 + n].copy_from_slice(&body[..n]);
-                let _ = s.write(&frame[..5 + n]);
-            }
+            // working (a dead NIC or port).
+            self.abort_on_socket(&body[..n]);
         }
         if self.failed.is_none() {
             self.failed = Some(err.clone());
@@ -1170,243 +1004,4 @@ impl Drop for RdmaLink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::emu::Fabric;
-    use super::*;
-
-    fn tag(seq: u64) -> Tag {
-        Tag {
-            seq,
-            count: 3,
-            coll: 1,
-            dtype: 7,
-            op: 0,
-            root: u32::MAX,
-        }
-    }
-
-    /// Two connected links over an emulated fabric.
-    pub fn pair(
-        f: &Fabric,
-        nslots: usize,
-        slot_size: usize,
-        params: LinkParams,
-    ) -> (RdmaLink, RdmaLink) {
-        let geo = Geometry { nslots, slot_size };
-        let mk = |label: usize, peer: usize| {
-            let d = f.device(label);
-            RdmaLink::new(
-                label,
-                peer,
-                d.open(geo.caps()).unwrap(),
-                d.name(),
-                geo,
-                params,
-            )
-            .unwrap()
-        };
-        let (mut a, mut b) = (mk(0, 1), mk(1, 0));
-        let (qa, ma, qb, mb) = (a.address(), a.mem_info(), b.address(), b.mem_info());
-        a.connect(&qb, &mb).unwrap();
-        b.connect(&qa, &ma).unwrap();
-        (a, b)
-    }
-
-    fn deadline() -> Instant {
-        Instant::now() + Duration::from_secs(20)
-    }
-
-    fn recv_one(l: &mut RdmaLink, d: Instant) -> Result<(Tag, Vec<u8>)> {
-        loop {
-            if let Some((t, data)) = l.peek_recv()? {
-                let v = data.to_vec();
-                l.release_recv();
-                return Ok((t, v));
-            }
-            assert!(Instant::now() < d, "no message");
-            std::thread::yield_now();
-        }
-    }
-
-    #[test]
-    fn immediates_round_trip() {
-        for k in 0..4 {
-            for v in [0u64, 1, 12345, (1 << 30) - 1, 1 << 30, u64::MAX] {
-                assert_eq!(imm_parts(imm(k, v)), (k, v as u32 & IMM_MASK));
-            }
-        }
-    }
-
-    #[test]
-    fn messages_arrive_in_order_with_tags_copy_and_zero_copy() {
-        let f = Fabric::new();
-        let params = LinkParams {
-            zcopy_min: 300,
-            ..LinkParams::default()
-        };
-        let (mut a, mut b) = pair(&f, 4, 1000, params);
-        let msgs: Vec<Vec<u8>> = (0..300u32)
-            .map(|i| {
-                (0..(i as usize * 37) % 1001)
-                    .map(|j| (i as usize * 7 + j) as u8)
-                    .collect()
-            })
-            .collect();
-        std::thread::scope(|s| {
-            let msgs2 = &msgs;
-            s.spawn(move || {
-                let d = deadline();
-                let mut done = 0;
-                for (i, m) in msgs2.iter().enumerate() {
-                    // SAFETY: `m` outlives the loop and the link's use of it (all sends
-                    // complete before the thread ends, checked below).
-                    while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
-                        assert!(Instant::now() < d);
-                        a.progress().unwrap();
-                        done += a.take_send_completions();
-                        std::thread::yield_now();
-                    }
-                    a.progress().unwrap();
-                    done += a.take_send_completions();
-                }
-                while done < msgs2.len() {
-                    assert!(Instant::now() < d);
-                    a.progress().unwrap();
-                    done += a.take_send_completions();
-                }
-                assert!(a.registrations_made() >= 1, "large messages went zero-copy");
-                a.cancel_recvs();
-                a
-            });
-            let d = deadline();
-            for (i, m) in msgs.iter().enumerate() {
-                let (t, data) = recv_one(&mut b, d).unwrap();
-                assert_eq!(t, tag(i as u64));
-                assert_eq!(&data, m);
-            }
-        });
-    }
-
-    #[test]
-    fn credits_bound_the_sender_and_wake_it() {
-        let f = Fabric::new();
-        let (mut a, mut b) = pair(&f, 2, 64, LinkParams::default());
-        let m = [7u8; 64];
-        for i in 0..2 {
-            // SAFETY: `m` outlives the calls.
-            assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
-        }
-        // SAFETY: as above.
-        assert!(!unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
-        assert_eq!(
-            a.take_send_completions(),
-            2,
-            "copied sends complete at once"
-        );
-        // Peeking does not return the credit; releasing does, and it wakes the sender's fd.
-        assert!(b.peek_recv().unwrap().is_some());
-        assert!(!a.before_wait(), "nothing new yet: armed");
-        let mut fds = Vec::new();
-        a.wait_interest(&mut fds);
-        assert_eq!(crate::sys::poll(&mut fds, 0).unwrap(), 0);
-        b.release_recv();
-        assert_eq!(
-            crate::sys::poll(&mut fds, 1000).unwrap(),
-            1,
-            "credit woke the sender"
-        );
-        // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
-        for i in 1..3 {
-            let (t, d) = recv_one(&mut b, deadline()).unwrap();
-            assert_eq!((t.seq, d.len()), (i, 64));
-        }
-        // A message larger than a slot is refused.
-        // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
-    }
-
-    #[test]
-    fn abort_arrives_after_the_messages_before_it() {
-        let f = Fabric::new();
-        let (mut a, mut b) = pair(&f, 4, 128, LinkParams::default());
-        let m = [1u8; 8];
-        // SAFETY: `m` outlives the call.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
-        a.send_abort(&Error::Mismatch {
-            peer: 2,
-            msg: "count 3 vs 4".into(),
-        });
-        assert!(recv_one(&mut b, deadline()).is_ok());
-        match b.peek_recv() {
-            Err(Error::Mismatch { peer: 2, msg }) => {
-                assert!(
-                    msg.contains("count 3 vs 4") && msg.contains("rank 0"),
-                    "{msg}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(b.peek_recv().is_err(), "sticky");
-        // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
-    }
-
-    #[test]
-    fn a_closed_peer_is_peer_lost_and_a_killed_one_too() {
-        let f = Fabric::with_retries(3, Duration::from_millis(1));
-        let (a, mut b) = pair(&f, 2, 64, LinkParams::default());
-        drop(a);
-        assert!(b.progress().is_ok(), "nothing is owed yet");
-        match b.peek_recv() {
-            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
-            other => panic!("{other:?}"),
-        }
-        // A killed peer (its NIC gone, its thread alive): a waiting receiver's probe finds out.
-        let params = LinkParams {
-            probe_every: Duration::from_millis(5),
-            ..LinkParams::default()
-        };
-        let (c, mut d) = pair(&f, 2, 64, params);
-        f.kill(0);
-        let dl = deadline();
-        let err = loop {
-            match d.peek_recv() {
-                Ok(None) => {}
-                Ok(Some(_)) => panic!("no message was sent"),
-                Err(e) => break e,
-            }
-            d.before_wait();
-            assert!(Instant::now() < dl);
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        match err {
-            Error::PeerLost { peer: 0, msg } => {
-                assert!(msg.contains("retry") && msg.contains("probe"), "{msg}")
-            }
-            other => panic!("{other:?}"),
-        }
-        drop((b, c, d));
-        assert_eq!((f.queue_pairs(), f.registrations()), (0, 0));
-    }
-
-    #[test]
-    fn lost_packets_are_retransmitted_transparently() {
-        let f = Fabric::with_retries(7, Duration::from_millis(1));
-        let (mut a, mut b) = pair(&f, 4, 256, LinkParams::default());
-        let d = deadline();
-        for i in 0..40u64 {
-            if i % 5 == 0 {
-                f.lose_packets(0, 3);
-            }
-            let m = [i as u8; 200];
-            // SAFETY: `m` lives until the send is received below (copied sends complete at once).
-            while !unsafe { a.post_send(&tag(i), m.as_ptr(), 200) }.unwrap() {
-                assert!(Instant::now() < d);
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let (t, data) = recv_one(&mut b, d).unwrap();
-            assert_eq!((t.seq, data), (i, vec![i as u8; 200]));
-        }
-    }
-}
+mod tests;
