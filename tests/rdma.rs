@@ -370,6 +370,52 @@ fn a_rank_whose_nic_dies_is_peer_lost_on_every_survivor_within_the_timeout() {
 }
 
 #[test]
+fn a_slow_rank_is_a_timeout_not_a_lost_peer_and_survivors_shrink_onto_rdma() {
+    let fabric = Fabric::new();
+    // Rank 2 stops calling but its NIC answers: the probes succeed, so the survivors wait the
+    // full timeout and report a Timeout (naming rank 2), not a lost peer.
+    let timeout = Duration::from_millis(2500);
+    let r = until_failure(&fabric, timeout.as_millis() as u64, |_, _| Then::Hang);
+    for (rank, (e, at)) in r.iter().enumerate().take(2) {
+        assert!(
+            matches!(e, Some(Error::Timeout { .. })),
+            "rank {rank}: {e:?}"
+        );
+        assert!(*at >= timeout, "rank {rank} gave up after {at:?}");
+    }
+    // Rank 2 leaves; the survivors shrink to a 2-rank communicator, which runs over RDMA too.
+    let f2 = fabric.clone();
+    let r = run_on(
+        &fabric,
+        3,
+        vec![rdma_cfg(20_000)],
+        Duration::from_secs(120),
+        move |c| {
+            if c.rank() == 2 {
+                return Ok(());
+            }
+            let mut buf = vec![1.0f32; 100_000];
+            let e = c
+                .all_reduce(&mut buf, ReduceOp::Sum)
+                .expect_err("rank 2 left");
+            assert!(matches!(e, Error::PeerLost { peer: 2, .. }), "{e}");
+            let s = c.shrink().map_err(|e| format!("shrink: {e}"))?;
+            let want: Vec<f32> = expected(ReduceOp::Sum, 2, 100_000, 7);
+            all_reduce_checked(&s, ReduceOp::Sum, 100_000, 7, true, &want)?;
+            // The old communicator's links are gone (shrink aborts it); these are the new one's.
+            assert!(
+                f2.queue_pairs() >= 1,
+                "the shrunk communicator uses RDMA links"
+            );
+            assert_eq!(s.config().transport, Some(TransportKind::Rdma));
+            Ok::<(), String>(())
+        },
+    );
+    all_ok(r);
+    assert_clean(&fabric);
+}
+
+#[test]
 fn a_rank_that_leaves_is_peer_lost_and_abort_and_mismatch_propagate() {
     let fabric = Fabric::new();
     // Rank 2 drops its communicator while the others call all-reduce.

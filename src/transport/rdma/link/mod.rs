@@ -470,7 +470,8 @@ impl RdmaLink {
         }
     }
 
-    /// Polls the completion queue dry. `Ok(true)` when anything was completed.
+    /// Polls the completion queue dry. `Ok(true)` when anything the executor cares about
+    /// happened (a message, a credit, a send completion, an abort or close).
     fn poll_cq(&mut self) -> Result<bool> {
         let mut any = false;
         loop {
@@ -485,8 +486,12 @@ impl RdmaLink {
             };
             for c in &wc[..n] {
                 self.handle(c)?;
+                // Our own probes and credit writes completing is not progress for the executor
+                // (a silent peer that answers probes must still time out).
+                any |= !(c.kind == CompletionKind::Send
+                    && c.status == status::SUCCESS
+                    && matches!(c.wr_id >> WR_SHIFT, WR_PROBE | WR_CREDIT));
             }
-            any |= n > 0;
             if n < wc.len() {
                 break;
             }
