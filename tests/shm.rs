@@ -180,6 +180,11 @@ fn loop_until_killed() -> Result<(), String> {
             Ok(()) => {
                 calls += 1;
                 if calls == 3 {
+                    if comm.rank() == victim
+                        && std::env::var("OXCCL_SHM_TEST_FORK_HOLD").is_ok_and(|v| v == "1")
+                    {
+                        fork_holder();
+                    }
                     println!("looping");
                 }
             }
@@ -218,6 +223,34 @@ fn loop_until_killed() -> Result<(), String> {
     }
     println!("descriptors back to {after} (baseline {baseline})");
     Ok(())
+}
+
+/// Forks a child that holds copies of every descriptor (like a data-loader worker forked by a
+/// training script) and outlives this process by 5 s: the peers must notice this process's
+/// death from its pid, not from EOF on the sockets, which the child keeps open.
+fn fork_holder() {
+    // SAFETY: after fork the child only calls async-signal-safe functions (close, getppid,
+    // nanosleep, _exit) and touches no Rust state.
+    unsafe {
+        let parent = libc::getpid();
+        if libc::fork() == 0 {
+            libc::close(1);
+            libc::close(2);
+            let tick = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            while libc::getppid() == parent {
+                libc::nanosleep(&tick, std::ptr::null_mut());
+            }
+            let linger = libc::timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            };
+            libc::nanosleep(&linger, std::ptr::null_mut());
+            libc::_exit(0);
+        }
+    }
 }
 
 fn oxccl_in_dev_shm() -> Vec<String> {
@@ -347,12 +380,13 @@ fn procs_forced_tcp() {
     assert_eq!(link_transport(&g, 2, 0), "tcp");
 }
 
-fn killed_rank(n: usize, victim: usize, algo: &str) {
+fn killed_rank(n: usize, victim: usize, algo: &str, fork_hold: bool) {
     let before = oxccl_in_dev_shm();
     let mut g = ProcGroup::spawn(
         CHILD,
         n,
         &[
+            ("OXCCL_SHM_TEST_FORK_HOLD", if fork_hold { "1" } else { "" }),
             ("OXCCL_SHM_TEST_MODE", "loop_until_killed"),
             ("OXCCL_SHM_TEST_VICTIM", &victim.to_string()),
             ("OXCCL_TIMEOUT_MS", "60000"),
@@ -386,7 +420,9 @@ fn killed_rank(n: usize, victim: usize, algo: &str) {
             g.report()
         );
         let took = g.exited_at(r).unwrap() - killed_at;
-        assert!(took < Duration::from_secs(20), "rank {r} took {took:?}");
+        // With a forked child holding the sockets, only the pid tells (the child lingers 5 s).
+        let bound = Duration::from_secs(if fork_hold { 4 } else { 20 });
+        assert!(took < bound, "rank {r} took {took:?}");
     }
     let after = oxccl_in_dev_shm();
     assert!(
@@ -397,12 +433,17 @@ fn killed_rank(n: usize, victim: usize, algo: &str) {
 
 #[test]
 fn procs_killed_rank_ring() {
-    killed_rank(4, 2, "ring");
+    killed_rank(4, 2, "ring", false);
 }
 
 #[test]
 fn procs_killed_rank_direct() {
-    killed_rank(3, 0, "direct");
+    killed_rank(3, 0, "direct", false);
+}
+
+#[test]
+fn procs_killed_rank_whose_child_holds_its_sockets() {
+    killed_rank(3, 1, "ring", true);
 }
 
 fn oversubscribed(n: usize) {

@@ -335,6 +335,28 @@ pub unsafe fn write_process(pid: i32, src: *const u8, dst: u64, len: usize) -> i
     Ok(n as usize)
 }
 
+/// A descriptor that becomes readable when process `pid` exits (pidfd_open(2), Linux 5.3+).
+/// Unlike the pid, it cannot come to name another process later.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process behind a pidfd has exited (its descriptor is readable).
+pub fn pidfd_exited(fd: RawFd) -> bool {
+    let mut p = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    crate::sys::poll(&mut p, 0).is_ok_and(|n| n > 0)
+}
+
 /// This process's network namespace, as `/proc/self/ns/net` names it (e.g. `net:[4026531840]`);
 /// empty if unknown. Abstract Unix socket names are only visible within one namespace.
 pub fn net_namespace() -> String {
@@ -441,6 +463,23 @@ mod tests {
         // SAFETY: as above; the kernel checks the (unmapped) target address.
         let bad = unsafe { write_process(std::process::id() as i32, src.as_ptr(), 8, 64) };
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn pidfd_tells_when_a_child_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let Ok(fd) = pidfd_open(child.id() as i32) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return; // kernel without pidfd_open: the socket alone tells
+        };
+        assert!(!pidfd_exited(fd.as_raw_fd()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(pidfd_exited(fd.as_raw_fd()));
     }
 
     #[test]

@@ -290,6 +290,9 @@ pub struct ShmLink {
     bell: Arc<Doorbell>,
     peer_bell: Doorbell,
     sock: Option<UnixStream>,
+    /// The peer process (another process only): readable once it has exited, even when a child
+    /// it forked still holds the socket open.
+    pidfd: Option<OwnedFd>,
     gone: bool,
     /// The peer's abort or close was already reported to a waiter as news.
     state_seen: bool,
@@ -334,6 +337,11 @@ impl ShmLink {
             rx_posts,
             rx_slots,
             writer: Writer::for_socket(sock.as_ref()),
+            pidfd: sock
+                .as_ref()
+                .and_then(|s| sys::peer_pid(s.as_raw_fd()))
+                .filter(|&pid| pid as u32 != std::process::id())
+                .and_then(|pid| sys::pidfd_open(pid).ok()),
             posted: Posted::default(),
             nslots: geo.nslots as u64,
             slot_size: geo.slot_size,
@@ -419,13 +427,16 @@ impl ShmLink {
         if self.gone || !(now || self.ticks % 4096 == 0) {
             return false;
         }
-        if let Some(s) = &self.sock {
-            if sys::peer_closed(s.as_raw_fd()) {
-                self.gone = true;
-                return true;
-            }
-        }
-        false
+        let closed = self
+            .sock
+            .as_ref()
+            .is_some_and(|s| sys::peer_closed(s.as_raw_fd()));
+        let exited = self
+            .pidfd
+            .as_ref()
+            .is_some_and(|p| sys::pidfd_exited(p.as_raw_fd()));
+        self.gone = closed || exited;
+        self.gone
     }
 
     /// The error for "nothing from the peer and it can send nothing more", if that is the case.
@@ -442,7 +453,9 @@ impl ShmLink {
             None => {}
         }
         if self.gone {
-            let e = self.lost(&format!("hit EOF while {waiting_for}"));
+            let e = self.lost(&format!(
+                "lost its peer (socket EOF or process exit) while {waiting_for}"
+            ));
             return Some(self.fail(e));
         }
         None
@@ -626,9 +639,16 @@ impl Link for ShmLink {
     }
 
     fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {
-        if let (Some(s), false) = (&self.sock, self.gone) {
+        if self.gone {
+            return;
+        }
+        let fds = self.sock.as_ref().map(|s| s.as_raw_fd());
+        for fd in fds
+            .into_iter()
+            .chain(self.pidfd.as_ref().map(|p| p.as_raw_fd()))
+        {
             out.push(libc::pollfd {
-                fd: s.as_raw_fd(),
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             });

@@ -181,7 +181,7 @@ mod unit {
         drop(a);
         assert!(b.before_wait());
         match b.peek_recv() {
-            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("EOF"), "{msg}"),
+            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("socket EOF"), "{msg}"),
             other => panic!("{other:?}"),
         }
     }
