@@ -92,6 +92,9 @@ const WR_PROBE: u64 = 5;
 const WR_RECV: u64 = 6;
 const WR_SEQ_MASK: u64 = (1 << WR_SHIFT) - 1;
 
+/// How long dropping a link waits for its last writes to be acknowledged by a live peer.
+const DRAIN_AT_DROP: Duration = Duration::from_secs(1);
+
 /// Send-queue entries kept free for control writes (abort, close, probe).
 const CTRL_RESERVE: usize = 3;
 
@@ -976,23 +979,26 @@ impl Link for RdmaLink {
 
 impl Drop for RdmaLink {
     fn drop(&mut self) {
-        if !self.abort_sent
-            && !self.peer_closed
-            && !self.gone
-            && self.is_ready()
-            && self.post_control(WR_CLOSE, K_CLOSE, 0, 0)
-        {
-            // Give the close notice a moment to leave before the queue pair is destroyed (the
-            // peer learns from the bootstrap socket's EOF anyway).
-            let deadline = Instant::now() + Duration::from_millis(20);
-            'wait: while Instant::now() < deadline {
+        // A copied send counts as complete once posted, so writes may still be on their way:
+        // let them (and a close notice after them, which RC orders last) finish before the
+        // queue pair is destroyed, unless the peer is gone anyway.
+        let peer_alive = !self.peer_closed && !self.gone && !self.qp_dead && self.is_ready();
+        if peer_alive && !self.abort_sent {
+            self.post_control(WR_CLOSE, K_CLOSE, 0, 0);
+        }
+        if peer_alive {
+            let deadline = Instant::now() + DRAIN_AT_DROP;
+            while self.sq_used > 0 && Instant::now() < deadline {
                 let mut wc = self.wc;
                 match self.nic.poll(&mut wc) {
                     Ok(n) => {
-                        if wc[..n].iter().any(|c| {
-                            c.kind == CompletionKind::Send && c.wr_id >> WR_SHIFT == WR_CLOSE
-                        }) {
-                            break 'wait;
+                        for c in &wc[..n] {
+                            if c.kind == CompletionKind::Send {
+                                self.sq_used = self.sq_used.saturating_sub(1);
+                            }
+                            if c.status != status::SUCCESS {
+                                self.sq_used = 0;
+                            }
                         }
                         if n == 0 {
                             std::thread::sleep(Duration::from_micros(50));

@@ -238,3 +238,30 @@ fn lost_packets_are_retransmitted_transparently() {
         assert_eq!((t.seq, data), (i, vec![i as u8; 200]));
     }
 }
+
+#[test]
+fn dropping_a_link_delivers_what_it_already_reported_sent() {
+    let f = Fabric::with_retries(7, Duration::from_millis(2));
+    let (mut a, mut b) = pair(&f, 4, 64, LinkParams::default());
+    f.lose_packets(0, 3);
+    let m = [9u8; 64];
+    for i in 0..3 {
+        // SAFETY: copied sends: `m` is only read during the call.
+        assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+    }
+    assert_eq!(
+        a.take_send_completions(),
+        3,
+        "copied sends complete at once"
+    );
+    // The writes are still being retried when the sender goes away.
+    drop(a);
+    for i in 0..3 {
+        let (t, d) = recv_one(&mut b, deadline()).unwrap();
+        assert_eq!((t.seq, d), (i, m.to_vec()));
+    }
+    match b.peek_recv() {
+        Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
