@@ -9,6 +9,19 @@ use std::time::Duration;
 
 const COUNTS: [usize; 4] = [0, 1, 7, 1009];
 
+/// Config forcing the `k`-th algorithm of every collective (wrapping around), over `transport`.
+fn forced_on(k: usize, transport: oxccl::TransportKind) -> Config {
+    Config {
+        transport: Some(transport),
+        ..forced(k)
+    }
+}
+
+/// The OXCCL_ALGO value forcing the `k`-th algorithm of every collective.
+fn algo_spec(k: usize) -> String {
+    forced(k).algo.unwrap()
+}
+
 /// Config forcing the `k`-th algorithm of every collective (wrapping around).
 fn forced(k: usize) -> Config {
     let spec: Vec<String> = Collective::ALL
@@ -282,23 +295,76 @@ const SOME_OPS: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Avg];
 
 #[test]
 fn every_algorithm_small_rank_counts() {
-    for n in [1, 2, 3] {
-        for k in 0..4 {
-            run(n, forced(k), &SOME_TYPES, &SOME_OPS);
+    for t in [oxccl::TransportKind::Shm, oxccl::TransportKind::Tcp] {
+        for n in [1, 2, 3] {
+            for k in 0..5 {
+                run(n, forced_on(k, t), &SOME_TYPES, &SOME_OPS);
+            }
         }
     }
 }
 
 #[test]
 fn every_algorithm_4_and_5_ranks() {
-    for n in [4, 5] {
-        for k in 0..4 {
-            run(
-                n,
-                forced(k),
-                &[DataType::F32, DataType::I64],
-                &[ReduceOp::Sum, ReduceOp::Min],
-            );
+    for t in [oxccl::TransportKind::Shm, oxccl::TransportKind::Tcp] {
+        for n in [4, 5] {
+            for k in 0..5 {
+                run(
+                    n,
+                    forced_on(k, t),
+                    &[DataType::F32, DataType::I64],
+                    &[ReduceOp::Sum, ReduceOp::Min],
+                );
+            }
+        }
+    }
+}
+
+const CHILD: &str = "collectives_child";
+
+/// A rank process: every collective with the algorithms OXCCL_ALGO forces, a few types.
+#[test]
+fn collectives_child() {
+    if !is_child(CHILD) {
+        return;
+    }
+    child_main(|| {
+        let comm = Communicator::from_env().map_err(|e| e.to_string())?;
+        sweep(
+            &comm,
+            &[DataType::F32, DataType::BF16, DataType::U8],
+            &[ReduceOp::Sum, ReduceOp::Max],
+        )
+    });
+}
+
+#[test]
+fn every_algorithm_as_processes_over_shm_and_tcp() {
+    for transport in ["shm", "tcp"] {
+        for n in [2, 4] {
+            for k in 0..5 {
+                let spec = algo_spec(k);
+                let mut g = ProcGroup::spawn(
+                    CHILD,
+                    n,
+                    &[
+                        ("OXCCL_TRANSPORT", transport),
+                        ("OXCCL_ALGO", &spec),
+                        ("OXCCL_CHUNK_BYTES", "256"),
+                        ("OXCCL_TIMEOUT_MS", "20000"),
+                    ],
+                );
+                let ok = g.wait(std::time::Instant::now() + Duration::from_secs(120), true);
+                assert!(ok, "{transport} n={n} algorithms {spec}:\n{}", g.report());
+                for r in 0..n {
+                    assert_eq!(
+                        g.status(r).and_then(|s| s.code()),
+                        Some(0),
+                        "rank {r}:\n{}",
+                        g.report()
+                    );
+                }
+            }
         }
     }
 }
