@@ -410,16 +410,15 @@ fn nonblocking_requests_and_scope() {
 fn bad_arguments_are_errors_not_panics() {
     let res = run_ranks(2, test_cfg(5_000), Duration::from_secs(60), |comm| {
         let mut v = vec![0f32; 4];
-        let mut errs = Vec::new();
-        errs.push(comm.broadcast(&mut v, 2).unwrap_err());
-        errs.push(comm.all_gather(&v[..3], &mut vec![0f32; 5]).unwrap_err());
-        errs.push(
-            comm.reduce_scatter(&v, &mut vec![0f32; 3], ReduceOp::Sum)
+        let errs = vec![
+            comm.broadcast(&mut v, 2).unwrap_err(),
+            comm.all_gather(&v[..3], &mut [0f32; 5]).unwrap_err(),
+            comm.reduce_scatter(&v, &mut [0f32; 3], ReduceOp::Sum)
                 .unwrap_err(),
-        );
-        errs.push(comm.all_gatherv(&v, &mut vec![0f32; 8], &[4]).unwrap_err());
-        errs.push(comm.send(&v, comm.rank(), 0).unwrap_err());
-        errs.push(comm.all_to_all(&v[..3], &mut vec![0f32; 3]).unwrap_err());
+            comm.all_gatherv(&v, &mut [0f32; 8], &[4]).unwrap_err(),
+            comm.send(&v, comm.rank(), 0).unwrap_err(),
+            comm.all_to_all(&v[..3], &mut [0f32; 3]).unwrap_err(),
+        ];
         // The communicator still works afterwards: argument errors do not revoke it.
         comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
         errs
