@@ -33,8 +33,8 @@ fn split_by_color_orders_by_key_and_works() {
         out
     });
     assert!(res[5].is_none());
-    for r in 0..5 {
-        let (new_rank, size, sum, who) = res[r].clone().unwrap();
+    for (r, out) in res.iter().enumerate().take(5) {
+        let (new_rank, size, sum, who) = out.clone().unwrap();
         let group: Vec<i64> = if r % 2 == 0 {
             vec![4, 2, 0]
         } else {
