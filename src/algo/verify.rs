@@ -462,6 +462,7 @@ mod tests {
             .collect();
         if in_place {
             // In place needs equal send and receive sizes per rank: a symmetric matrix.
+            #[allow(clippy::needless_range_loop)]
             for a in 0..n {
                 for b in 0..a {
                     m[a][b] = m[b][a];
@@ -486,6 +487,7 @@ mod tests {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check(
         coll: Collective,
         algo: Algorithm,

@@ -114,6 +114,47 @@ impl PeerListener {
         self.addr
     }
 
+    /// Waits until the sockets with indices `idxs` from rank `from` have arrived on this
+    /// listener, and takes them in that order (multi-path TCP: each path has its listener).
+    pub fn take_indices(
+        &self,
+        from: usize,
+        idxs: &[usize],
+        deadline: Instant,
+    ) -> Result<Vec<TcpStream>> {
+        let (lock, cv) = &*self.pending;
+        let mut map = lock
+            .lock()
+            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+        loop {
+            if idxs.iter().all(|i| map.contains_key(&(from, *i))) {
+                return Ok(idxs
+                    .iter()
+                    .map(|i| map.remove(&(from, *i)).expect("checked"))
+                    .collect());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let have = idxs
+                    .iter()
+                    .filter(|i| map.contains_key(&(from, **i)))
+                    .count();
+                return Err(Error::Timeout {
+                    peer: Some(from),
+                    msg: format!(
+                        "waiting for rank {from} to connect ({have} of {} sockets arrived at {})",
+                        idxs.len(),
+                        self.addr
+                    ),
+                });
+            }
+            map = cv
+                .wait_timeout(map, deadline - now)
+                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .0;
+        }
+    }
+
     /// Waits until sockets `0..nsocks` from rank `from` have arrived, and takes them.
     pub fn take(&self, from: usize, nsocks: usize, deadline: Instant) -> Result<Vec<TcpStream>> {
         let (lock, cv) = &*self.pending;
@@ -235,8 +276,19 @@ pub fn dial(
     hello: Hello,
     deadline: Instant,
 ) -> Result<Vec<TcpStream>> {
+    dial_paths(std::slice::from_ref(&addr), secret, hello, deadline)
+}
+
+/// Like [`dial`] over several paths (multi-path TCP): socket `k` goes to `addrs[k % len]`.
+pub fn dial_paths(
+    addrs: &[SocketAddr],
+    secret: &[u8; 16],
+    hello: Hello,
+    deadline: Instant,
+) -> Result<Vec<TcpStream>> {
     let mut socks = Vec::with_capacity(hello.nsocks as usize);
     for idx in 0..hello.nsocks {
+        let addr = addrs[idx as usize % addrs.len()];
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -256,65 +308,6 @@ pub fn dial(
         socks.push(s);
     }
     Ok(socks)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hello_round_trip_and_garbage() {
-        let h = Hello {
-            comm: 77,
-            from: 1,
-            to: 2,
-            idx: 0,
-            nsocks: 3,
-        };
-        assert_eq!(Hello::decode(&h.encode()), Some(h));
-        assert_eq!(Hello::decode(&[0u8; HELLO_LEN]), None);
-    }
-
-    #[test]
-    fn dial_and_accept_with_auth() {
-        let secret = [7u8; 16];
-        let l = PeerListener::start("127.0.0.1".parse().unwrap(), secret, 5, 1, 2).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // A wrong secret is refused and delivers nothing.
-        let bad = dial(
-            l.addr(),
-            &[8u8; 16],
-            Hello {
-                comm: 5,
-                from: 0,
-                to: 1,
-                idx: 0,
-                nsocks: 1,
-            },
-            deadline,
-        );
-        assert!(bad.is_err());
-        let got = dial(
-            l.addr(),
-            &secret,
-            Hello {
-                comm: 5,
-                from: 0,
-                to: 1,
-                idx: 0,
-                nsocks: 2,
-            },
-            deadline,
-        )
-        .unwrap();
-        assert_eq!(got.len(), 2);
-        let taken = l.take(0, 2, deadline).unwrap();
-        assert_eq!(taken.len(), 2);
-        assert!(
-            l.take(0, 1, Instant::now() + Duration::from_millis(50))
-                .is_err()
-        );
-    }
 }
 
 /// `Hello::nsocks` of a control connection (used by shrink's agreement), not a link socket.
@@ -380,5 +373,64 @@ impl PeerListener {
                 .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_garbage() {
+        let h = Hello {
+            comm: 77,
+            from: 1,
+            to: 2,
+            idx: 0,
+            nsocks: 3,
+        };
+        assert_eq!(Hello::decode(&h.encode()), Some(h));
+        assert_eq!(Hello::decode(&[0u8; HELLO_LEN]), None);
+    }
+
+    #[test]
+    fn dial_and_accept_with_auth() {
+        let secret = [7u8; 16];
+        let l = PeerListener::start("127.0.0.1".parse().unwrap(), secret, 5, 1, 2).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A wrong secret is refused and delivers nothing.
+        let bad = dial(
+            l.addr(),
+            &[8u8; 16],
+            Hello {
+                comm: 5,
+                from: 0,
+                to: 1,
+                idx: 0,
+                nsocks: 1,
+            },
+            deadline,
+        );
+        assert!(bad.is_err());
+        let got = dial(
+            l.addr(),
+            &secret,
+            Hello {
+                comm: 5,
+                from: 0,
+                to: 1,
+                idx: 0,
+                nsocks: 2,
+            },
+            deadline,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        let taken = l.take(0, 2, deadline).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(
+            l.take(0, 1, Instant::now() + Duration::from_millis(50))
+                .is_err()
+        );
     }
 }
