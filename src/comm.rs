@@ -21,6 +21,7 @@ use crate::transport::tcp::TcpLink;
 
 mod api;
 mod manage;
+mod multipath;
 mod nonblocking;
 use crate::transport::Link;
 pub use api::Call;
@@ -321,6 +322,8 @@ pub struct Communicator {
     secret: [u8; 16],
     cards: Vec<Card>,
     listener: PeerListener,
+    /// Extra paths (multi-path TCP, OXCCL_SOCKET_IFNAME=eth0,eth1); empty normally.
+    paths: multipath::Paths,
     shm: Option<ShmEndpoint>,
     #[cfg(feature = "rdma")]
     rdma: Option<crate::transport::rdma::Endpoint>,
@@ -482,6 +485,7 @@ impl Communicator {
             )
         };
         let listener = PeerListener::start(local_ip_towards(root)?, secret, comm_id, rank, nranks)?;
+        let mut paths = multipath::Paths::start(listener.addr(), secret, comm_id, rank, nranks)?;
         let shm = match cfg.transport.unwrap_or(TransportKind::Auto) {
             TransportKind::Tcp | TransportKind::Rdma => None,
             kind => match ShmEndpoint::start(secret, comm_id, rank, nranks) {
@@ -525,6 +529,7 @@ impl Communicator {
             rdma: String::new(),
         };
         store.set(&format!("comm/card/{rank}"), &me.encode())?;
+        paths.publish(&mut store, rank)?;
         let mut cards = Vec::with_capacity(nranks);
         for r in 0..nranks {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -540,6 +545,7 @@ impl Communicator {
         // Everyone has every card: after this barrier nobody needs the store to connect.
         let left = deadline.saturating_duration_since(Instant::now());
         bootstrap::store::barrier(&mut store, "comm/init", nranks, left)?;
+        paths.learn(&mut store, nranks)?;
         crate::info!(
             Some(rank),
             "init rank {rank} of {nranks}: transport {}, {} sockets per peer, {} KiB chunks, timeout {} ms, store {root}, listening on {}",
@@ -559,6 +565,7 @@ impl Communicator {
             secret,
             cards,
             listener,
+            paths,
             shm,
             #[cfg(feature = "rdma")]
             rdma,
@@ -759,7 +766,7 @@ impl Communicator {
             idx: 0,
             nsocks: nsocks as u32,
         };
-        let socks = connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?;
+        let socks = self.dial_tcp(p, hello, deadline)?;
         self.new_link(p, socks, slot, why.as_deref())
     }
 
@@ -777,7 +784,7 @@ impl Communicator {
         }
         let why = self.shm_refusal(p)?;
         let (None, Some(ep)) = (&why, &self.shm) else {
-            let socks = self.listener.take(p, nsocks, deadline)?;
+            let socks = self.take_tcp(p, nsocks, deadline)?;
             return self.new_link(p, socks, slot, why.as_deref());
         };
         loop {
@@ -785,7 +792,7 @@ impl Communicator {
                 return Ok(self.shm_link(p, link));
             }
             let now = Instant::now();
-            match self.listener.take(p, nsocks, now.min(deadline)) {
+            match self.take_tcp(p, nsocks, now.min(deadline)) {
                 Ok(socks) if self.cfg.transport == Some(TransportKind::Shm) => {
                     drop(socks);
                     return Err(self.shm_impossible(p, "it connected over tcp (see its log)"));
@@ -854,6 +861,11 @@ impl Communicator {
         _slot: usize,
         not_shm: Option<&str>,
     ) -> Result<Box<dyn Link>> {
+        let mut socks = Some(socks);
+        if let Some(link) = self.multipath_link(p, &mut socks)? {
+            return Ok(link);
+        }
+        let socks = socks.expect("not taken");
         let nsocks = socks.len();
         let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
         let nslots = (2 * nsocks).max(4);

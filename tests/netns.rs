@@ -23,7 +23,7 @@
 //! missing, each test prints why and passes without running.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
@@ -91,7 +91,8 @@ struct Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+        let switch = (!self.switch.is_empty()).then_some(&self.switch);
+        for ns in self.hosts.iter().chain(switch) {
             if let Err(e) = ip(&["netns", "del", ns]) {
                 eprintln!("cleanup: {e}");
             }
@@ -168,6 +169,37 @@ impl Topology {
             ])?;
             ip(&["-n", &h, "link", "set", "eth0", "up"])?;
             ip(&["-n", &h, "link", "set", "lo", "up"])?;
+        }
+        Ok(t)
+    }
+}
+
+impl Topology {
+    /// Two hosts joined directly by two veth pairs: `eth0` 10.77.1.0/24 and `eth1`
+    /// 10.77.2.0/24 (host i is .i+1 on both). No switch.
+    fn create_two_paths(tag: &str) -> Result<Topology, String> {
+        let pid = std::process::id();
+        let mut t = Topology {
+            hosts: Vec::new(),
+            switch: String::new(),
+        };
+        for i in 0..2 {
+            let h = format!("oxmp{i}-{pid}-{tag}");
+            ip(&["netns", "add", &h])?;
+            t.hosts.push(h.clone());
+            ip(&["-n", &h, "link", "set", "lo", "up"])?;
+        }
+        let (a, b) = (t.hosts[0].clone(), t.hosts[1].clone());
+        for path in 0..2 {
+            let dev = format!("eth{path}");
+            ip(&[
+                "-n", &a, "link", "add", &dev, "type", "veth", "peer", "name", &dev, "netns", &b,
+            ])?;
+            for (i, h) in [&a, &b].into_iter().enumerate() {
+                let addr = format!("10.77.{}.{}/24", path + 1, i + 1);
+                ip(&["-n", h, "addr", "add", &addr, "dev", &dev])?;
+                ip(&["-n", h, "link", "set", &dev, "up"])?;
+            }
         }
         Ok(t)
     }
@@ -436,7 +468,10 @@ fn forward(
 /// and reaped on drop).
 struct Ranks {
     children: Vec<Option<Child>>,
+    /// Stdout lines of every child: (rank, line, when).
     lines: mpsc::Receiver<(usize, String, Instant)>,
+    /// Stderr lines of every child, likewise.
+    errs: mpsc::Receiver<(usize, String, Instant)>,
     stderr: Vec<Arc<Mutex<String>>>,
 }
 
@@ -450,9 +485,11 @@ impl Ranks {
     ) -> Ranks {
         let exe = std::env::current_exe().unwrap();
         let (tx, lines) = mpsc::channel();
+        let (etx, errs) = mpsc::channel();
         let mut r = Ranks {
             children: Vec::new(),
             lines,
+            errs,
             stderr: Vec::new(),
         };
         for (i, ns) in t.hosts.iter().enumerate() {
@@ -462,7 +499,7 @@ impl Ranks {
                 .args(["--exact", "netns_child", "--nocapture", "--test-threads=1"])
                 .env(CHILD_MARKER, mode)
                 .env("OXCCL_RANK", i.to_string())
-                .env("OXCCL_WORLD_SIZE", HOSTS.to_string())
+                .env("OXCCL_WORLD_SIZE", t.hosts.len().to_string())
                 .env("OXCCL_ROOT", store.to_string())
                 .env("OXCCL_ROOT_EXTERNAL", "1")
                 .env("OXCCL_SECRET", secret_hex(secret))
@@ -493,17 +530,15 @@ impl Ranks {
                 }
             });
             let cap = Arc::new(Mutex::new(String::new()));
-            let c2 = cap.clone();
+            let (c2, etx) = (cap.clone(), etx.clone());
             std::thread::spawn(move || {
-                let mut err = err;
-                let mut b = [0u8; 4096];
-                while let Ok(k) = err.read(&mut b) {
-                    if k == 0 {
-                        break;
-                    }
-                    c2.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&b[..k]));
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let mut c = c2.lock().unwrap();
+                    c.push_str(&line);
+                    c.push('\n');
+                    drop(c);
+                    let _ = etx.send((i, line, Instant::now()));
                 }
             });
             r.children.push(Some(child));
@@ -578,6 +613,7 @@ fn netns_child() {
     let r = match mode.as_str() {
         "impair" => child_impair(),
         "cut" => child_cut(),
+        "mpath" => child_mpath(),
         m => Err(format!("unknown mode {m}")),
     };
     if let Err(e) = r {
@@ -650,6 +686,35 @@ fn child_cut() -> Result<(), String> {
                 return Ok(());
             }
         }
+    }
+    Ok(())
+}
+
+/// Loops checked 4 MiB all-reduces until one fails (then says how, and exits 0); a wrong
+/// result exits 1.
+fn child_mpath() -> Result<(), String> {
+    let comm = Communicator::from_env().map_err(|e| format!("init: {e}"))?;
+    let (n, r) = (comm.size(), comm.rank());
+    for iter in 0u64.. {
+        let mut v: Vec<f32> = (0..1 << 20)
+            .map(|j| ((j as u64 + iter + r as u64) % 13) as f32)
+            .collect();
+        let t = Instant::now();
+        if let Err(e) = comm.all_reduce(&mut v, ReduceOp::Sum) {
+            println!(
+                "ERROR peer={} call_ms={} msg={e}",
+                e.peer().map_or("none".into(), |p| p.to_string()),
+                t.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        for (j, x) in v.iter().enumerate() {
+            let want: u64 = (0..n as u64).map(|q| (j as u64 + iter + q) % 13).sum();
+            if *x != want as f32 {
+                return Err(format!("iteration {iter}: [{j}] = {x}, want {want}"));
+            }
+        }
+        println!("ITER {iter} {}", t.elapsed().as_millis());
     }
     Ok(())
 }
@@ -867,4 +932,118 @@ fn netns_link_cut_gives_prompt_named_errors() {
     link_cut("", 2);
     link_cut("allreduce:direct", 2);
     println!("link-cut tests took {:.1?}", t0.elapsed());
+}
+
+/// Multi-path TCP: two hosts joined by two links, OXCCL_SOCKET_IFNAME=eth0,eth1. One link is
+/// cut (`ip link set eth1 down`) while the ranks loop 4 MiB all-reduces: the collectives carry
+/// on over the other link, correct, with a WARN naming the dead path, not an error. Then the
+/// second link is cut too: now both ranks fail promptly with an error naming the other.
+#[test]
+fn netns_multipath_survives_a_cut_path() {
+    if std::env::var(CHILD_MARKER).is_ok() || !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let t_start = Instant::now();
+    let timeout = Duration::from_millis(6000);
+    let topo = Topology::create_two_paths("mp").expect("topology");
+    let (_store, addr, secret) = serve_store(&topo.hosts[0], "10.77.1.1");
+    let ms = timeout.as_millis().to_string();
+    let mut ranks = Ranks::spawn(
+        &topo,
+        addr,
+        &secret,
+        &[
+            ("OXCCL_TIMEOUT_MS", &ms),
+            ("OXCCL_SOCKET_IFNAME", "eth0,eth1"),
+            ("OXCCL_DEBUG", "INFO"),
+        ],
+        "mpath",
+    );
+    let n = topo.hosts.len();
+    let next = |ranks: &Ranks, until: Instant, what: &str| -> (usize, String, Instant) {
+        let left = until.saturating_duration_since(Instant::now());
+        ranks
+            .lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{what}: nothing within the deadline\n{}", ranks.stderr()))
+    };
+    // Warm up, then cut path 1.
+    let mut iters = vec![0usize; n];
+    let limit = Instant::now() + Duration::from_secs(60);
+    while iters.iter().any(|&i| i < 5) {
+        let (r, line, _) = next(&ranks, limit, "before the first cut");
+        assert!(
+            !line.contains("ERROR "),
+            "rank {r} failed before the cut: {line}"
+        );
+        if line.contains("ITER ") {
+            iters[r] += 1;
+        }
+    }
+    let multi = ranks.stderr().contains("multi-path tcp over 2 paths");
+    assert!(multi, "the link is not multi-path:\n{}", ranks.stderr());
+    ip(&["-n", &topo.hosts[1], "link", "set", "eth1", "down"]).expect("cut eth1");
+    let cut1 = Instant::now();
+    // Keep going: at least 10 more correct iterations on each rank after the WARN.
+    let mut warned: Option<Duration> = None;
+    let mut after = vec![0usize; n];
+    let mut slowest = Duration::ZERO;
+    let limit = cut1 + timeout * 3;
+    while warned.is_none() || after.iter().any(|&a| a < 10) {
+        while let Ok((r, l, at)) = ranks.errs.try_recv() {
+            if warned.is_none() && l.contains("WARN") && l.contains("failed") && l.contains("path")
+            {
+                warned = Some(at - cut1);
+                println!("rank {r}: {l}");
+            }
+        }
+        let (r, line, _) = next(&ranks, limit, "after cutting eth1");
+        assert!(
+            !line.contains("ERROR "),
+            "rank {r} failed after one path was cut: {line}"
+        );
+        if let Some(ms) = line.split(' ').nth(2).and_then(|m| m.parse::<u64>().ok()) {
+            slowest = slowest.max(Duration::from_millis(ms));
+        }
+        if line.contains("ITER ") && warned.is_some() {
+            after[r] += 1;
+        }
+    }
+    let warned = warned.unwrap();
+    // Now the last path.
+    ip(&["-n", &topo.hosts[1], "link", "set", "eth0", "down"]).expect("cut eth0");
+    let cut2 = Instant::now();
+    let mut errors: Vec<Option<(Duration, String)>> = vec![None; n];
+    let bound = timeout + Duration::from_secs(2);
+    while errors.iter().any(Option::is_none) {
+        let (r, line, at) = next(&ranks, cut2 + bound, "after cutting both paths");
+        if line.contains("ERROR ") {
+            errors[r] = Some((at - cut2, line));
+        }
+    }
+    let codes = ranks.wait(Instant::now() + Duration::from_secs(20));
+    println!(
+        "\nmulti-path: eth1 cut -> WARN after {warned:.3?}, collectives went on (slowest iteration {slowest:?}, \
+         >= 10 more per rank, all correct); then eth0 cut:"
+    );
+    for (r, e) in errors.iter().enumerate() {
+        let (t, l) = e.as_ref().unwrap();
+        println!(
+            "  rank {r}: error after {t:.3?}: {}",
+            l.chars().take(200).collect::<String>()
+        );
+        assert!(*t <= bound, "rank {r} took {t:?} to fail");
+        assert!(l.contains(&format!("peer={}", 1 - r)), "rank {r}: {l}");
+    }
+    assert!(
+        codes.iter().all(|c| *c == Some(0)),
+        "exit codes {codes:?}\n{}",
+        ranks.stderr()
+    );
+    assert!(
+        warned <= timeout,
+        "the dead path was noticed only after {warned:?}"
+    );
+    println!("multi-path test took {:.1?}", t_start.elapsed());
 }

@@ -115,6 +115,50 @@ pub fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Add
     }
 }
 
+/// The paths for multi-path TCP: when `ifname` is a list of two or more entries (`eth0,eth1`,
+/// or `=eth0,eth1`; not an exclusion), the address of the first interface matching each
+/// entry, in the list's order, if at least two distinct interfaces match. Otherwise empty
+/// (one path: links use [`choose_ipv4`]'s address alone).
+pub fn choose_paths(ifaces: &[Interface], ifname: Option<&str>) -> Vec<Ipv4Addr> {
+    let Some(spec) = ifname.map(str::trim).filter(|s| !s.starts_with('^')) else {
+        return Vec::new();
+    };
+    let (exact, rest) = match spec.strip_prefix('=') {
+        Some(r) => (true, r),
+        None => (false, spec),
+    };
+    let mut names: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for want in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let found = ifaces.iter().find(|i| {
+            !names.contains(&i.name.as_str())
+                && if exact {
+                    i.name == want
+                } else {
+                    i.name.starts_with(want)
+                }
+        });
+        if let Some(i) = found {
+            names.push(&i.name);
+            out.push(i.addr);
+        }
+    }
+    if out.len() < 2 { Vec::new() } else { out }
+}
+
+/// [`choose_paths`] for this machine and `OXCCL_SOCKET_IFNAME`.
+pub fn local_paths() -> Result<Vec<IpAddr>> {
+    let ifname = std::env::var("OXCCL_SOCKET_IFNAME").ok();
+    if !ifname.as_deref().is_some_and(|s| s.contains(',')) {
+        return Ok(Vec::new());
+    }
+    let ifaces = ipv4_interfaces()?;
+    Ok(choose_paths(&ifaces, ifname.as_deref())
+        .into_iter()
+        .map(IpAddr::V4)
+        .collect())
+}
+
 /// The local IPv4 address to listen on, from this machine's interfaces and
 /// `OXCCL_SOCKET_IFNAME` (see [`choose_ipv4`]).
 pub fn local_ipv4() -> Result<IpAddr> {
@@ -181,6 +225,23 @@ mod tests {
             matches!(e, Error::InvalidArgument(ref m) if m.contains("eth1 (10.0.1.5)")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn paths_need_two_listed_interfaces() {
+        let s = sample();
+        assert_eq!(
+            choose_paths(&s, Some("eth1,ib")),
+            vec![Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(192, 168, 0, 5)]
+        );
+        assert_eq!(
+            choose_paths(&s, Some("eth,eth")),
+            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 1, 5)]
+        );
+        assert!(choose_paths(&s, Some("eth1")).is_empty());
+        assert!(choose_paths(&s, Some("eth1,nope")).is_empty());
+        assert!(choose_paths(&s, Some("^docker,lo")).is_empty());
+        assert!(choose_paths(&s, None).is_empty());
     }
 
     #[test]

@@ -164,3 +164,26 @@ pub fn set_socket_buffers(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()
     }
     Ok(())
 }
+
+/// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged by the peer's kernel
+/// before the connection fails with ETIMEDOUT (how a multi-path link notices a cut path).
+pub fn set_tcp_user_timeout(
+    fd: std::os::fd::RawFd,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    let ms = timeout.as_millis().clamp(1, u32::MAX as u128) as libc::c_uint;
+    // SAFETY: `ms` is a live c_uint and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,844 @@
+//! The multi-path TCP link (opt-in: used when `OXCCL_SOCKET_IFNAME` lists two or more
+//! interfaces on both ranks). Its sockets are striped over the paths; when one dies, the link
+//! carries on over the others with a WARN, and only fails when none is left.
+//!
+//! Unlike [`tcp`](super::tcp), where a message belongs to the socket `k % nsocks` and a send is
+//! complete once written, here every frame carries the message's own sequence number and
+//! the receiver's cumulative state, so that a message can be sent again on another path:
+//!
+//! ```text
+//! magic u16 "OM" | kind u8 | 0 u8 | len u32 | seq u64 | recv u64 | credit u64 | Tag (24 B)
+//! kinds: DATA (seq = message number, len <= slot), ACK (len 0), DEAD (seq = a dead socket's
+//!        index, len 0), ABORT (len <= 4 KiB: code, peer, message)
+//! recv   = messages the sender of the frame has received without a gap
+//! credit = messages it has released (their slots are free again)
+//! ```
+//!
+//! A sender keeps each message (the caller's memory: the send is not complete) until the peer's
+//! `recv` covers it, and sends message `s` only while `s < credit + nslots`, so the receiver
+//! always has a free slot for it. A socket is dead on an I/O error or EOF, or when its kernel
+//! gives up (TCP_USER_TIMEOUT: data unacknowledged for a third of the communicator's timeout —
+//! a cut cable raises no error otherwise). Then the side that noticed tells the peer over every
+//! surviving socket (DEAD), both stop using it, and each re-sends, over the survivors, the
+//! messages it had assigned to it that the other's `recv` does not cover: that cumulative
+//! count is what the two sides agree on. The receiver places messages by sequence and drops
+//! duplicates. ACKs go out on every live socket, so one on a dead path is never the only one.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::{Link, Tag};
+use crate::Error;
+use crate::error::Result;
+use crate::sys::AlignedBuf;
+
+const MAGIC: u16 = 0x4d4f; // "OM"
+const DATA: u8 = 1;
+const ABORT: u8 = 2;
+const ACK: u8 = 3;
+const DEAD: u8 = 4;
+/// Frame header size.
+pub const MHDR: usize = 32 + Tag::LEN;
+const MAX_ABORT: usize = 4096;
+const DISCARD: usize = 64 << 10;
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// DATA, ABORT, ACK or DEAD.
+    pub kind: u8,
+    /// Body length.
+    pub len: usize,
+    /// Message sequence (DATA) or socket index (DEAD).
+    pub seq: u64,
+    /// The sender's gap-free received count.
+    pub recv: u64,
+    /// The sender's released count.
+    pub credit: u64,
+    /// The message's tag (DATA).
+    pub tag: Tag,
+}
+
+fn encode(kind: u8, len: usize, seq: u64, recv: u64, credit: u64, tag: &Tag) -> [u8; MHDR] {
+    let mut h = [0u8; MHDR];
+    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    h[2] = kind;
+    h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&recv.to_le_bytes());
+    h[24..32].copy_from_slice(&credit.to_le_bytes());
+    h[32..].copy_from_slice(&tag.encode());
+    h
+}
+
+/// Parses a frame header from untrusted bytes; never panics. Bodies are bounded by
+/// `max_data` (DATA) or 4 KiB (ABORT); ACK and DEAD carry none.
+pub fn decode_header(h: &[u8; MHDR], max_data: usize) -> std::result::Result<Header, String> {
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    let magic = u16::from_le_bytes([h[0], h[1]]);
+    if magic != MAGIC {
+        return Err(format!("bad frame magic {magic:#06x}"));
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    let bound = match h[2] {
+        DATA => max_data,
+        ABORT => MAX_ABORT,
+        ACK | DEAD => 0,
+        k => return Err(format!("unknown frame kind {k}")),
+    };
+    if len > bound {
+        return Err(format!(
+            "frame of {len} bytes exceeds the {bound}-byte limit"
+        ));
+    }
+    Ok(Header {
+        kind: h[2],
+        len,
+        seq: u64_at(8),
+        recv: u64_at(16),
+        credit: u64_at(24),
+        tag: Tag::decode(h[32..].try_into().expect("tag bytes")),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    tag: Tag,
+    data: *const u8,
+    len: usize,
+    /// The socket it was (last) assigned to.
+    path: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    Header,
+    Body(Header),
+}
+
+struct Tx {
+    hdr: [u8; MHDR],
+    body: *const u8,
+    len: usize,
+    off: usize,
+}
+
+struct Path {
+    sock: TcpStream,
+    /// "local -> remote", for messages (a failed socket may no longer know its peer).
+    name: String,
+    alive: bool,
+    /// Messages to send on this socket, in order.
+    queue: VecDeque<u64>,
+    /// Control frames to send at the next frame boundary: (kind, seq).
+    ctrl: VecDeque<(u8, u64)>,
+    tx: Option<Tx>,
+    rx_hdr: [u8; MHDR],
+    rx_got: usize,
+    rx: Rx,
+}
+
+/// A TCP link to one peer over several paths (see the module documentation).
+pub struct MultipathLink {
+    peer: usize,
+    paths: Vec<Path>,
+    slot_size: usize,
+    nslots: usize,
+    slots: AlignedBuf,
+    /// Per slot: the message in it (seq, tag, len) once fully arrived.
+    ready: Vec<Option<(u64, Tag, usize)>>,
+    /// Gap-free count of arrived messages; `released` <= `received`.
+    received: u64,
+    released: u64,
+    /// What we last told the peer.
+    adv_recv: u64,
+    adv_credit: u64,
+    discard: Vec<u8>,
+    abort_body: Vec<u8>,
+    pending: Vec<Pending>,
+    posted: u64,
+    /// What the peer last told us.
+    peer_recv: u64,
+    peer_credit: u64,
+    reported: u64,
+    next_path: usize,
+    failed: Option<Error>,
+}
+
+// SAFETY: the raw pointers in `pending`/`tx` point into caller memory that post_send's contract
+// keeps valid until completion; the link is used by one thread at a time (&mut self).
+unsafe impl Send for MultipathLink {}
+
+impl MultipathLink {
+    /// Wraps connected, authenticated sockets to `peer` (socket `k` on path `k % npaths`) as a
+    /// link with `nslots` slots of `slot_size` bytes. A socket whose sent data stays
+    /// unacknowledged for `path_timeout` is dead.
+    pub fn new(
+        peer: usize,
+        socks: Vec<TcpStream>,
+        slot_size: usize,
+        nslots: usize,
+        path_timeout: Duration,
+    ) -> Result<MultipathLink> {
+        if socks.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a TCP link needs at least one socket".into(),
+            ));
+        }
+        let nslots = nslots.max(2);
+        let mut paths = Vec::with_capacity(socks.len());
+        for s in socks {
+            let e = |e| {
+                Error::io(
+                    format!("configuring a socket of the link to rank {peer}"),
+                    e,
+                )
+            };
+            s.set_nonblocking(true).map_err(e)?;
+            s.set_nodelay(true).map_err(e)?;
+            crate::sys::set_tcp_user_timeout(s.as_raw_fd(), path_timeout).map_err(e)?;
+            let addr =
+                |a: io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
+            paths.push(Path {
+                name: format!("{} -> {}", addr(s.local_addr()), addr(s.peer_addr())),
+                sock: s,
+                alive: true,
+                queue: VecDeque::with_capacity(2 * nslots),
+                ctrl: VecDeque::with_capacity(8),
+                tx: None,
+                rx_hdr: [0; MHDR],
+                rx_got: 0,
+                rx: Rx::Header,
+            });
+        }
+        Ok(MultipathLink {
+            peer,
+            paths,
+            slot_size,
+            nslots,
+            slots: AlignedBuf::new(slot_size * nslots),
+            ready: vec![None; nslots],
+            received: 0,
+            released: 0,
+            adv_recv: 0,
+            adv_credit: 0,
+            discard: vec![0; DISCARD],
+            abort_body: Vec::with_capacity(MAX_ABORT),
+            pending: vec![
+                Pending {
+                    tag: Tag::default(),
+                    data: std::ptr::null(),
+                    len: 0,
+                    path: 0,
+                };
+                nslots
+            ],
+            posted: 0,
+            peer_recv: 0,
+            peer_credit: 0,
+            reported: 0,
+            next_path: 0,
+            failed: None,
+        })
+    }
+
+    /// How many of its sockets are still in use.
+    pub fn live_paths(&self) -> usize {
+        self.paths.iter().filter(|p| p.alive).count()
+    }
+
+    fn protocol(&self, what: String) -> Error {
+        Error::PeerLost {
+            peer: self.peer,
+            msg: format!("protocol error on the link from rank {}: {what}", self.peer),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The next live socket, round robin.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.paths.len();
+        for k in 0..n {
+            let i = (self.next_path + k) % n;
+            if self.paths[i].alive {
+                self.next_path = i + 1;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Socket `i` is dead: stop using it, tell the peer on the others, and hand the messages it
+    /// still owed to them. Fails the link when no socket is left.
+    fn path_died(&mut self, i: usize, why: &str) -> Result<()> {
+        if !self.paths[i].alive {
+            return Ok(());
+        }
+        let p = &mut self.paths[i];
+        let name = p.name.clone();
+        p.alive = false;
+        p.queue.clear();
+        p.ctrl.clear();
+        p.tx = None;
+        p.rx = Rx::Header;
+        p.rx_got = 0;
+        let _ = p.sock.shutdown(Shutdown::Both);
+        let left = self.live_paths();
+        if left == 0 {
+            let e = Error::PeerLost {
+                peer: self.peer,
+                msg: format!(
+                    "every path to rank {} failed (the last, socket {i} {name}: {why})",
+                    self.peer
+                ),
+            };
+            return Err(self.fail(e));
+        }
+        crate::warn!(
+            None,
+            "link to rank {}: path of socket {i} ({name}) failed ({why}); \
+             continuing on {left} of {} sockets",
+            self.peer,
+            self.paths.len()
+        );
+        for s in self.peer_recv..self.posted {
+            let idx = (s % self.nslots as u64) as usize;
+            if self.pending[idx].path == i {
+                let j = self.pick().expect("a live path");
+                self.pending[idx].path = j;
+                self.paths[j].queue.push_back(s);
+            }
+        }
+        for p in self.paths.iter_mut().filter(|p| p.alive) {
+            p.ctrl.push_back((DEAD, i as u64));
+            if !p.ctrl.iter().any(|c| c.0 == ACK) {
+                p.ctrl.push_back((ACK, 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// An I/O error or EOF on socket `i`: the path is dead.
+    fn io_failed(&mut self, i: usize, e: Option<io::Error>) -> Result<()> {
+        let why = e.map_or_else(|| "closed by the peer".to_string(), |e| e.to_string());
+        self.path_died(i, &why)
+    }
+
+    /// Writes what socket `i` has to send, as far as it takes it.
+    fn pump_tx(&mut self, i: usize) -> Result<bool> {
+        let mut moved = false;
+        loop {
+            if !self.paths[i].alive {
+                return Ok(moved);
+            }
+            if self.paths[i].tx.is_none() {
+                let frame = if let Some((kind, seq)) = self.paths[i].ctrl.pop_front() {
+                    Some(Tx {
+                        hdr: encode(kind, 0, seq, self.received, self.released, &Tag::default()),
+                        body: std::ptr::null(),
+                        len: 0,
+                        off: 0,
+                    })
+                } else {
+                    let mut next = None;
+                    while let Some(s) = self.paths[i].queue.pop_front() {
+                        let p = self.pending[(s % self.nslots as u64) as usize];
+                        // Already received (sent on another path), or reassigned meanwhile.
+                        if s >= self.peer_recv && p.path == i {
+                            next = Some(Tx {
+                                hdr: encode(DATA, p.len, s, self.received, self.released, &p.tag),
+                                body: p.data,
+                                len: p.len,
+                                off: 0,
+                            });
+                            break;
+                        }
+                    }
+                    next
+                };
+                let Some(f) = frame else {
+                    return Ok(moved);
+                };
+                self.adv_recv = self.adv_recv.max(self.received);
+                self.adv_credit = self.adv_credit.max(self.released);
+                self.paths[i].tx = Some(f);
+            }
+            let r = {
+                let p = &mut self.paths[i];
+                let t = p.tx.as_mut().expect("set above");
+                let ptr = if t.len == 0 {
+                    std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const()
+                } else {
+                    t.body
+                };
+                // SAFETY: post_send's contract keeps the body valid and unmodified until the
+                // peer's `recv` covers it, which is after this frame is written; zero lengths
+                // need only a non-null aligned pointer.
+                let body = unsafe { std::slice::from_raw_parts(ptr, t.len) };
+                let r = if t.off < MHDR {
+                    p.sock
+                        .write_vectored(&[IoSlice::new(&t.hdr[t.off..]), IoSlice::new(body)])
+                } else {
+                    p.sock.write(&body[t.off - MHDR..])
+                };
+                if let Ok(n) = r {
+                    t.off += n;
+                    if t.off == MHDR + t.len {
+                        p.tx = None;
+                    }
+                }
+                r
+            };
+            match r {
+                Ok(0) => {
+                    self.io_failed(i, None)?;
+                    return Ok(true);
+                }
+                Ok(_) => moved = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.io_failed(i, Some(e))?;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Whether message `s` still needs its bytes (not arrived, not released).
+    fn wanted(&self, s: u64) -> bool {
+        s >= self.released
+            && s < self.released + self.nslots as u64
+            && self.ready[(s % self.nslots as u64) as usize].is_none_or(|r| r.0 != s)
+    }
+
+    /// Reads what socket `i` has received.
+    fn pump_rx(&mut self, i: usize) -> Result<bool> {
+        let mut moved = false;
+        loop {
+            if !self.paths[i].alive {
+                return Ok(moved);
+            }
+            let slot_size = self.slot_size;
+            let rx = self.paths[i].rx;
+            let got = self.paths[i].rx_got;
+            let r = match rx {
+                Rx::Header => {
+                    let p = &mut self.paths[i];
+                    p.sock.read(&mut p.rx_hdr[got..])
+                }
+                Rx::Body(h) if h.kind == ABORT => {
+                    self.abort_body.resize(h.len, 0);
+                    self.paths[i].sock.read(&mut self.abort_body[got..])
+                }
+                Rx::Body(h) if self.wanted(h.seq) => {
+                    let slot = (h.seq % self.nslots as u64) as usize;
+                    let buf = &mut self.slots.as_mut_slice()
+                        [slot * slot_size + got..slot * slot_size + h.len];
+                    self.paths[i].sock.read(buf)
+                }
+                Rx::Body(h) => {
+                    // A duplicate (it came on another path too): read past it.
+                    let n = (h.len - got).min(DISCARD);
+                    self.paths[i].sock.read(&mut self.discard[..n])
+                }
+            };
+            match r {
+                Ok(0) => {
+                    self.io_failed(i, None)?;
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    moved = true;
+                    self.paths[i].rx_got += n;
+                    let got = self.paths[i].rx_got;
+                    match rx {
+                        Rx::Header if got == MHDR => {
+                            let h = decode_header(&self.paths[i].rx_hdr, slot_size)
+                                .map_err(|e| self.protocol(e))?;
+                            self.on_header(i, h)?;
+                        }
+                        Rx::Body(h) if got == h.len => self.on_body(i, h)?,
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.io_failed(i, Some(e))?;
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn on_header(&mut self, i: usize, h: Header) -> Result<()> {
+        if h.recv > self.posted || h.credit > h.recv {
+            return Err(self.protocol(format!(
+                "it claims {} messages received and {} released of the {} we sent",
+                h.recv, h.credit, self.posted
+            )));
+        }
+        if h.kind == DATA && h.seq >= self.released + self.nslots as u64 {
+            return Err(self.protocol(format!(
+                "message {} sent beyond the credit ({} released, {} slots)",
+                h.seq, self.released, self.nslots
+            )));
+        }
+        self.peer_recv = self.peer_recv.max(h.recv);
+        self.peer_credit = self.peer_credit.max(h.credit);
+        let p = &mut self.paths[i];
+        p.rx_got = 0;
+        match h.kind {
+            DATA => {
+                p.rx = Rx::Body(h);
+                if h.len == 0 {
+                    self.on_body(i, h)?;
+                }
+            }
+            ABORT => {
+                p.rx = Rx::Body(h);
+                if h.len == 0 {
+                    self.on_body(i, h)?;
+                }
+            }
+            DEAD => {
+                p.rx = Rx::Header;
+                let dead = usize::try_from(h.seq).unwrap_or(usize::MAX);
+                if dead < self.paths.len() {
+                    self.path_died(dead, "the peer found it dead")?;
+                }
+            }
+            _ => p.rx = Rx::Header,
+        }
+        Ok(())
+    }
+
+    fn on_body(&mut self, i: usize, h: Header) -> Result<()> {
+        let p = &mut self.paths[i];
+        p.rx = Rx::Header;
+        p.rx_got = 0;
+        if h.kind == ABORT {
+            return Err(super::tcp::decode_abort(&self.abort_body, self.peer));
+        }
+        if self.wanted(h.seq) {
+            self.ready[(h.seq % self.nslots as u64) as usize] = Some((h.seq, h.tag, h.len));
+            while self.received < self.released + self.nslots as u64
+                && self.ready[(self.received % self.nslots as u64) as usize]
+                    .is_some_and(|r| r.0 == self.received)
+            {
+                self.received += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an ACK on every live socket when the peer has not heard our latest state.
+    fn advertise(&mut self) {
+        if self.received == self.adv_recv && self.released == self.adv_credit {
+            return;
+        }
+        for p in self.paths.iter_mut().filter(|p| p.alive) {
+            if !p.ctrl.iter().any(|c| c.0 == ACK) {
+                p.ctrl.push_back((ACK, 0));
+            }
+        }
+        self.adv_recv = self.received;
+        self.adv_credit = self.released;
+    }
+}
+
+impl Link for MultipathLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.slot_size
+    }
+
+    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+        self.check()?;
+        if len > self.slot_size {
+            return Err(Error::Internal(format!(
+                "message of {len} bytes exceeds the link's {}-byte slots",
+                self.slot_size
+            )));
+        }
+        if self.posted >= self.peer_credit + self.nslots as u64 {
+            return Ok(false);
+        }
+        let Some(path) = self.pick() else {
+            return Err(self.check().expect_err("no live path means failed"));
+        };
+        let s = self.posted;
+        self.pending[(s % self.nslots as u64) as usize] = Pending {
+            tag: *tag,
+            data,
+            len,
+            path,
+        };
+        self.posted += 1;
+        self.paths[path].queue.push_back(s);
+        self.pump_tx(path)?;
+        Ok(true)
+    }
+
+    fn progress(&mut self) -> Result<bool> {
+        self.check()?;
+        let mut moved = false;
+        for i in 0..self.paths.len() {
+            for r in [self.pump_rx(i), self.pump_tx(i)] {
+                match r {
+                    Ok(m) => moved |= m,
+                    Err(e) => return Err(self.fail(e)),
+                }
+            }
+        }
+        self.advertise();
+        for i in 0..self.paths.len() {
+            match self.pump_tx(i) {
+                Ok(m) => moved |= m,
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(moved)
+    }
+
+    fn take_send_completions(&mut self) -> usize {
+        let n = self.peer_recv - self.reported;
+        self.reported = self.peer_recv;
+        n as usize
+    }
+
+    fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
+        self.check()?;
+        let slot = (self.released % self.nslots as u64) as usize;
+        match self.ready[slot] {
+            Some((s, tag, len)) if s == self.released => {
+                let off = slot * self.slot_size;
+                Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn release_recv(&mut self) {
+        let slot = (self.released % self.nslots as u64) as usize;
+        if self.ready[slot].is_some_and(|r| r.0 == self.released) {
+            self.ready[slot] = None;
+            self.released += 1;
+        }
+    }
+
+    fn wait_interest(&self, out: &mut Vec<libc::pollfd>) {
+        let credit_ok = self.posted < self.peer_credit + self.nslots as u64;
+        for p in self.paths.iter().filter(|p| p.alive) {
+            let mut events = libc::POLLIN;
+            if p.tx.is_some() || !p.ctrl.is_empty() || (credit_ok && !p.queue.is_empty()) {
+                events |= libc::POLLOUT;
+            }
+            out.push(libc::pollfd {
+                fd: p.sock.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+    }
+
+    fn before_wait(&mut self) -> bool {
+        // Credit returned by release_recv since the last progress: tell the peer before we sleep.
+        if self.released != self.adv_credit {
+            self.advertise();
+            return true;
+        }
+        false
+    }
+
+    fn send_abort(&mut self, err: &Error) {
+        let mut body = Vec::with_capacity(64);
+        body.push(err.code());
+        body.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
+        let msg = err.message().as_bytes();
+        body.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
+        let hdr = encode(
+            ABORT,
+            body.len(),
+            0,
+            self.received,
+            self.released,
+            &Tag::default(),
+        );
+        for p in self.paths.iter_mut().filter(|p| p.alive) {
+            if p.tx.as_ref().is_none_or(|t| t.off == 0) {
+                let _ = p
+                    .sock
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+            }
+            let _ = p.sock.shutdown(Shutdown::Write);
+        }
+        if self.failed.is_none() {
+            self.failed = Some(err.clone());
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        "tcp"
+    }
+}
+
+impl Drop for MultipathLink {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = p.sock.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    fn pair(nsocks: usize) -> (MultipathLink, MultipathLink) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..nsocks {
+            a.push(TcpStream::connect(addr).unwrap());
+            b.push(l.accept().unwrap().0);
+        }
+        let t = Duration::from_secs(5);
+        (
+            MultipathLink::new(1, a, 4096, 4, t).unwrap(),
+            MultipathLink::new(0, b, 4096, 4, t).unwrap(),
+        )
+    }
+
+    /// Sends `msgs` from a to b; `kill` is called once, after `at` messages were received.
+    fn run(
+        a: &mut MultipathLink,
+        b: &mut MultipathLink,
+        msgs: &[Vec<u8>],
+        at: usize,
+        mut kill: impl FnMut(&mut MultipathLink, &mut MultipathLink),
+    ) {
+        let (mut sent, mut got, mut done, mut killed) = (0, 0, 0, false);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got < msgs.len() || done < msgs.len() {
+            assert!(
+                Instant::now() < deadline,
+                "no progress: sent {sent} got {got} done {done}"
+            );
+            while sent < msgs.len() {
+                let tag = Tag {
+                    seq: sent as u64,
+                    ..Tag::default()
+                };
+                // SAFETY: msgs outlives the loop and is not modified.
+                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), msgs[sent].len()) }.unwrap() {
+                    break;
+                }
+                sent += 1;
+            }
+            a.progress().unwrap();
+            done += a.take_send_completions();
+            b.progress().unwrap();
+            while let Some((tag, data)) = b.peek_recv().unwrap() {
+                assert_eq!(tag.seq, got as u64);
+                assert_eq!(data, &msgs[got][..], "message {got}");
+                b.release_recv();
+                got += 1;
+            }
+            b.before_wait();
+            if got >= at && !killed {
+                killed = true;
+                kill(a, b);
+            }
+        }
+    }
+
+    fn msgs() -> Vec<Vec<u8>> {
+        (0..200u32)
+            .map(|i| vec![i as u8; (i as usize * 97) % 4097])
+            .collect()
+    }
+
+    #[test]
+    fn header_round_trip_and_bounds() {
+        let tag = Tag {
+            seq: 3,
+            count: 9,
+            ..Tag::default()
+        };
+        let h = encode(DATA, 100, 7, 5, 4, &tag);
+        let d = decode_header(&h, 100).unwrap();
+        assert_eq!(
+            (d.kind, d.len, d.seq, d.recv, d.credit, d.tag),
+            (DATA, 100, 7, 5, 4, tag)
+        );
+        assert!(decode_header(&h, 99).is_err());
+        assert!(decode_header(&encode(ACK, 1, 0, 0, 0, &tag), 100).is_err());
+        assert!(decode_header(&[0; MHDR], 100).is_err());
+    }
+
+    #[test]
+    fn messages_arrive_in_order_across_paths() {
+        for n in [1, 2, 3] {
+            let (mut a, mut b) = pair(n);
+            run(&mut a, &mut b, &msgs(), usize::MAX, |_, _| {});
+        }
+    }
+
+    #[test]
+    fn a_dead_socket_is_survived() {
+        // The receiver's socket 1 breaks mid-stream (reset both ways): everything still arrives.
+        let (mut a, mut b) = pair(2);
+        run(&mut a, &mut b, &msgs(), 37, |_, b| {
+            let _ = b.paths[1].sock.shutdown(Shutdown::Both);
+        });
+        assert_eq!(a.live_paths(), 1);
+        assert_eq!(b.live_paths(), 1);
+    }
+
+    #[test]
+    fn the_sender_noticing_first_is_survived() {
+        let (mut a, mut b) = pair(3);
+        run(&mut a, &mut b, &msgs(), 11, |a, _| {
+            a.path_died(0, "test").unwrap();
+        });
+        assert_eq!(a.live_paths(), 2);
+    }
+
+    #[test]
+    fn losing_every_path_is_peer_lost() {
+        let (mut a, mut b) = pair(2);
+        a.path_died(0, "test").unwrap();
+        let e = a.path_died(1, "test").unwrap_err();
+        assert!(matches!(e, Error::PeerLost { peer: 1, .. }), "{e}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline);
+            if b.progress().is_err() {
+                break;
+            }
+        }
+    }
+}
