@@ -3,10 +3,13 @@
 //! # The model
 //!
 //! Per transport ([`Transport`]): α, seconds of latency per message; β, seconds per byte moved
-//! over a link; γ, seconds per byte reduced ([`Costs`]). Plus the cores the ranks of a host
-//! share ([`Model::cores`]): on a host with fewer cores than ranks, every byte a rank moves or
-//! reduces waits for a core, which is what makes the direct all-reduce's `n - 1` copies lose to
-//! the ring's two well before the latency terms say so.
+//! over a link; γ, seconds per byte reduced ([`Costs`]). A CPU transport needs two terms
+//! besides: `overhead`, CPU seconds per message on each side whatever its size (system calls,
+//! slot bookkeeping), and `wake`, latency added per message for every rank beyond one per core.
+//! Per host ([`Model`]): the cores its ranks share — with fewer cores than ranks, every byte a
+//! rank moves or reduces and every message it handles waits for a core, which is what makes
+//! the direct all-reduce's `n − 1` messages per rank lose to a tree's two or three long before
+//! the latency terms say so — and a cache: calls whose working set fits move and reduce faster.
 //!
 //! # The cost of a call
 //!
@@ -25,12 +28,22 @@
 //!
 //! # Defaults
 //!
-//! [`SHM`] and [`TCP`] were measured on the development VM (2 vCPUs, 32 MiB L3) with
-//! `target/release/oxccl-perf -N 2 --transport T -a ALGO -b 8 -e 64M -f 4 -c 0 -n 5 -w 2`
-//! (see each constant), then adjusted with `benches/validate_tuner.sh` so that the choice is
-//! within 10% of the fastest measured all-reduce algorithm for 2, 4 and 8 ranks. With
-//! `OXCCL_TUNE=1`, [`measure`] re-measures them at init (a few ping-pongs and a local
-//! reduction, a few milliseconds) and [`install`] makes them the communicator's model.
+//! [`SHM`], [`TCP`], [`CACHE`] and [`CACHE_SPEEDUP`] were measured on the development VM
+//! (2 vCPUs) with `benches/validate_tuner.sh` — `target/release/oxccl-perf -N K --transport T
+//! -a ALGO -b 8 -e 64M -f 4 -c 0 -n 5 -w 2` for K = 2, 4, 8, both transports and every
+//! all-reduce algorithm — and fitted to those measurements with `benches/fit_tuner.py` (see
+//! each constant). On this VM every rank's thread does its own copies and the ranks share two
+//! cores, so per-message CPU (`overhead`) and the core count decide most choices; on a machine
+//! with a core per rank the same model reduces to α-β-γ. With `OXCCL_TUNE=1`, [`on_init`]
+//! re-measures α, β and γ at init ([`measure`]: ping-pongs and a local reduction, a few
+//! milliseconds) and [`install`]s them as the communicator's model.
+//!
+//! # Agreement
+//!
+//! Ranks never negotiate an algorithm, so everything a choice depends on must be the same on
+//! every rank: the call, the transport and whether all ranks share a host (from the cards every
+//! rank holds), the processors online on the host ([`host_cores`], used only when all ranks are
+//! on one host), and the model (the defaults, or rank 0's measurement broadcast to all).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -41,6 +54,9 @@ use crate::algo::{Algorithm, Collective, Shape};
 use crate::error::Result;
 use crate::reduce::{DataType, ReduceOp};
 use crate::sim::{self, Link, Network};
+
+mod formula;
+pub use formula::formula;
 
 /// The α-β-γ costs of one transport, and two terms a CPU transport needs besides.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,31 +104,47 @@ impl Transport {
     }
 }
 
-/// Shared memory on the development VM.
+/// Shared memory on the development VM (2 vCPUs).
 ///
-/// α: 8-byte all-reduce, 2 ranks: direct (one message each way) 1.4 µs, ring and halving-
-/// doubling (two dependent exchanges) 8.2 µs, so about 4 µs per dependent message once a
-/// waiting rank has had to yield; β: 2 ranks, 32 KiB direct all-reduce 5.8 µs; 2 MiB ring
-/// 1.3–1.6 ms (each rank moves 1 MiB): 1.5 GB/s once the data leaves the L2; γ: the AVX2 sum
-/// out of cache.
+/// Measured with `benches/validate_tuner.sh -r 3`, which runs
+/// `target/release/oxccl-perf -N K --transport shm -a ALGO -b 8 -e 64M -f 4 -c 0 -n 5 -w 2` for
+/// K = 2, 4, 8 and every all-reduce algorithm (best of 3 runs), then fitted with
+/// `FIX=cache,speedup benches/fit_tuner.py DIR shm` (a coordinate search that replays every
+/// measured point in the simulator). What pins each number down:
+///
+/// - `overhead` 0.7 µs, `alpha` 0.7 µs: an 8-byte direct all-reduce takes 1.4–1.8 µs with 2
+///   ranks (one message each way) but 31–56 µs with 8 ranks on the 2 cores (8 × 7 messages,
+///   each paid for on both sides by a core); a tree of 8 ranks (28 messages) 30–45 µs.
+/// - `beta` 1/4 GB/s, `gamma` 1/16 GB/s: 32 MiB with 4 ranks, 22.5 ms halving-doubling, 24.6 ms
+///   ring (each rank copies 1.5 × 32 MiB and reduces 0.75 × 32 MiB, out of cache, two ranks per
+///   core); with 8 ranks ring 126 ms. The reduction is cheap next to the copy because it reads
+///   the sender's copy while it is still in cache.
+/// - `wake` 0: with the executor's short spin when ranks outnumber cores (`transport::wait`), a
+///   waiting rank costs no latency beyond its messages' CPU time.
 pub const SHM: Costs = Costs {
-    alpha: 1.0e-6,
-    beta: 1.0 / 4.3e9,
-    gamma: 1.0 / 4.3e9,
-    overhead: 0.3e-6,
-    wake: 3.5e-6,
+    alpha: 0.7e-6,
+    beta: 1.0 / 4.0e9,
+    gamma: 1.0 / 16.0e9,
+    overhead: 0.7e-6,
+    wake: 0.0,
 };
 
-/// TCP over loopback on the development VM.
+/// TCP over loopback on the development VM, measured and fitted as [`SHM`] (`--transport tcp`).
 ///
-/// α: 8-byte all-reduce, 2 ranks: direct 5.8 µs, tree 10 µs; β: 2 MiB ring 1.2–1.7 ms,
-/// 32 MiB 50–66 ms (0.5–0.7 GB/s: the kernel copies every byte twice); γ as for shm.
+/// - `overhead` 5 µs: system calls and poll wake-ups per message and side: an 8-byte direct
+///   all-reduce takes 6–7 µs with 2 ranks but 300–410 µs with 8 ranks (56 messages on 2
+///   cores), a tree of 8 ranks 158–180 µs.
+/// - `alpha` 0.5 µs: the latency that is not CPU time.
+/// - `beta` 1/8 GB/s, `gamma` 1/2 GB/s: the sender's `write` copies at memory speed; the
+///   receiver's copy out of the socket falls on the reduction (γ), which is why γ is four times
+///   shm's: 32 MiB with 2 ranks, tree 12.5 ms, halving-doubling 20.5 ms.
+/// - `wake` 0, as for shm.
 pub const TCP: Costs = Costs {
-    alpha: 5.0e-6,
-    beta: 1.0 / 2.0e9,
-    gamma: 1.0 / 4.3e9,
-    overhead: 2.0e-6,
-    wake: 10.0e-6,
+    alpha: 0.5e-6,
+    beta: 1.0 / 8.0e9,
+    gamma: 1.0 / 2.0e9,
+    overhead: 5.0e-6,
+    wake: 0.0,
 };
 
 /// Messages a link holds in flight (the executor's slots per ring: `transport::shm` and the
@@ -145,13 +177,14 @@ pub struct Model {
     pub cache_speedup: f64,
 }
 
-/// Effective cache of the development VM (2 MiB of L2 per core; the L3 is shared with the other
-/// tenants): where the measured bandwidth falls off.
+/// Effective cache of the development VM: its two cores have 2 MiB of L2 each (its L3 is
+/// shared with other tenants). Fitted with [`SHM`] and [`TCP`] (the best common value of 1, 2,
+/// 4 and 32 MiB).
 pub const CACHE: usize = 4 << 20;
 
-/// How much faster bytes move and reduce in cache than out of it, measured on the development
-/// VM (2 ranks: 2.5 µs per 8 KiB moved and reduced in cache, against 3.2 ms per 8 MiB out).
-pub const CACHE_SPEEDUP: f64 = 3.0;
+/// How much faster bytes move and reduce in cache than out of it, fitted with [`CACHE`] (2 ranks
+/// over shm: a 512 KiB all-reduce takes 56 µs, 1/64 of 32 MiB's 9.9 ms would be 154 µs).
+pub const CACHE_SPEEDUP: f64 = 2.0;
 
 impl Default for Model {
     /// The measured defaults, with this host's core count.
@@ -274,129 +307,6 @@ pub fn cost(
     match sim::simulate(coll, algo, nranks, size, net, &o) {
         Ok(r) => r.time * (block.max(1) as f64 / capped.max(1) as f64).max(1.0),
         Err(_) => f64::INFINITY,
-    }
-}
-
-/// Textbook costs, for any rank count, on `net` with ranks placed in order (`ranks_per_host`
-/// consecutive ranks per host). `s` is the rank block in bytes, `c` the chunk, `p` the largest
-/// power of two ≤ n, `d` the depth of the binary trees. A hop between ranks `k` apart costs
-/// α = lat + 2·overhead and β = 1/bw of the intra-host links when `k < ranks_per_host`, else of
-/// the inter-host ones (β times `oversub` where every rank crosses the core at once); `max`
-/// means the slowest class in use.
-///
-/// | all-reduce | time |
-/// |---|---|
-/// | ring | 2(n−1)·ᾱ + 2(n−1)/n·s·β_max + (n−1)/n·s·γ, ᾱ the mean over the ring's hops |
-/// | direct | α_max + max over classes of (messages × (overhead + s·β)) + (n−1)·s·γ |
-/// | rhd | Σ 2α_m + max over classes of Σ 2·s_m·β_m + Σ s_m·γ, over the log p exchanges at distance m = p/2, …, 1 (s_m the half exchanged; classes use their own ports, so they overlap); + 2(α + s·β) + s·γ when n ≠ p |
-/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + (1 + d)·s·β_max + s·γ |
-///
-/// The tree's bandwidth term is not the textbook 2s·β: in its Programs (one rank sends to a peer
-/// in program order) the down-phase send of slice j queues before the up-phase send of slice
-/// j + 1 on the same link, so the two trees' pipelines stall on each other and every level adds
-/// about s·β. The simulator shows it (`tests/sim.rs` checks these formulas against it).
-///
-/// Broadcast / reduce: chain (n−1)·(α + c·β) + s·β (+ s·γ); binomial tree ⌈log n⌉·(α + s·β).
-/// All-gather / reduce-scatter: ring (n−1)·(α + s·β (+ s·γ)); Bruck ⌈log n⌉·α + (n−1)·s·β
-/// (+ γ). Others (one algorithm): (n−1)·(α + s·β), barrier ⌈log n⌉·α; these use the slowest
-/// class throughout.
-pub fn formula(
-    coll: Collective,
-    algo: Algorithm,
-    nranks: usize,
-    block: usize,
-    chunk: usize,
-    net: &Network,
-) -> f64 {
-    use Algorithm as A;
-    use Collective as C;
-    if nranks <= 1 {
-        return 0.0;
-    }
-    let n = nranks as f64;
-    let rph = net.ranks_per_host.clamp(1, nranks);
-    let hosts = nranks.div_ceil(rph);
-    let crowd = if hosts > 1 { net.oversub.max(1.0) } else { 1.0 };
-    let hop = |l: Link| (l.lat + 2.0 * l.overhead, 1.0 / l.bw);
-    let (ai, bi) = hop(net.intra);
-    let (ae, be) = if hosts > 1 { hop(net.inter) } else { (ai, bi) };
-    // A hop between ranks `k` apart; `all` when every rank makes one at once (the core's share).
-    let at = |k: usize, all: bool| {
-        if hosts > 1 && k >= rph {
-            (ae, if all { be * crowd } else { be })
-        } else {
-            (ai, bi)
-        }
-    };
-    let (alpha, beta) = (ae, be);
-    let gamma = 1.0 / net.reduce_bw;
-    let s = block as f64;
-    let c = chunk.max(1) as f64;
-    let lg = n.log2().ceil();
-    match (coll, algo) {
-        (C::AllReduce, A::Ring) => {
-            let h = (hosts as f64).min(n);
-            let mean = if hosts > 1 {
-                ((n - h) * ai + h * ae) / n
-            } else {
-                ai
-            };
-            2.0 * (n - 1.0) * mean + 2.0 * (n - 1.0) / n * s * beta + (n - 1.0) / n * s * gamma
-        }
-        (C::AllReduce, A::Direct) => {
-            let intra = (rph - 1) as f64 * (net.intra.overhead + s * bi);
-            let inter = if hosts > 1 {
-                (nranks - rph) as f64 * (net.inter.overhead + s * be * crowd)
-            } else {
-                0.0
-            };
-            alpha + intra.max(inter) + (n - 1.0) * s * gamma
-        }
-        (C::AllReduce, A::Rhd) => {
-            // Latencies add up; the bytes of different link classes travel on different ports
-            // and overlap (the exchanges are pipelined), so the busier class decides.
-            let p = 1usize << (usize::BITS - 1 - nranks.leading_zeros());
-            let (mut lat, mut wire, mut red) = (0.0, [0.0f64; 2], 0.0);
-            let (mut m, mut part) = (p / 2, s / 2.0);
-            while m > 0 {
-                let (a, b) = at(m, true);
-                lat += 2.0 * a;
-                wire[usize::from(hosts > 1 && m >= rph)] += 2.0 * part * b;
-                red += part * gamma;
-                m /= 2;
-                part /= 2.0;
-            }
-            let fold = if p < nranks {
-                2.0 * (ai + s * bi) + s * gamma
-            } else {
-                0.0
-            };
-            lat + wire[0].max(wire[1]) + red + fold
-        }
-        (C::AllReduce, A::Tree) => {
-            let d = n.log2().floor() as u32;
-            let slice = c.min(s / 2.0);
-            let fill: f64 = (1..=d)
-                .map(|l| {
-                    let (a, b) = at(1 << (l - 1), false);
-                    2.0 * (a + slice * b)
-                })
-                .sum();
-            fill + (1.0 + f64::from(d)) * s * beta + s * gamma
-        }
-        (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
-        (C::Reduce, A::Chain) => {
-            (n - 1.0) * (alpha + c.min(s) * (beta + gamma)) + s * (beta + gamma)
-        }
-        (C::Broadcast, _) => lg * (alpha + s * beta),
-        (C::Reduce, _) => lg * (alpha + s * (beta + gamma)),
-        (C::AllGather, A::Ring) => (n - 1.0) * (alpha + s * beta),
-        (C::ReduceScatter, A::Ring) => (n - 1.0) * (alpha + s * (beta + gamma)),
-        (C::AllGather, _) => lg * alpha + (n - 1.0) * s * beta,
-        (C::ReduceScatter, _) => lg * alpha + (n - 1.0) * s * (beta + gamma),
-        (C::AllToAll, _) => (n - 1.0) * (alpha + s * beta * crowd),
-        (C::Barrier, _) => lg * alpha,
-        _ => (n - 1.0) * (alpha + s * beta),
     }
 }
 

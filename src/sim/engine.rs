@@ -33,6 +33,10 @@ struct Msg {
     to: (u32, u32),
 }
 
+/// How many receives ahead of the next one the executor offers destinations for
+/// (`exec::POST_AHEAD`).
+const POST_AHEAD: usize = 16;
+
 /// One peer's queues on one rank: sends and receives in program order.
 struct Queue {
     class: Class,
@@ -42,6 +46,8 @@ struct Queue {
     recvs: Vec<u32>,
     next_recv: usize,
     arrived: usize,
+    /// Per message in flight to this queue, whether it lands in a posted buffer (in order).
+    placed: std::collections::VecDeque<bool>,
     /// The representative at the other end and its queue for this link.
     partner: (u32, u32),
 }
@@ -97,6 +103,7 @@ impl Rank {
                             recvs: Vec::new(),
                             next_recv: 0,
                             arrived: 0,
+                            placed: Default::default(),
                             partner: (0, 0),
                         });
                         peers.push(peer);
@@ -440,7 +447,18 @@ impl Sim<'_> {
             tail = tail.max(self.core_free + link.lat);
         }
         self.spare.push(id);
-        let rx = &mut self.ranks[b as usize].rx_free[class as usize];
+        // A plain receive whose destination is free by now (and within the executor's window)
+        // has been posted: the message lands in place, and the receiver copies nothing.
+        let rb = &mut self.ranks[b as usize];
+        let q = &rb.queues[qb as usize];
+        let k = q.next_recv + q.placed.len();
+        let placed = self.net.posted_recv
+            && k < q.next_recv + POST_AHEAD
+            && q.recvs
+                .get(k)
+                .is_some_and(|&s| rb.kind[s as usize] == RECV && rb.remaining[s as usize] == 0);
+        rb.queues[qb as usize].placed.push_back(placed);
+        let rx = &mut rb.rx_free[class as usize];
         let arrival = tail.max(t.max(*rx) + bytes / link.bw);
         *rx = arrival;
         self.push(arrival, ARRIVE, b as usize, qb);
@@ -460,13 +478,17 @@ impl Sim<'_> {
             }
             let (class, (b, qb)) = (qq.class, qq.partner);
             let link = self.net.link(class);
-            let bw = if st.kind[s as usize] == RECV_REDUCE {
-                self.net.reduce_bw
-            } else {
-                self.net.copy_bw
+            let placed = qq.placed.front().copied().unwrap_or(false);
+            let bytes = st.bytes[s as usize];
+            let work = match st.kind[s as usize] {
+                RECV_REDUCE => bytes / self.net.reduce_bw,
+                _ if placed => 0.0,
+                _ => bytes / self.net.copy_bw,
             };
-            let cost = link.overhead + st.bytes[s as usize] / bw;
-            self.ranks[r].queues[q].next_recv += 1;
+            let cost = link.overhead + work;
+            let qm = &mut self.ranks[r].queues[q];
+            qm.placed.pop_front();
+            qm.next_recv += 1;
             let start = self.cpu(r, t, cost);
             self.push(start + cost, DONE, r, s);
             self.push(start + cost + link.lat, CREDIT, b as usize, qb);

@@ -75,6 +75,8 @@ USAGE: oxccl-sim [--coll] allreduce|allgather|reducescatter|broadcast|reduce|all
   --credits <k>           messages in flight per link (default 4)
   --cores-per-host <c>    cores the ranks of a host share (default 0: one per rank)
   --host-driven           sends occupy the sending rank's CPU (shm, TCP) instead of a NIC
+  --recv-copy             every receive copies out of a slot (default: receives whose buffer is
+                          free are posted and land in place)
   --machine <shm|tcp>     this machine as the tuner models it (one host; overrides the network)
   --alpha <t> --beta-bw <bw> --gamma-bw <bw> --overhead <t> --wake <t> --cores <c>
   --cache <size> --cache-speedup <f>
@@ -176,6 +178,7 @@ pub fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             credits: 4,
             cores_per_host: 0,
             host_driven: false,
+            posted_recv: true,
         },
         machine: None,
         model: Model::default(),
@@ -230,6 +233,7 @@ pub fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "--credits" => a.net.credits = num(val()?)?.max(1),
             "--cores-per-host" => a.net.cores_per_host = num(val()?)?,
             "--host-driven" => a.net.host_driven = true,
+            "--recv-copy" => a.net.posted_recv = false,
             "--machine" => {
                 let v = val()?;
                 a.machine =

@@ -1,0 +1,242 @@
+//! Symmetry: which ranks' Programs are images of each other under a map of ranks that also
+//! preserves the network, and how exactly (see the parent module's docs).
+
+use super::{Network, Options, Symmetry, build_one};
+use crate::algo::{Algorithm, Collective, Op, Program};
+
+/// A symmetry of ranks: which ranks are replayed, and how a rank maps onto its representative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// Every rank is its own representative.
+    Identity,
+    /// Rank `r` is represented by `r % p`; the map is a rotation by a multiple of `p`.
+    Rotate(usize),
+    /// Rank `r` is represented by `r % p` (`p` a power of two); the map XORs a multiple of `p`.
+    Xor(usize),
+}
+
+impl Group {
+    /// Ranks replayed.
+    pub(crate) fn reps(self, n: usize) -> usize {
+        match self {
+            Group::Identity => n,
+            Group::Rotate(p) | Group::Xor(p) => p,
+        }
+    }
+
+    /// The representative of rank `r`.
+    pub(crate) fn rep(self, r: usize) -> usize {
+        match self {
+            Group::Identity => r,
+            Group::Rotate(p) | Group::Xor(p) => r % p,
+        }
+    }
+
+    /// Applies to `a` the map that carries `q` to its representative.
+    pub(crate) fn carry(self, n: usize, q: usize, a: usize) -> usize {
+        match self {
+            Group::Identity => a,
+            Group::Rotate(_) => (a + n - (q - self.rep(q))) % n,
+            Group::Xor(_) => a ^ (q - self.rep(q)),
+        }
+    }
+}
+
+/// The symmetry the algorithm's Programs promise, if the network shares it.
+pub(super) fn candidate(coll: Collective, algo: Algorithm, n: usize, net: &Network) -> Group {
+    use Algorithm as A;
+    use Collective as C;
+    let p = net.ranks_per_host;
+    if p == 0 || p >= n || n % p != 0 {
+        return Group::Identity;
+    }
+    match (coll, algo) {
+        (C::AllReduce, A::Ring | A::Direct | A::Ordered)
+        | (C::AllGather | C::ReduceScatter, A::Ring)
+        | (C::AllToAll, A::Pairwise)
+        | (C::Barrier, A::Dissemination) => Group::Rotate(p),
+        (C::AllReduce, A::Rhd) if n.is_power_of_two() && p.is_power_of_two() => Group::Xor(p),
+        _ => Group::Identity,
+    }
+}
+
+/// Compares the Program of `rank` with its representative's: the symmetry level it supports,
+/// or `None` when it is not an image at all. Message steps must match one to one (kind, carried
+/// peer, size within one element); local steps that differ in kind, order or dependencies
+/// (the direct all-reduce's rank-order reduction) make it approximate.
+fn compare(g: Group, n: usize, rep: &Program, other: &Program) -> Option<Symmetry> {
+    let q = other.shape.rank;
+    let msgs = |p: &Program| -> Vec<(u8, usize, usize)> {
+        p.steps
+            .iter()
+            .filter_map(|s| s.op.peer().map(|peer| (kind(&s.op), peer, op_len(&s.op))))
+            .collect()
+    };
+    let (ma, mb) = (msgs(rep), msgs(other));
+    if ma.len() != mb.len() {
+        return None;
+    }
+    let mut level = Symmetry::Exact;
+    for (&(ka, pa, la), &(kb, pb, lb)) in ma.iter().zip(&mb) {
+        if ka != kb || pa != g.carry(n, q, pb) || la.abs_diff(lb) > 1 {
+            return None;
+        }
+        if la != lb {
+            level = Symmetry::Near;
+        }
+    }
+    let same_shape = rep.steps.len() == other.steps.len()
+        && rep
+            .steps
+            .iter()
+            .zip(&other.steps)
+            .all(|(a, b)| kind(&a.op) == kind(&b.op) && a.deps == b.deps);
+    if !same_shape {
+        level = Symmetry::Approx;
+    }
+    Some(level)
+}
+
+pub(super) fn kind(op: &Op) -> u8 {
+    match op {
+        Op::Send { .. } => 0,
+        Op::Recv { .. } => 1,
+        Op::RecvReduce { .. } => 2,
+        Op::Copy { .. } => 3,
+        Op::Reduce { .. } => 4,
+        Op::Finish { .. } => 5,
+    }
+}
+
+/// Elements an op moves or touches.
+pub(super) fn op_len(op: &Op) -> usize {
+    match *op {
+        Op::Send { src, .. } | Op::Copy { src, .. } | Op::Reduce { src, .. } => src.len,
+        Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } | Op::Finish { dst } => dst.len,
+    }
+}
+
+/// Checks the symmetry on sample ranks: the first and last representative, carried halfway
+/// round (and once round, for rotations).
+pub(super) fn verify(
+    coll: Collective,
+    algo: Algorithm,
+    n: usize,
+    size: usize,
+    g: Group,
+    o: &Options,
+    reps: &[Program],
+) -> Result<Option<Symmetry>, String> {
+    let p = reps.len();
+    let copies = n / p;
+    let mut ks = vec![copies / 2, 1, copies - 1];
+    ks.sort_unstable();
+    ks.dedup();
+    ks.retain(|&k| k > 0);
+    let mut level = Symmetry::Exact;
+    for r in [0, p - 1] {
+        for &k in &ks {
+            let other = build_one(coll, algo, n, r + k * p, size, o)?;
+            match compare(g, n, &reps[r], &other) {
+                Some(l) => level = level.max(l),
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok(Some(level))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Link, build_reps};
+
+    #[test]
+    fn groups_carry_peers_to_representatives() {
+        let n = 16;
+        let g = Group::Rotate(4);
+        assert_eq!(g.rep(13), 1);
+        // Rank 12 sends to 13; carried by -12 that is rank 0 sending to 1.
+        assert_eq!(g.carry(n, 12, 13), 1);
+        // Rank 3's link to rank 4 is rank 15's link to rank 0 carried by +4... seen from rep 0.
+        assert_eq!(g.carry(n, 4, 3), 15);
+        let x = Group::Xor(4);
+        assert_eq!(x.rep(13), 1);
+        assert_eq!(x.carry(n, 13, 9), 9 ^ 12);
+    }
+
+    #[test]
+    fn ring_programs_are_rotations_of_each_other() {
+        let net = Network {
+            ranks_per_host: 4,
+            ..Network::flat(Link::new(1e-6, 1e10), 1e10)
+        };
+        let o = Options::default();
+        let g = candidate(Collective::AllReduce, Algorithm::Ring, 32, &net);
+        assert_eq!(g, Group::Rotate(4));
+        let reps = build_reps(Collective::AllReduce, Algorithm::Ring, 32, 4096, g, &o).unwrap();
+        let lvl = verify(
+            Collective::AllReduce,
+            Algorithm::Ring,
+            32,
+            4096,
+            g,
+            &o,
+            &reps,
+        );
+        assert_eq!(lvl, Ok(Some(Symmetry::Exact)));
+        let lvl = verify(
+            Collective::AllReduce,
+            Algorithm::Ring,
+            32,
+            4100,
+            g,
+            &o,
+            &reps,
+        );
+        assert!(matches!(lvl, Ok(None) | Ok(Some(Symmetry::Near))));
+    }
+
+    #[test]
+    fn rhd_programs_are_xor_images() {
+        let net = Network {
+            ranks_per_host: 4,
+            ..Network::flat(Link::new(1e-6, 1e10), 1e10)
+        };
+        let o = Options::default();
+        let g = candidate(Collective::AllReduce, Algorithm::Rhd, 64, &net);
+        assert_eq!(g, Group::Xor(4));
+        let reps = build_reps(Collective::AllReduce, Algorithm::Rhd, 64, 1 << 16, g, &o).unwrap();
+        let lvl = verify(
+            Collective::AllReduce,
+            Algorithm::Rhd,
+            64,
+            1 << 16,
+            g,
+            &o,
+            &reps,
+        );
+        assert_eq!(lvl, Ok(Some(Symmetry::Exact)));
+    }
+
+    #[test]
+    fn direct_is_only_approximately_symmetric() {
+        let net = Network {
+            ranks_per_host: 2,
+            ..Network::flat(Link::new(1e-6, 1e10), 1e10)
+        };
+        let o = Options::default();
+        let g = candidate(Collective::AllReduce, Algorithm::Direct, 8, &net);
+        let reps = build_reps(Collective::AllReduce, Algorithm::Direct, 8, 64, g, &o).unwrap();
+        let lvl = verify(
+            Collective::AllReduce,
+            Algorithm::Direct,
+            8,
+            64,
+            g,
+            &o,
+            &reps,
+        );
+        assert_eq!(lvl, Ok(Some(Symmetry::Approx)));
+    }
+}

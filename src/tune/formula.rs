@@ -1,0 +1,127 @@
+//! The textbook fast path of the cost model, for rank counts the tuner does not simulate.
+
+use crate::algo::{Algorithm, Collective};
+use crate::sim::{Link, Network};
+
+/// Textbook costs, for any rank count, on `net` with ranks placed in order (`ranks_per_host`
+/// consecutive ranks per host). `s` is the rank block in bytes, `c` the chunk, `p` the largest
+/// power of two ≤ n, `d` the depth of the binary trees. A hop between ranks `k` apart costs
+/// α = lat + 2·overhead and β = 1/bw of the intra-host links when `k < ranks_per_host`, else of
+/// the inter-host ones (β times `oversub` where every rank crosses the core at once); `max`
+/// means the slowest class in use.
+///
+/// | all-reduce | time |
+/// |---|---|
+/// | ring | 2(n−1)·ᾱ + 2(n−1)/n·s·β_max + (n−1)/n·s·γ, ᾱ the mean over the ring's hops |
+/// | direct | α_max + max over classes of (messages × (overhead + s·β)) + (n−1)·s·γ |
+/// | rhd | Σ 2α_m + max over classes of Σ 2·s_m·β_m + Σ s_m·γ, over the log p exchanges at distance m = p/2, …, 1 (s_m the half exchanged; classes use their own ports, so they overlap); + 2(α + s·β) + s·γ when n ≠ p |
+/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + (1 + d)·s·β_max + s·γ |
+///
+/// The tree's bandwidth term is not the textbook 2s·β: in its Programs (one rank sends to a peer
+/// in program order) the down-phase send of slice j queues before the up-phase send of slice
+/// j + 1 on the same link, so the two trees' pipelines stall on each other and every level adds
+/// about s·β. The simulator shows it (`tests/sim.rs` checks these formulas against it).
+///
+/// Broadcast / reduce: chain (n−1)·(α + c·β) + s·β (+ s·γ); binomial tree ⌈log n⌉·(α + s·β).
+/// All-gather / reduce-scatter: ring (n−1)·(α + s·β (+ s·γ)); Bruck ⌈log n⌉·α + (n−1)·s·β
+/// (+ γ). Others (one algorithm): (n−1)·(α + s·β), barrier ⌈log n⌉·α; these use the slowest
+/// class throughout.
+pub fn formula(
+    coll: Collective,
+    algo: Algorithm,
+    nranks: usize,
+    block: usize,
+    chunk: usize,
+    net: &Network,
+) -> f64 {
+    use Algorithm as A;
+    use Collective as C;
+    if nranks <= 1 {
+        return 0.0;
+    }
+    let n = nranks as f64;
+    let rph = net.ranks_per_host.clamp(1, nranks);
+    let hosts = nranks.div_ceil(rph);
+    let crowd = if hosts > 1 { net.oversub.max(1.0) } else { 1.0 };
+    let hop = |l: Link| (l.lat + 2.0 * l.overhead, 1.0 / l.bw);
+    let (ai, bi) = hop(net.intra);
+    let (ae, be) = if hosts > 1 { hop(net.inter) } else { (ai, bi) };
+    // A hop between ranks `k` apart; `all` when every rank makes one at once (the core's share).
+    let at = |k: usize, all: bool| {
+        if hosts > 1 && k >= rph {
+            (ae, if all { be * crowd } else { be })
+        } else {
+            (ai, bi)
+        }
+    };
+    let (alpha, beta) = (ae, be);
+    let gamma = 1.0 / net.reduce_bw;
+    let s = block as f64;
+    let c = chunk.max(1) as f64;
+    let lg = n.log2().ceil();
+    match (coll, algo) {
+        (C::AllReduce, A::Ring) => {
+            let h = (hosts as f64).min(n);
+            let mean = if hosts > 1 {
+                ((n - h) * ai + h * ae) / n
+            } else {
+                ai
+            };
+            2.0 * (n - 1.0) * mean + 2.0 * (n - 1.0) / n * s * beta + (n - 1.0) / n * s * gamma
+        }
+        (C::AllReduce, A::Direct) => {
+            let intra = (rph - 1) as f64 * (net.intra.overhead + s * bi);
+            let inter = if hosts > 1 {
+                (nranks - rph) as f64 * (net.inter.overhead + s * be * crowd)
+            } else {
+                0.0
+            };
+            alpha + intra.max(inter) + (n - 1.0) * s * gamma
+        }
+        (C::AllReduce, A::Rhd) => {
+            // Latencies add up; the bytes of different link classes travel on different ports
+            // and overlap (the exchanges are pipelined), so the busier class decides.
+            let p = 1usize << (usize::BITS - 1 - nranks.leading_zeros());
+            let (mut lat, mut wire, mut red) = (0.0, [0.0f64; 2], 0.0);
+            let (mut m, mut part) = (p / 2, s / 2.0);
+            while m > 0 {
+                let (a, b) = at(m, true);
+                lat += 2.0 * a;
+                wire[usize::from(hosts > 1 && m >= rph)] += 2.0 * part * b;
+                red += part * gamma;
+                m /= 2;
+                part /= 2.0;
+            }
+            let fold = if p < nranks {
+                2.0 * (ai + s * bi) + s * gamma
+            } else {
+                0.0
+            };
+            lat + wire[0].max(wire[1]) + red + fold
+        }
+        (C::AllReduce, A::Tree) => {
+            let d = n.log2().floor() as u32;
+            let slice = c.min(s / 2.0);
+            let fill: f64 = (1..=d)
+                .map(|l| {
+                    let (a, b) = at(1 << (l - 1), false);
+                    2.0 * (a + slice * b)
+                })
+                .sum();
+            fill + (1.0 + f64::from(d)) * s * beta + s * gamma
+        }
+        (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
+        (C::Reduce, A::Chain) => {
+            (n - 1.0) * (alpha + c.min(s) * (beta + gamma)) + s * (beta + gamma)
+        }
+        (C::Broadcast, _) => lg * (alpha + s * beta),
+        (C::Reduce, _) => lg * (alpha + s * (beta + gamma)),
+        (C::AllGather, A::Ring) => (n - 1.0) * (alpha + s * beta),
+        (C::ReduceScatter, A::Ring) => (n - 1.0) * (alpha + s * (beta + gamma)),
+        (C::AllGather, _) => lg * alpha + (n - 1.0) * s * beta,
+        (C::ReduceScatter, _) => lg * alpha + (n - 1.0) * s * (beta + gamma),
+        (C::AllToAll, _) => (n - 1.0) * (alpha + s * beta * crowd),
+        (C::Barrier, _) => lg * alpha,
+        _ => (n - 1.0) * (alpha + s * beta),
+    }
+}
