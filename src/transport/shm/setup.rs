@@ -181,16 +181,44 @@ fn accept_loop(
     nranks: usize,
 ) {
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    // Non-blocking, with a bounded poll: dropping the endpoint never depends on waking accept().
+    if let Err(e) = l.set_nonblocking(true) {
+        crate::warn!(
+            Some(rank),
+            "shm listener: {e}; shared memory is off for this rank"
+        );
+        return;
+    }
     while !stop.load(Ordering::SeqCst) {
+        let mut p = [libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let _ = crate::sys::poll(&mut p, 200);
         let sock = match l.accept() {
             Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 crate::warn!(Some(rank), "shm listener: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = sock.set_nonblocking(false) {
+            crate::warn!(Some(rank), "shm listener: {e}");
+            continue;
+        }
         if stop.load(Ordering::SeqCst) {
             break;
         }
