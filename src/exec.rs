@@ -463,8 +463,7 @@ unsafe fn run_inner(
             break;
         }
         idle += 1;
-        if idle <= waiter.spin_rounds() {
-            waiter.disarm();
+        if waiter.spin(idle) {
             std::hint::spin_loop();
             continue;
         }
