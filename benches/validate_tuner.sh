@@ -9,6 +9,8 @@
 # measured algorithm, the tuner's choice and whether the choice is within 10% of the best. It
 # also prints the simulator's prediction for each algorithm beside the measurement.
 #
+# To refit the model's defaults to the measurements in DIR: benches/fit_tuner.py DIR shm|tcp.
+#
 # Usage: benches/validate_tuner.sh [-r REPEATS] [-o DIR] [-n "2 4 8"] [-t "shm tcp"]
 #                                  [-e MAXBYTES] [--reuse] [--iters N] [--warmup N]
 #   --reuse    skip the measurements whose JSON is already in DIR (re-run the comparison only)
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
         --iters) ITERS=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --reuse) REUSE=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 1 ;;
     esac
 done

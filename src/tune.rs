@@ -361,20 +361,32 @@ fn installed() -> &'static Mutex<HashMap<u64, Model>> {
 pub fn placement(comm_id: u64, f: impl FnOnce() -> (Transport, bool)) -> (Transport, bool) {
     static PLACES: OnceLock<Mutex<HashMap<u64, (Transport, bool)>>> = OnceLock::new();
     let places = PLACES.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(&p) = places
+    let known = places
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&comm_id)
-    {
-        return p;
-    }
-    let p = f();
-    let mut m = places.lock().unwrap_or_else(|e| e.into_inner());
-    if m.len() > 1024 {
-        m.clear();
-    }
-    m.insert(comm_id, p);
+        .copied();
+    let p = match known {
+        Some(p) => p,
+        None => {
+            let p = f();
+            let mut m = places.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(comm_id, p);
+            p
+        }
+    };
+    *last().lock().unwrap_or_else(|e| e.into_inner()) = Some((comm_id, p.0, p.1));
     p
+}
+
+/// The communicator that chose last in this process: its id, transport and whether it is on
+/// one host (what [`choose`] assumes when it has no communicator).
+fn last() -> &'static Mutex<Option<(u64, Transport, bool)>> {
+    static LAST: Mutex<Option<(u64, Transport, bool)>> = Mutex::new(None);
+    &LAST
 }
 
 /// Makes `model` the model of the communicator whose id is `comm_id` (see [`measure`]).
@@ -423,9 +435,22 @@ pub fn choose_with(
     a
 }
 
-/// [`choose_with`] on the default model over shared memory.
+/// The choice for a caller without a communicator at hand (a tool printing what the library
+/// would run): [`choose_with`] under the placement and model of the communicator of this process
+/// that chose last (a communicator's own calls always use their own), else one host over shm
+/// with the defaults.
 pub fn choose(shape: &Shape, bytes: usize, nranks: usize) -> Algorithm {
-    choose_with(shape, bytes, nranks, Transport::Shm, &Model::default())
+    let known = *last().lock().unwrap_or_else(|e| e.into_inner());
+    match known {
+        Some((id, t, one_host)) => {
+            let mut m = model_for(id);
+            if !one_host {
+                m.cores = 0;
+            }
+            choose_with(shape, bytes, nranks, t, &m)
+        }
+        None => choose_with(shape, bytes, nranks, Transport::Shm, &Model::default()),
+    }
 }
 
 /// The chunk (largest message) for a call: the tuner does not vary it yet, so this is the
@@ -437,11 +462,13 @@ pub fn chunk(configured: Option<usize>) -> usize {
 /// Measures this communicator's links and this host's reduction (`OXCCL_TUNE=1`): every rank
 /// must call it, together, as a collective.
 ///
-/// Rank 0 and rank 1 ping-pong 8-byte messages (α = half the round trip) and 1 MiB messages
-/// (β from the rest of the round trip); every rank times a 4 MiB f32 sum (γ); rank 0 broadcasts
-/// its three numbers so that every rank installs the same model. A few milliseconds.
-/// Returns the model with both transports' costs replaced by the measured ones (a communicator
-/// uses one transport).
+/// Rank 0 and rank 1 ping-pong 8-byte messages (half the round trip is α plus the per-message
+/// overhead on both sides) and 1 MiB messages (β from the rest of the round trip); rank 0 times
+/// a 4 MiB f32 sum (γ) and broadcasts its three numbers so that every rank installs the same
+/// model. A few milliseconds. Returns the defaults with both transports' α, β and γ replaced by
+/// the measured ones (a communicator uses one transport); `overhead`, `wake` and the cache stay
+/// the defaults, and the measured γ is the reduction alone (the defaults' TCP γ also carries the
+/// receiver's copy out of the socket).
 pub fn measure(comm: &Communicator) -> Result<Model> {
     let (rank, n) = (comm.rank(), comm.size());
     let mut vals = [0f64; 3];
@@ -479,7 +506,8 @@ pub fn measure(comm: &Communicator) -> Result<Model> {
     let mut m = Model::default();
     if n > 1 {
         for c in [&mut m.shm, &mut m.tcp] {
-            c.alpha = vals[0];
+            // A one-way message costs α plus the overhead on each side (the model's terms).
+            c.alpha = (vals[0] - 2.0 * c.overhead).max(0.1e-6);
             c.beta = vals[1];
             c.gamma = vals[2];
         }
