@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --iters) ITERS=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --reuse) REUSE=1; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | grep '^#'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 1 ;;
     esac
 done
