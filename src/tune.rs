@@ -422,12 +422,14 @@ pub fn choose_with(
     let chunk = shape.chunk.saturating_mul(es);
     let b = bucket(bytes);
     let key = (coll, nranks, b, chunk, transport, model.key());
-    if let Some(&a) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    // Held while computing: the ranks of a threads-as-ranks job all miss at once, and one of them
+    // computing the answer (milliseconds) is better than all of them computing it on shared cores.
+    let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&a) = c.get(&key) {
         return a;
     }
     let net = model.network(transport, nranks, b);
     let a = pick(coll, nranks, b, chunk, &net);
-    let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
     if c.len() > 1 << 14 {
         c.clear();
     }
