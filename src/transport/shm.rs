@@ -35,6 +35,7 @@ pub mod setup;
 
 pub use doorbell::Doorbell;
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -87,7 +88,8 @@ struct Abort {
     /// OPEN, ABORTED (body filled) or CLOSED (the side dropped its link cleanly).
     state: AtomicU32,
     len: AtomicU32,
-    body: [u8; ABORT_MAX],
+    /// Written by its side before `state` is released; shared memory, hence the cell.
+    body: UnsafeCell<[u8; ABORT_MAX]>,
 }
 
 #[repr(C, align(64))]
@@ -97,9 +99,10 @@ struct SlotHdr {
     len: AtomicU32,
     /// DATA (in the slot) or PLACED (already in the receiver's posted buffer).
     kind: AtomicU32,
-    tag: [u8; Tag::LEN],
+    /// Written by the sender before `seq` is released.
+    tag: UnsafeCell<[u8; Tag::LEN]>,
     /// Messages of at most INLINE bytes travel here, in the header's cache line.
-    inline: [u8; INLINE],
+    inline: UnsafeCell<[u8; INLINE]>,
 }
 
 const DATA: u32 = 0;
@@ -161,8 +164,8 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Creates and maps a fresh segment for a link between `pid_lo` (side 0, this process) and
-    /// the peer. Returns the segment and the descriptor to hand to the peer.
+    /// Creates and maps a fresh segment, as side 0 (this process, the lower rank). Returns the
+    /// segment and the descriptor to hand to the peer.
     pub fn create(geo: Geometry) -> Result<(Segment, OwnedFd)> {
         geo.check().map_err(Error::InvalidArgument)?;
         let total = geo.total();
@@ -413,7 +416,11 @@ impl ShmLink {
                 // area's body inside the mapping; the peer wrote it before its release store of
                 // `state`, which our acquire load saw.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(a.body.as_ptr(), body.as_mut_ptr(), len);
+                    std::ptr::copy_nonoverlapping(
+                        a.body.get().cast::<u8>(),
+                        body.as_mut_ptr(),
+                        len,
+                    );
                 }
                 Some(Some(super::tcp::decode_abort(&body, self.peer)))
             }
@@ -508,11 +515,7 @@ impl Link for ShmLink {
                 std::ptr::copy_nonoverlapping(data, body, len);
             }
             let t = tag.encode();
-            std::ptr::copy_nonoverlapping(
-                t.as_ptr(),
-                (&raw const hdr.tag).cast::<u8>().cast_mut(),
-                Tag::LEN,
-            );
+            std::ptr::copy_nonoverlapping(t.as_ptr(), hdr.tag.get().cast::<u8>(), Tag::LEN);
         }
         hdr.len.store(len as u32, Ordering::Relaxed);
         hdr.kind
@@ -583,7 +586,7 @@ impl Link for ShmLink {
         // The slice stays valid and unchanged while `self` is borrowed (release needs &mut).
         let data = unsafe {
             std::ptr::copy_nonoverlapping(
-                (&raw const hdr.tag).cast::<u8>(),
+                hdr.tag.get().cast::<u8>().cast_const(),
                 t.as_mut_ptr(),
                 Tag::LEN,
             );
@@ -681,11 +684,7 @@ impl Link for ShmLink {
             // SAFETY: body.len() <= ABORT_MAX; only this side writes its abort area, and the
             // peer reads it only after the release store of `state` below.
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    body.as_ptr(),
-                    a.body.as_ptr().cast_mut(),
-                    body.len(),
-                );
+                std::ptr::copy_nonoverlapping(body.as_ptr(), a.body.get().cast::<u8>(), body.len());
             }
             a.len.store(body.len() as u32, Ordering::Relaxed);
             a.state.store(ABORTED, Ordering::Release);
