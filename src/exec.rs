@@ -78,6 +78,16 @@ pub fn describe(tag: &Tag) -> String {
     )
 }
 
+/// A peer's abort that names this very rank (it gave up waiting for us, say): from here the
+/// rank to name is the one that reported it, not ourselves.
+fn relayed(e: Error, me: usize, from: usize) -> Error {
+    if e.peer() != Some(me) {
+        return e;
+    }
+    let msg = e.message().to_string();
+    Error::from_parts(e.code(), Some(from), msg)
+}
+
 /// Prefixes an error's message with where it happened.
 fn in_context(e: Error, p: &Params) -> Error {
     let prefix = format!("{} on rank {}", describe(&p.tag), p.rank);
@@ -345,7 +355,7 @@ unsafe fn run_inner(
         }
         for q in queues.iter_mut() {
             let link = links[q.peer].as_mut().expect("validated above");
-            moved |= link.progress()?;
+            moved |= link.progress().map_err(|e| relayed(e, p0.rank, q.peer))?;
             for _ in 0..link.take_send_completions() {
                 let g = q
                     .inflight
@@ -392,7 +402,8 @@ unsafe fn run_inner(
             // timeout (the peer is owed a message, so its next one must be for this call).
             if let Some(&g) = q.recvs.get(q.next_recv) {
                 let j = op_of(g).0;
-                if let Some((tag, _)) = link.peek_recv()? {
+                let peeked = link.peek_recv().map_err(|e| relayed(e, p0.rank, q.peer))?;
+                if let Some((tag, _)) = peeked {
                     if tag != jobs[j].params.tag {
                         *failed_job = j;
                         return Err(mismatch(q.peer, &tag, &jobs[j].params));
@@ -406,7 +417,9 @@ unsafe fn run_inner(
                 let (j, op) = op_of(g);
                 *failed_job = j;
                 let p = &jobs[j].params;
-                let Some((tag, data)) = link.peek_recv()? else {
+                let Some((tag, data)) =
+                    link.peek_recv().map_err(|e| relayed(e, p0.rank, q.peer))?
+                else {
                     break;
                 };
                 if tag != p.tag {

@@ -16,8 +16,10 @@
 //!   be correct.
 //! - `netns_link_cut_gives_prompt_named_errors`: ranks loop 1 MiB all-reduces; host 2's `eth0`
 //!   is set down mid-loop. Every rank must fail within `OXCCL_TIMEOUT_MS` + 2 s with `Timeout`
-//!   or `PeerLost` naming a rank; with the direct algorithm (everyone waits on the victim
-//!   directly) every survivor must name rank 2. Times to detection are printed.
+//!   or `PeerLost` naming a rank other than itself (whom it waited for, or the rank whose abort
+//!   reached it first); with the direct algorithm (everyone waits on the victim directly) every
+//!   survivor must have waited for rank 2 (name it, or list it among whom it waited for).
+//!   Times to detection are printed.
 //!
 //! Needs root (it creates namespaces); where `ip netns add` is not permitted, or `ip` is
 //! missing, each test prints why and passes without running.
@@ -890,7 +892,7 @@ fn link_cut(algo: &str, victim: usize) {
         "exit codes {codes:?}\n{}",
         ranks.stderr()
     );
-    let mut named_victim = 0;
+    let mut waited_for_victim = 0;
     for r in 0..HOSTS {
         let (t, e) = errors[r].as_ref().unwrap();
         assert!(*t <= bound, "rank {r} detected the cut after {t:?}");
@@ -902,8 +904,12 @@ fn link_cut(algo: &str, victim: usize) {
             !e.contains("peer=none"),
             "rank {r}'s error names no rank: {e}"
         );
-        if r != victim && e.contains(&format!("peer={victim} ")) {
-            named_victim += 1;
+        assert!(
+            !e.contains(&format!("peer={r} ")),
+            "rank {r}'s error names itself: {e}"
+        );
+        if r != victim && e.contains(&format!("from rank {victim}")) {
+            waited_for_victim += 1;
         }
         let a = again[r].as_ref().unwrap();
         assert!(
@@ -912,14 +918,16 @@ fn link_cut(algo: &str, victim: usize) {
         );
     }
     if algo.contains("direct") {
+        // Everyone waits on the victim directly: it is among whom each survivor waited for
+        // (first, unless the survivor was also waiting on a rank still one call behind).
         assert_eq!(
-            named_victim,
+            waited_for_victim,
             HOSTS - 1,
-            "every survivor must name rank {victim}"
+            "every survivor must have waited for rank {victim}"
         );
-    } else {
-        assert!(named_victim >= 1, "no survivor named rank {victim}");
     }
+    // Other schedules (ring, tree, halving-doubling) make some ranks wait on the victim only
+    // through others: each names whom it waited for, or the rank whose abort reached it first.
 }
 
 #[test]
