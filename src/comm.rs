@@ -557,7 +557,7 @@ impl Communicator {
         );
         let mut links = Vec::with_capacity(nranks);
         links.resize_with(nranks, || None);
-        Ok(Communicator {
+        let comm = Communicator {
             rank,
             nranks,
             cfg,
@@ -586,7 +586,11 @@ impl Communicator {
             failure: Mutex::new(None),
             shrinks: std::sync::atomic::AtomicU64::new(0),
             _server: server,
-        })
+        };
+        // OXCCL_TUNE=1: measure the links and the reduction now (collective), so every rank
+        // installs the same cost model before its first call.
+        crate::tune::on_init(&comm, comm.comm_id)?;
+        Ok(comm)
     }
 
     /// This rank.

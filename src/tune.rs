@@ -378,15 +378,7 @@ pub fn placement(comm_id: u64, f: impl FnOnce() -> (Transport, bool)) -> (Transp
             p
         }
     };
-    *last().lock().unwrap_or_else(|e| e.into_inner()) = Some((comm_id, p.0, p.1));
     p
-}
-
-/// The communicator that chose last in this process: its id, transport and whether it is on
-/// one host (what [`choose`] assumes when it has no communicator).
-fn last() -> &'static Mutex<Option<(u64, Transport, bool)>> {
-    static LAST: Mutex<Option<(u64, Transport, bool)>> = Mutex::new(None);
-    &LAST
 }
 
 /// Makes `model` the model of the communicator whose id is `comm_id` (see [`measure`]).
@@ -437,22 +429,11 @@ pub fn choose_with(
     a
 }
 
-/// The choice for a caller without a communicator at hand (a tool printing what the library
-/// would run): [`choose_with`] under the placement and model of the communicator of this process
-/// that chose last (a communicator's own calls always use their own), else one host over shm
-/// with the defaults.
+/// The choice for a caller without a communicator at hand: [`choose_with`] for one host over
+/// shm with the default model. (A communicator's calls use its own placement and model; tools
+/// that have one ask `Communicator::algorithm_for`.)
 pub fn choose(shape: &Shape, bytes: usize, nranks: usize) -> Algorithm {
-    let known = *last().lock().unwrap_or_else(|e| e.into_inner());
-    match known {
-        Some((id, t, one_host)) => {
-            let mut m = model_for(id);
-            if !one_host {
-                m.cores = 0;
-            }
-            choose_with(shape, bytes, nranks, t, &m)
-        }
-        None => choose_with(shape, bytes, nranks, Transport::Shm, &Model::default()),
-    }
+    choose_with(shape, bytes, nranks, Transport::Shm, &Model::default())
 }
 
 /// The chunk (largest message) for a call: the tuner does not vary it yet, so this is the

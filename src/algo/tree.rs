@@ -24,11 +24,49 @@ fn heap_links(n: usize, rank: usize, shift: usize) -> (Option<usize>, Vec<usize>
     (parent, children)
 }
 
+/// Slices the up phase runs ahead of the down phase.
+const LOOKAHEAD: usize = 4;
+
+/// Reduces one slice towards the tree's root (and finishes it there).
+fn up(b: &mut Builder, s: &Shape, tree: &(Option<usize>, Vec<usize>), o: usize, l: usize) {
+    let out = Range::new(Buf::Output, o, l);
+    let (parent, children) = tree;
+    let own = s.input_range(o, l);
+    let mut partial = own;
+    for (k, &c) in children.iter().enumerate() {
+        let acc = (k == 0 && own != out).then_some(own);
+        b.recv_reduce(c, out, acc);
+        partial = out;
+    }
+    match parent {
+        Some(p) => {
+            b.send(*p, partial);
+        }
+        None => {
+            if partial != out {
+                b.copy(partial, out);
+            }
+            b.finish(out);
+        }
+    }
+}
+
+/// Broadcasts one reduced slice down the tree.
+fn down(b: &mut Builder, tree: &(Option<usize>, Vec<usize>), o: usize, l: usize) {
+    let out = Range::new(Buf::Output, o, l);
+    let (parent, children) = tree;
+    if let Some(p) = parent {
+        b.recv(*p, out);
+    }
+    for &c in children {
+        b.send(c, out);
+    }
+}
+
 /// One rank's double-binary-tree all-reduce.
 pub fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count) = (s.nranks, s.rank, s.count);
     let mut b = Builder::new(s);
-    let out = |o, l| Range::new(Buf::Output, o, l);
     let trees = [heap_links(n, r, 0), heap_links(n, r, n / 2)];
     let ntrees = if n > 1 { 2 } else { 1 };
     let halves: Vec<(usize, usize)> = (0..ntrees).map(|t| split(count, ntrees, t)).collect();
@@ -37,43 +75,23 @@ pub fn all_reduce(s: &Shape) -> Builder {
         .map(|&(o, l)| slices(o, l, s.chunk).collect())
         .collect();
     let most = per.iter().map(Vec::len).max().unwrap_or(0);
-    for j in 0..most {
-        // Up: reduce this slice towards each tree's root.
-        for t in 0..ntrees {
-            let Some(&(o, l)) = per[t].get(j) else {
-                continue;
-            };
-            let (parent, children) = &trees[t];
-            let own = s.input_range(o, l);
-            let mut partial = own;
-            for (k, &c) in children.iter().enumerate() {
-                let acc = (k == 0 && own != out(o, l)).then_some(own);
-                b.recv_reduce(c, out(o, l), acc);
-                partial = out(o, l);
-            }
-            match parent {
-                Some(p) => {
-                    b.send(*p, partial);
-                }
-                None => {
-                    if partial != out(o, l) {
-                        b.copy(partial, out(o, l));
-                    }
-                    b.finish(out(o, l));
+    // On a link that both trees use, one tree's up messages and the other's down messages share
+    // one ordered queue: emitting the up phase LOOKAHEAD slices ahead of the down phase keeps the
+    // reduction streaming instead of waiting for each slice's round trip through the root.
+    let look = LOOKAHEAD.min(most);
+    for k in 0..most + look {
+        if k < most {
+            for t in 0..ntrees {
+                if let Some(&(o, l)) = per[t].get(k) {
+                    up(&mut b, s, &trees[t], o, l);
                 }
             }
         }
-        // Down: broadcast the result.
-        for t in 0..ntrees {
-            let Some(&(o, l)) = per[t].get(j) else {
-                continue;
-            };
-            let (parent, children) = &trees[t];
-            if let Some(p) = parent {
-                b.recv(*p, out(o, l));
-            }
-            for &c in children {
-                b.send(c, out(o, l));
+        if k >= look {
+            for t in 0..ntrees {
+                if let Some(&(o, l)) = per[t].get(k - look) {
+                    down(&mut b, &trees[t], o, l);
+                }
             }
         }
     }

@@ -441,6 +441,13 @@ impl Communicator {
         })
     }
 
+    /// The algorithm this communicator runs for a call of `shape` moving `bytes` bytes per rank
+    /// block: deterministic mode's `ordered`, else the forced one (Config.algo / OXCCL_ALGO), else
+    /// the cost model's pick. What tools print; every rank gets the same answer.
+    pub fn algorithm_for(&self, shape: &Shape, bytes: usize) -> Result<Algorithm> {
+        self.choose(shape, bytes)
+    }
+
     /// The algorithm for a call: forced by the config, else the cost model's (`crate::tune`).
     fn choose(&self, shape: &Shape, bytes: usize) -> Result<Algorithm> {
         if self.cfg.deterministic == Some(true)

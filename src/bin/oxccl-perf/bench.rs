@@ -117,14 +117,6 @@ fn algorithm(
 ) -> Algorithm {
     let lib = c.lib();
     let cfg = comm.config();
-    if cfg.deterministic == Some(true) && lib.algorithms().contains(&Algorithm::Ordered) {
-        return Algorithm::Ordered;
-    }
-    if let Some(a) = cfg.algo.as_deref().and_then(|s| forced(s, lib)) {
-        if lib.algorithms().contains(&a) {
-            return a;
-        }
-    }
     let (n, rank) = (comm.size(), comm.rank());
     let chunk = cfg.chunk_bytes.unwrap_or(oxccl::comm::DEFAULT_CHUNK) / dtype.size();
     let mut shape = Shape::new(lib, n, rank, count, in_place && c.has_in_place(), chunk);
@@ -133,7 +125,10 @@ fn algorithm(
     } else {
         root
     };
-    oxccl::tune::choose(&shape, count * dtype.size(), n)
+    // The library's own rule (deterministic, forced, then the cost model), so the table names
+    // exactly what ran.
+    comm.algorithm_for(&shape, count * dtype.size())
+        .unwrap_or(lib.algorithms()[0])
 }
 
 /// Which algorithm each row runs: one for the whole run, or one per row.
