@@ -366,7 +366,7 @@ pub fn placement(comm_id: u64, f: impl FnOnce() -> (Transport, bool)) -> (Transp
         .unwrap_or_else(|e| e.into_inner())
         .get(&comm_id)
         .copied();
-    let p = match known {
+    match known {
         Some(p) => p,
         None => {
             let p = f();
@@ -377,8 +377,7 @@ pub fn placement(comm_id: u64, f: impl FnOnce() -> (Transport, bool)) -> (Transp
             m.insert(comm_id, p);
             p
         }
-    };
-    p
+    }
 }
 
 /// Makes `model` the model of the communicator whose id is `comm_id` (see [`measure`]).
