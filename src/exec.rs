@@ -486,7 +486,7 @@ unsafe fn run_inner(
             return Err(timeout_error(&queues, &remaining, &p0));
         }
         if waited < YIELD_FOR || wait::never_sleep() {
-            crate::sys::yield_now();
+            waiter.yield_now();
             continue;
         }
         // Sleep: on this rank's shm doorbell when every link waited on is shm (the first call

@@ -6,10 +6,11 @@
 //! descriptor that would tell). Otherwise it sleeps in poll(2) on the links' descriptors; when
 //! some of those links are shm links, whose news poll cannot see, for at most a millisecond.
 //!
-//! How long to spin is learnt: a wait that outlasts the spin halves it (the peer was not about
-//! to answer, so the CPU was better given away at once: on a busy or oversubscribed host that is
-//! most waits), a wait that ends within it grows it back by a quarter, up to 64 rounds, or 4
-//! when this host runs more ranks than it has CPUs.
+//! Spinning pays when the peer is running on another CPU and about to answer; when this host
+//! runs more ranks than it has CPUs the peer is often not running at all, so the executor spins
+//! only a few rounds before it yields. (Learning the spin from slow yields was tried and
+//! measured worse: under load from other programs the peer usually still runs on the other
+//! CPU, and yielding early only loses our own CPU for a time slice.)
 //!
 //! ```text
 //! executor idle:  spin ─► yield ─► wait():  all shm?  ── announce, return (caller looks again)
@@ -17,7 +18,7 @@
 //!                                          otherwise  ── poll(fds, 1 ms if any shm else ≤100 ms)
 //! ```
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -56,30 +57,6 @@ fn cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Fewest idle rounds to spin, however often spinning failed.
-const SPIN_MIN: u32 = 2;
-
-/// Spin rounds learnt from this process's recent waits (0: nothing learnt yet).
-static LEARNT: AtomicU32 = AtomicU32::new(0);
-
-/// The spin after a wait that ended within `cur` rounds (or outlasted them), at most `cap`.
-fn next_spin(cur: u32, cap: u32, ended_within: bool) -> u32 {
-    if ended_within {
-        (cur + cur / 4 + 1).min(cap)
-    } else {
-        (cur / 2).max(SPIN_MIN)
-    }
-}
-
-fn learn(cap: u32, ended_within: bool) {
-    let cur = match LEARNT.load(Ordering::Relaxed) {
-        0 => cap,
-        n => n.min(cap),
-    };
-    // Racing updates from other ranks' threads only lose a step of learning.
-    LEARNT.store(next_spin(cur, cap, ended_within), Ordering::Relaxed);
-}
-
 /// The spin forced by `OXCCL_SPIN_ROUNDS` (for tuning), if any.
 fn forced_spin() -> Option<u32> {
     static FORCED: OnceLock<Option<u32>> = OnceLock::new();
@@ -91,7 +68,7 @@ fn forced_spin() -> Option<u32> {
 }
 
 /// The most idle rounds the executor spins before it starts yielding: `normal`, or a few when
-/// the host is oversubscribed. `OXCCL_SPIN_ROUNDS` overrides both (and turns learning off).
+/// the host is oversubscribed. `OXCCL_SPIN_ROUNDS` overrides both (for tuning).
 pub fn spin_rounds(normal: u32) -> u32 {
     match forced_spin() {
         Some(n) => n,
@@ -103,13 +80,8 @@ pub fn spin_rounds(normal: u32) -> u32 {
 /// The executor's sleeping state across idle rounds. Dropping it withdraws any announcement.
 #[derive(Default)]
 pub struct Waiter {
-    /// Idle rounds to spin before yielding now, and the most it may learn (see [`spin_rounds`]).
+    /// Idle rounds to spin before yielding (see [`spin_rounds`]).
     spin: u32,
-    cap: u32,
-    learning: bool,
-    /// An idle streak is under way, and whether it already outlasted the spin.
-    streak: bool,
-    outlasted: bool,
     /// The doorbell we announced ourselves on, and the value to sleep on.
     armed: Option<(Arc<Doorbell>, u32)>,
     /// This round's links: their common doorbell, if they all have the same one.
@@ -125,46 +97,28 @@ impl Waiter {
     /// (fewer on an oversubscribed host, see [`spin_rounds`]).
     pub fn new(normal_spin: u32) -> Waiter {
         let mut w = Waiter::default();
-        w.cap = spin_rounds(normal_spin);
-        w.learning = forced_spin().is_none();
-        w.spin = match LEARNT.load(Ordering::Relaxed) {
-            n if n > 0 && w.learning => n.min(w.cap),
-            _ => w.cap,
-        };
+        w.spin = spin_rounds(normal_spin);
         w
     }
 
-    /// Idle rounds to spin before yielding, as learnt so far.
+    /// Idle rounds to spin before yielding.
     pub fn spin_rounds(&self) -> u32 {
         self.spin
     }
 
     /// Called in every idle round, `idle` counting from 1 since the last progress: whether to
-    /// spin (rather than yield or sleep) in this one. Learns from how each idle streak ends.
+    /// spin (rather than yield or sleep) in this one.
     pub fn spin(&mut self, idle: u32) -> bool {
-        if idle == 1 {
-            self.end_streak();
-            self.streak = true;
-        }
         if idle <= self.spin {
             self.disarm();
             return true;
         }
-        if !self.outlasted {
-            self.outlasted = true;
-            if self.learning {
-                learn(self.cap, false);
-            }
-        }
         false
     }
 
-    fn end_streak(&mut self) {
-        if self.streak && !self.outlasted && self.learning {
-            learn(self.cap, true);
-        }
-        self.streak = false;
-        self.outlasted = false;
+    /// Gives the CPU away once (sched_yield).
+    pub fn yield_now(&mut self) {
+        crate::sys::yield_now();
     }
 
     /// Withdraws an announcement (the executor is busy again). Cheap when there is none.
@@ -234,7 +188,6 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.end_streak();
         self.disarm();
     }
 }
@@ -244,28 +197,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spinning_is_learnt_down_and_back_up() {
-        let mut n = 64;
-        for _ in 0..10 {
-            n = next_spin(n, 64, false);
-        }
-        assert_eq!(n, SPIN_MIN);
-        for _ in 0..30 {
-            n = next_spin(n, 64, true);
-        }
-        assert_eq!(n, 64);
-        assert_eq!(next_spin(64, 4, true), 4, "never above the cap");
-    }
-
-    #[test]
     fn a_waiter_spins_its_rounds_then_stops() {
         let mut w = Waiter::default();
-        (w.spin, w.cap) = (3, 3);
+        w.spin = 3;
         assert!((1..=3).all(|i| w.spin(i)));
         assert!(!w.spin(4) && !w.spin(5));
-        assert!(w.outlasted);
         // A new streak starts over.
         assert!(w.spin(1));
-        assert!(!w.outlasted);
     }
 }
