@@ -8,7 +8,8 @@
 #        OXCCL_ARGS  extra oxccl-perf flags (e.g. "-a ring")
 #
 # Sizes are 8 B x 4^k, the peers' sweep. oxccl's time is nccl-tests' (slowest rank's mean over
-# ITERS calls, out-of-place); the peers report the median of REPS repetitions.
+# ITERS calls, out-of-place), run REPS times and the median taken; the peers report the median of
+# REPS repetitions too.
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PEERS=${PEERS:-$ROOT/../shared/peers}
@@ -23,22 +24,35 @@ if ! dpkg -s libgloo-dev >/dev/null 2>&1 || [ ! -x "$PEERS_HOME/ompi/bin/mpirun"
   "$PEERS/install.sh"
 fi
 
-echo "== oxccl-perf (tcp, 2 ranks)"
-# shellcheck disable=SC2086
-"$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b 8 -e "$MAXB" -f 4 -n "$ITERS" -w 5 \
-  --json "$TMP/oxccl.json" ${OXCCL_ARGS:-} | tee "$TMP/oxccl.txt"
-# The peers end their sweep with MAXB itself, which 8 x 4^k may skip (64 MiB is 8 x 4^11.5).
+echo "== oxccl-perf (tcp, 2 ranks), $REPS runs: the median per size is compared, as the peers report"
 s=8; while [ $((s * 4)) -le "$MAXB" ]; do s=$((s * 4)); done
-if [ "$s" -ne "$MAXB" ]; then
+: > "$TMP/oxccl.txt"
+for rep in $(seq "$REPS"); do
   # shellcheck disable=SC2086
-  "$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b "$MAXB" -e "$MAXB" -n "$ITERS" -w 5 \
+  "$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b 8 -e "$MAXB" -f 4 -n "$ITERS" -w 5 \
     ${OXCCL_ARGS:-} | tee -a "$TMP/oxccl.txt"
-fi
+  # The peers end their sweep with MAXB itself, which 8 x 4^k may skip (64 MiB is 8 x 4^11.5).
+  if [ "$s" -ne "$MAXB" ]; then
+    # shellcheck disable=SC2086
+    "$ROOT/target/release/oxccl-perf" -N 2 --transport tcp -b "$MAXB" -e "$MAXB" -n "$ITERS" -w 5 \
+      ${OXCCL_ARGS:-} | tee -a "$TMP/oxccl.txt"
+  fi
+done
 echo "== peers"
 MAXB=$MAXB REPS=$REPS "$PEERS/run.sh" gloo2 ompi_tcp2 | tee "$TMP/peers.txt"
 
-# oxccl rows: size time_us busbw (out-of-place columns of the nccl-tests table).
-awk '!/^#/ && NF >= 13 { print $1, $6, $8 }' "$TMP/oxccl.txt" > "$TMP/ox.dat"
+# oxccl rows: size time_us busbw (out-of-place columns of the nccl-tests table), median of the runs.
+awk '!/^#/ && NF >= 13 { print $1, $6, $8 }' "$TMP/oxccl.txt" | python3 -c '
+import sys, collections
+rows = collections.defaultdict(list)
+for line in sys.stdin:
+    size, t, bw = line.split()
+    rows[int(size)].append((float(t), float(bw)))
+for size, v in sorted(rows.items()):
+    v.sort()
+    t, bw = v[len(v) // 2]
+    print(size, t, bw)
+' > "$TMP/ox.dat"
 # Peer rows, per section: bytes time_us busbw (columns 1, 3, 7 of the peers' tables).
 awk -v out="$TMP" '
   /^=== / { sec = $2; next }
