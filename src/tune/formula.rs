@@ -15,12 +15,12 @@ use crate::sim::{Link, Network};
 /// | ring | 2(n−1)·ᾱ + 2(n−1)/n·s·β_max + (n−1)/n·s·γ, ᾱ the mean over the ring's hops |
 /// | direct | α_max + max over classes of (messages × (overhead + s·β)) + (n−1)·s·γ |
 /// | rhd | Σ 2α_m + max over classes of Σ 2·s_m·β_m + Σ s_m·γ, over the log p exchanges at distance m = p/2, …, 1 (s_m the half exchanged; classes use their own ports, so they overlap); + 2(α + s·β) + s·γ when n ≠ p |
-/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + (1 + d)·s·β_max + s·γ |
+/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + 2·s·β_max + s·γ |
 ///
-/// The tree's bandwidth term is not the textbook 2s·β: in its Programs (one rank sends to a peer
-/// in program order) the down-phase send of slice j queues before the up-phase send of slice
-/// j + 1 on the same link, so the two trees' pipelines stall on each other and every level adds
-/// about s·β. The simulator shows it (`tests/sim.rs` checks these formulas against it).
+/// The tree's bandwidth term is the textbook 2s·β because its Programs emit the up phase a few
+/// slices ahead of the down phase (on a link both trees use, one tree's down messages would
+/// otherwise hold up the other's up messages). `tests/sim.rs` checks these formulas against the
+/// simulator.
 ///
 /// Broadcast / reduce: chain (n−1)·(α + c·β) + s·β (+ s·γ); binomial tree ⌈log n⌉·(α + s·β).
 /// All-gather / reduce-scatter: ring (n−1)·(α + s·β (+ s·γ)); Bruck ⌈log n⌉·α + (n−1)·s·β
@@ -108,7 +108,9 @@ pub fn formula(
                     2.0 * (a + slice * b)
                 })
                 .sum();
-            fill + (1.0 + f64::from(d)) * s * beta + s * gamma
+            // With the up phase emitted ahead of the down phase (algo::tree), each tree streams:
+            // a rank moves about its data twice (up and down, half per tree).
+            fill + 2.0 * s * beta + s * gamma
         }
         (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
         (C::Reduce, A::Chain) => {
