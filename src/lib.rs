@@ -32,8 +32,8 @@ pub mod sys;
 pub mod transport;
 pub mod tune;
 
-pub use bootstrap::UniqueId;
 pub use algo::{Algorithm, Collective};
+pub use bootstrap::UniqueId;
 pub use comm::{Call, Communicator, Config, NO_COLOR, Request, Scope, TransportKind};
 pub use error::{Error, Result};
 pub use reduce::{DataType, Element, ReduceOp};
