@@ -21,6 +21,12 @@
 //!   already in `dst` is kept.
 //! - Mismatched lengths are a caller bug (checked with `debug_assert!`); in release builds the
 //!   kernels process the common prefix of whole elements and never panic.
+//!
+//! # Performance
+//! The loops are plain slice loops that LLVM vectorises, compiled for the baseline target and,
+//! on x86_64, again for AVX2 (picked at run time), walking the arrays in prefetched 1 KiB
+//! chunks. f16 uses F16C where present. On 64 MiB arrays f32 Sum runs at the memory bandwidth of
+//! one core (the same as `a[i] += b[i]` in C with `-O3 -march=native`); see benches/reduce.rs.
 
 use std::fmt;
 
