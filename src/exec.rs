@@ -81,7 +81,8 @@ pub fn describe(tag: &Tag) -> String {
 /// A peer's abort that names this very rank (it gave up waiting for us, say): from here the
 /// rank to name is the one that reported it, not ourselves.
 fn relayed(e: Error, me: usize, from: usize) -> Error {
-    if e.peer() != Some(me) {
+    // Only a peer's report: a link's own error naming this rank (its NIC died) stays as it is.
+    if e.peer() != Some(me) || !crate::transport::tcp::is_remote(&e) {
         return e;
     }
     let msg = e.message().to_string();

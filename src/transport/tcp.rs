@@ -78,7 +78,15 @@ pub fn decode_abort(body: &[u8], peer: usize) -> Error {
     let p = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
     let named = (p != u32::MAX).then_some(p as usize);
     let msg = String::from_utf8_lossy(&body[5..]);
-    Error::from_parts(body[0], named, format!("{msg} [reported by rank {peer}]"))
+    Error::from_parts(body[0], named, format!("{msg} {REPORTED_BY}{peer}]"))
+}
+
+/// Marks the message of an error that arrived in a peer's abort (see [`decode_abort`]).
+const REPORTED_BY: &str = "[reported by rank ";
+
+/// Whether `e` was reported by a peer (decoded from its abort), rather than raised here.
+pub fn is_remote(e: &Error) -> bool {
+    e.message().contains(REPORTED_BY)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
