@@ -110,6 +110,9 @@ struct PeerQ {
     next_recv: usize,
     /// Receives up to this index have been considered for posting.
     posted: usize,
+    /// The link's count of released messages when this run began: receive k of this run is
+    /// the link's message `base + k` (the index `Link::post_recv` takes).
+    base: u64,
 }
 
 /// How many receives ahead of the next one the executor offers destinations for.
@@ -306,6 +309,7 @@ unsafe fn run_inner(
                         recvs: Vec::new(),
                         next_recv: 0,
                         posted: 0,
+                        base: links[peer].as_ref().map_or(0, |l| l.released()),
                     });
                 }
                 let q = &mut queues[qidx[peer]];
@@ -394,7 +398,9 @@ unsafe fn run_inner(
                     // SAFETY: dst is in bounds and free (its dependencies are done); nothing
                     // else touches it until this receive completes, and cancel_recvs runs
                     // before this call returns.
-                    unsafe { link.post_recv(q.posted as u64, ptr(j, dst), dst.len * es(j)) };
+                    unsafe {
+                        link.post_recv(q.base + q.posted as u64, ptr(j, dst), dst.len * es(j))
+                    };
                 }
                 q.posted += 1;
             }

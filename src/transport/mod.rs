@@ -112,6 +112,13 @@ pub trait Link: Send {
         let _ = (index, dst, len);
     }
 
+    /// How many messages this link has released since it was created: the index
+    /// [`Link::post_recv`] uses for the next message to arrive. Links that ignore posted
+    /// receives may leave the default.
+    fn released(&self) -> u64 {
+        0
+    }
+
     /// Forgets every posted receive; after it the link never writes to a posted destination.
     /// A receive already partly placed makes the link unusable (it is failed).
     fn cancel_recvs(&mut self) {}

@@ -610,6 +610,10 @@ impl Link for ShmLink {
         self.peer_bell.ring_if_waiting();
     }
 
+    fn released(&self) -> u64 {
+        self.consumed
+    }
+
     unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
         // Not for a message that has already arrived in its slot.
         if index >= self.consumed && index < self.consumed + self.nslots {

@@ -522,6 +522,10 @@ impl Link for TcpLink {
         }
     }
 
+    fn released(&self) -> u64 {
+        self.released
+    }
+
     unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
         // Only messages that can still be placed: not yet arrived, within the slot window.
         if index >= self.released && index < self.released + self.nslots as u64 && len > 0 {
