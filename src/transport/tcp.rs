@@ -423,8 +423,12 @@ impl TcpLink {
         Ok(())
     }
 
-    fn all_eof(&self) -> bool {
-        self.streams.iter().any(|s| s.eof)
+    /// Whether the next message can no longer arrive: the socket that carries it (message k
+    /// travels on socket k % nsocks) has reached EOF. Another socket's EOF says nothing: the
+    /// peer may have written its last message on this one and closed them all.
+    fn next_lost(&self) -> bool {
+        let st = &self.streams[(self.released % self.streams.len() as u64) as usize];
+        st.eof && st.rx_got == 0 && st.rx_phase == RxPhase::Header
     }
 }
 
@@ -503,7 +507,7 @@ impl Link for TcpLink {
                 let off = slot * self.slot_size;
                 Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
             }
-            None if self.all_eof() => {
+            None if self.next_lost() => {
                 let e = self.lost(
                     "was closed by the peer while a message was still expected",
                     None,
