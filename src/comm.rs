@@ -91,8 +91,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_NSOCKS: usize = 2;
 /// Default chunk (slot) size.
 pub const DEFAULT_CHUNK: usize = 512 << 10;
-/// All-reduces of at most this many bytes use the direct algorithm unless overridden.
-pub const DIRECT_MAX_BYTES: usize = 16 << 10;
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     match std::env::var(name) {
@@ -608,12 +606,14 @@ impl Communicator {
         &self.cfg
     }
 
-    /// The all-reduce algorithm policy, as tools print it.
+    /// The all-reduce algorithm policy, as tools print it (per call, ask
+    /// [`Communicator::algorithm_for`]).
     pub fn algorithm_name(&self) -> String {
         match self.cfg.forced(Collective::AllReduce) {
+            _ if self.cfg.deterministic == Some(true) => "ordered (deterministic)".to_string(),
             Ok(Some(a)) => a.name().to_string(),
             _ if self.nranks == 1 => "local".to_string(),
-            _ => format!("direct up to {} KiB, ring above", DIRECT_MAX_BYTES >> 10),
+            _ => "chosen per call by the cost model (oxccl::tune)".to_string(),
         }
     }
 
