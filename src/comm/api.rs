@@ -619,7 +619,13 @@ impl Communicator {
                 &prog.peers(),
                 prog.max_message() * params.dtype.size(),
             )
-            .inspect_err(|e| inner.revoked = Some(e.clone()))?;
+            .inspect_err(|e| {
+                inner.revoked = Some(e.clone());
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e.clone());
+            })?;
             scratch_total += (prog.scratch_len * params.dtype.size()).div_ceil(64) * 64;
         }
         if inner.scratch.len() * 8 < scratch_total {

@@ -27,12 +27,20 @@ impl Communicator {
         loop {
             match self.inner.try_lock() {
                 Ok(mut inner) => {
+                    let revoked_by = inner.revoked.clone();
                     inner.revoked.get_or_insert(err.clone());
-                    // Peers see a remote failure naming this rank (NCCL's "remote error").
-                    let remote = Error::PeerLost {
+                    // Peers learn the failure that led here (shrink after a lost rank, say), or,
+                    // for a spontaneous abort, a remote failure naming this rank (NCCL's "remote
+                    // error").
+                    let cause = self
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    let remote = cause.or(revoked_by).unwrap_or_else(|| Error::PeerLost {
                         peer: self.rank,
                         msg: format!("rank {} aborted the communicator", self.rank),
-                    };
+                    });
                     for l in inner.links.iter_mut() {
                         if let Some(mut link) = l.take() {
                             link.cancel_recvs();
