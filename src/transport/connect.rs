@@ -299,7 +299,15 @@ pub fn dial_paths(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        handshake::client(&mut s, secret, PURPOSE_PEER, left)?;
+        // The rank's card came from the authenticated store, so a connection that drops
+        // mid-handshake means the rank went away: name it, as a refused connect does.
+        handshake::client(&mut s, secret, PURPOSE_PEER, left).map_err(|e| match e {
+            Error::System(m) => Error::PeerLost {
+                peer: hello.to as usize,
+                msg: format!("rank {}: {m}", hello.to),
+            },
+            e => e,
+        })?;
         s.write_all(&Hello { idx, ..hello }.encode())
             .map_err(|e| Error::PeerLost {
                 peer: hello.to as usize,
@@ -432,5 +440,31 @@ mod tests {
             l.take(0, 1, Instant::now() + Duration::from_millis(50))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_peer_that_goes_away_mid_handshake_is_lost_not_a_system_error() {
+        // The "peer" accepts the connection and closes it at once, as a rank whose
+        // communicator is dropped while we dial it does.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || drop(l.accept().unwrap()));
+        let r = dial(
+            addr,
+            &[7u8; 16],
+            Hello {
+                comm: 5,
+                from: 0,
+                to: 3,
+                idx: 0,
+                nsocks: 1,
+            },
+            Instant::now() + Duration::from_secs(20),
+        );
+        t.join().unwrap();
+        match r {
+            Err(Error::PeerLost { peer: 3, msg }) => assert!(msg.contains("rank 3"), "{msg}"),
+            other => panic!("expected PeerLost naming rank 3, got {other:?}"),
+        }
     }
 }
