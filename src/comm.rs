@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::algo::{Algorithm, Collective, Program, Shape};
+use crate::algo::{Algorithm, Collective, Shape};
 use crate::bootstrap::{self, StoreClient, StoreServer, UniqueId};
 use crate::error::{Error, Result};
 use crate::transport::connect::{self, Hello, PeerListener};
@@ -306,7 +306,9 @@ struct Inner {
     p2p_recvd: HashMap<usize, u64>,
     revoked: Option<Error>,
     scratch: Vec<u64>,
-    programs: HashMap<(Algorithm, Shape), Program>,
+    programs: HashMap<(Algorithm, Shape), std::sync::Arc<api::Cached>>,
+    /// The last few calls' Programs, looked up before `programs` (see `program_for`).
+    recent: Vec<api::Recent>,
     logged: Vec<(Collective, Algorithm)>,
     _store: StoreClient,
 }
@@ -575,6 +577,7 @@ impl Communicator {
                 revoked: None,
                 scratch: Vec::new(),
                 programs: HashMap::new(),
+                recent: Vec::new(),
                 logged: Vec::new(),
                 _store: store,
             }),

@@ -101,6 +101,7 @@ fn in_context(e: Error, p: &Params) -> Error {
     }
 }
 
+#[derive(Default)]
 struct PeerQ {
     peer: usize,
     sends: Vec<u32>,
@@ -113,6 +114,63 @@ struct PeerQ {
     /// The link's count of released messages when this run began: receive k of this run is
     /// the link's message `base + k` (the index `Link::post_recv` takes).
     base: u64,
+}
+
+/// The executor's working tables, kept per thread between calls (see [`Tables::take`]).
+#[derive(Default)]
+struct Tables {
+    base: Vec<usize>,
+    job_of: Vec<u32>,
+    remaining: Vec<u32>,
+    dep_start: Vec<u32>,
+    dep_list: Vec<u32>,
+    queues: Vec<PeerQ>,
+    /// Cleared queues whose vectors keep their capacity.
+    spare: Vec<PeerQ>,
+    /// Peer -> index in `queues`, usize::MAX for none; all usize::MAX between runs.
+    qidx: Vec<usize>,
+    ready_local: Vec<u32>,
+}
+
+thread_local! {
+    static TABLES: std::cell::Cell<Option<Box<Tables>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Tables for at most this many steps and ranks are kept for the thread's next call: small
+/// calls are the ones whose time allocation would show in; keeping big tables alive between
+/// calls only fragments the heap.
+const KEEP_STEPS: usize = 1024;
+const KEEP_RANKS: usize = 1 << 16;
+
+impl Tables {
+    /// This thread's tables, empty (or new ones).
+    fn take() -> Box<Tables> {
+        TABLES.with(|c| c.take()).unwrap_or_default()
+    }
+
+    /// Clears the tables, keeping their memory, and keeps them for the thread's next call.
+    fn give_back(mut self: Box<Self>) {
+        if self.remaining.capacity() > KEEP_STEPS || self.qidx.len() > KEEP_RANKS {
+            return;
+        }
+        for mut q in self.queues.drain(..) {
+            self.qidx[q.peer] = usize::MAX;
+            q.sends.clear();
+            q.recvs.clear();
+            q.inflight.clear();
+            q.next_send = 0;
+            q.next_recv = 0;
+            q.posted = 0;
+            self.spare.push(q);
+        }
+        self.base.clear();
+        self.job_of.clear();
+        self.remaining.clear();
+        self.dep_start.clear();
+        self.dep_list.clear();
+        self.ready_local.clear();
+        TABLES.with(|c| c.set(Some(self)));
+    }
 }
 
 /// How many receives ahead of the next one the executor offers destinations for.
@@ -184,12 +242,17 @@ pub unsafe fn run_jobs_abortable(
         return Ok(());
     }
     let mut failed_job = 0;
+    let mut t = Tables::take();
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(jobs, links, &mut failed_job, abort) };
+    let r = unsafe { run_inner(jobs, links, &mut t, &mut failed_job, abort) };
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
-    for l in links.iter_mut().flatten() {
-        l.cancel_recvs();
+    // Only the links this run used can hold one.
+    for q in &t.queues {
+        if let Some(l) = links.get_mut(q.peer).and_then(|l| l.as_mut()) {
+            l.cancel_recvs();
+        }
     }
+    t.give_back();
     if let Err(e) = &r {
         // A call interrupted by abort() tells peers that this rank gave up (a remote failure
         // naming it); any other error travels as it is.
@@ -213,15 +276,26 @@ pub unsafe fn run_jobs_abortable(
 unsafe fn run_inner(
     jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
+    t: &mut Tables,
     failed_job: &mut usize,
     abort: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     let aborted = || abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
     let mut rounds = 0u32;
     let p0 = jobs[0].params;
-    // Global step ids: job j's step i is base[j] + i.
-    let mut base = Vec::with_capacity(jobs.len() + 1);
-    let mut job_of: Vec<u32> = Vec::new();
+    // Global step ids: job j's step i is base[j] + i. The tables live on in this thread
+    // (`Tables`) so a call allocates nothing once the thread has run one like it.
+    let Tables {
+        base,
+        job_of,
+        remaining,
+        dep_start,
+        dep_list,
+        queues,
+        spare,
+        qidx,
+        ready_local,
+    } = t;
     base.push(0usize);
     for (j, job) in jobs.iter().enumerate() {
         base.push(base[j] + job.prog.steps.len());
@@ -282,35 +356,47 @@ unsafe fn run_inner(
         unsafe { std::slice::from_raw_parts_mut(ptr(j, r), r.len * es(j)) }
     };
 
-    let mut remaining: Vec<u32> = Vec::with_capacity(n);
-    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    // Dependents in CSR form: step g's are dep_list[dep_start[g]..dep_start[g + 1]].
+    dep_start.resize(n + 1, 0);
     for (j, job) in jobs.iter().enumerate() {
-        for (i, s) in job.prog.steps.iter().enumerate() {
+        for s in &job.prog.steps {
             remaining.push(s.deps.len() as u32);
             for &d in &s.deps {
-                dependents[base[j] + d as usize].push((base[j] + i) as u32);
+                dep_start[base[j] + d as usize + 1] += 1;
             }
         }
     }
-    let mut queues: Vec<PeerQ> = Vec::new();
-    let mut qidx = vec![usize::MAX; p0.nranks];
-    let mut ready_local: Vec<u32> = Vec::new();
+    for g in 0..n {
+        dep_start[g + 1] += dep_start[g];
+    }
+    dep_list.resize(dep_start[n] as usize, 0);
+    // Fill using dep_start[g] as g's cursor (it ends at g + 1's start), then shift back.
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, s) in job.prog.steps.iter().enumerate() {
+            for &d in &s.deps {
+                let at = &mut dep_start[base[j] + d as usize];
+                dep_list[*at as usize] = (base[j] + i) as u32;
+                *at += 1;
+            }
+        }
+    }
+    for g in (1..=n).rev() {
+        dep_start[g] = dep_start[g - 1];
+    }
+    dep_start[0] = 0;
+    if qidx.len() < p0.nranks {
+        qidx.resize(p0.nranks, usize::MAX);
+    }
     for g in 0..n as u32 {
         let (_, op) = op_of(g);
         match op.peer() {
             Some(peer) => {
                 if qidx[peer] == usize::MAX {
                     qidx[peer] = queues.len();
-                    queues.push(PeerQ {
-                        peer,
-                        sends: Vec::new(),
-                        next_send: 0,
-                        inflight: VecDeque::new(),
-                        recvs: Vec::new(),
-                        next_recv: 0,
-                        posted: 0,
-                        base: links[peer].as_ref().map_or(0, |l| l.released()),
-                    });
+                    let mut q = spare.pop().unwrap_or_default();
+                    q.peer = peer;
+                    q.base = links[peer].as_ref().map_or(0, |l| l.released());
+                    queues.push(q);
                 }
                 let q = &mut queues[qidx[peer]];
                 if matches!(op, Op::Send { .. }) {
@@ -324,10 +410,12 @@ unsafe fn run_inner(
         }
     }
     let mut done = 0usize;
+    let dependents =
+        |g: u32| &dep_list[dep_start[g as usize] as usize..dep_start[g as usize + 1] as usize];
     let complete =
         |g: u32, remaining: &mut Vec<u32>, ready_local: &mut Vec<u32>, done: &mut usize| {
             *done += 1;
-            for &d in &dependents[g as usize] {
+            for &d in dependents(g) {
                 remaining[d as usize] -= 1;
                 if remaining[d as usize] == 0 && op_of(d).1.peer().is_none() {
                     ready_local.push(d);
@@ -336,7 +424,9 @@ unsafe fn run_inner(
         };
 
     let mut idle = 0u32;
-    let mut last_progress = Instant::now();
+    // When this idle stretch began, read from the clock only once spinning is over (a call
+    // that keeps moving never reads it).
+    let mut idle_since: Option<Instant> = None;
     let mut waiter = Waiter::new(SPIN_ROUNDS);
     while done < n {
         let mut moved = false;
@@ -355,7 +445,7 @@ unsafe fn run_inner(
                 }
                 _ => unreachable!("only local steps are queued here"),
             }
-            complete(g, &mut remaining, &mut ready_local, &mut done);
+            complete(g, remaining, ready_local, &mut done);
             moved = true;
         }
         for q in queues.iter_mut() {
@@ -366,7 +456,7 @@ unsafe fn run_inner(
                     .inflight
                     .pop_front()
                     .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
-                complete(g, &mut remaining, &mut ready_local, &mut done);
+                complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
             while let Some(&g) = q.sends.get(q.next_send) {
@@ -463,7 +553,7 @@ unsafe fn run_inner(
                 }
                 link.release_recv();
                 q.next_recv += 1;
-                complete(g, &mut remaining, &mut ready_local, &mut done);
+                complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
         }
@@ -476,7 +566,7 @@ unsafe fn run_inner(
         }
         if moved {
             idle = 0;
-            last_progress = Instant::now();
+            idle_since = None;
             continue;
         }
         if done == n {
@@ -488,9 +578,9 @@ unsafe fn run_inner(
             continue;
         }
         let now = Instant::now();
-        let waited = now.duration_since(last_progress);
+        let waited = now.duration_since(*idle_since.get_or_insert(now));
         if waited >= p0.timeout {
-            return Err(timeout_error(&queues, &remaining, &p0));
+            return Err(timeout_error(queues, remaining, &p0));
         }
         if waited < YIELD_FOR || wait::never_sleep() {
             waiter.yield_now();
@@ -499,7 +589,7 @@ unsafe fn run_inner(
         // Sleep: on this rank's shm doorbell when every link waited on is shm (the first call
         // only announces us, so the loop looks at every link once more), else in poll(2).
         waiter.begin();
-        for q in &queues {
+        for q in queues.iter() {
             waiter.add(links[q.peer].as_deref_mut().expect("validated"));
         }
         waiter.wait(p0.timeout - waited)?;

@@ -6,11 +6,12 @@
 //! every rank must agree on.
 
 use super::{Communicator, Inner};
-use crate::algo::{self, Algorithm, Collective, Shape};
+use crate::algo::{self, Algorithm, Collective, Program, Shape};
 use crate::error::{Error, Result};
 use crate::exec::{self, Job, Mem, Params};
 use crate::reduce::{DataType, Element, ReduceOp};
 use crate::transport::Tag;
+use std::sync::Arc;
 
 /// One collective call over raw bytes. Build it with the constructors; lengths are in bytes and
 /// must be whole elements of `dtype`. `send: None` means in place (see each constructor).
@@ -207,6 +208,51 @@ impl<'a> Call<'a> {
         self.coll
     }
 }
+
+/// A built Program and what every call needs of it, computed once.
+pub(super) struct Cached {
+    pub(super) prog: Program,
+    /// The ranks it talks to, sorted.
+    pub(super) peers: Vec<usize>,
+    /// Its largest message, in elements.
+    pub(super) max_message: usize,
+}
+
+/// One of the communicator's last few (shape, type) -> Program answers.
+pub(super) struct Recent {
+    pub(super) shape: Shape,
+    pub(super) dtype: DataType,
+    pub(super) algo: Algorithm,
+    pub(super) cached: Arc<Cached>,
+}
+
+/// `a == b`, scalars first: `Vec`'s `==` calls memcmp even for the empty `counts` of every
+/// collective but the v-variants, and this runs on every call.
+fn same_shape(a: &Shape, b: &Shape) -> bool {
+    // Destructured so that a new field of Shape cannot be forgotten here.
+    let Shape {
+        coll,
+        nranks,
+        rank,
+        count,
+        root,
+        in_place,
+        chunk,
+        counts,
+    } = a;
+    *coll == b.coll
+        && *count == b.count
+        && *nranks == b.nranks
+        && *rank == b.rank
+        && *root == b.root
+        && *in_place == b.in_place
+        && *chunk == b.chunk
+        && counts.len() == b.counts.len()
+        && (counts.is_empty() || *counts == b.counts)
+}
+
+/// How many recent answers a communicator keeps (a training step's few distinct calls).
+const RECENT: usize = 8;
 
 /// A validated call: its shape and its memory.
 struct Planned {
@@ -492,19 +538,65 @@ impl Communicator {
         ))
     }
 
+    /// The algorithm and built Program for a call: from the last few calls' (no hashing, no
+    /// lock), else the cost model's choice and the communicator's Program cache.
+    fn program_for(
+        &self,
+        inner: &mut Inner,
+        call: &Call<'_>,
+        shape: &Shape,
+        bytes: usize,
+    ) -> Result<(Algorithm, Arc<Cached>)> {
+        if let Some(r) = inner
+            .recent
+            .iter()
+            .find(|r| r.dtype == call.dtype && same_shape(&r.shape, shape))
+        {
+            return Ok((r.algo, r.cached.clone()));
+        }
+        let algo = self.choose(shape, bytes)?;
+        let key = (algo, shape.clone());
+        let cached = match inner.programs.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let prog = algo::build(algo, shape).map_err(|e| bad(call, self.rank, e))?;
+                let c = Arc::new(Cached {
+                    peers: prog.peers(),
+                    max_message: prog.max_message(),
+                    prog,
+                });
+                if inner.programs.len() > 256 {
+                    inner.programs.clear();
+                }
+                inner.programs.insert(key, c.clone());
+                c
+            }
+        };
+        if inner.recent.len() >= RECENT {
+            inner.recent.remove(0);
+        }
+        inner.recent.push(Recent {
+            shape: shape.clone(),
+            dtype: call.dtype,
+            algo,
+            cached: cached.clone(),
+        });
+        Ok((algo, cached))
+    }
+
     /// Runs calls together, blocking, after every call issued before them.
-    pub(super) fn run_calls(&self, calls: Vec<Call<'_>>) -> Result<()> {
+    pub(super) fn run_calls(&self, calls: &mut [Call<'_>]) -> Result<()> {
         let ticket = self.sched.take();
         self.run_ticket(ticket, calls)
     }
 
-    pub(super) fn run_ticket(&self, ticket: u64, mut calls: Vec<Call<'_>>) -> Result<()> {
+    pub(super) fn run_ticket(&self, ticket: u64, calls: &mut [Call<'_>]) -> Result<()> {
         let r = self
             .sched
             .wait_turn(ticket, self.cfg.timeout())
             .and_then(|()| {
                 let mut inner = self.lock()?;
-                self.execute(&mut inner, &mut calls)
+                self.execute(&mut inner, calls)
             });
         self.sched.done(ticket);
         r
@@ -527,14 +619,19 @@ impl Communicator {
         }
         let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(super::DEFAULT_CHUNK);
         let mut planned = Vec::with_capacity(calls.len());
-        let mut barrier_bytes = vec![0u8; calls.len()];
+        // The byte each barrier's Program writes (allocated only when there is a barrier).
+        let mut barrier_bytes = if calls.iter().any(|c| c.coll == Collective::Barrier) {
+            vec![0u8; calls.len()]
+        } else {
+            Vec::new()
+        };
         for (k, call) in calls.iter_mut().enumerate() {
             let mut p = self.plan(call, chunk_bytes)?;
             if call.coll == Collective::Barrier {
                 p.mem.output = &mut barrier_bytes[k];
                 p.mem.output_len = 1;
             }
-            let algo = self.choose(&p.shape, p.bytes)?;
+            let (algo, cached) = self.program_for(inner, call, &p.shape, p.bytes)?;
             let tag = match call.coll {
                 Collective::Send | Collective::Recv => {
                     let seqs = if call.coll == Collective::Send {
@@ -581,14 +678,6 @@ impl Communicator {
                     }
                 }
             };
-            let key = (algo, p.shape.clone());
-            if !inner.programs.contains_key(&key) {
-                if inner.programs.len() > 256 {
-                    inner.programs.clear();
-                }
-                let prog = algo::build(algo, &p.shape).map_err(|e| bad(call, self.rank, e))?;
-                inner.programs.insert(key.clone(), prog);
-            }
             if !inner.logged.contains(&(call.coll, algo)) {
                 inner.logged.push((call.coll, algo));
                 crate::info!(
@@ -608,16 +697,15 @@ impl Communicator {
                 timeout: self.cfg.timeout(),
                 tag,
             };
-            planned.push((key, p.mem, params));
+            planned.push((cached, p.mem, params));
         }
         // Links, then scratch for all of them (one allocation, carved up).
         let mut scratch_total = 0usize;
-        for (key, _, params) in &planned {
-            let prog = &inner.programs[key];
+        for (cached, _, params) in &planned {
             self.connect_peers(
                 &mut inner.links,
-                &prog.peers(),
-                prog.max_message() * params.dtype.size(),
+                &cached.peers,
+                cached.max_message * params.dtype.size(),
             )
             .inspect_err(|e| {
                 inner.revoked = Some(e.clone());
@@ -626,7 +714,7 @@ impl Communicator {
                     .unwrap_or_else(|p| p.into_inner())
                     .get_or_insert(e.clone());
             })?;
-            scratch_total += (prog.scratch_len * params.dtype.size()).div_ceil(64) * 64;
+            scratch_total += (cached.prog.scratch_len * params.dtype.size()).div_ceil(64) * 64;
         }
         if inner.scratch.len() * 8 < scratch_total {
             inner.scratch.resize(scratch_total.div_ceil(8), 0);
@@ -634,8 +722,8 @@ impl Communicator {
         let base: *mut u8 = inner.scratch.as_mut_ptr().cast();
         let mut off = 0usize;
         let mut jobs = Vec::with_capacity(planned.len());
-        for (key, mut mem, params) in planned {
-            let prog = &inner.programs[&key];
+        for (cached, mem, params) in &planned {
+            let (prog, mut mem, params) = (&cached.prog, *mem, *params);
             let len = prog.scratch_len * params.dtype.size();
             // SAFETY: off + len <= scratch_total <= the scratch allocation (sized just above).
             mem.scratch = unsafe { base.add(off) };
@@ -671,7 +759,7 @@ impl Communicator {
         dtype: DataType,
         op: ReduceOp,
     ) -> Result<()> {
-        self.run_calls(vec![Call::all_reduce(send, recv, dtype, op)])
+        self.run_calls(&mut [Call::all_reduce(send, recv, dtype, op)])
     }
 
     /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all ranks' `buf`.
@@ -696,7 +784,7 @@ impl Communicator {
 
     /// Blocks until every rank has called `barrier`.
     pub fn barrier(&self) -> Result<()> {
-        self.run_calls(vec![Call::barrier()])
+        self.run_calls(&mut [Call::barrier()])
     }
 
     /// Broadcast (bytes); see [`Call::broadcast`].
@@ -707,7 +795,7 @@ impl Communicator {
         dtype: DataType,
         root: usize,
     ) -> Result<()> {
-        self.run_calls(vec![Call::broadcast(send, recv, dtype, root)])
+        self.run_calls(&mut [Call::broadcast(send, recv, dtype, root)])
     }
 
     /// In-place broadcast: every rank's `buf` becomes the root's.
@@ -724,7 +812,7 @@ impl Communicator {
         op: ReduceOp,
         root: usize,
     ) -> Result<()> {
-        self.run_calls(vec![Call::reduce(send, recv, dtype, op, root)])
+        self.run_calls(&mut [Call::reduce(send, recv, dtype, op, root)])
     }
 
     /// Reduce into the root's `recv` (other ranks' `recv` is not written and may be empty).
@@ -751,7 +839,7 @@ impl Communicator {
         recv: &mut [u8],
         dtype: DataType,
     ) -> Result<()> {
-        self.run_calls(vec![Call::all_gather(send, recv, dtype)])
+        self.run_calls(&mut [Call::all_gather(send, recv, dtype)])
     }
 
     /// All-gather: `recv` (nranks × `send.len()`) gets every rank's `send`, in rank order.
@@ -771,7 +859,7 @@ impl Communicator {
         dtype: DataType,
         op: ReduceOp,
     ) -> Result<()> {
-        self.run_calls(vec![Call::reduce_scatter(send, recv, dtype, op)])
+        self.run_calls(&mut [Call::reduce_scatter(send, recv, dtype, op)])
     }
 
     /// Reduce-scatter: `recv` gets block `rank` of the reduction of every rank's `send`
@@ -797,7 +885,7 @@ impl Communicator {
         recv: &mut [u8],
         dtype: DataType,
     ) -> Result<()> {
-        self.run_calls(vec![Call::all_to_all(send, recv, dtype)])
+        self.run_calls(&mut [Call::all_to_all(send, recv, dtype)])
     }
 
     /// All-to-all: block p of `send` goes to rank p; block p of `recv` comes from rank p.
@@ -817,7 +905,7 @@ impl Communicator {
         dtype: DataType,
         root: usize,
     ) -> Result<()> {
-        self.run_calls(vec![Call::gather(send, recv, dtype, root)])
+        self.run_calls(&mut [Call::gather(send, recv, dtype, root)])
     }
 
     /// Gather every rank's `send` into the root's `recv` (nranks blocks; ignored elsewhere).
@@ -838,7 +926,7 @@ impl Communicator {
         dtype: DataType,
         root: usize,
     ) -> Result<()> {
-        self.run_calls(vec![Call::scatter(send, recv, dtype, root)])
+        self.run_calls(&mut [Call::scatter(send, recv, dtype, root)])
     }
 
     /// Scatter the root's `send` (nranks blocks; ignored elsewhere): rank p gets block p.
@@ -858,7 +946,7 @@ impl Communicator {
         recv: &mut [T],
         counts: &[usize],
     ) -> Result<()> {
-        self.run_calls(vec![Call::all_gatherv(
+        self.run_calls(&mut [Call::all_gatherv(
             bytemuck::cast_slice(send),
             bytemuck::cast_slice_mut(recv),
             counts,
@@ -874,7 +962,7 @@ impl Communicator {
         counts: &[usize],
         op: ReduceOp,
     ) -> Result<()> {
-        self.run_calls(vec![Call::reduce_scatterv(
+        self.run_calls(&mut [Call::reduce_scatterv(
             bytemuck::cast_slice(send),
             bytemuck::cast_slice_mut(recv),
             counts,
@@ -891,7 +979,7 @@ impl Communicator {
         recv: &mut [T],
         recv_counts: &[usize],
     ) -> Result<()> {
-        self.run_calls(vec![Call::all_to_allv(
+        self.run_calls(&mut [Call::all_to_allv(
             bytemuck::cast_slice(send),
             send_counts,
             bytemuck::cast_slice_mut(recv),
@@ -902,17 +990,12 @@ impl Communicator {
 
     /// Sends `buf` to `peer`, tagged (the receive must use the same tag, in the same order).
     pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
-        self.run_calls(vec![Call::send(
-            bytemuck::cast_slice(buf),
-            T::DTYPE,
-            peer,
-            tag,
-        )])
+        self.run_calls(&mut [Call::send(bytemuck::cast_slice(buf), T::DTYPE, peer, tag)])
     }
 
     /// Receives `buf` from `peer`, tagged.
     pub fn recv<T: Element>(&self, buf: &mut [T], peer: usize, tag: u32) -> Result<()> {
-        self.run_calls(vec![Call::recv(
+        self.run_calls(&mut [Call::recv(
             bytemuck::cast_slice_mut(buf),
             T::DTYPE,
             peer,
@@ -924,7 +1007,7 @@ impl Communicator {
     /// concurrently; it returns when all are done. Every rank must pass its calls in the same order
     /// (a send and its receive may sit in different positions on the two ranks: point-to-point
     /// calls match per peer).
-    pub fn group(&self, calls: Vec<Call<'_>>) -> Result<()> {
-        self.run_calls(calls)
+    pub fn group(&self, mut calls: Vec<Call<'_>>) -> Result<()> {
+        self.run_calls(&mut calls)
     }
 }

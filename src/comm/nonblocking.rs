@@ -4,6 +4,7 @@
 //! [`Communicator::start_detached`] is the raw form the C ABI uses.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -118,7 +119,8 @@ impl Worker {
                 while let Ok(job) = rx.recv() {
                     // SAFETY: see `Detached`: the communicator outlives the job.
                     let comm = unsafe { &*job.comm };
-                    let r = comm.run_ticket(job.ticket, job.calls);
+                    let mut calls = job.calls;
+                    let r = comm.run_ticket(job.ticket, &mut calls);
                     job.done.set(r);
                 }
             })
@@ -291,45 +293,60 @@ impl std::fmt::Debug for Request<'_> {
 }
 
 /// Tickets: calls run in the order they were issued.
+///
+/// A blocking call with nothing ahead of it takes and serves its ticket with three atomic
+/// operations and no lock or syscall; the mutex and condvar are used only when a call must wait
+/// for an earlier one (announced in `waiters`, so `done` wakes only when someone sleeps).
 #[derive(Default)]
 pub(crate) struct Sched {
-    next: Mutex<u64>,
-    serving: Mutex<u64>,
+    next: AtomicU64,
+    serving: AtomicU64,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
     cv: Condvar,
 }
 
 impl Sched {
     pub(super) fn take(&self) -> u64 {
-        let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let t = *n;
-        *n += 1;
-        t
+        self.next.fetch_add(1, Ordering::AcqRel)
     }
 
     pub(super) fn wait_turn(&self, ticket: u64, timeout: Duration) -> Result<()> {
+        if self.serving.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
         let deadline = Instant::now() + timeout;
-        let mut s = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        while *s < ticket {
+        let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = loop {
+            if self.serving.load(Ordering::SeqCst) >= ticket {
+                break Ok(());
+            }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::timeout(
+                break Err(Error::timeout(
                     None,
                     "waiting for earlier calls on this communicator to finish",
                     timeout,
                 ));
             }
-            s = self
+            g = self
                 .cv
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(g, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-        }
-        Ok(())
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 
     pub(super) fn done(&self, ticket: u64) {
-        let mut s = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        *s = (*s).max(ticket + 1);
-        self.cv.notify_all();
+        self.serving.fetch_max(ticket + 1, Ordering::SeqCst);
+        // A waiter registers (under the lock) before it checks `serving`, both SeqCst: either
+        // it sees the new value, or we see it registered and wake it under the lock.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cv.notify_all();
+        }
     }
 }

@@ -632,9 +632,13 @@ impl Link for ShmLink {
 
     fn cancel_recvs(&mut self) {
         let fd = self.sock.as_ref().map(|s| s.as_raw_fd());
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let alive =
-            || fd.is_none_or(|fd| !sys::peer_closed(fd)) && std::time::Instant::now() < give_up;
+        // The clock is read only if a sender holds a claim on a posted buffer (rare).
+        let mut give_up = None;
+        let alive = || {
+            let now = std::time::Instant::now();
+            let end = *give_up.get_or_insert(now + std::time::Duration::from_secs(5));
+            fd.is_none_or(|fd| !sys::peer_closed(fd)) && now < end
+        };
         // SAFETY: rx_posts is the table of the ring we receive on.
         let clean = unsafe { self.posted.cancel(self.rx_posts, alive) };
         if !clean && self.failed.is_none() {
