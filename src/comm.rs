@@ -20,6 +20,7 @@ use crate::transport::shm::{DEFAULT_SLOTS, Geometry};
 use crate::transport::tcp::TcpLink;
 
 mod api;
+mod liveness;
 mod manage;
 mod multipath;
 mod nonblocking;
@@ -310,7 +311,6 @@ struct Inner {
     /// The last few calls' Programs, looked up before `programs` (see `program_for`).
     recent: Vec<api::Recent>,
     logged: Vec<(Collective, Algorithm)>,
-    _store: StoreClient,
 }
 
 /// A group of ranks that run collectives together. `Send + Sync`; calls are serialised.
@@ -330,9 +330,11 @@ pub struct Communicator {
     inner: Mutex<Inner>,
     sched: nonblocking::Sched,
     worker: Mutex<Option<nonblocking::Worker>>,
-    aborted: std::sync::atomic::AtomicBool,
+    aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The error that revoked the communicator, readable without waiting for a running call.
-    failure: Mutex<Option<Error>>,
+    failure: std::sync::Arc<Mutex<Option<Error>>>,
+    /// The heartbeat thread (see `liveness`); before `_server`, which it talks to on rank 0.
+    _live: liveness::Heartbeat,
     shrinks: std::sync::atomic::AtomicU64,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
@@ -557,6 +559,19 @@ impl Communicator {
         );
         let mut links = Vec::with_capacity(nranks);
         links.resize_with(nranks, || None);
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failure = std::sync::Arc::new(Mutex::new(None));
+        let live = liveness::Heartbeat::start(
+            store,
+            secret,
+            rank,
+            nranks,
+            timeout,
+            liveness::Revoke {
+                flag: aborted.clone(),
+                failure: failure.clone(),
+            },
+        );
         let comm = Communicator {
             rank,
             nranks,
@@ -579,12 +594,12 @@ impl Communicator {
                 programs: HashMap::new(),
                 recent: Vec::new(),
                 logged: Vec::new(),
-                _store: store,
             }),
             sched: nonblocking::Sched::default(),
             worker: Mutex::new(None),
-            aborted: std::sync::atomic::AtomicBool::new(false),
-            failure: Mutex::new(None),
+            aborted,
+            failure,
+            _live: live,
             shrinks: std::sync::atomic::AtomicU64::new(0),
             _server: server,
         };

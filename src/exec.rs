@@ -228,15 +228,45 @@ pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) ->
     unsafe { run_jobs_abortable(jobs, links, None) }
 }
 
-/// [`run_jobs`], giving up with an error soon after `abort` becomes true (it is checked whenever
-/// the executor would wait, and every few thousand rounds).
+/// What interrupts a running call: `flag` becoming true (checked whenever the executor would
+/// wait, and every few thousand rounds). `why` holds the reason when it is a revoke (a peer
+/// found lost by heartbeats, say): the call fails with it and peers are sent it; with `why`
+/// empty it is `abort()` on this rank.
+#[derive(Clone, Copy)]
+pub struct Interrupt<'a> {
+    /// Raised to interrupt.
+    pub flag: &'a std::sync::atomic::AtomicBool,
+    /// The failure behind it, if any.
+    pub why: &'a std::sync::Mutex<Option<Error>>,
+}
+
+impl Interrupt<'_> {
+    fn raised(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The error a raised interrupt fails the call with.
+    fn error(&self, rank: usize) -> Error {
+        self.why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| {
+                Error::InvalidUsage(format!(
+                    "the call was interrupted by abort() on rank {rank}"
+                ))
+            })
+    }
+}
+
+/// [`run_jobs`], giving up with an error soon after `abort` is raised (see [`Interrupt`]).
 ///
 /// # Safety
 /// As [`run_jobs`].
 pub unsafe fn run_jobs_abortable(
     jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
-    abort: Option<&std::sync::atomic::AtomicBool>,
+    abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
     if jobs.is_empty() {
         return Ok(());
@@ -255,8 +285,9 @@ pub unsafe fn run_jobs_abortable(
     t.give_back();
     if let Err(e) = &r {
         // A call interrupted by abort() tells peers that this rank gave up (a remote failure
-        // naming it); any other error travels as it is.
-        let interrupted = abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
+        // naming it); any other error, a revoke's included, travels as it is.
+        let interrupted =
+            abort.is_some_and(|a| a.raised() && a.why.lock().is_ok_and(|w| w.is_none()));
         let wire = if interrupted {
             let rank = jobs[0].params.rank;
             Error::PeerLost {
@@ -278,9 +309,9 @@ unsafe fn run_inner(
     links: &mut [Option<Box<dyn Link>>],
     t: &mut Tables,
     failed_job: &mut usize,
-    abort: Option<&std::sync::atomic::AtomicBool>,
+    abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
-    let aborted = || abort.is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
+    let aborted = || abort.is_some_and(|a| a.raised());
     let mut rounds = 0u32;
     let p0 = jobs[0].params;
     // Global step ids: job j's step i is base[j] + i. The tables live on in this thread
@@ -559,10 +590,10 @@ unsafe fn run_inner(
         }
         rounds = rounds.wrapping_add(1);
         if (!moved || rounds % 4096 == 0) && aborted() {
-            return Err(Error::InvalidUsage(format!(
-                "the call was interrupted by abort() on rank {}",
-                p0.rank
-            )));
+            return Err(abort.map_or_else(
+                || Error::Internal("interrupted without an interrupt".into()),
+                |a| a.error(p0.rank),
+            ));
         }
         if moved {
             idle = 0;

@@ -10,6 +10,10 @@
 //!   of hanging). A count-0 call on one rank is caught by that rank's next call.
 //! - `peer_killed_mid_collective_{tcp,shm}`: processes as ranks; one is SIGKILLed while all loop
 //!   4 MiB all-reduces, and the survivors exit with an error naming it within timeout + 5 s.
+//! - `silent_rank_is_revoked_everywhere_{tcp,shm}`: processes as ranks, between calls; one
+//!   stops (SIGSTOP: sockets open, no EOF, no exit) and every other rank, including one with no
+//!   link to it, learns from the heartbeats that it is lost (PeerLost naming it) within
+//!   timeout + 3 s without making a call, and its next call fails at once with that error.
 //! - `invalid_*`: bad arguments are `Error::InvalidArgument`, not panics, and do not disturb the
 //!   communicator.
 //! - Ignored until fixed: `mismatch_while_streaming_reports_mismatch_on_every_rank` (a TCP bug).
@@ -548,4 +552,148 @@ fn mismatch_behind_an_unready_receive_is_prompt() {
         "took {:?}",
         t0.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A rank goes silent between calls (processes as ranks): heartbeats and revoke.
+
+const SILENT_CHILD: &str = "child_one_rank_goes_silent";
+const SILENT_TIMEOUT: Duration = Duration::from_millis(3000);
+const SILENT_VICTIM: usize = 2;
+
+/// Child entry: one ring all-reduce (rank 0 then has links to 1 and 3 only), `READY`; then the
+/// victim stops itself and the others wait, making no call, until `async_error` reports a
+/// failure (`NOTICED ms=<ms> peer=<peer> <error>`), then make one more call (`NEXT peer=<peer>
+/// <error>`) and exit 0.
+#[test]
+fn child_one_rank_goes_silent() {
+    if !is_child(SILENT_CHILD) {
+        return;
+    }
+    child_main(|| {
+        let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+        let (rank, n) = (comm.rank(), comm.size());
+        let mut buf = vec![1f32; 4096];
+        comm.all_reduce(&mut buf, ReduceOp::Sum)
+            .map_err(|e| format!("first all-reduce: {e}"))?;
+        if buf.iter().any(|&x| x != n as f32) {
+            return Err(format!("first all-reduce: got {} want {n}", buf[0]));
+        }
+        println!("READY");
+        if rank == SILENT_VICTIM {
+            // The whole process stops, heartbeat thread included; its sockets stay open and it
+            // does not exit, so no link can tell. The parent SIGKILLs it at the end.
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            return Err("the silent rank was resumed".into());
+        }
+        let t0 = Instant::now();
+        let limit = SILENT_TIMEOUT + Duration::from_secs(30);
+        // Poll the communicator's state (no call in flight) until it reports the failure.
+        let e = loop {
+            if let Some(e) = comm.async_error() {
+                break e;
+            }
+            if t0.elapsed() > limit {
+                return Err(format!("no failure noticed within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        println!(
+            "NOTICED ms={} peer={:?} {e}",
+            t0.elapsed().as_millis(),
+            e.peer()
+        );
+        let t1 = Instant::now();
+        match comm.all_reduce(&mut buf, ReduceOp::Sum) {
+            Ok(()) => Err("the call after the revoke succeeded".into()),
+            Err(e2) => {
+                println!(
+                    "NEXT ms={} peer={:?} {e2}",
+                    t1.elapsed().as_millis(),
+                    e2.peer()
+                );
+                Ok(())
+            }
+        }
+    });
+}
+
+#[test]
+fn silent_rank_is_revoked_everywhere_tcp() {
+    silent_rank("tcp");
+}
+
+#[test]
+fn silent_rank_is_revoked_everywhere_shm() {
+    silent_rank("shm");
+}
+
+fn silent_rank(transport: &str) {
+    let n = 4;
+    let timeout_ms = SILENT_TIMEOUT.as_millis().to_string();
+    let mut g = ProcGroup::spawn(
+        SILENT_CHILD,
+        n,
+        &[
+            ("OXCCL_TIMEOUT_MS", &timeout_ms),
+            ("OXCCL_ALGO", "allreduce:ring"),
+            ("OXCCL_TRANSPORT", transport),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut noticed: Vec<Option<String>> = vec![None; n];
+    let mut next: Vec<Option<String>> = vec![None; n];
+    while (0..n)
+        .filter(|&r| r != SILENT_VICTIM)
+        .any(|r| next[r].is_none())
+    {
+        let Some((rank, line)) = g.next_line(deadline) else {
+            panic!("the survivors did not report within 90 s:\n{}", g.report());
+        };
+        if line.starts_with("NOTICED") {
+            noticed[rank] = Some(line);
+        } else if line.starts_with("NEXT") {
+            next[rank] = Some(line);
+        }
+    }
+    g.kill(SILENT_VICTIM);
+    g.wait(Instant::now() + Duration::from_secs(30), false);
+    let report = g.report();
+    let victim = SILENT_VICTIM;
+    for r in (0..n).filter(|&r| r != victim) {
+        assert!(
+            g.status(r).is_some_and(|s| s.success()),
+            "rank {r} did not exit cleanly:\n{report}"
+        );
+        let seen = noticed[r].as_deref().unwrap_or_default();
+        assert!(
+            seen.contains(&format!("peer=Some({victim})")) && seen.contains("peer lost"),
+            "rank {r} should learn that rank {victim} is lost: {seen}\n{report}"
+        );
+        let ms: u64 = seen
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            ms <= (SILENT_TIMEOUT + Duration::from_secs(3)).as_millis() as u64,
+            "rank {r} took {ms} ms to learn of it: {seen}"
+        );
+        println!("{transport} rank {r}: {seen}");
+        let after = next[r].as_deref().unwrap_or_default();
+        assert!(
+            after.contains(&format!("peer=Some({victim})")),
+            "rank {r}'s next call should fail naming rank {victim}: {after}"
+        );
+        let ms: u64 = after
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            ms < 1000,
+            "rank {r}'s next call took {ms} ms to fail: {after}"
+        );
+    }
 }

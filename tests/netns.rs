@@ -908,7 +908,12 @@ fn link_cut(algo: &str, victim: usize) {
             !e.contains(&format!("peer={r} ")),
             "rank {r}'s error names itself: {e}"
         );
-        if r != victim && e.contains(&format!("from rank {victim}")) {
+        // It waited for the victim (a Timeout listing it), or heartbeats found the victim
+        // silent first (PeerLost naming it).
+        if r != victim
+            && (e.contains(&format!("from rank {victim}"))
+                || (e.contains("kind=PeerLost") && e.contains(&format!("peer={victim} "))))
+        {
             waited_for_victim += 1;
         }
         let a = again[r].as_ref().unwrap();

@@ -604,6 +604,18 @@ impl Communicator {
 
     fn execute(&self, inner: &mut Inner, calls: &mut [Call<'_>]) -> Result<()> {
         if self.aborted.load(std::sync::atomic::Ordering::SeqCst) && inner.revoked.is_none() {
+            // A revoke (heartbeats found a peer lost) records why; abort() does not.
+            let why = self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(e) = why {
+                // The first call to see a revoke fails with the failure itself (PeerLost
+                // naming the silent rank); later ones as after any failure.
+                inner.revoked = Some(e.clone());
+                return Err(e);
+            }
             inner.revoked = Some(Error::InvalidUsage(format!(
                 "rank {} aborted the communicator",
                 self.rank
@@ -735,7 +747,16 @@ impl Communicator {
         // scratch owned by `inner`, which we hold locked; distinct calls' buffers are distinct
         // borrows; in place, Programs never name Input; Programs come from algo, which the
         // verifier proves race-free.
-        let r = unsafe { exec::run_jobs_abortable(&jobs, &mut inner.links, Some(&self.aborted)) };
+        let r = unsafe {
+            exec::run_jobs_abortable(
+                &jobs,
+                &mut inner.links,
+                Some(exec::Interrupt {
+                    flag: &self.aborted,
+                    why: &self.failure,
+                }),
+            )
+        };
         drop(jobs);
         if let Err(e) = &r {
             crate::warn!(Some(self.rank), "{e}");
