@@ -528,7 +528,12 @@ unsafe fn run_inner(
             // A message that arrived for a call this rank is not making is a mismatch, and is
             // one even if the receive it would match is not ready yet: say so now, not at the
             // timeout (the peer is owed a message, so its next one must be for this call).
-            if let Some(&g) = q.recvs.get(q.next_recv) {
+            // (A receive that is ready compares the tag below; only a blocked one looks here.)
+            if let Some(&g) = q
+                .recvs
+                .get(q.next_recv)
+                .filter(|&&g| remaining[g as usize] > 0)
+            {
                 let j = op_of(g).0;
                 let peeked = link.peek_recv().map_err(|e| relayed(e, p0.rank, q.peer))?;
                 if let Some((tag, _)) = peeked {
