@@ -12,7 +12,11 @@
 # To refit the model's defaults to the measurements in DIR: benches/fit_tuner.py DIR shm|tcp.
 #
 # Usage: benches/validate_tuner.sh [-r REPEATS] [-o DIR] [-n "2 4 8"] [-t "shm tcp"]
-#                                  [-e MAXBYTES] [--reuse] [--iters N] [--warmup N]
+#                                  [-e MAXBYTES] [--reuse] [--iters N] [--iters-small N]
+#                                  [--warmup N]
+#   --iters        timed iterations per size above 32 KiB (default 5)
+#   --iters-small  timed iterations per size up to 32 KiB (default 200: their times are
+#                  microseconds, and a handful of iterations measures the noise)
 #   --reuse    skip the measurements whose JSON is already in DIR (re-run the comparison only)
 # Environment: PERF, SIM (binaries; default target/release/...), NOBUILD=1 (skip cargo build).
 set -euo pipefail
@@ -24,6 +28,8 @@ RANKS="2 4 8"
 TRANSPORTS="shm tcp"
 MAXB=64M
 ITERS=5
+ITERS_SMALL=200
+SMALL_MAX=32768
 WARMUP=2
 REUSE=0
 ALGOS="ring tree rhd direct"
@@ -35,6 +41,7 @@ while [ $# -gt 0 ]; do
         -t) TRANSPORTS=$2; shift 2 ;;
         -e) MAXB=$2; shift 2 ;;
         --iters) ITERS=$2; shift 2 ;;
+        --iters-small) ITERS_SMALL=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --reuse) REUSE=1; shift ;;
         -h|--help) sed -n '2,/^set /p' "$0" | grep '^#'; exit 0 ;;
@@ -56,9 +63,25 @@ for n in $RANKS; do
                 f="$DIR/perf-$n-$t-$a-$r.json"
                 if [ "$REUSE" = 1 ] && [ -s "$f" ]; then continue; fi
                 echo "measuring $n ranks, $t, $a (run $r of $REPEATS)" >&2
-                "$PERF" -N "$n" --transport "$t" -a "$a" -b 8 -e "$MAXB" -f 4 -c 0 \
-                    -n "$ITERS" -w "$WARMUP" --json "$f" > /dev/null \
+                # Small sizes take microseconds: many iterations, or the noise is the result.
+                "$PERF" -N "$n" --transport "$t" -a "$a" -b 8 -e "$SMALL_MAX" -f 4 -c 0 \
+                    -n "$ITERS_SMALL" -w "$WARMUP" --json "$f.small" > /dev/null \
+                    || echo "  failed: $n $t $a (small sizes)" >&2
+                "$PERF" -N "$n" --transport "$t" -a "$a" -b "$((SMALL_MAX * 4))" -e "$MAXB" -f 4 \
+                    -c 0 -n "$ITERS" -w "$WARMUP" --json "$f.big" > /dev/null \
                     || echo "  failed: $n $t $a" >&2
+                python3 - "$f" <<'MERGE'
+import json, os, sys
+f = sys.argv[1]
+parts = [json.load(open(p)) for p in (f + ".small", f + ".big") if os.path.exists(p) and os.path.getsize(p)]
+if parts:
+    out = parts[0]
+    out["rows"] = [r for p in parts for r in p["rows"]]
+    json.dump(out, open(f, "w"))
+for p in (f + ".small", f + ".big"):
+    if os.path.exists(p):
+        os.remove(p)
+MERGE
             done
         done
         f="$DIR/pick-$n-$t.txt"

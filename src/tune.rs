@@ -106,45 +106,46 @@ impl Transport {
 
 /// Shared memory on the development VM (2 vCPUs).
 ///
-/// Measured with `benches/validate_tuner.sh -r 3`, which runs
-/// `target/release/oxccl-perf -N K --transport shm -a ALGO -b 8 -e 64M -f 4 -c 0 -n 5 -w 2` for
-/// K = 2, 4, 8 and every all-reduce algorithm (best of 3 runs), then fitted with
-/// `FIX=cache,speedup benches/fit_tuner.py DIR shm` (a coordinate search that replays every
-/// measured point in the simulator). What pins each number down:
+/// Measured with `benches/validate_tuner.sh -r 3 --iters 10`, which runs
+/// `target/release/oxccl-perf -N K --transport shm -a ALGO -f 4 -c 0 -w 2` for K = 2, 4, 8 and
+/// every all-reduce algorithm (200 timed iterations per size up to 32 KiB, 10 above, best of 3
+/// runs), then fitted with `FIX=cache,speedup benches/fit_tuner.py DIR shm` (a coordinate
+/// search that replays every measured point in the simulator), refitted after the per-call
+/// overhead came down from ~1.5 µs to ~0.13 µs. What pins each number down:
 ///
-/// - `overhead` 0.7 µs, `alpha` 0.7 µs: an 8-byte direct all-reduce takes 1.4–1.8 µs with 2
-///   ranks (one message each way) but 31–56 µs with 8 ranks on the 2 cores (8 × 7 messages,
-///   each paid for on both sides by a core); a tree of 8 ranks (28 messages) 30–45 µs.
-/// - `beta` 1/4 GB/s, `gamma` 1/16 GB/s: 32 MiB with 4 ranks, 22.5 ms halving-doubling, 24.6 ms
-///   ring (each rank copies 1.5 × 32 MiB and reduces 0.75 × 32 MiB, out of cache, two ranks per
-///   core); with 8 ranks ring 126 ms. The reduction is cheap next to the copy because it reads
-///   the sender's copy while it is still in cache.
-/// - `wake` 0: with the executor's short spin when ranks outnumber cores (`transport::wait`), a
-///   waiting rank costs no latency beyond its messages' CPU time.
+/// - `alpha` 0.5 µs, `overhead` 0: an 8-byte all-reduce of 2 ranks takes 0.4–0.5 µs whatever
+///   the algorithm (one message each way); the per-message CPU cost is now below what the
+///   fit can separate from α.
+/// - `wake` 2 µs per hop for every rank beyond one per core: with 4 ranks on 2 cores an
+///   8-byte direct all-reduce (one round) takes 4.7 µs and a tree (four hops deep) 9.7–10.8
+///   µs; with 8 ranks 20 µs against 32 µs. A waiting rank yields its core, and the rank it
+///   waits for runs only when the scheduler comes back to it.
+/// - `beta` 1/8 GB/s, `gamma` 1/16 GB/s: out-of-cache copies and reductions, two ranks per
+///   core: 32 MiB with 8 ranks, 43–46 ms by ring, tree and halving-doubling alike.
 pub const SHM: Costs = Costs {
-    alpha: 0.7e-6,
-    beta: 1.0 / 4.0e9,
+    alpha: 0.5e-6,
+    beta: 1.0 / 8.0e9,
     gamma: 1.0 / 16.0e9,
-    overhead: 0.7e-6,
-    wake: 0.0,
+    overhead: 0.0,
+    wake: 2.0e-6,
 };
 
 /// TCP over loopback on the development VM, measured and fitted as [`SHM`] (`--transport tcp`).
 ///
 /// - `overhead` 5 µs: system calls and poll wake-ups per message and side: an 8-byte direct
-///   all-reduce takes 6–7 µs with 2 ranks but 300–410 µs with 8 ranks (56 messages on 2
-///   cores), a tree of 8 ranks 158–180 µs.
-/// - `alpha` 0.5 µs: the latency that is not CPU time.
-/// - `beta` 1/8 GB/s, `gamma` 1/2 GB/s: the sender's `write` copies at memory speed; the
-///   receiver's copy out of the socket falls on the reduction (γ), which is why γ is four times
-///   shm's: 32 MiB with 2 ranks, tree 12.5 ms, halving-doubling 20.5 ms.
-/// - `wake` 0, as for shm.
+///   all-reduce takes 11–12 µs with 2 ranks, 73–78 µs with 4 ranks and 500–590 µs with 8 ranks
+///   (56 messages on 2 cores), a tree of 8 ranks 370–400 µs.
+/// - `alpha` 1 µs: the latency that is not CPU time.
+/// - `wake` 7 µs per hop per rank beyond one per core: a rank woken from poll(2) waits for a
+///   core.
+/// - `beta` 1/8 GB/s, `gamma` 1/6 GB/s: the sender's `write` copies at memory speed; the
+///   receiver's copy out of the socket falls on the reduction (γ).
 pub const TCP: Costs = Costs {
-    alpha: 0.5e-6,
+    alpha: 1.0e-6,
     beta: 1.0 / 8.0e9,
-    gamma: 1.0 / 2.0e9,
+    gamma: 1.0 / 6.0e9,
     overhead: 5.0e-6,
-    wake: 0.0,
+    wake: 7.0e-6,
 };
 
 /// Messages a link holds in flight (the executor's slots per ring: `transport::shm` and the
@@ -178,13 +179,13 @@ pub struct Model {
 }
 
 /// Effective cache of the development VM: its two cores have 2 MiB of L2 each (its L3 is
-/// shared with other tenants). Fitted with [`SHM`] and [`TCP`] (the best common value of 1, 2,
-/// 4 and 32 MiB).
-pub const CACHE: usize = 4 << 20;
+/// shared with other tenants). Fitted with [`SHM`] and [`TCP`] (held at 2 MiB while they were
+/// refitted: earlier fits put it between 2 and 4 MiB).
+pub const CACHE: usize = 2 << 20;
 
-/// How much faster bytes move and reduce in cache than out of it, fitted with [`CACHE`] (2 ranks
-/// over shm: a 512 KiB all-reduce takes 56 µs, 1/64 of 32 MiB's 9.9 ms would be 154 µs).
-pub const CACHE_SPEEDUP: f64 = 2.0;
+/// How much faster bytes move and reduce in cache than out of it, fitted with [`CACHE`] (held
+/// at 1.5 in the last refit of [`SHM`] and [`TCP`]).
+pub const CACHE_SPEEDUP: f64 = 1.5;
 
 impl Default for Model {
     /// The measured defaults, with this host's core count.
