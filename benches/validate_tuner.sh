@@ -18,6 +18,9 @@
 #   --iters-small  timed iterations per size up to 32 KiB (default 200: their times are
 #                  microseconds, and a handful of iterations measures the noise)
 #   --reuse    skip the measurements whose JSON is already in DIR (re-run the comparison only)
+#   --baseline DIR2   also score hindsight: pick, at each point, the algorithm that measured
+#              fastest in DIR2 (an earlier run) and judge it on this run's measurements. What
+#              that oracle scores is the run-to-run noise floor the tuner cannot beat.
 # Environment: PERF, SIM (binaries; default target/release/...), NOBUILD=1 (skip cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +35,7 @@ ITERS_SMALL=200
 SMALL_MAX=32768
 WARMUP=2
 REUSE=0
+BASELINE=
 ALGOS="ring tree rhd direct"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
         --iters-small) ITERS_SMALL=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --reuse) REUSE=1; shift ;;
+        --baseline) BASELINE=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set /p' "$0" | grep '^#'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 1 ;;
     esac
@@ -155,3 +160,33 @@ print(f"\nwithin 10% of the best: {ok} of {total}")
 for m in misses:
     print("  miss:", m)
 EOF
+
+if [ -n "$BASELINE" ]; then
+python3 - "$BASELINE" "$DIR" <<'EOF'
+import collections, glob, json, os, sys
+
+def load(d):
+    meas = collections.defaultdict(dict)  # (n, t, size) -> algo -> best time
+    for f in glob.glob(f"{d}/perf-*.json"):
+        n, t, a, _ = os.path.basename(f)[5:-5].split("-")
+        for row in json.load(open(f))["rows"]:
+            k = (int(n), t, row["size"])
+            meas[k][a] = min(meas[k].get(a, float("inf")), row["oop"]["time_us"])
+    return meas
+
+before, now = load(sys.argv[1]), load(sys.argv[2])
+ok = total = 0
+for k in sorted(before):
+    if k not in now or not before[k]:
+        continue
+    pick = min(before[k], key=before[k].get)
+    if pick not in now[k]:
+        continue
+    ratio = now[k][pick] / min(now[k].values())
+    total += 1
+    ok += ratio <= 1.10
+    if ratio > 1.10:
+        print(f"  hindsight miss: {k[0]} {k[1]} {k[2]}: {pick} was best before, {ratio:.2f}x the best now")
+print(f"hindsight (the fastest of {sys.argv[1]} at each point) within 10% of this run's best: {ok} of {total}")
+EOF
+fi
