@@ -410,15 +410,15 @@ fn peer_killed(transport: &str) {
             .unwrap_or_else(|| panic!("rank {r} printed no error:\n{report}"));
         assert!(
             err.contains(&format!("rank {victim}")),
-            "rank {r}'s error does not name rank {victim}: {err}"
+            "rank {r}'s error does not name rank {victim}: {err}\n{report}"
         );
         assert!(
             err.contains("peer lost") || err.contains("timeout"),
-            "rank {r}'s error is neither 'peer lost' nor 'timeout': {err}"
+            "rank {r}'s error is neither 'peer lost' nor 'timeout': {err}\n{report}"
         );
         assert!(
             err.contains(&format!("peer=Some({victim})")),
-            "rank {r}'s error does not carry peer {victim}: {err}"
+            "rank {r}'s error does not carry peer {victim}: {err}\n{report}"
         );
     }
 }

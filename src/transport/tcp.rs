@@ -138,6 +138,8 @@ pub struct TcpLink {
     /// Messages released so far (the next message to hand out has this sequence).
     released: u64,
     abort_body: Vec<u8>,
+    /// Set when an abort frame arrived: the peer's own account of why it gave up.
+    peer_abort: Option<Error>,
     pending: Vec<Pending>,
     posted: u64,
     completed: u64,
@@ -192,6 +194,7 @@ impl TcpLink {
             posted_rx: vec![None; nslots],
             released: 0,
             abort_body: Vec::with_capacity(MAX_ABORT),
+            peer_abort: None,
             pending: vec![
                 Pending {
                     tag: Tag::default(),
@@ -219,16 +222,17 @@ impl TcpLink {
         }
     }
 
-    /// A send failed because the peer went away: if it left an abort frame saying why (say, a
-    /// mismatch it detected), that is the real error; report it instead of the reset.
+    /// A send or receive failed because the peer went away: if it left an abort frame saying
+    /// why (say, a mismatch it detected, or the rank it lost), on this socket or another, that
+    /// is the real error; report it instead of the reset or EOF.
     fn abort_behind(&mut self, e: Error) -> Error {
-        if !matches!(e, Error::PeerLost { .. }) {
+        if !matches!(e, Error::PeerLost { .. }) || self.peer_abort.is_some() {
             return e;
         }
         for i in 0..self.streams.len() {
-            match self.pump_rx(i) {
-                Err(Error::PeerLost { .. }) | Ok(_) => {}
-                Err(abort) => return abort,
+            let _ = self.pump_rx(i);
+            if let Some(abort) = &self.peer_abort {
+                return abort.clone();
             }
         }
         e
@@ -415,7 +419,9 @@ impl TcpLink {
         st.rx_phase = RxPhase::Header;
         st.rx_got = 0;
         if kind == KIND_ABORT {
-            return Err(decode_abort(&self.abort_body, self.peer));
+            let e = decode_abort(&self.abort_body, self.peer);
+            self.peer_abort = Some(e.clone());
+            return Err(e);
         }
         let seq = st.rx_seq;
         st.rx_seq += nsocks;
@@ -482,7 +488,12 @@ impl Link for TcpLink {
             }
             match self.pump_rx(i) {
                 Ok(m) => moved |= m,
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => {
+                    // A peer that gave up mid-message on this socket may have said why on
+                    // another one.
+                    let e = self.abort_behind(e);
+                    return Err(self.fail(e));
+                }
             }
         }
         Ok(moved)
@@ -512,6 +523,7 @@ impl Link for TcpLink {
                     "was closed by the peer while a message was still expected",
                     None,
                 );
+                let e = self.abort_behind(e);
                 Err(self.fail(e))
             }
             None => Ok(None),
@@ -584,12 +596,17 @@ impl Link for TcpLink {
         let hdr = encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default());
         for st in &mut self.streams {
             if st.tx_off == 0 {
-                // At a frame boundary: the abort frame is well-formed for the peer. A socket whose
-                // buffer is full just gets shut down; the peer then sees EOF.
+                // At a frame boundary: the abort frame is well-formed for the peer. A socket in
+                // the middle of a frame (or whose buffer is full) just gets shut down; the peer
+                // sees EOF there and looks for the reason on the others.
                 let _ = st
                     .sock
                     .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
             }
+        }
+        // Every reason is written before any socket closes, so a peer that sees the first EOF
+        // finds the abort frame already waiting on another socket.
+        for st in &mut self.streams {
             let _ = st.sock.shutdown(Shutdown::Write);
         }
         if self.failed.is_none() {
@@ -733,5 +750,46 @@ mod tests {
             matches!(res, Err(Error::PeerLost { peer: 0, .. })),
             "{res:?}"
         );
+    }
+
+    #[test]
+    fn eof_mid_message_reports_the_abort_left_on_another_socket() {
+        // The peer (rank 1) gave up while in the middle of a frame on socket 0: it could only
+        // shut that socket, and wrote its reason (it lost rank 2) on socket 1.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            raw.push(TcpStream::connect(addr).unwrap());
+            ours.push(l.accept().unwrap().0);
+        }
+        let mut link = TcpLink::new(1, ours, 1024, 4).unwrap();
+        let hdr = encode_hdr(KIND_DATA, 512, &Tag::default());
+        raw[0].write_all(&hdr).unwrap();
+        raw[0].write_all(&[7u8; 100]).unwrap();
+        let why = Error::PeerLost {
+            peer: 2,
+            msg: "connection to rank 2 was closed".into(),
+        };
+        let body = encode_abort(&why);
+        raw[1]
+            .write_all(&encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default()))
+            .unwrap();
+        raw[1].write_all(&body).unwrap();
+        for r in &raw {
+            r.shutdown(Shutdown::Write).unwrap();
+        }
+        let mut got = None;
+        wait_until(|| match link.progress() {
+            Ok(_) => false,
+            Err(e) => {
+                got = Some(e);
+                true
+            }
+        });
+        match got.unwrap() {
+            Error::PeerLost { peer: 2, msg } => assert!(msg.contains("rank 2"), "{msg}"),
+            e => panic!("expected rank 1's reason (rank 2 lost), got {e:?}"),
+        }
     }
 }
