@@ -59,14 +59,20 @@ pub(super) struct Heartbeat {
     _idle: Option<StoreClient>,
 }
 
-/// How often a rank beats for a communicator with this timeout.
-pub(super) fn period(timeout: Duration) -> Duration {
-    (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+/// How often a rank beats for a communicator of `nranks` with this timeout: timeout / 8
+/// between 50 ms and 1 s, slower beyond 1,024 ranks so that rank 0's store serves at most
+/// about 3,000 heartbeat requests a second, but at least four beats per threshold.
+pub(super) fn period(timeout: Duration, nranks: usize) -> Duration {
+    let base = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let scaled = base * (nranks.div_ceil(1024).max(1) as u32);
+    scaled.min(threshold(timeout) / 4).max(base)
 }
 
 /// How long one store request of the heartbeat thread may take.
 fn io_timeout(timeout: Duration) -> Duration {
-    period(timeout).max(Duration::from_millis(500))
+    (timeout / 8)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1))
+        .max(Duration::from_millis(500))
 }
 
 /// How long a rank's counter may stand still before it is declared lost.
@@ -166,7 +172,7 @@ fn beat(
     revoke: Revoke,
     stop: &(Mutex<bool>, Condvar),
 ) {
-    let (p, limit) = (period(timeout), threshold(timeout));
+    let (p, limit) = (period(timeout, nranks), threshold(timeout));
     let mine = format!("live/hb/{rank}");
     let watched = (rank + 1) % nranks;
     let (theirs, their_bye) = (format!("live/hb/{watched}"), format!("live/bye/{watched}"));
@@ -264,8 +270,20 @@ mod tests {
 
     #[test]
     fn period_and_threshold_scale_with_the_timeout() {
-        assert_eq!(period(Duration::from_secs(300)), Duration::from_secs(1));
-        assert_eq!(period(Duration::from_millis(80)), Duration::from_millis(50));
+        assert_eq!(period(Duration::from_secs(300), 8), Duration::from_secs(1));
+        assert_eq!(
+            period(Duration::from_millis(80), 8),
+            Duration::from_millis(50)
+        );
+        // 16,384 ranks: 16 s between beats, within the 300 s threshold's quarter.
+        assert_eq!(
+            period(Duration::from_secs(300), 16384),
+            Duration::from_secs(16)
+        );
+        assert_eq!(
+            period(Duration::from_secs(8), 16384),
+            Duration::from_secs(2)
+        );
         assert_eq!(
             threshold(Duration::from_millis(100)),
             Duration::from_secs(2)
