@@ -671,11 +671,7 @@ fn silent_rank(transport: &str) {
             seen.contains(&format!("peer=Some({victim})")) && seen.contains("peer lost"),
             "rank {r} should learn that rank {victim} is lost: {seen}\n{report}"
         );
-        let ms: u64 = seen
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ms="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
+        let ms = ms_field(seen);
         assert!(
             ms <= (SILENT_TIMEOUT + Duration::from_secs(3)).as_millis() as u64,
             "rank {r} took {ms} ms to learn of it: {seen}"
@@ -686,14 +682,18 @@ fn silent_rank(transport: &str) {
             after.contains(&format!("peer=Some({victim})")),
             "rank {r}'s next call should fail naming rank {victim}: {after}"
         );
-        let ms: u64 = after
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ms="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
+        let ms = ms_field(after);
         assert!(
             ms < 1000,
             "rank {r}'s next call took {ms} ms to fail: {after}"
         );
     }
+}
+
+/// The `ms=<n>` field of a child's report line (u64::MAX when absent).
+fn ms_field(line: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
 }

@@ -238,20 +238,16 @@ fn assert_flat(what: &str, rows: &[(usize, Sample)], warm: usize) {
             base.shm_maps,
             s.shm_maps
         );
-        let bound = max_heap_base + max_heap_base / 4 + 8 * 1024;
-        assert!(
-            s.heap_kb <= bound,
-            "{what}: live heap grew from {} KiB to {} KiB after {k} collectives (bound {bound} KiB)",
-            max_heap_base,
-            s.heap_kb
-        );
-        let bound = max_rss_base + max_rss_base / 4 + 64 * 1024;
-        assert!(
-            s.rss_kb <= bound,
-            "{what}: RSS grew from {} kB to {} kB after {k} collectives (bound {bound} kB)",
-            max_rss_base,
-            s.rss_kb
-        );
+        for (name, base, now, slack_kb) in [
+            ("live heap", max_heap_base, s.heap_kb, 8 * 1024),
+            ("RSS", max_rss_base, s.rss_kb, 64 * 1024),
+        ] {
+            let bound = base + base / 4 + slack_kb;
+            assert!(
+                now <= bound,
+                "{what}: {name} grew from {base} KiB to {now} KiB after {k} collectives (bound {bound} KiB)"
+            );
+        }
     }
 }
 
