@@ -16,6 +16,9 @@ pub fn all_reduce(shape: &Shape) -> Builder {
         shape.in_place,
         shape.chunk,
     );
+    if n == 2 {
+        return pair(shape);
+    }
     let mut b = Builder::new(shape);
     let out = |off, len| Range::new(Buf::Output, off, len);
     let own = |off, len| Range::new(if in_place { Buf::Output } else { Buf::Input }, off, len);
@@ -54,6 +57,39 @@ pub fn all_reduce(shape: &Shape) -> Builder {
         for peer in &scratch[r + 1..n] {
             b.reduce(peer.expect("peer").sub(o, l), out(o, l));
         }
+        b.finish(out(o, l));
+    }
+    b
+}
+
+/// Two ranks: each sends its term and reduces the other's straight out of the link's slot into
+/// its output (`c0 op c1` on both ranks: rank 0's term is the left operand), no scratch.
+fn pair(shape: &Shape) -> Builder {
+    let (r, count, in_place, chunk) = (shape.rank, shape.count, shape.in_place, shape.chunk);
+    let mut b = Builder::new(shape);
+    let out = |off, len| Range::new(Buf::Output, off, len);
+    let own = |off, len| Range::new(if in_place { Buf::Output } else { Buf::Input }, off, len);
+    let peer = 1 - r;
+    for j in 0..count.div_ceil(chunk.max(1)).max(1) {
+        let (o, l) = split(count, count.div_ceil(chunk.max(1)).max(1), j);
+        b.send(peer, own(o, l));
+        match (r, in_place) {
+            // out = own op theirs.
+            (0, false) => b.recv_reduce(peer, out(o, l), Some(own(o, l))),
+            (0, true) => b.recv_reduce(peer, out(o, l), None),
+            // out = theirs op own: receive rank 0's term into the output, then fold ours in
+            // (in place, ours is first set aside: the receive overwrites it).
+            (_, false) => {
+                b.recv(peer, out(o, l));
+                b.reduce(own(o, l), out(o, l))
+            }
+            (_, true) => {
+                let s = b.scratch(l);
+                b.copy(out(o, l), s);
+                b.recv(peer, out(o, l));
+                b.reduce(s, out(o, l))
+            }
+        };
         b.finish(out(o, l));
     }
     b
