@@ -139,12 +139,15 @@ pub(super) unsafe fn try_place(
 /// Receiver side: the destinations this side posted, by table entry.
 pub(super) struct Posted {
     local: [Option<(u64, *mut u8, usize)>; POSTS],
+    /// How many entries of `local` are set (so a call that posted nothing cancels nothing).
+    live: usize,
 }
 
 impl Default for Posted {
     fn default() -> Posted {
         Posted {
             local: [None; POSTS],
+            live: 0,
         }
     }
 }
@@ -178,6 +181,7 @@ impl Posted {
         p.len.store(len as u64, Ordering::Relaxed);
         p.state.store(word(index, POSTED), Ordering::Release);
         self.local[e] = Some((index, dst, len));
+        self.live += 1;
     }
 
     /// Where message `index` was placed: the destination posted for it, if it was `len` bytes.
@@ -196,6 +200,7 @@ impl Posted {
         let e = (index % POSTS as u64) as usize;
         if matches!(self.local[e], Some((i, ..)) if i == index) {
             self.local[e] = None;
+            self.live -= 1;
             // SAFETY: e < POSTS (the caller's contract). The sender is done with this message.
             unsafe { &*table.add(e) }.state.store(0, Ordering::Release);
         }
@@ -213,6 +218,10 @@ impl Posted {
         mut alive: impl FnMut() -> bool,
     ) -> bool {
         let mut clean = true;
+        if self.live == 0 {
+            return clean;
+        }
+        self.live = 0;
         for e in 0..POSTS {
             let Some((index, ..)) = self.local[e].take() else {
                 continue;
