@@ -101,13 +101,157 @@ fn in_context(e: Error, p: &Params) -> Error {
     }
 }
 
-#[derive(Default)]
-struct PeerQ {
+/// Programs compiled for the executor: their steps in one table (job `j`'s step `i` is step
+/// `base[j] + i`), each step's dependents in CSR form, each peer's sends and receives in order,
+/// and how far every job's steps reach into each buffer (so a run checks its memory with three
+/// comparisons per job). Built once per cached Program (see [`Plan::new`]) and reused by every
+/// call of that shape; a group's is built per call in a per-thread spare.
+#[derive(Debug, Default)]
+pub struct Plan {
+    ops: Vec<Op>,
+    base: Vec<usize>,
+    job_of: Vec<u32>,
+    /// Each step's number of dependencies.
+    deps: Vec<u32>,
+    dep_start: Vec<u32>,
+    dep_list: Vec<u32>,
+    peers: Vec<PeerSteps>,
+    /// Local steps with no dependencies.
+    ready: Vec<u32>,
+    /// Per job: one past the largest element index named in Input, Output and Scratch.
+    ends: Vec<[usize; 3]>,
+}
+
+/// One peer's steps, in program order.
+#[derive(Debug, Default, Clone)]
+struct PeerSteps {
     peer: usize,
     sends: Vec<u32>,
+    recvs: Vec<u32>,
+}
+
+fn buf_index(b: Buf) -> usize {
+    match b {
+        Buf::Input => 0,
+        Buf::Output => 1,
+        Buf::Scratch => 2,
+    }
+}
+
+impl Plan {
+    /// Compiles Programs that run together (one, or a group's in call order).
+    pub fn new(progs: &[&Program]) -> Plan {
+        let mut p = Plan::default();
+        p.rebuild(progs);
+        p
+    }
+
+    /// The number of Programs it was built from.
+    pub fn jobs(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The ranks its Programs exchange messages with, in first-use order.
+    pub fn peers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.peers.iter().map(|q| q.peer)
+    }
+
+    /// Builds the plan for `progs` in place, keeping this one's memory.
+    fn rebuild(&mut self, progs: &[&Program]) {
+        let Plan {
+            ops,
+            base,
+            job_of,
+            deps,
+            dep_start,
+            dep_list,
+            peers,
+            ready,
+            ends,
+        } = self;
+        ops.clear();
+        base.clear();
+        job_of.clear();
+        deps.clear();
+        dep_start.clear();
+        dep_list.clear();
+        peers.clear();
+        ready.clear();
+        ends.clear();
+        base.push(0usize);
+        for (j, prog) in progs.iter().enumerate() {
+            base.push(base[j] + prog.steps.len());
+            job_of.extend(std::iter::repeat_n(j as u32, prog.steps.len()));
+            let mut end = [0usize; 3];
+            for s in &prog.steps {
+                ops.push(s.op);
+                deps.push(s.deps.len() as u32);
+                for r in s.op.reads().chain(s.op.writes()) {
+                    let e = &mut end[buf_index(r.buf)];
+                    *e = (*e).max(r.off.saturating_add(r.len));
+                }
+            }
+            ends.push(end);
+        }
+        let n = base[progs.len()];
+        // Dependents in CSR form: step g's are dep_list[dep_start[g]..dep_start[g + 1]].
+        dep_start.resize(n + 1, 0);
+        for (j, prog) in progs.iter().enumerate() {
+            for s in &prog.steps {
+                for &d in &s.deps {
+                    dep_start[base[j] + d as usize + 1] += 1;
+                }
+            }
+        }
+        for g in 0..n {
+            dep_start[g + 1] += dep_start[g];
+        }
+        dep_list.resize(dep_start[n] as usize, 0);
+        // Fill using dep_start[g] as g's cursor (it ends at g + 1's start), then shift back.
+        for (j, prog) in progs.iter().enumerate() {
+            for (i, s) in prog.steps.iter().enumerate() {
+                for &d in &s.deps {
+                    let at = &mut dep_start[base[j] + d as usize];
+                    dep_list[*at as usize] = (base[j] + i) as u32;
+                    *at += 1;
+                }
+            }
+        }
+        for g in (1..=n).rev() {
+            dep_start[g] = dep_start[g - 1];
+        }
+        dep_start[0] = 0;
+        for (g, op) in ops.iter().enumerate() {
+            match op.peer() {
+                Some(peer) => {
+                    let q = match peers.iter().position(|q| q.peer == peer) {
+                        Some(i) => &mut peers[i],
+                        None => {
+                            peers.push(PeerSteps {
+                                peer,
+                                ..PeerSteps::default()
+                            });
+                            peers.last_mut().expect("just pushed")
+                        }
+                    };
+                    if matches!(op, Op::Send { .. }) {
+                        q.sends.push(g as u32)
+                    } else {
+                        q.recvs.push(g as u32)
+                    }
+                }
+                None if deps[g] == 0 => ready.push(g as u32),
+                None => {}
+            }
+        }
+    }
+}
+
+/// A run's progress with one peer (the peer is `Plan::peers[i]` for cursor `i`).
+#[derive(Default)]
+struct Cursor {
     next_send: usize,
     inflight: VecDeque<u32>,
-    recvs: Vec<u32>,
     next_recv: usize,
     /// Receives up to this index have been considered for posting.
     posted: usize,
@@ -116,60 +260,42 @@ struct PeerQ {
     base: u64,
 }
 
-/// The executor's working tables, kept per thread between calls (see [`Tables::take`]).
+/// A run's changing state, kept per thread between calls (see [`State::take`]), with a spare
+/// plan for groups.
 #[derive(Default)]
-struct Tables {
-    base: Vec<usize>,
-    job_of: Vec<u32>,
+struct State {
     remaining: Vec<u32>,
-    dep_start: Vec<u32>,
-    dep_list: Vec<u32>,
-    queues: Vec<PeerQ>,
-    /// Cleared queues whose vectors keep their capacity.
-    spare: Vec<PeerQ>,
-    /// Peer -> index in `queues`, usize::MAX for none; all usize::MAX between runs.
-    qidx: Vec<usize>,
     ready_local: Vec<u32>,
+    cursors: Vec<Cursor>,
+    group: Plan,
 }
 
 thread_local! {
-    static TABLES: std::cell::Cell<Option<Box<Tables>>> = const { std::cell::Cell::new(None) };
+    static STATE: std::cell::Cell<Option<Box<State>>> = const { std::cell::Cell::new(None) };
 }
 
-/// Tables for at most this many steps and ranks are kept for the thread's next call: small
-/// calls are the ones whose time allocation would show in; keeping big tables alive between
-/// calls only fragments the heap.
+/// State for at most this many steps is kept for the thread's next call: small calls are the
+/// ones whose time allocation would show in; keeping big tables alive between calls only
+/// fragments the heap.
 const KEEP_STEPS: usize = 1024;
-const KEEP_RANKS: usize = 1 << 16;
 
-impl Tables {
-    /// This thread's tables, empty (or new ones).
-    fn take() -> Box<Tables> {
-        TABLES.with(|c| c.take()).unwrap_or_default()
+impl State {
+    /// This thread's state, empty (or new).
+    fn take() -> Box<State> {
+        STATE.with(|c| c.take()).unwrap_or_default()
     }
 
-    /// Clears the tables, keeping their memory, and keeps them for the thread's next call.
+    /// Clears the state, keeping its memory, and keeps it for the thread's next call.
     fn give_back(mut self: Box<Self>) {
-        if self.remaining.capacity() > KEEP_STEPS || self.qidx.len() > KEEP_RANKS {
+        if self.remaining.capacity() > KEEP_STEPS || self.group.ops.capacity() > KEEP_STEPS {
             return;
         }
-        for mut q in self.queues.drain(..) {
-            self.qidx[q.peer] = usize::MAX;
-            q.sends.clear();
-            q.recvs.clear();
-            q.inflight.clear();
-            q.next_send = 0;
-            q.next_recv = 0;
-            q.posted = 0;
-            self.spare.push(q);
-        }
-        self.base.clear();
-        self.job_of.clear();
         self.remaining.clear();
-        self.dep_start.clear();
-        self.dep_list.clear();
         self.ready_local.clear();
-        TABLES.with(|c| c.set(Some(self)));
+        for c in &mut self.cursors {
+            c.inflight.clear();
+        }
+        STATE.with(|c| c.set(Some(self)));
     }
 }
 
@@ -185,6 +311,15 @@ const YIELD_FOR: Duration = Duration::from_micros(2000);
 pub struct Job<'a> {
     /// This rank's part of the call.
     pub prog: &'a Program,
+    /// The call's buffers.
+    pub mem: Mem,
+    /// The call's type, operator and signature.
+    pub params: Params,
+}
+
+/// A call's memory and parameters, for a Program already compiled into a [`Plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
     /// The call's buffers.
     pub mem: Mem,
     /// The call's type, operator and signature.
@@ -271,25 +406,76 @@ pub unsafe fn run_jobs_abortable(
     if jobs.is_empty() {
         return Ok(());
     }
-    let mut failed_job = 0;
-    let mut t = Tables::take();
+    let mut st = State::take();
+    let mut plan = std::mem::take(&mut st.group);
+    let progs: Vec<&Program> = jobs.iter().map(|j| j.prog).collect();
+    plan.rebuild(&progs);
+    let calls: Vec<Call> = jobs
+        .iter()
+        .map(|j| Call {
+            mem: j.mem,
+            params: j.params,
+        })
+        .collect();
+    // SAFETY: forwarded from this function's contract; the plan was built from these jobs.
+    let r = unsafe { run_plan(&plan, &calls, links, abort, &mut st) };
+    st.group = plan;
+    st.give_back();
+    r
+}
+
+/// Runs calls compiled into `plan` (one call per Program it was built from, in order), giving
+/// up soon after `abort` is raised: the fast path of a call whose Program is cached.
+///
+/// # Safety
+/// As [`run_jobs`], with each call's memory sized for its Program.
+pub unsafe fn run_planned(
+    plan: &Plan,
+    calls: &[Call],
+    links: &mut [Option<Box<dyn Link>>],
+    abort: Option<Interrupt<'_>>,
+) -> Result<()> {
+    if calls.is_empty() && plan.jobs() == 0 {
+        return Ok(());
+    }
+    let mut st = State::take();
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(jobs, links, &mut t, &mut failed_job, abort) };
+    let r = unsafe { run_plan(plan, calls, links, abort, &mut st) };
+    st.give_back();
+    r
+}
+
+unsafe fn run_plan(
+    plan: &Plan,
+    calls: &[Call],
+    links: &mut [Option<Box<dyn Link>>],
+    abort: Option<Interrupt<'_>>,
+    st: &mut State,
+) -> Result<()> {
+    if calls.len() != plan.jobs() || calls.is_empty() {
+        return Err(Error::Internal(format!(
+            "{} calls for a plan of {} programs",
+            calls.len(),
+            plan.jobs()
+        )));
+    }
+    let mut failed_job = 0;
+    // SAFETY: forwarded from this function's contract.
+    let r = unsafe { run_inner(plan, calls, links, st, &mut failed_job, abort) };
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
     // Only the links this run used can hold one.
-    for q in &t.queues {
+    for q in &plan.peers {
         if let Some(l) = links.get_mut(q.peer).and_then(|l| l.as_mut()) {
             l.cancel_recvs();
         }
     }
-    t.give_back();
     if let Err(e) = &r {
         // A call interrupted by abort() tells peers that this rank gave up (a remote failure
         // naming it); any other error, a revoke's included, travels as it is.
         let interrupted =
             abort.is_some_and(|a| a.raised() && a.why.lock().is_ok_and(|w| w.is_none()));
         let wire = if interrupted {
-            let rank = jobs[0].params.rank;
+            let rank = calls[0].params.rank;
             Error::PeerLost {
                 peer: rank,
                 msg: format!("rank {rank} aborted the communicator"),
@@ -301,67 +487,58 @@ pub unsafe fn run_jobs_abortable(
             l.send_abort(&wire);
         }
     }
-    r.map_err(|e| in_context(e, &jobs[failed_job.min(jobs.len() - 1)].params))
+    r.map_err(|e| in_context(e, &calls[failed_job.min(calls.len() - 1)].params))
 }
 
 unsafe fn run_inner(
-    jobs: &[Job<'_>],
+    plan: &Plan,
+    jobs: &[Call],
     links: &mut [Option<Box<dyn Link>>],
-    t: &mut Tables,
+    st: &mut State,
     failed_job: &mut usize,
     abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
     let aborted = || abort.is_some_and(|a| a.raised());
     let mut rounds = 0u32;
     let p0 = jobs[0].params;
-    // Global step ids: job j's step i is base[j] + i. The tables live on in this thread
-    // (`Tables`) so a call allocates nothing once the thread has run one like it.
-    let Tables {
-        base,
+    let Plan {
+        ops,
+        base: _,
         job_of,
-        remaining,
+        deps,
         dep_start,
         dep_list,
-        queues,
-        spare,
-        qidx,
+        peers,
+        ready,
+        ends,
+    } = plan;
+    let State {
+        remaining,
         ready_local,
-    } = t;
-    base.push(0usize);
-    for (j, job) in jobs.iter().enumerate() {
-        base.push(base[j] + job.prog.steps.len());
-        job_of.extend(std::iter::repeat_n(j as u32, job.prog.steps.len()));
-    }
-    let n = base[jobs.len()];
-    let op_of = |g: u32| -> (usize, Op) {
-        let j = job_of[g as usize] as usize;
-        (j, jobs[j].prog.steps[g as usize - base[j]].op)
-    };
-    // Validate every range up front: after this, slices built from `mem` are in bounds.
-    for job in jobs {
+        cursors,
+        ..
+    } = st;
+    let n = ops.len();
+    let op_of = |g: u32| -> (usize, Op) { (job_of[g as usize] as usize, ops[g as usize]) };
+    // Check the memory against how far the steps reach: after this, slices built from `mem`
+    // are in bounds.
+    for (job, end) in jobs.iter().zip(ends) {
         let (mem, es) = (&job.mem, job.params.dtype.size());
-        let blen = |b: Buf| match b {
-            Buf::Input => mem.input_len,
-            Buf::Output => mem.output_len,
-            Buf::Scratch => mem.scratch_len,
-        };
-        for s in &job.prog.steps {
-            for r in s.op.reads().chain(s.op.writes()) {
-                if r.end().checked_mul(es).is_none_or(|e| e > blen(r.buf)) {
-                    return Err(Error::Internal(format!(
-                        "step {:?} is outside its buffer",
-                        s.op
-                    )));
-                }
+        for (e, len, what) in [
+            (end[0], mem.input_len, "input"),
+            (end[1], mem.output_len, "output"),
+            (end[2], mem.scratch_len, "scratch"),
+        ] {
+            if e.checked_mul(es).is_none_or(|b| b > len) {
+                return Err(Error::Internal(format!(
+                    "the Program reaches element {e} of the {what} buffer, which holds {len} bytes"
+                )));
             }
-            if let Some(peer) = s.op.peer() {
-                if links.get(peer).is_none_or(|l| l.is_none()) {
-                    return Err(Error::Internal(format!(
-                        "no link to rank {peer} for step {:?}",
-                        s.op
-                    )));
-                }
-            }
+        }
+    }
+    for q in peers {
+        if links.get(q.peer).is_none_or(|l| l.is_none()) {
+            return Err(Error::Internal(format!("no link to rank {}", q.peer)));
         }
     }
     let es = |j: usize| jobs[j].params.dtype.size();
@@ -386,59 +563,19 @@ unsafe fn run_inner(
         // SAFETY: as above; while a step writes this range no other live access aliases it.
         unsafe { std::slice::from_raw_parts_mut(ptr(j, r), r.len * es(j)) }
     };
-
-    // Dependents in CSR form: step g's are dep_list[dep_start[g]..dep_start[g + 1]].
-    dep_start.resize(n + 1, 0);
-    for (j, job) in jobs.iter().enumerate() {
-        for s in &job.prog.steps {
-            remaining.push(s.deps.len() as u32);
-            for &d in &s.deps {
-                dep_start[base[j] + d as usize + 1] += 1;
-            }
-        }
+    remaining.clear();
+    remaining.extend_from_slice(deps);
+    ready_local.clear();
+    ready_local.extend_from_slice(ready);
+    if cursors.len() < peers.len() {
+        cursors.resize_with(peers.len(), Cursor::default);
     }
-    for g in 0..n {
-        dep_start[g + 1] += dep_start[g];
-    }
-    dep_list.resize(dep_start[n] as usize, 0);
-    // Fill using dep_start[g] as g's cursor (it ends at g + 1's start), then shift back.
-    for (j, job) in jobs.iter().enumerate() {
-        for (i, s) in job.prog.steps.iter().enumerate() {
-            for &d in &s.deps {
-                let at = &mut dep_start[base[j] + d as usize];
-                dep_list[*at as usize] = (base[j] + i) as u32;
-                *at += 1;
-            }
-        }
-    }
-    for g in (1..=n).rev() {
-        dep_start[g] = dep_start[g - 1];
-    }
-    dep_start[0] = 0;
-    if qidx.len() < p0.nranks {
-        qidx.resize(p0.nranks, usize::MAX);
-    }
-    for g in 0..n as u32 {
-        let (_, op) = op_of(g);
-        match op.peer() {
-            Some(peer) => {
-                if qidx[peer] == usize::MAX {
-                    qidx[peer] = queues.len();
-                    let mut q = spare.pop().unwrap_or_default();
-                    q.peer = peer;
-                    q.base = links[peer].as_ref().map_or(0, |l| l.released());
-                    queues.push(q);
-                }
-                let q = &mut queues[qidx[peer]];
-                if matches!(op, Op::Send { .. }) {
-                    q.sends.push(g)
-                } else {
-                    q.recvs.push(g)
-                }
-            }
-            None if remaining[g as usize] == 0 => ready_local.push(g),
-            None => {}
-        }
+    for (c, q) in cursors.iter_mut().zip(peers) {
+        c.next_send = 0;
+        c.next_recv = 0;
+        c.posted = 0;
+        c.inflight.clear();
+        c.base = links[q.peer].as_ref().map_or(0, |l| l.released());
     }
     let mut done = 0usize;
     let dependents =
@@ -479,18 +616,18 @@ unsafe fn run_inner(
             complete(g, remaining, ready_local, &mut done);
             moved = true;
         }
-        for q in queues.iter_mut() {
+        for (q, c) in peers.iter().zip(cursors.iter_mut()) {
             let link = links[q.peer].as_mut().expect("validated above");
             moved |= link.progress().map_err(|e| relayed(e, p0.rank, q.peer))?;
             for _ in 0..link.take_send_completions() {
-                let g = q
+                let g = c
                     .inflight
                     .pop_front()
                     .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
                 complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
-            while let Some(&g) = q.sends.get(q.next_send) {
+            while let Some(&g) = q.sends.get(c.next_send) {
                 if remaining[g as usize] > 0 {
                     break;
                 }
@@ -503,15 +640,15 @@ unsafe fn run_inner(
                 if !unsafe { link.post_send(&jobs[j].params.tag, ptr(j, src), src.len * es(j))? } {
                     break;
                 }
-                q.inflight.push_back(g);
-                q.next_send += 1;
+                c.inflight.push_back(g);
+                c.next_send += 1;
                 moved = true;
             }
             // Offer final destinations for plain receives whose memory is free, so the link can
             // place them directly (RDMA's posted receive): no copy out of a slot.
-            q.posted = q.posted.max(q.next_recv);
-            while q.posted < (q.next_recv + POST_AHEAD).min(q.recvs.len()) {
-                let g = q.recvs[q.posted];
+            c.posted = c.posted.max(c.next_recv);
+            while c.posted < (c.next_recv + POST_AHEAD).min(q.recvs.len()) {
+                let g = q.recvs[c.posted];
                 if remaining[g as usize] > 0 {
                     break;
                 }
@@ -520,10 +657,10 @@ unsafe fn run_inner(
                     // else touches it until this receive completes, and cancel_recvs runs
                     // before this call returns.
                     unsafe {
-                        link.post_recv(q.base + q.posted as u64, ptr(j, dst), dst.len * es(j))
+                        link.post_recv(c.base + c.posted as u64, ptr(j, dst), dst.len * es(j))
                     };
                 }
-                q.posted += 1;
+                c.posted += 1;
             }
             // A message that arrived for a call this rank is not making is a mismatch, and is
             // one even if the receive it would match is not ready yet: say so now, not at the
@@ -531,7 +668,7 @@ unsafe fn run_inner(
             // (A receive that is ready compares the tag below; only a blocked one looks here.)
             if let Some(&g) = q
                 .recvs
-                .get(q.next_recv)
+                .get(c.next_recv)
                 .filter(|&&g| remaining[g as usize] > 0)
             {
                 let j = op_of(g).0;
@@ -543,7 +680,7 @@ unsafe fn run_inner(
                     }
                 }
             }
-            while let Some(&g) = q.recvs.get(q.next_recv) {
+            while let Some(&g) = q.recvs.get(c.next_recv) {
                 if remaining[g as usize] > 0 {
                     break;
                 }
@@ -588,7 +725,7 @@ unsafe fn run_inner(
                     }
                 }
                 link.release_recv();
-                q.next_recv += 1;
+                c.next_recv += 1;
                 complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
@@ -616,7 +753,7 @@ unsafe fn run_inner(
         let now = Instant::now();
         let waited = now.duration_since(*idle_since.get_or_insert(now));
         if waited >= p0.timeout {
-            return Err(timeout_error(queues, remaining, &p0));
+            return Err(timeout_error(peers, cursors, remaining, &p0));
         }
         if waited < YIELD_FOR || wait::never_sleep() {
             waiter.yield_now();
@@ -625,7 +762,7 @@ unsafe fn run_inner(
         // Sleep: on this rank's shm doorbell when every link waited on is shm (the first call
         // only announces us, so the loop looks at every link once more), else in poll(2).
         waiter.begin();
-        for q in queues.iter() {
+        for q in peers {
             waiter.add(links[q.peer].as_deref_mut().expect("validated"));
         }
         waiter.wait(p0.timeout - waited)?;
@@ -646,21 +783,21 @@ fn mismatch(peer: usize, theirs: &Tag, p: &Params) -> Error {
     }
 }
 
-fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
+fn timeout_error(peers: &[PeerSteps], cursors: &[Cursor], remaining: &[u32], p: &Params) -> Error {
     let mut waiting: Vec<String> = Vec::new();
     let mut first = None;
-    for q in queues {
-        if let Some(&i) = q.recvs.get(q.next_recv) {
+    for (q, c) in peers.iter().zip(cursors) {
+        if let Some(&i) = q.recvs.get(c.next_recv) {
             if remaining[i as usize] == 0 {
                 waiting.push(format!("a message from rank {}", q.peer));
                 first.get_or_insert(q.peer);
             }
         }
-        if !q.inflight.is_empty() {
+        if !c.inflight.is_empty() {
             waiting.push(format!(
                 "rank {} to take {} sends",
                 q.peer,
-                q.inflight.len()
+                c.inflight.len()
             ));
             first.get_or_insert(q.peer);
         }
@@ -671,4 +808,97 @@ fn timeout_error(queues: &[PeerQ], remaining: &[u32], p: &Params) -> Error {
         waiting.join(", ")
     };
     Error::timeout(first, format!("waiting for {what}"), p.timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::{self, Algorithm, Shape};
+
+    fn params(nranks: usize) -> Params {
+        Params {
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            rank: 0,
+            nranks,
+            timeout: Duration::from_secs(5),
+            tag: Tag {
+                seq: 1,
+                count: 4,
+                coll: Collective::AllReduce as u8,
+                dtype: DataType::F32 as i32 as u8,
+                op: ReduceOp::Sum as i32 as u8,
+                root: u32::MAX,
+            },
+        }
+    }
+
+    fn mem(input: &[f32], output: &mut [f32]) -> Mem {
+        Mem {
+            input: input.as_ptr().cast(),
+            input_len: size_of_val(input),
+            output: output.as_mut_ptr().cast(),
+            output_len: size_of_val(output),
+            scratch: std::ptr::null_mut(),
+            scratch_len: 0,
+        }
+    }
+
+    #[test]
+    fn a_plan_runs_its_program_and_refuses_memory_too_small_for_it() {
+        let prog = algo::build(Algorithm::Ring, &Shape::all_reduce(1, 0, 4, false, 4)).unwrap();
+        let plan = Plan::new(&[&prog]);
+        assert_eq!((plan.jobs(), plan.peers().count()), (1, 0));
+        let input = [1.0f32, 2.0, 3.0, 4.0];
+        let mut links: Vec<Option<Box<dyn Link>>> = vec![None];
+        let mut out = [0.0f32; 4];
+        let call = Call {
+            mem: mem(&input, &mut out),
+            params: params(1),
+        };
+        // SAFETY: the buffers live through the call and match the Program.
+        unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap();
+        assert_eq!(out, input);
+        // An output one element short: refused before anything is written.
+        let mut short = [0.0f32; 3];
+        let call = Call {
+            mem: mem(&input, &mut short),
+            params: params(1),
+        };
+        // SAFETY: as above; the executor must refuse the short buffer without touching it.
+        let e = unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap_err();
+        assert!(
+            e.message()
+                .contains("reaches element 4 of the output buffer"),
+            "{e}"
+        );
+        assert_eq!(short, [0.0; 3]);
+        // A plan for one Program takes exactly one call.
+        // SAFETY: refused before any memory is looked at.
+        let e = unsafe { run_planned(&plan, &[call, call], &mut links, None) }.unwrap_err();
+        assert!(e.message().contains("2 calls for a plan of 1"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_lists_its_peers_and_needs_a_link_to_each() {
+        let prog = algo::build(Algorithm::Ring, &Shape::all_reduce(3, 0, 6, true, 6)).unwrap();
+        let plan = Plan::new(&[&prog]);
+        let mut peers: Vec<usize> = plan.peers().collect();
+        peers.sort_unstable();
+        assert_eq!(peers, prog.peers());
+        let mut buf = [1.0f32; 6];
+        let m = mem(&[], &mut buf);
+        let call = Call {
+            mem: Mem {
+                input: m.output,
+                input_len: m.output_len,
+                ..m
+            },
+            params: params(3),
+        };
+        let mut links: Vec<Option<Box<dyn Link>>> = vec![None, None, None];
+        // SAFETY: refused before any memory is looked at: there are no links.
+        let e = unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap_err();
+        assert!(e.message().contains("no link to rank"), "{e}");
+    }
 }

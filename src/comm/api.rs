@@ -212,6 +212,8 @@ impl<'a> Call<'a> {
 /// A built Program and what every call needs of it, computed once.
 pub(super) struct Cached {
     pub(super) prog: Program,
+    /// The Program compiled for the executor.
+    pub(super) plan: exec::Plan,
     /// The ranks it talks to, sorted.
     pub(super) peers: Vec<usize>,
     /// Its largest message, in elements.
@@ -563,6 +565,7 @@ impl Communicator {
                 let c = Arc::new(Cached {
                     peers: prog.peers(),
                     max_message: prog.max_message(),
+                    plan: exec::Plan::new(&[&prog]),
                     prog,
                 });
                 if inner.programs.len() > 256 {
@@ -630,134 +633,165 @@ impl Communicator {
             )));
         }
         let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(super::DEFAULT_CHUNK);
-        let mut planned = Vec::with_capacity(calls.len());
-        // The byte each barrier's Program writes (allocated only when there is a barrier).
-        let mut barrier_bytes = if calls.iter().any(|c| c.coll == Collective::Barrier) {
-            vec![0u8; calls.len()]
-        } else {
-            Vec::new()
-        };
-        for (k, call) in calls.iter_mut().enumerate() {
-            let mut p = self.plan(call, chunk_bytes)?;
-            if call.coll == Collective::Barrier {
-                p.mem.output = &mut barrier_bytes[k];
-                p.mem.output_len = 1;
-            }
-            let (algo, cached) = self.program_for(inner, call, &p.shape, p.bytes)?;
-            let tag = match call.coll {
-                Collective::Send | Collective::Recv => {
-                    let seqs = if call.coll == Collective::Send {
-                        &mut inner.p2p_sent
-                    } else {
-                        &mut inner.p2p_recvd
-                    };
-                    let s = seqs.entry(call.root).or_insert(0);
-                    *s += 1;
-                    Tag {
-                        seq: *s,
-                        count: p.shape.count as u64,
-                        coll: Collective::Send as u8,
-                        dtype: call.dtype as i32 as u8,
-                        op: 0xff,
-                        root: call.tag,
-                    }
-                }
-                c => {
-                    inner.seq += 1;
-                    // The count every rank agrees on: per-rank counts differ in the v-variants.
-                    let count = match c {
-                        Collective::AllGatherV | Collective::ReduceScatterV => {
-                            p.shape.counts.iter().sum()
-                        }
-                        Collective::AllToAllV => 0,
-                        _ => p.shape.count,
-                    };
-                    Tag {
-                        seq: inner.seq,
-                        count: count as u64,
-                        coll: c as u8,
-                        dtype: call.dtype as i32 as u8,
-                        op: if c.reduces() {
-                            call.op as i32 as u8
-                        } else {
-                            0xff
-                        },
-                        root: if c.rooted() {
-                            call.root as u32
-                        } else {
-                            u32::MAX
-                        },
-                    }
-                }
-            };
-            if !inner.logged.contains(&(call.coll, algo)) {
-                inner.logged.push((call.coll, algo));
-                crate::info!(
-                    Some(self.rank),
-                    "{} of {} bytes: algorithm {}",
-                    call.coll.name(),
-                    p.bytes,
-                    algo.name()
-                );
-            }
-            crate::trace!(Some(self.rank), "{}: {}", exec::describe(&tag), algo.name());
-            let params = Params {
-                dtype: call.dtype,
-                op: call.op,
-                rank: self.rank,
-                nranks: self.nranks,
-                timeout: self.cfg.timeout(),
-                tag,
-            };
-            planned.push((cached, p.mem, params));
+        // A single call (the usual case) allocates nothing here.
+        if let [call] = calls {
+            let mut barrier_byte = 0u8;
+            let one = self.prepare(inner, call, chunk_bytes, &mut barrier_byte)?;
+            return self.launch(inner, std::slice::from_ref(&one));
         }
+        // The byte each barrier's Program writes.
+        let mut barrier_bytes = vec![0u8; calls.len()];
+        let mut planned = Vec::with_capacity(calls.len());
+        for (call, byte) in calls.iter_mut().zip(&mut barrier_bytes) {
+            planned.push(self.prepare(inner, call, chunk_bytes, byte)?);
+        }
+        self.launch(inner, &planned)
+    }
+
+    /// Validates one call and finds its Program; gives it its sequence number and tag.
+    /// `barrier_byte` is what a barrier's Program writes.
+    fn prepare(
+        &self,
+        inner: &mut Inner,
+        call: &mut Call<'_>,
+        chunk_bytes: usize,
+        barrier_byte: &mut u8,
+    ) -> Result<(Arc<Cached>, exec::Call)> {
+        let mut p = self.plan(call, chunk_bytes)?;
+        if call.coll == Collective::Barrier {
+            p.mem.output = barrier_byte;
+            p.mem.output_len = 1;
+        }
+        let (algo, cached) = self.program_for(inner, call, &p.shape, p.bytes)?;
+        let tag = match call.coll {
+            Collective::Send | Collective::Recv => {
+                let seqs = if call.coll == Collective::Send {
+                    &mut inner.p2p_sent
+                } else {
+                    &mut inner.p2p_recvd
+                };
+                let s = seqs.entry(call.root).or_insert(0);
+                *s += 1;
+                Tag {
+                    seq: *s,
+                    count: p.shape.count as u64,
+                    coll: Collective::Send as u8,
+                    dtype: call.dtype as i32 as u8,
+                    op: 0xff,
+                    root: call.tag,
+                }
+            }
+            c => {
+                inner.seq += 1;
+                // The count every rank agrees on: per-rank counts differ in the v-variants.
+                let count = match c {
+                    Collective::AllGatherV | Collective::ReduceScatterV => {
+                        p.shape.counts.iter().sum()
+                    }
+                    Collective::AllToAllV => 0,
+                    _ => p.shape.count,
+                };
+                Tag {
+                    seq: inner.seq,
+                    count: count as u64,
+                    coll: c as u8,
+                    dtype: call.dtype as i32 as u8,
+                    op: if c.reduces() {
+                        call.op as i32 as u8
+                    } else {
+                        0xff
+                    },
+                    root: if c.rooted() {
+                        call.root as u32
+                    } else {
+                        u32::MAX
+                    },
+                }
+            }
+        };
+        if !inner.logged.contains(&(call.coll, algo)) {
+            inner.logged.push((call.coll, algo));
+            crate::info!(
+                Some(self.rank),
+                "{} of {} bytes: algorithm {}",
+                call.coll.name(),
+                p.bytes,
+                algo.name()
+            );
+        }
+        crate::trace!(Some(self.rank), "{}: {}", exec::describe(&tag), algo.name());
+        let params = Params {
+            dtype: call.dtype,
+            op: call.op,
+            rank: self.rank,
+            nranks: self.nranks,
+            timeout: self.cfg.timeout(),
+            tag,
+        };
+        Ok((cached, exec::Call { mem: p.mem, params }))
+    }
+
+    /// Connects the links prepared calls need, gives them scratch and runs them together.
+    fn launch(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
         // Links, then scratch for all of them (one allocation, carved up).
         let mut scratch_total = 0usize;
-        for (cached, _, params) in &planned {
-            self.connect_peers(
-                &mut inner.links,
-                &cached.peers,
-                cached.max_message * params.dtype.size(),
-            )
-            .inspect_err(|e| {
-                inner.revoked = Some(e.clone());
-                self.failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e.clone());
-            })?;
-            scratch_total += (cached.prog.scratch_len * params.dtype.size()).div_ceil(64) * 64;
+        for (cached, call) in planned {
+            let es = call.params.dtype.size();
+            self.connect_peers(&mut inner.links, &cached.peers, cached.max_message * es)
+                .inspect_err(|e| {
+                    inner.revoked = Some(e.clone());
+                    self.failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e.clone());
+                })?;
+            scratch_total += (cached.prog.scratch_len * es).div_ceil(64) * 64;
         }
         if inner.scratch.len() * 8 < scratch_total {
             inner.scratch.resize(scratch_total.div_ceil(8), 0);
         }
         let base: *mut u8 = inner.scratch.as_mut_ptr().cast();
         let mut off = 0usize;
-        let mut jobs = Vec::with_capacity(planned.len());
-        for (cached, mem, params) in &planned {
-            let (prog, mut mem, params) = (&cached.prog, *mem, *params);
-            let len = prog.scratch_len * params.dtype.size();
+        let mut give_scratch = |cached: &Cached, mut call: exec::Call| {
+            let len = cached.prog.scratch_len * call.params.dtype.size();
             // SAFETY: off + len <= scratch_total <= the scratch allocation (sized just above).
-            mem.scratch = unsafe { base.add(off) };
-            mem.scratch_len = len;
+            call.mem.scratch = unsafe { base.add(off) };
+            call.mem.scratch_len = len;
             off += len.div_ceil(64) * 64;
-            jobs.push(Job { prog, mem, params });
-        }
-        // SAFETY: each job's memory comes from the call's live borrows (recv exclusively) or the
-        // scratch owned by `inner`, which we hold locked; distinct calls' buffers are distinct
-        // borrows; in place, Programs never name Input; Programs come from algo, which the
-        // verifier proves race-free.
-        let r = unsafe {
-            exec::run_jobs_abortable(
-                &jobs,
-                &mut inner.links,
-                Some(exec::Interrupt {
-                    flag: &self.aborted,
-                    why: &self.failure,
-                }),
-            )
+            call
         };
-        drop(jobs);
+        let interrupt = Some(exec::Interrupt {
+            flag: &self.aborted,
+            why: &self.failure,
+        });
+        // SAFETY: each call's memory comes from the call's live borrows (recv exclusively) or
+        // the scratch owned by `inner`, which we hold locked; distinct calls' buffers are
+        // distinct borrows; in place, Programs never name Input; Programs come from algo, which
+        // the verifier proves race-free; each plan was compiled from its call's Program.
+        let r = unsafe {
+            if let [(cached, call)] = planned {
+                let call = give_scratch(cached, *call);
+                exec::run_planned(
+                    &cached.plan,
+                    std::slice::from_ref(&call),
+                    &mut inner.links,
+                    interrupt,
+                )
+            } else {
+                let jobs: Vec<Job> = planned
+                    .iter()
+                    .map(|(cached, call)| {
+                        let c = give_scratch(cached, *call);
+                        Job {
+                            prog: &cached.prog,
+                            mem: c.mem,
+                            params: c.params,
+                        }
+                    })
+                    .collect();
+                exec::run_jobs_abortable(&jobs, &mut inner.links, interrupt)
+            }
+        };
         if let Err(e) = &r {
             crate::warn!(Some(self.rank), "{e}");
             inner.revoked = Some(e.clone());
