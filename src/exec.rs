@@ -120,6 +120,11 @@ pub struct Plan {
     ready: Vec<u32>,
     /// Per job: one past the largest element index named in Input, Output and Scratch.
     ends: Vec<[usize; 3]>,
+    /// The largest message, in elements.
+    max_message: usize,
+    /// One job whose steps can run in program order, each waited for in turn (see
+    /// [`Plan::straight`]).
+    straight: bool,
 }
 
 /// One peer's steps, in program order.
@@ -168,6 +173,8 @@ impl Plan {
             peers,
             ready,
             ends,
+            max_message,
+            straight,
         } = self;
         ops.clear();
         base.clear();
@@ -244,6 +251,34 @@ impl Plan {
                 None => {}
             }
         }
+        *max_message = ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::Send { src, .. } => Some(src.len),
+                Op::Recv { dst, .. } | Op::RecvReduce { dst, .. } => Some(dst.len),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        *straight = progs.len() == 1 && Self::in_order(ops, peers);
+    }
+
+    /// Whether running the steps one after another in program order, each waited for before
+    /// the next starts, cannot deadlock: at most one send and one receive per peer, and every
+    /// send before every receive. (Every rank then posts all its sends before it waits for
+    /// anything; a send that finds no credit waits only for the peer to take this rank's
+    /// message of the previous call, which the peer's previous call does without us.)
+    fn in_order(ops: &[Op], peers: &[PeerSteps]) -> bool {
+        let first_recv = ops
+            .iter()
+            .position(|op| matches!(op, Op::Recv { .. } | Op::RecvReduce { .. }))
+            .unwrap_or(ops.len());
+        peers
+            .iter()
+            .all(|q| q.sends.len() <= 1 && q.recvs.len() <= 1)
+            && !ops[first_recv..]
+                .iter()
+                .any(|op| matches!(op, Op::Send { .. }))
     }
 }
 
@@ -461,7 +496,21 @@ unsafe fn run_plan(
     }
     let mut failed_job = 0;
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_inner(plan, calls, links, st, &mut failed_job, abort) };
+    let r = unsafe { Bufs::checked(plan, calls, links) }.and_then(|bufs| {
+        let es = calls[0].params.dtype.size();
+        if plan.straight
+            && plan.max_message.saturating_mul(es) <= STRAIGHT_MAX
+            && plan.peers.iter().all(|q| {
+                links[q.peer]
+                    .as_ref()
+                    .is_some_and(|l| l.completes_on_post())
+            })
+        {
+            run_straight(plan, &bufs, links, abort)
+        } else {
+            run_inner(plan, &bufs, links, st, &mut failed_job, abort)
+        }
+    });
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
     // Only the links this run used can hold one.
     for q in &plan.peers {
@@ -490,27 +539,308 @@ unsafe fn run_plan(
     r.map_err(|e| in_context(e, &calls[failed_job.min(calls.len() - 1)].params))
 }
 
-unsafe fn run_inner(
+/// Messages up to this size may run a Program in order (see [`Plan::straight`]); larger ones
+/// go through the general loop, which overlaps them and places them in posted buffers.
+const STRAIGHT_MAX: usize = 16 << 10;
+
+/// The calls' memory, as the steps name it. Made only by [`Bufs::checked`], so every range of
+/// the plan lies within its buffer.
+struct Bufs<'a> {
+    calls: &'a [Call],
+}
+
+impl<'a> Bufs<'a> {
+    /// Checks the calls' memory against how far the plan's steps reach, and that every peer
+    /// has a link.
+    ///
+    /// # Safety
+    /// The calls' memory must be as [`run_jobs`] requires.
+    unsafe fn checked(
+        plan: &Plan,
+        calls: &'a [Call],
+        links: &[Option<Box<dyn Link>>],
+    ) -> Result<Bufs<'a>> {
+        for (call, end) in calls.iter().zip(&plan.ends) {
+            let (mem, es) = (&call.mem, call.params.dtype.size());
+            for (e, len, what) in [
+                (end[0], mem.input_len, "input"),
+                (end[1], mem.output_len, "output"),
+                (end[2], mem.scratch_len, "scratch"),
+            ] {
+                if e.checked_mul(es).is_none_or(|b| b > len) {
+                    return Err(Error::Internal(format!(
+                        "the Program reaches element {e} of the {what} buffer, which holds {len} bytes"
+                    )));
+                }
+            }
+        }
+        for q in &plan.peers {
+            if links.get(q.peer).is_none_or(|l| l.is_none()) {
+                return Err(Error::Internal(format!("no link to rank {}", q.peer)));
+            }
+        }
+        Ok(Bufs { calls })
+    }
+
+    fn es(&self, j: usize) -> usize {
+        self.calls[j].params.dtype.size()
+    }
+
+    fn ptr(&self, j: usize, r: Range) -> *mut u8 {
+        let mem = &self.calls[j].mem;
+        let base = match r.buf {
+            Buf::Input => mem.input.cast_mut(),
+            Buf::Output => mem.output,
+            Buf::Scratch => mem.scratch,
+        };
+        // SAFETY: checked to be within the buffer (Bufs::checked).
+        unsafe { base.add(r.off * self.es(j)) }
+    }
+
+    fn slice(&self, j: usize, r: Range) -> &[u8] {
+        // SAFETY: ranges are in bounds (checked); the Program orders every pair of steps
+        // touching overlapping memory (proven by algo::verify), and jobs do not overlap, so
+        // while a step reads this range nothing writes it.
+        unsafe { std::slice::from_raw_parts(self.ptr(j, r), r.len * self.es(j)) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn slice_mut(&self, j: usize, r: Range) -> &mut [u8] {
+        // SAFETY: as above; while a step writes this range no other live access aliases it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(j, r), r.len * self.es(j)) }
+    }
+
+    /// Runs local step `op` of job `j`.
+    fn local(&self, j: usize, op: Op) {
+        let p = &self.calls[j].params;
+        match op {
+            Op::Copy { src, dst } => self.slice_mut(j, dst).copy_from_slice(self.slice(j, src)),
+            Op::Reduce { src, dst } => {
+                reduce::reduce_bytes(p.dtype, p.op, self.slice_mut(j, dst), self.slice(j, src))
+            }
+            Op::Finish { dst } => {
+                if p.op == ReduceOp::Avg {
+                    reduce::finish_avg_bytes(p.dtype, self.slice_mut(j, dst), p.nranks)
+                }
+            }
+            Op::Send { .. } | Op::Recv { .. } | Op::RecvReduce { .. } => {}
+        }
+    }
+
+    /// Consumes message `data` from `peer` for receive step `op` of job `j`.
+    fn deliver(&self, j: usize, op: Op, peer: usize, data: &[u8]) -> Result<()> {
+        let p = &self.calls[j].params;
+        let es = self.es(j);
+        match op {
+            Op::Recv { dst, .. } if data.len() == dst.len * es => {
+                if data.as_ptr() != self.ptr(j, dst).cast_const() {
+                    self.slice_mut(j, dst).copy_from_slice(data)
+                }
+            }
+            Op::RecvReduce { dst, acc: None, .. } if data.len() == dst.len * es => {
+                reduce::reduce_bytes(p.dtype, p.op, self.slice_mut(j, dst), data)
+            }
+            Op::RecvReduce {
+                dst, acc: Some(a), ..
+            } if data.len() == dst.len * es => reduce::reduce3_bytes(
+                p.dtype,
+                p.op,
+                self.slice_mut(j, dst),
+                self.slice(j, a),
+                data,
+            ),
+            op => {
+                return Err(Error::Mismatch {
+                    peer,
+                    msg: format!(
+                        "rank {peer} sent {} bytes where this rank expects {} ({op:?}); the ranks \
+                         passed different counts",
+                        data.len(),
+                        op.writes().map(|r| r.len * es).unwrap_or(0),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an executor does when a round moved nothing: spin a while, then yield, then sleep on
+/// the links (see [`crate::transport::wait`]); fail on an interrupt or at the timeout.
+struct Idle<'a> {
+    rounds: u32,
+    /// When this idle stretch began, read from the clock only once spinning is over (a call
+    /// that keeps moving never reads it).
+    since: Option<Instant>,
+    spin: u32,
+    /// Made only when it first sleeps.
+    waiter: Option<Waiter>,
+    abort: Option<Interrupt<'a>>,
+    p: &'a Params,
+}
+
+impl<'a> Idle<'a> {
+    fn new(p: &'a Params, abort: Option<Interrupt<'a>>) -> Idle<'a> {
+        Idle {
+            rounds: 0,
+            since: None,
+            spin: wait::spin_rounds(SPIN_ROUNDS),
+            waiter: None,
+            abort,
+            p,
+        }
+    }
+
+    fn interrupted(&self) -> Result<()> {
+        match self.abort {
+            Some(a) if a.raised() => Err(a.error(self.p.rank)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Something moved: the next idle round starts a new stretch.
+    fn moved(&mut self) {
+        self.rounds = 0;
+        self.since = None;
+    }
+
+    /// Waits a little after a round that moved nothing; `stalled` says what the call is waiting
+    /// for when the timeout passes.
+    fn wait(
+        &mut self,
+        links: &mut [Option<Box<dyn Link>>],
+        peers: &[PeerSteps],
+        stalled: impl FnOnce() -> Error,
+    ) -> Result<()> {
+        self.interrupted()?;
+        self.rounds += 1;
+        if self.rounds <= self.spin {
+            if let Some(w) = &mut self.waiter {
+                w.disarm();
+            }
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        let now = Instant::now();
+        let waited = now.duration_since(*self.since.get_or_insert(now));
+        if waited >= self.p.timeout {
+            return Err(stalled());
+        }
+        if waited < YIELD_FOR || wait::never_sleep() {
+            crate::sys::yield_now();
+            return Ok(());
+        }
+        // Sleep: on this rank's shm doorbell when every link waited on is shm (the first call
+        // only announces us, so the loop looks at every link once more), else in poll(2).
+        let waiter = self.waiter.get_or_insert_with(Waiter::default);
+        waiter.begin();
+        for q in peers {
+            waiter.add(links[q.peer].as_deref_mut().expect("checked"));
+        }
+        waiter.wait(self.p.timeout - waited)
+    }
+}
+
+/// Runs a one-job plan step by step in program order (see [`Plan::in_order`]): a send is
+/// complete once posted (the caller checked that the links say so), a receive is waited for
+/// before the next step. The short path of a small call: none of the general loop's tables.
+fn run_straight(
     plan: &Plan,
-    jobs: &[Call],
+    bufs: &Bufs<'_>,
+    links: &mut [Option<Box<dyn Link>>],
+    abort: Option<Interrupt<'_>>,
+) -> Result<()> {
+    let p = &bufs.calls[0].params;
+    let mut idle = Idle::new(p, abort);
+    for (g, &op) in plan.ops.iter().enumerate() {
+        match op {
+            Op::Send { peer, src } => loop {
+                let link = links[peer].as_mut().expect("checked");
+                // SAFETY: the range is in bounds and nothing writes it while the send is in
+                // flight: the link copies it out before post_send returns true.
+                if unsafe { link.post_send(&p.tag, bufs.ptr(0, src), src.len * bufs.es(0))? } {
+                    if link.take_send_completions() != 1 {
+                        return Err(Error::Internal(format!(
+                            "the link to rank {peer} did not complete a send on posting"
+                        )));
+                    }
+                    idle.moved();
+                    break;
+                }
+                link.progress().map_err(|e| relayed(e, p.rank, peer))?;
+                idle.wait(links, &plan.peers, || {
+                    Error::timeout(
+                        Some(peer),
+                        format!("waiting for rank {peer} to take a send"),
+                        p.timeout,
+                    )
+                })?;
+            },
+            Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => loop {
+                let link = links[peer].as_mut().expect("checked");
+                if let Some((tag, data)) = link.peek_recv().map_err(|e| relayed(e, p.rank, peer))? {
+                    if tag != p.tag {
+                        return Err(mismatch(peer, &tag, p));
+                    }
+                    bufs.deliver(0, op, peer, data)?;
+                    link.release_recv();
+                    idle.moved();
+                    break;
+                }
+                link.progress().map_err(|e| relayed(e, p.rank, peer))?;
+                if idle.rounds >= idle.spin {
+                    later_mismatch(&plan.ops[g + 1..], links, p)?;
+                }
+                idle.wait(links, &plan.peers, || {
+                    Error::timeout(
+                        Some(peer),
+                        format!("waiting for a message from rank {peer}"),
+                        p.timeout,
+                    )
+                })?;
+            },
+            local => bufs.local(0, local),
+        }
+    }
+    Ok(())
+}
+
+/// A message already waiting for one of the receives `rest` that is not for this call: a
+/// mismatch to report now rather than at the timeout (in-order plans receive once per peer).
+fn later_mismatch(rest: &[Op], links: &mut [Option<Box<dyn Link>>], p: &Params) -> Result<()> {
+    for op in rest {
+        if let Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } = *op {
+            let link = links[peer].as_mut().expect("checked");
+            if let Some((tag, _)) = link.peek_recv().map_err(|e| relayed(e, p.rank, peer))? {
+                if tag != p.tag {
+                    return Err(mismatch(peer, &tag, p));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_inner(
+    plan: &Plan,
+    bufs: &Bufs<'_>,
     links: &mut [Option<Box<dyn Link>>],
     st: &mut State,
     failed_job: &mut usize,
     abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
-    let aborted = || abort.is_some_and(|a| a.raised());
     let mut rounds = 0u32;
+    let jobs = bufs.calls;
     let p0 = jobs[0].params;
     let Plan {
         ops,
-        base: _,
         job_of,
         deps,
         dep_start,
         dep_list,
         peers,
         ready,
-        ends,
+        ..
     } = plan;
     let State {
         remaining,
@@ -520,49 +850,6 @@ unsafe fn run_inner(
     } = st;
     let n = ops.len();
     let op_of = |g: u32| -> (usize, Op) { (job_of[g as usize] as usize, ops[g as usize]) };
-    // Check the memory against how far the steps reach: after this, slices built from `mem`
-    // are in bounds.
-    for (job, end) in jobs.iter().zip(ends) {
-        let (mem, es) = (&job.mem, job.params.dtype.size());
-        for (e, len, what) in [
-            (end[0], mem.input_len, "input"),
-            (end[1], mem.output_len, "output"),
-            (end[2], mem.scratch_len, "scratch"),
-        ] {
-            if e.checked_mul(es).is_none_or(|b| b > len) {
-                return Err(Error::Internal(format!(
-                    "the Program reaches element {e} of the {what} buffer, which holds {len} bytes"
-                )));
-            }
-        }
-    }
-    for q in peers {
-        if links.get(q.peer).is_none_or(|l| l.is_none()) {
-            return Err(Error::Internal(format!("no link to rank {}", q.peer)));
-        }
-    }
-    let es = |j: usize| jobs[j].params.dtype.size();
-    let ptr = |j: usize, r: Range| -> *mut u8 {
-        let mem = &jobs[j].mem;
-        let base = match r.buf {
-            Buf::Input => mem.input.cast_mut(),
-            Buf::Output => mem.output,
-            Buf::Scratch => mem.scratch,
-        };
-        // SAFETY: validated above to be within the buffer.
-        unsafe { base.add(r.off * es(j)) }
-    };
-    let slice = |j: usize, r: Range| -> &[u8] {
-        // SAFETY: ranges are in bounds (validated above); the Program orders every pair of steps
-        // touching overlapping memory (proven by algo::verify), and jobs do not overlap, so
-        // while a step reads this range nothing writes it.
-        unsafe { std::slice::from_raw_parts(ptr(j, r), r.len * es(j)) }
-    };
-    #[allow(clippy::mut_from_ref)]
-    let slice_mut = |j: usize, r: Range| -> &mut [u8] {
-        // SAFETY: as above; while a step writes this range no other live access aliases it.
-        unsafe { std::slice::from_raw_parts_mut(ptr(j, r), r.len * es(j)) }
-    };
     remaining.clear();
     remaining.extend_from_slice(deps);
     ready_local.clear();
@@ -591,28 +878,12 @@ unsafe fn run_inner(
             }
         };
 
-    let mut idle = 0u32;
-    // When this idle stretch began, read from the clock only once spinning is over (a call
-    // that keeps moving never reads it).
-    let mut idle_since: Option<Instant> = None;
-    let mut waiter = Waiter::new(SPIN_ROUNDS);
+    let mut idle = Idle::new(&p0, abort);
     while done < n {
         let mut moved = false;
         while let Some(g) = ready_local.pop() {
             let (j, op) = op_of(g);
-            let p = &jobs[j].params;
-            match op {
-                Op::Copy { src, dst } => slice_mut(j, dst).copy_from_slice(slice(j, src)),
-                Op::Reduce { src, dst } => {
-                    reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, src))
-                }
-                Op::Finish { dst } => {
-                    if p.op == ReduceOp::Avg {
-                        reduce::finish_avg_bytes(p.dtype, slice_mut(j, dst), p.nranks)
-                    }
-                }
-                _ => unreachable!("only local steps are queued here"),
-            }
+            bufs.local(j, op);
             complete(g, remaining, ready_local, &mut done);
             moved = true;
         }
@@ -637,7 +908,9 @@ unsafe fn run_inner(
                 *failed_job = j;
                 // SAFETY: the range stays valid and unwritten until the send completes: later
                 // writers of it depend on this step, which completes only on link completion.
-                if !unsafe { link.post_send(&jobs[j].params.tag, ptr(j, src), src.len * es(j))? } {
+                if !unsafe {
+                    link.post_send(&jobs[j].params.tag, bufs.ptr(j, src), src.len * bufs.es(j))?
+                } {
                     break;
                 }
                 c.inflight.push_back(g);
@@ -657,7 +930,11 @@ unsafe fn run_inner(
                     // else touches it until this receive completes, and cancel_recvs runs
                     // before this call returns.
                     unsafe {
-                        link.post_recv(c.base + c.posted as u64, ptr(j, dst), dst.len * es(j))
+                        link.post_recv(
+                            c.base + c.posted as u64,
+                            bufs.ptr(j, dst),
+                            dst.len * bufs.es(j),
+                        )
                     };
                 }
                 c.posted += 1;
@@ -695,35 +972,7 @@ unsafe fn run_inner(
                 if tag != p.tag {
                     return Err(mismatch(q.peer, &tag, p));
                 }
-                let es = es(j);
-                match op {
-                    Op::Recv { dst, .. } if data.len() == dst.len * es => {
-                        if data.as_ptr() != ptr(j, dst).cast_const() {
-                            slice_mut(j, dst).copy_from_slice(data)
-                        }
-                    }
-                    Op::RecvReduce { dst, acc: None, .. } if data.len() == dst.len * es => {
-                        reduce::reduce_bytes(p.dtype, p.op, slice_mut(j, dst), data)
-                    }
-                    Op::RecvReduce {
-                        dst, acc: Some(a), ..
-                    } if data.len() == dst.len * es => {
-                        reduce::reduce3_bytes(p.dtype, p.op, slice_mut(j, dst), slice(j, a), data)
-                    }
-                    op => {
-                        return Err(Error::Mismatch {
-                            peer: q.peer,
-                            msg: format!(
-                                "rank {} sent {} bytes where this rank expects {} ({:?}); the ranks \
-                                 passed different counts",
-                                q.peer,
-                                data.len(),
-                                op.writes().map(|r| r.len * es).unwrap_or(0),
-                                op
-                            ),
-                        });
-                    }
-                }
+                bufs.deliver(j, op, q.peer, data)?;
                 link.release_recv();
                 c.next_recv += 1;
                 complete(g, remaining, ready_local, &mut done);
@@ -731,41 +980,19 @@ unsafe fn run_inner(
             }
         }
         rounds = rounds.wrapping_add(1);
-        if (!moved || rounds % 4096 == 0) && aborted() {
-            return Err(abort.map_or_else(
-                || Error::Internal("interrupted without an interrupt".into()),
-                |a| a.error(p0.rank),
-            ));
-        }
         if moved {
-            idle = 0;
-            idle_since = None;
+            if rounds % 4096 == 0 {
+                idle.interrupted()?;
+            }
+            idle.moved();
             continue;
         }
         if done == n {
             break;
         }
-        idle += 1;
-        if waiter.spin(idle) {
-            std::hint::spin_loop();
-            continue;
-        }
-        let now = Instant::now();
-        let waited = now.duration_since(*idle_since.get_or_insert(now));
-        if waited >= p0.timeout {
-            return Err(timeout_error(peers, cursors, remaining, &p0));
-        }
-        if waited < YIELD_FOR || wait::never_sleep() {
-            waiter.yield_now();
-            continue;
-        }
-        // Sleep: on this rank's shm doorbell when every link waited on is shm (the first call
-        // only announces us, so the loop looks at every link once more), else in poll(2).
-        waiter.begin();
-        for q in peers {
-            waiter.add(links[q.peer].as_deref_mut().expect("validated"));
-        }
-        waiter.wait(p0.timeout - waited)?;
+        idle.wait(links, peers, || {
+            timeout_error(peers, cursors, remaining, &p0)
+        })?;
     }
     Ok(())
 }
@@ -900,5 +1127,27 @@ mod tests {
         // SAFETY: refused before any memory is looked at: there are no links.
         let e = unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap_err();
         assert!(e.message().contains("no link to rank"), "{e}");
+    }
+
+    #[test]
+    fn one_shot_programs_run_in_order_and_pipelined_ones_do_not() {
+        let plan = |algo, n, count, chunk| {
+            let progs: Vec<Program> = (0..n)
+                .map(|r| algo::build(algo, &Shape::all_reduce(n, r, count, false, chunk)).unwrap())
+                .collect();
+            progs
+                .iter()
+                .map(|p| Plan::new(&[p]).straight)
+                .collect::<Vec<bool>>()
+        };
+        // Direct, one slice: every rank sends to everyone, then receives from everyone.
+        assert!(plan(Algorithm::Direct, 2, 5, 1 << 20).iter().all(|&s| s));
+        assert!(plan(Algorithm::Direct, 5, 7, 1 << 20).iter().all(|&s| s));
+        // Several slices send again after receiving; a ring forwards what it received.
+        assert!(plan(Algorithm::Direct, 3, 64, 8).iter().all(|&s| !s));
+        assert!(plan(Algorithm::Ring, 4, 64, 64).iter().all(|&s| !s));
+        // A group is never run in order.
+        let p = algo::build(Algorithm::Direct, &Shape::all_reduce(2, 0, 5, false, 64)).unwrap();
+        assert!(!Plan::new(&[&p, &p]).straight);
     }
 }

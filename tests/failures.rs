@@ -554,6 +554,43 @@ fn mismatch_behind_an_unready_receive_is_prompt() {
     );
 }
 
+/// The same for a one-shot (direct) all-reduce over shm, which runs its steps in order: rank 0
+/// waits for rank 2 first, which makes no call until rank 0 has returned, while rank 1's
+/// message (count 11 against 10) is already there. Rank 0 must report that mismatch at once,
+/// not wait for rank 2 until the timeout.
+#[test]
+fn mismatch_behind_an_unready_receive_is_prompt_in_a_one_shot_call() {
+    let timeout = Duration::from_secs(20);
+    let cfg = Config {
+        algo: Some("allreduce:direct".into()),
+        transport: Some(TransportKind::Shm),
+        ..test_cfg(timeout.as_millis() as u64)
+    };
+    let rank0_returned = Arc::new(Barrier::new(2));
+    let res = run_ranks(3, cfg, 3 * timeout, move |comm| {
+        let count = if comm.rank() == 1 { 11 } else { 10 };
+        if comm.rank() == 2 {
+            rank0_returned.wait();
+        }
+        let t0 = Instant::now();
+        let mut buf = vec![1f32; count];
+        let r = comm.all_reduce(&mut buf, ReduceOp::Sum);
+        if comm.rank() == 0 {
+            rank0_returned.wait();
+        }
+        (r, t0.elapsed())
+    });
+    let (first, took) = &res[0];
+    assert!(
+        matches!(first, Err(Error::Mismatch { peer: 1, .. })),
+        "rank 0: {first:?}"
+    );
+    assert!(*took < timeout / 4, "rank 0 took {took:?}");
+    for (rank, (r, _)) in res.iter().enumerate() {
+        assert!(r.is_err(), "rank {rank}: {r:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A rank goes silent between calls (processes as ranks): heartbeats and revoke.
 

@@ -92,6 +92,13 @@ pub trait Link: Send {
     /// How many posted sends completed, in post order, since the last call.
     fn take_send_completions(&mut self) -> usize;
 
+    /// Whether every send is complete as soon as [`Link::post_send`] accepts it (its data
+    /// copied out), so that one completion is ready to take right after each post: the
+    /// executor may then run small Programs step by step in order.
+    fn completes_on_post(&self) -> bool {
+        false
+    }
+
     /// The next message in arrival order, if it has fully arrived. It stays in its slot until
     /// [`Link::release_recv`]. A peer's abort arrives here as `Err`.
     fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>>;

@@ -540,6 +540,12 @@ impl Link for ShmLink {
         std::mem::take(&mut self.unreported)
     }
 
+    fn completes_on_post(&self) -> bool {
+        // The data is copied into a slot, or into the receiver's posted buffer, before
+        // post_send returns.
+        true
+    }
+
     fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
         if let Some(e) = &self.failed {
             return Err(e.clone());

@@ -77,11 +77,10 @@ pub fn spin_rounds(normal: u32) -> u32 {
     }
 }
 
-/// The executor's sleeping state across idle rounds. Dropping it withdraws any announcement.
+/// The executor's sleeping state across idle rounds (made only once spinning and yielding
+/// found nothing). Dropping it withdraws any announcement.
 #[derive(Default)]
 pub struct Waiter {
-    /// Idle rounds to spin before yielding (see [`spin_rounds`]).
-    spin: u32,
     /// The doorbell we announced ourselves on, and the value to sleep on.
     armed: Option<(Arc<Doorbell>, u32)>,
     /// This round's links: their common doorbell, if they all have the same one.
@@ -93,34 +92,6 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// A waiter that has announced nothing; it spins `normal_spin` idle rounds before yielding
-    /// (fewer on an oversubscribed host, see [`spin_rounds`]).
-    pub fn new(normal_spin: u32) -> Waiter {
-        let mut w = Waiter::default();
-        w.spin = spin_rounds(normal_spin);
-        w
-    }
-
-    /// Idle rounds to spin before yielding.
-    pub fn spin_rounds(&self) -> u32 {
-        self.spin
-    }
-
-    /// Called in every idle round, `idle` counting from 1 since the last progress: whether to
-    /// spin (rather than yield or sleep) in this one.
-    pub fn spin(&mut self, idle: u32) -> bool {
-        if idle <= self.spin {
-            self.disarm();
-            return true;
-        }
-        false
-    }
-
-    /// Gives the CPU away once (sched_yield).
-    pub fn yield_now(&mut self) {
-        crate::sys::yield_now();
-    }
-
     /// Withdraws an announcement (the executor is busy again). Cheap when there is none.
     pub fn disarm(&mut self) {
         if let Some((b, _)) = self.armed.take() {
@@ -189,20 +160,5 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         self.disarm();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_waiter_spins_its_rounds_then_stops() {
-        let mut w = Waiter::default();
-        w.spin = 3;
-        assert!((1..=3).all(|i| w.spin(i)));
-        assert!(!w.spin(4) && !w.spin(5));
-        // A new streak starts over.
-        assert!(w.spin(1));
     }
 }
