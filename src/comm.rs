@@ -310,6 +310,8 @@ struct Inner {
     programs: HashMap<(Algorithm, Shape), std::sync::Arc<api::Cached>>,
     /// The last few calls' Programs, looked up before `programs` (see `program_for`).
     recent: Vec<api::Recent>,
+    /// The last few single calls, fully prepared (see `api::Memo`).
+    memos: Vec<api::Memo>,
     logged: Vec<(Collective, Algorithm)>,
 }
 
@@ -593,6 +595,7 @@ impl Communicator {
                 scratch: Vec::new(),
                 programs: HashMap::new(),
                 recent: Vec::new(),
+                memos: Vec::new(),
                 logged: Vec::new(),
             }),
             sched: nonblocking::Sched::default(),

@@ -263,6 +263,74 @@ struct Planned {
     bytes: usize,
 }
 
+/// A call's buffers (scratch not yet given): in place, the input is the output.
+fn call_mem(call: &mut Call<'_>) -> Mem {
+    let (output, output_len) = match call.recv.as_deref_mut() {
+        Some(b) => (b.as_mut_ptr(), b.len()),
+        None => (std::ptr::null_mut(), 0),
+    };
+    let (input, input_len) = match call.send {
+        Some(s) => (s.as_ptr(), s.len()),
+        None => (output.cast_const(), output_len),
+    };
+    Mem {
+        input,
+        input_len,
+        output,
+        output_len,
+        scratch: std::ptr::null_mut(),
+        scratch_len: 0,
+    }
+}
+
+/// What decides everything `prepare` works out for a call on a given communicator: the same
+/// key gives the same validation outcome, shape, Program and tag (but for the sequence number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemoKey {
+    coll: Collective,
+    dtype: DataType,
+    op: ReduceOp,
+    root: usize,
+    send_len: Option<usize>,
+    recv_len: usize,
+}
+
+impl MemoKey {
+    /// The key of a call that can be memoised: a collective with neither per-rank counts, nor
+    /// per-peer sequence numbers (send/recv), nor a barrier's private byte.
+    fn of(call: &Call<'_>) -> Option<MemoKey> {
+        if !call.counts.is_empty()
+            || matches!(
+                call.coll,
+                Collective::Send | Collective::Recv | Collective::Barrier
+            )
+        {
+            return None;
+        }
+        Some(MemoKey {
+            coll: call.coll,
+            dtype: call.dtype,
+            op: call.op,
+            root: call.root,
+            send_len: call.send.map(|s| s.len()),
+            recv_len: call.recv.as_ref().map_or(0, |r| r.len()),
+        })
+    }
+}
+
+/// A single call made before, prepared (validated, Program found, links connected): a repeat
+/// with the same [`MemoKey`] goes straight to the executor. The fast path of training loops,
+/// which make the same few calls over and over.
+pub(super) struct Memo {
+    key: MemoKey,
+    cached: Arc<Cached>,
+    /// The call's parameters; the tag's sequence number is set per call.
+    params: Params,
+}
+
+/// How many prepared calls a communicator keeps.
+const MEMOS: usize = 4;
+
 fn bad(call: &Call<'_>, rank: usize, what: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{} on rank {rank}: {what}", call.coll.name()))
 }
@@ -465,26 +533,9 @@ impl Communicator {
         ) {
             shape.in_place = false;
         }
-        let input = call.send.map(|s| s.as_ptr()).unwrap_or(std::ptr::null());
-        let (output, out_len) = match call.recv.as_deref_mut() {
-            Some(b) => (b.as_mut_ptr(), b.len()),
-            None => (std::ptr::null_mut(), 0),
-        };
-        let (input, in_len) = if in_place {
-            (output.cast_const(), out_len)
-        } else {
-            (input, send_len.unwrap_or(0))
-        };
         Ok(Planned {
             bytes: count * es,
-            mem: Mem {
-                input,
-                input_len: in_len,
-                output,
-                output_len: out_len,
-                scratch: std::ptr::null_mut(),
-                scratch_len: 0,
-            },
+            mem: call_mem(call),
             shape,
         })
     }
@@ -633,11 +684,32 @@ impl Communicator {
             )));
         }
         let chunk_bytes = self.cfg.chunk_bytes.unwrap_or(super::DEFAULT_CHUNK);
-        // A single call (the usual case) allocates nothing here.
+        // A single call (the usual case) allocates nothing here; one made before skips
+        // preparing.
         if let [call] = calls {
+            let key = MemoKey::of(call);
+            if let Some(i) = key.and_then(|k| inner.memos.iter().position(|m| m.key == k)) {
+                return self.run_memo(inner, i, call);
+            }
             let mut barrier_byte = 0u8;
             let one = self.prepare(inner, call, chunk_bytes, &mut barrier_byte)?;
-            return self.launch(inner, std::slice::from_ref(&one));
+            let one = std::slice::from_ref(&one);
+            self.connect(inner, one)?;
+            if let Some(key) = key {
+                let memo = Memo {
+                    key,
+                    cached: one[0].0.clone(),
+                    params: one[0].1.params,
+                };
+                if inner.memos.len() < MEMOS {
+                    inner.memos.push(memo);
+                } else {
+                    // Oldest out.
+                    inner.memos.rotate_left(1);
+                    inner.memos[MEMOS - 1] = memo;
+                }
+            }
+            return self.launch(inner, one);
         }
         // The byte each barrier's Program writes.
         let mut barrier_bytes = vec![0u8; calls.len()];
@@ -645,7 +717,62 @@ impl Communicator {
         for (call, byte) in calls.iter_mut().zip(&mut barrier_bytes) {
             planned.push(self.prepare(inner, call, chunk_bytes, byte)?);
         }
+        self.connect(inner, &planned)?;
         self.launch(inner, &planned)
+    }
+
+    /// Runs a call whose key matches memo `i`.
+    fn run_memo(&self, inner: &mut Inner, i: usize, call: &mut Call<'_>) -> Result<()> {
+        inner.seq += 1;
+        let Inner {
+            memos,
+            links,
+            scratch,
+            seq,
+            ..
+        } = inner;
+        let m = &memos[i];
+        let mut params = m.params;
+        params.tag.seq = *seq;
+        crate::trace!(Some(self.rank), "{}: memoised", exec::describe(&params.tag));
+        let mut mem = call_mem(call);
+        // The scratch was sized for this Program when the memo was made, and never shrinks.
+        mem.scratch_len = m.cached.prog.scratch_len * params.dtype.size();
+        if scratch.len() * 8 < mem.scratch_len {
+            scratch.resize(mem.scratch_len.div_ceil(8), 0);
+        }
+        mem.scratch = scratch.as_mut_ptr().cast();
+        // SAFETY: as in `launch`: the call's live borrows, the scratch we hold locked, and a
+        // plan compiled from the call's Program (same key, same Program).
+        let r = unsafe {
+            exec::run_planned(
+                &m.cached.plan,
+                &[exec::Call { mem, params }],
+                links,
+                self.interrupt(),
+            )
+        };
+        self.record(inner, r)
+    }
+
+    fn interrupt(&self) -> Option<exec::Interrupt<'_>> {
+        Some(exec::Interrupt {
+            flag: &self.aborted,
+            why: &self.failure,
+        })
+    }
+
+    /// Notes a call's failure: the communicator is revoked.
+    fn record(&self, inner: &mut Inner, r: Result<()>) -> Result<()> {
+        if let Err(e) = &r {
+            crate::warn!(Some(self.rank), "{e}");
+            inner.revoked = Some(e.clone());
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e.clone());
+        }
+        r
     }
 
     /// Validates one call and finds its Program; gives it its sequence number and tag.
@@ -731,21 +858,22 @@ impl Communicator {
         Ok((cached, exec::Call { mem: p.mem, params }))
     }
 
-    /// Connects the links prepared calls need, gives them scratch and runs them together.
-    fn launch(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
-        // Links, then scratch for all of them (one allocation, carved up).
-        let mut scratch_total = 0usize;
+    /// Connects the links prepared calls need; a failure revokes the communicator.
+    fn connect(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
         for (cached, call) in planned {
             let es = call.params.dtype.size();
-            self.connect_peers(&mut inner.links, &cached.peers, cached.max_message * es)
-                .inspect_err(|e| {
-                    inner.revoked = Some(e.clone());
-                    self.failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e.clone());
-                })?;
-            scratch_total += (cached.prog.scratch_len * es).div_ceil(64) * 64;
+            let r = self.connect_peers(&mut inner.links, &cached.peers, cached.max_message * es);
+            self.record(inner, r)?;
+        }
+        Ok(())
+    }
+
+    /// Gives prepared calls (their links connected) scratch and runs them together.
+    fn launch(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
+        // Scratch for all of them: one allocation, carved up.
+        let mut scratch_total = 0usize;
+        for (cached, call) in planned {
+            scratch_total += (cached.prog.scratch_len * call.params.dtype.size()).div_ceil(64) * 64;
         }
         if inner.scratch.len() * 8 < scratch_total {
             inner.scratch.resize(scratch_total.div_ceil(8), 0);
@@ -760,10 +888,7 @@ impl Communicator {
             off += len.div_ceil(64) * 64;
             call
         };
-        let interrupt = Some(exec::Interrupt {
-            flag: &self.aborted,
-            why: &self.failure,
-        });
+        let interrupt = self.interrupt();
         // SAFETY: each call's memory comes from the call's live borrows (recv exclusively) or
         // the scratch owned by `inner`, which we hold locked; distinct calls' buffers are
         // distinct borrows; in place, Programs never name Input; Programs come from algo, which
@@ -792,15 +917,7 @@ impl Communicator {
                 exec::run_jobs_abortable(&jobs, &mut inner.links, interrupt)
             }
         };
-        if let Err(e) = &r {
-            crate::warn!(Some(self.rank), "{e}");
-            inner.revoked = Some(e.clone());
-            self.failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(e.clone());
-        }
-        r
+        self.record(inner, r)
     }
 
     // ---- blocking API ----
