@@ -453,7 +453,7 @@ pub unsafe fn run_jobs_abortable(
         })
         .collect();
     // SAFETY: forwarded from this function's contract; the plan was built from these jobs.
-    let r = unsafe { run_plan(&plan, &calls, links, abort, &mut st) };
+    let r = unsafe { run_plan(&plan, &calls, links, abort, Some(&mut st)) };
     st.group = plan;
     st.give_back();
     r
@@ -473,11 +473,8 @@ pub unsafe fn run_planned(
     if calls.is_empty() && plan.jobs() == 0 {
         return Ok(());
     }
-    let mut st = State::take();
     // SAFETY: forwarded from this function's contract.
-    let r = unsafe { run_plan(plan, calls, links, abort, &mut st) };
-    st.give_back();
-    r
+    unsafe { run_plan(plan, calls, links, abort, None) }
 }
 
 unsafe fn run_plan(
@@ -485,7 +482,7 @@ unsafe fn run_plan(
     calls: &[Call],
     links: &mut [Option<Box<dyn Link>>],
     abort: Option<Interrupt<'_>>,
-    st: &mut State,
+    st: Option<&mut State>,
 ) -> Result<()> {
     if calls.len() != plan.jobs() || calls.is_empty() {
         return Err(Error::Internal(format!(
@@ -507,8 +504,13 @@ unsafe fn run_plan(
             })
         {
             run_straight(plan, &bufs, links, abort)
-        } else {
+        } else if let Some(st) = st {
             run_inner(plan, &bufs, links, st, &mut failed_job, abort)
+        } else {
+            let mut st = State::take();
+            let r = run_inner(plan, &bufs, links, &mut st, &mut failed_job, abort);
+            st.give_back();
+            r
         }
     });
     // No posted destination may outlive the call: the caller's buffers are only borrowed.
@@ -684,7 +686,8 @@ impl<'a> Idle<'a> {
         Idle {
             rounds: 0,
             since: None,
-            spin: wait::spin_rounds(SPIN_ROUNDS),
+            // Worked out at the first idle round (a call that never waits never asks).
+            spin: u32::MAX,
             waiter: None,
             abort,
             p,
@@ -713,6 +716,9 @@ impl<'a> Idle<'a> {
         stalled: impl FnOnce() -> Error,
     ) -> Result<()> {
         self.interrupted()?;
+        if self.rounds == 0 {
+            self.spin = wait::spin_rounds(SPIN_ROUNDS);
+        }
         self.rounds += 1;
         if self.rounds <= self.spin {
             if let Some(w) = &mut self.waiter {

@@ -285,11 +285,15 @@ pub struct ShmLink {
     stride: usize,
     /// Messages published so far.
     sent: u64,
+    /// The slot of message `sent` (`sent % nslots`, kept without dividing).
+    tx_i: usize,
     /// The receiver's `tail` as last read.
     tail_cache: u64,
     unreported: usize,
     /// Messages consumed (released) so far.
     consumed: u64,
+    /// The slot of message `consumed`.
+    rx_i: usize,
     bell: Arc<Doorbell>,
     peer_bell: Doorbell,
     sock: Option<UnixStream>,
@@ -351,9 +355,11 @@ impl ShmLink {
             stride: geo.stride(),
             seg,
             sent: 0,
+            tx_i: 0,
             tail_cache: 0,
             unreported: 0,
             consumed: 0,
+            rx_i: 0,
             bell,
             peer_bell,
             sock,
@@ -368,7 +374,13 @@ impl ShmLink {
     /// The slot header of message `k` in a ring, and where a message of `len` bytes lies in it
     /// (in the header's own cache line when it is small, else after the header).
     fn slot(&self, slots: *mut u8, k: u64, len: usize) -> (&SlotHdr, *mut u8) {
-        let i = (k % self.nslots) as usize;
+        self.slot_at(slots, (k % self.nslots) as usize, len)
+    }
+
+    /// [`ShmLink::slot`] by slot index (`i < nslots`).
+    fn slot_at(&self, slots: *mut u8, i: usize, len: usize) -> (&SlotHdr, *mut u8) {
+        debug_assert!((i as u64) < self.nslots);
+        let i = i.min(self.nslots as usize - 1);
         let off = if len <= INLINE { INLINE_OFF } else { SLOT_HDR };
         // SAFETY: i < nslots, so the slot (header + data) lies inside the ring, inside the
         // mapping owned by self.seg. SlotHdr is 64-byte aligned there (stride and ring offsets
@@ -378,6 +390,11 @@ impl ShmLink {
             let p = slots.add(i * self.stride);
             (&*p.cast::<SlotHdr>(), p.add(off))
         }
+    }
+
+    /// The slot index after `i`.
+    fn next_slot(&self, i: usize) -> usize {
+        if i + 1 == self.nslots as usize { 0 } else { i + 1 }
     }
 
     fn tail(&self, p: *const AtomicU64) -> &AtomicU64 {
@@ -505,7 +522,7 @@ impl Link for ShmLink {
         // SAFETY: tx_posts is the table of the ring we send on; data..data+len is readable per
         // post_send's contract.
         let placed = unsafe { place::try_place(self.tx_posts, &mut self.writer, k, data, len) };
-        let (hdr, body) = self.slot(self.tx_slots, k, len);
+        let (hdr, body) = self.slot_at(self.tx_slots, self.tx_i, len);
         // SAFETY: the slot is free (the receiver's release of message k - nslots happened
         // before its tail store, which our acquire load saw), so nobody reads it; `body` has
         // room for len bytes (INLINE inline, else slot_size); `data..data+len` is valid per
@@ -522,6 +539,7 @@ impl Link for ShmLink {
             .store(if placed { PLACED } else { DATA }, Ordering::Relaxed);
         hdr.seq.store(k + 1, Ordering::Release);
         self.sent = k + 1;
+        self.tx_i = self.next_slot(self.tx_i);
         self.unreported += 1;
         fence(Ordering::SeqCst);
         self.peer_bell.ring_if_waiting();
@@ -551,7 +569,7 @@ impl Link for ShmLink {
             return Err(e.clone());
         }
         let k = self.consumed;
-        let (hdr, _) = self.slot(self.rx_slots, k, 0);
+        let (hdr, _) = self.slot_at(self.rx_slots, self.rx_i, 0);
         if hdr.seq.load(Ordering::Acquire) != k + 1 {
             if let Some(e) = self.dead_end("a message was still expected") {
                 return Err(e);
@@ -569,7 +587,7 @@ impl Link for ShmLink {
             };
             return Err(self.fail(e));
         }
-        let (_, mut body) = self.slot(self.rx_slots, k, len);
+        let (_, mut body) = self.slot_at(self.rx_slots, self.rx_i, len);
         if hdr.kind.load(Ordering::Relaxed) == PLACED {
             // Only a buffer we posted ourselves, never an address from shared memory.
             let Some(dst) = self.posted.placed(k, len) else {
@@ -603,13 +621,14 @@ impl Link for ShmLink {
 
     fn release_recv(&mut self) {
         let k = self.consumed;
-        let (hdr, _) = self.slot(self.rx_slots, k, 0);
+        let (hdr, _) = self.slot_at(self.rx_slots, self.rx_i, 0);
         if hdr.seq.load(Ordering::Relaxed) != k + 1 {
             return;
         }
         // SAFETY: rx_posts is the table of the ring we receive on.
         unsafe { self.posted.consumed(self.rx_posts, k) };
         self.consumed = k + 1;
+        self.rx_i = self.next_slot(self.rx_i);
         self.tail(self.rx_tail)
             .store(self.consumed, Ordering::Release);
         fence(Ordering::SeqCst);
