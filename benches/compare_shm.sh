@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Side-by-side float32-sum all-reduce on one host over shared memory: oxccl-perf (--transport shm)
 # vs Open MPI's MPI_Allreduce (btl sm), with 2 ranks and with 4 ranks (oversubscribed on 2 cores),
-# measured in the same run (this machine is noisy: compare ratios, not absolutes).
+# measured in the same run, interleaved: each repetition runs oxccl's sweep and then Open MPI's
+# (this machine is noisy, and its speed changes from one minute to the next: compare ratios taken
+# side by side, not absolutes).
 #
 # Usage: benches/compare_shm.sh            (from anywhere inside the repository)
 # Env:   MAXB   largest message in bytes (default 64 MiB)   REPS  repetitions (default 5)
-#        ITERS  oxccl-perf timed iterations per size (default 20)   PEERS  peer directory
+#        ITERS  oxccl-perf timed iterations per size above 32 KiB (default 50)
+#        ITERS_SMALL  the same up to 32 KiB (default 5000: a few microseconds per call need many
+#               calls to rise above the clock and the scheduler; the peers time ~0.2 s per size)
+#        PEERS  peer directory
 #        RANKS  rank counts to compare (default "2 4")   OXCCL_ARGS  extra oxccl-perf flags
 #
 # Sizes are 8 B x 4^k, the peers' sweep. oxccl's time is nccl-tests' (slowest rank's mean over
-# ITERS calls, out-of-place), run REPS times and the median taken; Open MPI reports the median of
-# REPS repetitions too.
+# the iterations, out-of-place); Open MPI's is its harness's (one repetition per round here). The
+# table gives each side's median over the REPS rounds and the median of the per-round ratios.
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PEERS=${PEERS:-$ROOT/../shared/peers}
-MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-20} RANKS=${RANKS:-"2 4"}
+MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-50} RANKS=${RANKS:-"2 4"}
+ITERS_SMALL=${ITERS_SMALL:-5000} SMALL=32768
 PEERS_HOME=${PEERS_HOME:-$HOME/.cache/oxccl-peers}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -24,60 +30,71 @@ trap 'rm -rf "$TMP"' EXIT
 [ -x "$PEERS_HOME/ompi/bin/mpirun" ] || "$PEERS/install.sh"
 
 for n in $RANKS; do
-  echo "== oxccl-perf (shm, $n ranks), $REPS runs"
-  : > "$TMP/ox$n.txt"
   s=8; while [ $((s * 4)) -le "$MAXB" ]; do s=$((s * 4)); done
   for rep in $(seq "$REPS"); do
+    echo "== round $rep of $REPS, $n ranks: oxccl-perf (shm)"
+    out="$TMP/ox${n}_$rep.txt"
     # shellcheck disable=SC2086
-    "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -b 8 -e "$MAXB" -f 4 -n "$ITERS" -w 5 \
-      ${OXCCL_ARGS:-} | tee -a "$TMP/ox$n.txt"
+    "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -b 8 -e "$((MAXB < SMALL ? MAXB : SMALL))" \
+      -f 4 -n "$ITERS_SMALL" -w 100 ${OXCCL_ARGS:-} | tee "$out"
+    if [ "$MAXB" -gt "$SMALL" ]; then
+      # shellcheck disable=SC2086
+      "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -b $((SMALL * 4)) -e "$MAXB" -f 4 \
+        -n "$ITERS" -w 5 ${OXCCL_ARGS:-} | tee -a "$out"
+    fi
     # The peers end their sweep with MAXB itself, which 8 x 4^k may skip (64 MiB is 8 x 4^11.5).
     if [ "$s" -ne "$MAXB" ]; then
       # shellcheck disable=SC2086
       "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -b "$MAXB" -e "$MAXB" -n "$ITERS" -w 5 \
-        ${OXCCL_ARGS:-} | tee -a "$TMP/ox$n.txt"
+        ${OXCCL_ARGS:-} | tee -a "$out"
     fi
+    echo "== round $rep of $REPS, $n ranks: Open MPI (sm)"
+    MAXB=$MAXB REPS=1 "$PEERS/run.sh" "ompi$n" | tee "$TMP/peers${n}_$rep.txt"
   done
-  echo "== Open MPI (sm, $n ranks)"
-  MAXB=$MAXB REPS=$REPS "$PEERS/run.sh" "ompi$n" | tee "$TMP/peers$n.txt"
 done
 
-python3 - "$TMP" "$RANKS" <<'PY'
-import sys, os, collections
-d, ranks = sys.argv[1], sys.argv[2].split()
-def oxccl(n):
-    rows = collections.defaultdict(list)
-    for line in open(os.path.join(d, f"ox{n}.txt")):
+python3 - "$TMP" "$RANKS" "$REPS" <<'PY'
+import sys, os, statistics
+d, ranks, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+def oxccl(path):
+    out = {}
+    for line in open(path):
         f = line.split()
         if line.startswith("#") or len(f) < 13:
             continue
-        rows[int(f[0])].append((float(f[5]), float(f[7])))
-    out = {}
-    for size, v in rows.items():
-        v.sort()
-        out[size] = v[len(v) // 2]
+        out[int(f[0])] = (float(f[5]), float(f[7]))
     return out
-def peer(n):
+def peer(path):
     out = {}
-    for line in open(os.path.join(d, f"peers{n}.txt")):
+    for line in open(path):
         f = line.split()
         if len(f) >= 8 and f[0].isdigit():
             out[int(f[0])] = (float(f[2]), float(f[6]))
     return out
 def fmt_t(us):
     return f"{us/1000:9.2f} ms" if us >= 10000 else f"{us:9.2f} us"
+def med(rows):
+    if not rows:
+        return None
+    return (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
 def cell(r):
     return f"{fmt_t(r[0])} {r[1]:6.2f}" if r else f"{'-':>12} {'-':>6}"
 for n in ranks:
-    ox, om = oxccl(n), peer(n)
+    rounds = [(oxccl(os.path.join(d, f"ox{n}_{k}.txt")), peer(os.path.join(d, f"peers{n}_{k}.txt")))
+              for k in range(1, reps + 1)]
+    sizes = sorted(set().union(*(set(a) | set(m) for a, m in rounds)))
     print()
-    print(f"all-reduce float32 sum, {n} ranks, shared memory: time and busbw (GB/s)")
-    print(f"{'bytes':>10} | {'oxccl shm':>19} | {'Open MPI sm':>19} | {'time ratio':>10} {'busbw ratio':>11}")
-    for size in sorted(set(ox) | set(om)):
-        a, m = ox.get(size), om.get(size)
-        tr = f"{m[0]/a[0]:9.2f}x" if a and m and a[0] > 0 else f"{'-':>10}"
-        br = f"{a[1]/m[1]:10.2f}x" if a and m and m[1] > 0 else f"{'-':>11}"
-        print(f"{size:>10} | {cell(a)} | {cell(m)} | {tr} {br}")
+    print(f"all-reduce float32 sum, {n} ranks, shared memory: median time and busbw (GB/s) over {reps} rounds")
+    print(f"{'bytes':>10} | {'oxccl shm':>19} | {'Open MPI sm':>19} | {'ratio':>7} {'min':>6} {'max':>6}")
+    for size in sizes:
+        a = med([r[0][size] for r in rounds if size in r[0]])
+        m = med([r[1][size] for r in rounds if size in r[1]])
+        ratios = sorted(r[1][size][0] / r[0][size][0] for r in rounds
+                        if size in r[0] and size in r[1] and r[0][size][0] > 0)
+        rc = (f"{statistics.median(ratios):6.2f}x {ratios[0]:5.2f}x {ratios[-1]:5.2f}x"
+              if ratios else f"{'-':>7} {'-':>6} {'-':>6}")
+        print(f"{size:>10} | {cell(a)} | {cell(m)} | {rc}")
 print()
-print("time ratio = Open MPI time / oxccl time; busbw ratio = oxccl busbw / Open MPI busbw (> 1: oxccl faster)")
+print("ratio = Open MPI time / oxccl time in the same round (= oxccl busbw / Open MPI busbw; > 1: oxccl")
+print("faster): the median over the rounds, and the smallest and largest")
 PY
