@@ -394,7 +394,11 @@ impl ShmLink {
 
     /// The slot index after `i`.
     fn next_slot(&self, i: usize) -> usize {
-        if i + 1 == self.nslots as usize { 0 } else { i + 1 }
+        if i + 1 == self.nslots as usize {
+            0
+        } else {
+            i + 1
+        }
     }
 
     fn tail(&self, p: *const AtomicU64) -> &AtomicU64 {
