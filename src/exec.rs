@@ -896,14 +896,6 @@ fn run_inner(
         for (q, c) in peers.iter().zip(cursors.iter_mut()) {
             let link = links[q.peer].as_mut().expect("validated above");
             moved |= link.progress().map_err(|e| relayed(e, p0.rank, q.peer))?;
-            for _ in 0..link.take_send_completions() {
-                let g = c
-                    .inflight
-                    .pop_front()
-                    .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
-                complete(g, remaining, ready_local, &mut done);
-                moved = true;
-            }
             while let Some(&g) = q.sends.get(c.next_send) {
                 if remaining[g as usize] > 0 {
                     break;
@@ -921,6 +913,18 @@ fn run_inner(
                 }
                 c.inflight.push_back(g);
                 c.next_send += 1;
+                moved = true;
+            }
+            // Completions after posting: a link that completes a send as it posts it (shm)
+            // then frees the memory it read at once, so a receive into that memory is offered
+            // below, before this round spends its time reducing what already arrived (else the
+            // peer's message would beat the offer, and take the slot and a second copy).
+            for _ in 0..link.take_send_completions() {
+                let g = c
+                    .inflight
+                    .pop_front()
+                    .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
+                complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
             // Offer final destinations for plain receives whose memory is free, so the link can
@@ -1155,5 +1159,107 @@ mod tests {
         // A group is never run in order.
         let p = algo::build(Algorithm::Direct, &Shape::all_reduce(2, 0, 5, false, 64)).unwrap();
         assert!(!Plan::new(&[&p, &p]).straight);
+    }
+
+    /// A link whose peer has already sent everything: `inbox` in order, every send complete
+    /// as it is posted (as over shm); it records offers and releases in `log`.
+    struct Scripted {
+        inbox: Vec<(Tag, Vec<u8>)>,
+        next: usize,
+        sent: usize,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Link for Scripted {
+        fn peer(&self) -> usize {
+            1
+        }
+        fn max_message(&self) -> usize {
+            1 << 20
+        }
+        unsafe fn post_send(&mut self, _: &Tag, _: *const u8, _: usize) -> Result<bool> {
+            self.sent += 1;
+            Ok(true)
+        }
+        fn progress(&mut self) -> Result<bool> {
+            Ok(false)
+        }
+        fn take_send_completions(&mut self) -> usize {
+            std::mem::take(&mut self.sent)
+        }
+        fn completes_on_post(&self) -> bool {
+            true
+        }
+        fn peek_recv(&mut self) -> Result<Option<(Tag, &[u8])>> {
+            Ok(self.inbox.get(self.next).map(|(t, d)| (*t, &d[..])))
+        }
+        fn release_recv(&mut self) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("release {}", self.next));
+            self.next += 1;
+        }
+        unsafe fn post_recv(&mut self, index: u64, _: *mut u8, _: usize) {
+            self.log.lock().unwrap().push(format!("offer {index}"));
+        }
+        fn released(&self) -> u64 {
+            self.next as u64
+        }
+        fn wait_interest(&self, _: &mut Vec<libc::pollfd>) {}
+        fn send_abort(&mut self, _: &Error) {}
+        fn transport(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    /// In place, a 2-rank ring's all-gather receive lands where this rank's reduce-scatter send
+    /// read from: the send's completion (at posting, over shm) must make the receive's offer
+    /// go out before the round spends its time reducing what already arrived, or the peer's
+    /// message beats the offer and costs a second copy.
+    #[test]
+    fn a_receive_freed_by_a_send_is_offered_before_earlier_messages_are_reduced() {
+        let count = 8;
+        let prog = algo::build(Algorithm::Ring, &Shape::all_reduce(2, 0, count, true, 4)).unwrap();
+        let plan = Plan::new(&[&prog]);
+        let p = Params {
+            tag: Tag {
+                count: count as u64,
+                ..params(2).tag
+            },
+            ..params(2)
+        };
+        let half = vec![0u8; count / 2 * 4];
+        // One message for the reduce-scatter, one for the all-gather (index 1).
+        let inbox = (0..2).map(|_| (p.tag, half.clone())).collect();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let link = Scripted {
+            inbox,
+            next: 0,
+            sent: 0,
+            log: log.clone(),
+        };
+        let mut links: Vec<Option<Box<dyn Link>>> = vec![None, Some(Box::new(link))];
+        let mut buf = vec![1.0f32; count];
+        let m = mem(&[], &mut buf);
+        let call = Call {
+            mem: Mem {
+                input: m.output,
+                input_len: m.output_len,
+                ..m
+            },
+            params: p,
+        };
+        // SAFETY: the buffer lives through the call and matches the Program.
+        unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap();
+        let log = log.lock().unwrap();
+        let offer = log.iter().position(|e| e == "offer 1");
+        let first_release = log.iter().position(|e| e == "release 0");
+        assert!(
+            offer.is_some() && offer < first_release,
+            "the all-gather receive was offered late: {log:?}"
+        );
+        // Rank 0 reduced the peer's zeros into its second half and received its first.
+        assert_eq!(buf, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     }
 }
