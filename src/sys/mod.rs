@@ -72,6 +72,40 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// The CPUs this process may run on (sched_getaffinity(2)), in increasing order.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size and pointer describe `set`, a live cpu_set_t.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET reads the set within its fixed size (CPU_SETSIZE bits).
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Restricts process (thread group leader) `pid` to CPU `cpu` (sched_setaffinity(2)); threads
+/// it starts afterwards inherit that.
+pub fn bind_to_cpu(pid: i32, cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond the CPU set"),
+        ));
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid (empty) set; cpu is within it (checked above).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the size and pointer describe `set`; the kernel checks the pid.
+    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Gives the CPU to another runnable thread (sched_yield(2)).
 pub fn yield_now() {
     std::thread::yield_now();
@@ -186,4 +220,34 @@ pub fn set_tcp_user_timeout(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_bound_to_a_cpu_is_allowed_only_that_one() {
+        let cpus = allowed_cpus().unwrap();
+        let cpu = *cpus.last().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let r = bind_to_cpu(child.id() as i32, cpu);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        child.kill().ok();
+        child.wait().ok();
+        r.unwrap();
+        let allowed = status
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap();
+        assert_eq!(allowed, cpu.to_string());
+        assert!(bind_to_cpu(child.id() as i32, libc::CPU_SETSIZE as usize).is_err());
+    }
 }

@@ -177,8 +177,21 @@ pub struct Options {
     pub algo: Option<Algorithm>,
     /// Deadline on the whole `-N` run; `None` = derived from the sweep, `Some(ZERO)` = off.
     pub watchdog: Option<Duration>,
+    /// How `-N` places its ranks on CPUs (`--bind`).
+    pub bind: Bind,
     /// The raw arguments minus `-N` (and its value): what `-N` passes to each child rank.
     pub child_args: Vec<String>,
+}
+
+/// How `-N` places its ranks on CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// `core` when there are more ranks than CPUs, else `none`.
+    Auto,
+    /// Rank i runs on the i-th CPU this tool may use, wrapping around.
+    Core,
+    /// Wherever the scheduler puts them.
+    None,
 }
 
 impl Options {
@@ -259,6 +272,11 @@ oxccl flags:
       --json <file>           rank 0 writes the config and every row as one JSON object
       --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
                               default: derived from the sweep)
+      --bind <auto|core|none> with -N: run rank i on the i-th CPU this tool may use, wrapping
+                              around (core, as mpirun --bind-to core), or leave placement to the
+                              scheduler (none); auto (default): core when there are more ranks
+                              than CPUs, where the scheduler's placement often puts three ranks
+                              on one CPU and one on the other
   -h, --help
 
 Algorithms (-a), per collective:
@@ -426,6 +444,7 @@ const VALUED: &[(&str, &str)] = &[
     ("", "--transport"),
     ("", "--json"),
     ("", "--watchdog"),
+    ("", "--bind"),
 ];
 
 /// Splits one argument into (canonical long flag, inline value) if it is a known valued flag:
@@ -466,6 +485,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         root: Some(0),
         algo: None,
         watchdog: None,
+        bind: Bind::Auto,
         child_args: Vec::new(),
     };
     let mut factor: Option<usize> = None;
@@ -578,6 +598,18 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
                     })?;
                 o.watchdog = Some(Duration::from_secs_f64(s));
             }
+            "--bind" => {
+                o.bind = match value.trim() {
+                    "auto" => Bind::Auto,
+                    "core" => Bind::Core,
+                    "none" => Bind::None,
+                    v => {
+                        return Err(format!(
+                            "bad value '{v}' for --bind: expected auto, core or none"
+                        ));
+                    }
+                }
+            }
             _ => unreachable!("flag table and match disagree on {flag}"),
         }
     }
@@ -661,6 +693,9 @@ mod tests {
         assert_eq!((o.root, o.algo), (Some(2), Some(Algorithm::Chain)));
         assert_eq!(parse("reduce -r -1").unwrap().root, None);
         assert_eq!(parse("reduce --root=-1").unwrap().root, None);
+        assert_eq!(parse("").unwrap().bind, Bind::Auto);
+        assert_eq!(parse("--bind core").unwrap().bind, Bind::Core);
+        assert_eq!(parse("--bind=none").unwrap().bind, Bind::None);
     }
 
     #[test]
@@ -769,6 +804,7 @@ mod tests {
         assert!(parse("-o nope").unwrap_err().contains("unknown op"));
         assert!(parse("-b").unwrap_err().contains("needs a value"));
         assert!(parse("-b 1M -e 1K").unwrap_err().contains("larger"));
+        assert!(parse("--bind socket").unwrap_err().contains("--bind"));
         assert!(parse("-f 2 -i 8").is_err());
         assert!(parse("-f 1").is_err());
         assert!(parse("-c 2").is_err());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use oxccl::bootstrap::{StoreServer, secret_hex};
 
-use crate::args::{Options, unrunnable};
+use crate::args::{Bind, Options, unrunnable};
 
 /// Exit status a rank uses when it ran to the end but some element was wrong.
 pub const EXIT_WRONG: i32 = 2;
@@ -140,6 +140,19 @@ pub fn run_local(o: &Options, k: usize) -> i32 {
     }
 }
 
+/// The CPU each of `k` ranks is bound to under `bind` (empty: none is).
+fn placement(bind: Bind, k: usize) -> Vec<usize> {
+    let cpus = match oxccl::sys::allowed_cpus() {
+        Ok(c) if !c.is_empty() => c,
+        _ => return Vec::new(),
+    };
+    match bind {
+        Bind::None => Vec::new(),
+        Bind::Auto if k <= cpus.len() => Vec::new(),
+        Bind::Auto | Bind::Core => (0..k).map(|r| cpus[r % cpus.len()]).collect(),
+    }
+}
+
 fn launch(o: &Options, k: usize) -> Result<i32, String> {
     if let Some(why) = unrunnable(o, k) {
         return Err(why);
@@ -157,6 +170,7 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
     let watchdog = o.watchdog.unwrap_or_else(|| default_watchdog(o, k));
     let deadline = (!watchdog.is_zero()).then(|| Instant::now() + watchdog);
 
+    let cpus = placement(o.bind, k);
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(k);
     let mut done: Vec<bool> = Vec::with_capacity(k);
     for rank in 0..k {
@@ -174,6 +188,13 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
         }
         match cmd.spawn() {
             Ok(c) => {
+                if let Some(cpu) = cpus.get(rank) {
+                    // Set right after the start: the rank's own threads start later and
+                    // inherit it.
+                    if let Err(e) = oxccl::sys::bind_to_cpu(c.id() as i32, *cpu) {
+                        eprintln!("oxccl-perf: could not bind rank {rank} to CPU {cpu}: {e}");
+                    }
+                }
                 children.push((rank, c));
                 done.push(false);
             }
@@ -298,6 +319,19 @@ mod tests {
         ])
         .unwrap();
         assert!(s.starts_with("rank 2 exited with status 1"));
+    }
+
+    #[test]
+    fn ranks_are_bound_round_robin_when_they_outnumber_the_cpus() {
+        let cpus = oxccl::sys::allowed_cpus().unwrap();
+        let n = cpus.len();
+        assert!(n >= 1 && cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
+        assert!(placement(Bind::Auto, n).is_empty());
+        assert!(placement(Bind::None, n + 3).is_empty());
+        let want: Vec<usize> = (0..n + 3).map(|r| cpus[r % n]).collect();
+        assert_eq!(placement(Bind::Auto, n + 3), want);
+        assert_eq!(placement(Bind::Core, n + 3), want);
+        assert_eq!(placement(Bind::Core, 1), vec![cpus[0]]);
     }
 
     #[test]
