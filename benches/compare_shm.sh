@@ -13,6 +13,10 @@
 #        PEERS  peer directory
 #        RANKS  rank counts to compare (default "2 4")   OXCCL_ARGS  extra oxccl-perf flags
 #
+# Placement: with more ranks than CPUs oxccl-perf binds rank i to CPU i mod #CPUs (its --bind
+# auto), while the peers script runs Open MPI with --bind-to none; OXCCL_ARGS="--bind none"
+# measures oxccl unbound too.
+#
 # Sizes are 8 B x 4^k, the peers' sweep. oxccl's time is nccl-tests' (slowest rank's mean over
 # the iterations, out-of-place); Open MPI's is its harness's (one repetition per round here). The
 # table gives each side's median over the REPS rounds and the median of the per-round ratios.
