@@ -188,7 +188,8 @@ pub struct Options {
 pub enum Bind {
     /// `core` when there are more ranks than CPUs, else `none`.
     Auto,
-    /// Rank i runs on the i-th CPU this tool may use, wrapping around.
+    /// Each rank on one CPU, consecutive ranks sharing one: with k ranks on n CPUs, rank r on
+    /// the (r·n/k)-th.
     Core,
     /// Wherever the scheduler puts them.
     None,
@@ -272,8 +273,8 @@ oxccl flags:
       --json <file>           rank 0 writes the config and every row as one JSON object
       --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
                               default: derived from the sweep)
-      --bind <auto|core|none> with -N: run rank i on the i-th CPU this tool may use, wrapping
-                              around (core, as mpirun --bind-to core), or leave placement to the
+      --bind <auto|core|none> with -N: bind each rank to one of the CPUs this tool may use,
+                              consecutive ranks sharing one (core), or leave placement to the
                               scheduler (none); auto (default): core when there are more ranks
                               than CPUs, where the scheduler's placement often puts three ranks
                               on one CPU and one on the other
