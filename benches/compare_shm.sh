@@ -8,7 +8,7 @@
 # Usage: benches/compare_shm.sh            (from anywhere inside the repository)
 # Env:   MAXB   largest message in bytes (default 64 MiB)   REPS  repetitions (default 5)
 #        ITERS  oxccl-perf timed iterations per size above 32 KiB (default 50)
-#        ITERS_SMALL  the same up to 32 KiB (default 5000: a few microseconds per call need many
+#        ITERS_SMALL  the same up to 32 KiB (default 20000: a few microseconds per call need many
 #               calls to rise above the clock and the scheduler; the peers time ~0.2 s per size)
 #        PEERS  peer directory
 #        RANKS  rank counts to compare (default "2 4")   OXCCL_ARGS  extra oxccl-perf flags
@@ -24,7 +24,7 @@ set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PEERS=${PEERS:-$ROOT/../shared/peers}
 MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-50} RANKS=${RANKS:-"2 4"}
-ITERS_SMALL=${ITERS_SMALL:-5000} SMALL=32768
+ITERS_SMALL=${ITERS_SMALL:-20000} SMALL=32768
 PEERS_HOME=${PEERS_HOME:-$HOME/.cache/oxccl-peers}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
