@@ -227,7 +227,7 @@ impl Options {
 /// What the command line asks for.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    /// `-h`: print [`USAGE`] and exit 0.
+    /// `-h`: print the usage text and exit 0.
     Help,
     /// Run the benchmark.
     Run(Box<Options>),
