@@ -734,7 +734,12 @@ impl Communicator {
         let m = &memos[i];
         let mut params = m.params;
         params.tag.seq = *seq;
-        crate::trace!(Some(self.rank), "{}: memoised", exec::describe(&params.tag));
+        crate::trace!(
+            Some(self.rank),
+            "{}: {} (prepared before)",
+            exec::describe(&params.tag),
+            m.cached.prog.algo.name()
+        );
         let mut mem = call_mem(call);
         // The scratch was sized for this Program when the memo was made, and never shrinks.
         mem.scratch_len = m.cached.prog.scratch_len * params.dtype.size();
