@@ -93,6 +93,29 @@ def test_launcher_runs_a_c_program(tmp_path):
     assert "rank 1 of 2: sum of ranks = 1 (expected 1)" in out, out
 
 
+def test_launcher_binds_ranks_when_they_outnumber_the_cpus():
+    import ast
+
+    from oxccl.run import placement
+
+    cpus = sorted(os.sched_getaffinity(0))
+    c = len(cpus)
+    assert placement("auto", c, cpus) == [] and placement("none", 2 * c, cpus) == []
+    assert placement("auto", 2 * c, cpus) == [cpus[r // 2] for r in range(2 * c)]
+    assert placement("core", 1, cpus) == [cpus[0]]
+    # More ranks than CPUs: each child runs on exactly the CPU the plan gives it.
+    n = c + 1
+    code, out = launch(n, worker("launcher.py"), "cpus", timeout=30)
+    assert code == 0, out
+    seen = {}
+    for line in out.splitlines():
+        if line.startswith("CPUS "):
+            _, rank, allowed = line.split(" ", 2)
+            seen[int(rank)] = ast.literal_eval(allowed)
+    want = placement("auto", n, cpus)
+    assert seen == {r: [want[r]] for r in range(n)}, out
+
+
 def test_launcher_usage():
     import subprocess
 
