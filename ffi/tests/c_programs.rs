@@ -128,10 +128,29 @@ impl Proc {
 
 /// Starts `exe args` as rank `rank` with a clean environment plus `env`.
 fn spawn(exe: &Path, rank: usize, args: &[String], env: &[(String, String)]) -> Proc {
+    spawn_wrapped(&[], exe, rank, args, env)
+}
+
+/// Like `spawn`, with `wrap` before the program (`ip netns exec NS`, which execs it: the child's
+/// pid is the program's).
+fn spawn_wrapped(
+    wrap: &[String],
+    exe: &Path,
+    rank: usize,
+    args: &[String],
+    env: &[(String, String)],
+) -> Proc {
     let dir = scratch(&format!("run-rank{rank}"));
     let out = dir.join(format!("rank{rank}.out"));
     let err = dir.join(format!("rank{rank}.err"));
-    let mut cmd = Command::new(exe);
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.args(args)
         .env_clear()
         .stdin(Stdio::null())
@@ -210,15 +229,21 @@ struct Launch {
 
 fn launch(n: usize) -> Launch {
     let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("bind store");
-    let server =
-        StoreServer::start(id.take_listener().expect("listener"), id.secret).expect("serve store");
+    let listener = id.take_listener().expect("listener");
+    launch_on(n, listener, id.secret)
+}
+
+/// `launch`, serving the store on `listener` (bound in a network namespace, say).
+fn launch_on(n: usize, listener: std::net::TcpListener, secret: [u8; 16]) -> Launch {
+    let server = StoreServer::start(listener, secret).expect("serve store");
+    let root = server.addr();
     let env = (0..n)
         .map(|r| {
             vec![
                 ("OXCCL_RANK".into(), r.to_string()),
                 ("OXCCL_WORLD_SIZE".into(), n.to_string()),
-                ("OXCCL_ROOT".into(), id.addr.to_string()),
-                ("OXCCL_SECRET".into(), secret_hex(&id.secret)),
+                ("OXCCL_ROOT".into(), root.to_string()),
+                ("OXCCL_SECRET".into(), secret_hex(&secret)),
                 ("OXCCL_ROOT_EXTERNAL".into(), "1".into()),
             ]
         })
@@ -385,4 +410,248 @@ fn static_library_links() {
         "{}",
         report(&procs)
     );
+}
+
+// ---- A C host with SIGPIPE at its default: a dead or departed peer is an error, never a signal.
+
+/// Where the 4 ranks of a sigpipe.c run live: loopback with one transport, or a network
+/// namespace with two interfaces and multi-path TCP over both.
+enum Net {
+    Local(&'static str),
+    Multipath,
+}
+
+/// A network namespace with loopback and two interfaces (`d0` 10.78.0.1, `d1` 10.78.1.1:
+/// addresses that exist only inside it), deleted on drop. `None` (after printing why) where
+/// namespaces cannot be made.
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Option<Netns> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "oxsp{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let o = Command::new("ip")
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+        };
+        let _ = ip(&["netns", "del", &name]);
+        if let Err(e) = ip(&["netns", "add", &name]) {
+            println!(
+                "skipped: cannot create a network namespace here (needs root and iproute2): {e}"
+            );
+            return None;
+        }
+        let ns = Netns(name);
+        let n = ns.0.as_str();
+        let setup = [
+            vec!["-n", n, "link", "set", "lo", "up"],
+            // veth pairs with both ends inside (this kernel has no dummy interfaces); traffic
+            // between the two addresses is local delivery.
+            vec![
+                "-n", n, "link", "add", "d0", "type", "veth", "peer", "name", "d0p",
+            ],
+            vec![
+                "-n", n, "link", "add", "d1", "type", "veth", "peer", "name", "d1p",
+            ],
+            vec!["-n", n, "link", "set", "d0p", "up"],
+            vec!["-n", n, "link", "set", "d1p", "up"],
+            vec!["-n", n, "addr", "add", "10.78.0.1/24", "dev", "d0"],
+            vec!["-n", n, "addr", "add", "10.78.1.1/24", "dev", "d1"],
+            vec!["-n", n, "link", "set", "d0", "up"],
+            vec!["-n", n, "link", "set", "d1", "up"],
+        ];
+        for a in setup {
+            if let Err(e) = ip(&a) {
+                println!("skipped: cannot set up the namespace's interfaces: {e}");
+                return None;
+            }
+        }
+        Some(ns)
+    }
+
+    /// A listener bound to `addr` inside the namespace (from a thread that entered it).
+    fn bind(&self, addr: &str) -> std::net::TcpListener {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.0);
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a descriptor this thread holds open; it switches only this thread,
+            // which ends right after binding.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            std::net::TcpListener::bind(addr).expect("bind in the namespace")
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// Runs sigpipe.c `mode victim` on 4 ranks over `net`; checks that the victim went as planned,
+/// that no survivor died of a signal, and that every survivor printed its "survived" line.
+/// Returns the survivors' lines.
+fn sigpipe(mode: &str, victim: usize, net: Net) -> Vec<String> {
+    const N: usize = 4;
+    let exe = compile("sigpipe", &[test_src("sigpipe.c")], false);
+    let mut extra: Vec<(String, String)> = Vec::new();
+    let (l, wrap, _ns) = match net {
+        Net::Local(transport) => {
+            extra.push(("OXCCL_TRANSPORT".into(), transport.into()));
+            (launch(N), Vec::new(), None)
+        }
+        Net::Multipath => {
+            let Some(ns) = Netns::create() else {
+                return Vec::new();
+            };
+            let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("a secret");
+            drop(id.take_listener());
+            let l = launch_on(N, ns.bind("10.78.0.1:0"), id.secret);
+            extra.push(("OXCCL_TRANSPORT".into(), "tcp".into()));
+            extra.push(("OXCCL_SOCKET_IFNAME".into(), "d0,d1".into()));
+            extra.push(("OXCCL_DEBUG".into(), "INFO".into()));
+            let wrap = vec![
+                "ip".to_string(),
+                "netns".into(),
+                "exec".into(),
+                ns.0.clone(),
+            ];
+            (l, wrap, Some(ns))
+        }
+    };
+    if mode == "idle" {
+        extra.push(("OXCCL_TIMEOUT_MS".into(), "3000".into()));
+    }
+    let args = vec![mode.to_string(), victim.to_string()];
+    let mut procs: Vec<Proc> = (0..N)
+        .map(|r| {
+            let mut env = l.env[r].clone();
+            env.extend(extra.iter().cloned());
+            spawn_wrapped(&wrap, &exe, r, &args, &env)
+        })
+        .collect();
+    let limit = Duration::from_secs(120);
+    let deadline = Instant::now() + limit;
+    if mode == "idle" {
+        // Every rank idle (its calls done, polling): now the victim dies, as `kill -9` would.
+        while !procs.iter().all(|p| p.stdout().contains("idle")) {
+            for i in 0..N {
+                if let Some(st) = procs[i].child.try_wait().expect("try_wait") {
+                    procs[i].status = Some(st);
+                    panic!("rank {i} exited before going idle:\n{}", report(&procs));
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ranks never went idle:\n{}",
+                report(&procs)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let v = &mut procs[victim];
+        v.child.kill().expect("kill the victim");
+        v.status = Some(v.child.wait().expect("reap the victim"));
+    }
+    wait_all(
+        &mut procs,
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    let mut lines = Vec::new();
+    for p in &procs {
+        let st = p.status.expect("waited");
+        if p.rank == victim {
+            let planned = match mode {
+                "close" => st.code() == Some(0),
+                _ => st.signal() == Some(libc::SIGKILL),
+            };
+            assert!(planned, "the victim ended with {st:?}:\n{}", report(&procs));
+            continue;
+        }
+        if let Some(sig) = st.signal() {
+            panic!(
+                "rank {} was killed by signal {sig}{}:\n{}",
+                p.rank,
+                if sig == libc::SIGPIPE {
+                    " (SIGPIPE)"
+                } else {
+                    ""
+                },
+                report(&procs)
+            );
+        }
+        assert!(st.success(), "rank {} failed:\n{}", p.rank, report(&procs));
+        let out = p.stdout();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("survived"))
+            .unwrap_or_else(|| panic!("rank {} did not survive:\n{}", p.rank, report(&procs)));
+        lines.push(format!("rank {}: {line}", p.rank));
+    }
+    if !wrap.is_empty() {
+        let survivor = (victim + 1) % N;
+        assert!(
+            procs[survivor]
+                .stderr()
+                .contains("multi-path tcp over 2 paths"),
+            "rank {survivor} did not use multi-path links:\n{}",
+            report(&procs)
+        );
+    }
+    eprintln!("{mode} victim {victim}:\n  {}", lines.join("\n  "));
+    lines
+}
+
+#[test]
+fn c_host_survives_a_killed_peer_over_tcp() {
+    sigpipe("kill", 2, Net::Local("tcp"));
+}
+
+#[test]
+fn c_host_survives_a_killed_peer_over_shm() {
+    sigpipe("kill", 2, Net::Local("shm"));
+}
+
+#[test]
+fn c_host_survives_a_killed_peer_over_multipath_tcp() {
+    sigpipe("kill", 2, Net::Multipath);
+}
+
+#[test]
+fn c_host_survives_a_peer_that_closes_early_over_tcp() {
+    sigpipe("close", 2, Net::Local("tcp"));
+}
+
+#[test]
+fn c_host_survives_a_peer_that_closes_early_over_shm() {
+    sigpipe("close", 2, Net::Local("shm"));
+}
+
+#[test]
+fn c_host_survives_a_peer_that_closes_early_over_multipath_tcp() {
+    sigpipe("close", 2, Net::Multipath);
 }

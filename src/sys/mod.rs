@@ -222,6 +222,61 @@ pub fn set_tcp_user_timeout(
     Ok(())
 }
 
+/// Writes to a stream socket (TCP or Unix) with `MSG_NOSIGNAL`: a peer that has gone away is
+/// an `EPIPE` error, never a SIGPIPE in the host process. std's `TcpStream::write` already
+/// passes that flag, but its `write_vectored` is a plain `writev(2)`, which raises SIGPIPE in a
+/// host (a C program) that keeps the signal's default disposition. Every socket write of the
+/// library goes through this type or std's flagged `write`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoSigPipe<'a>(std::os::fd::BorrowedFd<'a>);
+
+impl<'a> NoSigPipe<'a> {
+    /// Wraps a connected stream socket.
+    pub fn new(sock: &'a impl std::os::fd::AsFd) -> NoSigPipe<'a> {
+        NoSigPipe(sock.as_fd())
+    }
+}
+
+impl io::Write for NoSigPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is borrowed from a live socket for 'a; the pointer and length describe
+        // `buf`, which outlives the call.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec on Unix (std guarantees it); sendmsg only reads.
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = bufs.len().min(1024) as _;
+        // SAFETY: the fd is borrowed from a live socket; msg points at `bufs`, live slices that
+        // outlive the call and that sendmsg only reads.
+        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,7 +392,7 @@ impl MultipathLink {
                 // need only a non-null aligned pointer.
                 let body = unsafe { std::slice::from_raw_parts(ptr, t.len) };
                 let r = if t.off < MHDR {
-                    p.sock
+                    crate::sys::NoSigPipe::new(&p.sock)
                         .write_vectored(&[IoSlice::new(&t.hdr[t.off..]), IoSlice::new(body)])
                 } else {
                     p.sock.write(&body[t.off - MHDR..])
@@ -687,8 +687,7 @@ impl Link for MultipathLink {
         );
         for p in self.paths.iter_mut().filter(|p| p.alive) {
             if p.tx.as_ref().is_none_or(|t| t.off == 0) {
-                let _ = p
-                    .sock
+                let _ = crate::sys::NoSigPipe::new(&p.sock)
                     .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
             }
             let _ = p.sock.shutdown(Shutdown::Write);

@@ -276,7 +276,7 @@ impl TcpLink {
             // SAFETY: see above; a zero-length slice only needs a non-null aligned pointer.
             let body = unsafe { std::slice::from_raw_parts(ptr, p.len) };
             let r = if st.tx_off < HDR {
-                st.sock
+                crate::sys::NoSigPipe::new(&st.sock)
                     .write_vectored(&[IoSlice::new(&st.tx_hdr[st.tx_off..]), IoSlice::new(body)])
             } else {
                 st.sock.write(&body[st.tx_off - HDR..])
@@ -599,8 +599,7 @@ impl Link for TcpLink {
                 // At a frame boundary: the abort frame is well-formed for the peer. A socket in
                 // the middle of a frame (or whose buffer is full) just gets shut down; the peer
                 // sees EOF there and looks for the reason on the others.
-                let _ = st
-                    .sock
+                let _ = crate::sys::NoSigPipe::new(&st.sock)
                     .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
             }
         }
