@@ -563,11 +563,13 @@ impl Communicator {
         links.resize_with(nranks, || None);
         let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failure = std::sync::Arc::new(Mutex::new(None));
+        // Liveness is peer to peer from here on (see `liveness`): the store is not needed again.
+        drop(store);
+        let addrs: Vec<SocketAddr> = cards.iter().map(|c| c.addr).collect();
+        let ring = liveness::connect_ring(&listener, &addrs, &secret, comm_id, rank, deadline)?;
         let live = liveness::Heartbeat::start(
-            store,
-            secret,
+            ring,
             rank,
-            nranks,
             timeout,
             liveness::Revoke {
                 flag: aborted.clone(),

@@ -881,9 +881,11 @@ oxcclResult_t oxcclCommCount(oxcclComm_t comm, int *count);
 oxcclResult_t oxcclCommUserRank(oxcclComm_t comm, int *rank);
 
 /**
- * `oxcclSuccess` while `comm` is healthy, else the code of the first failure reported by a
- * call on it that revoked it (a lost peer, a timeout, a mismatch...): after that, every call
- * on it fails; destroy it, or shrink it. Never blocks (it may be polled while another thread
+ * `oxcclSuccess` while `comm` is healthy, else the code of the first failure that revoked it:
+ * one reported by a call on it (a lost peer, a timeout, a mismatch...), or one the library
+ * learnt with no call in flight (a rank declared lost by liveness, a peer's abort), in which
+ * case `oxcclGetLastError(comm)` says which. After that, every call on it fails; destroy it,
+ * or shrink it. Never blocks (poll it from a watchdog thread while idle or while another thread
  * is inside a call).
  *
  * # Safety

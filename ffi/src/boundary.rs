@@ -55,6 +55,23 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Records a revoke the core saw on its own (heartbeats, a peer's abort), with no call of
+    /// ours failing: the code becomes the async error and the message `oxcclGetLastError(comm)`
+    /// returns, once (the first failure stays the one reported).
+    pub(crate) fn note_revoke(&self, e: &Error) {
+        let code = oxcclResult_t::of(e) as i32;
+        if self
+            .async_error
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.errors
+                .push(to_cstring(format!("oxcclCommGetAsyncError: {e}")));
+        }
+    }
+}
+
 impl ErrorLog {
     fn push(&self, msg: CString) {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -509,9 +509,11 @@ pub unsafe extern "C" fn oxcclCommUserRank(comm: oxcclComm_t, rank: *mut c_int) 
     })
 }
 
-/// `oxcclSuccess` while `comm` is healthy, else the code of the first failure reported by a
-/// call on it that revoked it (a lost peer, a timeout, a mismatch...): after that, every call
-/// on it fails; destroy it, or shrink it. Never blocks (it may be polled while another thread
+/// `oxcclSuccess` while `comm` is healthy, else the code of the first failure that revoked it:
+/// one reported by a call on it (a lost peer, a timeout, a mismatch...), or one the library
+/// learnt with no call in flight (a rank declared lost by liveness, a peer's abort), in which
+/// case `oxcclGetLastError(comm)` says which. After that, every call on it fails; destroy it,
+/// or shrink it. Never blocks (poll it from a watchdog thread while idle or while another thread
 /// is inside a call).
 ///
 /// # Safety
@@ -524,6 +526,13 @@ pub unsafe extern "C" fn oxcclCommGetAsyncError(
     with_comm("oxcclCommGetAsyncError", comm, |h| {
         if asyncError.is_null() {
             return Err(null("asyncError"));
+        }
+        if h.shared.async_error.load(Ordering::SeqCst) == 0 {
+            // Nothing failed through this handle; the core may know more without any call in
+            // flight (a rank declared lost by the heartbeats, a peer's abort). Never blocks.
+            if let Some(e) = h.comm.async_error() {
+                h.shared.note_revoke(&e);
+            }
         }
         let code = h.shared.async_error.load(Ordering::SeqCst);
         let r = oxcclResult_t::from_c(code).unwrap_or(oxcclResult_t::oxcclInternalError);

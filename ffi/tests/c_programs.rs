@@ -543,7 +543,7 @@ fn sigpipe(mode: &str, victim: usize, net: Net) -> Vec<String> {
             (l, wrap, Some(ns))
         }
     };
-    if mode == "idle" {
+    if mode == "idle" || mode == "abort" {
         extra.push(("OXCCL_TIMEOUT_MS".into(), "3000".into()));
     }
     let args = vec![mode.to_string(), victim.to_string()];
@@ -556,7 +556,7 @@ fn sigpipe(mode: &str, victim: usize, net: Net) -> Vec<String> {
         .collect();
     let limit = Duration::from_secs(120);
     let deadline = Instant::now() + limit;
-    if mode == "idle" {
+    if mode == "idle" || mode == "abort" {
         // Every rank idle (its calls done, polling): now the victim dies, as `kill -9` would.
         while !procs.iter().all(|p| p.stdout().contains("idle")) {
             for i in 0..N {
@@ -573,8 +573,14 @@ fn sigpipe(mode: &str, victim: usize, net: Net) -> Vec<String> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let v = &mut procs[victim];
-        v.child.kill().expect("kill the victim");
-        v.status = Some(v.child.wait().expect("reap the victim"));
+        if mode == "abort" {
+            // SAFETY: kill(2) on our own child, which has not been reaped (its pid is ours).
+            let rc = unsafe { libc::kill(v.child.id() as i32, libc::SIGUSR1) };
+            assert_eq!(rc, 0, "SIGUSR1 to the victim");
+        } else {
+            v.child.kill().expect("kill the victim");
+            v.status = Some(v.child.wait().expect("reap the victim"));
+        }
     }
     wait_all(
         &mut procs,
@@ -586,7 +592,7 @@ fn sigpipe(mode: &str, victim: usize, net: Net) -> Vec<String> {
         let st = p.status.expect("waited");
         if p.rank == victim {
             let planned = match mode {
-                "close" => st.code() == Some(0),
+                "close" | "abort" => st.code() == Some(0),
                 _ => st.signal() == Some(libc::SIGKILL),
             };
             assert!(planned, "the victim ended with {st:?}:\n{}", report(&procs));
@@ -654,4 +660,44 @@ fn c_host_survives_a_peer_that_closes_early_over_shm() {
 #[test]
 fn c_host_survives_a_peer_that_closes_early_over_multipath_tcp() {
     sigpipe("close", 2, Net::Multipath);
+}
+
+/// Every survivor's "async error ... after <ms> ms idle" stays within timeout + one period
+/// (3,000 ms + 375 ms; a SIGKILL is seen at once, by EOF on the liveness ring) plus slack for
+/// a busy machine.
+fn check_idle_detection(lines: &[String]) {
+    for l in lines {
+        let ms: f64 = l
+            .split("after ")
+            .nth(1)
+            .and_then(|r| r.split(" ms").next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no time in {l:?}"));
+        assert!(ms <= 3375.0 + 1500.0, "too slow to notice: {l}");
+    }
+}
+
+#[test]
+fn idle_c_host_polls_the_loss_of_rank_0_over_tcp() {
+    check_idle_detection(&sigpipe("idle", 0, Net::Local("tcp")));
+}
+
+#[test]
+fn idle_c_host_polls_the_loss_of_rank_2_over_tcp() {
+    check_idle_detection(&sigpipe("idle", 2, Net::Local("tcp")));
+}
+
+#[test]
+fn idle_c_host_polls_the_loss_of_rank_0_over_shm() {
+    check_idle_detection(&sigpipe("idle", 0, Net::Local("shm")));
+}
+
+#[test]
+fn idle_c_host_polls_the_loss_of_rank_2_over_shm() {
+    check_idle_detection(&sigpipe("idle", 2, Net::Local("shm")));
+}
+
+#[test]
+fn idle_c_host_polls_a_peers_abort_over_tcp() {
+    check_idle_detection(&sigpipe("abort", 1, Net::Local("tcp")));
 }

@@ -1,37 +1,53 @@
-//! Heartbeats on the bootstrap plane, and revoke.
+//! Liveness, peer to peer, and revoke.
 //!
 //! Links see a dead peer by EOF, a reset or (shm) its pid exiting, but only while a call waits
 //! on that peer. A rank that hangs with its sockets open (stopped, swapping, its host cut off
 //! without a reset), or dies while the others are between calls or talking to other ranks, is
-//! seen by nobody until someone's call times out. So every rank of a communicator runs a small
-//! thread that, once a period, over its rendezvous-store connection:
+//! seen by nobody until someone's call times out. So the ranks of a communicator form a ring of
+//! small liveness connections (rank r to r + 1 mod n, made at init over the peer listeners,
+//! authenticated like every link), and each rank runs one thread that:
 //!
-//! 1. beats: adds 1 to its counter `live/hb/<rank>`;
-//! 2. watches the next rank's counter (rank r watches r + 1 mod n: one read per rank per
-//!    period, whatever n), and when it has not moved for the threshold and that rank did not
-//!    leave cleanly (`live/bye/<rank>`, written by a communicator being destroyed), declares it
-//!    lost by setting `live/revoke`;
-//! 3. reads `live/revoke`. Once set, by itself or by any other rank, the communicator is
-//!    revoked: the failure (PeerLost naming the silent rank) is recorded, a call in flight is
-//!    interrupted within a few milliseconds, and every later call fails with it at once.
+//! 1. beats: writes one byte to each of its (at most two) neighbours once a period;
+//! 2. watches them: a neighbour whose connection closes without a goodbye (its process died:
+//!    the kernel closes the socket at once), or that has sent nothing for the threshold (stopped,
+//!    cut off), is lost: the communicator is revoked here, naming it;
+//! 3. spreads revokes: a revoke (found here, received from one neighbour, a failed call on this
+//!    rank or `abort()`) is sent to the neighbours that did not send it, so it travels both
+//!    ways round the ring and reaches every rank, also those idle between calls, within a few
+//!    hops' latency of the detection. A rank forwards a revoke once.
+//!
+//! Nothing goes through the rendezvous store, so no rank (not rank 0, which serves it) is a
+//! single point of failure: the loss of any rank reaches every survivor within about timeout +
+//! period (EOF: at once), and a communicator made by `shrink` builds a new ring. Each rank
+//! holds two sockets and one thread for this, whatever n; a revoke crosses at most n/2 hops.
 //!
 //! The threshold is the communicator's timeout (at least 2 s, so a rank descheduled on a busy
-//! host is not declared dead): a silent rank is named everywhere within about timeout +
-//! period, even on ranks with no link to it. A rank that is merely slow (computing, not
-//! calling) keeps beating and is never declared lost; a call waiting for it fails with
-//! Timeout as before. Rank 0 serves the store: if it goes away the beats stop quietly, and its
-//! loss is seen on the links.
+//! host is not declared dead). A rank that is merely slow (computing, not calling) keeps beating
+//! and is never declared lost; a call waiting for it fails with Timeout as before. A
+//! communicator being destroyed says goodbye, so its neighbours do not take the silence for a
+//! death (their next call that needs it fails on the links, naming it).
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::bootstrap::StoreClient;
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::transport::connect::{self, PeerListener};
 
-/// Key under which the first rank to see a silent peer records it.
-const REVOKE: &str = "live/revoke";
+/// The control channel of liveness connections (see `connect::dial_control`).
+const CHAN: u32 = 0x00ff_fff0;
+
+/// Frame kinds on a liveness connection.
+const BEAT: u8 = b'B';
+const BYE: u8 = b'Y';
+/// Followed by a u16 length and the revoke record (see `encode`).
+const REVOKE: u8 = b'R';
+/// Bound on a revoke record's length (longer messages are cut).
+const MAX_RECORD: usize = 1024;
 
 /// What a revoke changes in the communicator: the same flag `abort()` raises (the executor
 /// watches it) and the recorded failure (which tells the executor and later calls why).
@@ -41,85 +57,155 @@ pub(super) struct Revoke {
 }
 
 impl Revoke {
-    fn apply(&self, e: Error) {
+    /// Records `e` unless a failure is recorded already; returns the one that stands.
+    fn apply(&self, e: Error) -> Error {
+        let kept = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e)
+            .clone();
+        self.flag.store(true, Ordering::SeqCst);
+        kept
+    }
+
+    fn recorded(&self) -> Option<Error> {
         self.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(e);
-        self.flag.store(true, Ordering::SeqCst);
+            .clone()
     }
 }
 
-/// The heartbeat thread; dropping it writes this rank's goodbye and joins the thread.
+/// The liveness thread; dropping it says goodbye to the neighbours and joins the thread.
 pub(super) struct Heartbeat {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    /// A neighbour connection, shut for reading on drop to wake the thread from poll().
+    wake: Option<Arc<TcpStream>>,
     thread: Option<JoinHandle<()>>,
-    /// Kept when no thread runs (one rank): the store connection lives as long as the
-    /// communicator.
-    _idle: Option<StoreClient>,
 }
 
-/// How often a rank beats for a communicator of `nranks` with this timeout: timeout / 8
-/// between 50 ms and 1 s, slower beyond 1,024 ranks so that rank 0's store serves at most
-/// about 3,000 heartbeat requests a second, but at least four beats per threshold.
-pub(super) fn period(timeout: Duration, nranks: usize) -> Duration {
-    let base = (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let scaled = base * (nranks.div_ceil(1024).max(1) as u32);
-    scaled.min(threshold(timeout) / 4).max(base)
-}
-
-/// How long one store request of the heartbeat thread may take.
-fn io_timeout(timeout: Duration) -> Duration {
+/// How often a rank beats: timeout / 8, between 50 ms and 1 s (at least four beats per
+/// threshold). Whatever n: each rank beats only to its two neighbours.
+pub(super) fn period(timeout: Duration) -> Duration {
     (timeout / 8)
         .clamp(Duration::from_millis(50), Duration::from_secs(1))
-        .max(Duration::from_millis(500))
+        .min(threshold(timeout) / 4)
 }
 
-/// How long a rank's counter may stand still before it is declared lost.
+/// How long a neighbour may stay silent before it is declared lost.
 pub(super) fn threshold(timeout: Duration) -> Duration {
     timeout.max(Duration::from_secs(2))
 }
 
+/// This rank's ring neighbours (next, then previous; one when n = 2, none when n = 1).
+fn neighbours(rank: usize, nranks: usize) -> Vec<usize> {
+    let mut v = Vec::with_capacity(2);
+    for q in [(rank + 1) % nranks, (rank + nranks - 1) % nranks] {
+        if q != rank && !v.contains(&q) {
+            v.push(q);
+        }
+    }
+    v
+}
+
+/// Makes this rank's liveness connections (collective: every rank calls it after the card
+/// exchange). The lower rank of each pair dials, the higher accepts, as for links.
+pub(super) fn connect_ring(
+    listener: &PeerListener,
+    addrs: &[SocketAddr],
+    secret: &[u8; 16],
+    comm: u64,
+    rank: usize,
+    deadline: Instant,
+) -> Result<Vec<(usize, TcpStream)>> {
+    let nranks = addrs.len();
+    let nb = neighbours(rank, nranks);
+    let mut out = Vec::with_capacity(nb.len());
+    for &q in nb.iter().filter(|&&q| rank < q) {
+        let s = connect::dial_control(addrs[q], secret, comm, rank, q, CHAN, deadline)?;
+        out.push((q, s));
+    }
+    for &q in nb.iter().filter(|&&q| rank > q) {
+        let s = listener
+            .take_control(q, CHAN, deadline)
+            .map_err(|e| match e {
+                Error::Timeout { .. } => Error::Timeout {
+                    peer: Some(q),
+                    msg: format!(
+                        "rank {rank}: rank {q} did not open its liveness connection during init"
+                    ),
+                },
+                e => e,
+            })?;
+        out.push((q, s));
+    }
+    Ok(out)
+}
+
 impl Heartbeat {
+    /// Starts the thread over the connections `connect_ring` made.
     pub(super) fn start(
-        mut store: StoreClient,
-        secret: [u8; 16],
+        socks: Vec<(usize, TcpStream)>,
         rank: usize,
-        nranks: usize,
         timeout: Duration,
         revoke: Revoke,
     ) -> Heartbeat {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        if nranks < 2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        if socks.is_empty() {
             return Heartbeat {
                 stop,
+                wake: None,
                 thread: None,
-                _idle: Some(store),
             };
         }
-        // A request that takes longer than this is abandoned: the connection is made again
-        // and the beat retried (the store's answer to a late request would be out of step).
-        store.set_io_timeout(io_timeout(timeout));
+        let now = Instant::now();
+        let peers: Vec<Peer> = socks
+            .into_iter()
+            .map(|(q, s)| {
+                let _ = s.set_nonblocking(true);
+                let _ = s.set_nodelay(true);
+                Peer {
+                    rank: q,
+                    sock: Arc::new(s),
+                    buf: Vec::new(),
+                    heard: now,
+                    open: true,
+                    bye: false,
+                }
+            })
+            .collect();
+        let wake = Some(peers[0].sock.clone());
         let s = stop.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("oxccl-live-{rank}"))
-            .spawn(move || beat(store, &secret, rank, nranks, timeout, revoke, &s));
+            .spawn(move || {
+                Watch {
+                    rank,
+                    peers,
+                    revoke,
+                    flooded: false,
+                    period: period(timeout),
+                    limit: threshold(timeout),
+                }
+                .run(&s)
+            });
         match spawned {
             Ok(t) => Heartbeat {
                 stop,
+                wake,
                 thread: Some(t),
-                _idle: None,
             },
             Err(e) => {
                 // Not fatal: links and timeouts still detect failures, only more slowly.
                 crate::warn!(
                     Some(rank),
-                    "cannot start the heartbeat thread ({e}); failures are detected by links and timeouts only"
+                    "cannot start the liveness thread ({e}); failures are detected by links and timeouts only"
                 );
                 Heartbeat {
                     stop,
+                    wake: None,
                     thread: None,
-                    _idle: None,
                 }
             }
         }
@@ -128,127 +214,260 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        let (m, cv) = &*self.stop;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(w) = &self.wake {
+            // poll() reports a socket shut for reading as readable: the thread wakes at once.
+            let _ = w.shutdown(Shutdown::Read);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// The revoke record: "<lost rank> <detecting rank> <silent ms>".
-fn encode(lost: usize, by: usize, silent: Duration) -> Vec<u8> {
-    format!("{lost} {by} {}", silent.as_millis()).into_bytes()
+/// The revoke record: code, the rank it names (u32::MAX: none), the message.
+fn encode(e: &Error) -> Vec<u8> {
+    let msg = e.message().as_bytes();
+    let msg = &msg[..msg.len().min(MAX_RECORD - 5)];
+    let mut b = Vec::with_capacity(8 + msg.len());
+    b.push(REVOKE);
+    b.extend_from_slice(&((5 + msg.len()) as u16).to_le_bytes());
+    b.push(e.code());
+    b.extend_from_slice(&e.peer().map_or(u32::MAX, |p| p as u32).to_le_bytes());
+    b.extend_from_slice(msg);
+    b
 }
 
-fn decode(b: &[u8], me: usize) -> Error {
-    let s = String::from_utf8_lossy(b);
-    let mut it = s.split_whitespace().map(|w| w.parse::<u64>().ok());
-    match (
-        it.next().flatten(),
-        it.next().flatten(),
-        it.next().flatten(),
-    ) {
-        (Some(lost), Some(by), Some(ms)) => Error::PeerLost {
-            peer: lost as usize,
-            msg: format!(
-                "rank {lost} stopped answering: no heartbeat from it for {ms} ms (noticed by rank \
-                 {by}, seen by rank {me}); the communicator is revoked: destroy it or shrink it"
-            ),
-        },
-        _ => Error::Internal(format!(
-            "rank {me}: unreadable revoke record {s:?} in the store"
-        )),
+/// Parses a revoke record (the bytes after the length); never panics.
+fn decode(rec: &[u8], from: usize, me: usize) -> Error {
+    let Some((&code, rest)) = rec.split_first() else {
+        return Error::Internal(format!("rank {me}: empty revoke record from rank {from}"));
+    };
+    let Some((p, msg)) = rest.split_first_chunk::<4>() else {
+        return Error::Internal(format!(
+            "rank {me}: truncated revoke record from rank {from}"
+        ));
+    };
+    let p = u32::from_le_bytes(*p);
+    let named = (p != u32::MAX).then_some(p as usize);
+    let msg = String::from_utf8_lossy(msg);
+    Error::from_parts(code, named, format!("{msg} (seen by rank {me})"))
+}
+
+struct Peer {
+    rank: usize,
+    sock: Arc<TcpStream>,
+    /// Bytes received and not yet parsed.
+    buf: Vec<u8>,
+    heard: Instant,
+    open: bool,
+    /// It said goodbye: its silence or EOF is a clean exit.
+    bye: bool,
+}
+
+impl Peer {
+    /// Best effort, never blocks: a full socket buffer drops the frame (the next beat follows;
+    /// a neighbour that reads nothing for so long is itself about to be declared lost).
+    fn send(&self, frame: &[u8]) {
+        if self.open {
+            // std's TcpStream::write passes MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE.
+            let _ = (&*self.sock).write(frame);
+        }
     }
 }
 
-fn beat(
-    mut store: StoreClient,
-    secret: &[u8; 16],
+struct Watch {
     rank: usize,
-    nranks: usize,
-    timeout: Duration,
+    peers: Vec<Peer>,
     revoke: Revoke,
-    stop: &(Mutex<bool>, Condvar),
-) {
-    let (p, limit) = (period(timeout, nranks), threshold(timeout));
-    let mine = format!("live/hb/{rank}");
-    let watched = (rank + 1) % nranks;
-    let (theirs, their_bye) = (format!("live/hb/{watched}"), format!("live/bye/{watched}"));
-    let mut watching = true;
-    // The watched counter's last value and when we saw it change (or first looked).
-    let mut seen: Option<(i64, Instant)> = None;
-    loop {
-        {
-            let (m, cv) = stop;
-            let g = m.lock().unwrap_or_else(|e| e.into_inner());
-            let (g, _) = cv
-                .wait_timeout_while(g, p, |stopped| !*stopped)
-                .unwrap_or_else(|e| e.into_inner());
-            if *g {
-                drop(g);
-                // A clean exit: our watcher must not take the silence that follows for a death.
-                let _ = store.set(&format!("live/bye/{rank}"), b"1");
+    /// This rank has sent a revoke to its neighbours.
+    flooded: bool,
+    period: Duration,
+    limit: Duration,
+}
+
+impl Watch {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut next_beat = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                // An abort just before the drop still reaches the others.
+                self.spread_local();
+                for p in &self.peers {
+                    p.send(&[BYE]);
+                }
                 return;
+            }
+            let now = Instant::now();
+            if now >= next_beat {
+                for p in &self.peers {
+                    p.send(&[BEAT]);
+                }
+                next_beat = now + self.period;
+                self.spread_local();
+            }
+            for i in 0..self.peers.len() {
+                let p = &self.peers[i];
+                let silent = now.saturating_duration_since(p.heard);
+                if p.open && !p.bye && silent >= self.limit {
+                    let q = p.rank;
+                    crate::warn!(
+                        Some(self.rank),
+                        "rank {q} has sent no heartbeat for {} ms (limit {} ms): revoking the communicator",
+                        silent.as_millis(),
+                        self.limit.as_millis()
+                    );
+                    self.peers[i].open = false;
+                    self.lost(
+                        q,
+                        format!(
+                            "rank {q} stopped answering: no heartbeat from it for {} ms (noticed by rank {})",
+                            silent.as_millis(),
+                            self.rank
+                        ),
+                    );
+                }
+            }
+            let mut fds: Vec<libc::pollfd> = self
+                .peers
+                .iter()
+                .map(|p| libc::pollfd {
+                    fd: if p.open { p.sock.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+            if crate::sys::poll(&mut fds, ms).is_err() {
+                // Never expected; do not spin.
+                std::thread::sleep(wait);
+                continue;
+            }
+            for (i, fd) in fds.iter().enumerate() {
+                if fd.revents != 0 && !stop.load(Ordering::SeqCst) {
+                    self.read(i);
+                }
             }
         }
-        let step = (|| -> crate::Result<bool> {
-            store.add(&mine, 1)?;
-            if store.check(&[REVOKE])? {
-                let rec = store.get(REVOKE, Duration::ZERO)?;
-                revoke.apply(decode(&rec, rank));
-                return Ok(true);
+    }
+
+    /// Reads what neighbour `i` sent and acts on each frame.
+    fn read(&mut self, i: usize) {
+        let mut chunk = [0u8; 512];
+        let q = self.peers[i].rank;
+        let closed = loop {
+            match (&*self.peers[i].sock).read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    let p = &mut self.peers[i];
+                    p.heard = Instant::now();
+                    p.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break true,
             }
-            if !watching {
-                return Ok(false);
-            }
-            let v = store.add(&theirs, 0)?;
-            let now = Instant::now();
-            match seen {
-                Some((last, since)) if last == v => {
-                    let silent = now - since;
-                    if silent >= limit {
-                        if store.check(&[their_bye.as_str()])? {
-                            watching = false;
-                            return Ok(false);
+        };
+        // Frames: BEAT, BYE, REVOKE len:u16 record.
+        loop {
+            let buf = &self.peers[i].buf;
+            let Some(&kind) = buf.first() else { break };
+            let used = match kind {
+                BEAT => 1,
+                BYE => {
+                    self.peers[i].bye = true;
+                    1
+                }
+                REVOKE => {
+                    let Some(len) = buf.get(1..3) else { break };
+                    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+                    if buf.len() < 3 + len {
+                        if len > MAX_RECORD {
+                            self.garbage(i);
+                            return;
                         }
-                        crate::warn!(
-                            Some(rank),
-                            "rank {watched} has not beaten for {} ms (limit {} ms): revoking the communicator",
-                            silent.as_millis(),
-                            limit.as_millis()
-                        );
-                        store.set(REVOKE, &encode(watched, rank, silent))?;
-                        let rec = store.get(REVOKE, Duration::ZERO)?;
-                        revoke.apply(decode(&rec, rank));
-                        return Ok(true);
+                        break;
                     }
+                    let e = decode(&buf[3..3 + len], q, self.rank);
+                    self.peers[i].buf.drain(..3 + len);
+                    let kept = self.revoke.apply(e);
+                    self.spread(&kept, Some(q));
+                    continue;
                 }
-                _ => seen = Some((v, now)),
-            }
-            Ok(false)
-        })();
-        match step {
-            Ok(true) => return,
-            Ok(false) => {}
-            // A slow store: connect again and retry next period. The watched rank's beats may
-            // have been held up the same way, so its silence is measured afresh.
-            Err(Error::Timeout { .. }) => {
-                seen = None;
-                if let Ok(mut s) = StoreClient::connect(store.addr(), secret, io_timeout(timeout)) {
-                    s.set_io_timeout(io_timeout(timeout));
-                    store = s;
+                _ => {
+                    self.garbage(i);
+                    return;
                 }
-            }
-            Err(e) => {
-                // The store is gone: rank 0 left or died; its links report that.
-                crate::info!(
-                    Some(rank),
-                    "heartbeats stopped: the rendezvous store is unreachable ({e})"
+            };
+            self.peers[i].buf.drain(..used);
+        }
+        if closed {
+            let p = &mut self.peers[i];
+            p.open = false;
+            if !p.bye {
+                self.lost(
+                    q,
+                    format!(
+                        "rank {q} is gone: its liveness connection to rank {} closed without a goodbye (the process exited or was killed)",
+                        self.rank
+                    ),
                 );
-                return;
             }
+        }
+    }
+
+    /// A neighbour sent bytes that are no frame: a bug or a stranger; treat the pair as broken.
+    fn garbage(&mut self, i: usize) {
+        let q = self.peers[i].rank;
+        self.peers[i].open = false;
+        let _ = self.peers[i].sock.shutdown(Shutdown::Both);
+        self.lost(
+            q,
+            format!(
+                "rank {q}'s liveness connection to rank {} sent bytes that are no frame",
+                self.rank
+            ),
+        );
+    }
+
+    /// Neighbour `q` is lost: revoke here and tell the other neighbour.
+    fn lost(&mut self, q: usize, msg: String) {
+        let kept = self.revoke.apply(Error::PeerLost {
+            peer: q,
+            msg: format!("{msg}; the communicator is revoked: destroy it or shrink it"),
+        });
+        self.spread(&kept, Some(q));
+    }
+
+    /// A failure recorded here by a call, or an `abort()`, that the neighbours have not heard of.
+    fn spread_local(&mut self) {
+        if self.flooded {
+            return;
+        }
+        if let Some(e) = self.revoke.recorded() {
+            self.spread(&e, None);
+        } else if self.revoke.flag.load(Ordering::SeqCst) {
+            let e = Error::PeerLost {
+                peer: self.rank,
+                msg: format!(
+                    "rank {} aborted the communicator; it is revoked: destroy it or shrink it",
+                    self.rank
+                ),
+            };
+            self.spread(&e, None);
+        }
+    }
+
+    /// Sends `e` to every open neighbour but `from`, once per rank.
+    fn spread(&mut self, e: &Error, from: Option<usize>) {
+        if self.flooded {
+            return;
+        }
+        self.flooded = true;
+        let frame = encode(e);
+        for p in self.peers.iter().filter(|p| Some(p.rank) != from) {
+            p.send(&frame);
         }
     }
 }
@@ -259,35 +478,55 @@ mod tests {
 
     #[test]
     fn revoke_records_round_trip_and_garbage_is_internal() {
-        match decode(&encode(7, 6, Duration::from_millis(2500)), 3) {
+        let e = Error::PeerLost {
+            peer: 7,
+            msg: "rank 7 stopped answering: no heartbeat from it for 2500 ms".into(),
+        };
+        let b = encode(&e);
+        assert_eq!(b[0], REVOKE);
+        let len = u16::from_le_bytes([b[1], b[2]]) as usize;
+        assert_eq!(len, b.len() - 3);
+        match decode(&b[3..], 6, 3) {
             Error::PeerLost { peer: 7, msg } => {
-                assert!(msg.contains("2500 ms") && msg.contains("rank 6"), "{msg}")
+                assert!(
+                    msg.contains("2500 ms") && msg.contains("seen by rank 3"),
+                    "{msg}"
+                )
             }
             e => panic!("{e:?}"),
         }
-        assert!(matches!(decode(b"x y", 0), Error::Internal(_)));
+        assert!(matches!(decode(b"", 1, 0), Error::Internal(_)));
+        assert!(matches!(decode(b"\x05ab", 1, 0), Error::Internal(_)));
+        let long = Error::Timeout {
+            peer: None,
+            msg: "x".repeat(5000),
+        };
+        let b = encode(&long);
+        assert_eq!(b.len(), 3 + MAX_RECORD);
+        assert!(matches!(
+            decode(&b[3..], 1, 0),
+            Error::Timeout { peer: None, .. }
+        ));
     }
 
     #[test]
     fn period_and_threshold_scale_with_the_timeout() {
-        assert_eq!(period(Duration::from_secs(300), 8), Duration::from_secs(1));
-        assert_eq!(
-            period(Duration::from_millis(80), 8),
-            Duration::from_millis(50)
-        );
-        // 16,384 ranks: 16 s between beats, within the 300 s threshold's quarter.
-        assert_eq!(
-            period(Duration::from_secs(300), 16384),
-            Duration::from_secs(16)
-        );
-        assert_eq!(
-            period(Duration::from_secs(8), 16384),
-            Duration::from_secs(2)
-        );
+        assert_eq!(period(Duration::from_secs(300)), Duration::from_secs(1));
+        assert_eq!(period(Duration::from_millis(80)), Duration::from_millis(50));
+        assert_eq!(period(Duration::from_secs(3)), Duration::from_millis(375));
         assert_eq!(
             threshold(Duration::from_millis(100)),
             Duration::from_secs(2)
         );
         assert_eq!(threshold(Duration::from_secs(30)), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_ring_of_neighbours() {
+        assert_eq!(neighbours(0, 1), Vec::<usize>::new());
+        assert_eq!(neighbours(0, 2), vec![1]);
+        assert_eq!(neighbours(1, 2), vec![0]);
+        assert_eq!(neighbours(0, 4), vec![1, 3]);
+        assert_eq!(neighbours(3, 4), vec![0, 2]);
     }
 }

@@ -8,6 +8,8 @@
  *   idle   50 all-reduces and a barrier, then every rank prints "idle" and polls; the harness
  *          SIGKILLs the victim once every rank has printed it. Survivors poll oxcclCommGetAsyncError (no call in flight) until it reports the loss,
  *          print how long that took, and their next call must fail at once naming the victim.
+ *   abort  like idle, but the harness sends the victim SIGUSR1 and the victim calls
+ *          oxcclCommAbort: a peer's abort must reach the idle survivors the same way.
  * Survivors print "survived <mode> ..." on stdout; the harness checks every survivor did. */
 #include <signal.h>
 #include <time.h>
@@ -26,6 +28,12 @@ static double now_ms(void) {
 }
 
 static float buf[COUNT];
+static volatile sig_atomic_t go_abort = 0;
+
+static void on_usr1(int sig) {
+  (void)sig;
+  go_abort = 1;
+}
 
 int main(int argc, char **argv) {
   ASSERT(argc == 3);
@@ -42,7 +50,9 @@ int main(int argc, char **argv) {
   CHECK(oxcclCommCount(comm, &n));
   char name[32];
   snprintf(name, sizeof name, "rank %d", victim);
-  int idle = strcmp(mode, "idle") == 0;
+  int aborting = strcmp(mode, "abort") == 0;
+  int idle = aborting || strcmp(mode, "idle") == 0;
+  if (aborting) signal(SIGUSR1, on_usr1);
   size_t count = idle ? 1024 : COUNT;
   int iters = idle ? 50 : LOOPS;
   oxcclResult_t r = oxcclSuccess;
@@ -80,6 +90,16 @@ int main(int argc, char **argv) {
   fflush(stdout);
   /* Idle: nothing in flight. The loss must reach us within timeout + one period. */
   double t0 = now_ms();
+  if (aborting && test_rank == victim) {
+    while (!go_abort) {
+      if (now_ms() - t0 > 60000.0) FAIL("no SIGUSR1 within 60 s");
+      struct timespec tick = {0, 1000 * 1000};
+      nanosleep(&tick, NULL);
+    }
+    CHECK(oxcclCommAbort(comm));
+    puts("aborted");
+    return 0;
+  }
   double limit = 4.0 * (double)env_int("OXCCL_TIMEOUT_MS") + 5000.0;
   oxcclResult_t async = oxcclSuccess;
   while (async == oxcclSuccess) {
@@ -96,7 +116,7 @@ int main(int argc, char **argv) {
   EXPECT_MSG(comm, name);
   if (call > 1000.0) FAIL("the call after the async error took %.0f ms", call);
   CHECK(oxcclCommDestroy(comm));
-  printf("survived idle: async error %d after %.0f ms idle, next call failed in %.1f ms\n",
-         (int)async, seen, call);
+  printf("survived %s: async error %d after %.0f ms idle, next call failed in %.1f ms\n",
+         mode, (int)async, seen, call);
   return 0;
 }
