@@ -419,11 +419,18 @@ impl Communicator {
         let secret = match info.secret {
             Some(s) => s,
             None => {
-                crate::warn!(
-                    Some(info.rank),
-                    "OXCCL_SECRET is not set: connections are not authenticated (any process that can reach {} can join)",
-                    info.root
-                );
+                // Once per process: a job that makes many communicators is told once.
+                static TOLD: std::sync::Once = std::sync::Once::new();
+                TOLD.call_once(|| {
+                    crate::warn!(
+                        Some(info.rank),
+                        "no secret: OXCCL_SECRET and OXCCL_SECRET_FILE are unset, so connections are not \
+                         authenticated and any process that can reach {} can join; set OXCCL_SECRET to the \
+                         same 32 hex digits on every rank (e.g. `head -c16 /dev/urandom | xxd -p`), or \
+                         OXCCL_SECRET_FILE to a file holding them",
+                        info.root
+                    )
+                });
                 [0u8; 16]
             }
         };

@@ -11,7 +11,7 @@
 //! | `pmi`      | `PMI_RANK`, `PMI_SIZE`, `MPI_LOCALRANKID`                 | same                        |
 //!
 //! For every source, `OXCCL_ROOT=host:port` (if set) overrides the root, `OXCCL_SECRET` (32 hex
-//! digits) is the shared secret, and `OXCCL_ROOT_EXTERNAL=1` says the store at the root is
+//! digits), or the file `OXCCL_SECRET_FILE` names, holds the shared secret, and `OXCCL_ROOT_EXTERNAL=1` says the store at the root is
 //! served by a launcher, so rank 0 must not serve it itself.
 //!
 //! **torchrun:** when `TORCHELASTIC_USE_AGENT_STORE=True` the elastic agent already serves its
@@ -175,13 +175,18 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
         }
         None => master_root(&var, src)?,
     };
-    let secret = var("OXCCL_SECRET")
-        .map(|v| {
-            parse_secret_hex(&v).map_err(|e| {
-                Error::InvalidArgument(format!("OXCCL_SECRET (value hidden): {}", e.message()))
-            })
-        })
-        .transpose()?;
+    let secret = match (var("OXCCL_SECRET"), var("OXCCL_SECRET_FILE")) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "both OXCCL_SECRET and OXCCL_SECRET_FILE are set: set one of them".into(),
+            ));
+        }
+        (Some(v), None) => Some(parse_secret_hex(&v).map_err(|e| {
+            Error::InvalidArgument(format!("OXCCL_SECRET (value hidden): {}", e.message()))
+        })?),
+        (None, Some(path)) => Some(secret_from_file(&path)?),
+        (None, None) => None,
+    };
     let root_external = match var("OXCCL_ROOT_EXTERNAL") {
         None => false,
         Some(v) => match v.to_ascii_lowercase().as_str() {
@@ -203,6 +208,23 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
         root_external,
         source: src.name,
     }))
+}
+
+/// The secret in the file `OXCCL_SECRET_FILE` names: 32 hex digits, surrounding whitespace
+/// ignored. Errors name the file, never its content.
+fn secret_from_file(path: &str) -> Result<[u8; 16]> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "OXCCL_SECRET_FILE={path}: cannot read it ({e}); it must hold the job's secret as 32 \
+             hex digits, readable by every rank"
+        ))
+    })?;
+    parse_secret_hex(&text).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "OXCCL_SECRET_FILE={path} (content hidden): {}",
+            e.message()
+        ))
+    })
 }
 
 /// The root from MASTER_ADDR/MASTER_PORT (torchrun's convention, also honoured under Slurm and MPI).
@@ -364,6 +386,42 @@ mod tests {
             None
         );
         assert_eq!(env(&[("OXCCL_RANK", "")]).unwrap(), None);
+    }
+
+    #[test]
+    fn secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("oxccl-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "  0123456789abcdef0123456789ABCDEF\n").unwrap();
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "not a secret").unwrap();
+        let base = [
+            ("OXCCL_RANK", "0"),
+            ("OXCCL_WORLD_SIZE", "1"),
+            ("OXCCL_ROOT", "127.0.0.1:1"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            env(&v)
+        };
+        let good_s = good.to_str().unwrap();
+        let e = with(&[("OXCCL_SECRET_FILE", good_s)]).unwrap().unwrap();
+        assert_eq!(e.secret.unwrap()[0..2], [0x01, 0x23]);
+        assert_eq!(e.secret.unwrap()[15], 0xef);
+        // Errors name the file, never what it holds.
+        let err = with(&[("OXCCL_SECRET_FILE", bad.to_str().unwrap())]).unwrap_err();
+        assert!(err.to_string().contains("bad") && !err.to_string().contains("not a secret"));
+        let err = with(&[("OXCCL_SECRET_FILE", "/nonexistent/oxccl")]).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        let err = with(&[
+            ("OXCCL_SECRET_FILE", good_s),
+            ("OXCCL_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("set one of them"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
