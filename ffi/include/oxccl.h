@@ -865,6 +865,57 @@ oxcclResult_t oxcclCommSplit(oxcclComm_t comm,
 oxcclResult_t oxcclCommShrink(oxcclComm_t comm, oxcclComm_t *newcomm);
 
 /**
+ * `oxcclCommShrink` that also leaves out the `excludeCount` ranks listed in `excludeRanks`, alive
+ * or not (like `ncclCommShrink`'s exclude list). The excluded ranks do not call it; every other
+ * rank does, with the same list. `excludeRanks` may be NULL when `excludeCount` is 0.
+ *
+ * # Safety
+ * `excludeRanks` is readable for `excludeCount` ints (or NULL with a count of 0); `newcomm` is
+ * NULL (an error) or writable.
+ */
+oxcclResult_t oxcclCommShrinkExclude(oxcclComm_t comm,
+                                     const int *excludeRanks,
+                                     int excludeCount,
+                                     oxcclComm_t *newcomm);
+
+/**
+ * Revokes `comm` (like `ncclCommRevoke`): a call in flight on it in another thread fails within
+ * about 100 ms, peers are told (idle ones too), and later calls fail at once; the handle stays
+ * valid for `oxcclCommShrink` / `oxcclCommShrinkExclude`, and must still be destroyed.
+ *
+ * # Safety
+ * None beyond the types: `comm` is never dereferenced unless it is a live communicator.
+ */
+oxcclResult_t oxcclCommRevoke(oxcclComm_t comm);
+
+/**
+ * On rank 0 of `comm`: a fresh id for `oxcclCommGrow` (like `ncclCommGetUniqueId`). Rank 0
+ * passes it to `oxcclCommGrow`; the new processes get it out of band with their new ranks.
+ *
+ * # Safety
+ * `uniqueId` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclCommGetUniqueId(oxcclComm_t comm, oxcclUniqueId *uniqueId);
+
+/**
+ * Grows to `nranks` ranks (like `ncclCommGrow`). Every rank of `comm` calls it with `comm`
+ * (rank 0 with the id from `oxcclCommGetUniqueId`, the others with that id or NULL; `rank` is
+ * ignored: they keep their ranks). Each new process calls it with `comm` NULL, the id, and its
+ * new `rank` (from `oxcclCommCount(comm)` up to `nranks - 1`). `config` may be NULL (settings
+ * are inherited from `comm` where it has one).
+ *
+ * # Safety
+ * `uniqueId` is NULL or points to an `oxcclUniqueId`; `newcomm` is NULL (an error) or
+ * writable; `config` is NULL or an initialised `oxcclConfig_t`.
+ */
+oxcclResult_t oxcclCommGrow(oxcclComm_t comm,
+                            int nranks,
+                            const oxcclUniqueId *uniqueId,
+                            int rank,
+                            oxcclComm_t *newcomm,
+                            const oxcclConfig_t *config);
+
+/**
  * The number of ranks in `comm`.
  *
  * # Safety

@@ -473,6 +473,143 @@ pub unsafe extern "C" fn oxcclCommShrink(
     })
 }
 
+/// `oxcclCommShrink` that also leaves out the `excludeCount` ranks listed in `excludeRanks`, alive
+/// or not (like `ncclCommShrink`'s exclude list). The excluded ranks do not call it; every other
+/// rank does, with the same list. `excludeRanks` may be NULL when `excludeCount` is 0.
+///
+/// # Safety
+/// `excludeRanks` is readable for `excludeCount` ints (or NULL with a count of 0); `newcomm` is
+/// NULL (an error) or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommShrinkExclude(
+    comm: oxcclComm_t,
+    excludeRanks: *const c_int,
+    excludeCount: c_int,
+    newcomm: *mut oxcclComm_t,
+) -> oxcclResult_t {
+    with_comm("oxcclCommShrinkExclude", comm, |h| {
+        if newcomm.is_null() {
+            return Err(null("newcomm"));
+        }
+        let count = usize::try_from(excludeCount).map_err(|_| {
+            Error::InvalidArgument(format!("excludeCount {excludeCount} is negative"))
+        })?;
+        if count > 0 && excludeRanks.is_null() {
+            return Err(null("excludeRanks"));
+        }
+        let list: &[c_int] = if count == 0 {
+            &[]
+        } else {
+            // SAFETY: non-null and readable for `count` ints (caller's contract).
+            unsafe { std::slice::from_raw_parts(excludeRanks, count) }
+        };
+        let exclude = list
+            .iter()
+            .map(|&r| {
+                usize::try_from(r)
+                    .map_err(|_| Error::InvalidArgument(format!("excluded rank {r} is negative")))
+            })
+            .collect::<Result<Vec<usize>, Error>>()?;
+        let c = h.comm.shrink_excluding(&exclude)?;
+        // SAFETY: non-null and writable (caller's contract).
+        unsafe { put(newcomm, Handle::register(c)) };
+        Ok(())
+    })
+}
+
+/// Revokes `comm` (like `ncclCommRevoke`): a call in flight on it in another thread fails within
+/// about 100 ms, peers are told (idle ones too), and later calls fail at once; the handle stays
+/// valid for `oxcclCommShrink` / `oxcclCommShrinkExclude`, and must still be destroyed.
+///
+/// # Safety
+/// None beyond the types: `comm` is never dereferenced unless it is a live communicator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommRevoke(comm: oxcclComm_t) -> oxcclResult_t {
+    with_comm("oxcclCommRevoke", comm, |h| {
+        h.comm.revoke();
+        Ok(())
+    })
+}
+
+/// On rank 0 of `comm`: a fresh id for `oxcclCommGrow` (like `ncclCommGetUniqueId`). Rank 0
+/// passes it to `oxcclCommGrow`; the new processes get it out of band with their new ranks.
+///
+/// # Safety
+/// `uniqueId` is NULL (an error) or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommGetUniqueId(
+    comm: oxcclComm_t,
+    uniqueId: *mut oxcclUniqueId,
+) -> oxcclResult_t {
+    with_comm("oxcclCommGetUniqueId", comm, |h| {
+        if uniqueId.is_null() {
+            return Err(null("uniqueId"));
+        }
+        let id = h.comm.grow_id()?;
+        // SAFETY: non-null and writable (caller's contract).
+        unsafe { put(uniqueId, to_c(&id)) };
+        Ok(())
+    })
+}
+
+/// Grows to `nranks` ranks (like `ncclCommGrow`). Every rank of `comm` calls it with `comm`
+/// (rank 0 with the id from `oxcclCommGetUniqueId`, the others with that id or NULL; `rank` is
+/// ignored: they keep their ranks). Each new process calls it with `comm` NULL, the id, and its
+/// new `rank` (from `oxcclCommCount(comm)` up to `nranks - 1`). `config` may be NULL (settings
+/// are inherited from `comm` where it has one).
+///
+/// # Safety
+/// `uniqueId` is NULL or points to an `oxcclUniqueId`; `newcomm` is NULL (an error) or
+/// writable; `config` is NULL or an initialised `oxcclConfig_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommGrow(
+    comm: oxcclComm_t,
+    nranks: c_int,
+    uniqueId: *const oxcclUniqueId,
+    rank: c_int,
+    newcomm: *mut oxcclComm_t,
+    config: *const oxcclConfig_t,
+) -> oxcclResult_t {
+    let body = |h: Option<&Handle>| -> Result<(), Error> {
+        if newcomm.is_null() {
+            return Err(null("newcomm"));
+        }
+        let n = usize::try_from(nranks)
+            .map_err(|_| Error::InvalidArgument(format!("nranks {nranks} is negative")))?;
+        // SAFETY: NULL or initialised (caller's contract).
+        let cfg = unsafe { read_config(config)? };
+        let id = if uniqueId.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, points to an oxcclUniqueId (caller's contract).
+            Some(from_c(unsafe { &*uniqueId })?)
+        };
+        let c = match h {
+            Some(h) => h.comm.grow(n, id.as_ref(), cfg)?,
+            None => {
+                let id = id.ok_or_else(|| null("uniqueId (a new rank joins with it)"))?;
+                let r = usize::try_from(rank)
+                    .ok()
+                    .filter(|&r| r < n)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "rank {rank} of {nranks}: need 0 <= rank < nranks"
+                        ))
+                    })?;
+                Communicator::init(r, n, &id, cfg)?
+            }
+        };
+        // SAFETY: non-null and writable (caller's contract).
+        unsafe { put(newcomm, Handle::register(c)) };
+        Ok(())
+    };
+    if comm.is_null() {
+        guard("oxcclCommGrow", None, || body(None))
+    } else {
+        with_comm("oxcclCommGrow", comm, |h| body(Some(h)))
+    }
+}
+
 /// The number of ranks in `comm`.
 ///
 /// # Safety

@@ -377,6 +377,39 @@ fn shrink_to_the_survivors() {
 }
 
 #[test]
+fn revoke_shrink_excluding_and_grow_back() {
+    let exe = compile("manage", &[test_src("manage.c")], false);
+    let l = launch(4);
+    let args = vec!["heal".to_string()];
+    let mut procs: Vec<Proc> = (0..4).map(|r| spawn(&exe, r, &args, &l.env[r])).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        if let Some(line) = procs[0].stdout().lines().find(|l| l.starts_with("JOIN ")) {
+            break line["JOIN ".len()..].trim().to_string();
+        }
+        if let Some(st) = procs[0].child.try_wait().unwrap() {
+            procs[0].status = Some(st);
+            panic!(
+                "rank 0 exited before printing the join id:\n{}",
+                report(&procs)
+            );
+        }
+        assert!(Instant::now() < deadline, "no join id:\n{}", report(&procs));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let joiner = vec!["join".to_string(), id, "3".into(), "4".into()];
+    procs.push(spawn(&exe, 4, &joiner, &[]));
+    wait_all(
+        &mut procs,
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    assert_all_ok(&procs);
+    for p in &procs {
+        assert!(p.stdout().contains("heal ok"), "{}", report(&procs));
+    }
+}
+
+#[test]
 fn abort_interrupts_a_blocked_call() {
     let exe = compile("manage", &[test_src("manage.c")], false);
     let procs = run_env(&exe, 2, &["abort"], Duration::from_secs(60));

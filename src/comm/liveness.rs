@@ -250,8 +250,8 @@ fn decode(rec: &[u8], from: usize, me: usize) -> Error {
     };
     let p = u32::from_le_bytes(*p);
     let named = (p != u32::MAX).then_some(p as usize);
-    let msg = String::from_utf8_lossy(msg);
-    Error::from_parts(code, named, format!("{msg} (seen by rank {me})"))
+    // Forwarded as it was found: the message names the lost rank and who noticed it.
+    Error::from_parts(code, named, String::from_utf8_lossy(msg).into_owned())
 }
 
 struct Peer {

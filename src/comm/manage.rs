@@ -1,4 +1,4 @@
-//! Communicator management: abort and split.
+//! Communicator management: abort, revoke, split, shrink and grow.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -123,15 +123,7 @@ impl Communicator {
             .ok_or_else(|| {
                 Error::Internal("split: this rank is missing from its own color".into())
             })?;
-        let inherited = Config {
-            timeout: cfg.timeout.or(self.cfg.timeout),
-            transport: cfg.transport.or(self.cfg.transport),
-            nsocks: cfg.nsocks.or(self.cfg.nsocks),
-            algo: cfg.algo.clone().or_else(|| self.cfg.algo.clone()),
-            chunk_bytes: cfg.chunk_bytes.or(self.cfg.chunk_bytes),
-            deterministic: cfg.deterministic.or(self.cfg.deterministic),
-        };
-        Communicator::init(new_rank, members.len(), &id, inherited).map(Some)
+        Communicator::init(new_rank, members.len(), &id, self.inherit(cfg)).map(Some)
     }
 }
 
@@ -143,14 +135,34 @@ impl Communicator {
     /// survivors exchange the sets of ranks they found dead until they agree, and the lowest
     /// survivor hands out a fresh communicator id. This communicator is aborted first.
     pub fn shrink(&self) -> Result<Communicator> {
+        self.shrink_excluding(&[])
+    }
+
+    /// [`Communicator::shrink`] that also leaves out the ranks in `exclude`, alive or not (like
+    /// `ncclCommShrink`'s exclude list; torch's `shrink_group` passes one). The excluded ranks do
+    /// not call it; every other rank does, with the same list.
+    pub fn shrink_excluding(&self, exclude: &[usize]) -> Result<Communicator> {
         use crate::transport::connect;
         use std::io::{Read, Write};
         let (n, me) = (self.nranks, self.rank);
+        let mut dead = vec![false; n];
+        for &x in exclude {
+            if x >= n {
+                return Err(Error::InvalidArgument(format!(
+                    "shrink on rank {me}: excluded rank {x} is not in this communicator of {n}"
+                )));
+            }
+            if x == me {
+                return Err(Error::InvalidUsage(format!(
+                    "shrink on rank {me}: this rank is in the exclude list; excluded ranks do not call shrink"
+                )));
+            }
+            dead[x] = true;
+        }
         let chan = self.shrinks.fetch_add(1, Ordering::SeqCst) as u32;
         // Survivors notice a failure at different times (at once by EOF, or only at their
         // timeout), so the agreement allows for one full timeout of skew.
         let deadline = Instant::now() + self.cfg.timeout() * 2 + Duration::from_secs(5);
-        let mut dead = vec![false; n];
         if let Some(p) = self.async_error().and_then(|e| e.peer()) {
             if p < n && p != me {
                 dead[p] = true;
@@ -295,5 +307,81 @@ impl Communicator {
             survivors
         );
         Communicator::init(new_rank, survivors.len(), &id, self.cfg.clone())
+    }
+}
+
+impl Communicator {
+    /// Revokes the communicator here (like `ncclCommRevoke`): a call in flight on another thread
+    /// fails within about 100 ms, peers are told (idle ones through liveness), and every later
+    /// call fails at once; unlike dropping it, the communicator stays a valid parent for
+    /// [`Communicator::shrink`] / [`Communicator::shrink_excluding`] (which every survivor calls).
+    pub fn revoke(&self) {
+        self.abort();
+    }
+
+    /// On rank 0: a fresh id for [`Communicator::grow`] (like `ncclCommGetUniqueId`). Rank 0
+    /// passes it to `grow`; the new processes get it out of band (as text:
+    /// `id.to_string()`) together with their new rank, and call [`Communicator::init`] with it.
+    /// It holds a new secret: treat it like a password.
+    pub fn grow_id(&self) -> Result<UniqueId> {
+        if self.rank != 0 {
+            return Err(Error::InvalidUsage(format!(
+                "grow_id on rank {}: only rank 0 makes the id (it serves the grown communicator's store)",
+                self.rank
+            )));
+        }
+        UniqueId::bind(SocketAddr::new(self.listener.addr().ip(), 0))
+    }
+
+    /// Grows to `new_size` ranks (collective over this communicator, like `ncclCommGrow`): every
+    /// rank here keeps its number in the new communicator, and `new_size - size()` new
+    /// processes join as ranks `size()..new_size` by calling
+    /// `Communicator::init(rank, new_size, &id, cfg)` with rank 0's [`Communicator::grow_id`].
+    /// Rank 0 passes that id here; the others pass `None` (they learn it from rank 0). Links are
+    /// made on first use. This communicator stays valid. Settings left unset in `cfg` are
+    /// inherited.
+    pub fn grow(
+        &self,
+        new_size: usize,
+        id: Option<&UniqueId>,
+        cfg: Config,
+    ) -> Result<Communicator> {
+        let (n, me) = (self.nranks, self.rank);
+        if new_size < n {
+            return Err(Error::InvalidArgument(format!(
+                "grow on rank {me}: new size {new_size} is smaller than the current {n}; use shrink_excluding to leave ranks out"
+            )));
+        }
+        let mut blob = [0u8; UNIQUE_ID_BYTES];
+        if me == 0 {
+            let id = id.ok_or_else(|| {
+                Error::InvalidUsage(
+                    "grow on rank 0: pass the id from grow_id (the new processes join with it)"
+                        .into(),
+                )
+            })?;
+            blob = id.to_bytes();
+        }
+        self.broadcast(&mut blob, 0)?;
+        let inherited = self.inherit(cfg);
+        if me == 0 {
+            // Rank 0 serves the new store on the listener grow_id bound (held in this process).
+            let id = id.ok_or_else(|| Error::Internal("grow: rank 0 lost its id".into()))?;
+            return Communicator::init(0, new_size, id, inherited);
+        }
+        let id = UniqueId::from_bytes(&blob)?;
+        Communicator::init(me, new_size, &id, inherited)
+    }
+
+    /// `cfg` with the fields it leaves unset taken from this communicator's settings.
+    fn inherit(&self, cfg: Config) -> Config {
+        Config {
+            timeout: cfg.timeout.or(self.cfg.timeout),
+            transport: cfg.transport.or(self.cfg.transport),
+            nsocks: cfg.nsocks.or(self.cfg.nsocks),
+            algo: cfg.algo.clone().or_else(|| self.cfg.algo.clone()),
+            chunk_bytes: cfg.chunk_bytes.or(self.cfg.chunk_bytes),
+            deterministic: cfg.deterministic.or(self.cfg.deterministic),
+        }
     }
 }

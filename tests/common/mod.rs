@@ -381,6 +381,12 @@ pub struct ProcGroup {
     eof: mpsc::Receiver<usize>,
     /// EOFs seen so far per rank (2 = both pipes closed).
     eofs: std::cell::RefCell<Vec<u8>>,
+    /// For children added later (`add`).
+    line_tx: mpsc::Sender<(usize, String)>,
+    eof_tx: mpsc::Sender<usize>,
+    world: usize,
+    root: std::net::SocketAddr,
+    secret: [u8; 16],
     /// Dropped after the children: the store they rendezvous at.
     _store: oxccl::bootstrap::StoreServer,
 }
@@ -391,78 +397,95 @@ impl ProcGroup {
         let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("store address");
         let listener = id.take_listener().expect("store listener");
         let store = oxccl::bootstrap::StoreServer::start(listener, id.secret).expect("store");
-        let exe = std::env::current_exe().expect("current_exe");
         let (line_tx, lines) = mpsc::channel();
         let (eof_tx, eof) = mpsc::channel();
         let mut g = ProcGroup {
             children: Vec::new(),
-            status: vec![None; n],
-            exited_at: vec![None; n],
-            killed: vec![false; n],
+            status: Vec::new(),
+            exited_at: Vec::new(),
+            killed: Vec::new(),
             captured: Vec::new(),
             lines,
             eof,
-            eofs: std::cell::RefCell::new(vec![0; n]),
+            eofs: std::cell::RefCell::new(Vec::new()),
+            line_tx,
+            eof_tx,
+            world: n,
+            root: id.addr,
+            secret: id.secret,
             _store: store,
         };
-        for rank in 0..n {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1"])
-                .env(CHILD_MARKER, child_test)
-                .env("OXCCL_RANK", rank.to_string())
-                .env("OXCCL_WORLD_SIZE", n.to_string())
-                .env("OXCCL_ROOT", id.addr.to_string())
-                .env("OXCCL_SECRET", oxccl::bootstrap::secret_hex(&id.secret))
-                .env("OXCCL_ROOT_EXTERNAL", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            for v in FOREIGN_LAUNCHER_VARS {
-                cmd.env_remove(v);
-            }
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
+        for _ in 0..n {
             // On a spawn failure, `g` is dropped by the panic and reaps the ranks already started.
-            let mut child = cmd.spawn().expect("spawn a child rank");
-            let cap = Arc::new(Captured::default());
-            let out = child.stdout.take().expect("stdout");
-            let err = child.stderr.take().expect("stderr");
-            {
-                let (cap, tx, eof_tx) = (cap.clone(), line_tx.clone(), eof_tx.clone());
-                std::thread::spawn(move || {
-                    for line in BufReader::new(out).lines() {
-                        let Ok(line) = line else { break };
-                        let mut s = cap.stdout.lock().unwrap();
-                        s.push_str(&line);
-                        s.push('\n');
-                        drop(s);
-                        let _ = tx.send((rank, line));
-                    }
-                    let _ = eof_tx.send(rank);
-                });
-            }
-            {
-                let (cap, eof_tx) = (cap.clone(), eof_tx.clone());
-                std::thread::spawn(move || {
-                    let mut err = err;
-                    let mut buf = [0u8; 4096];
-                    while let Ok(k) = err.read(&mut buf) {
-                        if k == 0 {
-                            break;
-                        }
-                        cap.stderr
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&buf[..k]));
-                    }
-                    let _ = eof_tx.send(rank);
-                });
-            }
-            g.children.push(Some(child));
-            g.captured.push(cap);
+            g.add(child_test, env);
         }
         g
+    }
+
+    /// Starts one more child running `child_test` (a process joining later, say) with `env`
+    /// added; it is numbered after the others (its `OXCCL_RANK`), and returns that number.
+    pub fn add(&mut self, child_test: &str, env: &[(&str, &str)]) -> usize {
+        let rank = self.children.len();
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_MARKER, child_test)
+            .env("OXCCL_RANK", rank.to_string())
+            .env("OXCCL_WORLD_SIZE", self.world.to_string())
+            .env("OXCCL_ROOT", self.root.to_string())
+            .env("OXCCL_SECRET", oxccl::bootstrap::secret_hex(&self.secret))
+            .env("OXCCL_ROOT_EXTERNAL", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for v in FOREIGN_LAUNCHER_VARS {
+            cmd.env_remove(v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn a child rank");
+        let cap = Arc::new(Captured::default());
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        {
+            let (cap, tx, eof_tx) = (cap.clone(), self.line_tx.clone(), self.eof_tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let mut s = cap.stdout.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                    drop(s);
+                    let _ = tx.send((rank, line));
+                }
+                let _ = eof_tx.send(rank);
+            });
+        }
+        {
+            let (cap, eof_tx) = (cap.clone(), self.eof_tx.clone());
+            std::thread::spawn(move || {
+                let mut err = err;
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = err.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    cap.stderr
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..k]));
+                }
+                let _ = eof_tx.send(rank);
+            });
+        }
+        self.children.push(Some(child));
+        self.captured.push(cap);
+        self.status.push(None);
+        self.exited_at.push(None);
+        self.killed.push(false);
+        self.eofs.borrow_mut().push(0);
+        rank
     }
 
     /// Number of ranks.

@@ -266,12 +266,65 @@ class Communicator:
         call("oxcclCommSplit", self._handle(), c, _int_arg(key, "key"), ctypes.byref(h), ctypes.byref(cfg))
         return Communicator._wrap(h) if h.value else None
 
-    def shrink(self):
+    def shrink(self, exclude=None):
         """A new communicator of the ranks still alive, renumbered in rank order (every survivor
-        calls it, typically after a PeerLostError or TimeoutError_). This one is aborted; close it."""
+        calls it, typically after a PeerLostError or TimeoutError_). ``exclude``: ranks to leave
+        out although alive (they do not call it; the others pass the same list). This one is
+        aborted; close it."""
         h = ctypes.c_void_p()
-        call("oxcclCommShrink", self._handle(), ctypes.byref(h))
+        if exclude:
+            ranks = [_int_arg(r, "excluded rank") for r in exclude]
+            arr = (ctypes.c_int * len(ranks))(*ranks)
+            call("oxcclCommShrinkExclude", self._handle(), arr, len(ranks), ctypes.byref(h))
+        else:
+            call("oxcclCommShrink", self._handle(), ctypes.byref(h))
         return Communicator._wrap(h)
+
+    def revoke(self):
+        """Revokes the communicator (a call in flight fails, peers are told, later calls fail);
+        unlike :meth:`abort` it stays valid for :meth:`shrink`. Close it afterwards."""
+        call("oxcclCommRevoke", self._handle())
+
+    def grow_id(self):
+        """On rank 0: a fresh :class:`UniqueId` for :meth:`grow`. Hand it (``str(id)``) to the new
+        processes with their ranks; they join with ``Communicator.join(rank, size, id)``."""
+        s = UniqueIdStruct()
+        call("oxcclCommGetUniqueId", self._handle(), ctypes.byref(s))
+        return UniqueId(bytes(bytearray(ctypes.string_at(ctypes.addressof(s), ctypes.sizeof(s)))))
+
+    def grow(self, size, unique_id=None, **settings):
+        """Grows to ``size`` ranks (every rank here calls it; they keep their ranks; rank 0 passes
+        the id from :meth:`grow_id`, the others may pass None). New processes join as ranks
+        ``self.size .. size - 1`` with :meth:`join`. Returns the new communicator; this one
+        stays valid."""
+        cfg = _config(**_settings(settings))
+        idp = None
+        if unique_id is not None:
+            if isinstance(unique_id, str):
+                unique_id = UniqueId.parse(unique_id)
+            idp = ctypes.byref(unique_id._struct())
+        h = ctypes.c_void_p()
+        call("oxcclCommGrow", self._handle(), _int_arg(size, "size"), idp, -1, ctypes.byref(h), ctypes.byref(cfg))
+        return Communicator._wrap(h)
+
+    @classmethod
+    def join(cls, rank, size, unique_id, **settings):
+        """A new process joins a communicator being grown to ``size`` as ``rank`` (see
+        :meth:`grow`), with the id its rank 0 published."""
+        if isinstance(unique_id, str):
+            unique_id = UniqueId.parse(unique_id)
+        cfg = _config(**_settings(settings))
+        h = ctypes.c_void_p()
+        call(
+            "oxcclCommGrow",
+            None,
+            _int_arg(size, "size"),
+            ctypes.byref(unique_id._struct()),
+            _int_arg(rank, "rank"),
+            ctypes.byref(h),
+            ctypes.byref(cfg),
+        )
+        return cls._wrap(h)
 
     @classmethod
     def _wrap(cls, h):

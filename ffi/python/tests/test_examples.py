@@ -3,6 +3,8 @@ numpy data-parallel training example) run."""
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -39,3 +41,23 @@ def test_train_dp_matches_single_process(n):
     assert int(m.group(1)) == n
     assert float(m.group(4)) <= 1e-5
     assert float(m.group(3)) < 0.5 * float(m.group(2))
+
+
+def test_elastic_example_heals_back_to_full_size():
+    """examples/elastic.py: kill, shrink, a replacement grows the job back to 4, final weights
+    equal single-process training."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.run(
+        [sys.executable, os.path.join(PKG_PARENT, "examples", "elastic.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stdout
+    m = re.search(r"differ from single-process training by at most ([\d.e+-]+); replacement start to its first collective: ([\d.]+) s", p.stdout)
+    assert m, p.stdout
+    assert float(m.group(1)) <= 1e-9
+    assert "GROWN rank 0 of 4" in p.stdout and "JOINED rank 3 of 4" in p.stdout, p.stdout

@@ -42,6 +42,13 @@ def test_shrink_after_a_rank_dies():
     assert out.count("shrink ok") == 2, out
 
 
+def test_async_error_reaches_idle_ranks(tmp_path):
+    env = dict(os.environ, IDLE_DIR=str(tmp_path))
+    code, out = launch(3, worker("failures.py"), "idle", timeout=60, env=env)
+    assert code == 0, out
+    assert out.count("idle ok") == 2, out
+
+
 def test_launcher_sets_the_torchrun_environment():
     code, out = launch(3, worker("launcher.py"), "env", timeout=30)
     assert code == 0, out

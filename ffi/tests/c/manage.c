@@ -2,6 +2,9 @@
  *   split   4 ranks: colors rank%2 (rank 3: OXCCL_SPLIT_NOCOLOR), keys reversed.
  *   shrink  3 ranks: rank 2 dies after a first all-reduce; 0 and 1 see the failure, shrink to a
  *           2-rank communicator and all-reduce on it.
+ *   heal    4 ranks: 0-2 revoke the communicator and shrink it excluding rank 3 (which only
+ *           destroys its handle), then grow back to 4: rank 0 prints "JOIN <id>" and the harness
+ *           starts `manage join <id> 3 4`, which joins as rank 3; all four all-reduce.
  *   abort   2 ranks: rank 0 aborts while another of its threads is blocked in an all-reduce that
  *           rank 1 has not joined; that call fails within seconds, not at the 60 s timeout, and
  *           rank 1's late all-reduce returns promptly too. */
@@ -31,7 +34,28 @@ static void *blocked(void *arg) {
   return NULL;
 }
 
+/* The joiner of "heal": argv = join <id> <rank> <size>. */
+static int join(char **argv) {
+  oxcclUniqueId id;
+  CHECK(oxcclUniqueIdFromString(argv[2], &id));
+  int rank = atoi(argv[3]), size = atoi(argv[4]);
+  test_rank = rank;
+  oxcclComm_t big;
+  CHECK(oxcclCommGrow(NULL, size, &id, rank, &big, NULL));
+  int br, bn;
+  CHECK(oxcclCommUserRank(big, &br));
+  CHECK(oxcclCommCount(big, &bn));
+  ASSERT(br == rank && bn == size);
+  int32_t v = br + 1;
+  CHECK(oxcclAllReduce(&v, &v, 1, oxcclInt32, oxcclSum, big));
+  ASSERT(v == bn * (bn + 1) / 2);
+  CHECK(oxcclCommDestroy(big));
+  printf("rank %d: joined, heal ok\n", rank);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 5 && strcmp(argv[1], "join") == 0) return join(argv);
   ASSERT(argc == 2);
   oxcclConfig_t cfg = OXCCL_CONFIG_INITIALIZER;
   cfg.timeoutMs = strcmp(argv[1], "abort") == 0 ? 60000 : 10000;
@@ -88,6 +112,52 @@ int main(int argc, char **argv) {
     CHECK(oxcclCommDestroy(small));
     CHECK(oxcclCommDestroy(comm));
     printf("rank %d: shrink ok\n", test_rank);
+    return 0;
+  }
+
+  if (strcmp(argv[1], "heal") == 0) {
+    ASSERT(n == 4);
+    int32_t v = 1;
+    CHECK(oxcclAllReduce(&v, &v, 1, oxcclInt32, oxcclSum, comm));
+    ASSERT(v == 4);
+    if (test_rank == 3) {
+      CHECK(oxcclCommDestroy(comm));
+      printf("rank 3: excluded, heal ok\n");
+      return 0;
+    }
+    CHECK(oxcclCommRevoke(comm));
+    EXPECT(oxcclAllReduce(&v, &v, 1, oxcclInt32, oxcclSum, comm), oxcclInvalidUsage);
+    int excluded[1] = {3};
+    EXPECT(oxcclCommShrinkExclude(comm, excluded, 1, NULL), oxcclInvalidArgument);
+    oxcclComm_t small;
+    CHECK(oxcclCommShrinkExclude(comm, excluded, 1, &small));
+    int sn, sr;
+    CHECK(oxcclCommCount(small, &sn));
+    CHECK(oxcclCommUserRank(small, &sr));
+    ASSERT(sn == 3 && sr == test_rank);
+    oxcclUniqueId id;
+    if (sr == 0) {
+      CHECK(oxcclCommGetUniqueId(small, &id));
+      char text[OXCCL_UNIQUE_ID_STRLEN];
+      CHECK(oxcclUniqueIdToString(&id, text, sizeof text));
+      printf("JOIN %s\n", text);
+      fflush(stdout);
+    } else {
+      EXPECT(oxcclCommGetUniqueId(small, &id), oxcclInvalidUsage);
+    }
+    oxcclComm_t big;
+    CHECK(oxcclCommGrow(small, 4, sr == 0 ? &id : NULL, -1, &big, NULL));
+    int bn, br;
+    CHECK(oxcclCommCount(big, &bn));
+    CHECK(oxcclCommUserRank(big, &br));
+    ASSERT(bn == 4 && br == sr);
+    v = br + 1;
+    CHECK(oxcclAllReduce(&v, &v, 1, oxcclInt32, oxcclSum, big));
+    ASSERT(v == 10);
+    CHECK(oxcclCommDestroy(big));
+    CHECK(oxcclCommDestroy(small));
+    CHECK(oxcclCommDestroy(comm));
+    printf("rank %d: heal ok\n", test_rank);
     return 0;
   }
 

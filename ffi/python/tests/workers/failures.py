@@ -3,6 +3,9 @@ split     colors rank % 2, keys reversed; the last rank passes None.
 shrink    the last rank dies after a first all-reduce; the others shrink and go on.
 lost      rank 1 leaves without a word after a first all-reduce; rank 0's next one must raise
           PeerLostError (or TimeoutError_) naming rank 1, and the communicator is then revoked.
+idle      after a barrier every rank but the last marks itself idle (a file in IDLE_DIR) and polls
+          async_error() with no call in flight; the last rank exits without a word once all are
+          idle. Each survivor must see PeerLostError naming it within seconds.
 mismatch  ranks pass different sizes: every rank raises MismatchError or PeerLostError, at least
           one MismatchError (exit 10 for mismatch, 11 for peer lost)."""
 
@@ -70,6 +73,34 @@ if mode == "lost":
         print("lost ok:", e.message)
         sys.exit(0)
     raise AssertionError("all-reduce with a lost peer succeeded")
+if mode == "idle":
+    import time
+
+    comm.all_reduce(x)
+    comm.barrier()
+    idle_dir = os.environ["IDLE_DIR"]
+    victim = n - 1
+    t0 = time.monotonic()
+    if rank == victim:
+        want = {"idle-%d" % r for r in range(victim)}
+        while not want <= set(os.listdir(idle_dir)):
+            if time.monotonic() - t0 > 60:
+                raise SystemExit("the others never went idle")
+            time.sleep(0.005)  # polling interval of a wait with a deadline
+        os._exit(0)
+    open(os.path.join(idle_dir, "idle-%d" % rank), "w").close()
+    while True:
+        err = comm.async_error()
+        if err is not None:
+            break
+        if time.monotonic() - t0 > 20:
+            raise AssertionError("no async error within 20 s of going idle")
+        time.sleep(0.005)
+    assert isinstance(err, oxccl.PeerLostError), err
+    assert "rank %d" % victim in err.message, err.message
+    print("rank %d: idle ok after %.0f ms: %s" % (rank, 1000 * (time.monotonic() - t0), err.message))
+    comm.close()
+    sys.exit(0)
 if mode == "mismatch":
     y = np.ones(16 if rank == 0 else 32, dtype=np.float32)
     try:
