@@ -335,7 +335,7 @@ pub struct Communicator {
     aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The error that revoked the communicator, readable without waiting for a running call.
     failure: std::sync::Arc<Mutex<Option<Error>>>,
-    /// The heartbeat thread (see `liveness`); before `_server`, which it talks to on rank 0.
+    /// The liveness thread and its ring connections (see `liveness`).
     _live: liveness::Heartbeat,
     shrinks: std::sync::atomic::AtomicU64,
     // Dropped last: rank 0 serves the store until everything else is closed.
