@@ -319,3 +319,33 @@ fn kill_shrink_and_grow_back_tcp() {
 fn kill_shrink_and_grow_back_shm() {
     kill_shrink_grow("shm", 0);
 }
+
+/// After one rank revokes, every rank's split still works: the live ranks agree on who they are
+/// (as shrink does) and split that; the halves all-reduce correctly.
+#[test]
+fn split_after_revoke() {
+    let out = run_ranks(4, test_cfg(5000), Duration::from_secs(60), |comm| {
+        let r = comm.rank();
+        let mut v = vec![1u32; 8];
+        comm.all_reduce(&mut v, ReduceOp::Sum)
+            .map_err(|e| e.to_string())?;
+        if r == 1 {
+            comm.revoke();
+        }
+        let half = comm
+            .split(Some((r % 2) as u32), r as u32, Config::default())
+            .map_err(|e| format!("rank {r}: split after revoke: {e}"))?
+            .ok_or("no communicator")?;
+        let mut w = vec![r as u32; 8];
+        half.all_reduce(&mut w, ReduceOp::Sum)
+            .map_err(|e| format!("rank {r}: all-reduce on the half: {e}"))?;
+        let want = if r % 2 == 0 { 2 } else { 4 };
+        if half.size() != 2 || w[0] != want {
+            return Err(format!("rank {r}: size {} sum {}", half.size(), w[0]));
+        }
+        Ok::<_, String>(())
+    });
+    for (r, o) in out.into_iter().enumerate() {
+        o.unwrap_or_else(|e| panic!("rank {r}: {e}"));
+    }
+}

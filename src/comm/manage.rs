@@ -88,7 +88,28 @@ impl Communicator {
     /// form a new communicator, ordered by `key` then by old rank. A rank passing `None`
     /// (NO_COLOR) joins none and gets `Ok(None)`. The new communicators use `cfg` (fields left
     /// unset are taken from this communicator's settings).
+    ///
+    /// On a revoked communicator (after [`Communicator::revoke`], or a failure), the ranks
+    /// still alive first agree on who they are, as [`Communicator::shrink`] does, and split
+    /// that; a rank whose split fails because a peer revoked the communicator meanwhile does
+    /// the same, so every rank ends in the same place.
     pub fn split(&self, color: Option<u32>, key: u32, cfg: Config) -> Result<Option<Communicator>> {
+        if self.async_error().is_none() {
+            match self.split_live(color, key, cfg.clone()) {
+                Ok(r) => return Ok(r),
+                Err(e) if self.async_error().is_none() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.shrink()?.split(color, key, cfg)
+    }
+
+    fn split_live(
+        &self,
+        color: Option<u32>,
+        key: u32,
+        cfg: Config,
+    ) -> Result<Option<Communicator>> {
         let n = self.nranks;
         // 1. Everyone's (color, key).
         let mine = [color.map(u64::from).unwrap_or(u64::MAX), u64::from(key)];
@@ -163,11 +184,15 @@ impl Communicator {
         // Survivors notice a failure at different times (at once by EOF, or only at their
         // timeout), so the agreement allows for one full timeout of skew.
         let deadline = Instant::now() + self.cfg.timeout() * 2 + Duration::from_secs(5);
-        if let Some(p) = self.async_error().and_then(|e| e.peer()) {
-            if p < n && p != me {
-                dead[p] = true;
-            }
-        }
+        // The rank the revoking failure names: lost, or just the one that aborted. It gets a
+        // short time to answer the dial below (a live process answers in milliseconds; a
+        // stopped one, whose kernel still accepts, would hold us until the deadline).
+        let suspect = self
+            .async_error()
+            .and_then(|e| e.peer())
+            .filter(|&p| p < n && p != me);
+        let quick = Instant::now()
+            + (self.cfg.timeout() / 4).clamp(Duration::from_millis(200), Duration::from_secs(1));
         self.abort();
         // Everyone dials everyone: what I dial carries my messages, what I accept carries theirs.
         let mut out: Vec<Option<std::net::TcpStream>> = (0..n).map(|_| None).collect();
@@ -182,7 +207,11 @@ impl Communicator {
                 me,
                 p,
                 chan,
-                deadline,
+                if Some(p) == suspect {
+                    quick.min(deadline)
+                } else {
+                    deadline
+                },
             ) {
                 Ok(s) => out[p] = Some(s),
                 Err(e) => {
@@ -314,7 +343,8 @@ impl Communicator {
     /// Revokes the communicator here (like `ncclCommRevoke`): a call in flight on another thread
     /// fails within about 100 ms, peers are told (idle ones through liveness), and every later
     /// call fails at once; unlike dropping it, the communicator stays a valid parent for
-    /// [`Communicator::shrink`] / [`Communicator::shrink_excluding`] (which every survivor calls).
+    /// [`Communicator::shrink`], [`Communicator::shrink_excluding`] and
+    /// [`Communicator::split`] (which every live rank calls).
     pub fn revoke(&self) {
         self.abort();
     }
