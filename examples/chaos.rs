@@ -408,8 +408,8 @@ fn driver() -> i32 {
     let mut ready_sent = false;
     let mut cut: Option<(usize, Instant)> = None;
     let mut max_step = 0u64;
-    let mut first_stats: HashMap<usize, (usize, usize, usize)> = HashMap::new();
-    let mut sampled = false;
+    let mut first_stats: HashMap<usize, ((usize, usize, usize), Instant)> = HashMap::new();
+    let mut next_sample = start;
     let mut stopping: Option<Instant> = None;
     let mut last_event = String::new();
     let mut report: Vec<String> = Vec::new();
@@ -417,12 +417,14 @@ fn driver() -> i32 {
     loop {
         let now = Instant::now();
         // Periodic duties.
-        if !sampled && now > start + Duration::from_secs(20) {
-            sampled = true;
+        if now >= next_sample {
+            // Each worker's first sample, once it has run for 10 s (after its setup).
+            next_sample = now + Duration::from_secs(5);
             for (i, w) in workers.lock().unwrap().iter().enumerate() {
-                if w.alive && w.stopped.is_none() {
+                let settled = w.started.elapsed() >= Duration::from_secs(10);
+                if w.alive && w.stopped.is_none() && settled && !first_stats.contains_key(&i) {
                     if let Some(s) = proc_stats(w.child.id()) {
-                        first_stats.insert(i, s);
+                        first_stats.insert(i, (s, Instant::now()));
                     }
                 }
             }
@@ -456,19 +458,19 @@ fn driver() -> i32 {
             stopping = Some(now);
             // The last resource sample, while every worker still runs.
             let ws = workers.lock().unwrap();
-            for (i, s0) in &first_stats {
+            let mut firsts: Vec<_> = first_stats.iter().collect();
+            firsts.sort_by_key(|(_, (_, at))| *at);
+            for (i, (s0, at)) in firsts {
                 if let Some(s1) = proc_stats(ws[*i].child.id()).filter(|_| ws[*i].alive) {
                     report.push(format!(
-                        "worker {i}: descriptors {} -> {}, threads {} -> {}, RSS {} -> {} KiB",
-                        s0.0, s1.0, s0.1, s1.1, s0.2, s1.2
-                    ));
-                }
-            }
-            for (i, w) in ws.iter().enumerate().filter(|(_, w)| w.alive) {
-                if let Some((f, th, rss)) = proc_stats(w.child.id()) {
-                    report.push(format!(
-                        "worker {i} (up {:.0} s, at the end): descriptors {f}, threads {th}, RSS {rss} KiB",
-                        w.started.elapsed().as_secs_f64()
+                        "worker {i} over its last {:.0} s: descriptors {} -> {}, threads {} -> {}, RSS {} -> {} KiB",
+                        at.elapsed().as_secs_f64(),
+                        s0.0,
+                        s1.0,
+                        s0.1,
+                        s1.1,
+                        s0.2,
+                        s1.2
                     ));
                 }
             }
@@ -697,7 +699,9 @@ fn driver() -> i32 {
         "hangs {}, wrong results {}, abnormal exits {}",
         t.hangs, t.wrong, t.abnormal_exits
     );
-    println!("resources (first sample at 20 s -> last sample before the stop):");
+    println!(
+        "resources of the workers alive at the stop (10 s after each one started -> just before the stop):"
+    );
     for l in &report {
         println!("  {l}");
     }
