@@ -1,15 +1,27 @@
 //! # oxccl — collective communication in Rust
 //!
 //! Peers expose registered buffers, data moves in chunks straight into them, and completion is
-//! signalled, not negotiated (the RDMA style). The layers, top to bottom:
+//! signalled, not negotiated (the RDMA style). The layers, top to bottom (data flows down,
+//! results flow up; no layer uses one above it):
 //!
 //! ```text
-//!  comm        Communicator: init, collectives, barrier          (src/comm.rs)
-//!  algo        schedules: (collective, nranks, rank, count) -> Program, pure data
+//!  comm        Communicator: init, collectives, groups and non-blocking calls, split, shrink,
+//!              grow, revoke, abort; peer-to-peer liveness          (src/comm.rs, src/comm/)
+//!  tune        the cost model that picks an algorithm per call          (src/tune.rs, src/tune/)
+//!  algo        schedules: (collective, nranks, rank, count) -> Program, pure data; the
+//!              symbolic verifier                                        (src/algo/)
 //!  exec        runs one rank's Program over its links, with deadlines; reduces on receive
-//!  transport   Link: post_send / poll_recv / release, credits    (tcp; shm and rdma to come)
-//!  bootstrap   unique id, rendezvous store, env discovery, HMAC handshake
+//!                                                                      (src/exec.rs, src/reduce.rs)
+//!  transport   Link: post_send / poll_recv / release, credits: shared memory, TCP, multi-path
+//!              TCP, RDMA verbs (feature `rdma`); connection setup       (src/transport/)
+//!  bootstrap   unique id, rendezvous store, launcher env discovery, HMAC handshake
+//!                                                                      (src/bootstrap/)
+//!  sys         the few unsafe syscall wrappers                          (src/sys/)
+//!  sim         replays the same Programs on a network model, 10^4+ ranks (src/sim.rs, src/sim/)
 //! ```
+//!
+//! The C ABI (`liboxccl.so`, `oxccl.h`) is the `oxccl-ffi` crate in `ffi/`, and the Python
+//! package binds that; the README has both.
 //!
 //! ```no_run
 //! use oxccl::{Communicator, Config, ReduceOp, UniqueId};

@@ -4,7 +4,7 @@
 //! Only the structs and fields oxccl touches are spelled out; the rest is padding whose size the
 //! layout test checks against the system's `<infiniband/verbs.h>` (rdma-core's ABI, stable since
 //! libibverbs 1.1). `ibv_post_send`, `ibv_post_recv`, `ibv_poll_cq` and `ibv_req_notify_cq` are
-//! inline functions in verbs.h that call through the context's `ops` table; [`Ops`] reads those
+//! inline functions in verbs.h that call through the context's `ops` table; [`IbvContextOps`] reads those
 //! pointers from `ibv_context.ops` as the header does. `ibv_query_port` is a macro around the
 //! exported function, which fills the (compatible) prefix of `ibv_port_attr`.
 
