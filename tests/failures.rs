@@ -315,6 +315,7 @@ const KILL_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Child entry: loops 4 MiB f32 all-reduces, printing `ITER <i>` after each; on an error prints
 /// `ERROR peer=<peer> <error>` to stdout and stderr and exits 3.
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn child_loop_all_reduce() {
     if !is_child(KILL_CHILD) {
         return;
@@ -603,6 +604,7 @@ const SILENT_VICTIM: usize = 2;
 /// failure (`NOTICED ms=<ms> peer=<peer> <error>`), then make one more call (`NEXT peer=<peer>
 /// <error>`) and exit 0.
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn child_one_rank_goes_silent() {
     if !is_child(SILENT_CHILD) {
         return;

@@ -128,6 +128,7 @@ fn open_fds() -> usize {
 
 /// The body of each child rank. Not a test on its own: without the marker it returns at once.
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn child_rank() {
     if !is_child(CHILD) {
         return;

@@ -12,6 +12,7 @@ const CHILD: &str = "shrink_child";
 const TIMEOUT: Duration = Duration::from_millis(3000);
 
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn shrink_child() {
     if !is_child(CHILD) {
         return;
@@ -163,6 +164,7 @@ const JOIN_VAR: &str = "OXCCL_TEST_JOIN";
 /// to 4. A replacement (JOIN_VAR set) joins with that id. Then everyone: rank 0's weights by
 /// broadcast (`FIRST` once done), 100 checked all-reduces, `DONE`.
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn grow_child() {
     if !is_child(GROW_CHILD) {
         return;

@@ -364,6 +364,7 @@ const PROC_ROUNDS: usize = 8;
 const PROC_EVERY: usize = 50;
 
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn soak_child() {
     if !is_child(CHILD) {
         return;

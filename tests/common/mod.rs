@@ -428,16 +428,24 @@ impl ProcGroup {
         let rank = self.children.len();
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(&exe);
-        cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1"])
-            .env(CHILD_MARKER, child_test)
-            .env("OXCCL_RANK", rank.to_string())
-            .env("OXCCL_WORLD_SIZE", self.world.to_string())
-            .env("OXCCL_ROOT", self.root.to_string())
-            .env("OXCCL_SECRET", oxccl::bootstrap::secret_hex(&self.secret))
-            .env("OXCCL_ROOT_EXTERNAL", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        // Child entry points are #[ignore]d, so that a plain test run does not count them as
+        // passes; run this one on purpose.
+        cmd.args([
+            "--exact",
+            child_test,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MARKER, child_test)
+        .env("OXCCL_RANK", rank.to_string())
+        .env("OXCCL_WORLD_SIZE", self.world.to_string())
+        .env("OXCCL_ROOT", self.root.to_string())
+        .env("OXCCL_SECRET", oxccl::bootstrap::secret_hex(&self.secret))
+        .env("OXCCL_ROOT_EXTERNAL", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         for v in FOREIGN_LAUNCHER_VARS {
             cmd.env_remove(v);
         }
