@@ -54,10 +54,11 @@ fn value(step: u64) -> f32 {
     (step % 97 + 1) as f32
 }
 
-/// Rank 0's step, broadcast.
+/// The highest step of any rank (a replacement says 0). An all-reduce, not a broadcast: no rank
+/// finishes it before every rank has taken part.
 fn share_step(comm: &Communicator, step: u64) -> oxccl::Result<u64> {
     let mut s = [step];
-    comm.broadcast(&mut s, 0)?;
+    comm.all_reduce(&mut s, ReduceOp::Max)?;
     Ok(s[0])
 }
 
@@ -143,9 +144,16 @@ fn work(mut comm: Communicator, mut step: u64, full: usize) -> i32 {
         if order > 0 {
             ORDER.store(0, Ordering::SeqCst);
             let id = JOIN_ID.lock().unwrap().take();
-            match comm.grow(order as usize, id.as_ref(), Config::default()) {
-                Ok(big) => {
+            // The grow counts once the grown communicator's first collective is done; until
+            // then a failure (a rank lost during the grow) is recovered on the communicator
+            // every survivor still shares: the one before the grow.
+            let grown = comm
+                .grow(order as usize, id.as_ref(), Config::default())
+                .and_then(|big| share_step(&big, step).map(|s| (big, s)));
+            match grown {
+                Ok((big, s)) => {
                     comm = big;
+                    step = s;
                     println!("GROWN {} of {full}", comm.size());
                     if comm.rank() == 0 && comm.size() < full {
                         // Grown only part of the way (no room for more yet): ask again.
@@ -156,13 +164,6 @@ fn work(mut comm: Communicator, mut step: u64, full: usize) -> i32 {
                             }
                             Err(e) => println!("GROW-ID-FAILED {e}"),
                         }
-                    }
-                    match share_step(&comm, step) {
-                        Ok(s) => step = s,
-                        Err(e) => match recover(&comm, full, &e.to_string()) {
-                            Next::Continue(c) => comm = *c,
-                            Next::Exit(code) => return code,
-                        },
                     }
                 }
                 Err(e) => match recover(&comm, full, &format!("grow: {e}")) {
@@ -405,6 +406,8 @@ fn driver() -> i32 {
     let mut joiners: Vec<usize> = Vec::new();
     let mut started_joiners = 0usize;
     let mut started_seen = 0usize;
+    // Members of the communicator being grown that report being in it (GROWN / JOINED).
+    let mut settled = 0usize;
     let mut ready_sent = false;
     let mut cut: Option<(usize, Instant)> = None;
     let mut max_step = 0u64;
@@ -616,15 +619,24 @@ fn driver() -> i32 {
                     pending = Some((w.get(1).unwrap_or(&"").to_string(), size));
                     started_joiners = 0;
                     started_seen = 0;
+                    settled = 0;
                     ready_sent = false;
                 }
                 Some("STARTED") if joiners.contains(&who) => started_seen += 1,
-                Some("JOINED") => joiners.retain(|&j| j != who),
-                Some("GROWN") => {
-                    if Some(who) == rank0 {
+                Some("JOINED") | Some("GROWN") => {
+                    // Faults wait until every member of the grown communicator is in it.
+                    joiners.retain(|&j| j != who);
+                    if w[0] == "GROWN" && Some(who) == rank0 {
                         t.grows += 1;
                     }
-                    if w.get(1).and_then(|s| s.parse::<usize>().ok()) == Some(full) {
+                    settled += 1;
+                    let size: Option<usize> = w.get(1).and_then(|s| s.parse().ok());
+                    let grown_to = if w[0] == "GROWN" {
+                        size
+                    } else {
+                        w.get(3).and_then(|s| s.parse().ok())
+                    };
+                    if grown_to == Some(full) && settled >= full {
                         pending = None;
                         joiners.clear();
                     }
