@@ -201,7 +201,7 @@ fn worker() -> i32 {
             return 2;
         };
         println!("STARTED");
-        let comm = match Communicator::init(rank, size, &id, Config::default()) {
+        let comm = match Communicator::join(rank, size, &id, Config::default()) {
             Ok(c) => c,
             Err(e) => {
                 println!("JOIN-FAILED {e}");

@@ -205,7 +205,7 @@ pub fn worker() -> Result<(), String> {
             size.parse().map_err(|_| "bad size")?,
         );
         println!("STARTED");
-        let comm = Communicator::init(rank, size, &id, Config::default())
+        let comm = Communicator::join(rank, size, &id, Config::default())
             .map_err(|e| format!("join: {e}"))?;
         let (step, w) = share_state(&comm, 0, &[0.0; DIM])?;
         println!("JOINED rank {rank} of {size} at step {step}");

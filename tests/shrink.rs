@@ -177,7 +177,7 @@ fn grow_child() {
             };
             let id: UniqueId = id.parse().map_err(|e| format!("join id: {e}"))?;
             let (rank, size) = (rank.parse().unwrap(), size.parse().unwrap());
-            let comm = Communicator::init(rank, size, &id, Config::default())
+            let comm = Communicator::join(rank, size, &id, Config::default())
                 .map_err(|e| format!("join: {e}"))?;
             return grown_work(&comm);
         }

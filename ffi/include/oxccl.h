@@ -902,7 +902,9 @@ oxcclResult_t oxcclCommGetUniqueId(oxcclComm_t comm, oxcclUniqueId *uniqueId);
  * (rank 0 with the id from `oxcclCommGetUniqueId`, the others with that id or NULL; `rank` is
  * ignored: they keep their ranks). Each new process calls it with `comm` NULL, the id, and its
  * new `rank` (from `oxcclCommCount(comm)` up to `nranks - 1`). `config` may be NULL (settings
- * are inherited from `comm` where it has one).
+ * are inherited from `comm` where it has one). It returns once every member, old and new, is in
+ * the grown communicator; if one is lost on the way it fails everywhere, and `comm` (still
+ * valid) is the one to shrink.
  *
  * # Safety
  * `uniqueId` is NULL or points to an `oxcclUniqueId`; `newcomm` is NULL (an error) or

@@ -556,7 +556,9 @@ pub unsafe extern "C" fn oxcclCommGetUniqueId(
 /// (rank 0 with the id from `oxcclCommGetUniqueId`, the others with that id or NULL; `rank` is
 /// ignored: they keep their ranks). Each new process calls it with `comm` NULL, the id, and its
 /// new `rank` (from `oxcclCommCount(comm)` up to `nranks - 1`). `config` may be NULL (settings
-/// are inherited from `comm` where it has one).
+/// are inherited from `comm` where it has one). It returns once every member, old and new, is in
+/// the grown communicator; if one is lost on the way it fails everywhere, and `comm` (still
+/// valid) is the one to shrink.
 ///
 /// # Safety
 /// `uniqueId` is NULL or points to an `oxcclUniqueId`; `newcomm` is NULL (an error) or
@@ -596,7 +598,7 @@ pub unsafe extern "C" fn oxcclCommGrow(
                             "rank {rank} of {nranks}: need 0 <= rank < nranks"
                         ))
                     })?;
-                Communicator::init(r, n, &id, cfg)?
+                Communicator::join(r, n, &id, cfg)?
             }
         };
         // SAFETY: non-null and writable (caller's contract).

@@ -351,7 +351,7 @@ impl Communicator {
 
     /// On rank 0: a fresh id for [`Communicator::grow`] (like `ncclCommGetUniqueId`). Rank 0
     /// passes it to `grow`; the new processes get it out of band (as text:
-    /// `id.to_string()`) together with their new rank, and call [`Communicator::init`] with it.
+    /// `id.to_string()`) together with their new rank, and call [`Communicator::join`] with it.
     /// It holds a new secret: treat it like a password.
     pub fn grow_id(&self) -> Result<UniqueId> {
         if self.rank != 0 {
@@ -366,7 +366,9 @@ impl Communicator {
     /// Grows to `new_size` ranks (collective over this communicator, like `ncclCommGrow`): every
     /// rank here keeps its number in the new communicator, and `new_size - size()` new
     /// processes join as ranks `size()..new_size` by calling
-    /// `Communicator::init(rank, new_size, &id, cfg)` with rank 0's [`Communicator::grow_id`].
+    /// [`Communicator::join`]`(rank, new_size, &id, cfg)` with rank 0's [`Communicator::grow_id`].
+    /// It returns once every member, old and new, is in the grown communicator; if one is lost
+    /// on the way it fails, and this communicator is the one to shrink.
     /// Rank 0 passes that id here; the others pass `None` (they learn it from rank 0). Links are
     /// made on first use. This communicator stays valid. Settings left unset in `cfg` are
     /// inherited.
@@ -394,13 +396,37 @@ impl Communicator {
         }
         self.broadcast(&mut blob, 0)?;
         let inherited = self.inherit(cfg);
-        if me == 0 {
+        let grown = if me == 0 {
             // Rank 0 serves the new store on the listener grow_id bound (held in this process).
             let id = id.ok_or_else(|| Error::Internal("grow: rank 0 lost its id".into()))?;
-            return Communicator::init(0, new_size, id, inherited);
-        }
-        let id = UniqueId::from_bytes(&blob)?;
-        Communicator::init(me, new_size, &id, inherited)
+            Communicator::init(0, new_size, id, inherited)?
+        } else {
+            Communicator::init(me, new_size, &UniqueId::from_bytes(&blob)?, inherited)?
+        };
+        grown.commit()?;
+        Ok(grown)
+    }
+
+    /// A new process joins a communicator being grown (see [`Communicator::grow`]) as `rank` of
+    /// `size`, with the id rank 0 published. Like [`Communicator::init`], and it returns only
+    /// once every member, old and new, is in the grown communicator.
+    pub fn join(rank: usize, size: usize, id: &UniqueId, cfg: Config) -> Result<Communicator> {
+        let c = Communicator::init(rank, size, id, cfg)?;
+        c.commit()?;
+        Ok(c)
+    }
+
+    /// The first collective of a grown communicator: until it is done, a member lost during the
+    /// grow leaves the survivors on the communicator they had (the old one stays valid), not
+    /// some on the old and some on the new.
+    fn commit(&self) -> Result<()> {
+        self.barrier().map_err(|e| match e {
+            Error::PeerLost { peer, msg } => Error::PeerLost {
+                peer,
+                msg: format!("grow to {} ranks: {msg}", self.nranks),
+            },
+            e => e,
+        })
     }
 
     /// `cfg` with the fields it leaves unset taken from this communicator's settings.
