@@ -5,7 +5,8 @@
 //! - `f32_sum`: 64 MiB arrays (memory-bound; compare with membw's 1-thread "add" line) and
 //!   256 KiB arrays (in cache; the kernel's compute speed), typed and over raw bytes, plus the
 //!   unaligned-bytes and out-of-place (`reduce3_bytes`, also 3N bytes moved) paths;
-//! - `sum_64MiB`: every data type, 64 MiB arrays, Sum.
+//! - `sum_64MiB`: every data type, 64 MiB arrays, Sum;
+//! - `f32_sum_64MiB_threads`: the reduction pool (spare cores) at 1, 2 and 4 threads.
 //!
 //! Run: `cargo bench --bench reduce` (about a minute).
 
@@ -92,8 +93,33 @@ fn sum_64mib(c: &mut Criterion) {
     g.finish();
 }
 
+/// Spare cores (issue: one rank per host): f32 sum of 64 MiB through `reduce_bytes` with the
+/// reduction pool at 1, 2 (and, where the machine has them, 4) threads. Memory-bound: on a
+/// 2-vCPU VM whose memory gives one core ~25 GB/s and two ~32 GB/s, expect about 1.3x.
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("f32_sum_64MiB_threads");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes(3 * BIG as u64));
+    let mut a = buffer(BIG, 0, 0x3c);
+    let b = buffer(BIG, 0, 0x01);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for t in [1, 2, 4].into_iter().filter(|&t| t == 1 || t <= cpus) {
+        oxccl::reduce::par::set_threads(t);
+        g.bench_function(BenchmarkId::new("threads", t), |bch| {
+            bch.iter(|| {
+                let (d, s) = (as_bytes_mut(&mut a), as_bytes(&b));
+                reduce_bytes(DataType::F32, ReduceOp::Sum, black_box(d), black_box(s))
+            })
+        });
+    }
+    oxccl::reduce::par::set_threads(0);
+    g.finish();
+}
+
 #[allow(missing_docs)] // criterion_group! defines an undocumented pub fn
 mod group {
-    criterion::criterion_group!(benches, super::f32_sum, super::sum_64mib);
+    criterion::criterion_group!(benches, super::f32_sum, super::sum_64mib, super::threads);
 }
 criterion_main!(group::benches);

@@ -30,6 +30,8 @@
 
 use std::fmt;
 
+pub mod par;
+
 use half::{bf16, f16};
 
 /// Element types, numbered as NCCL numbers them (`ncclDataType_t`).
@@ -1063,10 +1065,12 @@ macro_rules! dispatch {
 /// release builds reduce the whole elements of the common prefix). They may be unaligned for
 /// the type: aligned slices are reduced in place, unaligned ones through an aligned stack
 /// buffer. Never panics in release builds.
+///
+/// Large reductions are split across spare cores (see [`par`]).
 pub fn reduce_bytes(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
     debug_assert_eq!(dst.len(), src.len(), "reduce_bytes: length mismatch");
     debug_assert_eq!(dst.len() % dtype.size(), 0, "reduce_bytes: partial element");
-    dispatch!(dtype, bytes2(op, dst, src))
+    par::split(dst, [src], &|d, [s]| dispatch!(dtype, bytes2(op, d, s)))
 }
 
 /// `dst[i] = a[i] op b[i]` over raw bytes holding `dtype` elements (Avg sums): the out-of-place
@@ -1081,7 +1085,9 @@ pub fn reduce3_bytes(dtype: DataType, op: ReduceOp, dst: &mut [u8], a: &[u8], b:
         0,
         "reduce3_bytes: partial element"
     );
-    dispatch!(dtype, bytes3(op, dst, a, b))
+    par::split(dst, [a, b], &|d, [a, b]| {
+        dispatch!(dtype, bytes3(op, d, a, b))
+    })
 }
 
 /// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as [`finish_avg_slice`].

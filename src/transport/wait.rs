@@ -52,6 +52,11 @@ pub fn note_ranks_on_host(n: usize) {
     RANKS_HERE.fetch_max(n, Ordering::Relaxed);
 }
 
+/// The most ranks of one communicator seen on this host so far (0 before any link).
+pub fn ranks_on_host() -> usize {
+    RANKS_HERE.load(Ordering::Relaxed)
+}
+
 fn cpus() -> usize {
     static CPUS: OnceLock<usize> = OnceLock::new();
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
