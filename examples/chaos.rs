@@ -313,7 +313,10 @@ struct Tally {
     abnormal_exits: u32,
 }
 
-fn proc_stats(pid: u32) -> Option<(usize, usize, usize)> {
+/// Descriptors, threads, RSS in KiB.
+type Stats = (usize, usize, usize);
+
+fn proc_stats(pid: u32) -> Option<Stats> {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |k: &str| -> Option<usize> {
@@ -411,15 +414,31 @@ fn driver() -> i32 {
     let mut ready_sent = false;
     let mut cut: Option<(usize, Instant)> = None;
     let mut max_step = 0u64;
-    let mut first_stats: HashMap<usize, ((usize, usize, usize), Instant)> = HashMap::new();
+    let mut first_stats: HashMap<usize, (Stats, Instant)> = HashMap::new();
     let mut next_sample = start;
     let mut stopping: Option<Instant> = None;
     let mut last_event = String::new();
     let mut report: Vec<String> = Vec::new();
+    let mut series: HashMap<usize, Vec<(u64, Stats)>> = HashMap::new();
+    let mut next_series = start + Duration::from_secs(30);
     let verbose = std::env::var("CHAOS_VERBOSE").is_ok_and(|v| v == "1");
     loop {
         let now = Instant::now();
         // Periodic duties.
+        if now >= next_series {
+            // Every 30 s, every running worker: the long-lived ones show whether anything grows.
+            next_series = now + Duration::from_secs(30);
+            for (i, w) in workers.lock().unwrap().iter().enumerate() {
+                if w.alive && w.stopped.is_none() {
+                    if let Some(s) = proc_stats(w.child.id()) {
+                        series
+                            .entry(i)
+                            .or_default()
+                            .push((start.elapsed().as_secs(), s));
+                    }
+                }
+            }
+        }
         if now >= next_sample {
             // Each worker's first sample, once it has run for 10 s (after its setup).
             next_sample = now + Duration::from_secs(5);
@@ -716,6 +735,16 @@ fn driver() -> i32 {
     );
     for l in &report {
         println!("  {l}");
+    }
+    let mut longest: Vec<_> = series.iter().filter(|(_, v)| v.len() >= 3).collect();
+    longest.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    println!("the longest-lived workers, every 30 s (s: descriptors/threads/RSS KiB):");
+    for (i, v) in longest.into_iter().take(3) {
+        let pts: Vec<String> = v
+            .iter()
+            .map(|(t, (f, th, rss))| format!("{t}s: {f}/{th}/{rss}"))
+            .collect();
+        println!("  worker {i}: {}", pts.join(", "));
     }
     i32::from(t.hangs > 0 || t.wrong > 0)
 }
