@@ -14,6 +14,7 @@ pub mod bruck;
 pub mod builder;
 pub mod chain;
 pub mod direct;
+pub mod hier;
 pub mod misc;
 pub mod ordered;
 pub mod rhd;
@@ -21,7 +22,12 @@ pub mod ring;
 pub mod tree;
 pub mod verify;
 
+#[cfg(test)]
+mod topo_tests;
+
 pub use builder::Builder;
+
+use crate::topo::HostMap;
 
 /// The buffers a Program names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -279,7 +285,7 @@ impl Collective {
     pub fn algorithms(self) -> &'static [Algorithm] {
         use Algorithm::*;
         match self {
-            Collective::AllReduce => &[Ring, Tree, Rhd, Direct, Ordered],
+            Collective::AllReduce => &[Ring, Tree, Rhd, Direct, Ordered, Hier, HierTree, HierRhd],
             Collective::Barrier => &[Dissemination],
             Collective::Broadcast => &[Chain, Tree],
             Collective::Reduce => &[Chain, Tree, Ordered],
@@ -319,11 +325,18 @@ pub enum Algorithm {
     /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
     /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
     Ordered,
+    /// All-reduce, hierarchical ([`hier`]): intra-host reduce-scatter, a ring between hosts on
+    /// each local rank's rail, intra-host all-gather.
+    Hier,
+    /// As [`Algorithm::Hier`] with a double binary tree between hosts.
+    HierTree,
+    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts.
+    HierRhd,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 10] = [
+    pub const ALL: [Algorithm; 13] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Tree,
@@ -334,6 +347,9 @@ impl Algorithm {
         Algorithm::Dissemination,
         Algorithm::Linear,
         Algorithm::Ordered,
+        Algorithm::Hier,
+        Algorithm::HierTree,
+        Algorithm::HierRhd,
     ];
 
     /// The name used by OXCCL_ALGO and printed by tools.
@@ -349,7 +365,18 @@ impl Algorithm {
             Algorithm::Dissemination => "dissemination",
             Algorithm::Linear => "linear",
             Algorithm::Ordered => "ordered",
+            Algorithm::Hier => "hier",
+            Algorithm::HierTree => "hier-tree",
+            Algorithm::HierRhd => "hier-rhd",
         }
+    }
+
+    /// Whether it is one of the hierarchical algorithms (which need a [`HostMap`]).
+    pub fn is_hier(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd
+        )
     }
 
     /// Parses a name (a few aliases accepted).
@@ -365,6 +392,9 @@ impl Algorithm {
             "dissemination" => Some(Algorithm::Dissemination),
             "linear" => Some(Algorithm::Linear),
             "ordered" | "deterministic" => Some(Algorithm::Ordered),
+            "hier" | "hier-ring" | "hierarchical" => Some(Algorithm::Hier),
+            "hier-tree" => Some(Algorithm::HierTree),
+            "hier-rhd" => Some(Algorithm::HierRhd),
             _ => None,
         }
     }
@@ -647,7 +677,19 @@ impl Program {
 
 /// Builds one rank's Program for `shape` with `algo`, or says why that algorithm does not
 /// implement that collective or the shape is invalid.
+///
+/// This is the schedule for ranks that all share one host, laid over rank numbers; a
+/// communicator spanning hosts calls [`build_on`] with its [`HostMap`].
 pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
+    check(algo, shape)?;
+    if algo.is_hier() {
+        return build_on(algo, shape, &HostMap::flat(shape.nranks));
+    }
+    dispatch(algo, shape)
+}
+
+/// Why `algo` cannot build `shape`, if it cannot.
+fn check(algo: Algorithm, shape: &Shape) -> Result<(), String> {
     let s = shape;
     if s.nranks == 0 || s.rank >= s.nranks {
         return Err(format!("rank {} of {}", s.rank, s.nranks));
@@ -689,6 +731,11 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
             names.join(", ")
         ));
     }
+    Ok(())
+}
+
+/// Builds a checked shape with a flat algorithm over rank numbers.
+fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
     use Algorithm as A;
     use Collective as C;
     let b = match (s.coll, algo) {
@@ -712,10 +759,82 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
         (C::Scatter, _) => misc::scatter(s),
         (C::Send | C::Recv, _) => misc::send_recv(s),
         (C::Barrier, _) => misc::barrier(s),
-        _ => unreachable!("checked against algorithms() above"),
+        _ => {
+            return Err(format!(
+                "{} {} needs a host map (algo::build_on)",
+                s.coll.name(),
+                algo.name()
+            ));
+        }
     };
     let mut p = b.build();
     p.algo = algo;
+    Ok(p)
+}
+
+/// Builds one rank's Program for `shape` with `algo` on the hosts of `map`.
+///
+/// Flat algorithms are laid over the topology order ([`HostMap::order`]: hosts one after the
+/// other, each by local rank) instead of over rank numbers, so that where a launcher placed the
+/// ranks does not change the schedule: all-reduce, broadcast, reduce and barrier are built for
+/// each rank's position in that order and their peers renamed back to ranks; the ring
+/// all-gather and reduce-scatter pass blocks along the order and keep each block at its rank's
+/// place. The others (Bruck, pairwise, linear, ordered) keep rank order: Bruck's exchanges and
+/// the ordered fold are defined by rank numbers. Hierarchical algorithms ([`hier`]) compose
+/// intra-host and inter-host steps on the map.
+pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program, String> {
+    if map.nranks() != shape.nranks {
+        return Err(format!(
+            "a host map of {} ranks for a {} of {} ranks",
+            map.nranks(),
+            shape.coll.name(),
+            shape.nranks
+        ));
+    }
+    check(algo, shape)?;
+    use Algorithm as A;
+    use Collective as C;
+    let b = match (shape.coll, algo) {
+        (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
+            hier::all_reduce(shape, map, hier::inter(algo))?
+        }
+        _ if map.is_blocked() => return dispatch(algo, shape),
+        (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather_over(shape, &map.order()),
+        (C::ReduceScatter | C::ReduceScatterV, A::Ring) => {
+            ring::reduce_scatter_over(shape, &map.order())
+        }
+        (C::AllReduce, A::Ring | A::Tree | A::Rhd | A::Direct)
+        | (C::Broadcast | C::Reduce, A::Chain | A::Tree)
+        | (C::Barrier, _) => return relabel(algo, shape, &map.order()),
+        _ => return dispatch(algo, shape),
+    };
+    let mut p = b.build();
+    p.algo = algo;
+    Ok(p)
+}
+
+/// Builds the Program of rank `shape.rank`'s position in `order` (position -> rank), as if
+/// positions were ranks, then renames its peers back to ranks. Only for collectives whose
+/// buffers do not depend on which rank is which, beyond the root.
+fn relabel(algo: Algorithm, shape: &Shape, order: &[usize]) -> Result<Program, String> {
+    let n = shape.nranks;
+    let mut pos = vec![0; n];
+    for (i, &r) in order.iter().enumerate() {
+        pos[r] = i;
+    }
+    let mut v = shape.clone();
+    v.rank = pos[shape.rank];
+    v.root = pos[shape.root.min(n - 1)];
+    let mut p = dispatch(algo, &v)?;
+    for st in &mut p.steps {
+        match &mut st.op {
+            Op::Send { peer, .. } | Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => {
+                *peer = order[*peer];
+            }
+            _ => {}
+        }
+    }
+    p.shape = shape.clone();
     Ok(p)
 }
 
