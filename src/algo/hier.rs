@@ -88,7 +88,13 @@ pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Bui
         // left it in Output.
         let sub_in_place = nl > 1 || s.in_place;
         let sub = Shape::all_reduce(nh, h, sl, sub_in_place, chunk);
-        let p = build(inter_algo, &sub)?;
+        // Halving a slice smaller than the host count only adds rounds.
+        let a = if inter_algo == Algorithm::Rhd && sl < nh {
+            Algorithm::Doubling
+        } else {
+            inter_algo
+        };
+        let p = build(a, &sub)?;
         let scratch = b.scratch(p.scratch_len);
         let place = |x: Range| match x.buf {
             Buf::Input => Range::new(Buf::Input, so + x.off, x.len),

@@ -14,6 +14,7 @@ pub mod bruck;
 pub mod builder;
 pub mod chain;
 pub mod direct;
+pub mod doubling;
 pub mod hier;
 pub mod misc;
 pub mod ordered;
@@ -285,7 +286,9 @@ impl Collective {
     pub fn algorithms(self) -> &'static [Algorithm] {
         use Algorithm::*;
         match self {
-            Collective::AllReduce => &[Ring, Tree, Rhd, Direct, Ordered, Hier, HierTree, HierRhd],
+            Collective::AllReduce => &[
+                Ring, Tree, Rhd, Direct, Ordered, Hier, HierTree, HierRhd, Doubling,
+            ],
             Collective::Barrier => &[Dissemination],
             Collective::Broadcast => &[Chain, Tree],
             Collective::Reduce => &[Chain, Tree, Ordered],
@@ -330,13 +333,17 @@ pub enum Algorithm {
     Hier,
     /// As [`Algorithm::Hier`] with a double binary tree between hosts.
     HierTree,
-    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts.
+    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
+    /// doubling where a slice has fewer elements than there are hosts).
     HierRhd,
+    /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
+    /// messages at scale.
+    Doubling,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 13] = [
+    pub const ALL: [Algorithm; 14] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Tree,
@@ -350,6 +357,7 @@ impl Algorithm {
         Algorithm::Hier,
         Algorithm::HierTree,
         Algorithm::HierRhd,
+        Algorithm::Doubling,
     ];
 
     /// The name used by OXCCL_ALGO and printed by tools.
@@ -368,6 +376,7 @@ impl Algorithm {
             Algorithm::Hier => "hier",
             Algorithm::HierTree => "hier-tree",
             Algorithm::HierRhd => "hier-rhd",
+            Algorithm::Doubling => "doubling",
         }
     }
 
@@ -395,6 +404,7 @@ impl Algorithm {
             "hier" | "hier-ring" | "hierarchical" => Some(Algorithm::Hier),
             "hier-tree" => Some(Algorithm::HierTree),
             "hier-rhd" => Some(Algorithm::HierRhd),
+            "doubling" | "recursive-doubling-allreduce" => Some(Algorithm::Doubling),
             _ => None,
         }
     }
@@ -743,6 +753,7 @@ fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
         (C::AllReduce, A::Direct) => direct::all_reduce(s),
         (C::AllReduce, A::Tree) => tree::all_reduce(s),
         (C::AllReduce, A::Rhd) => rhd::all_reduce(s),
+        (C::AllReduce, A::Doubling) => doubling::all_reduce(s),
         (C::Broadcast, A::Chain) => chain::broadcast(s),
         (C::Broadcast, A::Tree) => tree::broadcast(s),
         (C::Reduce, A::Chain) => chain::reduce(s),
@@ -803,7 +814,7 @@ pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program
         (C::ReduceScatter | C::ReduceScatterV, A::Ring) => {
             ring::reduce_scatter_over(shape, &map.order())
         }
-        (C::AllReduce, A::Ring | A::Tree | A::Rhd | A::Direct)
+        (C::AllReduce, A::Ring | A::Tree | A::Rhd | A::Direct | A::Doubling)
         | (C::Broadcast | C::Reduce, A::Chain | A::Tree)
         | (C::Barrier, _) => return relabel(algo, shape, &map.order()),
         _ => return dispatch(algo, shape),
