@@ -16,6 +16,8 @@ use crate::sim::{Link, Network};
 /// | direct | α_max + max over classes of (messages × (overhead + s·β)) + (n−1)·s·γ |
 /// | rhd | Σ 2α_m + max over classes of Σ 2·s_m·β_m + Σ s_m·γ, over the log p exchanges at distance m = p/2, …, 1 (s_m the half exchanged; classes use their own ports, so they overlap); + 2(α + s·β) + s·γ when n ≠ p |
 /// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + 2·s·β_max + s·γ |
+/// | doubling | Σ α_m + max(Σ s·β_m per class, log p·s·γ) over the log p rounds at distance m (slices pipeline across rounds) |
+/// | hier, hier-tree, hier-rhd | ring inside the host, 2(r−1)·α_i + 2(r−1)/r·s·β_i + (r−1)/r·s·γ (r ranks per host), plus the ring, tree or rhd formula over the hosts for a slice s/r, with every rank crossing the core at once (β·oversub) |
 ///
 /// The tree's bandwidth term is the textbook 2s·β because its Programs emit the up phase a few
 /// slices ahead of the down phase (on a link both trees use, one tree's down messages would
@@ -99,6 +101,28 @@ pub fn formula(
             };
             lat + wire[0].max(wire[1]) + red + fold
         }
+        (C::AllReduce, A::Doubling) => {
+            // log p rounds of the whole buffer (distances p/2 .. 1), plus the fold.
+            // Slices pipeline across rounds: each class's port and the reduction stream.
+            let p = 1usize << (usize::BITS - 1 - nranks.leading_zeros());
+            let (mut lat, mut wire, mut red, mut m) = (0.0, [0.0f64; 2], 0.0, p / 2);
+            // One slice's way through every round: what is left when nothing pipelines.
+            let mut one = 0.0;
+            while m > 0 {
+                let (a, b) = at(m, true);
+                lat += a;
+                one += c.min(s) * (b + gamma);
+                wire[usize::from(hosts > 1 && m >= rph)] += s * b;
+                red += s * gamma;
+                m /= 2;
+            }
+            let fold = if p < nranks {
+                2.0 * (ai + s * bi) + s * gamma
+            } else {
+                0.0
+            };
+            lat + wire[0].max(wire[1]).max(red).max(one) + fold
+        }
         (C::AllReduce, A::Tree) => {
             let d = n.log2().floor() as u32;
             let slice = c.min(s / 2.0);
@@ -111,6 +135,28 @@ pub fn formula(
             // With the up phase emitted ahead of the down phase (algo::tree), each tree streams:
             // a rank moves about its data twice (up and down, half per tree).
             fill + 2.0 * s * beta + s * gamma
+        }
+        (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
+            // A ring inside each host over the whole buffer (reduce-scatter, then all-gather),
+            // and the flat algorithm between hosts on a 1/rph slice, every rank on its own port
+            // at once (so through the core's share).
+            let l = rph as f64;
+            let intra = if rph > 1 {
+                2.0 * (l - 1.0) * ai + 2.0 * (l - 1.0) / l * s * bi + (l - 1.0) / l * s * gamma
+            } else {
+                0.0
+            };
+            let rail = Network {
+                ranks_per_host: 1,
+                inter: Link {
+                    bw: net.inter.bw / crowd,
+                    ..net.inter
+                },
+                oversub: 1.0,
+                ..net.clone()
+            };
+            let inner = crate::algo::hier::inter(algo);
+            intra + formula(coll, inner, hosts, block.div_ceil(rph), chunk, &rail)
         }
         (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
         (C::Reduce, A::Chain) => {
