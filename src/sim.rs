@@ -131,6 +131,10 @@ pub struct Network {
     /// the message lands in place and the receiver copies nothing (shm's single copy, TCP's
     /// posted bodies, RDMA); otherwise every receive copies out of a slot.
     pub posted_recv: bool,
+    /// NICs per host, each a send and a receive port of `inter.bw` that local rank `l` uses
+    /// when `l mod nics_per_host` is its index (0: a NIC per rank, its own rail). The core
+    /// then carries `hosts · nics_per_host · inter.bw / oversub`.
+    pub nics_per_host: usize,
 }
 
 impl Network {
@@ -148,6 +152,15 @@ impl Network {
             cores_per_host: 0,
             host_driven: false,
             posted_recv: true,
+            nics_per_host: 0,
+        }
+    }
+
+    /// The inter-host port of `rank`: (host, NIC), or (rank, 0) with a NIC per rank.
+    pub fn port(&self, rank: usize) -> (usize, usize) {
+        match self.nics_per_host {
+            0 => (rank, 0),
+            k => (self.host(rank), (rank % self.ranks_per_host.max(1)) % k),
         }
     }
 

@@ -452,3 +452,37 @@ fn tuner_picks_hierarchical_at_scale_and_flat_on_one_host() {
     };
     assert!(!tune::pick(Collective::AllReduce, 8, 1 << 30, chunk, &one).is_hier());
 }
+
+/// NICs per host: ranks that share a NIC share its ports; with a NIC per local rank the
+/// hierarchical all-reduce runs as with a port per rank, and a flat ring, whose inter-host hops
+/// leave from one rank per host, gains nothing from the second NIC.
+#[test]
+fn ranks_sharing_a_nic_share_its_bandwidth() {
+    let net = |nics: usize| Network {
+        ranks_per_host: 2,
+        intra: Link::new(LAT, 100.0 * BW),
+        nics_per_host: nics,
+        ..ideal(8)
+    };
+    let size = 64 << 20;
+    let t = |algo, nics| run(Collective::AllReduce, algo, 8, size, &net(nics), 1 << 20);
+    let (own, two, one) = (
+        t(Algorithm::Hier, 0),
+        t(Algorithm::Hier, 2),
+        t(Algorithm::Hier, 1),
+    );
+    assert!(
+        close(own, two),
+        "a NIC per local rank {two} vs a port per rank {own}"
+    );
+    assert!(one > 1.6 * two, "one shared NIC {one} vs two {two}");
+    let (ring1, ring2) = (t(Algorithm::Ring, 1), t(Algorithm::Ring, 2));
+    assert!(
+        close(ring1, ring2),
+        "flat ring: one NIC {ring1}, two {ring2}"
+    );
+    assert!(
+        ring1 > 1.6 * two,
+        "flat ring {ring1} vs hierarchical on two rails {two}"
+    );
+}

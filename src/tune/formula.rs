@@ -146,10 +146,15 @@ pub fn formula(
             } else {
                 0.0
             };
+            // With fewer NICs than ranks per host, the ranks sharing one split its bandwidth.
+            let share = match net.nics_per_host {
+                0 => 1.0,
+                k => (k as f64 / l).min(1.0),
+            };
             let rail = Network {
                 ranks_per_host: 1,
                 inter: Link {
-                    bw: net.inter.bw / crowd,
+                    bw: net.inter.bw * share / crowd,
                     ..net.inter
                 },
                 oversub: 1.0,
