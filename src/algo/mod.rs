@@ -287,7 +287,7 @@ impl Collective {
         use Algorithm::*;
         match self {
             Collective::AllReduce => &[
-                Ring, Tree, Rhd, Direct, Ordered, Hier, HierTree, HierRhd, Doubling,
+                Ring, Tree, Rhd, Direct, Ordered, Hier, HierRhd, HierTree, Doubling,
             ],
             Collective::Barrier => &[Dissemination],
             Collective::Broadcast => &[Chain, Tree],

@@ -15,9 +15,9 @@ use crate::sim::{Link, Network};
 /// | ring | 2(n−1)·ᾱ + 2(n−1)/n·s·β_max + (n−1)/n·s·γ, ᾱ the mean over the ring's hops |
 /// | direct | α_max + max over classes of (messages × (overhead + s·β)) + (n−1)·s·γ |
 /// | rhd | Σ 2α_m + max over classes of Σ 2·s_m·β_m + Σ s_m·γ, over the log p exchanges at distance m = p/2, …, 1 (s_m the half exchanged; classes use their own ports, so they overlap); + 2(α + s·β) + s·γ when n ≠ p |
-/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + 2·s·β_max + s·γ |
+/// | tree | Σ over the d levels of 2(α_ℓ + min(c, s/2)·β_ℓ) + 2·s·β_max + s·γ (β_max with the core's share across hosts) |
 /// | doubling | Σ α_m + max(Σ s·β_m per class, log p·s·γ) over the log p rounds at distance m (slices pipeline across rounds) |
-/// | hier, hier-tree, hier-rhd | ring inside the host, 2(r−1)·α_i + 2(r−1)/r·s·β_i + (r−1)/r·s·γ (r ranks per host), plus the ring, tree or rhd formula over the hosts for a slice s/r, with every rank crossing the core at once (β·oversub) |
+/// | hier, hier-tree, hier-rhd | the larger of: a ring inside the host, 2(r−1)·α_i + 2(r−1)/r·s·β_i + (r−1)/r·s·γ (r ranks per host); the ring, tree or rhd formula over the hosts for a slice s/r, every rank crossing the core at once (β·oversub); plus 2(r−1)·α_i (the phases pipeline slice by slice) |
 ///
 /// The tree's bandwidth term is the textbook 2s·β because its Programs emit the up phase a few
 /// slices ahead of the down phase (on a link both trees use, one tree's down messages would
@@ -133,8 +133,10 @@ pub fn formula(
                 })
                 .sum();
             // With the up phase emitted ahead of the down phase (algo::tree), each tree streams:
-            // a rank moves about its data twice (up and down, half per tree).
-            fill + 2.0 * s * beta + s * gamma
+            // a rank moves about its data twice (up and down, half per tree); across hosts every
+            // rank does at once, through the core's share.
+            let b = if hosts > 1 { bi.max(be * crowd) } else { bi };
+            fill + 2.0 * s * b + s * gamma
         }
         (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
             // A ring inside each host over the whole buffer (reduce-scatter, then all-gather),
@@ -161,7 +163,10 @@ pub fn formula(
                 ..net.clone()
             };
             let inner = crate::algo::hier::inter(algo);
-            intra + formula(coll, inner, hosts, block.div_ceil(rph), chunk, &rail)
+            let inter = formula(coll, inner, hosts, block.div_ceil(rph), chunk, &rail);
+            // The phases pipeline slice by slice: the busier one decides, plus the intra-host
+            // hops' latency.
+            intra.max(inter) + 2.0 * (l - 1.0) * ai
         }
         (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
         (C::Reduce, A::Chain) => {
