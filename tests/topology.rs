@@ -148,6 +148,8 @@ fn schedules_over_a_forced_host_map_compute_the_reference() {
     for spec in [
         "broadcast:chain,reduce:chain,allgather:ring,reducescatter:ring",
         "broadcast:tree,reduce:tree,allgather:bruck,reducescatter:bruck",
+        "broadcast:hier,reduce:hier,allgather:hier,reducescatter:hier",
+        "broadcast:hier-tree,reduce:hier-tree",
     ] {
         let res = run_ranks(n, cfg(spec), Duration::from_secs(120), move |comm| {
             check_others(&comm, spec)

@@ -290,10 +290,10 @@ impl Collective {
                 Ring, Tree, Rhd, Direct, Ordered, Hier, HierRhd, HierTree, Doubling,
             ],
             Collective::Barrier => &[Dissemination],
-            Collective::Broadcast => &[Chain, Tree],
-            Collective::Reduce => &[Chain, Tree, Ordered],
-            Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck],
-            Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered],
+            Collective::Broadcast => &[Chain, Tree, Hier, HierTree],
+            Collective::Reduce => &[Chain, Tree, Ordered, Hier, HierTree],
+            Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck, Hier],
+            Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered, Hier],
             Collective::AllToAll | Collective::AllToAllV => &[Pairwise],
             Collective::Gather | Collective::Scatter => &[Linear],
             Collective::Send | Collective::Recv => &[Linear],
@@ -328,10 +328,13 @@ pub enum Algorithm {
     /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
     /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
     Ordered,
-    /// All-reduce, hierarchical ([`hier`]): intra-host reduce-scatter, a ring between hosts on
-    /// each local rank's rail, intra-host all-gather.
+    /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a ring
+    /// between hosts on each local rank's rail, intra-host all-gather; broadcast / reduce: the
+    /// slices scattered (reduce-scattered) over the root's (every) host, a chain between hosts
+    /// per rail; all-gather / reduce-scatter: rings per rail between hosts and per host.
     Hier,
-    /// As [`Algorithm::Hier`] with a double binary tree between hosts.
+    /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
+    /// binomial tree).
     HierTree,
     /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
     /// doubling where a slice has fewer elements than there are hosts).
@@ -809,6 +812,12 @@ pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program
         (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
             hier::all_reduce(shape, map, hier::inter(algo))?
         }
+        (C::Broadcast, A::Hier | A::HierTree) => {
+            hier::broadcast(shape, map, hier::inter_rooted(algo))?
+        }
+        (C::Reduce, A::Hier | A::HierTree) => hier::reduce(shape, map, hier::inter_rooted(algo))?,
+        (C::AllGather | C::AllGatherV, A::Hier) => hier::all_gather(shape, map),
+        (C::ReduceScatter | C::ReduceScatterV, A::Hier) => hier::reduce_scatter(shape, map),
         _ if map.is_blocked() => return dispatch(algo, shape),
         (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather_over(shape, &map.order()),
         (C::ReduceScatter | C::ReduceScatterV, A::Ring) => {

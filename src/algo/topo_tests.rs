@@ -125,7 +125,7 @@ fn small_cases_on_host_maps() {
 }
 
 #[test]
-fn hierarchical_all_reduce_on_even_and_uneven_hosts() {
+fn hierarchical_collectives_on_even_and_uneven_hosts() {
     let layouts: [&[usize]; 6] = [
         &[0, 0, 0, 1],
         &[0, 1, 0, 1, 0, 1, 0, 1],
@@ -136,17 +136,23 @@ fn hierarchical_all_reduce_on_even_and_uneven_hosts() {
     ];
     for hosts in layouts {
         let map = HostMap::from_hosts(hosts);
-        for algo in [Algorithm::Hier, Algorithm::HierTree, Algorithm::HierRhd] {
+        let cases = COLLS.iter().flat_map(|&c| {
+            c.algorithms()
+                .iter()
+                .filter(|a| a.is_hier())
+                .map(move |&a| (c, a))
+        });
+        for (coll, algo) in cases {
             for count in [0, 1, 5, 64, 101] {
                 for in_place in [false, true] {
-                    for chunk in [1, 7, 1000] {
+                    for chunk in [3, 1000] {
                         for credits in [1, 4] {
                             check(
-                                Collective::AllReduce,
+                                coll,
                                 algo,
                                 &map,
                                 count,
-                                0,
+                                count % hosts.len(),
                                 in_place,
                                 chunk,
                                 credits,
@@ -246,12 +252,25 @@ fn placement_does_not_change_the_schedule() {
 #[test]
 fn hierarchical_traffic_stays_on_rails() {
     let map = HostMap::cyclic(32, 4);
-    for algo in [Algorithm::Hier, Algorithm::HierTree, Algorithm::HierRhd] {
-        for r in 0..32 {
-            let p = build_on(algo, &Shape::all_reduce(32, r, 1000, false, 16), &map).unwrap();
-            for peer in p.peers() {
-                if map.host_of(peer) != map.host_of(r) {
-                    assert_eq!(map.local_rank(peer), map.local_rank(r), "{}", algo.name());
+    for coll in COLLS {
+        for &algo in coll.algorithms().iter().filter(|a| a.is_hier()) {
+            for r in 0..32 {
+                let mut shape = Shape::new(coll, 32, r, 1000, false, 16);
+                shape.root = 13;
+                if matches!(coll, Collective::AllGatherV | Collective::ReduceScatterV) {
+                    shape.counts = (0..32).map(|q| q * 3 % 7).collect();
+                }
+                let p = build_on(algo, &shape, &map).unwrap();
+                for peer in p.peers() {
+                    if map.host_of(peer) != map.host_of(r) {
+                        assert_eq!(
+                            map.local_rank(peer),
+                            map.local_rank(r),
+                            "{} {}",
+                            coll.name(),
+                            algo.name()
+                        );
+                    }
                 }
             }
         }
@@ -276,12 +295,16 @@ proptest! {
     }
 
     #[test]
-    fn hierarchical_all_reduce_on_random_host_maps(ai in 0usize..3, n in 1usize..=64, hosts in 1usize..12,
-                                                  map_seed: u64, count in 0usize..300, chunk in 1usize..64,
-                                                  in_place: bool, credits in 1usize..4, seed: u64) {
-        let algo = [Algorithm::Hier, Algorithm::HierTree, Algorithm::HierRhd][ai];
+    fn hierarchical_collectives_on_random_host_maps(ci in 0usize..12, ai in 0usize..3, n in 1usize..=64,
+                                                   hosts in 1usize..12, map_seed: u64, count in 0usize..300,
+                                                   root in 0usize..64, chunk in 1usize..64, in_place: bool,
+                                                   credits in 1usize..4, seed: u64) {
+        let coll = COLLS[ci];
+        let hier: Vec<Algorithm> = coll.algorithms().iter().copied().filter(|a| a.is_hier()).collect();
+        prop_assume!(!hier.is_empty());
+        let algo = hier[ai % hier.len()];
         let chunk = chunk.max(count.div_ceil(8));
         let map = random_map(n, hosts, map_seed);
-        prop_assert_eq!(check(Collective::AllReduce, algo, &map, count, 0, in_place, chunk, credits, seed), Ok(()));
+        prop_assert_eq!(check(coll, algo, &map, count, root, in_place, chunk, credits, seed), Ok(()));
     }
 }

@@ -24,6 +24,10 @@ use crate::sim::{Link, Network};
 /// otherwise hold up the other's up messages). `tests/sim.rs` checks these formulas against the
 /// simulator.
 ///
+/// Hierarchical broadcast / reduce: 2(r−1)·α_i + 2(r−1)/r·s·β_i (+ γ) inside the host plus
+/// the chain or tree formula between hosts for s/r; all-gather / reduce-scatter: (H−1)·(α_e +
+/// s·β_e·oversub) between hosts plus (r−1)·(α_i + H·s·β_i) inside (+ γ per byte reduced).
+///
 /// Broadcast / reduce: chain (n−1)·(α + c·β) + s·β (+ s·γ); binomial tree ⌈log n⌉·(α + s·β).
 /// All-gather / reduce-scatter: ring (n−1)·(α + s·β (+ s·γ)); Bruck ⌈log n⌉·α + (n−1)·s·β
 /// (+ γ). Others (one algorithm): (n−1)·(α + s·β), barrier ⌈log n⌉·α; these use the slowest
@@ -167,6 +171,37 @@ pub fn formula(
             // The phases pipeline slice by slice: the busier one decides, plus the intra-host
             // hops' latency.
             intra.max(inter) + 2.0 * (l - 1.0) * ai
+        }
+        (C::Broadcast | C::Reduce, A::Hier | A::HierTree) => {
+            // Scatter (reduce-scatter) inside the host, the slice s/r between hosts on each rail,
+            // all-gather (gather) inside the host.
+            let l = rph as f64;
+            let red = if coll == C::Reduce { gamma } else { 0.0 };
+            let intra = if rph > 1 {
+                2.0 * (l - 1.0) * ai + 2.0 * (l - 1.0) / l * s * bi + (l - 1.0) / l * s * red
+            } else {
+                0.0
+            };
+            let rail = Network {
+                ranks_per_host: 1,
+                oversub: 1.0,
+                ..net.clone()
+            };
+            let inner = if algo == A::HierTree {
+                A::Tree
+            } else {
+                A::Chain
+            };
+            intra + formula(coll, inner, hosts, block.div_ceil(rph), chunk, &rail)
+        }
+        (C::AllGather | C::ReduceScatter, A::Hier) => {
+            // A ring of hosts per rail (each rank's block, through the core's share), then a ring
+            // of the host's ranks passing every host's blocks.
+            let (l, h) = (rph as f64, hosts as f64);
+            let red = if coll == C::ReduceScatter { gamma } else { 0.0 };
+            let inter = (h - 1.0) * (ae + s * (be * crowd + red));
+            let intra = (l - 1.0) * (ai + h * s * (bi + red));
+            inter + intra
         }
         (C::Broadcast, A::Chain) => (n - 1.0) * (alpha + c.min(s) * beta) + s * beta,
         (C::Reduce, A::Chain) => {
