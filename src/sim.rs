@@ -334,6 +334,16 @@ fn estimate_steps_on(
         (C::AllReduce, A::Tree) => 12.0 * sl(count.div_ceil(2)),
         (C::AllReduce, A::Rhd) => 6.0 * sl(count) + 4.0 * lg,
         (C::AllReduce, A::Doubling) => 4.0 * lg * sl(count),
+        (C::AllReduce, A::HierMul) => {
+            // An exchange inside the host, then per round two messages between hosts, the
+            // received sum handed round the host and a fold of the group: all of the buffer.
+            let rph = per_host.clamp(1, n);
+            let hosts = n.div_ceil(rph) as f64;
+            let rounds = (hosts.ln() / ((rph + 1) as f64).ln()).ceil().max(0.0) + 1.0;
+            // (Counted three times over: its Programs replay slowly, and it matters only for small
+            // calls, where one slice is all there is.)
+            3.0 * (3.0 * rph as f64 + rounds * (2.0 * rph as f64 + 10.0)) * sl(count)
+        }
         (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
             // Ring steps inside the host, the inter-host algorithm on a slice between hosts.
             let (rph, hosts) = (per_host.clamp(1, n), n.div_ceil(per_host.clamp(1, n)));

@@ -356,7 +356,9 @@ pub fn fanout(_coll: Collective, algo: Algorithm, nranks: usize, per_host: usize
         Algorithm::Rhd | Algorithm::Bruck | Algorithm::Dissemination | Algorithm::Doubling => {
             2 * lg + 1
         }
-        Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd => local - 1 + 2 * lg + 3,
+        Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul => {
+            local - 1 + 2 * lg + 3
+        }
     }
 }
 

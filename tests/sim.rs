@@ -274,6 +274,7 @@ fn tuner_picks_latency_algorithms_small_and_ring_large() {
                     | Algorithm::Tree
                     | Algorithm::Doubling
                     | Algorithm::HierRhd
+                    | Algorithm::HierMul
             ),
             "{n} ranks, 8 B: {small:?}"
         );
@@ -324,6 +325,7 @@ fn formulas_agree_with_the_simulator() {
             Algorithm::Hier,
             Algorithm::HierTree,
             Algorithm::HierRhd,
+            Algorithm::HierMul,
         ] {
             for size in [8usize, 64 << 10, 16 << 20] {
                 let f = tune::formula(Collective::AllReduce, algo, n, size, chunk, &net);

@@ -134,15 +134,28 @@ fn schedules_over_a_forced_host_map_compute_the_reference() {
         assert_eq!((h, l, ls), want_local[r], "rank {r}");
         assert_eq!(order, vec![0, 2, 5, 1, 3, 4]);
     }
-    // Every all-reduce algorithm, forced.
+    // Every all-reduce algorithm, forced; and every rank ends with the same bits for floats
+    // whose sum depends on the order of additions.
     for &algo in Collective::AllReduce.algorithms() {
         let spec = format!("allreduce:{}", algo.name());
         let res = run_ranks(n, cfg(&spec), Duration::from_secs(120), move |comm| {
-            check_all_reduce(&comm, &spec)
+            check_all_reduce(&comm, &spec)?;
+            let mut x: Vec<f32> = (0..300)
+                .map(|i| 1.0 / (1 + i + 7 * comm.rank()) as f32 + 1e7 * (i % 3) as f32)
+                .collect();
+            comm.all_reduce(&mut x, ReduceOp::Sum)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
         });
-        for r in res {
-            r.unwrap_or_else(|e| panic!("{e}"));
-        }
+        let bits: Vec<Vec<u32>> = res
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        assert!(
+            bits.iter().all(|b| *b == bits[0]),
+            "{}: ranks disagree on the bits of a float sum",
+            algo.name()
+        );
     }
     // The placed flat schedules of the other collectives.
     for spec in [
@@ -175,4 +188,33 @@ fn schedules_over_a_forced_host_map_compute_the_reference() {
         "ranks disagree: {picks:?}"
     );
     let _ = DataType::F32;
+    // Recursive multiplying needs hosts of at least two ranks: two more maps (radix 3; radix 2
+    // twice), run for real, all ranks agreeing bit for bit.
+    for (hosts, n) in [("0,0,1,1,2,2", 6), ("0,1,2,3,0,1,2,3", 8)] {
+        // SAFETY: as above: every rank thread of the previous run has been joined, and none of
+        // this run's has started.
+        unsafe { std::env::set_var("OXCCL_TOPO_HOSTS", hosts) };
+        let res = run_ranks(
+            n,
+            cfg("allreduce:hier-mul"),
+            Duration::from_secs(120),
+            |comm| {
+                check_all_reduce(&comm, "hier-mul")?;
+                let mut x: Vec<f32> = (0..77)
+                    .map(|i| 1.0 / (3 + i + 5 * comm.rank()) as f32)
+                    .collect();
+                comm.all_reduce(&mut x, ReduceOp::Sum)
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+            },
+        );
+        let bits: Vec<Vec<u32>> = res
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("{hosts}: {e}")))
+            .collect();
+        assert!(
+            bits.iter().all(|b| *b == bits[0]),
+            "{hosts}: ranks disagree"
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub fn inter(algo: Algorithm) -> Algorithm {
     match algo {
         Algorithm::HierTree => Algorithm::Tree,
         Algorithm::HierRhd => Algorithm::Rhd,
+        Algorithm::HierMul => Algorithm::Doubling,
         _ => Algorithm::Ring,
     }
 }

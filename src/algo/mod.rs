@@ -17,6 +17,7 @@ pub mod direct;
 pub mod doubling;
 pub mod hier;
 pub mod misc;
+pub mod multiply;
 pub mod ordered;
 pub mod rhd;
 pub mod ring;
@@ -287,7 +288,7 @@ impl Collective {
         use Algorithm::*;
         match self {
             Collective::AllReduce => &[
-                Ring, Tree, Rhd, Direct, Ordered, Hier, HierRhd, HierTree, Doubling,
+                Ring, Tree, Rhd, Direct, Ordered, Hier, HierRhd, HierTree, Doubling, HierMul,
             ],
             Collective::Barrier => &[Dissemination],
             Collective::Broadcast => &[Chain, Tree, Hier, HierTree],
@@ -342,11 +343,15 @@ pub enum Algorithm {
     /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
     /// messages at scale.
     Doubling,
+    /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a host
+    /// exchanges with another host at once, about log_k(hosts) rounds; for small messages over
+    /// many hosts.
+    HierMul,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 14] = [
+    pub const ALL: [Algorithm; 15] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Tree,
@@ -361,6 +366,7 @@ impl Algorithm {
         Algorithm::HierTree,
         Algorithm::HierRhd,
         Algorithm::Doubling,
+        Algorithm::HierMul,
     ];
 
     /// The name used by OXCCL_ALGO and printed by tools.
@@ -380,6 +386,7 @@ impl Algorithm {
             Algorithm::HierTree => "hier-tree",
             Algorithm::HierRhd => "hier-rhd",
             Algorithm::Doubling => "doubling",
+            Algorithm::HierMul => "hier-mul",
         }
     }
 
@@ -387,7 +394,7 @@ impl Algorithm {
     pub fn is_hier(self) -> bool {
         matches!(
             self,
-            Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd
+            Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul
         )
     }
 
@@ -408,6 +415,7 @@ impl Algorithm {
             "hier-tree" => Some(Algorithm::HierTree),
             "hier-rhd" => Some(Algorithm::HierRhd),
             "doubling" | "recursive-doubling-allreduce" => Some(Algorithm::Doubling),
+            "hier-mul" | "multiply" => Some(Algorithm::HierMul),
             _ => None,
         }
     }
@@ -812,6 +820,7 @@ pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program
         (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
             hier::all_reduce(shape, map, hier::inter(algo))?
         }
+        (C::AllReduce, A::HierMul) => multiply::all_reduce(shape, map)?,
         (C::Broadcast, A::Hier | A::HierTree) => {
             hier::broadcast(shape, map, hier::inter_rooted(algo))?
         }

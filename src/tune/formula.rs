@@ -24,6 +24,9 @@ use crate::sim::{Link, Network};
 /// otherwise hold up the other's up messages). `tests/sim.rs` checks these formulas against the
 /// simulator.
 ///
+/// hier-mul (all-reduce): (R + 1)·(⌈log r⌉ + 1)·(α_i + s·β_i + s·γ) + R·(α_e + s·β_e·oversub + s·γ)
+/// for R rounds of radix ≤ r + 1 between the hosts (else hier-rhd's).
+///
 /// Hierarchical broadcast / reduce: 2(r−1)·α_i + 2(r−1)/r·s·β_i (+ γ) inside the host plus
 /// the chain or tree formula between hosts for s/r; all-gather / reduce-scatter: (H−1)·(α_e +
 /// s·β_e·oversub) between hosts plus (r−1)·(α_i + H·s·β_i) inside (+ γ per byte reduced).
@@ -171,6 +174,19 @@ pub fn formula(
             // The phases pipeline slice by slice: the busier one decides, plus the intra-host
             // hops' latency.
             intra.max(inter) + 2.0 * (l - 1.0) * ai
+        }
+        (C::AllReduce, A::HierMul) => {
+            // Rounds between hosts, each followed by a doubling all-reduce inside the host (and
+            // one before the first).
+            match crate::algo::multiply::radices(hosts, rph + 1) {
+                Some(rads) if hosts > 1 => {
+                    let lgl = (rph as f64).log2().ceil() + 1.0;
+                    let inside = lgl * (ai + s * bi + s * gamma);
+                    let between = ae + s * be * crowd + s * gamma;
+                    inside + rads.len() as f64 * (between + inside)
+                }
+                _ => formula(coll, A::HierRhd, nranks, block, chunk, net),
+            }
         }
         (C::Broadcast | C::Reduce, A::Hier | A::HierTree) => {
             // Scatter (reduce-scatter) inside the host, the slice s/r between hosts on each rail,
