@@ -24,6 +24,7 @@ mod liveness;
 mod manage;
 mod multipath;
 mod nonblocking;
+mod topology;
 use crate::transport::Link;
 pub use api::Call;
 pub use manage::NO_COLOR;
@@ -323,6 +324,8 @@ pub struct Communicator {
     comm_id: u64,
     secret: [u8; 16],
     cards: Vec<Card>,
+    /// The host map and this host's NICs, from the cards (see `topology`).
+    topo: crate::topo::Topology,
     listener: PeerListener,
     /// Extra paths (multi-path TCP, OXCCL_SOCKET_IFNAME=eth0,eth1); empty normally.
     paths: multipath::Paths,
@@ -589,6 +592,7 @@ impl Communicator {
             cfg,
             comm_id,
             secret,
+            topo: topology::from_cards(rank, &cards),
             cards,
             listener,
             paths,
@@ -615,6 +619,7 @@ impl Communicator {
             shrinks: std::sync::atomic::AtomicU64::new(0),
             _server: server,
         };
+        comm.log_topology();
         // OXCCL_TUNE=1: measure the links and the reduction now (collective), so every rank
         // installs the same cost model before its first call.
         crate::tune::on_init(&comm, comm.comm_id)?;

@@ -41,6 +41,7 @@ pub mod exec;
 pub mod reduce;
 pub mod sim;
 pub mod sys;
+pub mod topo;
 pub mod transport;
 pub mod tune;
 

@@ -65,7 +65,8 @@ mod symmetry;
 
 use symmetry::{Group, candidate, verify};
 
-use crate::algo::{self, Algorithm, Collective, Program, Shape};
+use crate::algo::{self, Algorithm, Collective, Program, Shape, hier};
+use crate::topo::HostMap;
 
 /// Bytes per element the simulator assumes (float).
 pub const ELEM: usize = 4;
@@ -130,6 +131,10 @@ pub struct Network {
     /// the message lands in place and the receiver copies nothing (shm's single copy, TCP's
     /// posted bodies, RDMA); otherwise every receive copies out of a slot.
     pub posted_recv: bool,
+    /// NICs per host, each a send and a receive port of `inter.bw` that local rank `l` uses
+    /// when `l mod nics_per_host` is its index (0: a NIC per rank, its own rail). The core
+    /// then carries `hosts · nics_per_host · inter.bw / oversub`.
+    pub nics_per_host: usize,
 }
 
 impl Network {
@@ -147,6 +152,15 @@ impl Network {
             cores_per_host: 0,
             host_driven: false,
             posted_recv: true,
+            nics_per_host: 0,
+        }
+    }
+
+    /// The inter-host port of `rank`: (host, NIC), or (rank, 0) with a NIC per rank.
+    pub fn port(&self, rank: usize) -> (usize, usize) {
+        match self.nics_per_host {
+            0 => (rank, 0),
+            k => (self.host(rank), (rank % self.ranks_per_host.max(1)) % k),
         }
     }
 
@@ -186,6 +200,9 @@ pub struct Options {
     pub max_steps: usize,
     /// Use symmetry where it is proven (off: replay every rank).
     pub symmetry: bool,
+    /// Ranks per host the hierarchical Programs are built for; [`simulate`] sets it from the
+    /// network.
+    pub per_host: usize,
 }
 
 impl Default for Options {
@@ -196,6 +213,7 @@ impl Default for Options {
             root: 0,
             max_steps: MAX_STEPS,
             symmetry: true,
+            per_host: usize::MAX,
         }
     }
 }
@@ -212,6 +230,10 @@ pub enum Symmetry {
     /// Same steps, peers and sizes, different dependencies (the direct all-reduce's reduction
     /// order): an approximation, used only beyond the step budget.
     Approx,
+    /// Symmetric only once the buffer is padded to a multiple of the rank count: the call was
+    /// replayed at [`Report::simulated`] bytes (an upper bound), from [`PAD_MIN_RANKS`] ranks
+    /// on, where a full replay of uneven blocks would take minutes.
+    Padded,
 }
 
 /// The result of one replay.
@@ -227,6 +249,8 @@ pub struct Report {
     pub steps: usize,
     /// Symmetry used.
     pub symmetry: Symmetry,
+    /// The size actually replayed: the call's, or larger with [`Symmetry::Padded`].
+    pub simulated: usize,
 }
 
 /// The bytes a call of `size` bytes (nccl-tests' size column) moves per rank block, and the
@@ -286,6 +310,18 @@ pub fn supported(coll: Collective) -> bool {
 
 /// A rough count of one rank's steps, to size the replay before building anything.
 fn estimate_steps(coll: Collective, algo: Algorithm, n: usize, count: usize, chunk: usize) -> f64 {
+    estimate_steps_on(coll, algo, n, usize::MAX, count, chunk)
+}
+
+/// [`estimate_steps`] with `per_host` ranks per host (the hierarchical algorithms need it).
+fn estimate_steps_on(
+    coll: Collective,
+    algo: Algorithm,
+    n: usize,
+    per_host: usize,
+    count: usize,
+    chunk: usize,
+) -> f64 {
     use Algorithm as A;
     use Collective as C;
     let sl = |elems: usize| elems.div_ceil(chunk.max(1)).max(1) as f64;
@@ -297,6 +333,24 @@ fn estimate_steps(coll: Collective, algo: Algorithm, n: usize, count: usize, chu
         (C::AllReduce, A::Direct) => 3.0 * nf * sl(count),
         (C::AllReduce, A::Tree) => 12.0 * sl(count.div_ceil(2)),
         (C::AllReduce, A::Rhd) => 6.0 * sl(count) + 4.0 * lg,
+        (C::AllReduce, A::Doubling) => 4.0 * lg * sl(count),
+        (C::AllReduce, A::HierMul) => {
+            // An exchange inside the host, then per round two messages between hosts, the
+            // received sum handed round the host and a fold of the group: all of the buffer.
+            let rph = per_host.clamp(1, n);
+            let hosts = n.div_ceil(rph) as f64;
+            let rounds = (hosts.ln() / ((rph + 1) as f64).ln()).ceil().max(0.0) + 1.0;
+            // (Counted three times over: its Programs replay slowly, and it matters only for small
+            // calls, where one slice is all there is.)
+            3.0 * (3.0 * rph as f64 + rounds * (2.0 * rph as f64 + 10.0)) * sl(count)
+        }
+        (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
+            // Ring steps inside the host, the inter-host algorithm on a slice between hosts.
+            let (rph, hosts) = (per_host.clamp(1, n), n.div_ceil(per_host.clamp(1, n)));
+            let slice = count.div_ceil(rph);
+            let inter = estimate_steps(coll, hier::inter(algo), hosts, slice, chunk);
+            5.0 * rph as f64 * sl(slice) + inter
+        }
         (C::Broadcast | C::Reduce, _) => 4.0 * sl(count) + lg,
         (C::AllGather | C::ReduceScatter, A::Ring) => 2.0 * (nf - 1.0) * sl(count),
         (C::AllGather | C::ReduceScatter, _) => 2.0 * lg + 3.0 * sl(count * n),
@@ -328,6 +382,7 @@ pub fn simulate(
         return Err("credits and bandwidths must be positive".into());
     }
     let mut o = o.clone();
+    o.per_host = net.ranks_per_host;
     let base = shape(coll, nranks, 0, size, &o);
     let total = base.count.max(base.in_len()).max(1) * ELEM;
     let sym = if o.symmetry {
@@ -337,7 +392,15 @@ pub fn simulate(
     };
     let budget = o.max_steps as f64;
     let steps_at = |chunk_bytes: usize, reps: usize| {
-        reps as f64 * estimate_steps(coll, algo, nranks, base.count, chunk_bytes / ELEM)
+        reps as f64
+            * estimate_steps_on(
+                coll,
+                algo,
+                nranks,
+                net.ranks_per_host,
+                base.count,
+                chunk_bytes / ELEM,
+            )
     };
     // Prefer symmetry; fall back to a full replay, coarsening the chunk until it fits.
     let mut plan = None;
@@ -353,6 +416,18 @@ pub fn simulate(
                 plan = Some((sym, level, programs));
             }
             _ => {}
+        }
+    }
+    // Beyond PAD_MIN_RANKS ranks, a call whose blocks do not divide evenly (a few elements over
+    // thousands of ranks) is replayed padded to the next size that does, with symmetry.
+    let mut simulated = size;
+    if plan.is_none() && sym != Group::Identity && nranks >= PAD_MIN_RANKS {
+        if let Some(padded) = pad(coll, nranks, size) {
+            let programs = build_reps(coll, algo, nranks, padded, sym, &o)?;
+            if verify(coll, algo, nranks, padded, sym, &o, &programs)?.is_some() {
+                plan = Some((sym, Symmetry::Padded, programs));
+                simulated = padded;
+            }
         }
     }
     let (group, level, programs) = match plan {
@@ -373,9 +448,26 @@ pub fn simulate(
         replayed: programs.len(),
         steps,
         symmetry: level,
+        simulated,
     })
 }
 
+/// From this many ranks on, [`simulate`] pads calls to symmetry rather than replay every rank.
+pub const PAD_MIN_RANKS: usize = 1024;
+
+/// The smallest size ≥ `size` whose all-reduce buffer splits into `nranks` equal blocks, when
+/// that is not `size`.
+fn pad(coll: Collective, nranks: usize, size: usize) -> Option<usize> {
+    if coll != Collective::AllReduce {
+        return None;
+    }
+    let count = size / ELEM;
+    let padded = count.div_ceil(nranks).max(1) * nranks;
+    (padded != count).then_some(padded * ELEM)
+}
+
+/// Rank `r`'s Program; hierarchical algorithms are built on the block host map of `o.per_host`
+/// ranks per host (the placement the network model has).
 fn build_one(
     coll: Collective,
     algo: Algorithm,
@@ -384,7 +476,29 @@ fn build_one(
     size: usize,
     o: &Options,
 ) -> Result<Program, String> {
-    algo::build(algo, &shape(coll, n, r, size, o))
+    let s = shape(coll, n, r, size, o);
+    if algo.is_hier() {
+        let map = hosts(n, o.per_host);
+        algo::build_on(algo, &s, &map)
+    } else {
+        algo::build(algo, &s)
+    }
+}
+
+/// The block host map of `n` ranks, `per_host` per host; the last one is kept, since a replay
+/// builds many Programs on one map.
+fn hosts(n: usize, per_host: usize) -> std::sync::Arc<HostMap> {
+    use std::sync::{Arc, Mutex};
+    static LAST: Mutex<Option<(usize, usize, Arc<HostMap>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((a, b, m)) = last.as_ref() {
+        if (*a, *b) == (n, per_host) {
+            return m.clone();
+        }
+    }
+    let m = Arc::new(HostMap::block(n, per_host.clamp(1, n.max(1))));
+    *last = Some((n, per_host, m.clone()));
+    m
 }
 
 fn build_reps(

@@ -253,6 +253,32 @@ impl Model {
         }
     }
 
+    /// [`Model::network`] for `nranks` ranks on hosts of `per_host` ranks: links inside a host
+    /// are shared memory, links between hosts transport `t` (TCP); each rank has its own port
+    /// between hosts (its rail). With `per_host ≥ nranks`, [`Model::network`].
+    pub fn network_on(
+        &self,
+        t: Transport,
+        nranks: usize,
+        per_host: usize,
+        bytes: usize,
+    ) -> Network {
+        if per_host >= nranks {
+            return self.network(t, nranks, bytes);
+        }
+        let host = self.network(Transport::Shm, per_host.max(1), bytes);
+        let c = self.costs(t);
+        Network {
+            ranks_per_host: per_host.max(1),
+            inter: Link {
+                lat: c.alpha + host.intra.lat - self.shm.alpha,
+                bw: host.copy_bw * self.shm.beta / c.beta,
+                overhead: c.overhead,
+            },
+            ..host
+        }
+    }
+
     /// A stable key for caches: the bits of every number.
     fn key(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -311,8 +337,47 @@ pub fn cost(
     }
 }
 
-/// The cheapest algorithm for `coll` on `net` (ties go to the earlier in
-/// [`Collective::algorithms`]; `Ordered` is never picked).
+/// Beyond this many ranks the tuner never picks an algorithm that has every rank talk to every
+/// other (the direct all-reduce): each rank would open `n − 1` links (descriptors, threads,
+/// link setup on first use) and send `n − 1` messages per call. Every algorithm it may pick
+/// has a rank talk to O(log n) peers plus its own host's ranks ([`fanout`]).
+pub const DIRECT_MAX_RANKS: usize = 32;
+
+/// The most peers one rank of `algo` talks to, as a bound: what [`DIRECT_MAX_RANKS`] keeps
+/// small. `per_host` ranks per host. (The same for every collective an algorithm serves.)
+pub fn fanout(_coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> usize {
+    let n = nranks.max(1);
+    let local = per_host.clamp(1, n);
+    let lg = (usize::BITS - (n - 1).leading_zeros()) as usize;
+    match algo {
+        Algorithm::Direct | Algorithm::Pairwise | Algorithm::Linear | Algorithm::Ordered => n - 1,
+        Algorithm::Ring | Algorithm::Chain => 2,
+        Algorithm::Tree => 3 + lg,
+        Algorithm::Rhd | Algorithm::Bruck | Algorithm::Dissemination | Algorithm::Doubling => {
+            2 * lg + 1
+        }
+        Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul => {
+            local - 1 + 2 * lg + 3
+        }
+    }
+}
+
+/// Whether [`pick`] considers `algo` for `coll` over `nranks` ranks, `per_host` per host:
+/// never `Ordered` (OXCCL_DETERMINISTIC's, not a speed pick); the hierarchical ones only across
+/// hosts of several ranks (on one host they are the ring; with one rank per host, the flat
+/// algorithm); the direct all-reduce only up to [`DIRECT_MAX_RANKS`].
+pub fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> bool {
+    let rph = per_host.clamp(1, nranks.max(1));
+    match algo {
+        Algorithm::Ordered => false,
+        Algorithm::Direct => nranks <= DIRECT_MAX_RANKS,
+        a if a.is_hier() => rph > 1 && rph < nranks && coll.algorithms().contains(&a),
+        _ => true,
+    }
+}
+
+/// The cheapest algorithm for `coll` on `net` among the [`candidate`]s (ties go to the earlier
+/// in [`Collective::algorithms`]).
 pub fn pick(
     coll: Collective,
     nranks: usize,
@@ -325,8 +390,10 @@ pub fn pick(
         return algos[0];
     }
     let mut best = (f64::INFINITY, algos[0]);
-    // The ordered algorithms are for OXCCL_DETERMINISTIC, never a speed pick.
-    for &a in algos.iter().filter(|&&a| a != Algorithm::Ordered) {
+    for &a in algos
+        .iter()
+        .filter(|&&a| candidate(coll, a, nranks, net.ranks_per_host))
+    {
         let t = cost(coll, a, nranks, block, chunk, net);
         if t < best.0 {
             best = (t, a);
@@ -344,7 +411,7 @@ pub fn bucket(bytes: usize) -> usize {
     (bytes >> shift) << shift
 }
 
-type Key = (Collective, usize, usize, usize, Transport, u64);
+type Key = (Collective, usize, usize, usize, usize, Transport, u64);
 
 fn cache() -> &'static Mutex<HashMap<Key, Algorithm>> {
     static CACHE: OnceLock<Mutex<HashMap<Key, Algorithm>>> = OnceLock::new();
@@ -405,6 +472,21 @@ pub fn choose_with(
     transport: Transport,
     model: &Model,
 ) -> Algorithm {
+    choose_on(shape, bytes, nranks, nranks, transport, model)
+}
+
+/// [`choose_with`] for ranks on hosts of `per_host` ranks (the most any host has): shared memory
+/// inside a host, `transport` between hosts ([`Model::network_on`]); the hierarchical
+/// algorithms are candidates there.
+pub fn choose_on(
+    shape: &Shape,
+    bytes: usize,
+    nranks: usize,
+    per_host: usize,
+    transport: Transport,
+    model: &Model,
+) -> Algorithm {
+    let per_host = per_host.clamp(1, nranks.max(1));
     let coll = shape.coll;
     let algos = coll.algorithms();
     if algos.len() == 1 || nranks <= 1 {
@@ -413,14 +495,14 @@ pub fn choose_with(
     let es = bytes.checked_div(shape.count).unwrap_or(1).max(1);
     let chunk = shape.chunk.saturating_mul(es);
     let b = bucket(bytes);
-    let key = (coll, nranks, b, chunk, transport, model.key());
+    let key = (coll, nranks, per_host, b, chunk, transport, model.key());
     // Held while computing: the ranks of a threads-as-ranks job all miss at once, and one of them
     // computing the answer (milliseconds) is better than all of them computing it on shared cores.
     let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(&a) = c.get(&key) {
         return a;
     }
-    let net = model.network(transport, nranks, b);
+    let net = model.network_on(transport, nranks, per_host, b);
     let a = pick(coll, nranks, b, chunk, &net);
     if c.len() > 1 << 14 {
         c.clear();

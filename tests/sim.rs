@@ -267,11 +267,27 @@ fn tuner_picks_latency_algorithms_small_and_ring_large() {
         let net = cluster();
         let small = tune::pick(Collective::AllReduce, n, 8, chunk, &net);
         assert!(
-            matches!(small, Algorithm::Direct | Algorithm::Rhd | Algorithm::Tree),
+            matches!(
+                small,
+                Algorithm::Direct
+                    | Algorithm::Rhd
+                    | Algorithm::Tree
+                    | Algorithm::Doubling
+                    | Algorithm::HierRhd
+                    | Algorithm::HierMul
+            ),
             "{n} ranks, 8 B: {small:?}"
         );
+        // Large: a bandwidth algorithm; across hosts of 8 ranks, a hierarchical one, which
+        // puts every rank's port to work.
         let large = tune::pick(Collective::AllReduce, n, 256 << 20, chunk, &net);
-        assert_eq!(large, Algorithm::Ring, "{n} ranks, 256 MiB");
+        assert!(large.is_hier(), "{n} ranks, 256 MiB: {large:?}");
+        let one_host = Network {
+            ranks_per_host: n,
+            ..cluster()
+        };
+        let flat = tune::pick(Collective::AllReduce, n, 256 << 20, chunk, &one_host);
+        assert_eq!(flat, Algorithm::Ring, "{n} ranks on one host, 256 MiB");
     }
     // And on this machine's model, 8 ranks on 2 cores.
     let m = Model {
@@ -305,6 +321,11 @@ fn formulas_agree_with_the_simulator() {
             Algorithm::Tree,
             Algorithm::Rhd,
             Algorithm::Direct,
+            Algorithm::Doubling,
+            Algorithm::Hier,
+            Algorithm::HierTree,
+            Algorithm::HierRhd,
+            Algorithm::HierMul,
         ] {
             for size in [8usize, 64 << 10, 16 << 20] {
                 let f = tune::formula(Collective::AllReduce, algo, n, size, chunk, &net);
@@ -356,4 +377,114 @@ fn measuring_at_init_is_quick_and_agreed() {
         // A few milliseconds; generous for a loaded 2-core machine and an unoptimised build.
         assert!(*took < Duration::from_secs(5), "took {took:?}");
     }
+}
+
+/// Beyond a small rank count the tuner never picks an algorithm whose ranks talk to more than
+/// O(log n) peers plus their own host's ranks; checked on the real Programs of its picks.
+#[test]
+fn default_picks_keep_fan_out_logarithmic() {
+    use oxccl::algo::{Shape, build_on};
+    use oxccl::topo::HostMap;
+    let chunk = 512 << 10;
+    for (n, per_host) in [(128usize, 128usize), (128, 8), (1024, 8), (1024, 1024)] {
+        let net = Network {
+            ranks_per_host: per_host,
+            ..cluster()
+        };
+        let map = HostMap::block(n, per_host);
+        let lg = (usize::BITS - (n - 1).leading_zeros()) as usize;
+        for coll in [
+            Collective::AllReduce,
+            Collective::Broadcast,
+            Collective::Reduce,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::Barrier,
+        ] {
+            for bytes in [8usize, 4 << 10, 1 << 20, 64 << 20] {
+                let algo = tune::pick(coll, n, bytes, chunk, &net);
+                assert!(
+                    tune::fanout(coll, algo, n, per_host) < 2 * lg + 3 + per_host.min(n),
+                    "{} {n} ranks: {algo:?}",
+                    coll.name()
+                );
+                for rank in [0, n / 2 + 1, n - 1] {
+                    let shape = Shape::new(coll, n, rank, (bytes / 4).min(4096), false, 1024);
+                    let p = build_on(algo, &shape, &map).unwrap();
+                    let local = p
+                        .peers()
+                        .iter()
+                        .filter(|&&q| map.host_of(q) == map.host_of(rank))
+                        .count();
+                    let remote = p.peers().len() - local;
+                    assert!(
+                        remote <= 2 * lg + 3,
+                        "{} {} over {n} ranks ({per_host}/host): rank {rank} talks to {remote} other hosts' ranks",
+                        coll.name(),
+                        algo.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// At scale the tuner composes hierarchies: 16,384 ranks, 8 per host, a port per rank.
+#[test]
+fn tuner_picks_hierarchical_at_scale_and_flat_on_one_host() {
+    let chunk = 512 << 10;
+    let net = Network {
+        inter: Link {
+            lat: 5e-6,
+            bw: 50e9,
+            overhead: 0.5e-6,
+        },
+        intra: Link {
+            lat: 1e-6,
+            bw: 200e9,
+            overhead: 0.1e-6,
+        },
+        ..cluster()
+    };
+    let big = tune::pick(Collective::AllReduce, 16384, 1 << 30, chunk, &net);
+    assert!(big.is_hier(), "1 GiB: {big:?}");
+    let one = Network {
+        ranks_per_host: 8,
+        ..net
+    };
+    assert!(!tune::pick(Collective::AllReduce, 8, 1 << 30, chunk, &one).is_hier());
+}
+
+/// NICs per host: ranks that share a NIC share its ports; with a NIC per local rank the
+/// hierarchical all-reduce runs as with a port per rank, and a flat ring, whose inter-host hops
+/// leave from one rank per host, gains nothing from the second NIC.
+#[test]
+fn ranks_sharing_a_nic_share_its_bandwidth() {
+    let net = |nics: usize| Network {
+        ranks_per_host: 2,
+        intra: Link::new(LAT, 100.0 * BW),
+        nics_per_host: nics,
+        ..ideal(8)
+    };
+    let size = 64 << 20;
+    let t = |algo, nics| run(Collective::AllReduce, algo, 8, size, &net(nics), 1 << 20);
+    let (own, two, one) = (
+        t(Algorithm::Hier, 0),
+        t(Algorithm::Hier, 2),
+        t(Algorithm::Hier, 1),
+    );
+    assert!(
+        close(own, two),
+        "a NIC per local rank {two} vs a port per rank {own}"
+    );
+    assert!(one > 1.6 * two, "one shared NIC {one} vs two {two}");
+    let (ring1, ring2) = (t(Algorithm::Ring, 1), t(Algorithm::Ring, 2));
+    assert!(
+        close(ring1, ring2),
+        "flat ring: one NIC {ring1}, two {ring2}"
+    );
+    assert!(
+        ring1 > 1.6 * two,
+        "flat ring {ring1} vs hierarchical on two rails {two}"
+    );
 }

@@ -934,6 +934,24 @@ oxcclResult_t oxcclCommCount(oxcclComm_t comm, int *count);
 oxcclResult_t oxcclCommUserRank(oxcclComm_t comm, int *rank);
 
 /**
+ * Where this rank runs, from the host map every rank of `comm` derived at init (ranks share a
+ * host when their boot id, host name and network namespace agree): `host` this rank's host
+ * index (hosts are numbered by their lowest rank), `nHosts` the number of hosts, `localRank`
+ * and `localSize` this rank's index among its host's ranks and their number, `rail` the NIC
+ * index its inter-host traffic uses (local rank mod this host's TCP NICs). Any of them may be
+ * NULL when not wanted; the others are written only on success.
+ *
+ * # Safety
+ * Each pointer is NULL or writable.
+ */
+oxcclResult_t oxcclCommTopology(oxcclComm_t comm,
+                                int *host,
+                                int *nHosts,
+                                int *localRank,
+                                int *localSize,
+                                int *rail);
+
+/**
  * `oxcclSuccess` while `comm` is healthy, else the code of the first failure that revoked it:
  * one reported by a call on it (a lost peer, a timeout, a mismatch...), or one the library
  * learnt with no call in flight (a rank declared lost by liveness, a peer's abort), in which

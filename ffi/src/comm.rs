@@ -648,6 +648,46 @@ pub unsafe extern "C" fn oxcclCommUserRank(comm: oxcclComm_t, rank: *mut c_int) 
     })
 }
 
+/// Where this rank runs, from the host map every rank of `comm` derived at init (ranks share a
+/// host when their boot id, host name and network namespace agree): `host` this rank's host
+/// index (hosts are numbered by their lowest rank), `nHosts` the number of hosts, `localRank`
+/// and `localSize` this rank's index among its host's ranks and their number, `rail` the NIC
+/// index its inter-host traffic uses (local rank mod this host's TCP NICs). Any of them may be
+/// NULL when not wanted; the others are written only on success.
+///
+/// # Safety
+/// Each pointer is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommTopology(
+    comm: oxcclComm_t,
+    host: *mut c_int,
+    nHosts: *mut c_int,
+    localRank: *mut c_int,
+    localSize: *mut c_int,
+    rail: *mut c_int,
+) -> oxcclResult_t {
+    with_comm("oxcclCommTopology", comm, |h| {
+        let t = h.comm.topology();
+        let int = |v: usize| {
+            c_int::try_from(v).map_err(|_| Error::Internal("topology value exceeds int".into()))
+        };
+        let vals = [
+            (host, int(t.host())?),
+            (nHosts, int(t.nhosts())?),
+            (localRank, int(t.local_rank())?),
+            (localSize, int(t.local_size())?),
+            (rail, int(t.rail())?),
+        ];
+        for (out, v) in vals {
+            if !out.is_null() {
+                // SAFETY: non-null and writable (caller's contract).
+                unsafe { put(out, v) };
+            }
+        }
+        Ok(())
+    })
+}
+
 /// `oxcclSuccess` while `comm` is healthy, else the code of the first failure that revoked it:
 /// one reported by a call on it (a lost peer, a timeout, a mismatch...), or one the library
 /// learnt with no call in flight (a rank declared lost by liveness, a peer's abort), in which

@@ -14,14 +14,22 @@ pub mod bruck;
 pub mod builder;
 pub mod chain;
 pub mod direct;
+pub mod doubling;
+pub mod hier;
 pub mod misc;
+pub mod multiply;
 pub mod ordered;
 pub mod rhd;
 pub mod ring;
 pub mod tree;
 pub mod verify;
 
+#[cfg(test)]
+mod topo_tests;
+
 pub use builder::Builder;
+
+use crate::topo::HostMap;
 
 /// The buffers a Program names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -279,12 +287,14 @@ impl Collective {
     pub fn algorithms(self) -> &'static [Algorithm] {
         use Algorithm::*;
         match self {
-            Collective::AllReduce => &[Ring, Tree, Rhd, Direct, Ordered],
+            Collective::AllReduce => &[
+                Ring, Tree, Rhd, Direct, Ordered, Hier, HierRhd, HierTree, Doubling, HierMul,
+            ],
             Collective::Barrier => &[Dissemination],
-            Collective::Broadcast => &[Chain, Tree],
-            Collective::Reduce => &[Chain, Tree, Ordered],
-            Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck],
-            Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered],
+            Collective::Broadcast => &[Chain, Tree, Hier, HierTree],
+            Collective::Reduce => &[Chain, Tree, Ordered, Hier, HierTree],
+            Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck, Hier],
+            Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered, Hier],
             Collective::AllToAll | Collective::AllToAllV => &[Pairwise],
             Collective::Gather | Collective::Scatter => &[Linear],
             Collective::Send | Collective::Recv => &[Linear],
@@ -319,11 +329,29 @@ pub enum Algorithm {
     /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
     /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
     Ordered,
+    /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a ring
+    /// between hosts on each local rank's rail, intra-host all-gather; broadcast / reduce: the
+    /// slices scattered (reduce-scattered) over the root's (every) host, a chain between hosts
+    /// per rail; all-gather / reduce-scatter: rings per rail between hosts and per host.
+    Hier,
+    /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
+    /// binomial tree).
+    HierTree,
+    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
+    /// doubling where a slice has fewer elements than there are hosts).
+    HierRhd,
+    /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
+    /// messages at scale.
+    Doubling,
+    /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a host
+    /// exchanges with another host at once, about log_k(hosts) rounds; for small messages over
+    /// many hosts.
+    HierMul,
 }
 
 impl Algorithm {
     /// Every algorithm.
-    pub const ALL: [Algorithm; 10] = [
+    pub const ALL: [Algorithm; 15] = [
         Algorithm::Ring,
         Algorithm::Direct,
         Algorithm::Tree,
@@ -334,6 +362,11 @@ impl Algorithm {
         Algorithm::Dissemination,
         Algorithm::Linear,
         Algorithm::Ordered,
+        Algorithm::Hier,
+        Algorithm::HierTree,
+        Algorithm::HierRhd,
+        Algorithm::Doubling,
+        Algorithm::HierMul,
     ];
 
     /// The name used by OXCCL_ALGO and printed by tools.
@@ -349,7 +382,20 @@ impl Algorithm {
             Algorithm::Dissemination => "dissemination",
             Algorithm::Linear => "linear",
             Algorithm::Ordered => "ordered",
+            Algorithm::Hier => "hier",
+            Algorithm::HierTree => "hier-tree",
+            Algorithm::HierRhd => "hier-rhd",
+            Algorithm::Doubling => "doubling",
+            Algorithm::HierMul => "hier-mul",
         }
+    }
+
+    /// Whether it is one of the hierarchical algorithms (which need a [`HostMap`]).
+    pub fn is_hier(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul
+        )
     }
 
     /// Parses a name (a few aliases accepted).
@@ -365,6 +411,11 @@ impl Algorithm {
             "dissemination" => Some(Algorithm::Dissemination),
             "linear" => Some(Algorithm::Linear),
             "ordered" | "deterministic" => Some(Algorithm::Ordered),
+            "hier" | "hier-ring" | "hierarchical" => Some(Algorithm::Hier),
+            "hier-tree" => Some(Algorithm::HierTree),
+            "hier-rhd" => Some(Algorithm::HierRhd),
+            "doubling" | "recursive-doubling-allreduce" => Some(Algorithm::Doubling),
+            "hier-mul" | "multiply" => Some(Algorithm::HierMul),
             _ => None,
         }
     }
@@ -647,7 +698,19 @@ impl Program {
 
 /// Builds one rank's Program for `shape` with `algo`, or says why that algorithm does not
 /// implement that collective or the shape is invalid.
+///
+/// This is the schedule for ranks that all share one host, laid over rank numbers; a
+/// communicator spanning hosts calls [`build_on`] with its [`HostMap`].
 pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
+    check(algo, shape)?;
+    if algo.is_hier() {
+        return build_on(algo, shape, &HostMap::flat(shape.nranks));
+    }
+    dispatch(algo, shape)
+}
+
+/// Why `algo` cannot build `shape`, if it cannot.
+fn check(algo: Algorithm, shape: &Shape) -> Result<(), String> {
     let s = shape;
     if s.nranks == 0 || s.rank >= s.nranks {
         return Err(format!("rank {} of {}", s.rank, s.nranks));
@@ -689,6 +752,11 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
             names.join(", ")
         ));
     }
+    Ok(())
+}
+
+/// Builds a checked shape with a flat algorithm over rank numbers.
+fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
     use Algorithm as A;
     use Collective as C;
     let b = match (s.coll, algo) {
@@ -696,6 +764,7 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
         (C::AllReduce, A::Direct) => direct::all_reduce(s),
         (C::AllReduce, A::Tree) => tree::all_reduce(s),
         (C::AllReduce, A::Rhd) => rhd::all_reduce(s),
+        (C::AllReduce, A::Doubling) => doubling::all_reduce(s),
         (C::Broadcast, A::Chain) => chain::broadcast(s),
         (C::Broadcast, A::Tree) => tree::broadcast(s),
         (C::Reduce, A::Chain) => chain::reduce(s),
@@ -712,10 +781,89 @@ pub fn build(algo: Algorithm, shape: &Shape) -> Result<Program, String> {
         (C::Scatter, _) => misc::scatter(s),
         (C::Send | C::Recv, _) => misc::send_recv(s),
         (C::Barrier, _) => misc::barrier(s),
-        _ => unreachable!("checked against algorithms() above"),
+        _ => {
+            return Err(format!(
+                "{} {} needs a host map (algo::build_on)",
+                s.coll.name(),
+                algo.name()
+            ));
+        }
     };
     let mut p = b.build();
     p.algo = algo;
+    Ok(p)
+}
+
+/// Builds one rank's Program for `shape` with `algo` on the hosts of `map`.
+///
+/// Flat algorithms are laid over the topology order ([`HostMap::order`]: hosts one after the
+/// other, each by local rank) instead of over rank numbers, so that where a launcher placed the
+/// ranks does not change the schedule: all-reduce, broadcast, reduce and barrier are built for
+/// each rank's position in that order and their peers renamed back to ranks; the ring
+/// all-gather and reduce-scatter pass blocks along the order and keep each block at its rank's
+/// place. The others (Bruck, pairwise, linear, ordered) keep rank order: Bruck's exchanges and
+/// the ordered fold are defined by rank numbers. Hierarchical algorithms ([`hier`]) compose
+/// intra-host and inter-host steps on the map.
+pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program, String> {
+    if map.nranks() != shape.nranks {
+        return Err(format!(
+            "a host map of {} ranks for a {} of {} ranks",
+            map.nranks(),
+            shape.coll.name(),
+            shape.nranks
+        ));
+    }
+    check(algo, shape)?;
+    use Algorithm as A;
+    use Collective as C;
+    let b = match (shape.coll, algo) {
+        (C::AllReduce, A::Hier | A::HierTree | A::HierRhd) => {
+            hier::all_reduce(shape, map, hier::inter(algo))?
+        }
+        (C::AllReduce, A::HierMul) => multiply::all_reduce(shape, map)?,
+        (C::Broadcast, A::Hier | A::HierTree) => {
+            hier::broadcast(shape, map, hier::inter_rooted(algo))?
+        }
+        (C::Reduce, A::Hier | A::HierTree) => hier::reduce(shape, map, hier::inter_rooted(algo))?,
+        (C::AllGather | C::AllGatherV, A::Hier) => hier::all_gather(shape, map),
+        (C::ReduceScatter | C::ReduceScatterV, A::Hier) => hier::reduce_scatter(shape, map),
+        _ if map.is_blocked() => return dispatch(algo, shape),
+        (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather_over(shape, &map.order()),
+        (C::ReduceScatter | C::ReduceScatterV, A::Ring) => {
+            ring::reduce_scatter_over(shape, &map.order())
+        }
+        (C::AllReduce, A::Ring | A::Tree | A::Rhd | A::Direct | A::Doubling)
+        | (C::Broadcast | C::Reduce, A::Chain | A::Tree)
+        | (C::Barrier, _) => return relabel(algo, shape, &map.order()),
+        _ => return dispatch(algo, shape),
+    };
+    let mut p = b.build();
+    p.algo = algo;
+    Ok(p)
+}
+
+/// Builds the Program of rank `shape.rank`'s position in `order` (position -> rank), as if
+/// positions were ranks, then renames its peers back to ranks. Only for collectives whose
+/// buffers do not depend on which rank is which, beyond the root.
+fn relabel(algo: Algorithm, shape: &Shape, order: &[usize]) -> Result<Program, String> {
+    let n = shape.nranks;
+    let mut pos = vec![0; n];
+    for (i, &r) in order.iter().enumerate() {
+        pos[r] = i;
+    }
+    let mut v = shape.clone();
+    v.rank = pos[shape.rank];
+    v.root = pos[shape.root.min(n - 1)];
+    let mut p = dispatch(algo, &v)?;
+    for st in &mut p.steps {
+        match &mut st.op {
+            Op::Send { peer, .. } | Op::Recv { peer, .. } | Op::RecvReduce { peer, .. } => {
+                *peer = order[*peer];
+            }
+            _ => {}
+        }
+    }
+    p.shape = shape.clone();
     Ok(p)
 }
 

@@ -69,18 +69,26 @@ pub fn all_reduce(s: &Shape) -> Builder {
 
 /// One rank's ring all-gather (uniform or per-rank block sizes).
 pub fn all_gather(s: &Shape) -> Builder {
+    all_gather_over(s, &identity(s.nranks))
+}
+
+/// The ring all-gather laid over `order` (position -> rank): rank `order[i]` passes blocks to
+/// `order[i + 1]`; every block still lands at its owner's place in Output.
+pub fn all_gather_over(s: &Shape, order: &[usize]) -> Builder {
     let (n, r) = (s.nranks, s.rank);
+    let pos = order.iter().position(|&x| x == r).unwrap_or(0);
+    let at = |i: usize| order[i % n];
     let lay = s.blocks();
     let mut b = Builder::new(s);
     let out = |blk: usize| Range::new(Buf::Output, lay.off(blk), lay.len(blk));
     if !s.in_place {
         b.copy(Range::new(Buf::Input, 0, lay.len(r)), out(r));
     }
-    let next = (r + 1) % n;
-    let prev = (r + n - 1) % n;
+    let next = at(pos + 1);
+    let prev = at(pos + n - 1);
     for st in 0..n.saturating_sub(1) {
-        let send_b = (r + n - st) % n;
-        let recv_b = (r + 2 * n - st - 1) % n;
+        let send_b = at(pos + n - st);
+        let recv_b = at(pos + 2 * n - st - 1);
         for (o, l) in slices(0, lay.len(send_b), s.chunk) {
             let src = if send_b == r && !s.in_place {
                 Range::new(Buf::Input, o, l)
@@ -96,9 +104,20 @@ pub fn all_gather(s: &Shape) -> Builder {
     b
 }
 
+fn identity(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
 /// One rank's ring reduce-scatter (uniform or per-rank block sizes).
 pub fn reduce_scatter(s: &Shape) -> Builder {
+    reduce_scatter_over(s, &identity(s.nranks))
+}
+
+/// The ring reduce-scatter laid over `order` (position -> rank), as [`all_gather_over`].
+pub fn reduce_scatter_over(s: &Shape, order: &[usize]) -> Builder {
     let (n, r) = (s.nranks, s.rank);
+    let pos = order.iter().position(|&x| x == r).unwrap_or(0);
+    let at = |i: usize| order[i % n];
     let lay = s.blocks();
     let mut b = Builder::new(s);
     let input = |blk: usize| s.input_range(lay.off(blk), lay.len(blk));
@@ -116,11 +135,11 @@ pub fn reduce_scatter(s: &Shape) -> Builder {
         b.finish(result);
         return b;
     }
-    let next = (r + 1) % n;
-    let prev = (r + n - 1) % n;
+    let next = at(pos + 1);
+    let prev = at(pos + n - 1);
     for st in 0..n - 1 {
-        let send_b = (r + 2 * n - st - 1) % n;
-        let recv_b = (r + 2 * n - st - 2) % n;
+        let send_b = at(pos + 2 * n - st - 1);
+        let recv_b = at(pos + 2 * n - st - 2);
         for (o, l) in slices(0, lay.len(send_b), s.chunk) {
             let src = if st == 0 {
                 input(send_b)

@@ -582,10 +582,14 @@ impl Communicator {
             // Hosts may differ in cores; the ranks of different hosts must still agree.
             model.cores = 0;
         }
-        Ok(crate::tune::choose_with(
+        // Ranks per host from the host map every rank derived from the same cards; schedules
+        // are laid over the topology order, so the placement itself does not matter.
+        let per_host = self.topo.host_map().max_local();
+        Ok(crate::tune::choose_on(
             shape,
             bytes,
             self.nranks,
+            per_host,
             transport,
             &model,
         ))
@@ -612,7 +616,8 @@ impl Communicator {
         let cached = match inner.programs.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let prog = algo::build(algo, shape).map_err(|e| bad(call, self.rank, e))?;
+                let prog = algo::build_on(algo, shape, self.topo.host_map())
+                    .map_err(|e| bad(call, self.rank, e))?;
                 let c = Arc::new(Cached {
                     peers: prog.peers(),
                     max_message: prog.max_message(),

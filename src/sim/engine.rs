@@ -66,6 +66,8 @@ struct Rank {
     tx_free: [f64; 2],
     rx_free: [f64; 2],
     host: usize,
+    /// Index of its inter-host port in `Sim::ports`.
+    port: usize,
     done: usize,
     end: f64,
 }
@@ -151,6 +153,7 @@ impl Rank {
             tx_free: [0.0; 2],
             rx_free: [0.0; 2],
             host: net.host(me),
+            port: 0,
             done: 0,
             end: 0.0,
         }
@@ -187,6 +190,8 @@ impl Ord for Ev {
 struct Sim<'a> {
     net: &'a Network,
     ranks: Vec<Rank>,
+    /// Inter-host ports: (send free, receive free).
+    ports: Vec<[f64; 2]>,
     heap: BinaryHeap<Ev>,
     seq: u64,
     /// Per host: when each of its cores is free (empty: a core per rank).
@@ -235,14 +240,22 @@ pub(super) fn run(
                 .or_insert_with(|| vec![0.0; net.cores_per_host]);
         }
     }
+    // Inter-host ports: one per rank, or the NICs of each host its ranks share.
+    let mut port_ids: HashMap<(usize, usize), usize> = HashMap::new();
+    for (r, p) in programs.iter().enumerate() {
+        let next = port_ids.len();
+        ranks[r].port = *port_ids.entry(net.port(p.shape.rank)).or_insert(next);
+    }
+    let ports = vec![[0.0f64; 2]; port_ids.len()];
     let core_per_byte = if net.oversub > 1.0 {
-        net.oversub / (ranks.len() as f64 * net.inter.bw)
+        net.oversub / (ports.len() as f64 * net.inter.bw)
     } else {
         0.0
     };
     let mut sim = Sim {
         net,
         ranks,
+        ports,
         heap: BinaryHeap::new(),
         seq: 0,
         cores,
@@ -403,13 +416,21 @@ impl Sim<'_> {
             let bytes = st.bytes[s as usize];
             let wire = bytes / link.bw;
             let busy = link.overhead + wire;
-            let mut start = t.max(st.tx_free[class as usize]);
+            let port = st.port;
+            let free = match class {
+                Class::Inter => self.ports[port][0],
+                Class::Intra => st.tx_free[0],
+            };
+            let mut start = t.max(free);
             if self.net.host_driven {
                 start = self.cpu(r, start, busy);
             }
             let end = start + busy;
+            match class {
+                Class::Inter => self.ports[port][0] = end,
+                Class::Intra => self.ranks[r].tx_free[0] = end,
+            }
             let st = &mut self.ranks[r];
-            st.tx_free[class as usize] = end;
             st.queues[q].next_send += 1;
             st.queues[q].inflight += 1;
             let m = Msg {
@@ -458,7 +479,10 @@ impl Sim<'_> {
                 .get(k)
                 .is_some_and(|&s| rb.kind[s as usize] == RECV && rb.remaining[s as usize] == 0);
         rb.queues[qb as usize].placed.push_back(placed);
-        let rx = &mut rb.rx_free[class as usize];
+        let rx = match class {
+            Class::Inter => &mut self.ports[rb.port][1],
+            Class::Intra => &mut rb.rx_free[0],
+        };
         let arrival = tail.max(t.max(*rx) + bytes / link.bw);
         *rx = arrival;
         self.push(arrival, ARRIVE, b as usize, qb);

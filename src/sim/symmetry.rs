@@ -55,7 +55,13 @@ pub(super) fn candidate(coll: Collective, algo: Algorithm, n: usize, net: &Netwo
         | (C::AllGather | C::ReduceScatter, A::Ring)
         | (C::AllToAll, A::Pairwise)
         | (C::Barrier, A::Dissemination) => Group::Rotate(p),
-        (C::AllReduce, A::Rhd) if n.is_power_of_two() && p.is_power_of_two() => Group::Xor(p),
+        (C::AllReduce, A::Rhd | A::Doubling) if n.is_power_of_two() && p.is_power_of_two() => {
+            Group::Xor(p)
+        }
+        // Hosts map to hosts and local ranks to themselves: the intra-host rings are unchanged
+        // and the inter-host Program is the flat one's image over host indices.
+        (C::AllReduce, A::Hier) => Group::Rotate(p),
+        (C::AllReduce, A::HierRhd) if n.is_power_of_two() && p.is_power_of_two() => Group::Xor(p),
         _ => Group::Identity,
     }
 }

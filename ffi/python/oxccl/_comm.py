@@ -360,6 +360,16 @@ class Communicator:
         call("oxcclCommCount", self._handle(), ctypes.byref(v))
         return v.value
 
+    @property
+    def topology(self):
+        """Where this rank runs: a dict with ``host`` (this rank's host index), ``nhosts``,
+        ``local_rank``, ``local_size`` and ``rail`` (the NIC index its inter-host traffic uses),
+        from the host map every rank derived at init."""
+        vals = [ctypes.c_int() for _ in range(5)]
+        call("oxcclCommTopology", self._handle(), *[ctypes.byref(v) for v in vals])
+        keys = ("host", "nhosts", "local_rank", "local_size", "rail")
+        return dict(zip(keys, (v.value for v in vals)))
+
     def async_error(self):
         """None while healthy; else the exception of the failure that revoked the communicator."""
         v = ctypes.c_int()

@@ -112,6 +112,7 @@ _PROTOTYPES = {
     "oxcclCommAbort": [_vp],
     "oxcclCommCount": [_vp, _c_int_p],
     "oxcclCommUserRank": [_vp, _c_int_p],
+    "oxcclCommTopology": [_vp, _c_int_p, _c_int_p, _c_int_p, _c_int_p, _c_int_p],
     "oxcclCommGetAsyncError": [_vp, _c_int_p],
     "oxcclGetErrorString": [_int],
     "oxcclGetLastError": [_vp],

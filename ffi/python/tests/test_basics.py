@@ -70,6 +70,12 @@ def test_numpy_every_dtype_in_and_out_of_place(comm, dt):
     assert np.array_equal(a, orig)
 
 
+def test_topology_of_one_rank(comm):
+    t = comm.topology
+    assert (t["host"], t["nhosts"], t["local_rank"], t["local_size"]) == (0, 1, 0, 1)
+    assert t["rail"] >= 0
+
+
 def test_bfloat16(comm):
     ml_dtypes = pytest.importorskip("ml_dtypes")
     a = np.arange(10).astype(ml_dtypes.bfloat16)

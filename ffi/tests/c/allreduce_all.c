@@ -91,6 +91,15 @@ int main(void) {
   CHECK(oxcclCommCount(comm, &nranks));
   ASSERT(test_rank == env_int("OXCCL_RANK"));
   ASSERT(nranks == env_int("OXCCL_WORLD_SIZE"));
+  {
+    /* The launcher runs every rank on this machine: one host, local rank = rank. */
+    int host = -1, nhosts = -1, local_rank = -1, local_size = -1, rail = -1;
+    CHECK(oxcclCommTopology(comm, &host, &nhosts, &local_rank, &local_size, &rail));
+    ASSERT(host == 0 && nhosts == 1 && local_rank == test_rank && local_size == nranks);
+    ASSERT(rail >= 0);
+    CHECK(oxcclCommTopology(comm, NULL, &nhosts, NULL, NULL, NULL));
+    EXPECT(oxcclCommTopology(NULL, &host, NULL, NULL, NULL, NULL), oxcclInvalidArgument);
+  }
 
   static const size_t counts[] = {0, 1, 7, 1000, 70000};
   static const oxcclRedOp_t ops[] = {oxcclSum, oxcclProd, oxcclMax, oxcclMin, oxcclAvg};

@@ -66,12 +66,14 @@ USAGE: oxccl-sim [--coll] allreduce|allgather|reducescatter|broadcast|reduce|all
   --intra-lat <t>         latency between ranks of a host (default 1us)
   --intra-bw <bw>         bandwidth of each rank's intra-host port (default 20GB/s)
   --inter-lat <t>         latency between hosts (default 5us)
-  --inter-bw <bw>         bandwidth of each rank's network port (default 12.5GB/s)
+  --inter-bw <bw>         bandwidth of each network port (default 12.5GB/s)
+  --nics-per-host <k>     NICs (rails) per host, local rank l on NIC l mod k (default 0: one per
+                          rank)
   --intra-ovh <t>, --inter-ovh <t>   per-message overhead on each side: port time per message
                           (default 0.1us, 0.5us: a NIC's message rate)
   --reduce-bw <bw>        reduction speed of a rank (default 50GB/s)
   --copy-bw <bw>          local copy speed of a rank (default: the reduction speed)
-  --oversub <f>           the network core carries ranks x inter-bw / f (default 1: full bisection)
+  --oversub <f>           the network core carries ports x inter-bw / f (default 1: full bisection)
   --credits <k>           messages in flight per link (default 4)
   --cores-per-host <c>    cores the ranks of a host share (default 0: one per rank)
   --host-driven           sends occupy the sending rank's CPU (shm, TCP) instead of a NIC
@@ -179,6 +181,7 @@ pub fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             cores_per_host: 0,
             host_driven: false,
             posted_recv: true,
+            nics_per_host: 0,
         },
         machine: None,
         model: Model::default(),
@@ -232,6 +235,7 @@ pub fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             }
             "--credits" => a.net.credits = num(val()?)?.max(1),
             "--cores-per-host" => a.net.cores_per_host = num(val()?)?,
+            "--nics-per-host" => a.net.nics_per_host = num(val()?)?,
             "--host-driven" => a.net.host_driven = true,
             "--recv-copy" => a.net.posted_recv = false,
             "--machine" => {

@@ -141,6 +141,7 @@ fn run(a: &Args) -> Result<(), String> {
         root: a.root,
         max_steps: a.max_steps,
         symmetry: a.symmetry,
+        per_host: a.net.ranks_per_host,
     };
     let n = a.ranks;
     let factor = sim::busbw_factor(a.coll, n);
@@ -197,6 +198,7 @@ fn run(a: &Args) -> Result<(), String> {
                     Symmetry::Exact => "exact",
                     Symmetry::Near => "near",
                     Symmetry::Approx => "approx",
+                    Symmetry::Padded => "padded",
                 },
                 wall
             );
