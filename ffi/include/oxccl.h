@@ -81,8 +81,11 @@
 #define OXCCL_CONFIG_VERSION 1
 
 /**
- * What every function returns. `oxcclSuccess` is 0; the other codes are stable and equal
- * `oxccl::Error::code()` on the Rust side. `oxcclGetLastError` has the message.
+ * What every function returns, numbered as NCCL 2.30 numbers `ncclResult_t` (so a framework's
+ * NCCL error handling reads them unchanged): 0 success, 2 system, 3 internal, 4 invalid
+ * argument, 5 invalid usage, 6 remote error, 7 in progress (NCCL's 1, an unhandled CUDA error,
+ * never occurs here). oxccl's own codes follow NCCL's range: 8 timeout, 9 mismatch,
+ * 10 unavailable, 11 authentication. `oxcclGetLastError` has the message.
  */
 typedef enum {
   /**
@@ -90,49 +93,49 @@ typedef enum {
    */
   oxcclSuccess = 0,
   /**
-   * A bad argument: a null pointer, an out-of-range enum, rank or count, buffers that overlap.
-   */
-  oxcclInvalidArgument = 1,
-  /**
-   * The API was used in the wrong state, e.g. a call on a communicator an earlier failure revoked.
-   */
-  oxcclInvalidUsage = 2,
-  /**
    * The operating system refused something (socket, memory, ...).
    */
-  oxcclSystemError = 3,
+  oxcclSystemError = 2,
   /**
    * A bug in oxccl (including a caught panic); please report it with the message.
    */
-  oxcclInternalError = 4,
+  oxcclInternalError = 3,
+  /**
+   * A bad argument: a null pointer, an out-of-range enum, rank or count, buffers that overlap.
+   */
+  oxcclInvalidArgument = 4,
+  /**
+   * The API was used in the wrong state, e.g. a call on a communicator an earlier failure revoked.
+   */
+  oxcclInvalidUsage = 5,
   /**
    * A peer was lost: it died or closed its connection (NCCL's name for it).
    */
-  oxcclRemoteError = 5,
-  /**
-   * A deadline passed (`OXCCL_TIMEOUT_MS` / `oxcclConfig_t.timeoutMs`).
-   */
-  oxcclTimeout = 6,
-  /**
-   * Ranks called different collectives, or the same one with different arguments.
-   */
-  oxcclMismatch = 7,
-  /**
-   * A transport or feature is not available here.
-   */
-  oxcclUnavailable = 8,
-  /**
-   * A connection failed authentication (wrong or missing `OXCCL_SECRET` / unique id).
-   */
-  oxcclAuthError = 9,
+  oxcclRemoteError = 6,
   /**
    * A non-blocking operation has not finished yet.
    */
-  oxcclInProgress = 10,
+  oxcclInProgress = 7,
   /**
-   * The number of result codes.
+   * A deadline passed (`OXCCL_TIMEOUT_MS` / `oxcclConfig_t.timeoutMs`).
    */
-  oxcclNumResults = 11,
+  oxcclTimeout = 8,
+  /**
+   * Ranks called different collectives, or the same one with different arguments.
+   */
+  oxcclMismatch = 9,
+  /**
+   * A transport or feature is not available here.
+   */
+  oxcclUnavailable = 10,
+  /**
+   * A connection failed authentication (wrong or missing `OXCCL_SECRET` / unique id).
+   */
+  oxcclAuthError = 11,
+  /**
+   * One more than the largest result code.
+   */
+  oxcclNumResults = 12,
 } oxcclResult_t;
 
 /**
@@ -468,11 +471,24 @@ oxcclResult_t oxcclIReduceScatter(const void *sendbuff,
                                   oxcclRequest_t *request);
 
 /**
- * All-to-all: block p (`count` elements) of `sendbuff` goes to rank p; block p of `recvbuff`
- * comes from rank p. Both hold nranks × `count` elements; in place when they are equal.
+ * All-to-all (spelled as NCCL spells `ncclAlltoAll`): block p (`count` elements) of `sendbuff`
+ * goes to rank p; block p of `recvbuff` comes from rank p. Both hold nranks × `count`
+ * elements; in place when they are equal.
  *
  * # Safety
  * `sendbuff` readable and `recvbuff` writable for nranks × `count` elements; `comm` NULL or live.
+ */
+oxcclResult_t oxcclAlltoAll(const void *sendbuff,
+                            void *recvbuff,
+                            size_t count,
+                            oxcclDataType_t datatype,
+                            oxcclComm_t comm);
+
+/**
+ * The earlier spelling of `oxcclAlltoAll`, kept as an alias.
+ *
+ * # Safety
+ * As `oxcclAlltoAll`.
  */
 oxcclResult_t oxcclAllToAll(const void *sendbuff,
                             void *recvbuff,
@@ -481,10 +497,23 @@ oxcclResult_t oxcclAllToAll(const void *sendbuff,
                             oxcclComm_t comm);
 
 /**
- * Non-blocking `oxcclAllToAll`.
+ * Non-blocking `oxcclAlltoAll`.
  *
  * # Safety
- * As `oxcclAllToAll`, with the buffers valid until the request is done; `request` writable.
+ * As `oxcclAlltoAll`, with the buffers valid until the request is done; `request` writable.
+ */
+oxcclResult_t oxcclIAlltoAll(const void *sendbuff,
+                             void *recvbuff,
+                             size_t count,
+                             oxcclDataType_t datatype,
+                             oxcclComm_t comm,
+                             oxcclRequest_t *request);
+
+/**
+ * The earlier spelling of `oxcclIAlltoAll`, kept as an alias.
+ *
+ * # Safety
+ * As `oxcclIAlltoAll`.
  */
 oxcclResult_t oxcclIAllToAll(const void *sendbuff,
                              void *recvbuff,

@@ -301,13 +301,14 @@ pub unsafe extern "C" fn oxcclIReduceScatter(
 
 // ---- all-to-all ------------------------------------------------------------------------------
 
-/// All-to-all: block p (`count` elements) of `sendbuff` goes to rank p; block p of `recvbuff`
-/// comes from rank p. Both hold nranks × `count` elements; in place when they are equal.
+/// All-to-all (spelled as NCCL spells `ncclAlltoAll`): block p (`count` elements) of `sendbuff`
+/// goes to rank p; block p of `recvbuff` comes from rank p. Both hold nranks × `count`
+/// elements; in place when they are equal.
 ///
 /// # Safety
 /// `sendbuff` readable and `recvbuff` writable for nranks × `count` elements; `comm` NULL or live.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn oxcclAllToAll(
+pub unsafe extern "C" fn oxcclAlltoAll(
     sendbuff: *const c_void,
     recvbuff: *mut c_void,
     count: usize,
@@ -316,15 +317,31 @@ pub unsafe extern "C" fn oxcclAllToAll(
 ) -> oxcclResult_t {
     let b = |w: Who| Op::all_to_all(sendbuff, recvbuff, count, datatype.get()?, w);
     // SAFETY: the caller's contract is this function's.
-    unsafe { run("oxcclAllToAll", comm, None, b) }
+    unsafe { run("oxcclAlltoAll", comm, None, b) }
 }
 
-/// Non-blocking `oxcclAllToAll`.
+/// The earlier spelling of `oxcclAlltoAll`, kept as an alias.
 ///
 /// # Safety
-/// As `oxcclAllToAll`, with the buffers valid until the request is done; `request` writable.
+/// As `oxcclAlltoAll`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn oxcclIAllToAll(
+pub unsafe extern "C" fn oxcclAllToAll(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+) -> oxcclResult_t {
+    // SAFETY: the same contract.
+    unsafe { oxcclAlltoAll(sendbuff, recvbuff, count, datatype, comm) }
+}
+
+/// Non-blocking `oxcclAlltoAll`.
+///
+/// # Safety
+/// As `oxcclAlltoAll`, with the buffers valid until the request is done; `request` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAlltoAll(
     sendbuff: *const c_void,
     recvbuff: *mut c_void,
     count: usize,
@@ -334,7 +351,24 @@ pub unsafe extern "C" fn oxcclIAllToAll(
 ) -> oxcclResult_t {
     let b = |w: Who| Op::all_to_all(sendbuff, recvbuff, count, datatype.get()?, w);
     // SAFETY: the caller's contract is this function's.
-    unsafe { run("oxcclIAllToAll", comm, Some(request), b) }
+    unsafe { run("oxcclIAlltoAll", comm, Some(request), b) }
+}
+
+/// The earlier spelling of `oxcclIAlltoAll`, kept as an alias.
+///
+/// # Safety
+/// As `oxcclIAlltoAll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclIAllToAll(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    comm: oxcclComm_t,
+    request: *mut oxcclRequest_t,
+) -> oxcclResult_t {
+    // SAFETY: the same contract.
+    unsafe { oxcclIAlltoAll(sendbuff, recvbuff, count, datatype, comm, request) }
 }
 
 // ---- gather / scatter ------------------------------------------------------------------------

@@ -23,39 +23,44 @@ pub const OXCCL_CONFIG_MAGIC: c_uint = 0x0c0c_c1c0;
 /// The newest `oxcclConfig_t.version` this library reads.
 pub const OXCCL_CONFIG_VERSION: c_uint = 1;
 
-/// What every function returns. `oxcclSuccess` is 0; the other codes are stable and equal
-/// `oxccl::Error::code()` on the Rust side. `oxcclGetLastError` has the message.
+/// What every function returns, numbered as NCCL 2.30 numbers `ncclResult_t` (so a framework's
+/// NCCL error handling reads them unchanged): 0 success, 2 system, 3 internal, 4 invalid
+/// argument, 5 invalid usage, 6 remote error, 7 in progress (NCCL's 1, an unhandled CUDA error,
+/// never occurs here). oxccl's own codes follow NCCL's range: 8 timeout, 9 mismatch,
+/// 10 unavailable, 11 authentication. `oxcclGetLastError` has the message.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum oxcclResult_t {
     /// It worked.
     oxcclSuccess = 0,
-    /// A bad argument: a null pointer, an out-of-range enum, rank or count, buffers that overlap.
-    oxcclInvalidArgument = 1,
-    /// The API was used in the wrong state, e.g. a call on a communicator an earlier failure revoked.
-    oxcclInvalidUsage = 2,
     /// The operating system refused something (socket, memory, ...).
-    oxcclSystemError = 3,
+    oxcclSystemError = 2,
     /// A bug in oxccl (including a caught panic); please report it with the message.
-    oxcclInternalError = 4,
+    oxcclInternalError = 3,
+    /// A bad argument: a null pointer, an out-of-range enum, rank or count, buffers that overlap.
+    oxcclInvalidArgument = 4,
+    /// The API was used in the wrong state, e.g. a call on a communicator an earlier failure revoked.
+    oxcclInvalidUsage = 5,
     /// A peer was lost: it died or closed its connection (NCCL's name for it).
-    oxcclRemoteError = 5,
-    /// A deadline passed (`OXCCL_TIMEOUT_MS` / `oxcclConfig_t.timeoutMs`).
-    oxcclTimeout = 6,
-    /// Ranks called different collectives, or the same one with different arguments.
-    oxcclMismatch = 7,
-    /// A transport or feature is not available here.
-    oxcclUnavailable = 8,
-    /// A connection failed authentication (wrong or missing `OXCCL_SECRET` / unique id).
-    oxcclAuthError = 9,
+    oxcclRemoteError = 6,
     /// A non-blocking operation has not finished yet.
-    oxcclInProgress = 10,
-    /// The number of result codes.
-    oxcclNumResults = 11,
+    oxcclInProgress = 7,
+    /// A deadline passed (`OXCCL_TIMEOUT_MS` / `oxcclConfig_t.timeoutMs`).
+    oxcclTimeout = 8,
+    /// Ranks called different collectives, or the same one with different arguments.
+    oxcclMismatch = 9,
+    /// A transport or feature is not available here.
+    oxcclUnavailable = 10,
+    /// A connection failed authentication (wrong or missing `OXCCL_SECRET` / unique id).
+    oxcclAuthError = 11,
+    /// One more than the largest result code.
+    oxcclNumResults = 12,
 }
 
 impl oxcclResult_t {
-    /// The code of a Rust error (unknown codes of future errors read as internal errors).
+    /// The code of a Rust error (unknown codes of future errors read as internal errors). The
+    /// Rust side's `Error::code()` is oxccl's own (it also travels in abort frames); this maps
+    /// it onto the C numbering.
     pub fn of(e: &Error) -> oxcclResult_t {
         use oxcclResult_t::*;
         match e.code() {
@@ -76,16 +81,16 @@ impl oxcclResult_t {
         use oxcclResult_t::*;
         Some(match v {
             0 => oxcclSuccess,
-            1 => oxcclInvalidArgument,
-            2 => oxcclInvalidUsage,
-            3 => oxcclSystemError,
-            4 => oxcclInternalError,
-            5 => oxcclRemoteError,
-            6 => oxcclTimeout,
-            7 => oxcclMismatch,
-            8 => oxcclUnavailable,
-            9 => oxcclAuthError,
-            10 => oxcclInProgress,
+            2 => oxcclSystemError,
+            3 => oxcclInternalError,
+            4 => oxcclInvalidArgument,
+            5 => oxcclInvalidUsage,
+            6 => oxcclRemoteError,
+            7 => oxcclInProgress,
+            8 => oxcclTimeout,
+            9 => oxcclMismatch,
+            10 => oxcclUnavailable,
+            11 => oxcclAuthError,
             _ => return None,
         })
     }
@@ -255,15 +260,44 @@ mod tests {
         for bad in [-1, 5, c_int::MAX] {
             assert!(RedOpArg(bad).get().is_err());
         }
-        for c in 0..11 {
+        for c in (0..12).filter(|&c| c != 1) {
             assert_eq!(oxcclResult_t::from_c(c).unwrap() as c_int, c);
         }
-        assert!(oxcclResult_t::from_c(11).is_none());
-        assert!(oxcclResult_t::from_c(-1).is_none());
+        // 1 is NCCL's unhandled CUDA error, which never happens here.
+        for bad in [1, 12, -1] {
+            assert!(oxcclResult_t::from_c(bad).is_none());
+        }
     }
 
     #[test]
-    fn result_codes_equal_rust_codes() {
+    fn result_codes_are_nccls_numbers() {
+        use oxcclResult_t::*;
+        // ncclResult_t in NCCL 2.30's nccl.h.
+        let nccl = [
+            (oxcclSuccess, 0),
+            (oxcclSystemError, 2),
+            (oxcclInternalError, 3),
+            (oxcclInvalidArgument, 4),
+            (oxcclInvalidUsage, 5),
+            (oxcclRemoteError, 6),
+            (oxcclInProgress, 7),
+        ];
+        for (ours, theirs) in nccl {
+            assert_eq!(ours as c_int, theirs, "{ours:?}");
+        }
+        for own in [
+            oxcclTimeout,
+            oxcclMismatch,
+            oxcclUnavailable,
+            oxcclAuthError,
+        ] {
+            assert!(own as c_int >= 8, "{own:?} must follow NCCL's range");
+        }
+    }
+
+    #[test]
+    fn every_rust_error_has_its_code() {
+        use oxcclResult_t::*;
         let errs = [
             Error::InvalidArgument(String::new()),
             Error::InvalidUsage(String::new()),
@@ -284,8 +318,19 @@ mod tests {
             Error::Unavailable(String::new()),
             Error::Auth(String::new()),
         ];
-        for e in errs {
-            assert_eq!(oxcclResult_t::of(&e) as c_int, c_int::from(e.code()));
+        let want = [
+            oxcclInvalidArgument,
+            oxcclInvalidUsage,
+            oxcclSystemError,
+            oxcclInternalError,
+            oxcclRemoteError,
+            oxcclTimeout,
+            oxcclMismatch,
+            oxcclUnavailable,
+            oxcclAuthError,
+        ];
+        for (e, w) in errs.iter().zip(want) {
+            assert_eq!(oxcclResult_t::of(e), w, "{e:?}");
         }
     }
 

@@ -53,7 +53,7 @@ def op_code(op):
         return op
     code = OPS.get(str(op).strip().lower()) if isinstance(op, str) else None
     if code is None:
-        raise InvalidArgumentError("unknown op %r: use sum, prod, max, min or avg" % (op,), 1)
+        raise InvalidArgumentError("unknown op %r: use sum, prod, max, min or avg" % (op,))
     return code
 
 
@@ -65,7 +65,7 @@ def dtype_name(dt):
     if isinstance(dt, int) and not isinstance(dt, bool):
         if dt in NAMES:
             return NAMES[dt]
-        raise InvalidArgumentError("datatype %d is not an oxcclDataType_t (0..9)" % dt, 1)
+        raise InvalidArgumentError("datatype %d is not an oxcclDataType_t (0..9)" % dt)
     if isinstance(dt, str):
         s = dt.strip().lower()
     elif type(dt).__module__.startswith("torch"):
@@ -212,12 +212,12 @@ def get(obj, writable, dtype=None, what="buffer"):
                 "%s: the numpy array is not C-contiguous (use numpy.ascontiguousarray)" % what, 1
             )
         if writable and not obj.flags.writeable:
-            raise InvalidArgumentError("%s: the numpy array is read-only" % what, 1)
+            raise InvalidArgumentError("%s: the numpy array is read-only" % what)
         try:
             name = dtype_name(obj.dtype)
         except InvalidArgumentError as e:
             if dtype is None:
-                raise InvalidArgumentError("%s: %s" % (what, e.message), 1) from None
+                raise InvalidArgumentError("%s: %s" % (what, e.message)) from None
             name = None
         name = _retype(name, what + " (numpy %s)" % obj.dtype, dtype, obj.nbytes)
         return Buf(obj.__array_interface__["data"][0], obj.nbytes, name, obj)
@@ -227,12 +227,12 @@ def get(obj, writable, dtype=None, what="buffer"):
                 "%s: a %s tensor; oxccl works on host memory (use .cpu())" % (what, obj.device), 1
             )
         if not obj.is_contiguous():
-            raise InvalidArgumentError("%s: the tensor is not contiguous (.contiguous())" % what, 1)
+            raise InvalidArgumentError("%s: the tensor is not contiguous (.contiguous())" % what)
         try:
             name = dtype_name(obj.dtype)
         except InvalidArgumentError as e:
             if dtype is None:
-                raise InvalidArgumentError("%s: %s" % (what, e.message), 1) from None
+                raise InvalidArgumentError("%s: %s" % (what, e.message)) from None
             name = None
         nbytes = obj.numel() * obj.element_size()
         name = _retype(name, what + " (torch %s)" % obj.dtype, dtype, nbytes)
@@ -253,7 +253,7 @@ def get(obj, writable, dtype=None, what="buffer"):
                 raise InvalidArgumentError(
                     "%s: the %s is read-only; a writable buffer is needed" % (what, type(obj).__name__), 1
                 ) from None
-        raise InvalidArgumentError("%s: %s (a C-contiguous buffer is needed)" % (what, e), 1) from None
+        raise InvalidArgumentError("%s: %s (a C-contiguous buffer is needed)" % (what, e)) from None
     except TypeError:
         raise InvalidArgumentError(
             "%s: %s is not a buffer (numpy array, torch CPU tensor, bytearray, array.array, "

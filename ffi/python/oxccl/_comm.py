@@ -41,7 +41,7 @@ class UniqueId:
             raw = bytes(raw.internal)
         raw = bytes(raw)
         if len(raw) > UNIQUE_ID_BYTES:
-            raise InvalidArgumentError("a unique id is %d bytes" % UNIQUE_ID_BYTES, 1)
+            raise InvalidArgumentError("a unique id is %d bytes" % UNIQUE_ID_BYTES)
         self._raw = raw.ljust(UNIQUE_ID_BYTES, b"\0")
 
     @classmethod
@@ -89,13 +89,13 @@ def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
         if v is None:
             return CONFIG_UNDEF_INT
         if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**31:
-            raise InvalidArgumentError("%s=%r must be a positive int" % (what, v), 1)
+            raise InvalidArgumentError("%s=%r must be a positive int" % (what, v))
         return v
 
     if timeout is not None:
         ms = int(round(float(timeout) * 1000))
         if ms <= 0:
-            raise InvalidArgumentError("timeout=%r must be positive (seconds)" % (timeout,), 1)
+            raise InvalidArgumentError("timeout=%r must be positive (seconds)" % (timeout,))
         timeout = min(ms, 2**31 - 1)
     c.timeoutMs = ival(timeout, "timeout")
     c.nsocks = ival(nsocks, "nsocks")
@@ -192,7 +192,7 @@ class Request:
 def _same_type(what, *bufs):
     names = {b.dtype for b in bufs if b is not None}
     if len(names) > 1:
-        raise InvalidArgumentError("%s: buffers of different element types %s" % (what, sorted(names)), 1)
+        raise InvalidArgumentError("%s: buffers of different element types %s" % (what, sorted(names)))
 
 
 class Communicator:
@@ -239,7 +239,7 @@ class Communicator:
     def _handle(self):
         h = self._h
         if h is None or not h.value:
-            raise InvalidUsageError("the communicator is closed", 2)
+            raise InvalidUsageError("the communicator is closed")
         return h
 
     def close(self):
@@ -261,7 +261,7 @@ class Communicator:
         cfg = _config(**_settings(settings))
         c = -1 if color is None else _int_arg(color, "color")
         if c < 0 and color is not None:
-            raise InvalidArgumentError("color=%r must be >= 0 (or None)" % (color,), 1)
+            raise InvalidArgumentError("color=%r must be >= 0 (or None)" % (color,))
         h = ctypes.c_void_p()
         call("oxcclCommSplit", self._handle(), c, _int_arg(key, "key"), ctypes.byref(h), ctypes.byref(cfg))
         return Communicator._wrap(h) if h.value else None
@@ -394,7 +394,7 @@ class Communicator:
             if _group.depth:
                 for b in bufs:
                     b.release()
-                raise InvalidUsageError("async_op=True inside oxccl.group()", 2)
+                raise InvalidUsageError("async_op=True inside oxccl.group()")
             req = ctypes.c_void_p()
             try:
                 call("oxcclI" + name, *args, h, ctypes.byref(req))
@@ -489,20 +489,20 @@ class Communicator:
         if out is None or out is buf:
             b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "all_to_all buf")
             _check_sizes("all_to_all", [b], b.count % n == 0, "buf is not nranks equal blocks")
-            return self._run("AllToAll", [b], buf, async_op, b.ptr, b.ptr, b.count // n, b.code)
+            return self._run("AlltoAll", [b], buf, async_op, b.ptr, b.ptr, b.count // n, b.code)
         s, o = self._pair(buf, out, dtype, "all_to_all")
         _check_sizes(
             "all_to_all", [s, o], s.nbytes == o.nbytes and s.count % n == 0,
             "buf and out must be the same size, nranks equal blocks",
         )
-        return self._run("AllToAll", [s, o], out, async_op, s.ptr, o.ptr, s.count // n, s.code)
+        return self._run("AlltoAll", [s, o], out, async_op, s.ptr, o.ptr, s.count // n, s.code)
 
     def gather(self, buf, out=None, root=0, *, dtype=None, async_op=False):
         """The root's ``out`` (nranks × len(buf)) gets every rank's ``buf`` in rank order;
         other ranks' ``out`` is ignored."""
         is_root = self.rank == root
         if is_root and out is None:
-            raise InvalidArgumentError("gather: the root needs out=", 1)
+            raise InvalidArgumentError("gather: the root needs out=")
         s, o = self._pair(buf, out if is_root else None, dtype, "gather")
         if o is not None:
             _check_sizes("gather", [s, o], o.nbytes == self.size * s.nbytes, "out must hold nranks x buf")
@@ -578,9 +578,9 @@ class Communicator:
 
 def _int_arg(v, what):
     if not isinstance(v, int) or isinstance(v, bool):
-        raise InvalidArgumentError("%s=%r must be an int" % (what, v), 1)
+        raise InvalidArgumentError("%s=%r must be an int" % (what, v))
     if not -(2**31) <= v < 2**31:
-        raise InvalidArgumentError("%s=%r is out of range" % (what, v), 1)
+        raise InvalidArgumentError("%s=%r is out of range" % (what, v))
     return v
 
 
@@ -590,7 +590,7 @@ def _check_sizes(what, bufs, ok, msg):
         for b in bufs:
             if b is not None:
                 b.release()
-        raise InvalidArgumentError("%s: %s (%s)" % (what, msg, sizes), 1)
+        raise InvalidArgumentError("%s: %s (%s)" % (what, msg, sizes))
 
 
 def _counts(counts, n, what, bufs):
@@ -603,7 +603,7 @@ def _counts(counts, n, what, bufs):
         for b in bufs:
             if b is not None:
                 b.release()
-        raise InvalidArgumentError("%s must be %d non-negative ints, one per rank" % (what, n), 1)
+        raise InvalidArgumentError("%s must be %d non-negative ints, one per rank" % (what, n))
     return (ctypes.c_size_t * n)(*counts), counts
 
 

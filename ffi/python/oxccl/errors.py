@@ -32,61 +32,61 @@ class OxcclError(Exception):
 class InvalidArgumentError(OxcclError, ValueError):
     """A bad argument: a wrong size, type, rank or count (oxcclInvalidArgument)."""
 
-    code = 1
+    code = 4
 
 
 class InvalidUsageError(OxcclError):
     """The API was used in the wrong state, e.g. a revoked or closed communicator (oxcclInvalidUsage)."""
 
-    code = 2
+    code = 5
 
 
 class SystemError_(OxcclError):
     """The operating system refused something (oxcclSystemError)."""
 
-    code = 3
+    code = 2
 
 
 class InternalError(OxcclError):
     """A bug in oxccl; please report it with the message (oxcclInternalError)."""
 
-    code = 4
+    code = 3
 
 
 class PeerLostError(OxcclError):
     """A peer died or closed its connection (oxcclRemoteError)."""
 
-    code = 5
+    code = 6
 
 
 class TimeoutError_(OxcclError, TimeoutError):
     """A deadline passed (oxcclTimeout); OXCCL_TIMEOUT_MS or ``timeout=`` sets it."""
 
-    code = 6
+    code = 8
 
 
 class MismatchError(OxcclError):
     """Ranks called different collectives, or the same one with different arguments (oxcclMismatch)."""
 
-    code = 7
+    code = 9
 
 
 class UnavailableError(OxcclError):
     """A transport or feature is not available here (oxcclUnavailable)."""
 
-    code = 8
+    code = 10
 
 
 class AuthError(OxcclError):
     """A connection failed authentication: wrong or missing secret (oxcclAuthError)."""
 
-    code = 9
+    code = 11
 
 
 class InProgressError(OxcclError):
     """A non-blocking operation has not finished yet (oxcclInProgress)."""
 
-    code = 10
+    code = 7
 
 
 _BY_CODE = {

@@ -104,10 +104,10 @@ static void scatters(oxcclComm_t comm, size_t c) {
   /* All-to-all: block p of rank q's send = val(q, p*c + i). */
   int32_t *a = alloc(t), *b = alloc(t);
   fill(a, t, test_rank, 0);
-  CHECK(oxcclAllToAll(a, b, c, oxcclInt32, comm));
+  CHECK(oxcclAlltoAll(a, b, c, oxcclInt32, comm));
   for (int q = 0; q < n; q++)
     for (size_t i = 0; i < c; i++) ASSERT(b[q * c + i] == val(q, test_rank * c + i));
-  CHECK(oxcclAllToAll(a, a, c, oxcclInt32, comm)); /* in place */
+  CHECK(oxcclAllToAll(a, a, c, oxcclInt32, comm)); /* in place, through the older spelling */
   ASSERT(memcmp(a, b, t * sizeof *a) == 0);
   free(a);
   free(b);
@@ -250,7 +250,7 @@ static void non_blocking(oxcclComm_t comm) {
   CHECK(oxcclIBroadcast(s, bc, 16, oxcclInt32, 0, comm, &rq[0]));
   CHECK(oxcclIAllGather(s, ag, 16, oxcclInt32, comm, &rq[1]));
   CHECK(oxcclIReduceScatter(aa, rs, 4, oxcclInt32, oxcclSum, comm, &rq[2]));
-  CHECK(oxcclIAllToAll(aa, aa2, 16, oxcclInt32, comm, &rq[3]));
+  CHECK(oxcclIAlltoAll(aa, aa2, 16, oxcclInt32, comm, &rq[3]));
   CHECK(oxcclIGather(s, g, 16, oxcclInt32, n - 1, comm, &rq[4]));
   CHECK(oxcclIScatter(aa, sc, 4, oxcclInt32, 0, comm, &rq[5]));
   CHECK(oxcclIReduce(s, red, 16, oxcclInt32, oxcclMax, 0, comm, &rq[6]));

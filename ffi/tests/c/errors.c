@@ -12,6 +12,17 @@ int main(void) {
   CHECK(oxcclGetVersion(&v));
   ASSERT(v == OXCCL_VERSION_CODE);
 
+  /* Result codes are NCCL 2.30's numbers (ncclResult_t), oxccl's own after NCCL's range. */
+  _Static_assert(oxcclSuccess == 0, "ncclSuccess");
+  _Static_assert(oxcclSystemError == 2, "ncclSystemError");
+  _Static_assert(oxcclInternalError == 3, "ncclInternalError");
+  _Static_assert(oxcclInvalidArgument == 4, "ncclInvalidArgument");
+  _Static_assert(oxcclInvalidUsage == 5, "ncclInvalidUsage");
+  _Static_assert(oxcclRemoteError == 6, "ncclRemoteError");
+  _Static_assert(oxcclInProgress == 7, "ncclInProgress");
+  _Static_assert(oxcclTimeout >= 8 && oxcclMismatch >= 8 && oxcclUnavailable >= 8 &&
+                     oxcclAuthError >= 8,
+                 "oxccl's own codes come after NCCL's");
   /* Strings for every code, and for codes that are not codes. */
   for (int c = -2; c < 20; c++) ASSERT(oxcclGetErrorString((oxcclResult_t)c) != NULL);
   ASSERT(strcmp(oxcclGetErrorString(oxcclSuccess), "no error") == 0);
