@@ -1090,6 +1090,41 @@ pub fn reduce3_bytes(dtype: DataType, op: ReduceOp, dst: &mut [u8], a: &[u8], b:
     })
 }
 
+/// Multiplies every `dtype` element of `buf` by `scalar` (one `dtype` element, native byte
+/// order): the pre-multiplication of a pre-multiplied sum (NCCL's `ncclRedOpCreatePreMulSum`).
+/// Integers wrap; halves are multiplied in f32 and rounded back. `buf` may be unaligned; a
+/// `scalar` shorter than one element, or a trailing partial element, is left alone.
+pub fn scale_bytes(dtype: DataType, buf: &mut [u8], scalar: &[u8]) {
+    macro_rules! each {
+        ($t:ty, $n:expr, |$x:ident, $k:ident| $e:expr) => {{
+            let Some(k) = scalar.get(..$n) else { return };
+            let $k = <$t>::from_ne_bytes(k.try_into().expect("n bytes"));
+            for c in buf.chunks_exact_mut($n) {
+                let $x = <$t>::from_ne_bytes((&*c).try_into().expect("n bytes"));
+                c.copy_from_slice(&($e).to_ne_bytes());
+            }
+        }};
+    }
+    match dtype {
+        DataType::I8 => each!(i8, 1, |x, k| x.wrapping_mul(k)),
+        DataType::U8 => each!(u8, 1, |x, k| x.wrapping_mul(k)),
+        DataType::I32 => each!(i32, 4, |x, k| x.wrapping_mul(k)),
+        DataType::U32 => each!(u32, 4, |x, k| x.wrapping_mul(k)),
+        DataType::I64 => each!(i64, 8, |x, k| x.wrapping_mul(k)),
+        DataType::U64 => each!(u64, 8, |x, k| x.wrapping_mul(k)),
+        DataType::F32 => each!(f32, 4, |x, k| x * k),
+        DataType::F64 => each!(f64, 8, |x, k| x * k),
+        DataType::F16 => each!(u16, 2, |x, k| f16::from_f32(
+            f16::from_bits(x).to_f32() * f16::from_bits(k).to_f32()
+        )
+        .to_bits()),
+        DataType::BF16 => each!(u16, 2, |x, k| bf16::from_f32(
+            bf16::from_bits(x).to_f32() * bf16::from_bits(k).to_f32()
+        )
+        .to_bits()),
+    }
+}
+
 /// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as [`finish_avg_slice`].
 /// `buf` may be unaligned; its length should be a multiple of `dtype.size()`.
 pub fn finish_avg_bytes(dtype: DataType, buf: &mut [u8], n: usize) {
@@ -1104,6 +1139,37 @@ pub fn finish_avg_bytes(dtype: DataType, buf: &mut [u8], n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_bytes_multiplies_every_element() {
+        let mut f: Vec<u8> = [1.5f32, -2.0, 0.25]
+            .iter()
+            .flat_map(|x| x.to_ne_bytes())
+            .collect();
+        scale_bytes(DataType::F32, &mut f[..], &4.0f32.to_ne_bytes());
+        let got: Vec<f32> = f
+            .chunks_exact(4)
+            .map(|c| f32::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, [6.0, -8.0, 1.0]);
+        // Unaligned, and a trailing partial element left alone.
+        let mut i = [0u8; 1 + 2 * 8 + 3];
+        i[1..9].copy_from_slice(&7i64.to_ne_bytes());
+        i[9..17].copy_from_slice(&(-3i64).to_ne_bytes());
+        scale_bytes(DataType::I64, &mut i[1..], &(-2i64).to_ne_bytes());
+        assert_eq!(i64::from_ne_bytes(i[1..9].try_into().unwrap()), -14);
+        assert_eq!(i64::from_ne_bytes(i[9..17].try_into().unwrap()), 6);
+        let mut h: Vec<u8> = f16::from_f32(3.0).to_bits().to_ne_bytes().to_vec();
+        scale_bytes(
+            DataType::F16,
+            &mut h,
+            &f16::from_f32(0.5).to_bits().to_ne_bytes(),
+        );
+        assert_eq!(
+            f16::from_bits(u16::from_ne_bytes([h[0], h[1]])).to_f32(),
+            1.5
+        );
+    }
     use proptest::prelude::*;
     use std::cell::Cell;
 

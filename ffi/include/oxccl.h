@@ -221,6 +221,22 @@ typedef enum {
 } oxcclRedOp_t;
 
 /**
+ * Where the scalar of `oxcclRedOpCreatePreMulSum` lives, as NCCL's `ncclScalarResidence_t`.
+ * On the host both mean host memory: `oxcclScalarDevice` reads it at each call (the pointer
+ * must stay valid until the operator is destroyed), `oxcclScalarHostImmediate` at creation.
+ */
+typedef enum {
+  /**
+   * Read through the pointer at each call.
+   */
+  oxcclScalarDevice = 0,
+  /**
+   * Copied when the operator is created.
+   */
+  oxcclScalarHostImmediate = 1,
+} oxcclScalarResidence_t;
+
+/**
  * A communicator, opaque to C. Created by the `oxcclCommInit*` functions (and split/shrink),
  * freed by `oxcclCommDestroy` or `oxcclCommAbort`. It may be used from several threads at once
  * (calls on one communicator run one at a time, in issue order), and `oxcclCommAbort` may be
@@ -1038,6 +1054,31 @@ oxcclResult_t oxcclTest(oxcclRequest_t request, int *done);
  * `request` is NULL or a live request; it is invalid afterwards.
  */
 oxcclResult_t oxcclRequestFree(oxcclRequest_t request);
+
+/**
+ * Creates a pre-multiplied sum on `comm` (like `ncclRedOpCreatePreMulSum`): `*op` becomes an
+ * operator that all-reduce, reduce and reduce-scatter on `comm` take, summing every rank's
+ * input multiplied by the `datatype` value at `scalar` (each rank its own). Destroy it with
+ * `oxcclRedOpDestroy`.
+ *
+ * # Safety
+ * `op` is NULL (an error) or writable; `scalar` is readable for one `datatype` element, and
+ * with `oxcclScalarDevice` stays readable until the operator is destroyed.
+ */
+oxcclResult_t oxcclRedOpCreatePreMulSum(oxcclRedOp_t *op,
+                                        void *scalar,
+                                        oxcclDataType_t datatype,
+                                        oxcclScalarResidence_t residence,
+                                        oxcclComm_t comm);
+
+/**
+ * Destroys an operator `oxcclRedOpCreatePreMulSum` made on `comm` (like `ncclRedOpDestroy`).
+ * Built-in operators and unknown numbers are invalid arguments.
+ *
+ * # Safety
+ * None beyond the types: `comm` is never dereferenced unless it is a live communicator.
+ */
+oxcclResult_t oxcclRedOpDestroy(oxcclRedOp_t op, oxcclComm_t comm);
 
 #ifdef __cplusplus
 }  // extern "C"

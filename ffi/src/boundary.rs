@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) errors: ErrorLog,
     /// The first failure that revoked the communicator, as an `oxcclResult_t` (0: none).
     pub(crate) async_error: AtomicI32,
+    /// Operators `oxcclRedOpCreatePreMulSum` made (index = handle - oxcclNumOps).
+    pub(crate) premul: Mutex<Vec<Option<crate::premul::PreMul>>>,
 }
 
 impl Shared {

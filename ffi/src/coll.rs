@@ -11,7 +11,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use core_oxccl::Error;
+use core_oxccl::{DataType, Error, ReduceOp};
 
 use crate::boundary::null;
 use crate::comm::{oxcclComm_t, with_comm};
@@ -54,6 +54,31 @@ unsafe fn run(
     })
 }
 
+/// Builds a reduction whose operator may be a pre-multiplied sum made on `comm`
+/// (`oxcclRedOpCreatePreMulSum`): `build` gets the element type and a built-in operator, and
+/// the op's input is then scaled into a copy it owns.
+///
+/// # Safety
+/// The buffers `build` describes are readable as the C call promised; a premul scalar
+/// pointer is readable.
+unsafe fn reduction(
+    comm: oxcclComm_t,
+    op: RedOpArg,
+    datatype: DataTypeArg,
+    who: Who,
+    build: impl FnOnce(DataType, ReduceOp) -> Result<Op, Error>,
+) -> Result<Op, Error> {
+    let dt = datatype.get()?;
+    // SAFETY: forwarded contract.
+    let (op, scalar) = unsafe { crate::premul::resolve(comm, op, dt)? };
+    let o = build(dt, op)?;
+    match scalar {
+        // SAFETY: forwarded contract.
+        Some(s) => unsafe { o.premultiply(&s, who) },
+        None => Ok(o),
+    }
+}
+
 /// Reads the per-rank counts of a v-variant (`nranks` size_t values).
 ///
 /// # Safety
@@ -80,7 +105,14 @@ pub unsafe extern "C" fn oxcclAllReduce(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |_: Who| Op::all_reduce(sendbuff, recvbuff, count, datatype.get()?, op.get()?);
+    let b = |w: Who| {
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+            })
+        }
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclAllReduce", comm, None, b) }
 }
@@ -99,7 +131,14 @@ pub unsafe extern "C" fn oxcclIAllReduce(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |_: Who| Op::all_reduce(sendbuff, recvbuff, count, datatype.get()?, op.get()?);
+    let b = |w: Who| {
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+            })
+        }
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIAllReduce", comm, Some(request), b) }
 }
@@ -172,15 +211,12 @@ pub unsafe extern "C" fn oxcclReduce(
 ) -> oxcclResult_t {
     let b = |w: Who| {
         let root = rank_arg(root, w, "root")?;
-        Op::reduce(
-            sendbuff,
-            recvbuff,
-            count,
-            datatype.get()?,
-            op.get()?,
-            root,
-            w,
-        )
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
+            })
+        }
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduce", comm, None, b) }
@@ -203,15 +239,12 @@ pub unsafe extern "C" fn oxcclIReduce(
 ) -> oxcclResult_t {
     let b = |w: Who| {
         let root = rank_arg(root, w, "root")?;
-        Op::reduce(
-            sendbuff,
-            recvbuff,
-            count,
-            datatype.get()?,
-            op.get()?,
-            root,
-            w,
-        )
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
+            })
+        }
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduce", comm, Some(request), b) }
@@ -273,8 +306,14 @@ pub unsafe extern "C" fn oxcclReduceScatter(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b =
-        |w: Who| Op::reduce_scatter(sendbuff, recvbuff, recvcount, datatype.get()?, op.get()?, w);
+    let b = |w: Who| {
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+            })
+        }
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduceScatter", comm, None, b) }
 }
@@ -293,8 +332,14 @@ pub unsafe extern "C" fn oxcclIReduceScatter(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b =
-        |w: Who| Op::reduce_scatter(sendbuff, recvbuff, recvcount, datatype.get()?, op.get()?, w);
+    let b = |w: Who| {
+        // SAFETY: the caller's contract is this function's.
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+            })
+        }
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduceScatter", comm, Some(request), b) }
 }

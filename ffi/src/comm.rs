@@ -88,7 +88,7 @@ pub(crate) fn with_comm(
 ///
 /// # Safety
 /// `out` is non-null, aligned and writable for a `T`.
-unsafe fn put<T>(out: *mut T, v: T) {
+pub(crate) unsafe fn put<T>(out: *mut T, v: T) {
     // SAFETY: the caller guarantees `out` is valid for writes (and C gives aligned pointers).
     unsafe { out.write(v) }
 }

@@ -33,11 +33,13 @@ mod coll;
 mod comm;
 mod group;
 mod op;
+mod premul;
 mod types;
 
 pub use coll::*;
 pub use comm::*;
 pub use group::*;
+pub use premul::*;
 pub use types::*;
 
 pub use boundary::{oxcclGetErrorString, oxcclGetLastError};

@@ -163,6 +163,43 @@ impl Op {
         Ok(self)
     }
 
+    /// Makes this reduction a pre-multiplied sum: its input becomes a copy the op owns,
+    /// multiplied by `scalar` (one element of the op's type), and the operator a sum. The
+    /// caller's buffers are never scaled in place; an in-place call becomes out-of-place.
+    ///
+    /// # Safety
+    /// The input is readable (the op's own contract).
+    pub unsafe fn premultiply(mut self, scalar: &[u8], who: Who) -> Result<Op, Error> {
+        let (input, len) = self.send.unwrap_or((self.recv.0.cast_const(), self.recv.1));
+        let mut owned = if len == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: the input is readable for len bytes (caller's contract).
+            unsafe { std::slice::from_raw_parts(input, len) }.to_vec()
+        };
+        core_oxccl::reduce::scale_bytes(self.dtype, &mut owned, scalar);
+        self.kind = match self.kind {
+            Kind::AllReduce(_) => Kind::AllReduce(ReduceOp::Sum),
+            Kind::Reduce(_, root) => Kind::Reduce(ReduceOp::Sum, root),
+            Kind::ReduceScatter(_) => {
+                if self.send.is_none() {
+                    // In place: the result is block `rank` of the whole buffer.
+                    let b = len / who.nranks.max(1);
+                    self.recv = (self.recv.0.wrapping_add(who.rank * b), b);
+                }
+                Kind::ReduceScatter(ReduceOp::Sum)
+            }
+            k => {
+                return Err(Error::InvalidArgument(format!(
+                    "{k:?}: a pre-multiplied sum is taken by all-reduce, reduce and reduce-scatter"
+                )));
+            }
+        };
+        self._owned = owned;
+        self.send = Some((self._owned.as_ptr(), len));
+        Ok(self)
+    }
+
     /// A copy of `len` bytes at `p`, owned by the op; returns where the copy lives.
     ///
     /// # Safety

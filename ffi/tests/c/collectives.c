@@ -294,6 +294,55 @@ static void two_comms(oxcclComm_t comm) {
   CHECK(oxcclCommDestroy(second));
 }
 
+/* Pre-multiplied sums (FSDP's gradient scaling): rank r multiplies its input by (r + 1) / 2. */
+static void premul_sums(oxcclComm_t comm) {
+  float factor = 0.5f * (float)(test_rank + 1);
+  float fsum = 0.25f * (float)(n * (n + 1)); /* the sum over ranks of (r + 1) / 2 */
+  oxcclRedOp_t pm;
+  CHECK(oxcclRedOpCreatePreMulSum(&pm, &factor, oxcclFloat32, oxcclScalarHostImmediate, comm));
+  ASSERT((int)pm >= (int)oxcclNumOps);
+  float x[8], y[8];
+  for (int i = 0; i < 8; i++) x[i] = (float)(i + 1);
+  CHECK(oxcclAllReduce(x, y, 8, oxcclFloat32, pm, comm));
+  for (int i = 0; i < 8; i++) {
+    ASSERT(y[i] == (float)(i + 1) * fsum);
+    ASSERT(x[i] == (float)(i + 1)); /* the input is not scaled in place */
+  }
+  CHECK(oxcclAllReduce(x, x, 8, oxcclFloat32, pm, comm)); /* in place */
+  for (int i = 0; i < 8; i++) ASSERT(x[i] == (float)(i + 1) * fsum);
+  /* Reduce-scatter, out of place and in place; reduce to root 0. */
+  float big[8 * 8], blk[8];
+  for (int i = 0; i < 8 * n; i++) big[i] = (float)(i % 8 + 1);
+  CHECK(oxcclReduceScatter(big, blk, 8, oxcclFloat32, pm, comm));
+  for (int i = 0; i < 8; i++) ASSERT(blk[i] == (float)(i + 1) * fsum);
+  CHECK(oxcclReduceScatter(big, big + test_rank * 8, 8, oxcclFloat32, pm, comm));
+  for (int i = 0; i < 8; i++) ASSERT(big[test_rank * 8 + i] == (float)(i + 1) * fsum);
+  for (int i = 0; i < 8; i++) x[i] = 2.0f;
+  CHECK(oxcclReduce(x, y, 8, oxcclFloat32, pm, 0, comm));
+  if (test_rank == 0)
+    for (int i = 0; i < 8; i++) ASSERT(y[i] == 2.0f * fsum);
+  /* The element type must match the operator's; v-variants refuse it clearly. */
+  int32_t z[4] = {1, 2, 3, 4};
+  EXPECT(oxcclAllReduce(z, z, 4, oxcclInt32, pm, comm), oxcclInvalidArgument);
+  EXPECT_MSG(comm, "pre-multiplies float");
+  CHECK(oxcclRedOpDestroy(pm, comm));
+  EXPECT(oxcclAllReduce(x, y, 8, oxcclFloat32, pm, comm), oxcclInvalidArgument);
+  EXPECT(oxcclRedOpDestroy(pm, comm), oxcclInvalidArgument);
+  EXPECT(oxcclRedOpDestroy(oxcclSum, comm), oxcclInvalidArgument);
+  /* oxcclScalarDevice: the scalar is read at each call; integers too. */
+  int32_t k = 1;
+  CHECK(oxcclRedOpCreatePreMulSum(&pm, &k, oxcclInt32, oxcclScalarDevice, comm));
+  k = 3;
+  for (int i = 0; i < 4; i++) z[i] = i;
+  CHECK(oxcclAllReduce(z, z, 4, oxcclInt32, pm, comm));
+  for (int i = 0; i < 4; i++) ASSERT(z[i] == 3 * i * n);
+  CHECK(oxcclRedOpDestroy(pm, comm));
+  EXPECT(oxcclRedOpCreatePreMulSum(&pm, &k, oxcclInt32, (oxcclScalarResidence_t)7, comm),
+         oxcclInvalidArgument);
+  EXPECT(oxcclRedOpCreatePreMulSum(NULL, &k, oxcclInt32, oxcclScalarDevice, comm),
+         oxcclInvalidArgument);
+}
+
 int main(void) {
   oxcclComm_t comm;
   CHECK(oxcclCommInitFromEnv(&comm));
@@ -310,6 +359,7 @@ int main(void) {
   point_to_point(comm);
   non_blocking(comm);
   two_comms(comm);
+  premul_sums(comm);
   /* Bad roots and peers. */
   int32_t z[4] = {0, 0, 0, 0};
   EXPECT(oxcclBroadcast(z, z, 4, oxcclInt32, n, comm), oxcclInvalidArgument);
