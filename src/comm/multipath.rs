@@ -1,15 +1,14 @@
 //! Multi-path TCP between ranks (opt-in): when `OXCCL_SOCKET_IFNAME` lists two or more
-//! interfaces (`eth0,eth1`), a rank listens on each one's address too, publishes the extra
-//! addresses in the store (`comm/paths/<rank>`, only then), and a link to a peer that did the
+//! interfaces (`eth0,eth1`), a rank listens on each one's address too, lists the extra
+//! addresses in its card (exchanged at init like the rest of the card), and a link to a peer that did the
 //! same stripes its sockets over the paths (socket `k` on path `k % npaths`, path 0 being the
 //! card's address) and uses [`MultipathLink`], which survives the loss of a path. Without it
-//! nothing changes: no listener, no store key, the plain TCP link.
+//! nothing changes: no listener, no extra address, the plain TCP link.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::{Communicator, DEFAULT_CHUNK};
-use crate::bootstrap::StoreClient;
 use crate::error::{Error, Result};
 use crate::transport::Link;
 use crate::transport::connect::{self, Hello, PeerListener};
@@ -22,10 +21,6 @@ pub(super) struct Paths {
     listeners: Vec<PeerListener>,
     /// Per rank: its extra addresses (empty: one path).
     addrs: Vec<Vec<SocketAddr>>,
-}
-
-fn key(rank: usize) -> String {
-    format!("comm/paths/{rank}")
 }
 
 impl Paths {
@@ -52,37 +47,17 @@ impl Paths {
         })
     }
 
-    /// Publishes this rank's extra addresses (before the init barrier), if it has any.
-    pub(super) fn publish(&self, store: &mut StoreClient, rank: usize) -> Result<()> {
-        if self.listeners.is_empty() {
-            return Ok(());
-        }
-        let v: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.addr().to_string())
-            .collect();
-        store.set(&key(rank), v.join(" ").as_bytes())
+    /// This rank's extra addresses (path 1, 2, ...), for its card; empty without multi-path.
+    pub(super) fn extra_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(PeerListener::addr).collect()
     }
 
-    /// Learns the others' extra addresses (after the init barrier: all are published by then).
-    /// Only a rank with paths of its own looks.
-    pub(super) fn learn(&mut self, store: &mut StoreClient, nranks: usize) -> Result<()> {
-        if self.listeners.is_empty() {
-            return Ok(());
+    /// Learns every rank's extra addresses from the cards (only a rank with paths of its own
+    /// keeps them).
+    pub(super) fn learn(&mut self, addrs: Vec<Vec<SocketAddr>>) {
+        if !self.listeners.is_empty() {
+            self.addrs = addrs;
         }
-        self.addrs = vec![Vec::new(); nranks];
-        for (r, a) in self.addrs.iter_mut().enumerate() {
-            if !store.check(&[&key(r)])? {
-                continue;
-            }
-            let b = store.get(&key(r), Duration::from_secs(10))?;
-            *a = std::str::from_utf8(&b)
-                .ok()
-                .map(|s| s.split(' ').filter_map(|w| w.parse().ok()).collect())
-                .unwrap_or_default();
-        }
-        Ok(())
     }
 
     /// The paths shared with rank `p`: how many both have (0 or 1: not multi-path).
