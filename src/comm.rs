@@ -393,6 +393,22 @@ fn route_to(root: SocketAddr) -> IpAddr {
         .unwrap_or(root.ip())
 }
 
+/// Each rank's local rank: its index among the ranks of its host (boot id, host name and
+/// network namespace, as the cards say), in rank order.
+fn local_ranks(cards: &[Card]) -> Vec<usize> {
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    cards
+        .iter()
+        .map(|c| {
+            let k = seen
+                .entry((c.boot.as_str(), c.host.as_str(), c.netns.as_str()))
+                .or_insert(0);
+            *k += 1;
+            *k - 1
+        })
+        .collect()
+}
+
 /// The card exchange (see `bootstrap::exchange`): this rank publishes its card in the store
 /// (peers use it to dial; so do tools), reads only its parent's, and gets every other card from
 /// the ranks over the exchange tree. The store serves two requests per rank, whatever `nranks`.
@@ -606,7 +622,17 @@ impl Communicator {
         let cards = exchange_cards(
             &mut store, &listener, &me, rank, nranks, secret, comm_id, deadline,
         )?;
-        paths.learn(cards.iter().map(|c| c.paths.clone()).collect());
+        paths.learn(
+            cards.iter().map(|c| c.paths.clone()).collect(),
+            local_ranks(&cards),
+        );
+        if let Some((k, addr)) = paths.my_rail(rank, listener.addr()) {
+            crate::info!(
+                Some(rank),
+                "rails (OXCCL_SOCKET_BIND=rail): local rank {} takes interface {k} of OXCCL_SOCKET_IFNAME, {addr}",
+                local_ranks(&cards)[rank]
+            );
+        }
         crate::info!(
             Some(rank),
             "init rank {rank} of {nranks}: transport {}, {} sockets per peer, {} KiB chunks, timeout {} ms, store {root}, listening on {}",
@@ -1013,6 +1039,19 @@ mod card_tests {
         ] {
             assert!(Card::decode(bad, 3).is_err());
         }
+    }
+
+    #[test]
+    fn local_ranks_number_each_hosts_ranks_in_rank_order() {
+        // Cyclic placement over two hosts, and a third host in another namespace of host b.
+        let cards = [
+            card("a", "b1", "n1", "s"),
+            card("b", "b2", "n1", "s"),
+            card("a", "b1", "n1", "s"),
+            card("b", "b2", "n1", "s"),
+            card("b", "b2", "n2", "s"),
+        ];
+        assert_eq!(local_ranks(&cards), vec![0, 0, 1, 1, 0]);
     }
 
     #[test]
