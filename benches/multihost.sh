@@ -85,7 +85,7 @@ counters() {  # host nic -> tx+rx bytes
 
 N=$((H * R))
 SECRET=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-run=0
+run=0 failed=0
 for placement in $PLACEMENTS; do
   for algo in $ALGOS; do
     run=$((run + 1))
@@ -112,12 +112,13 @@ for placement in $PLACEMENTS; do
     done
     status=0
     for p in "${pids[@]}"; do wait "$p" || status=$?; done
+    [ "$status" = 0 ] || failed=$((failed + 1))
     pids=()
     echo
     echo "## placement $placement, algorithm $algo$([ "$status" = 0 ] || echo " (FAILED: exit $status)")"
     cat "$out.0"
     if [ "$status" != 0 ]; then
-      for r in $(seq 1 $((N - 1))); do grep -H . "$out.$r" | tail -5; done
+      for r in $(seq 1 $((N - 1))); do { grep -H . "$out.$r" || true; } | tail -5; done
     fi
     printf '# bytes carried (tx+rx) per NIC:'
     for i in $(seq 0 $((H - 1))); do for j in $(seq 0 $((K - 1))); do
@@ -151,3 +152,4 @@ awk '
       print ""
     }
   }' "$TMP/summary"
+[ "$failed" = 0 ] || { echo "$failed run(s) failed (see above)" >&2; exit 1; }
