@@ -90,6 +90,10 @@ impl PeerListener {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("peer listener address", e))?;
+        // A rank may be dialed by every other at once (direct, all-to-all, several sockets
+        // each): a deep queue instead of dropped SYNs retried a second later.
+        crate::sys::set_listen_backlog(&listener, 4096)
+            .map_err(|e| Error::io(format!("rank {rank}: peer listener accept queue"), e))?;
         let listener = Arc::new(listener);
         let pending: Pending = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));

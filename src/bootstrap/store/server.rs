@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 /// How long the server waits for a client to take a reply before dropping the connection.
 const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The accept queue asked for (the kernel caps it at net.core.somaxconn).
+const ACCEPT_BACKLOG: i32 = 4096;
+
 /// Stack of a connection thread: it only parses frames and copies values on the heap.
 const CONN_STACK: usize = 256 << 10;
 
@@ -116,6 +119,9 @@ impl StoreServer {
         listener
             .set_nonblocking(false)
             .map_err(|e| Error::io("configuring the store listener", e))?;
+        // Every rank connects at init, all at once.
+        crate::sys::set_listen_backlog(&listener, ACCEPT_BACKLOG)
+            .map_err(|e| Error::io("deepening the store listener's accept queue", e))?;
         let shared = Arc::new(Shared {
             secret,
             handshake_timeout,
