@@ -207,3 +207,48 @@ fn store_requests_grow_linearly_and_1024_ranks_fit_in_the_descriptor_limit() {
         );
     }
 }
+
+/// A rank that never starts: every other rank's init fails within its timeout (plus the news's
+/// few hops), naming that rank, whichever of its neighbours in the exchange tree gave up.
+#[test]
+fn a_rank_that_never_joins_is_named_by_every_rank() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (n, absent) = (16, 11);
+    let id = oxccl::UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("unique id");
+    let timeout = Duration::from_millis(1500);
+    let t0 = Instant::now();
+    let ranks: Vec<_> = (0..n)
+        .filter(|&r| r != absent)
+        .map(|r| {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let cfg = Config {
+                    timeout: Some(timeout),
+                    ..Config::default()
+                };
+                (
+                    r,
+                    oxccl::Communicator::init(r, n, &id, cfg).map(|_| ()),
+                    t0.elapsed(),
+                )
+            })
+        })
+        .collect();
+    for t in ranks {
+        let (r, got, took) = t.join().expect("rank thread");
+        match got {
+            Err(oxccl::Error::Timeout { peer: Some(p), msg }) if p == absent => {
+                assert!(
+                    msg.contains(&format!("rank {absent} never joined")),
+                    "{msg}"
+                );
+                // The timeout, plus the news's hops (bounded by the 2 s grace), plus slack.
+                assert!(
+                    took < timeout + Duration::from_secs(4),
+                    "rank {r} took {took:?}"
+                );
+            }
+            other => panic!("rank {r}: expected a Timeout naming rank {absent}, got {other:?}"),
+        }
+    }
+}

@@ -21,7 +21,10 @@
 //!
 //! One frame each way per connection: `first u32 | count u32 | count × (len u32 | card)`,
 //! the cards of ranks `first .. first + count`. Every length is checked against
-//! [`MAX_CARD_LEN`] and the expected range before anything is allocated.
+//! [`MAX_CARD_LEN`] and the expected range before anything is allocated. A frame with `first`
+//! = `u32::MAX` carries no cards but the news that rank `count` never joined: the rank that
+//! finds a rank missing sends it up to its parent and down to its children, who pass it on,
+//! so every rank's init fails naming the missing rank, not the neighbour that gave up.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -71,41 +74,71 @@ pub fn encode(first: usize, cards: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
+/// How long past its deadline a rank waits for its parent's word (see `all_gather`).
+const NEWS_GRACE: Duration = Duration::from_secs(2);
+
+/// `first` of a frame that says a rank never joined.
+const ABSENT: u32 = u32::MAX;
+
+/// The frame that says rank `lost` never joined.
+pub fn encode_absent(lost: usize) -> Vec<u8> {
+    let mut v = ABSENT.to_le_bytes().to_vec();
+    v.extend_from_slice(&(lost as u32).to_le_bytes());
+    v
+}
+
+/// Why a frame was not the cards expected.
+enum Bad {
+    /// The sender says this rank never joined.
+    Absent(usize),
+    /// A short read, a wrong range, an oversized card.
+    Why(String),
+}
+
 /// Reads one frame that must hold exactly the cards of `want`; `Err(why)` for anything else
-/// (a short read, a wrong range, an oversized card). Never panics; allocates only as bytes
-/// arrive.
+/// (a short read, a wrong range, an oversized card, the news that a rank never joined). Never
+/// panics; allocates only as bytes arrive.
 pub fn decode(r: &mut impl Read, want: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let mut word = || -> std::result::Result<usize, String> {
+    read_frame(r, want).map_err(|b| match b {
+        Bad::Absent(l) => format!("rank {l} never joined"),
+        Bad::Why(w) => w,
+    })
+}
+
+fn read_frame(r: &mut impl Read, want: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, Bad> {
+    fn word(r: &mut impl Read) -> std::result::Result<u32, Bad> {
         let mut b = [0u8; 4];
-        r.read_exact(&mut b).map_err(|e| io_why(&e))?;
-        Ok(u32::from_le_bytes(b) as usize)
-    };
-    let (first, count) = (word()?, word()?);
+        r.read_exact(&mut b).map_err(|e| Bad::Why(io_why(&e)))?;
+        Ok(u32::from_le_bytes(b))
+    }
+    let (first, count) = (word(r)?, word(r)?);
+    if first == ABSENT {
+        return Err(Bad::Absent(count as usize));
+    }
+    let (first, count) = (first as usize, count as usize);
     if first != want.start || count != want.len() {
-        return Err(format!(
+        return Err(Bad::Why(format!(
             "expected the cards of ranks {}..{}, got {first}..{}",
             want.start,
             want.end,
             first.saturating_add(count)
-        ));
+        )));
     }
     let mut cards = Vec::with_capacity(count.min(1 << 16));
     for i in 0..count {
-        let mut b = [0u8; 4];
-        r.read_exact(&mut b).map_err(|e| io_why(&e))?;
-        let len = u32::from_le_bytes(b) as usize;
+        let len = word(r)? as usize;
         if len > MAX_CARD_LEN {
-            return Err(format!(
+            return Err(Bad::Why(format!(
                 "the card of rank {} is {len} bytes (limit {MAX_CARD_LEN})",
                 first + i
-            ));
+            )));
         }
         let mut c = Vec::new();
         r.take(len as u64)
             .read_to_end(&mut c)
-            .map_err(|e| io_why(&e))?;
+            .map_err(|e| Bad::Why(io_why(&e)))?;
         if c.len() != len {
-            return Err("the connection closed mid-frame".into());
+            return Err(Bad::Why("the connection closed mid-frame".into()));
         }
         cards.push(c);
     }
@@ -147,42 +180,87 @@ pub fn all_gather(
             mine.len()
         )));
     }
-    let never_joined = |r: usize, why: &str| {
-        let lost = missing(subtree(r, n)).unwrap_or(r);
-        let why = if why.is_empty() {
-            "it never connected"
-        } else {
-            why
-        };
-        let msg = if lost == r && why == "it never connected" {
-            format!("rank {rank}: rank {r} never joined; did all {n} ranks start?")
-        } else {
-            format!(
-                "rank {rank}: the cards of ranks {:?} did not arrive from rank {r} ({why}); rank {lost} never joined? did all {n} ranks start?",
-                subtree(r, n)
-            )
-        };
-        Error::Timeout {
-            peer: Some(lost),
-            msg,
-        }
+    let absent = |lost: usize, msg: String| Error::Timeout {
+        peer: Some(lost),
+        msg,
     };
     // Gather: my subtree's cards, children in order (their ranges follow each other).
     let kids = children(rank, n);
     let mut cards = vec![mine];
-    let mut socks = Vec::with_capacity(kids.len());
+    let mut socks: Vec<(usize, TcpStream)> = Vec::with_capacity(kids.len());
+    let mut failed: Option<(usize, Error)> = None;
     for &c in &kids {
+        let range = subtree(c, n);
         let mut s = match take_child(c) {
             Ok(s) => s,
-            Err(Error::Timeout { .. }) => return Err(never_joined(c, "")),
+            Err(Error::Timeout { .. }) => {
+                let lost = missing(range.clone()).unwrap_or(c);
+                let msg = if lost == c {
+                    format!("rank {rank}: rank {c} never joined; did all {n} ranks start?")
+                } else {
+                    format!(
+                        "rank {rank}: rank {lost} never joined (so rank {c} never sent the cards of ranks {range:?}); \
+                         did all {n} ranks start?"
+                    )
+                };
+                failed = Some((lost, absent(lost, msg)));
+                break;
+            }
             Err(e) => return Err(e),
         };
-        let range = subtree(c, n);
         s.set_read_timeout(Some(left(deadline)))
             .map_err(|e| Error::io("bootstrap: set a read timeout", e))?;
-        let got = decode(&mut s, range.clone()).map_err(|why| never_joined(c, &why))?;
-        cards.extend(got);
-        socks.push((c, s));
+        match read_frame(&mut s, range.clone()) {
+            Ok(got) => {
+                cards.extend(got);
+                socks.push((c, s));
+            }
+            Err(Bad::Absent(lost)) => {
+                let msg = format!(
+                    "rank {rank}: rank {lost} never joined (word from rank {c}); did all {n} ranks start?"
+                );
+                failed = Some((lost, absent(lost, msg)));
+                break;
+            }
+            Err(Bad::Why(why)) => {
+                let lost = missing(range.clone()).unwrap_or(c);
+                let msg = format!(
+                    "rank {rank}: the cards of ranks {range:?} did not arrive from rank {c} ({why}); \
+                     rank {lost} never joined? did all {n} ranks start?"
+                );
+                failed = Some((lost, absent(lost, msg)));
+                break;
+            }
+        }
+    }
+    if let Some((lost, e)) = failed {
+        // Tell the rest of the tree who is missing, so that every rank names it: the children
+        // already heard from, those whose connection is waiting (taking it no longer waits:
+        // the deadline has passed, or the failure was news from a child), and the parent.
+        let news = encode_absent(lost);
+        let quick = Duration::from_millis(500);
+        let heard: Vec<usize> = socks.iter().map(|(c, _)| *c).collect();
+        for &k in kids.iter().filter(|k| !heard.contains(k)) {
+            if Instant::now() < deadline {
+                break;
+            }
+            if let Ok(s) = take_child(k) {
+                socks.push((k, s));
+            }
+        }
+        for (_, mut s) in socks {
+            let _ = s
+                .set_write_timeout(Some(quick))
+                .and_then(|()| s.write_all(&news));
+        }
+        if let Some(p) = parent(rank) {
+            if let Ok(mut s) = dial_parent(p) {
+                let _ = s
+                    .set_write_timeout(Some(quick))
+                    .and_then(|()| s.write_all(&news));
+            }
+        }
+        return Err(e);
     }
     // Up to the parent, and everything back down from it.
     let all = match parent(rank) {
@@ -198,9 +276,28 @@ pub fn all_gather(
             s.set_write_timeout(Some(left(deadline)))
                 .and_then(|()| s.write_all(&encode(rank, &cards)))
                 .map_err(|e| lost(io_why(&e)))?;
-            s.set_read_timeout(Some(left(deadline)))
+            // A little past the deadline: when a rank is missing, the news of it leaves its
+            // parent at about the deadline and needs a few hops to get here.
+            s.set_read_timeout(Some(left(deadline) + NEWS_GRACE))
                 .map_err(|e| Error::io("bootstrap: set a read timeout", e))?;
-            decode(&mut s, 0..n).map_err(lost)?
+            match read_frame(&mut s, 0..n) {
+                Ok(all) => all,
+                Err(Bad::Absent(l)) => {
+                    let news = encode_absent(l);
+                    for (_, mut s) in socks {
+                        let _ = s
+                            .set_write_timeout(Some(Duration::from_millis(500)))
+                            .and_then(|()| s.write_all(&news));
+                    }
+                    return Err(absent(
+                        l,
+                        format!(
+                            "rank {rank}: rank {l} never joined (word from rank {p}); did all {n} ranks start?"
+                        ),
+                    ));
+                }
+                Err(Bad::Why(why)) => return Err(lost(why)),
+            }
         }
     };
     // Broadcast to the children.
@@ -347,17 +444,21 @@ mod tests {
     }
 
     #[test]
-    fn a_rank_that_never_joins_is_named() {
-        let out = run(6, Some(5));
-        // Rank 4 waits for its child 5: it names it.
-        match &out[4] {
-            Err(Error::Timeout { peer: Some(5), msg }) => assert!(msg.contains("rank 5"), "{msg}"),
-            other => panic!("rank 4: {other:?}"),
-        }
-        // Rank 0 waits for rank 4's subtree, which holds the absent rank.
-        match &out[0] {
-            Err(Error::Timeout { peer: Some(5), .. }) => {}
-            other => panic!("rank 0: {other:?}"),
+    fn a_rank_that_never_joins_is_named_by_every_rank() {
+        for (n, absent) in [(6, 5), (8, 5), (8, 1), (13, 12)] {
+            let out = run(n, Some(absent));
+            let present = (0..n).filter(|&r| r != absent);
+            for (r, got) in present.zip(out) {
+                match got {
+                    Err(Error::Timeout { peer: Some(p), msg }) if p == absent => {
+                        assert!(
+                            msg.contains(&format!("rank {absent} never joined")),
+                            "{msg}"
+                        )
+                    }
+                    other => panic!("n {n}, rank {absent} absent: rank {r} got {other:?}"),
+                }
+            }
         }
     }
 }
