@@ -985,9 +985,12 @@ impl Communicator {
         let nsocks = socks.len();
         let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
         let nslots = (2 * nsocks).max(4);
+        let rail = self
+            .link_rail(p)
+            .map_or(String::new(), |k| format!(", on rail {k}"));
         crate::info!(
             Some(self.rank),
-            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB",
+            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB{rail}",
             self.cards[p].host,
             self.cards[p].pid,
             self.cards[p].addr,

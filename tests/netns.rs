@@ -900,6 +900,15 @@ fn netns_two_rails_both_nics_carry_traffic() {
             "rank {r} should take interface {rail}\n{err}"
         );
     }
+    // The inter-host links run on the higher rank's rail.
+    for (r, p, rail) in [(0, 3, 1), (1, 2, 0)] {
+        let want = format!(":{r} oxccl INFO link to rank {p} ");
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&want) && l.ends_with(&format!("on rail {rail}"))),
+            "rank {r}'s link to rank {p} should be on rail {rail}\n{err}"
+        );
+    }
     for (h, ns) in topo.hosts.iter().enumerate() {
         for (dev, b) in before[h].iter().enumerate() {
             let moved = carried_bytes(ns, &format!("eth{dev}")) - b;

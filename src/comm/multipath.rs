@@ -139,6 +139,14 @@ impl Communicator {
         }
     }
 
+    /// Rail mode: the interface index a TCP link with `p` runs over (the higher rank's: the
+    /// lower dials it), for the log.
+    pub(super) fn link_rail(&self, p: usize) -> Option<usize> {
+        let (lo, hi) = (self.rank.min(p), self.rank.max(p));
+        self.paths.rail_of(lo)?;
+        self.paths.rail_of(hi)
+    }
+
     /// The dialing side of a TCP link to `p` (over every shared path when there are several).
     pub(super) fn dial_tcp(
         &self,
