@@ -1,7 +1,8 @@
 //! The communicator: the Rust API every user (and the C ABI) goes through.
 //!
-//! `init` meets the other ranks at the root's store, exchanges cards (address, host, pid) and
-//! agrees on a communicator id; links to peers are connected lazily, the first time a Program
+//! `init` meets the other ranks at the root's store, agrees on a communicator id and exchanges
+//! cards (address, host, pid) over a tree of the ranks (`bootstrap::exchange`: two store
+//! requests per rank); links to peers are connected lazily, the first time a Program
 //! needs them (lower rank dials). Each collective picks an algorithm (or honours OXCCL_ALGO),
 //! builds — or reuses — this rank's Program, and hands it to the executor. After any failure the
 //! communicator is revoked: later calls return the same error instead of hanging.
@@ -217,6 +218,8 @@ struct Card {
     shm: String,
     /// Whether the rank offers RDMA (`-`, `a:<device>`, `f:<device>`: see transport::rdma).
     rdma: String,
+    /// Its extra listening addresses (multi-path TCP; empty normally).
+    paths: Vec<SocketAddr>,
 }
 
 impl Card {
@@ -228,14 +231,16 @@ impl Card {
                 s.to_string()
             }
         };
+        let paths: Vec<String> = self.paths.iter().map(|a| a.to_string()).collect();
         format!(
-            "3 {} {} {} {} {} {} {}",
+            "4 {} {} {} {} {} {} {} {}",
             self.addr,
             self.pid,
             dash(&self.boot),
             dash(&self.netns),
             dash(&self.shm),
             dash(&self.rdma),
+            dash(&paths.join(",")),
             self.host
         )
         .into_bytes()
@@ -244,8 +249,8 @@ impl Card {
     fn decode(b: &[u8], rank: usize) -> Result<Card> {
         let bad = || Error::Internal(format!("rank {rank} published an unreadable card"));
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
-        let mut it = s.splitn(8, ' ');
-        if it.next() != Some("3") {
+        let mut it = s.splitn(9, ' ');
+        if it.next() != Some("4") {
             return Err(bad());
         }
         let addr = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
@@ -258,7 +263,12 @@ impl Card {
                 w.to_string()
             })
         };
-        let (boot, netns, shm, rdma) = (word()?, word()?, word()?, word()?);
+        let (boot, netns, shm, rdma, paths) = (word()?, word()?, word()?, word()?, word()?);
+        let paths = paths
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<Vec<SocketAddr>>>()?;
         let host = it.next().unwrap_or("").to_string();
         Ok(Card {
             addr,
@@ -268,6 +278,7 @@ impl Card {
             netns,
             shm,
             rdma,
+            paths,
         })
     }
 
@@ -383,6 +394,81 @@ fn route_to(root: SocketAddr) -> IpAddr {
         .and_then(|s| s.connect(root).and_then(|()| s.local_addr()))
         .map(|a| a.ip())
         .unwrap_or(root.ip())
+}
+
+/// Each rank's local rank: its index among the ranks of its host (boot id, host name and
+/// network namespace, as the cards say), in rank order.
+fn local_ranks(cards: &[Card]) -> Vec<usize> {
+    let mut seen: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    cards
+        .iter()
+        .map(|c| {
+            let k = seen
+                .entry((c.boot.as_str(), c.host.as_str(), c.netns.as_str()))
+                .or_insert(0);
+            *k += 1;
+            *k - 1
+        })
+        .collect()
+}
+
+/// The card exchange (see `bootstrap::exchange`): this rank publishes its card in the store
+/// (peers use it to dial; so do tools), reads only its parent's, and gets every other card from
+/// the ranks over the exchange tree. The store serves two requests per rank, whatever `nranks`.
+#[allow(clippy::too_many_arguments)]
+fn exchange_cards(
+    store: &mut StoreClient,
+    listener: &PeerListener,
+    me: &Card,
+    rank: usize,
+    nranks: usize,
+    secret: [u8; 16],
+    comm_id: u64,
+    deadline: Instant,
+) -> Result<Vec<Card>> {
+    let key = |r: usize| format!("comm/card/{r}");
+    store.set(&key(rank), &me.encode())?;
+    let store = std::cell::RefCell::new(store);
+    let raw = bootstrap::exchange::all_gather(
+        rank,
+        nranks,
+        me.encode(),
+        deadline,
+        |p| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let b = store.borrow_mut().get(&key(p), left).map_err(|e| match e {
+                Error::Timeout { msg, .. } => Error::Timeout {
+                    peer: Some(p),
+                    msg: format!(
+                        "rank {rank}: rank {p} never joined ({msg}); did all {nranks} ranks start?"
+                    ),
+                },
+                e => e,
+            })?;
+            let card = Card::decode(&b, p)?;
+            connect::dial_control(
+                card.addr,
+                &secret,
+                comm_id,
+                rank,
+                p,
+                connect::BOOTSTRAP_CHAN,
+                deadline,
+            )
+        },
+        |c| listener.take_control(c, connect::BOOTSTRAP_CHAN, deadline),
+        // Only on failure: which rank of a silent subtree never published its card.
+        |range| {
+            let mut st = store.borrow_mut();
+            range
+                .into_iter()
+                .find(|&r| st.check(&[&key(r)]).is_ok_and(|present| !present))
+        },
+    )?;
+    raw.iter()
+        .enumerate()
+        .map(|(r, b)| Card::decode(b, r))
+        .collect()
 }
 
 impl Communicator {
@@ -541,25 +627,22 @@ impl Communicator {
             rdma: rdma.as_ref().map_or(String::new(), |e| e.card_word()),
             #[cfg(not(feature = "rdma"))]
             rdma: String::new(),
+            paths: paths.extra_addrs(),
         };
-        store.set(&format!("comm/card/{rank}"), &me.encode())?;
-        paths.publish(&mut store, rank)?;
-        let mut cards = Vec::with_capacity(nranks);
-        for r in 0..nranks {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let b = store.get(&format!("comm/card/{r}"), left).map_err(|e| match e {
-                Error::Timeout { msg, .. } => Error::Timeout {
-                    peer: Some(r),
-                    msg: format!("rank {rank}: rank {r} never joined ({msg}); did all {nranks} ranks start?"),
-                },
-                e => e,
-            })?;
-            cards.push(Card::decode(&b, r)?);
+        let cards = exchange_cards(
+            &mut store, &listener, &me, rank, nranks, secret, comm_id, deadline,
+        )?;
+        paths.learn(
+            cards.iter().map(|c| c.paths.clone()).collect(),
+            local_ranks(&cards),
+        );
+        if let Some((k, addr)) = paths.my_rail(rank, listener.addr()) {
+            crate::info!(
+                Some(rank),
+                "rails (OXCCL_SOCKET_BIND=rail): local rank {} takes interface {k} of OXCCL_SOCKET_IFNAME, {addr}",
+                local_ranks(&cards)[rank]
+            );
         }
-        // Everyone has every card: after this barrier nobody needs the store to connect.
-        let left = deadline.saturating_duration_since(Instant::now());
-        bootstrap::store::barrier(&mut store, "comm/init", nranks, left)?;
-        paths.learn(&mut store, nranks)?;
         crate::info!(
             Some(rank),
             "init rank {rank} of {nranks}: transport {}, {} sockets per peer, {} KiB chunks, timeout {} ms, store {root}, listening on {}",
@@ -639,6 +722,14 @@ impl Communicator {
     /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// What the rendezvous store has served so far, on the rank that serves it (rank 0 when
+    /// it started the store; `None` elsewhere). The card exchange costs the store two requests
+    /// per rank (namespace `comm`), plus one for the communicator id; heartbeats count under
+    /// `live`.
+    pub fn store_stats(&self) -> Option<bootstrap::StoreStats> {
+        self._server.as_ref().map(StoreServer::stats)
     }
 
     /// The all-reduce algorithm policy, as tools print it (per call, ask
@@ -908,9 +999,12 @@ impl Communicator {
         let nsocks = socks.len();
         let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
         let nslots = (2 * nsocks).max(4);
+        let rail = self
+            .link_rail(p)
+            .map_or(String::new(), |k| format!(", on rail {k}"));
         crate::info!(
             Some(self.rank),
-            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB",
+            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB{rail}",
             self.cards[p].host,
             self.cards[p].pid,
             self.cards[p].addr,
@@ -934,6 +1028,7 @@ mod card_tests {
             netns: netns.into(),
             shm: shm.into(),
             rdma: String::new(),
+            paths: Vec::new(),
         }
     }
 
@@ -944,6 +1039,10 @@ mod card_tests {
             card("", "", "", ""),
             Card {
                 rdma: "a:mlx5_0:1".into(),
+                paths: vec![
+                    "10.0.0.1:7".parse().unwrap(),
+                    "[fe80::1]:8".parse().unwrap(),
+                ],
                 ..card("node 2", "b", "n", "s")
             },
         ] {
@@ -957,6 +1056,19 @@ mod card_tests {
         ] {
             assert!(Card::decode(bad, 3).is_err());
         }
+    }
+
+    #[test]
+    fn local_ranks_number_each_hosts_ranks_in_rank_order() {
+        // Cyclic placement over two hosts, and a third host in another namespace of host b.
+        let cards = [
+            card("a", "b1", "n1", "s"),
+            card("b", "b2", "n1", "s"),
+            card("a", "b1", "n1", "s"),
+            card("b", "b2", "n1", "s"),
+            card("b", "b2", "n2", "s"),
+        ];
+        assert_eq!(local_ranks(&cards), vec![0, 0, 1, 1, 0]);
     }
 
     #[test]

@@ -555,3 +555,10 @@ fn repeated_calls_of_alternating_shapes_are_correct() {
         }
     }
 }
+
+/// 128 thread-ranks, the default algorithm choice, every collective checked (issue 11: fan-out
+/// at scale must not break correctness).
+#[test]
+fn default_choice_128_thread_ranks_every_collective() {
+    run(128, test_cfg(120_000), &[DataType::F32], &[ReduceOp::Sum]);
+}

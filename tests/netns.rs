@@ -20,6 +20,9 @@
 //!   reached it first); with the direct algorithm (everyone waits on the victim directly) every
 //!   survivor must have waited for rank 2 (name it, or list it among whom it waited for).
 //!   Times to detection are printed.
+//! - `netns_two_rails_both_nics_carry_traffic`: 2 hosts x 2 ranks with 2 NICs each (one bridge
+//!   per rail), `OXCCL_SOCKET_BIND=rail`: results are right and both NICs of both hosts carry
+//!   the all-reduce (interface counters). `benches/multihost.sh` builds the same at any size.
 //!
 //! Needs root (it creates namespaces); where `ip netns add` is not permitted, or `ip` is
 //! missing, each test prints why and passes without running.
@@ -205,6 +208,68 @@ impl Topology {
         }
         Ok(t)
     }
+}
+
+impl Topology {
+    /// `hosts` hosts with `rails` NICs each: host i's `eth<j>` is 10.77.(j+1).(i+1)/24, plugged
+    /// into bridge `br<j>` of the switch namespace (one bridge per rail; the switch side of
+    /// rail 0 is 10.77.1.254, where the store listens). Every host reaches rail j of every
+    /// other host directly over its own `eth<j>`.
+    fn create_rails(tag: &str, hosts: usize, rails: usize) -> Result<Topology, String> {
+        let pid = std::process::id();
+        let switch = format!("oxsw-{pid}-{tag}");
+        ip(&["netns", "add", &switch])?;
+        let mut t = Topology {
+            hosts: Vec::new(),
+            switch,
+        };
+        let sw = t.switch.clone();
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        for j in 0..rails {
+            let br = format!("br{j}");
+            ip(&["-n", &sw, "link", "add", &br, "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", &br, "up"])?;
+        }
+        ip(&["-n", &sw, "addr", "add", "10.77.1.254/24", "dev", "br0"])?;
+        for i in 0..hosts {
+            let h = format!("oxr{i}-{pid}-{tag}");
+            ip(&["netns", "add", &h])?;
+            t.hosts.push(h.clone());
+            ip(&["-n", &h, "link", "set", "lo", "up"])?;
+            for j in 0..rails {
+                let (port, dev) = (format!("p{i}r{j}"), format!("eth{j}"));
+                ip(&[
+                    "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", &dev, "netns",
+                    &h,
+                ])?;
+                ip(&["-n", &sw, "link", "set", &port, "master", &format!("br{j}")])?;
+                ip(&["-n", &sw, "link", "set", &port, "up"])?;
+                let addr = format!("10.77.{}.{}/24", j + 1, i + 1);
+                ip(&["-n", &h, "addr", "add", &addr, "dev", &dev])?;
+                ip(&["-n", &h, "link", "set", &dev, "up"])?;
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Bytes interface `dev` of namespace `ns` has carried, sent plus received (kernel counters).
+fn carried_bytes(ns: &str, dev: &str) -> u64 {
+    ["tx_bytes", "rx_bytes"]
+        .iter()
+        .map(|c| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "cat"])
+                .arg(format!("/sys/class/net/{dev}/statistics/{c}"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("ip netns exec cat");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{c} of {dev} in {ns}: {out:?}"))
+        })
+        .sum()
 }
 
 /// Skips (printing why) unless namespaces can be made here.
@@ -485,6 +550,19 @@ impl Ranks {
         env: &[(&str, &str)],
         mode: &str,
     ) -> Ranks {
+        let one_per_host: Vec<usize> = (0..t.hosts.len()).collect();
+        Ranks::spawn_placed(t, &one_per_host, store, secret, env, mode)
+    }
+
+    /// Rank `i` runs on host `host_of[i]` (several ranks per host: a placement).
+    fn spawn_placed(
+        t: &Topology,
+        host_of: &[usize],
+        store: SocketAddr,
+        secret: &[u8; 16],
+        env: &[(&str, &str)],
+        mode: &str,
+    ) -> Ranks {
         let exe = std::env::current_exe().unwrap();
         let (tx, lines) = mpsc::channel();
         let (etx, errs) = mpsc::channel();
@@ -494,14 +572,15 @@ impl Ranks {
             errs,
             stderr: Vec::new(),
         };
-        for (i, ns) in t.hosts.iter().enumerate() {
+        for (i, &h) in host_of.iter().enumerate() {
+            let ns = &t.hosts[h];
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", ns])
                 .arg(&exe)
                 .args(["--exact", "netns_child", "--nocapture", "--test-threads=1"])
                 .env(CHILD_MARKER, mode)
                 .env("OXCCL_RANK", i.to_string())
-                .env("OXCCL_WORLD_SIZE", t.hosts.len().to_string())
+                .env("OXCCL_WORLD_SIZE", host_of.len().to_string())
                 .env("OXCCL_ROOT", store.to_string())
                 .env("OXCCL_ROOT_EXTERNAL", "1")
                 .env("OXCCL_SECRET", secret_hex(secret))
@@ -616,6 +695,7 @@ fn netns_child() {
         "impair" => child_impair(),
         "cut" => child_cut(),
         "mpath" => child_mpath(),
+        "rails" => child_rails(),
         m => Err(format!("unknown mode {m}")),
     };
     if let Err(e) = r {
@@ -721,8 +801,127 @@ fn child_mpath() -> Result<(), String> {
     Ok(())
 }
 
+/// Checked all-reduces of 4 MiB, all-gathers and a broadcast; prints `DONE`.
+fn child_rails() -> Result<(), String> {
+    let comm = Communicator::from_env().map_err(|e| format!("init: {e}"))?;
+    let (n, r) = (comm.size(), comm.rank());
+    for iter in 0..4usize {
+        let mut v: Vec<f32> = (0..1 << 20).map(|j| ((j + iter + r) % 13) as f32).collect();
+        comm.all_reduce(&mut v, ReduceOp::Sum)
+            .map_err(|e| format!("all-reduce: {e}"))?;
+        for (j, x) in v.iter().enumerate() {
+            let want: usize = (0..n).map(|q| (j + iter + q) % 13).sum();
+            if *x != want as f32 {
+                return Err(format!("all-reduce {iter}: [{j}] = {x}, want {want}"));
+            }
+        }
+        let mut g = vec![0u32; n * 100_000];
+        comm.all_gather(&vec![(r + iter) as u32; 100_000], &mut g)
+            .map_err(|e| format!("all-gather: {e}"))?;
+        if (0..n).any(|q| {
+            g[q * 100_000..(q + 1) * 100_000]
+                .iter()
+                .any(|&x| x != (q + iter) as u32)
+        }) {
+            return Err("all-gather: wrong data".into());
+        }
+        let root = iter % n;
+        let mut b = vec![if r == root { iter as u64 + 7 } else { 0 }; 100_000];
+        comm.broadcast(&mut b, root)
+            .map_err(|e| format!("broadcast: {e}"))?;
+        if b.iter().any(|&x| x != iter as u64 + 7) {
+            return Err(format!("broadcast from {root}: wrong data"));
+        }
+    }
+    println!("DONE");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests.
+
+/// Rails: 2 hosts x 2 ranks, 2 NICs per host (one bridge per rail), `OXCCL_SOCKET_IFNAME=eth0,eth1`
+/// with `OXCCL_SOCKET_BIND=rail`: local rank r is reached on `eth<r>`. Block placement, ring
+/// all-reduce: the inter-host links are 1-2 (to rank 2, local rank 0: rail 0) and 0-3 (to rank
+/// 3, local rank 1: rail 1), so both NICs of both hosts must carry traffic (interface
+/// counters, sent plus received: a ring sends one way on each link), and every result must be
+/// right. (`benches/multihost.sh` is the full-size bench.)
+#[test]
+fn netns_two_rails_both_nics_carry_traffic() {
+    if std::env::var(CHILD_MARKER).is_ok() || !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let t_start = Instant::now();
+    let topo = Topology::create_rails("rails", 2, 2).expect("topology");
+    let (_store, addr, secret) = serve_store(&topo.switch, "10.77.1.254");
+    let before: Vec<[u64; 2]> = topo
+        .hosts
+        .iter()
+        .map(|h| [carried_bytes(h, "eth0"), carried_bytes(h, "eth1")])
+        .collect();
+    let mut ranks = Ranks::spawn_placed(
+        &topo,
+        &[0, 0, 1, 1],
+        addr,
+        &secret,
+        &[
+            ("OXCCL_TRANSPORT", "auto"),
+            ("OXCCL_SOCKET_IFNAME", "eth0,eth1"),
+            ("OXCCL_SOCKET_BIND", "rail"),
+            (
+                "OXCCL_ALGO",
+                "allreduce:ring,allgather:ring,broadcast:chain",
+            ),
+            ("OXCCL_TIMEOUT_MS", "20000"),
+            ("OXCCL_DEBUG", "INFO"),
+        ],
+        "rails",
+    );
+    let codes = ranks.wait(Instant::now() + Duration::from_secs(120));
+    let err = ranks.stderr();
+    assert!(
+        codes.iter().all(|c| *c == Some(0)),
+        "exit codes {codes:?}\n{err}"
+    );
+    // The children have exited; their reader threads end at EOF, so this ends.
+    let mut done = 0;
+    let mut out = String::new();
+    while let Ok((r, l, _)) = ranks.lines.recv_timeout(Duration::from_secs(10)) {
+        done += usize::from(l.ends_with("DONE"));
+        out.push_str(&format!("{r}: {l}\n"));
+    }
+    assert_eq!(done, 4, "every rank reports DONE\n{out}\n{err}");
+    for (r, rail) in [(0, 0), (1, 1), (2, 0), (3, 1)] {
+        let want = format!("local rank {} takes interface {rail} ", r % 2);
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&want) && l.contains(&format!(":{r} "))),
+            "rank {r} should take interface {rail}\n{err}"
+        );
+    }
+    // The inter-host links run on the higher rank's rail.
+    for (r, p, rail) in [(0, 3, 1), (1, 2, 0)] {
+        let want = format!(":{r} oxccl INFO link to rank {p} ");
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&want) && l.ends_with(&format!("on rail {rail}"))),
+            "rank {r}'s link to rank {p} should be on rail {rail}\n{err}"
+        );
+    }
+    for (h, ns) in topo.hosts.iter().enumerate() {
+        for (dev, b) in before[h].iter().enumerate() {
+            let moved = carried_bytes(ns, &format!("eth{dev}")) - b;
+            println!("host {h} eth{dev}: {moved} bytes sent and received");
+            // Four 4 MiB ring all-reduces move 4 x 2 x 3/4 x 4 MiB over each inter-host link.
+            assert!(
+                moved > 16 << 20,
+                "host {h} eth{dev} carried only {moved} bytes: the rail carried no traffic"
+            );
+        }
+    }
+    println!("rails test took {:.1?}", t_start.elapsed());
+}
 
 #[test]
 fn netns_impaired_links_give_correct_results() {

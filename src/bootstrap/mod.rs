@@ -9,6 +9,8 @@
 //! - [`store`]: the rendezvous key-value store rank 0 serves ([`StoreServer`]) and every rank
 //!   uses ([`StoreClient`], [`barrier`]); every wait has a deadline and every length read from
 //!   the network is bounded before anything is allocated.
+//! - [`exchange`]: the card exchange, an all-gather of every rank's card over a binomial tree
+//!   of the ranks (the store serves two small requests per rank, not n).
 //! - [`net`]: choosing the local address to listen on (`OXCCL_SOCKET_IFNAME`).
 //!
 //! ```
@@ -24,6 +26,7 @@
 //! ```
 
 pub mod env;
+pub mod exchange;
 pub mod handshake;
 pub mod id;
 pub mod net;
@@ -32,4 +35,4 @@ pub mod store;
 pub use env::{EnvInfo, discover, discover_from};
 pub use handshake::{PURPOSE_PEER, PURPOSE_STORE};
 pub use id::{UNIQUE_ID_BYTES, UniqueId, parse_secret_hex, secret_hex};
-pub use store::{StoreClient, StoreServer, barrier};
+pub use store::{StoreClient, StoreServer, StoreStats, barrier};

@@ -178,6 +178,19 @@ pub fn shutdown_fd(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Deepens a listening socket's accept queue to `backlog` (the kernel caps it at
+/// net.core.somaxconn). The standard library listens with 128: when a thousand ranks connect
+/// at once the rest of their SYNs are dropped and retried a second or more later.
+pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on the descriptor of a listener we borrow (so it is open); calling it
+    // again on a listening socket only changes the queue's length.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets SO_SNDBUF and SO_RCVBUF on a socket (the kernel may clamp them to net.core.*mem_max).
 pub fn set_socket_buffers(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
     let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;

@@ -90,6 +90,10 @@ impl PeerListener {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("peer listener address", e))?;
+        // A rank may be dialed by every other at once (direct, all-to-all, several sockets
+        // each): a deep queue instead of dropped SYNs retried a second later.
+        crate::sys::set_listen_backlog(&listener, 4096)
+            .map_err(|e| Error::io(format!("rank {rank}: peer listener accept queue"), e))?;
         let listener = Arc::new(listener);
         let pending: Pending = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -321,6 +325,8 @@ pub fn dial_paths(
 /// `Hello::nsocks` of a control connection (used by shrink's agreement), not a link socket.
 pub const CONTROL: u32 = u32::MAX;
 const CONTROL_BASE: u32 = 1 << 24;
+/// The control channel of the bootstrap's card exchange (shrink numbers its channels from 0).
+pub const BOOTSTRAP_CHAN: u32 = 0x7f00_0000;
 
 /// Dials one authenticated control connection (channel `chan`) to rank `to` at `addr`.
 pub fn dial_control(

@@ -331,6 +331,12 @@ impl ShmLink {
             s.set_nonblocking(true)
                 .map_err(|e| Error::io("set nonblocking on the shm liveness socket", e))?;
         }
+        let writer = Writer::for_socket(sock.as_ref());
+        let peer_pid = sock.as_ref().and_then(|s| sys::peer_pid(s.as_raw_fd()));
+        // A peer that is a thread of this process cannot exit without us, and closes or aborts
+        // through the segment's state: its socket would only cost a descriptor per link, which
+        // is what keeps hundreds of thread-ranks inside one process's descriptor limit.
+        let sock = sock.filter(|_| peer_pid.is_none_or(|pid| pid as u32 != std::process::id()));
         let geo = seg.geometry();
         let (tx_tail, tx_posts, tx_slots) = seg.ring(side);
         let (rx_tail, rx_posts, rx_slots) = seg.ring(1 - side);
@@ -343,10 +349,8 @@ impl ShmLink {
             rx_tail,
             rx_posts,
             rx_slots,
-            writer: Writer::for_socket(sock.as_ref()),
-            pidfd: sock
-                .as_ref()
-                .and_then(|s| sys::peer_pid(s.as_raw_fd()))
+            writer,
+            pidfd: peer_pid
                 .filter(|&pid| pid as u32 != std::process::id())
                 .and_then(|pid| sys::pidfd_open(pid).ok()),
             posted: Posted::default(),

@@ -35,7 +35,7 @@ mod client;
 mod server;
 
 pub use client::StoreClient;
-pub use server::StoreServer;
+pub use server::{StoreServer, StoreStats};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_LEN: usize = 4 << 10;

@@ -1,6 +1,6 @@
 //! The store server: accepts on a background thread, one thread per connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 /// How long the server waits for a client to take a reply before dropping the connection.
 const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The accept queue asked for (the kernel caps it at net.core.somaxconn).
+const ACCEPT_BACKLOG: i32 = 4096;
+
 /// Stack of a connection thread: it only parses frames and copies values on the heap.
 const CONN_STACK: usize = 256 << 10;
 
@@ -30,10 +33,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Data {
     map: HashMap<Vec<u8>, Vec<u8>>,
     stopped: bool,
+    /// Requests served, per key namespace (see [`StoreStats`]).
+    counts: HashMap<Vec<u8>, u64>,
+}
+
+/// What a store has served so far: how to see that the bootstrap's load on the root grows
+/// linearly with the rank count (`Communicator::store_stats`, `tests/scale.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Connections accepted (authenticated or not).
+    pub connections: u64,
+    /// Requests answered, all kinds.
+    pub requests: u64,
+    /// Requests per key namespace: the key up to its first `/` (`comm` for the card exchange,
+    /// `live` for heartbeats); for WAIT and CHECK, the first key of the list.
+    pub by_namespace: BTreeMap<String, u64>,
+}
+
+impl StoreStats {
+    /// Requests under namespace `ns` (0 if none).
+    pub fn under(&self, ns: &str) -> u64 {
+        self.by_namespace.get(ns).copied().unwrap_or(0)
+    }
+}
+
+/// Namespaces counted separately; the rest are counted together as `(other)`.
+const MAX_NAMESPACES: usize = 64;
+
+/// The namespace a request is counted under.
+fn namespace(req: &Request) -> &[u8] {
+    let key: &[u8] = match req.op {
+        OP_WAIT | OP_CHECK => parse_key_list(&req.value)
+            .and_then(|k| k.first().copied())
+            .unwrap_or(b""),
+        _ => &req.key,
+    };
+    key.split(|&b| b == b'/').next().unwrap_or(b"")
 }
 
 struct Conns {
     closed: bool,
+    /// Connections accepted so far (the next connection's id).
     next_id: u64,
     streams: HashMap<u64, TcpStream>,
     threads: Vec<JoinHandle<()>>,
@@ -79,6 +119,9 @@ impl StoreServer {
         listener
             .set_nonblocking(false)
             .map_err(|e| Error::io("configuring the store listener", e))?;
+        // Every rank connects at init, all at once.
+        crate::sys::set_listen_backlog(&listener, ACCEPT_BACKLOG)
+            .map_err(|e| Error::io("deepening the store listener's accept queue", e))?;
         let shared = Arc::new(Shared {
             secret,
             handshake_timeout,
@@ -86,6 +129,7 @@ impl StoreServer {
             data: Mutex::new(Data {
                 map: HashMap::new(),
                 stopped: false,
+                counts: HashMap::new(),
             }),
             changed: Condvar::new(),
             conns: Mutex::new(Conns {
@@ -115,6 +159,21 @@ impl StoreServer {
     /// The address the store listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections and requests served so far.
+    pub fn stats(&self) -> StoreStats {
+        let connections = lock(&self.shared.conns).next_id;
+        let d = lock(&self.shared.data);
+        StoreStats {
+            connections,
+            requests: d.counts.values().sum(),
+            by_namespace: d
+                .counts
+                .iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), *v))
+                .collect(),
+        }
     }
 }
 
@@ -323,6 +382,17 @@ fn wait_until(
 }
 
 fn handle(shared: &Shared, req: &Request) -> (u8, Vec<u8>) {
+    {
+        let mut d = lock(&shared.data);
+        // A bounded table: namespaces past the first 64 share one entry.
+        let ns = namespace(req);
+        let ns = if d.counts.len() < MAX_NAMESPACES || d.counts.contains_key(ns) {
+            ns
+        } else {
+            b"(other)"
+        };
+        *d.counts.entry(ns.to_vec()).or_insert(0) += 1;
+    }
     match req.op {
         OP_SET => {
             lock(&shared.data)

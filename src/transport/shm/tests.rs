@@ -13,10 +13,15 @@ mod support {
         let b0_for_1 = Doorbell::open(b0.clone_fd().unwrap()).unwrap();
         let b1_for_0 = Doorbell::open(b1.clone_fd().unwrap()).unwrap();
         let (s0, s1) = UnixStream::pair().unwrap();
-        (
+        let (k0, k1) = (s0.try_clone().unwrap(), s1.try_clone().unwrap());
+        let (mut a, mut b) = (
             ShmLink::new(1, 0, seg0, b0, b1_for_0, Some(s0)).unwrap(),
             ShmLink::new(0, 1, seg1, b1, b0_for_1, Some(s1)).unwrap(),
-        )
+        );
+        // A link to a thread of this process keeps no socket; these ends play two processes
+        // (tests close a socket to play a peer process dying), so they keep theirs.
+        (a.sock, b.sock) = (Some(k0), Some(k1));
+        (a, b)
     }
 }
 
