@@ -119,18 +119,17 @@ fn bootstrap_and_all_reduce(n: usize, limit: Duration) -> Outcome {
         oxccl::comm::DEFAULT_CHUNK / 4,
     );
     let pick = oxccl::tune::choose(&shape, 4096, n);
-    let mut cfg = Config::default();
-    if pick == Algorithm::Direct && n > 64 {
-        // `direct` opens n - 1 links per rank: n² descriptors, past any limit at this scale.
-        // Keeping it out of the defaults at large n is the tuner's half of issue 11 (bounded
-        // fan-out); until the tuner does, this test runs the ring so that it still checks the
-        // bootstrap, lazy links and the descriptor budget, and says so.
-        println!(
-            "NOTE: the tuner's default all-reduce for 4 KiB on {n} ranks is `direct` (n - 1 links \
-             per rank); running `ring` instead: the default is not what is tested here"
-        );
-        cfg.algo = Some("allreduce:ring".into());
-    }
+    // `direct` would open n - 1 links per rank (n² descriptors): the tuner keeps it out of the
+    // defaults beyond 32 ranks, and this test runs the default.
+    assert!(
+        n <= 32 || pick != Algorithm::Direct,
+        "the default all-reduce on {n} ranks is `direct`"
+    );
+    println!(
+        "{n} ranks: the default all-reduce of 4 KiB is {}",
+        pick.name()
+    );
+    let cfg = Config::default();
     let base = (count_fds(), count_threads());
     let peak = Peak::start();
     let t0 = Instant::now();
