@@ -36,10 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::transport::connect::{self, PeerListener};
-
-/// The control channel of liveness connections (see `connect::dial_control`).
-const CHAN: u32 = 0x00ff_fff0;
+use crate::transport::connect::{self, LIVENESS_CHAN as CHAN, PeerListener};
 
 /// Frame kinds on a liveness connection.
 const BEAT: u8 = b'B';

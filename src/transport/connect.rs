@@ -327,6 +327,8 @@ pub const CONTROL: u32 = u32::MAX;
 const CONTROL_BASE: u32 = 1 << 24;
 /// The control channel of the bootstrap's card exchange (shrink numbers its channels from 0).
 pub const BOOTSTRAP_CHAN: u32 = 0x7f00_0000;
+/// The control channel of the liveness ring (`comm::liveness`).
+pub const LIVENESS_CHAN: u32 = 0x7e00_0000;
 
 /// Dials one authenticated control connection (channel `chan`) to rank `to` at `addr`.
 pub fn dial_control(
