@@ -141,6 +141,8 @@ _PROTOTYPES = {
     "oxcclIBarrier": [_vp, _req_p],
     "oxcclGroupStart": [],
     "oxcclGroupEnd": [],
+    "oxcclGroupEndAsync": [_req_p],
+    "oxcclWaitTimeout": [_vp, _int],
     "oxcclWait": [_vp],
     "oxcclTest": [_vp, _c_int_p],
     "oxcclRequestFree": [_vp],
