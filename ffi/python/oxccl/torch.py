@@ -190,11 +190,13 @@ class _Req:
         return futs
 
     def _fire(self, futs):
-        for fut, value in futs:
-            if self.err is None:
-                fut.set_result(value)
-            else:
-                fut.set_exception(self.err)
+        for fut in futs:
+            fut.set_result(None)  # its .then callback (_outcome) gives the value or raises
+
+    def outcome(self, value):
+        if self.err is not None:
+            raise self.err
+        return value
 
     def test(self):
         """True when done (without blocking)."""
@@ -210,15 +212,23 @@ class _Req:
         self.complete()
         return True
 
-    def add_future(self, fut, value):
+    def future(self, value):
+        """A future completed with ``value`` when the request succeeds, or with its error.
+
+        (Made by ``.then`` on a plain future: torch's ``Future.set_exception`` stores the
+        exception as a value, which DDP's reducer would read as tensors; an error raised in a
+        callback is a real error of the future, seen as such by C++.)"""
+        trigger = torch.futures.Future()
+        fut = trigger.then(lambda _f: self.outcome(value))
         with self.lock:
             if not self.done:
                 if self.futs is None:
                     self.futs = []
                     self.progress.push(self)
-                self.futs.append((fut, value))
-                return
-        self._fire([(fut, value)])
+                self.futs.append(trigger)
+                return fut
+        trigger.set_result(None)
+        return fut
 
     def __del__(self):
         h = self.h
@@ -319,13 +329,12 @@ class Work(dist._Work):
         return None if r is None or not r.test() else r.err
 
     def get_future(self):
-        fut = torch.futures.Future()
         r = self._r
         if r is None:
+            fut = torch.futures.Future()
             fut.set_result(self._out)
-        else:
-            r.add_future(fut, self._out)
-        return fut
+            return fut
+        return r.future(self._out)
 
     def result(self):
         return self._out
