@@ -171,6 +171,24 @@ def lib():
     return _lib
 
 
+_raw_handle = None
+
+
+def raw(name):
+    """``name`` with no argtypes (from a second handle on the same library): the caller passes
+    ctypes objects (``c_void_p``, ``c_size_t``) and ints that fit a C int, and ctypes skips its
+    per-argument conversion, which costs more than the call itself for a small message. Only for
+    the package's hot paths, which build exactly those arguments."""
+    global _raw_handle
+    if _raw_handle is None:
+        with _lock:
+            if _raw_handle is None:
+                _raw_handle = ctypes.CDLL(library_path())
+    f = getattr(_raw_handle, name)
+    f.restype = ctypes.c_int
+    return f
+
+
 def library_path():
     """The path of the loaded liboxccl.so."""
     lib()

@@ -56,6 +56,9 @@ _GroupStart, _GroupEnd, _GroupEndAsync = _L.oxcclGroupStart, _L.oxcclGroupEnd, _
 _Wait, _WaitTimeout, _Test, _Free = _L.oxcclWait, _L.oxcclWaitTimeout, _L.oxcclTest, _L.oxcclRequestFree
 _byref = ctypes.byref
 _void_p = ctypes.c_void_p
+_size_t = ctypes.c_size_t
+# The hot path's forms without ctypes' argument conversion (see _lib.raw).
+_rAllReduce, _rIAllReduce = _lib.raw("oxcclAllReduce"), _lib.raw("oxcclIAllReduce")
 
 # oxcclDataType_t by torch dtype.
 _DT = {
@@ -583,14 +586,19 @@ class OxcclBackend(_C10dBackend):
             t = tensors[0]
             code = _DT.get(t.dtype)
             opc = _OPS.get(op.op)
-            if code is not None and opc is not None and t.is_contiguous() and t.is_cpu and self._coalescing is None:
-                h = self._handle()
-                p = t.data_ptr()
+            h = self._h
+            if code is not None and opc is not None and t.is_contiguous() and t.is_cpu and h is not None and self._coalescing is None:
+                p = _void_p(t.data_ptr())
+                n = _size_t(t.numel())
                 if not opts.asyncOp:
-                    _check(_AllReduce(p, p, t.numel(), code, opc, h), "allreduce")
+                    rc = _rAllReduce(p, p, n, code, opc, h)
+                    if rc:
+                        raise _error(rc, "allreduce")
                     return Work(None, tensors)
                 req = _void_p()
-                _check(_IAllReduce(p, p, t.numel(), code, opc, h, _byref(req)), "allreduce")
+                rc = _rIAllReduce(p, p, n, code, opc, h, _byref(req))
+                if rc:
+                    raise _error(rc, "allreduce")
                 return Work(_Req(req, tensors, (), "allreduce", self._progress), tensors)
         return self._allreduce(tensors, op, opts.asyncOp, "allreduce")
 
