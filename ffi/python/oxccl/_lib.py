@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import threading
 
@@ -65,15 +66,26 @@ def _candidates():
     return out
 
 
+def _bundled():
+    """The liboxccl built into this package by ``pip install`` (setup.py), if any."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "liboxccl*.so")))
+    return found[0] if found else None
+
+
 def find_library():
     """The path of the liboxccl.so to load: ``$OXCCL_LIBRARY`` when set (an explicit choice wins),
-    else the most recently built ``target/{release,debug}/liboxccl.so`` of the repository this
-    package or the working directory is in, else the system's ``liboxccl.so``."""
+    else the one ``pip install`` built into this package, else the most recently built
+    ``target/{release,debug}/liboxccl.so`` of the repository this package or the working
+    directory is in, else the system's ``liboxccl.so``."""
     env = os.environ.get("OXCCL_LIBRARY")
     if env:
         if not os.path.isfile(env):
             raise OSError("OXCCL_LIBRARY=%s: no such file" % env)
         return env
+    bundled = _bundled()
+    if bundled:
+        return bundled
     found = _candidates()
     if found:
         return max(found, key=os.path.getmtime)
