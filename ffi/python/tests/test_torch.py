@@ -71,6 +71,12 @@ def test_every_collective(n):
     assert out.count("torch collectives ok") == n, out
 
 
+def test_subgroup_split_from_the_parent():
+    code, out = run(3, worker("torch_split.py"))
+    assert code == 0, out
+    assert out.count("split ok") == 3, out
+
+
 def test_ddp_matches_gloo():
     code, out = run(2, worker("torch_train.py"), "ddp")
     assert code == 0, out
