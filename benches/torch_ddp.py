@@ -9,7 +9,8 @@ ddp      DDP step time (zero_grad, forward, backward, SGD step) of an 8.4M-param
          (8 x Linear(1024,1024)+ReLU, Linear(1024,10)), batch 32, one torch thread per rank, with
          the "oxccl" and "gloo" backends in the same processes, same model and data: rounds of
          STEPS steps back to back alternate between the two; a round's time per step is the
-         slowest rank's; the median round of each backend is reported.
+         slowest rank's; the median round of each backend is reported, and the median ratio of
+         each oxccl round to the gloo round after it.
 percall  an 8-byte float32 sum all-reduce on 2 ranks in a loop (20,000 iterations a round):
          through torch (dist.all_reduce on a 2-element tensor, "oxccl" backend), through the bare
          Python binding (comm.all_reduce on a numpy array, in place), through mpi4py
@@ -76,6 +77,7 @@ def _rank_ddp(args):
         opt.step()
 
     times = {k: [] for k in runs}
+    cpu = {k: 0.0 for k in runs}
     for name, (m, opt) in runs.items():  # warm-up
         for _ in range(3):
             step(m, opt)
@@ -84,10 +86,12 @@ def _rank_ddp(args):
             # A round: STEPS steps back to back (the all-reduces keep the ranks in step, as in
             # training); its time per step is the slowest rank's.
             dist.barrier()
+            c = time.process_time()
             t = time.perf_counter()
             for _ in range(args.steps):
                 step(m, opt)
             d = torch.tensor([(time.perf_counter() - t) / args.steps], dtype=torch.float64)
+            cpu[name] += time.process_time() - c
             dist.all_reduce(d, op=dist.ReduceOp.MAX)
             times[name].append(d.item())
     # Both models saw the same data from the same start: the same weights (as a check).
@@ -95,13 +99,22 @@ def _rank_ddp(args):
         (a - b).abs().max().item()
         for a, b in zip(runs["oxccl"][0].parameters(), runs["gloo"][0].parameters())
     )
+    # CPU time (all of this process's threads) per step: what the step costs the machine,
+    # which the load of other programs on a shared machine changes much less than wall time.
+    cpu_ms = torch.tensor([cpu[k] / (args.rounds * args.steps) * 1e3 for k in runs], dtype=torch.float64)
+    dist.all_reduce(cpu_ms, op=dist.ReduceOp.AVG)
     if rank == 0:
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        # Each oxccl round next to the gloo round right after it: the load of other programs
+        # changes slowly, so the median of these paired ratios is the steadiest figure.
+        pairs = sorted(a / b for a, b in zip(times["oxccl"], times["gloo"]))
         print(
             "DDP %d ranks, %.2fM params, batch %d, %d rounds of %d steps per backend: median step "
-            "oxccl %.1f ms, gloo %.1f ms, ratio %.2f  (max |w_oxccl - w_gloo| = %.2g)"
+            "oxccl %.1f ms, gloo %.1f ms; paired ratio oxccl/gloo median %.2f (quartiles %.2f-%.2f)"
+            "; CPU per step and rank oxccl %.1f ms, gloo %.1f ms  (max |w_oxccl - w_gloo| = %.2g)"
             % (n, nparams / 1e6, args.batch, args.rounds, args.steps, med["oxccl"], med["gloo"],
-               med["oxccl"] / med["gloo"], diff),
+               statistics.median(pairs), pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4],
+               cpu_ms[0].item(), cpu_ms[1].item(), diff),
             flush=True,
         )
     dist.destroy_process_group()
@@ -210,8 +223,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", nargs="?", default="all", choices=["all", "ddp", "percall", "_rank_ddp", "_rank_percall"])
     ap.add_argument("-n", type=int, default=0, help="ranks for ddp (default: 2 and 4)")
-    ap.add_argument("--steps", type=int, default=10, help="ddp steps per round and backend")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=3, help="ddp steps per round and backend")
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=20000, help="percall iterations per round")
     args = ap.parse_args()

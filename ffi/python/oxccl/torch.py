@@ -290,16 +290,16 @@ class _Progress:
             except Exception:  # noqa: BLE001 - recorded in the request; nothing to raise to
                 pass
 
-    def stop(self):
+    def stop(self, join=True):
         with self.cv:
             t = self.thread
             if t is None:
                 return
             self.q.append(None)
             self.cv.notify()
-        if t is not threading.current_thread():
+            self.thread = None
+        if join and t is not threading.current_thread():
             t.join()
-        self.thread = None
 
 
 _reaper = _Progress("oxccl-reaper")
@@ -902,7 +902,8 @@ class OxcclBackend(_C10dBackend):
         """Frees the communicator without waiting for peers (they see this rank as lost)."""
         h, self._h = self._h, None
         if h is not None:
-            self._comm.abort()
+            self._comm.abort()  # pending calls fail at once; the progress thread then ends
+            self._progress.stop(join=False)
 
     def __del__(self):
         try:

@@ -295,6 +295,29 @@ for t in tensors:
 for i, f in enumerate(futs):
     eq(f.wait(), 2 * functools.reduce(torch.add, [value(r, torch.float32, (1000,), salt=i) for r in range(n)]), "future chain %d" % i)
 
+# Work.wait(timeout): a call still running when the timeout passes raises and stays valid; the
+# store (not a sleep) makes rank 1 join only after rank 0 saw its wait time out.
+from datetime import timedelta
+
+store = dist.distributed_c10d._get_default_store()
+if n > 1:
+    t = torch.ones(4)
+    if rank == 0:
+        w = dist.all_reduce(t, async_op=True)
+        try:
+            w.wait(timedelta(milliseconds=200))
+            raise AssertionError("wait(200 ms) returned before rank 1 joined")
+        except dist.DistBackendError as e:
+            assert "still running" in str(e), e
+        store.set("oxccl_test/go", "1")
+        assert w.wait(timedelta(seconds=30))
+    else:
+        if rank == 1:
+            store.wait(["oxccl_test/go"], timedelta(seconds=30))
+        w = dist.all_reduce(t, async_op=True)
+        assert w.wait(timedelta(seconds=30))
+    eq(t, torch.full((4,), float(n)), "all_reduce after a timed-out wait")
+
 # Works dropped before they finish: the backend keeps their memory until done.
 for _ in range(5):
     dist.all_reduce(torch.ones(10000), async_op=True)

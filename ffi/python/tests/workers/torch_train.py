@@ -129,6 +129,11 @@ elif mode == "kill":
         assert "rank %d" % victim in msg, "rank %d: the error does not name rank %d: %s" % (rank, victim, msg)
         assert took < 5 + 5, "rank %d: the error took %.1f s" % (rank, took)
         print("rank %d: DistBackendError after %.2f s: %s" % (rank, took, msg.splitlines()[0][:300]), flush=True)
+    be = dist.group.WORLD._get_backend(torch.device("cpu"))
+    t1 = time.monotonic()
+    dist.group.WORLD.abort()  # the backend's abort: frees the communicator without waiting
+    assert be.communicator._h is None, "rank %d: abort did not reach the backend" % rank
+    assert time.monotonic() - t1 < 5, "rank %d: abort took %.1f s" % (rank, time.monotonic() - t1)
     print("rank %d: kill ok" % rank, flush=True)
     os._exit(0)  # the group is broken: no orderly shutdown to wait for
 else:
