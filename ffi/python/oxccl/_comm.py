@@ -5,6 +5,7 @@ import ctypes
 import threading
 
 from . import _buffers, _lib
+from ._buffers import fast as _fast
 from ._lib import (
     CONFIG_MAGIC,
     CONFIG_UNDEF_INT,
@@ -397,16 +398,17 @@ class Communicator:
         (``op``: sum, prod, max, min, avg) of every rank's ``buf``."""
         if dtype is None and not async_op:
             # The fast path: no Buf, no strings; the general one below explains any refusal.
-            h, opc = self._h, _opc(op)
+            h = self._h
+            opc = _OPC.get(op) if op.__class__ is str else _opc(op)
             if h is not None and opc is not None and not _group.depth:
-                f = _buffers.fast(buf, True)
+                f = _fast(buf, True)
                 if f is not None:
                     if out is None or out is buf:
                         rc = _AllReduce(f[0], f[0], f[1], f[2], opc, h)
                         if rc:
                             check(rc)
                         return buf
-                    g = _buffers.fast(out, True)
+                    g = _fast(out, True)
                     if g is not None and g[2] == f[2] and g[1].value == f[1].value:
                         rc = _AllReduce(f[0], g[0], f[1], f[2], opc, h)
                         if rc:
@@ -423,7 +425,7 @@ class Communicator:
     def broadcast(self, buf, root=0, *, dtype=None, async_op=False):
         """Every rank's ``buf`` becomes the root's ``buf`` (in place)."""
         if dtype is None and not async_op and self._h is not None and not _group.depth:
-            f = _buffers.fast(buf, True)
+            f = _fast(buf, True)
             if f is not None and root.__class__ is int and 0 <= root < 2**31:
                 rc = _Broadcast(f[0], f[0], f[1], f[2], root, self._h)
                 if rc:
