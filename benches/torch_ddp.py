@@ -10,7 +10,8 @@ ddp      DDP step time (zero_grad, forward, backward, SGD step) of an 8.4M-param
          the "oxccl" and "gloo" backends in the same processes, same model and data: rounds of
          STEPS steps back to back alternate between the two; a round's time per step is the
          slowest rank's; the median round of each backend is reported, and the median ratio of
-         each oxccl round to the gloo round after it.
+         each oxccl round to the gloo round after it. Rounds of the same steps without DDP (no
+         communication) give the floor.
 percall  an 8-byte float32 sum all-reduce on 2 ranks in a loop (20,000 iterations a round):
          through torch (dist.all_reduce on a 2-element tensor, "oxccl" backend), through the bare
          Python binding (comm.all_reduce on a numpy array, in place), through mpi4py
@@ -76,6 +77,9 @@ def _rank_ddp(args):
         loss_fn(m(x), y).backward()
         opt.step()
 
+    # The floor: the same steps without DDP (no communication, no bucket copies).
+    plain = model()
+    runs["none"] = (plain, torch.optim.SGD(plain.parameters(), lr=1e-3))
     times = {k: [] for k in runs}
     cpu = {k: 0.0 for k in runs}
     for name, (m, opt) in runs.items():  # warm-up
@@ -101,20 +105,24 @@ def _rank_ddp(args):
     )
     # CPU time (all of this process's threads) per step: what the step costs the machine,
     # which the load of other programs on a shared machine changes much less than wall time.
-    cpu_ms = torch.tensor([cpu[k] / (args.rounds * args.steps) * 1e3 for k in runs], dtype=torch.float64)
+    names = list(runs)
+    cpu_ms = torch.tensor([cpu[k] / (args.rounds * args.steps) * 1e3 for k in names], dtype=torch.float64)
     dist.all_reduce(cpu_ms, op=dist.ReduceOp.AVG)
     if rank == 0:
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         # Each oxccl round next to the gloo round right after it: the load of other programs
         # changes slowly, so the median of these paired ratios is the steadiest figure.
         pairs = sorted(a / b for a, b in zip(times["oxccl"], times["gloo"]))
+        # (the floor's rounds run after gloo's, so "none" does not sit between a pair)
         print(
             "DDP %d ranks, %.2fM params, batch %d, %d rounds of %d steps per backend: median step "
             "oxccl %.1f ms, gloo %.1f ms; paired ratio oxccl/gloo median %.2f (quartiles %.2f-%.2f)"
-            "; CPU per step and rank oxccl %.1f ms, gloo %.1f ms  (max |w_oxccl - w_gloo| = %.2g)"
+            "; CPU per step and rank oxccl %.1f ms, gloo %.1f ms; without DDP (no communication) "
+            "%.1f ms, CPU %.1f ms  (max |w_oxccl - w_gloo| = %.2g)"
             % (n, nparams / 1e6, args.batch, args.rounds, args.steps, med["oxccl"], med["gloo"],
                statistics.median(pairs), pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4],
-               cpu_ms[0].item(), cpu_ms[1].item(), diff),
+               cpu_ms[names.index("oxccl")].item(), cpu_ms[names.index("gloo")].item(),
+               med["none"], cpu_ms[names.index("none")].item(), diff),
             flush=True,
         )
     dist.destroy_process_group()
@@ -196,6 +204,9 @@ def _free_port():
 
 def _env():
     e = dict(os.environ)
+    release = os.path.join(REPO, "target", "release", "liboxccl.so")
+    if not e.get("OXCCL_LIBRARY") and os.path.isfile(release):
+        e["OXCCL_LIBRARY"] = release  # not a newer debug build that happens to lie around
     e["PYTHONPATH"] = PKG + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e.setdefault("OXCCL_SOCKET_IFNAME", "lo")
     e.setdefault("OMP_NUM_THREADS", "1")
@@ -234,6 +245,7 @@ def main():
         return _rank_percall(args)
     import oxccl
 
+    os.environ.update(_env())
     print("library: %s" % oxccl.library_path())
     rest = ["--steps", str(args.steps), "--rounds", str(args.rounds), "--batch", str(args.batch), "--iters", str(args.iters)]
     if args.what in ("all", "percall"):
