@@ -295,6 +295,19 @@ for t in tensors:
 for i, f in enumerate(futs):
     eq(f.wait(), 2 * functools.reduce(torch.add, [value(r, torch.float32, (1000,), salt=i) for r in range(n)]), "future chain %d" % i)
 
+# DTensor over a CPU device mesh of this group: sharding, gathering, a partial sum made whole.
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+mesh = init_device_mesh("cpu", (n,))
+full = torch.arange(4 * n * 3, dtype=torch.float32).reshape(4 * n, 3)
+d = distribute_tensor(full, mesh, [Shard(0)])
+eq(d.to_local(), full[4 * rank : 4 * rank + 4], "DTensor shard")
+eq(d.full_tensor(), full, "DTensor full_tensor (all-gather)")
+p = DTensor.from_local(value(rank, torch.float32), mesh, [Partial()])
+eq(p.redistribute(mesh, [Replicate()]).to_local(), fold(RT.SUM, torch.float32), "DTensor Partial -> Replicate")
+eq(p.redistribute(mesh, [Shard(1)]).full_tensor(), fold(RT.SUM, torch.float32), "DTensor Partial -> Shard")
+
 # Work.wait(timeout): a call still running when the timeout passes raises and stays valid; the
 # store (not a sleep) makes rank 1 join only after rank 0 saw its wait time out.
 from datetime import timedelta
