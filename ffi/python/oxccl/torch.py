@@ -879,14 +879,13 @@ class OxcclBackend(_C10dBackend):
             color, key = min(ranks), ranks.index(me)
         else:
             color, key = None, 0
-        sub = self._comm.split(color, key)
-        if sub is None:
-            return None
-        timeout = self._timeout
+        timeout = self._timeout if opts is None else opts._timeout
         if opts is None:
             opts = _C10dBackend.Options(BACKEND_NAME, timeout=timeout)
-        else:
-            timeout = opts._timeout
+        # The subgroup's timeout is its communicator's deadline, as for a new group.
+        sub = self._comm.split(color, key, timeout=max(timeout.total_seconds(), 0.001))
+        if sub is None:
+            return None
         return OxcclBackend(store, key, len(ranks), timeout, comm=sub, options=opts)
 
     def perform_nocolor_split(self, device=None):
