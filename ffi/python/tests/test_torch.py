@@ -106,11 +106,21 @@ def test_killed_rank_fails_the_others_naming_it():
 def test_torchrun_runs_the_example():
     pytest.importorskip("torch.distributed.run")
     ex = os.path.join(PKG_PARENT, "examples", "torch_ddp.py")
-    p = subprocess.run(
+    p = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", ex, "--steps", "5"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120, start_new_session=True,
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    out = p.stdout.decode(errors="replace")
+    try:
+        out, _ = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # torchrun's ranks too
+        except ProcessLookupError:
+            pass
+    out = out.decode(errors="replace")
     assert p.returncode == 0, out
     assert out.count("trained with oxccl") == 2, out
 
