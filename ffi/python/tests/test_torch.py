@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PKG_PARENT, REPO, launch, worker
+from conftest import PKG_PARENT, launch, worker
 
 torch = pytest.importorskip("torch", reason="skipped: torch is not installed (pip install torch)")
 if not torch.distributed.is_available():

@@ -3,7 +3,6 @@ from every rank's inputs (each rank can make any rank's input: ``value(r)``). Ru
 ``python -m oxccl.run -n N``; prints "torch collectives ok" per rank."""
 
 import functools
-import os
 import sys
 
 import torch

@@ -1,22 +1,5 @@
-"""``torch.distributed`` backend ``"oxccl"`` for CPU tensors, over the C ABI.
+"""The backend: torch's calls mapped onto oxccl calls (see the package's docstring)."""
 
-::
-
-    import oxccl.torch                      # registers "oxccl" (the package's entry point does it too)
-    dist.init_process_group("oxccl")        # torchrun, python -m oxccl.run, store=/init_method=...
-
-Rank 0 of each process group makes a unique id (a fresh random secret with it) and passes it to
-the others through the c10d store torch gives the backend; the group's ``timeout`` becomes the
-communicator's deadline. Every collective maps onto oxccl calls on the caller's memory (zero-copy
-for contiguous tensors; others go through a contiguous copy). Calls start at once on the
-communicator's worker thread, in issue order, and return a :class:`Work` whose future completes
-with the output tensors when the oxccl request does, so DDP overlaps its all-reduces with the
-backward pass. A blocking call (``async_op=False``) runs in the calling thread instead: nothing to
-hand over. Failures raise ``torch.distributed.DistBackendError`` with oxccl's message (which
-collective, rank and peer).
-"""
-
-import collections
 import ctypes
 import functools
 import threading
@@ -27,323 +10,64 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import Backend as _C10dBackend
 from torch._C._distributed_c10d import ReduceOp
 
-from . import _lib
-from ._comm import Communicator, UniqueId
-
-__all__ = ["OxcclBackend", "Work", "register"]
-
-BACKEND_NAME = "oxccl"
-_UID_KEY = "oxccl/unique_id"
-
-_L = _lib.lib()
-_SUCCESS = _lib.SUCCESS
-_TIMEOUT = 6  # oxcclTimeout
-
-# The C functions, looked up once (attribute lookups on the CDLL cost on every call).
-_AllReduce, _IAllReduce = _L.oxcclAllReduce, _L.oxcclIAllReduce
-_Broadcast, _IBroadcast = _L.oxcclBroadcast, _L.oxcclIBroadcast
-_Reduce, _IReduce = _L.oxcclReduce, _L.oxcclIReduce
-_AllGather, _IAllGather = _L.oxcclAllGather, _L.oxcclIAllGather
-_ReduceScatter, _IReduceScatter = _L.oxcclReduceScatter, _L.oxcclIReduceScatter
-_AllToAll, _IAllToAll = _L.oxcclAllToAll, _L.oxcclIAllToAll
-_AllToAllV, _IAllToAllV = _L.oxcclAllToAllV, _L.oxcclIAllToAllV
-_Gather, _IGather = _L.oxcclGather, _L.oxcclIGather
-_Scatter, _IScatter = _L.oxcclScatter, _L.oxcclIScatter
-_SendTagged, _ISend = _L.oxcclSendTagged, _L.oxcclISend
-_RecvTagged, _IRecv = _L.oxcclRecvTagged, _L.oxcclIRecv
-_Barrier, _IBarrier = _L.oxcclBarrier, _L.oxcclIBarrier
-_GroupStart, _GroupEnd, _GroupEndAsync = _L.oxcclGroupStart, _L.oxcclGroupEnd, _L.oxcclGroupEndAsync
-_Wait, _WaitTimeout, _Test, _Free = _L.oxcclWait, _L.oxcclWaitTimeout, _L.oxcclTest, _L.oxcclRequestFree
-_byref = ctypes.byref
-_void_p = ctypes.c_void_p
-_size_t = ctypes.c_size_t
-# A Work that C++ answers itself (done; wait() returns at once): for a blocking call that is
-# over when the backend returns, it saves the trip back into Python that torch makes to wait.
-_DoneWork = getattr(torch._C._distributed_c10d, "FakeWork", None)
-# The hot path's forms without ctypes' argument conversion (see _lib.raw).
-_rAllReduce, _rIAllReduce = _lib.raw("oxcclAllReduce"), _lib.raw("oxcclIAllReduce")
-
-# oxcclDataType_t by torch dtype.
-_DT = {
-    torch.int8: 0,
-    torch.uint8: 1,
-    torch.int32: 2,
-    torch.int64: 4,
-    torch.float16: 6,
-    torch.float32: 7,
-    torch.float64: 8,
-    torch.bfloat16: 9,
-}
-for _name, _code in (("uint32", 3), ("uint64", 5)):
-    if hasattr(torch, _name):
-        _DT[getattr(torch, _name)] = _code
-_U8 = 1
-
-# oxcclRedOp_t by torch's reduce op type.
-_RT = ReduceOp.RedOpType
-_SUM, _PROD, _MAX, _MIN, _AVG = 0, 1, 2, 3, 4
-_OPS = {_RT.SUM: _SUM, _RT.PRODUCT: _PROD, _RT.MAX: _MAX, _RT.MIN: _MIN, _RT.AVG: _AVG}
-_BITWISE = {
-    _RT.BAND: torch.bitwise_and,
-    _RT.BOR: torch.bitwise_or,
-    _RT.BXOR: torch.bitwise_xor,
-}
-_INTS = {torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool}
-for _name in ("uint16", "uint32", "uint64"):
-    if hasattr(torch, _name):
-        _INTS.add(getattr(torch, _name))
-# Reduced in a wider type (copied in and out): no oxccl kernel of their own.
-_WIDEN = {torch.int16: torch.int32}
-if hasattr(torch, "uint16"):
-    _WIDEN[torch.uint16] = torch.int32
-
-
-def _error(code, what):
-    """The DistBackendError for a failed oxccl call (the calling thread's last message)."""
-    msg = _lib.last_error() or "oxccl error %d" % code
-    return dist.DistBackendError("oxccl %s: %s" % (what, msg))
-
-
-def _check(code, what):
-    if code != _SUCCESS:
-        raise _error(code, what)
-
-
-def _ms(timeout):
-    """A Work.wait timeout (timedelta, seconds or None) in ms; -1 for none (0 means none too, as
-    in c10d)."""
-    if timeout is None:
-        return -1
-    s = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    if s <= 0:
-        return -1
-    return min(int(s * 1000) or 1, 2**31 - 1)
-
-
-class _Req:
-    """One started oxccl request and what it needs until it is done: the tensors it uses
-    (``keep``), copies back into the caller's tensors to run after success (``posts``), futures to
-    complete. Several Works may share one (the calls of a coalescing window)."""
-
-    __slots__ = ("h", "keep", "posts", "futs", "done", "err", "lock", "waiters", "what", "progress")
-
-    def __init__(self, h, keep, posts, what, progress):
-        self.h = h
-        self.keep = keep
-        self.posts = posts
-        self.futs = None
-        self.done = False
-        self.err = None
-        self.lock = threading.Lock()
-        self.waiters = 0
-        self.what = what
-        self.progress = progress
-
-    def complete(self, ms=-1):
-        """Waits for the request (at most ``ms`` when >= 0; raises DistBackendError if it is
-        still running then) and finishes it; returns the error, if it failed."""
-        if self.done:
-            return self.err
-        with self.lock:
-            if self.done:
-                return self.err
-            h = self.h
-            self.waiters += 1
-        err = None
-        running = False
-        code = _Wait(h) if ms < 0 else _WaitTimeout(h, ms)
-        if code == _TIMEOUT and ms >= 0:
-            d = ctypes.c_int(0)
-            running = _Test(h, _byref(d)) == _SUCCESS and not d.value
-            if not running:
-                code = _Wait(h)  # done meanwhile: its own result
-        if code != _SUCCESS and not running:
-            err = _error(code, self.what)
-        futs = self._leave(running, err)
-        if futs:
-            self._fire(futs)
-        if running:
-            raise dist.DistBackendError(
-                "oxccl %s: Work.wait(timeout) passed %d ms; the call is still running (the "
-                "process group's timeout bounds it)" % (self.what, ms)
-            )
-        return self.err
-
-    def _leave(self, running, err):
-        """A waiter is back: the first to see the result finishes the request; the last frees
-        it."""
-        with self.lock:
-            self.waiters -= 1
-            futs = None
-            if not self.done and not running:
-                futs = self._finish(err)
-            if self.done and self.waiters == 0 and self.h is not None:
-                _Free(self.h)
-                self.h = None
-            return futs
-
-    def _finish(self, err):
-        if err is None:
-            try:
-                for p in self.posts:
-                    p()
-            except Exception as e:  # noqa: BLE001 - a copy back failed: the Work's error
-                err = dist.DistBackendError("oxccl %s: copying the result back failed: %s" % (self.what, e))
-        self.err = err
-        self.done = True
-        self.keep = self.posts = None
-        futs, self.futs = self.futs, None
-        return futs
-
-    def _fire(self, futs):
-        for fut in futs:
-            fut.set_result(None)  # its .then callback (_outcome) gives the value or raises
-
-    def outcome(self, value):
-        if self.err is not None:
-            raise self.err
-        return value
-
-    def test(self):
-        """True when done (without blocking)."""
-        if self.done:
-            return True
-        with self.lock:
-            if self.done or self.h is None:
-                return self.done
-            d = ctypes.c_int(0)
-            code = _Test(self.h, _byref(d))
-        if code == _SUCCESS and not d.value:
-            return False
-        self.complete()
-        return True
-
-    def future(self, value):
-        """A future completed with ``value`` when the request succeeds, or with its error.
-
-        (Made by ``.then`` on a plain future: torch's ``Future.set_exception`` stores the
-        exception as a value, which DDP's reducer would read as tensors; an error raised in a
-        callback is a real error of the future, seen as such by C++.)"""
-        trigger = torch.futures.Future()
-        fut = trigger.then(lambda _f: self.outcome(value))
-        with self.lock:
-            if not self.done:
-                if self.futs is None:
-                    self.futs = []
-                    self.progress.push(self)
-                self.futs.append(trigger)
-                return fut
-        trigger.set_result(None)
-        return fut
-
-    def __del__(self):
-        h = self.h
-        if h is not None and not self.done:
-            # Dropped while running: its memory is in use until it is done; the reaper waits.
-            _reaper.push(_Orphan(h, self.keep))
-        elif h is not None:
-            _Free(h)
-
-
-class _Orphan:
-    """A request whose Work was dropped while it ran: freed (and its tensors let go) when done."""
-
-    __slots__ = ("h", "keep")
-
-    def __init__(self, h, keep):
-        self.h = h
-        self.keep = keep
-
-    def complete(self, ms=-1):
-        _Free(self.h)  # waits for the call first
-        self.h = self.keep = None
-
-
-class _Progress:
-    """A thread that waits for requests in issue order and completes their futures (the calls
-    of one communicator complete in that order)."""
-
-    def __init__(self, name):
-        self.q = collections.deque()
-        self.cv = threading.Condition(threading.Lock())
-        self.name = name
-        self.thread = None
-
-    def push(self, req):
-        with self.cv:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self.thread.start()
-            self.q.append(req)
-            self.cv.notify()
-
-    def _run(self):
-        while True:
-            with self.cv:
-                while not self.q:
-                    self.cv.wait()
-                r = self.q.popleft()
-            if r is None:
-                return
-            try:
-                r.complete()
-            except Exception:  # noqa: BLE001 - recorded in the request; nothing to raise to
-                pass
-
-    def stop(self, join=True):
-        with self.cv:
-            t = self.thread
-            if t is None:
-                return
-            self.q.append(None)
-            self.cv.notify()
-            self.thread = None
-        if join and t is not threading.current_thread():
-            t.join()
-
-
-_reaper = _Progress("oxccl-reaper")
-
-
-class Work(dist._Work):
-    """An oxccl call started by the backend: ``wait(timeout)``, ``is_completed()``,
-    ``get_future()`` (completed with the output tensors), as gloo's Work."""
-
-    def __init__(self, req, outputs):
-        super().__init__()
-        self._r = req  # None: done (and succeeded) when made
-        self._out = outputs
-
-    def wait(self, timeout=None):
-        r = self._r
-        if r is not None:
-            err = r.complete(_ms(timeout))
-            if err is not None:
-                raise dist.DistBackendError(str(err))
-        return True
-
-    def is_completed(self):
-        r = self._r
-        return r is None or r.test()
-
-    def is_success(self):
-        r = self._r
-        return r is None or (r.test() and r.err is None)
-
-    def exception(self):
-        r = self._r
-        return None if r is None or not r.test() else r.err
-
-    def get_future(self):
-        r = self._r
-        if r is None:
-            fut = torch.futures.Future()
-            fut.set_result(self._out)
-            return fut
-        return r.future(self._out)
-
-    def result(self):
-        return self._out
+from .._comm import Communicator, UniqueId
+from ._c import (
+    BACKEND_NAME,
+    _AVG,
+    _AllGather,
+    _AllReduce,
+    _AllToAll,
+    _AllToAllV,
+    _BITWISE,
+    _Barrier,
+    _Broadcast,
+    _DT,
+    _DoneWork,
+    _Gather,
+    _GroupEnd,
+    _GroupEndAsync,
+    _GroupStart,
+    _IAllGather,
+    _IAllReduce,
+    _IAllToAll,
+    _IAllToAllV,
+    _IBarrier,
+    _IBroadcast,
+    _IGather,
+    _INTS,
+    _IRecv,
+    _IReduce,
+    _IReduceScatter,
+    _IScatter,
+    _ISend,
+    _MAX,
+    _MIN,
+    _OPS,
+    _PROD,
+    _RT,
+    _RecvTagged,
+    _Reduce,
+    _ReduceScatter,
+    _SUCCESS,
+    _SUM,
+    _Scatter,
+    _SendTagged,
+    _U8,
+    _UID_KEY,
+    _WIDEN,
+    _byref,
+    _check,
+    _error,
+    _rAllReduce,
+    _rIAllReduce,
+    _size_t,
+    _void_p,
+)
+from ._work import (
+    Work,
+    _Progress,
+    _Req,
+)
 
 
 def _cpu(t, what):
@@ -922,34 +646,3 @@ def _cpu_flat(t):
 
 def _copy_into(dst, src):
     dst.copy_(src.reshape(dst.shape))
-
-
-def _options(opts, backend_options):
-    if backend_options is None:
-        backend_options = _C10dBackend.Options(BACKEND_NAME, timeout=opts.timeout)
-    backend_options._timeout = opts.timeout
-    backend_options.global_ranks_in_group = opts.global_ranks_in_group
-    backend_options.group_name = opts.group_id
-    return backend_options
-
-
-def _create(opts, backend_options):
-    """torch's creator (extended API): a new communicator, or a split of ``opts.split_from``."""
-    options = _options(opts, backend_options)
-    if opts.split_from:
-        parent = opts.split_from
-        if not isinstance(parent, OxcclBackend):
-            raise TypeError("oxccl backend: cannot split from a %s" % type(parent).__name__)
-        return parent.split(opts.store, opts.global_ranks_in_group, options)
-    return OxcclBackend(opts.store, opts.group_rank, opts.group_size, opts.timeout, options=options)
-
-
-def register():
-    """Registers the ``"oxccl"`` backend with torch.distributed (idempotent). Importing
-    ``oxccl.torch`` does it; so does torch itself through the package's entry point."""
-    if BACKEND_NAME.upper() in dist.Backend._plugins:
-        return
-    dist.Backend.register_backend(BACKEND_NAME, _create, extended_api=True, devices=["cpu"])
-
-
-register()
