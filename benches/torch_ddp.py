@@ -219,6 +219,56 @@ def _env():
     return e
 
 
+_C_LOOP = r"""
+#include <stdio.h>
+#include <time.h>
+#include "oxccl.h"
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+int main(void) {
+  oxcclComm_t comm;
+  if (oxcclCommInitFromEnv(&comm) != oxcclSuccess) { fprintf(stderr, "%s\n", oxcclGetLastError(NULL)); return 1; }
+  int rank; oxcclCommUserRank(comm, &rank);
+  float a[2] = {1, 1};
+  double best = 1e9, all[ROUNDS];
+  for (int r = 0; r < ROUNDS; r++) {
+    oxcclBarrier(comm);
+    double t = now();
+    for (int i = 0; i < ITERS; i++) oxcclAllReduce(a, a, 2, oxcclFloat32, oxcclSum, comm);
+    all[r] = (now() - t) / ITERS * 1e6;
+    if (all[r] < best) best = all[r];
+  }
+  for (int i = 1; i < ROUNDS; i++) for (int j = i; j > 0 && all[j] < all[j - 1]; j--) { double x = all[j]; all[j] = all[j - 1]; all[j - 1] = x; }
+  if (rank == 0) printf("  %-50s median %7.2f us  min %7.2f us\n", "the C call alone: oxcclAllReduce in a C loop", all[ROUNDS / 2], best);
+  oxcclCommDestroy(comm);
+  return 0;
+}
+"""
+
+
+def _c_loop(args):
+    """The same 8-byte all-reduce from C, for the binding's share of the per-call time."""
+    import shutil
+    import tempfile
+
+    import oxccl
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("  (no C compiler: no C figure)")
+        return
+    lib = os.path.dirname(oxccl.library_path())
+    with tempfile.TemporaryDirectory() as d:
+        src, exe = os.path.join(d, "loop.c"), os.path.join(d, "loop")
+        with open(src, "w") as f:
+            f.write(_C_LOOP)
+        subprocess.run([cc, "-O2", "-DROUNDS=%d" % args.rounds, "-DITERS=%d" % args.iters, src,
+                        "-I" + os.path.join(REPO, "ffi", "include"), "-L" + lib, "-loxccl",
+                        "-Wl,-rpath," + lib, "-o", exe], check=True)
+        cmd = [sys.executable, "-m", "oxccl.run", "-n", "2", "--timeout", "600", exe]
+        p = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+        print(p.stdout.decode(errors="replace").rstrip(), flush=True)
+
+
 def _launch(n, argv, use_mpi=False):
     mpirun = os.path.join(PEERS, "ompi", "bin", "mpirun")
     if use_mpi and os.path.exists(mpirun):
@@ -256,6 +306,7 @@ def main():
     rest = ["--steps", str(args.steps), "--rounds", str(args.rounds), "--batch", str(args.batch), "--iters", str(args.iters)]
     if args.what in ("all", "percall"):
         _launch(2, ["_rank_percall"] + rest, use_mpi=True)
+        _c_loop(args)
     if args.what in ("all", "ddp"):
         for n in [args.n] if args.n else [2, 4]:
             _launch(n, ["_rank_ddp"] + rest)
