@@ -1028,6 +1028,20 @@ oxcclResult_t oxcclGroupStart(void);
 oxcclResult_t oxcclGroupEnd(void);
 
 /**
+ * Closes a group like `oxcclGroupEnd`, but starts the queued calls without blocking and
+ * writes one `oxcclRequest_t` for all of them (done when every call is): the non-blocking form
+ * a framework needs to batch sends and receives, or several collectives, and overlap them with
+ * compute (torch's `batch_isend_irecv`, coalesced collectives). Only the outermost group can end
+ * this way, and its calls must all be on one communicator; a group that queued no calls is an
+ * error (there is nothing to wait for). The buffers must stay valid until the request is done.
+ *
+ * # Safety
+ * The communicator and buffers of the queued calls stay valid until the request is done;
+ * `request` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclGroupEndAsync(oxcclRequest_t *request);
+
+/**
  * Waits for a started call and returns its result (its message, on failure, in
  * `oxcclGetLastError(comm)` of the call's communicator and of this thread). The request stays
  * allocated: free it with `oxcclRequestFree`.
@@ -1036,6 +1050,17 @@ oxcclResult_t oxcclGroupEnd(void);
  * `request` is NULL (an error) or a live request.
  */
 oxcclResult_t oxcclWait(oxcclRequest_t request);
+
+/**
+ * Waits at most `timeoutMs` milliseconds for a started call: its result when it finished in
+ * time, else `oxcclTimeout` with the request still running and valid (wait again, or free it).
+ * A negative `timeoutMs` waits without a limit of its own, as `oxcclWait` (the communicator's
+ * deadline still bounds every call).
+ *
+ * # Safety
+ * `request` is NULL (an error) or a live request.
+ */
+oxcclResult_t oxcclWaitTimeout(oxcclRequest_t request, int timeoutMs);
 
 /**
  * Whether a started call is done, without blocking: `*done` = 0 while it runs, 1 when it

@@ -30,7 +30,7 @@ pub struct oxcclRequest {
     req: Request<'static>,
     shared: Arc<Shared>,
     func: &'static str,
-    _op: Op,
+    _ops: Vec<Op>,
 }
 
 /// The handle C holds for a started call.
@@ -96,7 +96,7 @@ pub(crate) unsafe fn start(
         req,
         shared: h.shared.clone(),
         func,
-        _op: op,
+        _ops: vec![op],
     });
     // SAFETY: non-null and writable (caller's contract).
     unsafe { request.write(Box::into_raw(r)) };
@@ -211,6 +211,79 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
     }
 }
 
+/// Closes a group like `oxcclGroupEnd`, but starts the queued calls without blocking and
+/// writes one `oxcclRequest_t` for all of them (done when every call is): the non-blocking form
+/// a framework needs to batch sends and receives, or several collectives, and overlap them with
+/// compute (torch's `batch_isend_irecv`, coalesced collectives). Only the outermost group can end
+/// this way, and its calls must all be on one communicator; a group that queued no calls is an
+/// error (there is nothing to wait for). The buffers must stay valid until the request is done.
+///
+/// # Safety
+/// The communicator and buffers of the queued calls stay valid until the request is done;
+/// `request` is NULL (an error) or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclGroupEndAsync(request: *mut oxcclRequest_t) -> oxcclResult_t {
+    let calls = GROUP.with(|g| {
+        let mut g = g.borrow_mut();
+        match g.depth {
+            1 if !request.is_null() => {
+                g.depth = 0;
+                Ok(std::mem::take(&mut g.calls))
+            }
+            0 => Err("oxcclGroupEndAsync without oxcclGroupStart"),
+            1 => Err("request is NULL"),
+            _ => Err(
+                "oxcclGroupEndAsync inside a nested group; end the inner groups with oxcclGroupEnd",
+            ),
+        }
+    });
+    let calls = match calls {
+        Ok(c) => c,
+        Err(msg) => {
+            return guard("oxcclGroupEndAsync", None, || {
+                Err(Error::InvalidUsage(msg.into()))
+            });
+        }
+    };
+    let Some(&(comm, _, _)) = calls.first() else {
+        return guard("oxcclGroupEndAsync", None, || {
+            Err(Error::InvalidUsage(
+                "oxcclGroupEndAsync: the group queued no calls; nothing to start".into(),
+            ))
+        });
+    };
+    if calls.iter().any(|(c, _, _)| *c != comm) {
+        return guard("oxcclGroupEndAsync", None, || {
+            Err(Error::InvalidUsage(
+                "oxcclGroupEndAsync: the group's calls use several communicators; end it with \
+                 oxcclGroupEnd, or start one group per communicator"
+                    .into(),
+            ))
+        });
+    }
+    crate::comm::with_comm("oxcclGroupEndAsync", comm, |h| {
+        let ops: Vec<Op> = calls.into_iter().map(|(_, _, op)| op).collect();
+        let refs: Vec<&Op> = ops.iter().collect();
+        check_disjoint(&refs)?;
+        // SAFETY: the buffers stay valid until the request completes (caller's contract), no two
+        // calls race on memory (check_disjoint), and the communicator's Drop waits for started
+        // calls.
+        let req = unsafe {
+            h.comm
+                .start_detached(ops.iter().map(|op| op.call()).collect())?
+        };
+        let r = Box::new(oxcclRequest {
+            req,
+            shared: h.shared.clone(),
+            func: "oxcclGroupEndAsync",
+            _ops: ops,
+        });
+        // SAFETY: checked non-null above; writable (caller's contract).
+        unsafe { request.write(Box::into_raw(r)) };
+        Ok(())
+    })
+}
+
 /// Waits for a started call and returns its result (its message, on failure, in
 /// `oxcclGetLastError(comm)` of the call's communicator and of this thread). The request stays
 /// allocated: free it with `oxcclRequestFree`.
@@ -224,6 +297,30 @@ pub unsafe extern "C" fn oxcclWait(request: oxcclRequest_t) -> oxcclResult_t {
         return guard("oxcclWait", None, || Err(null("request")));
     };
     guard(r.func, Some(&r.shared), || r.req.wait())
+}
+
+/// Waits at most `timeoutMs` milliseconds for a started call: its result when it finished in
+/// time, else `oxcclTimeout` with the request still running and valid (wait again, or free it).
+/// A negative `timeoutMs` waits without a limit of its own, as `oxcclWait` (the communicator's
+/// deadline still bounds every call).
+///
+/// # Safety
+/// `request` is NULL (an error) or a live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclWaitTimeout(
+    request: oxcclRequest_t,
+    timeoutMs: c_int,
+) -> oxcclResult_t {
+    // SAFETY: NULL or live (caller's contract).
+    let Some(r) = (unsafe { request.as_ref() }) else {
+        return guard("oxcclWaitTimeout", None, || Err(null("request")));
+    };
+    match u64::try_from(timeoutMs) {
+        Ok(ms) => guard(r.func, Some(&r.shared), || {
+            r.req.wait_timeout(std::time::Duration::from_millis(ms))
+        }),
+        Err(_) => guard(r.func, Some(&r.shared), || r.req.wait()),
+    }
 }
 
 /// Whether a started call is done, without blocking: `*done` = 0 while it runs, 1 when it

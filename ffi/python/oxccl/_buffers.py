@@ -5,6 +5,8 @@ cannot be resized while a collective uses it)."""
 
 import ctypes
 import sys
+import functools
+import weakref
 
 from .errors import InvalidArgumentError
 
@@ -268,3 +270,88 @@ def get(obj, writable, dtype=None, what="buffer"):
         _release_buffer(ctypes.byref(view))
         raise
     return Buf(view.buf or 0, view.len, name, obj, view)
+
+
+# ---- the fast path ---------------------------------------------------------------------------
+# For the calls that dominate small messages (a numpy array or torch CPU tensor, C-contiguous, of
+# an oxccl type): no strings, no Buf, the C arguments ready made (ctypes objects, so the call
+# skips ctypes' conversions: see _lib.raw). Anything else returns None and takes get(). A numpy
+# array's arguments are cached by id, checked against a weak reference, its dtype and its size in
+# bytes, because __array_interface__ alone costs more than the whole C call. The memory cannot
+# move under the cache: numpy's only way to move it in place is resize(), which it refuses for an
+# array with weak references (so such an array cannot be resized in place afterwards: np.resize
+# makes a new one), and an array's .data cannot be assigned.
+
+_ND = None  # numpy.ndarray, once numpy is imported
+_TENSORS = ()  # torch.Tensor and nn.Parameter, once torch is imported
+_NP_CODES = {}  # numpy dtype -> oxcclDataType_t, or -1: not one
+_T_CODES = {}  # torch dtype -> oxcclDataType_t, or -1
+_args = {}  # id(array) -> (weak reference, nbytes, dtype, c_void_p, c_size_t, code)
+_c_void_p = ctypes.c_void_p
+_c_size_t = ctypes.c_size_t
+
+
+def _forget(key, ref):
+    e = _args.get(key)
+    if e is not None and e[0] is ref:
+        del _args[key]
+
+
+def _code_of(table, dt):
+    try:
+        c = DTYPES[dtype_name(dt)][0]
+    except InvalidArgumentError:
+        c = -1
+    table[dt] = c
+    return c
+
+
+def _resolve():
+    global _ND, _TENSORS
+    np = sys.modules.get("numpy")
+    if np is not None:
+        _ND = np.ndarray
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "Tensor"):
+        nn = getattr(torch, "nn", None)
+        _TENSORS = (torch.Tensor, nn.Parameter) if nn is not None else (torch.Tensor,)
+
+
+def fast(obj, writable):
+    """``(c_void_p address, c_size_t count, datatype)`` of a plain numpy array or torch CPU
+    tensor that is C-contiguous (and writable when ``writable``) and of an oxccl type; None for
+    anything else."""
+    tp = type(obj)
+    if tp is _ND:
+        fl = obj.flags
+        if not fl.c_contiguous or (writable and not fl.writeable):
+            return None
+        dt = obj.dtype
+        key = id(obj)
+        e = _args.get(key)
+        if e is not None and e[2] is dt and e[1] == obj.nbytes and e[0]() is obj:
+            return e[3], e[4], e[5]
+        code = _NP_CODES.get(dt)
+        if code is None:
+            code = _code_of(_NP_CODES, dt)
+        if code < 0:
+            return None
+        ptr = _c_void_p(obj.__array_interface__["data"][0])
+        count = _c_size_t(obj.size)
+        _args[key] = (weakref.ref(obj, functools.partial(_forget, key)), obj.nbytes, dt, ptr, count, code)
+        return ptr, count, code
+    if tp in _TENSORS:
+        if not obj.is_cpu or not obj.is_contiguous():
+            return None
+        dt = obj.dtype
+        code = _T_CODES.get(dt)
+        if code is None:
+            code = _code_of(_T_CODES, dt)
+        if code < 0 or obj.is_conj() or obj.is_neg():
+            return None
+        return _c_void_p(obj.data_ptr()), _c_size_t(obj.numel()), code
+    if _ND is None or not _TENSORS:
+        _resolve()
+        if tp is _ND or (_TENSORS and tp in _TENSORS):
+            return fast(obj, writable)
+    return None

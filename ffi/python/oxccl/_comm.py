@@ -4,7 +4,8 @@ import contextlib
 import ctypes
 import threading
 
-from . import _buffers
+from . import _buffers, _lib
+from ._buffers import fast as _fast
 from ._lib import (
     CONFIG_MAGIC,
     CONFIG_UNDEF_INT,
@@ -193,6 +194,25 @@ def _same_type(what, *bufs):
     names = {b.dtype for b in bufs if b is not None}
     if len(names) > 1:
         raise InvalidArgumentError("%s: buffers of different element types %s" % (what, sorted(names)))
+
+
+# The C functions of the fast paths, looked up once.
+_OPC = {"sum": 0, "prod": 1, "max": 2, "min": 3, "avg": 4, 0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
+_fn = {}
+
+
+def _c(name):
+    f = _fn.get(name)
+    if f is None:
+        f = _fn[name] = getattr(lib(), name)
+    return f
+
+
+def _opc(op):
+    try:
+        return _OPC.get(op)
+    except TypeError:  # unhashable: the general path explains
+        return None
 
 
 class Communicator:
@@ -397,14 +417,14 @@ class Communicator:
                 raise InvalidUsageError("async_op=True inside oxccl.group()")
             req = ctypes.c_void_p()
             try:
-                call("oxcclI" + name, *args, h, ctypes.byref(req))
+                check(_c("oxcclI" + name)(*args, h, ctypes.byref(req)))
             except Exception:
                 for b in bufs:
                     b.release()
                 raise
             return Request(req, bufs, result)
         try:
-            call("oxccl" + name, *args, h)
+            check(_c("oxccl" + name)(*args, h))
         except Exception:
             for b in bufs:
                 b.release()
@@ -439,6 +459,24 @@ class Communicator:
     def all_reduce(self, buf, op="sum", *, out=None, dtype=None, async_op=False):
         """Every rank's ``out`` (default: ``buf``, in place) becomes the element-wise reduction
         (``op``: sum, prod, max, min, avg) of every rank's ``buf``."""
+        if dtype is None and not async_op:
+            # The fast path: no Buf, no strings; the general one below explains any refusal.
+            h = self._h
+            opc = _OPC.get(op) if op.__class__ is str else _opc(op)
+            if h is not None and opc is not None and not _group.depth:
+                f = _fast(buf, True)
+                if f is not None:
+                    if out is None or out is buf:
+                        rc = _AllReduce(f[0], f[0], f[1], f[2], opc, h)
+                        if rc:
+                            check(rc)
+                        return buf
+                    g = _fast(out, True)
+                    if g is not None and g[2] == f[2] and g[1].value == f[1].value:
+                        rc = _AllReduce(f[0], g[0], f[1], f[2], opc, h)
+                        if rc:
+                            check(rc)
+                        return out
         opc = _buffers.op_code(op)
         if out is None or out is buf:
             b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "all_reduce buf")
@@ -449,6 +487,13 @@ class Communicator:
 
     def broadcast(self, buf, root=0, *, dtype=None, async_op=False):
         """Every rank's ``buf`` becomes the root's ``buf`` (in place)."""
+        if dtype is None and not async_op and self._h is not None and not _group.depth:
+            f = _fast(buf, True)
+            if f is not None and root.__class__ is int and 0 <= root < 2**31:
+                rc = _Broadcast(f[0], f[0], f[1], f[2], root, self._h)
+                if rc:
+                    check(rc)
+                return buf
         b = _buffers.get(buf, True, _buffers.dtype_name(dtype), "broadcast buf")
         return self._run("Broadcast", [b], buf, async_op, b.ptr, b.ptr, b.count, b.code, root)
 
@@ -574,6 +619,24 @@ class Communicator:
     def barrier(self, *, async_op=False):
         """Blocks until every rank has called it."""
         return self._run("Barrier", [], None, async_op)
+
+
+def _bind_fast():
+    global _AllReduce, _Broadcast
+    _AllReduce = _lib.raw("oxcclAllReduce")
+    _Broadcast = _lib.raw("oxcclBroadcast")
+
+
+def _lazy(name):
+    def first(*args):
+        _bind_fast()
+        return globals()[name](*args)
+
+    return first
+
+
+_AllReduce = _lazy("_AllReduce")
+_Broadcast = _lazy("_Broadcast")
 
 
 def _int_arg(v, what):

@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import threading
 
@@ -65,15 +66,26 @@ def _candidates():
     return out
 
 
+def _bundled():
+    """The liboxccl built into this package by ``pip install`` (setup.py), if any."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "liboxccl*.so")))
+    return found[0] if found else None
+
+
 def find_library():
     """The path of the liboxccl.so to load: ``$OXCCL_LIBRARY`` when set (an explicit choice wins),
-    else the most recently built ``target/{release,debug}/liboxccl.so`` of the repository this
-    package or the working directory is in, else the system's ``liboxccl.so``."""
+    else the one ``pip install`` built into this package, else the most recently built
+    ``target/{release,debug}/liboxccl.so`` of the repository this package or the working
+    directory is in, else the system's ``liboxccl.so``."""
     env = os.environ.get("OXCCL_LIBRARY")
     if env:
         if not os.path.isfile(env):
             raise OSError("OXCCL_LIBRARY=%s: no such file" % env)
         return env
+    bundled = _bundled()
+    if bundled:
+        return bundled
     found = _candidates()
     if found:
         return max(found, key=os.path.getmtime)
@@ -146,6 +158,8 @@ _PROTOTYPES = {
     "oxcclIBarrier": [_vp, _req_p],
     "oxcclGroupStart": [],
     "oxcclGroupEnd": [],
+    "oxcclGroupEndAsync": [_req_p],
+    "oxcclWaitTimeout": [_vp, _int],
     "oxcclWait": [_vp],
     "oxcclTest": [_vp, _c_int_p],
     "oxcclRequestFree": [_vp],
@@ -172,6 +186,24 @@ def lib():
                 _path = path
                 _lib = handle
     return _lib
+
+
+_raw_handle = None
+
+
+def raw(name):
+    """``name`` with no argtypes (from a second handle on the same library): the caller passes
+    ctypes objects (``c_void_p``, ``c_size_t``) and ints that fit a C int, and ctypes skips its
+    per-argument conversion, which costs more than the call itself for a small message. Only for
+    the package's hot paths, which build exactly those arguments."""
+    global _raw_handle
+    if _raw_handle is None:
+        with _lock:
+            if _raw_handle is None:
+                _raw_handle = ctypes.CDLL(library_path())
+    f = getattr(_raw_handle, name)
+    f.restype = ctypes.c_int
+    return f
 
 
 def library_path():

@@ -245,3 +245,31 @@ def test_abort_from_another_thread_interrupts_a_blocked_call():
     with pytest.raises(oxccl.InvalidUsageError, match="closed"):
         c0.barrier()
     c1.close()
+
+
+def test_fast_path_follows_arrays_that_move_or_die(comm):
+    """The fast path caches a numpy array's address by id, with a weak reference: numpy then
+    refuses to resize() the array in place (its memory cannot move under the cache), and new
+    arrays that reuse a dead one's id are written where they are."""
+    out = np.zeros(4, dtype=np.float32)
+    comm.all_reduce(np.arange(4, dtype=np.float32), out=out)
+    assert out.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        out.resize(100_000, refcheck=False)
+    out = np.resize(out, 100_000)  # a new array
+    src = np.arange(100_000, dtype=np.float32)
+    comm.all_reduce(src, out=out)
+    assert np.array_equal(out, src)
+    for i in range(200):  # ids of dead arrays are reused at once
+        a = np.full(8, i, dtype=np.float64)
+        o = np.empty(8, dtype=np.float64)
+        comm.all_reduce(a, out=o, op="max")
+        assert (o == i).all(), (i, o)
+    ro = np.ones(3, dtype=np.float32)
+    comm.all_reduce(ro)
+    ro.flags.writeable = False
+    with pytest.raises(oxccl.InvalidArgumentError, match="read-only"):
+        comm.all_reduce(ro)
+    nc = np.ones((4, 4), dtype=np.float32)[:, 1]
+    with pytest.raises(oxccl.InvalidArgumentError, match="contiguous"):
+        comm.all_reduce(nc)

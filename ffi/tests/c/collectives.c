@@ -203,6 +203,25 @@ static void point_to_point(oxcclComm_t comm) {
   CHECK(oxcclRequestFree(sr));
   CHECK(oxcclRequestFree(rr));
   for (int i = 0; i < 100; i++) ASSERT(in[i] == val(prev, i));
+  /* A group started without blocking (oxcclGroupEndAsync): one request for a ring exchange,
+   * which as separate non-blocking calls in issue order would wait on itself. */
+  oxcclRequest_t gr = NULL;
+  memset(in, 0, sizeof in);
+  CHECK(oxcclGroupStart());
+  CHECK(oxcclSendTagged(out, 100, oxcclInt32, next, 9, comm));
+  CHECK(oxcclRecvTagged(in, 100, oxcclInt32, prev, 9, comm));
+  CHECK(oxcclGroupEndAsync(&gr));
+  ASSERT(gr != NULL);
+  CHECK(oxcclWaitTimeout(gr, 60000));
+  CHECK(oxcclWaitTimeout(gr, -1)); /* done: the same result again */
+  CHECK(oxcclRequestFree(gr));
+  for (int i = 0; i < 100; i++) ASSERT(in[i] == val(prev, i));
+  EXPECT(oxcclGroupEndAsync(&gr), oxcclInvalidUsage); /* no group open */
+  CHECK(oxcclGroupStart());
+  EXPECT(oxcclGroupEndAsync(&gr), oxcclInvalidUsage); /* nothing queued (and the group is closed) */
+  EXPECT_MSG(NULL, "queued no calls");
+  EXPECT(oxcclGroupEnd(), oxcclInvalidUsage);
+  EXPECT(oxcclWaitTimeout(NULL, 1), oxcclInvalidArgument);
   /* A buffer used by two calls of one group, one of them writing: refused. */
   CHECK(oxcclGroupStart());
   CHECK(oxcclSend(out, 100, oxcclInt32, next, comm));
