@@ -663,7 +663,8 @@ impl Communicator {
 
     fn execute(&self, inner: &mut Inner, calls: &mut [Call<'_>]) -> Result<()> {
         if self.aborted.load(std::sync::atomic::Ordering::SeqCst) && inner.revoked.is_none() {
-            // A revoke (heartbeats found a peer lost) records why; abort() does not.
+            // A revoke (liveness found a peer lost, or a peer's revoke reached us) records why;
+            // abort() does not.
             let why = self
                 .failure
                 .lock()
@@ -671,7 +672,15 @@ impl Communicator {
                 .clone();
             if let Some(e) = why {
                 // The first call to see a revoke fails with the failure itself (PeerLost
-                // naming the silent rank); later ones as after any failure.
+                // naming the lost rank); later ones as after any failure. Peers may still be
+                // inside a call with this rank: they get the cause on the links, so that this
+                // rank leaving does not pass for the failure.
+                for l in inner.links.iter_mut() {
+                    if let Some(mut link) = l.take() {
+                        link.cancel_recvs();
+                        link.send_abort(&e);
+                    }
+                }
                 inner.revoked = Some(e.clone());
                 return Err(e);
             }
