@@ -324,6 +324,7 @@ const CHILD: &str = "collectives_child";
 
 /// A rank process: every collective with the algorithms OXCCL_ALGO forces, a few types.
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn collectives_child() {
     if !is_child(CHILD) {
         return;

@@ -275,7 +275,7 @@ fn carried_bytes(ns: &str, dev: &str) -> u64 {
 /// Skips (printing why) unless namespaces can be made here.
 fn can_run() -> bool {
     if Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIP: `ip` (iproute2) is not installed; .ci/run installs it");
+        println!("skipped: `ip` (iproute2) is not installed; .ci/run installs it");
         return false;
     }
     static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -287,7 +287,7 @@ fn can_run() -> bool {
             true
         }
         Err(e) => {
-            println!("SKIP: cannot create network namespaces here (needs root): {e}");
+            println!("skipped: cannot create network namespaces here (needs root): {e}");
             false
         }
     }
@@ -577,7 +577,13 @@ impl Ranks {
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", ns])
                 .arg(&exe)
-                .args(["--exact", "netns_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "netns_child",
+                    "--include-ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_MARKER, mode)
                 .env("OXCCL_RANK", i.to_string())
                 .env("OXCCL_WORLD_SIZE", host_of.len().to_string())
@@ -687,6 +693,7 @@ fn serve_store(ns: &str, ip: &str) -> (StoreServer, SocketAddr, [u8; 16]) {
 // The child (one rank).
 
 #[test]
+#[ignore = "a child process of this file's tests (they run it with --include-ignored)"]
 fn netns_child() {
     let Ok(mode) = std::env::var(CHILD_MARKER) else {
         return;
