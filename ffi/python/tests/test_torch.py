@@ -103,6 +103,17 @@ def test_killed_rank_fails_the_others_naming_it():
         assert "DistBackendError" in outs[r] and "rank 2" in outs[r], outs[r]
 
 
+def test_idle_ranks_see_a_killed_rank_through_async_error(tmp_path):
+    os.environ["IDLE_DIR"] = str(tmp_path)
+    try:
+        codes, outs = spawn(3, worker("torch_train.py"), "idle", timeout=60)
+    finally:
+        del os.environ["IDLE_DIR"]
+    assert codes[2] == -signal.SIGKILL, "\n".join(outs)
+    for r in (0, 1):
+        assert codes[r] == 0 and "idle ok" in outs[r], "\n".join(outs)
+
+
 def test_torchrun_runs_the_example():
     pytest.importorskip("torch.distributed.run")
     ex = os.path.join(PKG_PARENT, "examples", "torch_ddp.py")

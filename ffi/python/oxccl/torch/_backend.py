@@ -217,6 +217,17 @@ class OxcclBackend(_C10dBackend):
         """The :class:`oxccl.Communicator` underneath."""
         return self._comm
 
+    def async_error(self):
+        """``None`` while the communicator is healthy; else a ``DistBackendError`` with oxccl's
+        message (which rank was lost, who noticed). Never blocks and needs no call in flight: a
+        watchdog thread may poll it while the process is idle (a rank killed between steps is
+        reported here within the timeout, usually at once), and the next collective then
+        raises the same error at once."""
+        if self._h is None:
+            return None
+        e = self._comm.async_error()
+        return None if e is None else dist.DistBackendError("oxccl: %s" % e)
+
     def _handle(self):
         h = self._h
         if h is None:

@@ -4,6 +4,10 @@ ddp    DDP for 20 steps over oxccl and, from the same start, over gloo: the weig
 fsdp   FSDP2 (fully_shard) on a CPU device mesh trains an MLP: the loss must fall.
 kill   the last rank SIGKILLs itself after 3 steps; every other rank's next step must raise
        DistBackendError naming it (quoted in a RuntimeError when DDP's reducer rethrows it), within the group's timeout (5 s).
+idle   after a few steps and a barrier every rank is idle; the last rank SIGKILLs itself once the
+       others say they are idle (files in IDLE_DIR); each other rank polls the backend's
+       async_error() with no call in flight until it names the lost rank, and its next
+       collective then raises at once.
 argv[2] says how to initialise: env (the launcher's environment), tcp (init_method=tcp://...),
 store (an explicit TCPStore, rank and world_size). Prints "<mode> ok" per surviving rank."""
 
@@ -136,6 +140,38 @@ elif mode == "kill":
     assert time.monotonic() - t1 < 5, "rank %d: abort took %.1f s" % (rank, time.monotonic() - t1)
     print("rank %d: kill ok" % rank, flush=True)
     os._exit(0)  # the group is broken: no orderly shutdown to wait for
+elif mode == "idle":
+    t = torch.ones(8)
+    for _ in range(3):
+        dist.all_reduce(t)
+    dist.barrier()
+    be = dist.group.WORLD._get_backend(torch.device("cpu"))
+    idle_dir, victim = os.environ["IDLE_DIR"], n - 1
+    t0 = time.monotonic()
+    if rank == victim:
+        want = {"idle-%d" % r for r in range(victim)}
+        while not want <= set(os.listdir(idle_dir)):
+            assert time.monotonic() - t0 < 60, "the others never went idle"
+            time.sleep(0.005)  # polling interval of a wait with a deadline
+        os.kill(os.getpid(), signal.SIGKILL)
+    open(os.path.join(idle_dir, "idle-%d" % rank), "w").close()
+    while True:
+        err = be.async_error()
+        if err is not None:
+            break
+        assert time.monotonic() - t0 < 30, "rank %d: no async error within 30 s" % rank
+        time.sleep(0.005)
+    took = time.monotonic() - t0
+    assert isinstance(err, dist.DistBackendError) and "rank %d" % victim in str(err), repr(err)
+    t1 = time.monotonic()
+    try:
+        dist.all_reduce(t)
+        raise AssertionError("rank %d: an all_reduce succeeded after the async error" % rank)
+    except dist.DistBackendError as e:
+        assert "rank %d" % victim in str(e), str(e)
+    assert time.monotonic() - t1 < 1.0, "rank %d: the next call took %.1f s" % (rank, time.monotonic() - t1)
+    print("rank %d: async error after %.0f ms idle; idle ok" % (rank, 1000 * took), flush=True)
+    os._exit(0)
 else:
     raise SystemExit("unknown mode %r" % mode)
 dist.destroy_process_group()
