@@ -62,20 +62,21 @@ fn pool(n: usize) -> Option<&'static rayon::ThreadPool> {
     Some(p)
 }
 
-/// A reduction over a destination and `K` sources of the same length.
-pub type Kernel<'a, const K: usize> = dyn Fn(&mut [u8], [&[u8]; K]) + Sync + 'a;
-
 /// Runs `f` over matching pieces of `dst` and `srcs` (each as long as `dst`), split across the
 /// pool when `dst` is large and more than one thread is allowed; else runs `f` once on the
 /// whole. Pieces are multiples of 64 bytes (a multiple of every element size), so each starts
 /// at the same alignment as the whole.
-pub fn split<const K: usize>(dst: &mut [u8], srcs: [&[u8]; K], f: &Kernel<'_, K>) {
+/// Small reductions (the latency path) cost one length check and a direct, inlinable call.
+#[inline]
+pub fn split<const K: usize, F>(dst: &mut [u8], srcs: [&[u8]; K], f: &F)
+where
+    F: Fn(&mut [u8], [&[u8]; K]) + Sync,
+{
+    if dst.len() < PAR_MIN {
+        return f(dst, srcs);
+    }
     let n = threads();
-    let pool = if n > 1 && dst.len() >= PAR_MIN {
-        pool(n)
-    } else {
-        None
-    };
+    let pool = if n > 1 { pool(n) } else { None };
     let Some(pool) = pool else {
         return f(dst, srcs);
     };
