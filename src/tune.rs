@@ -204,11 +204,7 @@ impl Default for Model {
 /// affinity, so every rank of a host models it alike.
 pub fn host_cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| {
-        // SAFETY: sysconf only reads a system parameter.
-        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        if n > 0 { n as usize } else { 1 }
-    })
+    *CORES.get_or_init(crate::sys::cpus_online)
 }
 
 impl Model {

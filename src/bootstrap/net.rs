@@ -1,6 +1,5 @@
 //! Picking the local address to listen on: interfaces (getifaddrs), `OXCCL_SOCKET_IFNAME`.
 
-use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::error::{Error, Result};
@@ -20,40 +19,16 @@ pub struct Interface {
 
 /// Every IPv4 address of every local interface, in the kernel's order.
 pub fn ipv4_interfaces() -> Result<Vec<Interface>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a pointer to a list it allocated into `head`, which is a valid
-    // place for one pointer; on success we free that list below with freeifaddrs exactly once.
-    let rc = unsafe { libc::getifaddrs(&mut head) };
-    if rc != 0 {
-        return Err(Error::io("getifaddrs", std::io::Error::last_os_error()));
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays valid
-        // until freeifaddrs; ifa_name is a NUL-terminated string and ifa_addr is either null or
-        // points to a sockaddr whose family says its real type (sockaddr_in for AF_INET).
-        unsafe {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-                let flags = ifa.ifa_flags;
-                out.push(Interface {
-                    name,
-                    addr,
-                    up: flags & (libc::IFF_UP as u32) != 0,
-                    loopback: flags & (libc::IFF_LOOPBACK as u32) != 0,
-                });
-            }
-            cur = ifa.ifa_next;
-        }
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed once; no reference into the
-    // list outlives this point (names were copied into owned Strings).
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    let list = crate::sys::ipv4_interfaces().map_err(|e| Error::io("getifaddrs", e))?;
+    Ok(list
+        .into_iter()
+        .map(|i| Interface {
+            name: i.name,
+            addr: i.addr,
+            up: i.up,
+            loopback: i.loopback,
+        })
+        .collect())
 }
 
 /// Interface name prefixes skipped when choosing automatically (container and VM bridges).

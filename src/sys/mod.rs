@@ -168,6 +168,65 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// One IPv4 address of a local network interface, as getifaddrs(3) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Interface {
+    /// The interface name (`eth0`, `lo`...).
+    pub name: String,
+    /// Its IPv4 address.
+    pub addr: std::net::Ipv4Addr,
+    /// `IFF_UP`.
+    pub up: bool,
+    /// `IFF_LOOPBACK`.
+    pub loopback: bool,
+}
+
+/// Every IPv4 address of every local interface, in the kernel's order (getifaddrs(3)).
+pub fn ipv4_interfaces() -> io::Result<Vec<Ipv4Interface>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocated into `head`, which is a valid
+    // place for one pointer; on success we free that list below with freeifaddrs exactly once.
+    let rc = unsafe { libc::getifaddrs(&mut head) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, which stays valid
+        // until freeifaddrs; ifa_name is a NUL-terminated string and ifa_addr is either null or
+        // points to a sockaddr whose family says its real type (sockaddr_in for AF_INET).
+        unsafe {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let flags = ifa.ifa_flags;
+                out.push(Ipv4Interface {
+                    name: std::ffi::CStr::from_ptr(ifa.ifa_name)
+                        .to_string_lossy()
+                        .into_owned(),
+                    addr: std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                    up: flags & (libc::IFF_UP as u32) != 0,
+                    loopback: flags & (libc::IFF_LOOPBACK as u32) != 0,
+                });
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once; no reference into the
+    // list outlives this point (names were copied into owned Strings).
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The processors online on this host (sysconf `_SC_NPROCESSORS_ONLN`; at least 1): the same
+/// for every process of the host whatever its affinity.
+pub fn cpus_online() -> usize {
+    // SAFETY: sysconf only reads a system parameter.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 { n as usize } else { 1 }
+}
+
 /// shutdown(2) on a raw descriptor; used to wake a thread blocked in accept() on a listener
 /// that this process owns. Errors are ignored (the descriptor may already be shut).
 pub fn shutdown_fd(fd: std::os::fd::RawFd) {

@@ -185,10 +185,9 @@ impl Drop for StoreServer {
             d.stopped = true;
             self.shared.changed.notify_all();
         }
-        // SAFETY: the fd belongs to `self.listener`, which is alive (we hold an Arc to it), so it
-        // cannot have been closed or reused; shutdown(2) only changes the socket's state, which
-        // wakes the accept thread with an error.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        // The fd belongs to `self.listener`, which is alive (we hold an Arc to it), so it cannot
+        // have been closed or reused; shutdown(2) wakes the accept thread with an error.
+        crate::sys::shutdown_fd(self.listener.as_raw_fd());
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
