@@ -27,46 +27,10 @@ mod multipath;
 mod nonblocking;
 mod topology;
 use crate::transport::Link;
+pub use crate::transport::TransportKind;
 pub use api::Call;
 pub use manage::NO_COLOR;
 pub use nonblocking::{Request, Scope};
-
-/// Which transport links use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    /// Shared memory for peers on this host (same boot id, host name and network namespace,
-    /// confirmed by passing a descriptor), TCP for the rest.
-    Auto,
-    /// TCP sockets, anywhere.
-    Tcp,
-    /// Shared memory between ranks on one host.
-    Shm,
-    /// RDMA (InfiniBand / RoCE verbs) to every peer; needs the cargo feature `rdma` and a device.
-    Rdma,
-}
-
-impl TransportKind {
-    /// Parses `auto`, `tcp`, `shm` or `rdma`.
-    pub fn parse(s: &str) -> Option<TransportKind> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => Some(TransportKind::Auto),
-            "tcp" | "socket" => Some(TransportKind::Tcp),
-            "shm" => Some(TransportKind::Shm),
-            "rdma" | "ib" | "verbs" => Some(TransportKind::Rdma),
-            _ => None,
-        }
-    }
-
-    /// The name.
-    pub fn name(self) -> &'static str {
-        match self {
-            TransportKind::Auto => "auto",
-            TransportKind::Tcp => "tcp",
-            TransportKind::Shm => "shm",
-            TransportKind::Rdma => "rdma",
-        }
-    }
-}
 
 /// Per-communicator settings. Fields left `None` are filled from the environment
 /// (`OXCCL_TIMEOUT_MS`, `OXCCL_TRANSPORT`, `OXCCL_NSOCKS`, `OXCCL_ALGO`, `OXCCL_CHUNK_BYTES`),
@@ -92,8 +56,7 @@ pub struct Config {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default sockets per TCP link.
 pub const DEFAULT_NSOCKS: usize = 2;
-/// Default chunk (slot) size.
-pub const DEFAULT_CHUNK: usize = 512 << 10;
+pub use crate::algo::DEFAULT_CHUNK;
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     match std::env::var(name) {
@@ -769,7 +732,7 @@ impl Communicator {
             .iter()
             .filter(|c| c.boot == me.boot && c.host == me.host)
             .count();
-        crate::transport::wait::note_ranks_on_host(here.max(1));
+        crate::sys::note_ranks_on_host(here.max(1));
         // Dial higher ranks first (their listener threads answer without them), then take
         // lower ranks'.
         for &p in peers.iter().filter(|&&p| p > self.rank) {

@@ -15,8 +15,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::Error;
 use crate::algo::{Buf, Collective, Op, Program, Range};
+use crate::error::Error;
 use crate::error::Result;
 use crate::reduce::{self, DataType, ReduceOp};
 use crate::transport::wait::{self, Waiter};

@@ -208,7 +208,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            chunk_bytes: crate::comm::DEFAULT_CHUNK,
+            chunk_bytes: crate::algo::DEFAULT_CHUNK,
             in_place: false,
             root: 0,
             max_steps: MAX_STEPS,

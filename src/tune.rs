@@ -517,7 +517,7 @@ pub fn choose(shape: &Shape, bytes: usize, nranks: usize) -> Algorithm {
 /// The chunk (largest message) for a call: the tuner does not vary it yet, so this is the
 /// configured one, `Config::chunk_bytes` or its default.
 pub fn chunk(configured: Option<usize>) -> usize {
-    configured.unwrap_or(crate::comm::DEFAULT_CHUNK)
+    configured.unwrap_or(crate::algo::DEFAULT_CHUNK)
 }
 
 /// Measures this communicator's links and this host's reduction (`OXCCL_TUNE=1`): every rank

@@ -31,6 +31,10 @@ pub use builder::Builder;
 
 use crate::topo::HostMap;
 
+/// Default chunk (slot) size in bytes: the largest message a Program step moves at once,
+/// unless the configuration says otherwise.
+pub const DEFAULT_CHUNK: usize = 512 << 10;
+
 /// The buffers a Program names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Buf {

@@ -40,7 +40,7 @@ pub fn threads() -> usize {
     }
     static CPUS: OnceLock<usize> = OnceLock::new();
     let cpus = *CPUS.get_or_init(|| crate::sys::allowed_cpus().map_or(1, |c| c.len().max(1)));
-    let ranks = crate::transport::wait::ranks_on_host().max(1);
+    let ranks = crate::sys::ranks_on_host().max(1);
     (cpus / ranks).max(1)
 }
 

@@ -227,6 +227,19 @@ pub fn cpus_online() -> usize {
     if n > 0 { n as usize } else { 1 }
 }
 
+static RANKS_HERE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records that `n` ranks (of some communicator) run on this host; with more of them than CPUs
+/// an idle executor yields almost at once instead of spinning.
+pub fn note_ranks_on_host(n: usize) {
+    RANKS_HERE.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The most ranks of one communicator seen on this host so far (0 before any link).
+pub fn ranks_on_host() -> usize {
+    RANKS_HERE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// shutdown(2) on a raw descriptor; used to wake a thread blocked in accept() on a listener
 /// that this process owns. Errors are ignored (the descriptor may already be shut).
 pub fn shutdown_fd(fd: std::os::fd::RawFd) {

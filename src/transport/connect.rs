@@ -12,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::Error;
 use crate::bootstrap::handshake::{self, PURPOSE_PEER};
+use crate::error::Error;
 use crate::error::Result;
 
 const HELLO_MAGIC: u32 = 0x4f58_4845; // "OXHE"

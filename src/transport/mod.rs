@@ -17,8 +17,44 @@ pub mod shm;
 pub mod tcp;
 pub mod wait;
 
-use crate::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Which transport links use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Shared memory for peers on this host (same boot id, host name and network namespace,
+    /// confirmed by passing a descriptor), TCP for the rest.
+    Auto,
+    /// TCP sockets, anywhere.
+    Tcp,
+    /// Shared memory between ranks on one host.
+    Shm,
+    /// RDMA (InfiniBand / RoCE verbs) to every peer; needs the cargo feature `rdma` and a device.
+    Rdma,
+}
+
+impl TransportKind {
+    /// Parses `auto`, `tcp`, `shm` or `rdma`.
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(TransportKind::Auto),
+            "tcp" | "socket" => Some(TransportKind::Tcp),
+            "shm" => Some(TransportKind::Shm),
+            "rdma" | "ib" | "verbs" => Some(TransportKind::Rdma),
+            _ => None,
+        }
+    }
+
+    /// The name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Auto => "auto",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Shm => "shm",
+            TransportKind::Rdma => "rdma",
+        }
+    }
+}
 
 /// The signature that travels with every message of a collective, so that ranks which called
 /// different collectives (or the same one with different arguments) fail with a clear

@@ -31,7 +31,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::{Link, Tag};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 

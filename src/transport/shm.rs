@@ -46,7 +46,7 @@ use crossbeam_utils::CachePadded;
 use place::{POSTS, Post, Posted, Writer};
 
 use super::{Link, Tag};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm::{self as sys, Mapping};
 

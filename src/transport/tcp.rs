@@ -15,7 +15,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 
 use super::{Link, Tag};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 

@@ -18,13 +18,12 @@
 //!                                          otherwise  ── poll(fds, 1 ms if any shm else ≤100 ms)
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Link;
 use super::shm::Doorbell;
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 
 /// Longest futex sleep: how late a dead shm peer may be noticed.
@@ -43,19 +42,6 @@ pub fn never_sleep() -> bool {
 /// Idle rounds to spin before yielding when this host has more busy ranks than CPUs: a peer
 /// that is not running cannot answer, so spinning only delays the yield that lets it run.
 const SPIN_OVERSUBSCRIBED: u32 = 4;
-
-static RANKS_HERE: AtomicUsize = AtomicUsize::new(0);
-
-/// Records that `n` ranks (of some communicator) run on this host; with more of them than CPUs
-/// an idle executor yields almost at once instead of spinning.
-pub fn note_ranks_on_host(n: usize) {
-    RANKS_HERE.fetch_max(n, Ordering::Relaxed);
-}
-
-/// The most ranks of one communicator seen on this host so far (0 before any link).
-pub fn ranks_on_host() -> usize {
-    RANKS_HERE.load(Ordering::Relaxed)
-}
 
 fn cpus() -> usize {
     static CPUS: OnceLock<usize> = OnceLock::new();
@@ -77,7 +63,7 @@ fn forced_spin() -> Option<u32> {
 pub fn spin_rounds(normal: u32) -> u32 {
     match forced_spin() {
         Some(n) => n,
-        None if RANKS_HERE.load(Ordering::Relaxed) > cpus() => normal.min(SPIN_OVERSUBSCRIBED),
+        None if crate::sys::ranks_on_host() > cpus() => normal.min(SPIN_OVERSUBSCRIBED),
         None => normal,
     }
 }

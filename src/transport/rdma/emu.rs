@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use super::nic::{
     Completion, CompletionKind, Mr, Nic, NicDevice, QpAddress, QpCaps, Remote, Sge, status,
 };
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 
 const MAX_SGE: usize = 2;

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 pub use link::{Geometry, LinkParams, RdmaLink};
 
-use crate::Error;
-use crate::comm::TransportKind;
+use crate::error::Error;
 use crate::error::Result;
+use crate::transport::TransportKind;
 use nic::NicDevice;
 
 /// A communicator's RDMA device and settings.

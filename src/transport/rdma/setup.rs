@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::link::{Awaiting, Geometry, LinkParams, MemInfo, RdmaLink};
 use super::nic::{NicDevice, QpAddress};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 
 const MAGIC: u32 = 0x4249_584f; // "OXIB"

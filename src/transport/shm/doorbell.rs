@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm::{self as sys, Mapping};
 

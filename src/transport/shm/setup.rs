@@ -30,7 +30,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{Doorbell, Geometry, Segment, ShmLink};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm as sys;
 

@@ -45,7 +45,7 @@ use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, Remote, Sge, st
 use super::regcache::RegCache;
 
 mod sock;
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use crate::transport::{Link, Tag};
 pub use sock::Awaiting;

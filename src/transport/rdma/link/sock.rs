@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::super::setup::{CARD_LEN, Card, READY};
 use super::{ABORT_MAX, RdmaLink};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 
 /// Where connection setup stands (see [`super::setup`]): the dialer waits for the acceptor's

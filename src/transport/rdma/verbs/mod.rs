@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, QpCaps, Remote, Sge};
-use crate::Error;
+use crate::error::Error;
 use crate::error::Result;
 use device::{DevInner, errno};
 pub use device::{HcaSpec, open_device};
