@@ -26,6 +26,7 @@ mod manage;
 mod multipath;
 mod nonblocking;
 mod topology;
+mod tuning;
 use crate::transport::Link;
 pub use crate::transport::TransportKind;
 pub use api::Call;
@@ -315,6 +316,11 @@ pub struct Communicator {
     /// The liveness thread and its ring connections (see `liveness`).
     _live: liveness::Heartbeat,
     shrinks: std::sync::atomic::AtomicU64,
+    /// The cost model (the defaults, or with `OXCCL_TUNE=1` what init measured: see `tuning`).
+    model: std::sync::OnceLock<crate::tune::Model>,
+    /// The transport calls are modelled on and whether all ranks share one host, computed on
+    /// first use from the cards every rank holds (see `api::choose`).
+    placement: std::sync::OnceLock<(crate::tune::Transport, bool)>,
     // Dropped last: rank 0 serves the store until everything else is closed.
     _server: Option<StoreServer>,
 }
@@ -663,12 +669,14 @@ impl Communicator {
             failure,
             _live: live,
             shrinks: std::sync::atomic::AtomicU64::new(0),
+            model: std::sync::OnceLock::new(),
+            placement: std::sync::OnceLock::new(),
             _server: server,
         };
         comm.log_topology();
         // OXCCL_TUNE=1: measure the links and the reduction now (collective), so every rank
         // installs the same cost model before its first call.
-        crate::tune::on_init(&comm, comm.comm_id)?;
+        comm.tune_at_init()?;
         Ok(comm)
     }
 

@@ -34,9 +34,11 @@
 //! all-reduce algorithm — and fitted to those measurements with `benches/fit_tuner.py` (see
 //! each constant). On this VM every rank's thread does its own copies and the ranks share two
 //! cores, so per-message CPU (`overhead`) and the core count decide most choices; on a machine
-//! with a core per rank the same model reduces to α-β-γ. With `OXCCL_TUNE=1`, [`on_init`]
-//! re-measures α, β and γ at init ([`measure`]: ping-pongs and a local reduction, a few
-//! milliseconds) and [`install`]s them as the communicator's model.
+//! with a core per rank the same model reduces to α-β-γ. With `OXCCL_TUNE=1`, a communicator
+//! re-measures α, β and γ at init (`Communicator::measure_model`: ping-pongs and a local
+//! reduction, a few milliseconds; [`measured`] makes the model) and keeps the result as its own
+//! model. This module is pure: it holds no communicator and no per-communicator state (its one
+//! cache memoises [`choose_on`] by all of its inputs).
 //!
 //! # Agreement
 //!
@@ -49,9 +51,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::Communicator;
 use crate::algo::{Algorithm, Collective, Shape};
-use crate::error::Result;
 use crate::reduce::{DataType, ReduceOp};
 use crate::sim::{self, Link, Network};
 
@@ -414,51 +414,6 @@ fn cache() -> &'static Mutex<HashMap<Key, Algorithm>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn installed() -> &'static Mutex<HashMap<u64, Model>> {
-    static MODELS: OnceLock<Mutex<HashMap<u64, Model>>> = OnceLock::new();
-    MODELS.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-/// The transport a communicator's calls are modelled on and whether all its ranks share one
-/// host, computed once per communicator id by `f` (every rank computes the same from the
-/// cards all ranks share).
-pub fn placement(comm_id: u64, f: impl FnOnce() -> (Transport, bool)) -> (Transport, bool) {
-    static PLACES: OnceLock<Mutex<HashMap<u64, (Transport, bool)>>> = OnceLock::new();
-    let places = PLACES.get_or_init(|| Mutex::new(HashMap::new()));
-    let known = places
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&comm_id)
-        .copied();
-    match known {
-        Some(p) => p,
-        None => {
-            let p = f();
-            let mut m = places.lock().unwrap_or_else(|e| e.into_inner());
-            if m.len() > 1024 {
-                m.clear();
-            }
-            m.insert(comm_id, p);
-            p
-        }
-    }
-}
-
-/// Makes `model` the model of the communicator whose id is `comm_id` (see [`measure`]).
-pub fn install(comm_id: u64, model: Model) {
-    let mut m = installed().lock().unwrap_or_else(|e| e.into_inner());
-    if m.len() > 1024 {
-        m.clear();
-    }
-    m.insert(comm_id, model);
-}
-
-/// The model of communicator `comm_id`: the installed one, else the defaults.
-pub fn model_for(comm_id: u64) -> Model {
-    let m = installed().lock().unwrap_or_else(|e| e.into_inner());
-    m.get(&comm_id).copied().unwrap_or_default()
-}
-
 /// The algorithm for a call with `bytes` bytes per rank block over `nranks` ranks joined by
 /// `transport`, under `model`: the cheapest, cached per size bucket.
 pub fn choose_with(
@@ -520,87 +475,30 @@ pub fn chunk(configured: Option<usize>) -> usize {
     configured.unwrap_or(crate::algo::DEFAULT_CHUNK)
 }
 
-/// Measures this communicator's links and this host's reduction (`OXCCL_TUNE=1`): every rank
-/// must call it, together, as a collective.
-///
-/// Rank 0 and rank 1 ping-pong 8-byte messages (half the round trip is α plus the per-message
-/// overhead on both sides) and 1 MiB messages (β from the rest of the round trip); rank 0 times
-/// a 4 MiB f32 sum (γ) and broadcasts its three numbers so that every rank installs the same
-/// model. A few milliseconds. Returns the defaults with both transports' α, β and γ replaced by
-/// the measured ones (a communicator uses one transport); `overhead`, `wake` and the cache stay
-/// the defaults, and the measured γ is the reduction alone (the defaults' TCP γ also carries the
-/// receiver's copy out of the socket).
-pub fn measure(comm: &Communicator) -> Result<Model> {
-    let (rank, n) = (comm.rank(), comm.size());
-    let mut vals = [0f64; 3];
-    if rank == 0 {
-        vals[2] = time_reduce();
-    }
-    if n > 1 && rank < 2 {
-        let peer = 1 - rank;
-        let small = [0u8; 8];
-        let mut small_in = [0u8; 8];
-        let big = vec![0u8; 1 << 20];
-        let mut big_in = vec![0u8; 1 << 20];
-        let ping = |out: &[u8], inp: &mut [u8], reps: usize| -> Result<f64> {
-            let mut best = f64::INFINITY;
-            for _ in 0..reps {
-                let t = Instant::now();
-                if rank == 0 {
-                    comm.send(out, peer, 0)?;
-                    comm.recv(inp, peer, 0)?;
-                } else {
-                    comm.recv(inp, peer, 0)?;
-                    comm.send(out, peer, 0)?;
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            Ok(best / 2.0)
-        };
-        ping(&small, &mut small_in, 3)?;
-        let alpha = ping(&small, &mut small_in, 20)?;
-        let one_way = ping(&big, &mut big_in, 4)?;
-        vals[0] = alpha;
-        vals[1] = ((one_way - alpha) / big.len() as f64).max(1e-12);
-    }
-    comm.broadcast(&mut vals, 0)?;
+/// The model a communicator measured (`OXCCL_TUNE=1`, see `Communicator::measure_model`):
+/// `alpha` is half the round trip of an 8-byte message, `beta` seconds per byte of a large
+/// one, `gamma` seconds per byte reduced; `nranks` the communicator's size. The defaults with
+/// both transports' α, β and γ replaced by the measured ones (a communicator uses one
+/// transport); `overhead`, `wake` and the cache stay the defaults, and the measured γ is the
+/// reduction alone (the defaults' TCP γ also carries the receiver's copy out of the socket).
+pub fn measured(alpha: f64, beta: f64, gamma: f64, nranks: usize) -> Model {
     let mut m = Model::default();
-    if n > 1 {
+    if nranks > 1 {
         for c in [&mut m.shm, &mut m.tcp] {
             // A one-way message costs α plus the overhead on each side (the model's terms).
-            c.alpha = (vals[0] - 2.0 * c.overhead).max(0.1e-6);
-            c.beta = vals[1];
-            c.gamma = vals[2];
+            c.alpha = (alpha - 2.0 * c.overhead).max(0.1e-6);
+            c.beta = beta;
+            c.gamma = gamma;
         }
     } else {
-        m.shm.gamma = vals[2];
-        m.tcp.gamma = vals[2];
+        m.shm.gamma = gamma;
+        m.tcp.gamma = gamma;
     }
-    Ok(m)
-}
-
-/// What `Communicator::init` should run last, on every rank, once its links are up: with
-/// `OXCCL_TUNE=1`, [`measure`] then [`install`] under the communicator's id; otherwise nothing.
-/// Every rank installs the same numbers (rank 0's), before any call of its own can consult them.
-pub fn on_init(comm: &Communicator, comm_id: u64) -> Result<()> {
-    if std::env::var("OXCCL_TUNE").is_ok_and(|v| v.trim() == "1") {
-        let t = Instant::now();
-        let m = measure(comm)?;
-        crate::info!(
-            Some(comm.rank()),
-            "OXCCL_TUNE: alpha {:.2} us, 1/beta {:.2} GB/s, 1/gamma {:.2} GB/s ({:.1} ms)",
-            m.shm.alpha * 1e6,
-            1e-9 / m.shm.beta,
-            1e-9 / m.shm.gamma,
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        install(comm_id, m);
-    }
-    Ok(())
+    m
 }
 
 /// Seconds per byte of a 4 MiB f32 sum on this core (best of 3).
-fn time_reduce() -> f64 {
+pub fn time_reduce() -> f64 {
     let len = 4 << 20;
     let mut dst = vec![0u8; len];
     let src = vec![0u8; len];

@@ -365,7 +365,7 @@ fn measuring_at_init_is_quick_and_agreed() {
         Duration::from_secs(60),
         |comm| {
             let t0 = Instant::now();
-            let m = tune::measure(&comm).expect("measure");
+            let m = comm.measure_model().expect("measure");
             (m, t0.elapsed())
         },
     );

@@ -561,7 +561,7 @@ impl Communicator {
         }
         // Every rank must pick the same algorithm, so the model sees only what all ranks share:
         // the cards (same host? shm?), the config and the communicator's model.
-        let (transport, one_host) = crate::tune::placement(self.comm_id, || {
+        let &(transport, one_host) = self.placement.get_or_init(|| {
             let c0 = &self.cards[0];
             let one_host = self
                 .cards
@@ -577,7 +577,7 @@ impl Communicator {
             };
             (t, one_host)
         });
-        let mut model = crate::tune::model_for(self.comm_id);
+        let mut model = self.model();
         if !one_host {
             // Hosts may differ in cores; the ranks of different hosts must still agree.
             model.cores = 0;
