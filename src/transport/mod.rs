@@ -178,7 +178,7 @@ pub trait Link: Send {
 
     /// The doorbell the peer rings when it publishes a message or returns a credit, for links
     /// without descriptors to poll (shm). All shm links of one rank share one doorbell.
-    fn doorbell(&self) -> Option<&std::sync::Arc<shm::Doorbell>> {
+    fn doorbell(&self) -> Option<&std::sync::Arc<dyn wait::Bell>> {
         None
     }
 

@@ -294,7 +294,7 @@ pub struct ShmLink {
     consumed: u64,
     /// The slot of message `consumed`.
     rx_i: usize,
-    bell: Arc<Doorbell>,
+    bell: Arc<dyn super::wait::Bell>,
     peer_bell: Doorbell,
     sock: Option<UnixStream>,
     /// The peer process (another process only): readable once it has exited, even when a child
@@ -712,7 +712,7 @@ impl Link for ShmLink {
         self.check_alive(true) || closed
     }
 
-    fn doorbell(&self) -> Option<&Arc<Doorbell>> {
+    fn doorbell(&self) -> Option<&Arc<dyn super::wait::Bell>> {
         Some(&self.bell)
     }
 

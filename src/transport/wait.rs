@@ -1,6 +1,6 @@
 //! How the executor sleeps once spinning and yielding have found nothing to do.
 //!
-//! When every link it waits on is a shm link (they all share this rank's [`Doorbell`]), it
+//! When every link it waits on is a shm link (they all share this rank's doorbell, a [`Bell`]), it
 //! announces itself on the doorbell, looks at its links once more, and only then sleeps on the
 //! futex, until a peer rings it or a short while passes (to notice a peer that died: shm has no
 //! descriptor that would tell). Otherwise it sleeps in poll(2) on the links' descriptors; when
@@ -22,7 +22,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Link;
-use super::shm::Doorbell;
 use crate::error::Error;
 use crate::error::Result;
 
@@ -68,14 +67,31 @@ pub fn spin_rounds(normal: u32) -> u32 {
     }
 }
 
+/// A word that a link's peer rings when it publishes a message or returns a credit, for links
+/// without descriptors to poll (shm's doorbell): the waiter announces itself, looks at its
+/// links once more, then sleeps on it. All links of one rank that share a bell share one object.
+pub trait Bell: Send + Sync {
+    /// Announces that the owner is about to sleep; returns the value to sleep on.
+    fn announce(&self) -> u32;
+    /// Withdraws an announcement.
+    fn retract(&self);
+    /// Sleeps until a peer rings (the bell moves on from `seen`) or `timeout` passes.
+    fn sleep(&self, seen: u32, timeout: Duration);
+}
+
+/// Whether two bells are the same object (their data, whatever the vtables).
+fn same_bell(a: &Arc<dyn Bell>, b: &Arc<dyn Bell>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
 /// The executor's sleeping state across idle rounds (made only once spinning and yielding
 /// found nothing). Dropping it withdraws any announcement.
 #[derive(Default)]
 pub struct Waiter {
     /// The doorbell we announced ourselves on, and the value to sleep on.
-    armed: Option<(Arc<Doorbell>, u32)>,
+    armed: Option<(Arc<dyn Bell>, u32)>,
     /// This round's links: their common doorbell, if they all have the same one.
-    bell: Option<Arc<Doorbell>>,
+    bell: Option<Arc<dyn Bell>>,
     mixed: bool,
     any_shm: bool,
     news: bool,
@@ -107,7 +123,7 @@ impl Waiter {
                 self.any_shm = true;
                 match &self.bell {
                     None if !self.mixed => self.bell = Some(d.clone()),
-                    Some(b) if Arc::ptr_eq(b, d) => {}
+                    Some(b) if same_bell(b, d) => {}
                     _ => self.mixed = true,
                 }
             }
@@ -127,7 +143,7 @@ impl Waiter {
         if !self.mixed {
             if let Some(bell) = self.bell.take() {
                 match &self.armed {
-                    Some((b, seen)) if Arc::ptr_eq(b, &bell) => {
+                    Some((b, seen)) if same_bell(b, &bell) => {
                         b.sleep(*seen, budget.min(SHM_SLEEP));
                         self.disarm();
                     }

@@ -497,6 +497,9 @@ mod tests {
         let (_, got) = l1.peek_recv().unwrap().unwrap();
         assert_eq!(got, b"hello shm");
         l1.release_recv();
-        assert!(Arc::ptr_eq(l1.doorbell().unwrap(), b.doorbell()));
+        assert!(std::ptr::addr_eq(
+            Arc::as_ptr(l1.doorbell().unwrap()),
+            Arc::as_ptr(b.doorbell())
+        ));
     }
 }
