@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use crate::algo::{Algorithm, Collective, Shape};
 use crate::bootstrap::{self, StoreClient, StoreServer, UniqueId};
 use crate::error::{Error, Result};
-use crate::transport::connect::{self, Hello, PeerListener};
-use crate::transport::shm::setup::{self as shm_setup, DialError, ShmEndpoint};
-use crate::transport::shm::{DEFAULT_SLOTS, Geometry};
-use crate::transport::tcp::TcpLink;
+use crate::transport::connect::{self, PeerListener};
+use crate::transport::links::{self, Endpoints};
 
 mod api;
 mod liveness;
 mod manage;
-mod multipath;
 mod nonblocking;
 mod topology;
 mod tuning;
@@ -246,6 +243,20 @@ impl Card {
         })
     }
 
+    /// What link construction needs to know of rank `rank`, whose card this is, seen from the
+    /// rank whose card is `me`.
+    fn peer<'a>(&'a self, rank: usize, me: &Card) -> links::Peer<'a> {
+        links::Peer {
+            rank,
+            addr: self.addr,
+            host: &self.host,
+            pid: self.pid,
+            shm: &self.shm,
+            rdma: &self.rdma,
+            not_same_host: me.not_same_host(self),
+        }
+    }
+
     /// Why shared memory cannot work between the ranks of these cards, if it cannot.
     fn not_same_host(&self, other: &Card) -> Option<&'static str> {
         if self.shm.is_empty() || other.shm.is_empty() {
@@ -258,20 +269,6 @@ impl Card {
             None
         }
     }
-}
-
-/// Whether the test-only knob `OXCCL_SHM_DENY` (e.g. `0-1,2-3`) forbids shm between `a` and `b`.
-fn shm_denied(a: usize, b: usize) -> bool {
-    let Ok(v) = std::env::var("OXCCL_SHM_DENY") else {
-        return false;
-    };
-    v.split(',').any(|pair| {
-        let mut it = pair.split('-').map(|x| x.trim().parse::<usize>());
-        match (it.next(), it.next()) {
-            (Some(Ok(x)), Some(Ok(y))) => (x, y) == (a, b) || (y, x) == (a, b),
-            _ => false,
-        }
-    })
 }
 
 struct Inner {
@@ -301,12 +298,8 @@ pub struct Communicator {
     cards: Vec<Card>,
     /// The host map and this host's NICs, from the cards (see `topology`).
     topo: crate::topo::Topology,
-    listener: PeerListener,
-    /// Extra paths (multi-path TCP, OXCCL_SOCKET_IFNAME=eth0,eth1); empty normally.
-    paths: multipath::Paths,
-    shm: Option<ShmEndpoint>,
-    #[cfg(feature = "rdma")]
-    rdma: Option<crate::transport::rdma::Endpoint>,
+    /// This rank's listener, paths, shm and RDMA endpoints: where links come from.
+    ends: Endpoints,
     inner: Mutex<Inner>,
     sched: nonblocking::Sched,
     worker: Mutex<Option<nonblocking::Worker>>,
@@ -553,59 +546,35 @@ impl Communicator {
                     .map_err(|_| Error::Internal("bad comm id in store".into()))?,
             )
         };
-        let listener = PeerListener::start(local_ip_towards(root)?, secret, comm_id, rank, nranks)?;
-        let mut paths = multipath::Paths::start(listener.addr(), secret, comm_id, rank, nranks)?;
-        let shm = match cfg.transport.unwrap_or(TransportKind::Auto) {
-            TransportKind::Tcp | TransportKind::Rdma => None,
-            kind => match ShmEndpoint::start(secret, comm_id, rank, nranks) {
-                Ok(ep) => Some(ep),
-                Err(e) if kind == TransportKind::Auto => {
-                    crate::info!(Some(rank), "shared memory is unavailable ({e}); using tcp");
-                    None
-                }
-                Err(e) => {
-                    return Err(Error::Unavailable(format!(
-                        "rank {rank}: OXCCL_TRANSPORT=shm, but shared memory is unavailable here: {e}"
-                    )));
-                }
-            },
-        };
-        #[cfg(feature = "rdma")]
-        let rdma = crate::transport::rdma::Endpoint::open(
+        let mut ends = Endpoints::open(
             rank,
+            nranks,
+            secret,
+            comm_id,
+            local_ip_towards(root)?,
             cfg.transport.unwrap_or(TransportKind::Auto),
             timeout,
         )?;
-        #[cfg(not(feature = "rdma"))]
-        if cfg.transport == Some(TransportKind::Rdma) {
-            return Err(Error::Unavailable(format!(
-                "rank {rank}: OXCCL_TRANSPORT=rdma, but this oxccl was built without RDMA support (cargo feature rdma)"
-            )));
-        }
+        let listener = ends.listener();
         let me = Card {
             addr: listener.addr(),
             host: crate::sys::hostname(),
             pid: std::process::id(),
             boot: crate::sys::boot_id(),
             netns: crate::sys::shm::net_namespace(),
-            shm: shm
-                .as_ref()
-                .map(|e| e.name().to_string())
-                .unwrap_or_default(),
-            #[cfg(feature = "rdma")]
-            rdma: rdma.as_ref().map_or(String::new(), |e| e.card_word()),
-            #[cfg(not(feature = "rdma"))]
-            rdma: String::new(),
-            paths: paths.extra_addrs(),
+            shm: ends.shm_name(),
+            rdma: ends.rdma_word(),
+            paths: ends.extra_addrs(),
         };
         let cards = exchange_cards(
-            &mut store, &listener, &me, rank, nranks, secret, comm_id, deadline,
+            &mut store, listener, &me, rank, nranks, secret, comm_id, deadline,
         )?;
-        paths.learn(
+        ends.learn_paths(
             cards.iter().map(|c| c.paths.clone()).collect(),
             local_ranks(&cards),
         );
-        if let Some((k, addr)) = paths.my_rail(rank, listener.addr()) {
+        let listener = ends.listener();
+        if let Some((k, addr)) = ends.my_rail() {
             crate::info!(
                 Some(rank),
                 "rails (OXCCL_SOCKET_BIND=rail): local rank {} takes interface {k} of OXCCL_SOCKET_IFNAME, {addr}",
@@ -628,7 +597,7 @@ impl Communicator {
         // Liveness is peer to peer from here on (see `liveness`): the store is not needed again.
         drop(store);
         let addrs: Vec<SocketAddr> = cards.iter().map(|c| c.addr).collect();
-        let ring = liveness::connect_ring(&listener, &addrs, &secret, comm_id, rank, deadline)?;
+        let ring = liveness::connect_ring(listener, &addrs, &secret, comm_id, rank, deadline)?;
         let live = liveness::Heartbeat::start(
             ring,
             rank,
@@ -646,11 +615,7 @@ impl Communicator {
             secret,
             topo: topology::from_cards(rank, &cards),
             cards,
-            listener,
-            paths,
-            shm,
-            #[cfg(feature = "rdma")]
-            rdma,
+            ends,
             inner: Mutex::new(Inner {
                 links,
                 seq: 0,
@@ -714,6 +679,11 @@ impl Communicator {
         }
     }
 
+    /// What link construction needs to know of rank `p` (from its card).
+    fn peer(&self, p: usize) -> links::Peer<'_> {
+        self.cards[p].peer(p, &self.cards[self.rank])
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
         self.inner
             .lock()
@@ -727,12 +697,18 @@ impl Communicator {
         &self,
         links: &mut [Option<Box<dyn Link>>],
         peers: &[usize],
-        slot: usize,
+        // The slot each link is made with is the configured chunk (`links::Settings::slot`).
+        _slot: usize,
     ) -> Result<()> {
         if peers.iter().all(|&p| links[p].is_some()) {
             return Ok(());
         }
-        let nsocks = self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS);
+        let set = links::Settings {
+            transport: self.cfg.transport.unwrap_or(TransportKind::Auto),
+            nsocks: self.cfg.nsocks.unwrap_or(DEFAULT_NSOCKS),
+            slot: self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64),
+            timeout: self.cfg.timeout(),
+        };
         let deadline = Instant::now() + self.cfg.timeout();
         let me = &self.cards[self.rank];
         let here = self
@@ -745,244 +721,15 @@ impl Communicator {
         // lower ranks'.
         for &p in peers.iter().filter(|&&p| p > self.rank) {
             if links[p].is_none() {
-                links[p] = Some(self.dial(p, nsocks, slot, deadline)?);
+                links[p] = Some(self.ends.dial(&set, &self.peer(p), deadline)?);
             }
         }
         for &p in peers.iter().filter(|&&p| p < self.rank) {
             if links[p].is_none() {
-                links[p] = Some(self.accept(p, nsocks, slot, deadline)?);
+                links[p] = Some(self.ends.accept(&set, &self.peer(p), deadline)?);
             }
         }
         Ok(())
-    }
-
-    /// Whether rank `p` may be reached over shared memory: `Ok(None)` yes, `Ok(Some(why))` no
-    /// (use TCP), `Err` when OXCCL_TRANSPORT=shm and it cannot be.
-    fn shm_refusal(&self, p: usize) -> Result<Option<String>> {
-        let kind = self.cfg.transport.unwrap_or(TransportKind::Auto);
-        if kind == TransportKind::Tcp {
-            return Ok(Some("OXCCL_TRANSPORT=tcp".into()));
-        }
-        let why = self.cards[self.rank].not_same_host(&self.cards[p]);
-        match (why, kind) {
-            (None, _) => Ok(None),
-            (Some(why), TransportKind::Shm) => Err(self.shm_impossible(p, why)),
-            (Some(why), _) => Ok(Some(why.into())),
-        }
-    }
-
-    fn shm_impossible(&self, p: usize, why: &str) -> Error {
-        let c = &self.cards[p];
-        Error::Unavailable(format!(
-            "rank {}: OXCCL_TRANSPORT=shm, but rank {p} ({} pid {}) cannot be reached over shared memory: {why}; \
-             use OXCCL_TRANSPORT=auto to use TCP for it",
-            self.rank, c.host, c.pid
-        ))
-    }
-
-    fn shm_geometry(&self) -> Geometry {
-        Geometry {
-            nslots: std::env::var("OXCCL_SHM_SLOTS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|n| (2..=crate::transport::shm::MAX_SLOTS).contains(n))
-                .unwrap_or(DEFAULT_SLOTS),
-            slot_size: self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64),
-        }
-    }
-
-    fn shm_link(&self, p: usize, link: crate::transport::shm::ShmLink) -> Box<dyn Link> {
-        let geo = self.shm_geometry();
-        crate::info!(
-            Some(self.rank),
-            "link to rank {p} ({} pid {}): shm, {} slots of {} KiB each way",
-            self.cards[p].host,
-            self.cards[p].pid,
-            geo.nslots,
-            geo.slot_size >> 10
-        );
-        Box::new(link)
-    }
-
-    /// The lower rank's side: shm when possible (falling back to TCP under auto), else TCP.
-    fn dial(
-        &self,
-        p: usize,
-        nsocks: usize,
-        slot: usize,
-        deadline: Instant,
-    ) -> Result<Box<dyn Link>> {
-        #[cfg(feature = "rdma")]
-        if let Some(link) = self.rdma_link(p, true, slot, deadline)? {
-            return Ok(link);
-        }
-        let mut why = self.shm_refusal(p)?;
-        if why.is_none() && shm_denied(self.rank, p) {
-            why = Some("OXCCL_SHM_DENY".into());
-        }
-        if let (None, Some(ep)) = (&why, &self.shm) {
-            let r = shm_setup::dial(
-                ep,
-                &self.cards[p].shm,
-                &self.secret,
-                self.comm_id,
-                self.rank,
-                p,
-                self.shm_geometry(),
-                deadline,
-            );
-            match r {
-                Ok(link) => return Ok(self.shm_link(p, link)),
-                Err(DialError::Failed(e)) => return Err(e),
-                Err(DialError::Fallback(w)) => {
-                    if self.cfg.transport == Some(TransportKind::Shm) {
-                        // Tell the peer at once (it waits for shm or tcp and fails on tcp)
-                        // rather than let it wait for its timeout.
-                        let _ = connect::dial(
-                            self.cards[p].addr,
-                            &self.secret,
-                            Hello {
-                                comm: self.comm_id,
-                                from: self.rank as u32,
-                                to: p as u32,
-                                idx: 0,
-                                nsocks: nsocks as u32,
-                            },
-                            deadline,
-                        );
-                        return Err(self.shm_impossible(p, &w));
-                    }
-                    crate::info!(
-                        Some(self.rank),
-                        "shared memory with rank {p} failed ({w}); falling back to tcp"
-                    );
-                    why = Some("descriptor passing failed".into());
-                }
-            }
-        }
-        let hello = Hello {
-            comm: self.comm_id,
-            from: self.rank as u32,
-            to: p as u32,
-            idx: 0,
-            nsocks: nsocks as u32,
-        };
-        let socks = self.dial_tcp(p, hello, deadline)?;
-        self.new_link(p, socks, slot, why.as_deref())
-    }
-
-    /// The higher rank's side: takes whichever link the lower rank made, shm or TCP.
-    fn accept(
-        &self,
-        p: usize,
-        nsocks: usize,
-        slot: usize,
-        deadline: Instant,
-    ) -> Result<Box<dyn Link>> {
-        #[cfg(feature = "rdma")]
-        if let Some(link) = self.rdma_link(p, false, slot, deadline)? {
-            return Ok(link);
-        }
-        let why = self.shm_refusal(p)?;
-        let (None, Some(ep)) = (&why, &self.shm) else {
-            let socks = self.take_tcp(p, nsocks, deadline)?;
-            return self.new_link(p, socks, slot, why.as_deref());
-        };
-        loop {
-            if let Some(link) = ep.try_take(p, Duration::from_millis(1))? {
-                return Ok(self.shm_link(p, link));
-            }
-            let now = Instant::now();
-            match self.take_tcp(p, nsocks, now.min(deadline)) {
-                Ok(socks) if self.cfg.transport == Some(TransportKind::Shm) => {
-                    drop(socks);
-                    return Err(self.shm_impossible(p, "it connected over tcp (see its log)"));
-                }
-                Ok(socks) => return self.new_link(p, socks, slot, Some("the peer chose tcp")),
-                Err(e) if now >= deadline => return Err(e),
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// The RDMA link to `p` when both ranks choose one (transport::rdma::wanted): the lower
-    /// rank dials one authenticated socket, over which the queue pairs are set up and which
-    /// then stays open as the link's liveness signal.
-    #[cfg(feature = "rdma")]
-    fn rdma_link(
-        &self,
-        p: usize,
-        dialer: bool,
-        _slot: usize,
-        deadline: Instant,
-    ) -> Result<Option<Box<dyn Link>>> {
-        use crate::transport::rdma;
-        let same_host = self.cards[self.rank]
-            .not_same_host(&self.cards[p])
-            .is_none();
-        let ep = self.rdma.as_ref();
-        if !rdma::wanted(ep, self.rank, p, &self.cards[p].rdma, same_host)? {
-            return Ok(None);
-        }
-        let ep = ep.ok_or_else(|| Error::Internal("rdma wanted without an endpoint".into()))?;
-        let socks = if dialer {
-            let hello = Hello {
-                comm: self.comm_id,
-                from: self.rank as u32,
-                to: p as u32,
-                idx: 0,
-                nsocks: 1,
-            };
-            connect::dial(self.cards[p].addr, &self.secret, hello, deadline)?
-        } else {
-            self.listener.take(p, 1, deadline)?
-        };
-        let sock = socks
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Internal(format!("no bootstrap socket to rank {p}")))?;
-        let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
-        let link = ep.connect(p, sock, dialer, slot, deadline)?;
-        crate::info!(
-            Some(self.rank),
-            "link to rank {p} ({} pid {}): rdma on {} to {}, {} KiB slots",
-            self.cards[p].host,
-            self.cards[p].pid,
-            ep.device_name(),
-            self.cards[p].rdma,
-            slot >> 10
-        );
-        Ok(Some(Box::new(link)))
-    }
-
-    fn new_link(
-        &self,
-        p: usize,
-        socks: Vec<std::net::TcpStream>,
-        _slot: usize,
-        not_shm: Option<&str>,
-    ) -> Result<Box<dyn Link>> {
-        let mut socks = Some(socks);
-        if let Some(link) = self.multipath_link(p, &mut socks)? {
-            return Ok(link);
-        }
-        let socks = socks.expect("not taken");
-        let nsocks = socks.len();
-        let slot = self.cfg.chunk_bytes.unwrap_or(DEFAULT_CHUNK).max(64);
-        let nslots = (2 * nsocks).max(4);
-        let rail = self
-            .link_rail(p)
-            .map_or(String::new(), |k| format!(", on rail {k}"));
-        crate::info!(
-            Some(self.rank),
-            "link to rank {p} ({} pid {} at {}): tcp ({}), {nsocks} sockets, {nslots} slots of {} KiB{rail}",
-            self.cards[p].host,
-            self.cards[p].pid,
-            self.cards[p].addr,
-            not_shm.unwrap_or("tcp"),
-            slot >> 10
-        );
-        Ok(Box::new(TcpLink::new(p, socks, slot, nslots)?))
     }
 }
 

@@ -125,7 +125,7 @@ impl Communicator {
         let leader = members.first().map(|&(_, p)| p);
         let mut blob = [0u8; UNIQUE_ID_BYTES];
         if leader == Some(self.rank) {
-            let ip = self.listener.addr().ip();
+            let ip = self.ends.listener().addr().ip();
             blob = UniqueId::bind(SocketAddr::new(ip, 0))?.to_bytes();
         }
         let mut blobs = vec![0u8; UNIQUE_ID_BYTES * n];
@@ -225,7 +225,7 @@ impl Communicator {
             if p == me || dead[p] {
                 continue;
             }
-            match self.listener.take_control(p, chan, deadline) {
+            match self.ends.listener().take_control(p, chan, deadline) {
                 Ok(s) => inc[p] = Some(s),
                 Err(_) => dead[p] = true,
             }
@@ -306,7 +306,7 @@ impl Communicator {
             .position(|&p| p == me)
             .expect("we are alive");
         let id = if leader == me {
-            let id = UniqueId::bind(SocketAddr::new(self.listener.addr().ip(), 0))?;
+            let id = UniqueId::bind(SocketAddr::new(self.ends.listener().addr().ip(), 0))?;
             let blob = id.to_bytes();
             for &p in &survivors[1..] {
                 if let Some(s) = out[p].as_mut() {
@@ -360,7 +360,7 @@ impl Communicator {
                 self.rank
             )));
         }
-        UniqueId::bind(SocketAddr::new(self.listener.addr().ip(), 0))
+        UniqueId::bind(SocketAddr::new(self.ends.listener().addr().ip(), 0))
     }
 
     /// Grows to `new_size` ranks (collective over this communicator, like `ncclCommGrow`): every

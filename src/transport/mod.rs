@@ -10,7 +10,9 @@
 //! them is in [`wait`].
 
 pub mod connect;
+pub mod links;
 pub mod mpath;
+mod paths;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod shm;
