@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::algo::{Algorithm, Collective, Shape};
 use crate::bootstrap::{self, StoreClient, StoreServer, UniqueId};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::transport::connect::{self, PeerListener};
 use crate::transport::links::{self, Endpoints};
 
@@ -59,7 +59,7 @@ pub use crate::algo::DEFAULT_CHUNK;
 fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "{name}={v:?} is not a valid value; unset it or fix it"
             ))
         }),
@@ -81,7 +81,7 @@ impl Config {
         if self.transport.is_none() {
             if let Ok(v) = std::env::var("OXCCL_TRANSPORT") {
                 self.transport = Some(TransportKind::parse(&v).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
+                    Error::invalid_argument(format!(
                         "OXCCL_TRANSPORT={v:?}: expected auto, tcp, shm or rdma"
                     ))
                 })?);
@@ -101,7 +101,7 @@ impl Config {
                     "1" | "true" | "yes" | "on" => true,
                     "0" | "false" | "no" | "off" | "" => false,
                     _ => {
-                        return Err(Error::InvalidArgument(format!(
+                        return Err(Error::invalid_argument(format!(
                             "OXCCL_DETERMINISTIC={v:?}: expected 0 or 1"
                         )));
                     }
@@ -133,7 +133,7 @@ impl Config {
                 continue;
             }
             return Algorithm::parse(a).map(Some).ok_or_else(|| {
-                Error::InvalidArgument(format!(
+                Error::invalid_argument(format!(
                     "OXCCL_ALGO / Config.algo {spec:?}: unknown algorithm {a:?} (ring, direct)"
                 ))
             });
@@ -143,7 +143,7 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         if self.nsocks.is_some_and(|n| n == 0 || n > 64) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "nsocks {:?} must be 1..=64",
                 self.nsocks
             )));
@@ -152,13 +152,13 @@ impl Config {
             .chunk_bytes
             .is_some_and(|c| !(64..=(64 << 20)).contains(&c))
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "chunk_bytes {:?} must be 64 B..=64 MiB",
                 self.chunk_bytes
             )));
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidArgument("timeout must be positive".into()));
+            return Err(Error::invalid_argument("timeout must be positive"));
         }
         self.forced(Collective::AllReduce)?;
         Ok(())
@@ -208,7 +208,7 @@ impl Card {
     }
 
     fn decode(b: &[u8], rank: usize) -> Result<Card> {
-        let bad = || Error::Internal(format!("rank {rank} published an unreadable card"));
+        let bad = || Error::internal(format!("rank {rank} published an unreadable card"));
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
         let mut it = s.splitn(9, ' ');
         if it.next() != Some("4") {
@@ -399,12 +399,13 @@ fn exchange_cards(
         |p| {
             let left = deadline.saturating_duration_since(Instant::now());
             let b = store.borrow_mut().get(&key(p), left).map_err(|e| match e {
-                Error::Timeout { msg, .. } => Error::Timeout {
-                    peer: Some(p),
-                    msg: format!(
-                        "rank {rank}: rank {p} never joined ({msg}); did all {nranks} ranks start?"
+                e if e.kind() == ErrorKind::Timeout => Error::timed_out(
+                    Some(p),
+                    format!(
+                        "rank {rank}: rank {p} never joined ({}); did all {nranks} ranks start?",
+                        e.message()
                     ),
-                },
+                ),
                 e => e,
             })?;
             let card = Card::decode(&b, p)?;
@@ -439,7 +440,7 @@ impl Communicator {
     pub fn init(rank: usize, nranks: usize, id: &UniqueId, cfg: Config) -> Result<Communicator> {
         // Validate before taking rank 0's listener, so a rejected call leaves the id usable.
         if nranks == 0 || rank >= nranks {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "rank {rank} of {nranks}: need 0 <= rank < nranks"
             )));
         }
@@ -461,10 +462,9 @@ impl Communicator {
     /// Like [`Communicator::from_env`], with explicit settings.
     pub fn from_env_with(cfg: Config) -> Result<Communicator> {
         let info = bootstrap::env::discover()?.ok_or_else(|| {
-            Error::InvalidUsage(
+            Error::invalid_usage(
                 "no launcher environment found: set OXCCL_RANK, OXCCL_WORLD_SIZE and OXCCL_ROOT (or run under \
-                 torchrun, srun or mpirun), or use Communicator::init with a UniqueId"
-                    .into(),
+                 torchrun, srun or mpirun), or use Communicator::init with a UniqueId",
             )
         })?;
         let secret = match info.secret {
@@ -503,12 +503,12 @@ impl Communicator {
         cfg: Config,
     ) -> Result<Communicator> {
         if nranks == 0 || rank >= nranks {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "rank {rank} of {nranks}: need 0 <= rank < nranks"
             )));
         }
         if nranks > u32::MAX as usize / 2 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{nranks} ranks is too many"
             )));
         }
@@ -528,10 +528,13 @@ impl Communicator {
             None => None,
         };
         let mut store = StoreClient::connect(root, &secret, timeout).map_err(|e| match e {
-            Error::Timeout { msg, .. } => Error::Timeout {
-                peer: Some(0),
-                msg: format!("rank {rank}: cannot reach the store of rank 0 at {root}: {msg}"),
-            },
+            e if e.kind() == ErrorKind::Timeout => Error::timed_out(
+                Some(0),
+                format!(
+                    "rank {rank}: cannot reach the store of rank 0 at {root}: {}",
+                    e.message()
+                ),
+            ),
             e => e,
         })?;
         let comm_id = if rank == 0 {
@@ -543,7 +546,7 @@ impl Communicator {
             u64::from_le_bytes(
                 b.as_slice()
                     .try_into()
-                    .map_err(|_| Error::Internal("bad comm id in store".into()))?,
+                    .map_err(|_| Error::internal("bad comm id in store"))?,
             )
         };
         let mut ends = Endpoints::open(
@@ -687,7 +690,7 @@ impl Communicator {
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
         self.inner
             .lock()
-            .map_err(|_| Error::Internal("communicator lock poisoned by a panic".into()))
+            .map_err(|_| Error::internal("communicator lock poisoned by a panic"))
     }
 
     /// Connects links to `peers` that are not connected yet (lower rank dials). Peers on this

@@ -9,7 +9,7 @@
 //! the communicator's timeout it fails with an error naming the peers it was waiting for.
 //!
 //! Every message carries the collective's [`Tag`]; a message whose tag differs from ours is an
-//! [`Error::Mismatch`] naming both calls. On any error the executor sends an abort to every
+//! [`ErrorKind::Mismatch`](crate::error::ErrorKind::Mismatch) naming both calls. On any error the executor sends an abort to every
 //! peer, so ranks that are not talking to the failed one learn of it too.
 
 use std::collections::VecDeque;
@@ -82,23 +82,17 @@ pub fn describe(tag: &Tag) -> String {
 /// rank to name is the one that reported it, not ourselves.
 fn relayed(e: Error, me: usize, from: usize) -> Error {
     // Only a peer's report: a link's own error naming this rank (its NIC died) stays as it is.
-    if e.peer() != Some(me) || !crate::transport::tcp::is_remote(&e) {
+    if e.peer() != Some(me) || e.reported_by().is_none() {
         return e;
     }
-    let msg = e.message().to_string();
-    Error::from_parts(e.code(), Some(from), msg)
+    e.with_peer(Some(from))
 }
 
 /// Prefixes an error's message with where it happened.
 fn in_context(e: Error, p: &Params) -> Error {
     let prefix = format!("{} on rank {}", describe(&p.tag), p.rank);
     let msg = format!("{prefix}: {}", e.message());
-    match e {
-        Error::PeerLost { peer, .. } => Error::PeerLost { peer, msg },
-        Error::Timeout { peer, .. } => Error::Timeout { peer, msg },
-        Error::Mismatch { peer, .. } => Error::Mismatch { peer, msg },
-        other => Error::from_parts(other.code(), other.peer(), msg),
-    }
+    e.with_message(msg)
 }
 
 /// Programs compiled for the executor: their steps in one table (job `j`'s step `i` is step
@@ -422,7 +416,7 @@ impl Interrupt<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| {
-                Error::InvalidUsage(format!(
+                Error::invalid_usage(format!(
                     "the call was interrupted by abort() on rank {rank}"
                 ))
             })
@@ -485,7 +479,7 @@ unsafe fn run_plan(
     st: Option<&mut State>,
 ) -> Result<()> {
     if calls.len() != plan.jobs() || calls.is_empty() {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "{} calls for a plan of {} programs",
             calls.len(),
             plan.jobs()
@@ -527,10 +521,7 @@ unsafe fn run_plan(
             abort.is_some_and(|a| a.raised() && a.why.lock().is_ok_and(|w| w.is_none()));
         let wire = if interrupted {
             let rank = calls[0].params.rank;
-            Error::PeerLost {
-                peer: rank,
-                msg: format!("rank {rank} aborted the communicator"),
-            }
+            Error::peer_lost(rank, format!("rank {rank} aborted the communicator"))
         } else {
             e.clone()
         };
@@ -570,7 +561,7 @@ impl<'a> Bufs<'a> {
                 (end[2], mem.scratch_len, "scratch"),
             ] {
                 if e.checked_mul(es).is_none_or(|b| b > len) {
-                    return Err(Error::Internal(format!(
+                    return Err(Error::internal(format!(
                         "the Program reaches element {e} of the {what} buffer, which holds {len} bytes"
                     )));
                 }
@@ -578,7 +569,7 @@ impl<'a> Bufs<'a> {
         }
         for q in &plan.peers {
             if links.get(q.peer).is_none_or(|l| l.is_none()) {
-                return Err(Error::Internal(format!("no link to rank {}", q.peer)));
+                return Err(Error::internal(format!("no link to rank {}", q.peer)));
             }
         }
         Ok(Bufs { calls })
@@ -652,15 +643,15 @@ impl<'a> Bufs<'a> {
                 data,
             ),
             op => {
-                return Err(Error::Mismatch {
+                return Err(Error::mismatch(
                     peer,
-                    msg: format!(
+                    format!(
                         "rank {peer} sent {} bytes where this rank expects {} ({op:?}); the ranks \
                          passed different counts",
                         data.len(),
                         op.writes().map(|r| r.len * es).unwrap_or(0),
                     ),
-                });
+                ));
             }
         }
         Ok(())
@@ -766,7 +757,7 @@ fn run_straight(
                 // flight: the link copies it out before post_send returns true.
                 if unsafe { link.post_send(&p.tag, bufs.ptr(0, src), src.len * bufs.es(0))? } {
                     if link.take_send_completions() != 1 {
-                        return Err(Error::Internal(format!(
+                        return Err(Error::internal(format!(
                             "the link to rank {peer} did not complete a send on posting"
                         )));
                     }
@@ -923,7 +914,7 @@ fn run_inner(
                 let g = c
                     .inflight
                     .pop_front()
-                    .ok_or_else(|| Error::Internal("phantom send completion".into()))?;
+                    .ok_or_else(|| Error::internal("phantom send completion"))?;
                 complete(g, remaining, ready_local, &mut done);
                 moved = true;
             }
@@ -1008,16 +999,16 @@ fn run_inner(
 }
 
 fn mismatch(peer: usize, theirs: &Tag, p: &Params) -> Error {
-    Error::Mismatch {
+    Error::mismatch(
         peer,
-        msg: format!(
+        format!(
             "rank {peer} called {} but rank {} called {}; every rank must make the same collective \
              calls in the same order with the same count, type, operator and root",
             describe(theirs),
             p.rank,
             describe(&p.tag)
         ),
-    }
+    )
 }
 
 fn timeout_error(peers: &[PeerSteps], cursors: &[Cursor], remaining: &[u32], p: &Params) -> Error {

@@ -48,5 +48,5 @@ pub mod tune;
 pub use algo::{Algorithm, Collective};
 pub use bootstrap::UniqueId;
 pub use comm::{Call, Communicator, Config, NO_COLOR, Request, Scope, TransportKind};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use reduce::{DataType, Element, ReduceOp};

@@ -163,14 +163,13 @@ fn statements(text: &str) -> Vec<(usize, String)> {
             }
             continue;
         }
-        if code.trim_start().starts_with("use ")
-            || code.trim_start().starts_with("pub use ")
-            || code.trim_start().starts_with("pub(crate) use ")
-        {
-            if !code.contains(';') {
-                open = Some((n + 1, code.to_string()));
-                continue;
-            }
+        let head = code.trim_start();
+        let is_use = ["use ", "pub use ", "pub(crate) use "]
+            .iter()
+            .any(|u| head.starts_with(u));
+        if is_use && !code.contains(';') {
+            open = Some((n + 1, code.to_string()));
+            continue;
         }
         out.push((n + 1, code.to_string()));
     }

@@ -758,9 +758,9 @@ fn child_cut() -> Result<(), String> {
         match comm.all_reduce(&mut v, ReduceOp::Sum) {
             Ok(()) => println!("ITER {iter} {:.1?}", t.elapsed()),
             Err(e) => {
-                let kind = match &e {
-                    oxccl::Error::Timeout { .. } => "Timeout",
-                    oxccl::Error::PeerLost { .. } => "PeerLost",
+                let kind = match e.kind() {
+                    oxccl::ErrorKind::Timeout => "Timeout",
+                    oxccl::ErrorKind::PeerLost => "PeerLost",
                     _ => "other",
                 };
                 println!(

@@ -236,7 +236,8 @@ fn a_rank_that_never_joins_is_named_by_every_rank() {
     for t in ranks {
         let (r, got, took) = t.join().expect("rank thread");
         match got {
-            Err(oxccl::Error::Timeout { peer: Some(p), msg }) if p == absent => {
+            Err(e) if e.kind() == oxccl::ErrorKind::Timeout && e.peer() == Some(absent) => {
+                let msg = e.message();
                 assert!(
                     msg.contains(&format!("rank {absent} never joined")),
                     "{msg}"

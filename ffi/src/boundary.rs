@@ -137,7 +137,7 @@ pub(crate) fn guard(
         Err(p) => fail(
             comm,
             func,
-            &Error::Internal(format!(
+            &Error::internal(format!(
                 "panic: {} (a bug in oxccl; please report it)",
                 panic_message(&*p)
             )),
@@ -147,7 +147,7 @@ pub(crate) fn guard(
 
 /// A null-pointer error for argument `what`.
 pub(crate) fn null(what: &str) -> Error {
-    Error::InvalidArgument(format!("{what} is NULL"))
+    Error::invalid_argument(format!("{what} is NULL"))
 }
 
 /// The name and meaning of a result code, as a static string (never NULL; unknown codes get a

@@ -64,8 +64,8 @@ impl Handle {
 
 /// The error for a non-null pointer that is not a live communicator.
 fn not_live() -> Error {
-    Error::InvalidArgument(
-        "comm is not a live communicator (destroyed already, or not from oxcclCommInit*)".into(),
+    Error::invalid_argument(
+        "comm is not a live communicator (destroyed already, or not from oxcclCommInit*)",
     )
 }
 
@@ -162,7 +162,7 @@ pub unsafe extern "C" fn oxcclUniqueIdToString(
         let id = from_c(unsafe { &*uniqueId })?;
         let s = id.to_string();
         if s.len() >= len {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "buf has {len} bytes; the unique id needs {} (OXCCL_UNIQUE_ID_STRLEN is always enough)",
                 s.len() + 1
             )));
@@ -211,7 +211,7 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Err
     let s = unsafe { CStr::from_ptr(p) };
     s.to_str()
         .map(Some)
-        .map_err(|_| Error::InvalidArgument(format!("{what} is not UTF-8")))
+        .map_err(|_| Error::invalid_argument(format!("{what} is not UTF-8")))
 }
 
 /// Reads a C config; NULL means all defaults.
@@ -227,7 +227,7 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     // every valid config has (checked through `size` before the whole struct is read).
     let size = unsafe { ptr::addr_of!((*cfg).size).read() };
     if size < std::mem::size_of::<oxcclConfig_t>() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "config->size is {size}, expected at least {}: start from OXCCL_CONFIG_INITIALIZER",
             std::mem::size_of::<oxcclConfig_t>()
         )));
@@ -235,16 +235,15 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     // SAFETY: as above; at least size_of::<oxcclConfig_t>() bytes are readable.
     let c = unsafe { cfg.read() };
     if c.magic != OXCCL_CONFIG_MAGIC || c.version == 0 {
-        return Err(Error::InvalidArgument(
-            "config was not initialised with OXCCL_CONFIG_INITIALIZER (bad magic or version)"
-                .into(),
+        return Err(Error::invalid_argument(
+            "config was not initialised with OXCCL_CONFIG_INITIALIZER (bad magic or version)",
         ));
     }
     let int = |v: c_int, what: &str| -> Result<Option<usize>, Error> {
         match v {
             CONFIG_UNDEF_INT => Ok(None),
             v if v > 0 => Ok(Some(v as usize)),
-            v => Err(Error::InvalidArgument(format!(
+            v => Err(Error::invalid_argument(format!(
                 "config->{what} is {v}; it must be positive (or OXCCL_CONFIG_UNDEF_INT)"
             ))),
         }
@@ -253,7 +252,7 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     let transport = match unsafe { c_str(c.transport, "config->transport")? } {
         None => None,
         Some(t) => Some(TransportKind::parse(t).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "config->transport {t:?}: expected \"auto\", \"tcp\" or \"shm\""
             ))
         })?),
@@ -265,7 +264,7 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
         0 => Some(false),
         1 => Some(true),
         v => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config->deterministic is {v}; use 0, 1 or OXCCL_CONFIG_UNDEF_INT"
             )));
         }
@@ -319,12 +318,12 @@ pub unsafe extern "C" fn oxcclCommInitRankConfig(
         // Checked here too (the core checks it) so that a bad call leaves rank 0's store
         // listener from oxcclGetUniqueId in place for the next try.
         let (Ok(n), Ok(r)) = (usize::try_from(nranks), usize::try_from(rank)) else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "rank {rank} of {nranks}: need 0 <= rank < nranks"
             )));
         };
         if r >= n {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "rank {rank} of {nranks}: need 0 <= rank < nranks"
             )));
         }
@@ -433,13 +432,13 @@ pub unsafe extern "C" fn oxcclCommSplit(
         let color = match color {
             OXCCL_SPLIT_NOCOLOR => None,
             c => Some(u32::try_from(c).map_err(|_| {
-                Error::InvalidArgument(format!(
+                Error::invalid_argument(format!(
                     "color {c}: use a color >= 0, or OXCCL_SPLIT_NOCOLOR"
                 ))
             })?),
         };
         let key = u32::try_from(key)
-            .map_err(|_| Error::InvalidArgument(format!("key {key} must be >= 0")))?;
+            .map_err(|_| Error::invalid_argument(format!("key {key} must be >= 0")))?;
         // SAFETY: NULL or initialised (caller's contract).
         let cfg = unsafe { read_config(config)? };
         let c = h.comm.split(color, key, cfg)?;
@@ -492,7 +491,7 @@ pub unsafe extern "C" fn oxcclCommShrinkExclude(
             return Err(null("newcomm"));
         }
         let count = usize::try_from(excludeCount).map_err(|_| {
-            Error::InvalidArgument(format!("excludeCount {excludeCount} is negative"))
+            Error::invalid_argument(format!("excludeCount {excludeCount} is negative"))
         })?;
         if count > 0 && excludeRanks.is_null() {
             return Err(null("excludeRanks"));
@@ -507,7 +506,7 @@ pub unsafe extern "C" fn oxcclCommShrinkExclude(
             .iter()
             .map(|&r| {
                 usize::try_from(r)
-                    .map_err(|_| Error::InvalidArgument(format!("excluded rank {r} is negative")))
+                    .map_err(|_| Error::invalid_argument(format!("excluded rank {r} is negative")))
             })
             .collect::<Result<Vec<usize>, Error>>()?;
         let c = h.comm.shrink_excluding(&exclude)?;
@@ -577,7 +576,7 @@ pub unsafe extern "C" fn oxcclCommGrow(
             return Err(null("newcomm"));
         }
         let n = usize::try_from(nranks)
-            .map_err(|_| Error::InvalidArgument(format!("nranks {nranks} is negative")))?;
+            .map_err(|_| Error::invalid_argument(format!("nranks {nranks} is negative")))?;
         // SAFETY: NULL or initialised (caller's contract).
         let cfg = unsafe { read_config(config)? };
         let id = if uniqueId.is_null() {
@@ -594,7 +593,7 @@ pub unsafe extern "C" fn oxcclCommGrow(
                     .ok()
                     .filter(|&r| r < n)
                     .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
+                        Error::invalid_argument(format!(
                             "rank {rank} of {nranks}: need 0 <= rank < nranks"
                         ))
                     })?;
@@ -623,7 +622,7 @@ pub unsafe extern "C" fn oxcclCommCount(comm: oxcclComm_t, count: *mut c_int) ->
             return Err(null("count"));
         }
         let n = c_int::try_from(h.comm.size())
-            .map_err(|_| Error::Internal("rank count exceeds int".into()))?;
+            .map_err(|_| Error::internal("rank count exceeds int"))?;
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(count, n) };
         Ok(())
@@ -640,8 +639,7 @@ pub unsafe extern "C" fn oxcclCommUserRank(comm: oxcclComm_t, rank: *mut c_int) 
         if rank.is_null() {
             return Err(null("rank"));
         }
-        let r = c_int::try_from(h.comm.rank())
-            .map_err(|_| Error::Internal("rank exceeds int".into()))?;
+        let r = c_int::try_from(h.comm.rank()).map_err(|_| Error::internal("rank exceeds int"))?;
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(rank, r) };
         Ok(())
@@ -669,7 +667,7 @@ pub unsafe extern "C" fn oxcclCommTopology(
     with_comm("oxcclCommTopology", comm, |h| {
         let t = h.comm.topology();
         let int = |v: usize| {
-            c_int::try_from(v).map_err(|_| Error::Internal("topology value exceeds int".into()))
+            c_int::try_from(v).map_err(|_| Error::internal("topology value exceeds int"))
         };
         let vals = [
             (host, int(t.host())?),

@@ -69,7 +69,7 @@ pub(crate) unsafe fn submit(
 pub(crate) fn no_group(func: &'static str) -> Result<(), oxcclResult_t> {
     if GROUP.with(|g| g.borrow().depth > 0) {
         return Err(guard(func, None, || {
-            Err(Error::InvalidUsage(format!(
+            Err(Error::invalid_usage(format!(
                 "{func} inside oxcclGroupStart/End; use the blocking form there (the group runs \
                  its calls together at oxcclGroupEnd)"
             )))
@@ -128,8 +128,8 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
         let calls = GROUP.with(|g| {
             let mut g = g.borrow_mut();
             match g.depth {
-                0 => Err(Error::InvalidUsage(
-                    "oxcclGroupEnd without oxcclGroupStart".into(),
+                0 => Err(Error::invalid_usage(
+                    "oxcclGroupEnd without oxcclGroupStart",
                 )),
                 1 => {
                     g.depth = 0;
@@ -161,9 +161,8 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
             .iter()
             .map(|&c| {
                 Handle::lookup(c).ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "a communicator used in this group was destroyed before oxcclGroupEnd"
-                            .into(),
+                    Error::invalid_argument(
+                        "a communicator used in this group was destroyed before oxcclGroupEnd",
                     )
                 })
             })
@@ -241,23 +240,22 @@ pub unsafe extern "C" fn oxcclGroupEndAsync(request: *mut oxcclRequest_t) -> oxc
         Ok(c) => c,
         Err(msg) => {
             return guard("oxcclGroupEndAsync", None, || {
-                Err(Error::InvalidUsage(msg.into()))
+                Err(Error::invalid_usage(msg))
             });
         }
     };
     let Some(&(comm, _, _)) = calls.first() else {
         return guard("oxcclGroupEndAsync", None, || {
-            Err(Error::InvalidUsage(
-                "oxcclGroupEndAsync: the group queued no calls; nothing to start".into(),
+            Err(Error::invalid_usage(
+                "oxcclGroupEndAsync: the group queued no calls; nothing to start",
             ))
         });
     };
     if calls.iter().any(|(c, _, _)| *c != comm) {
         return guard("oxcclGroupEndAsync", None, || {
-            Err(Error::InvalidUsage(
+            Err(Error::invalid_usage(
                 "oxcclGroupEndAsync: the group's calls use several communicators; end it with \
-                 oxcclGroupEnd, or start one group per communicator"
-                    .into(),
+                 oxcclGroupEnd, or start one group per communicator",
             ))
         });
     }

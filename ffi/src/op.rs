@@ -65,7 +65,7 @@ pub(crate) fn span(
         .and_then(|b| b.checked_mul(factor))
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "{what}: {count} elements of {} (x{factor}) overflow the address space; is the count negative?",
                 dtype.name()
             ))
@@ -77,7 +77,7 @@ fn check_ptr(p: *const c_void, len: usize, what: &str) -> Result<*const u8, Erro
         return Err(null(what));
     }
     if (p as usize).checked_add(len).is_none() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what} + {len} bytes wraps around the address space"
         )));
     }
@@ -91,7 +91,7 @@ fn overlap(a: *const u8, alen: usize, b: *const u8, blen: usize) -> bool {
 
 fn no_overlap(s: *const u8, slen: usize, r: *const u8, rlen: usize) -> Result<(), Error> {
     if overlap(s, slen, r, rlen) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "sendbuff ({slen} bytes) and recvbuff ({rlen} bytes) overlap, and not in the in-place \
              layout this collective accepts (see the header)"
         )));
@@ -105,7 +105,7 @@ pub(crate) fn rank_arg(v: i32, who: Who, what: &str) -> Result<usize, Error> {
         .ok()
         .filter(|&r| r < who.nranks)
         .ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "{what} {v} is not a rank of this {}-rank communicator",
                 who.nranks
             ))
@@ -129,7 +129,7 @@ pub(crate) unsafe fn counts_arg(
     let total = v
         .iter()
         .try_fold(0usize, |a, &c| a.checked_add(c))
-        .ok_or_else(|| Error::InvalidArgument(format!("the sum of {what} overflows")))?;
+        .ok_or_else(|| Error::invalid_argument(format!("the sum of {what} overflows")))?;
     Ok((v, total))
 }
 
@@ -190,7 +190,7 @@ impl Op {
                 Kind::ReduceScatter(ReduceOp::Sum)
             }
             k => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "{k:?}: a pre-multiplied sum is taken by all-reduce, reduce and reduce-scatter"
                 )));
             }
@@ -558,7 +558,7 @@ pub(crate) fn check_disjoint(ops: &[&Op]) -> Result<(), Error> {
                 break;
             }
             if a.3 != b.3 && (a.2 || b.2) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "calls {} and {} of this group use overlapping buffers, and one of them writes \
                      there",
                     a.3.min(b.3) + 1,

@@ -62,7 +62,7 @@ pub(crate) unsafe fn resolve(
         return Ok((op.get()?, None));
     }
     let unknown = || {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "op {} is neither a built-in oxcclRedOp_t nor an operator oxcclRedOpCreatePreMulSum \
              made on this communicator (or it was destroyed)",
             op.0
@@ -77,7 +77,7 @@ pub(crate) unsafe fn resolve(
             .ok_or_else(unknown)?
     };
     if p.dtype != dtype {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "op {} pre-multiplies {} elements, but this call reduces {}",
             op.0,
             p.dtype.name(),
@@ -137,7 +137,7 @@ pub unsafe extern "C" fn oxcclRedOpCreatePreMulSum(
                 Scalar::Immediate(b)
             }
             r => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "residence {r} is not an oxcclScalarResidence_t (0 = oxcclScalarDevice, 1 = \
                      oxcclScalarHostImmediate)"
                 )));
@@ -154,7 +154,7 @@ pub unsafe extern "C" fn oxcclRedOpCreatePreMulSum(
         let id = c_int::try_from(slot)
             .ok()
             .and_then(|s| s.checked_add(FIRST))
-            .ok_or_else(|| Error::InvalidUsage("too many operators on this communicator".into()))?;
+            .ok_or_else(|| Error::invalid_usage("too many operators on this communicator"))?;
         ops[slot] = Some(PreMul { dtype, scalar });
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(op, RedOpArg(id)) };
@@ -179,7 +179,7 @@ pub unsafe extern "C" fn oxcclRedOpDestroy(op: RedOpArg, comm: oxcclComm_t) -> o
                 ops[i] = None;
                 Ok(())
             }
-            None => Err(Error::InvalidArgument(format!(
+            None => Err(Error::invalid_argument(format!(
                 "op {} is not an operator oxcclRedOpCreatePreMulSum made on this communicator",
                 op.0
             ))),

@@ -167,7 +167,7 @@ impl DataTypeArg {
     /// The element type, or an invalid-argument error naming the value.
     pub fn get(self) -> Result<DataType, Error> {
         DataType::from_i32(self.0).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "datatype {} is not an oxcclDataType_t (0 = oxcclInt8 .. 9 = oxcclBfloat16)",
                 self.0
             ))
@@ -179,7 +179,7 @@ impl RedOpArg {
     /// The operator, or an invalid-argument error naming the value.
     pub fn get(self) -> Result<ReduceOp, Error> {
         ReduceOp::from_i32(self.0).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "op {} is not an oxcclRedOp_t (0 = oxcclSum .. 4 = oxcclAvg)",
                 self.0
             ))
@@ -299,24 +299,15 @@ mod tests {
     fn every_rust_error_has_its_code() {
         use oxcclResult_t::*;
         let errs = [
-            Error::InvalidArgument(String::new()),
-            Error::InvalidUsage(String::new()),
-            Error::System(String::new()),
-            Error::Internal(String::new()),
-            Error::PeerLost {
-                peer: 1,
-                msg: String::new(),
-            },
-            Error::Timeout {
-                peer: None,
-                msg: String::new(),
-            },
-            Error::Mismatch {
-                peer: 1,
-                msg: String::new(),
-            },
-            Error::Unavailable(String::new()),
-            Error::Auth(String::new()),
+            Error::invalid_argument(String::new()),
+            Error::invalid_usage(String::new()),
+            Error::system(String::new()),
+            Error::internal(String::new()),
+            Error::peer_lost(1, String::new()),
+            Error::timed_out(None, String::new()),
+            Error::mismatch(1, String::new()),
+            Error::unavailable(String::new()),
+            Error::auth(String::new()),
         ];
         let want = [
             oxcclInvalidArgument,

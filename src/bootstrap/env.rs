@@ -20,7 +20,7 @@
 //!
 //! Host names are resolved with the system resolver, preferring an IPv4 address. Empty
 //! variables count as unset. A source that is only partly set, or a value that does not parse,
-//! is an [`Error::InvalidArgument`] naming the variable, its value and what to set.
+//! is an [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument) naming the variable, its value and what to set.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -150,12 +150,12 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
     let rank = parse_usize(src.rank, &rank_val)?;
     let world_size = parse_usize(size_var, &size_val)?;
     if world_size == 0 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{size_var}=0: the world size must be at least 1"
         )));
     }
     if rank >= world_size {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{}={rank} is not below {size_var}={world_size}: ranks are numbered 0..{size_var}-1",
             src.rank
         )));
@@ -177,12 +177,12 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
     };
     let secret = match (var("OXCCL_SECRET"), var("OXCCL_SECRET_FILE")) {
         (Some(_), Some(_)) => {
-            return Err(Error::InvalidArgument(
-                "both OXCCL_SECRET and OXCCL_SECRET_FILE are set: set one of them".into(),
+            return Err(Error::invalid_argument(
+                "both OXCCL_SECRET and OXCCL_SECRET_FILE are set: set one of them",
             ));
         }
         (Some(v), None) => Some(parse_secret_hex(&v).map_err(|e| {
-            Error::InvalidArgument(format!("OXCCL_SECRET (value hidden): {}", e.message()))
+            Error::invalid_argument(format!("OXCCL_SECRET (value hidden): {}", e.message()))
         })?),
         (None, Some(path)) => Some(secret_from_file(&path)?),
         (None, None) => None,
@@ -193,7 +193,7 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,
             _ => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "OXCCL_ROOT_EXTERNAL={v:?}: expected 1 (a launcher serves the store) or 0"
                 )));
             }
@@ -214,13 +214,13 @@ pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvI
 /// ignored. Errors name the file, never its content.
 fn secret_from_file(path: &str) -> Result<[u8; 16]> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "OXCCL_SECRET_FILE={path}: cannot read it ({e}); it must hold the job's secret as 32 \
              hex digits, readable by every rank"
         ))
     })?;
     parse_secret_hex(&text).map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "OXCCL_SECRET_FILE={path} (content hidden): {}",
             e.message()
         ))
@@ -252,7 +252,7 @@ fn master_root(var: &dyn Fn(&str) -> Option<String>, src: &Source) -> Result<Soc
                 "set OXCCL_ROOT=host:port (rank 0's host and a free port, e.g. the first host of the \
                  job and 29500), or MASTER_ADDR and MASTER_PORT"
             };
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "running under {} ({} is set) but no root address is given: {hint}",
                 src.name, src.rank
             )));
@@ -264,10 +264,9 @@ fn master_root(var: &dyn Fn(&str) -> Option<String>, src: &Source) -> Result<Soc
     if src.name == "torchrun" && agent_store {
         // The elastic agent's own TCPStore is on MASTER_PORT; ours goes next to it.
         port_num = port_num.checked_add(1).ok_or_else(|| {
-            Error::InvalidArgument(
+            Error::invalid_argument(
                 "MASTER_PORT=65535 and torchrun's agent store uses it: oxccl needs MASTER_PORT+1; \
-                 pick a lower MASTER_PORT or set OXCCL_ROOT=host:port"
-                    .into(),
+                 pick a lower MASTER_PORT or set OXCCL_ROOT=host:port",
             )
         })?;
     }
@@ -275,12 +274,12 @@ fn master_root(var: &dyn Fn(&str) -> Option<String>, src: &Source) -> Result<Soc
 }
 
 fn missing(var: &str, because: &str, what: &str) -> Error {
-    Error::InvalidArgument(format!("{because} but {var} is not: set {var} to {what}"))
+    Error::invalid_argument(format!("{because} but {var} is not: set {var} to {what}"))
 }
 
 fn parse_usize(var: &str, v: &str) -> Result<usize> {
     v.parse::<usize>().map_err(|_| {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "{var}={v:?} is not a non-negative integer; fix or unset {var}"
         ))
     })
@@ -289,7 +288,7 @@ fn parse_usize(var: &str, v: &str) -> Result<usize> {
 fn parse_port(var: &str, v: &str) -> Result<u16> {
     match v.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(Error::InvalidArgument(format!(
+        _ => Err(Error::invalid_argument(format!(
             "{var}={v:?} is not a TCP port (1-65535)"
         ))),
     }
@@ -299,14 +298,14 @@ fn parse_port(var: &str, v: &str) -> Result<u16> {
 fn parse_host_port(var: &str, v: &str) -> Result<SocketAddr> {
     if let Ok(a) = v.parse::<SocketAddr>() {
         if a.port() == 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{var}={v:?}: port 0 cannot be dialled; give the root's real port"
             )));
         }
         return Ok(a);
     }
     let Some((host, port)) = v.rsplit_once(':') else {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{var}={v:?} has no port: expected host:port (IPv6 as [addr]:port)"
         )));
     };
@@ -315,7 +314,7 @@ fn parse_host_port(var: &str, v: &str) -> Result<SocketAddr> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     if host.is_empty() || host.contains(':') {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{var}={v:?} is not host:port (IPv6 addresses need brackets: [addr]:port)"
         )));
     }
@@ -335,7 +334,7 @@ fn resolve(var: &str, host: &str, port: u16) -> Result<SocketAddr> {
     let addrs: Vec<SocketAddr> = (bare, port)
         .to_socket_addrs()
         .map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "{var}: cannot resolve host {bare:?}: {e}; use an IP address or a name this host resolves"
             ))
         })?
@@ -346,7 +345,7 @@ fn resolve(var: &str, host: &str, port: u16) -> Result<SocketAddr> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| {
-            Error::InvalidArgument(format!("{var}: host {bare:?} resolves to no address"))
+            Error::invalid_argument(format!("{var}: host {bare:?} resolves to no address"))
         })
 }
 

@@ -175,15 +175,12 @@ pub fn all_gather(
     missing: impl Fn(Range<usize>) -> Option<usize>,
 ) -> Result<Vec<Vec<u8>>> {
     if mine.len() > MAX_CARD_LEN {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "rank {rank}: its card is {} bytes (limit {MAX_CARD_LEN})",
             mine.len()
         )));
     }
-    let absent = |lost: usize, msg: String| Error::Timeout {
-        peer: Some(lost),
-        msg,
-    };
+    let absent = |lost: usize, msg: String| Error::timed_out(Some(lost), msg);
     // Gather: my subtree's cards, children in order (their ranges follow each other).
     let kids = children(rank, n);
     let mut cards = vec![mine];
@@ -193,7 +190,7 @@ pub fn all_gather(
         let range = subtree(c, n);
         let mut s = match take_child(c) {
             Ok(s) => s,
-            Err(Error::Timeout { .. }) => {
+            Err(e) if e.kind() == crate::error::ErrorKind::Timeout => {
                 let lost = missing(range.clone()).unwrap_or(c);
                 let msg = if lost == c {
                     format!("rank {rank}: rank {c} never joined; did all {n} ranks start?")
@@ -267,11 +264,13 @@ pub fn all_gather(
         None => cards,
         Some(p) => {
             let mut s = dial_parent(p)?;
-            let lost = |why: String| Error::PeerLost {
-                peer: p,
-                msg: format!(
-                    "rank {rank}: the bootstrap card exchange with rank {p} (its parent) failed: {why}"
-                ),
+            let lost = |why: String| {
+                Error::peer_lost(
+                    p,
+                    format!(
+                        "rank {rank}: the bootstrap card exchange with rank {p} (its parent) failed: {why}"
+                    ),
+                )
             };
             s.set_write_timeout(Some(left(deadline)))
                 .and_then(|()| s.write_all(&encode(rank, &cards)))
@@ -305,13 +304,10 @@ pub fn all_gather(
     for (c, mut s) in socks {
         s.set_write_timeout(Some(left(deadline)))
             .and_then(|()| s.write_all(&frame))
-            .map_err(|e| Error::PeerLost {
-                peer: c,
-                msg: format!(
+            .map_err(|e| Error::peer_lost(c, format!(
                     "rank {rank}: sending every card to rank {c} (its child in the bootstrap tree): {}",
                     io_why(&e)
-                ),
-            })?;
+                )))?;
     }
     Ok(all)
 }
@@ -450,7 +446,11 @@ mod tests {
             let present = (0..n).filter(|&r| r != absent);
             for (r, got) in present.zip(out) {
                 match got {
-                    Err(Error::Timeout { peer: Some(p), msg }) if p == absent => {
+                    Err(e)
+                        if e.kind() == crate::error::ErrorKind::Timeout
+                            && e.peer() == Some(absent) =>
+                    {
+                        let msg = e.message();
                         assert!(
                             msg.contains(&format!("rank {absent} never joined")),
                             "{msg}"

@@ -41,9 +41,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Runs the accepting side of the handshake on `stream`, within `timeout`.
 ///
-/// Errors: [`Error::Auth`] when the client does not know the secret or is not an oxccl peer of
+/// Errors: [`ErrorKind::Auth`](crate::error::ErrorKind::Auth) when the client does not know the secret or is not an oxccl peer of
 /// the same protocol version and purpose (the message names the client's address),
-/// [`Error::Timeout`] when it is too slow, [`Error::System`] when the connection breaks.
+/// [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout) when it is too slow, [`ErrorKind::System`](crate::error::ErrorKind::System) when the connection breaks.
 /// The socket's read and write timeouts are restored afterwards.
 pub fn server(
     stream: &mut TcpStream,
@@ -75,7 +75,7 @@ pub fn server(
         if ok {
             Ok(())
         } else {
-            Err(Error::Auth(format!(
+            Err(Error::auth(format!(
                 "connection from {}: the client does not know this job's secret \
                  (a rank of another job, or OXCCL_SECRET / the unique id differs)",
                 io.peer
@@ -86,7 +86,7 @@ pub fn server(
 
 /// Runs the connecting side of the handshake on `stream`, within `timeout`.
 ///
-/// Errors as for [`server`]; [`Error::Auth`] names the server's address.
+/// Errors as for [`server`]; [`ErrorKind::Auth`](crate::error::ErrorKind::Auth) names the server's address.
 pub fn client(
     stream: &mut TcpStream,
     secret: &[u8; 16],
@@ -107,7 +107,7 @@ pub fn client(
             .verify_slice(&mac_s)
             .is_err()
         {
-            return Err(Error::Auth(format!(
+            return Err(Error::auth(format!(
                 "server {} does not know this job's secret (another job's root on that address, \
                  or OXCCL_SECRET / the unique id differs)",
                 io.peer
@@ -115,7 +115,7 @@ pub fn client(
         }
         match io.read::<1>()? {
             [1] => Ok(()),
-            _ => Err(Error::Auth(format!(
+            _ => Err(Error::auth(format!(
                 "server {} refused our proof of the secret",
                 io.peer
             ))),
@@ -149,19 +149,19 @@ fn purpose_name(p: u8) -> &'static str {
 
 fn check_hello(h: &[u8; 6], purpose: u8, peer: &str, who: &str) -> Result<()> {
     if h[..4] != MAGIC {
-        return Err(Error::Auth(format!(
+        return Err(Error::auth(format!(
             "{who} {peer} is not an oxccl endpoint (it sent {:02x?} instead of the handshake magic)",
             &h[..4]
         )));
     }
     if h[4] != VERSION {
-        return Err(Error::Auth(format!(
+        return Err(Error::auth(format!(
             "{who} {peer} speaks handshake version {}, this build speaks {VERSION}: run the same oxccl on every rank",
             h[4]
         )));
     }
     if h[5] != purpose {
-        return Err(Error::Auth(format!(
+        return Err(Error::auth(format!(
             "{who} {peer} wants {} but this end serves {}: is the address right?",
             purpose_name(h[5]),
             purpose_name(purpose)
@@ -209,7 +209,7 @@ impl Io<'_> {
     fn fail(&self, e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.timed_out(),
-            io::ErrorKind::UnexpectedEof => Error::System(format!(
+            io::ErrorKind::UnexpectedEof => Error::system(format!(
                 "handshake with {} {}: connection closed mid-handshake (the peer refused us, \
                  or it is not an oxccl endpoint)",
                 self.who, self.peer
@@ -323,10 +323,18 @@ mod tests {
         });
         let e = client(&mut c, &[0; 16], PURPOSE_PEER, Duration::from_secs(5)).unwrap_err();
         assert!(
-            matches!(e, Error::Auth(ref m) if m.contains("the rendezvous store")),
+            e.kind() == crate::error::ErrorKind::Auth && {
+                let m = e.message();
+                m.contains("the rendezvous store")
+            },
             "{e}"
         );
-        assert!(matches!(t.join().unwrap(), Err(Error::Auth(_))));
+        assert!(
+            t.join()
+                .unwrap()
+                .as_ref()
+                .is_err_and(|e| e.kind() == crate::error::ErrorKind::Auth)
+        );
     }
 
     #[test]
@@ -336,7 +344,10 @@ mod tests {
         c.write_all(b"GET / HTTP/1.0\r\n").unwrap();
         let e = server(&mut s, &[0; 16], PURPOSE_PEER, Duration::from_secs(5)).unwrap_err();
         assert!(
-            matches!(e, Error::Auth(ref m) if m.contains("not an oxccl endpoint")),
+            e.kind() == crate::error::ErrorKind::Auth && {
+                let m = e.message();
+                m.contains("not an oxccl endpoint")
+            },
             "{e}"
         );
     }

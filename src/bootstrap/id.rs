@@ -14,7 +14,7 @@
 //! | 44..128 | zero                                                             |
 //!
 //! The IPv6 flow label is not carried (it is zero after decoding). Decoding checks every field,
-//! including that the padding is zero, and returns [`Error::InvalidArgument`] for anything else.
+//! including that the padding is zero, and returns [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument) for anything else.
 //!
 //! # Printable form (`Display` / `FromStr`)
 //!
@@ -116,10 +116,10 @@ impl UniqueId {
         b
     }
 
-    /// Decodes [`UniqueId::to_bytes`]'s form; anything else is [`Error::InvalidArgument`].
+    /// Decodes [`UniqueId::to_bytes`]'s form; anything else is [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument).
     pub fn from_bytes(b: &[u8; UNIQUE_ID_BYTES]) -> Result<UniqueId> {
         let bad = |what: &str| {
-            Err(Error::InvalidArgument(format!(
+            Err(Error::invalid_argument(format!(
                 "not an oxccl unique id ({what}); pass the 128 bytes UniqueId::to_bytes produced, unchanged"
             )))
         };
@@ -181,13 +181,13 @@ impl FromStr for UniqueId {
     fn from_str(s: &str) -> Result<UniqueId> {
         let s = s.trim();
         let Some((a, sec)) = s.rsplit_once('#') else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "unique id {:?} has no '#': expected <ip>:<port>#<32 hex digits>, as printed by UniqueId's Display",
                 shorten(s)
             )));
         };
         let addr: SocketAddr = a.parse().map_err(|_| {
-            Error::InvalidArgument(format!(
+            Error::invalid_argument(format!(
                 "unique id: {:?} is not an <ip>:<port> socket address (IPv6 as [addr]:port)",
                 shorten(a)
             ))
@@ -207,7 +207,7 @@ pub fn parse_secret_hex(s: &str) -> Result<[u8; 16]> {
     let s = s.trim();
     let bytes = s.as_bytes();
     if bytes.len() != 32 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "secret must be exactly 32 hex digits (128 bits), got {} characters; generate one with \
              `head -c16 /dev/urandom | xxd -p`",
             s.chars().count()
@@ -218,7 +218,7 @@ pub fn parse_secret_hex(s: &str) -> Result<[u8; 16]> {
         match (hex_val(pair[0]), hex_val(pair[1])) {
             (Some(h), Some(l)) => out[i] = (h << 4) | l,
             _ => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "secret has a non-hex character near position {}; it must be 32 hex digits",
                     2 * i
                 )));

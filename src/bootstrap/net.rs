@@ -81,7 +81,7 @@ pub fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Add
                 .map(|i| format!("{} ({})", i.name, i.addr))
                 .collect();
             avail.dedup();
-            Err(Error::InvalidArgument(format!(
+            Err(Error::invalid_argument(format!(
                 "OXCCL_SOCKET_IFNAME={spec} matches no interface with an IPv4 address; \
                  interfaces here: [{}]; set it to one of them or unset it",
                 avail.join(", ")
@@ -197,7 +197,10 @@ mod tests {
         );
         let e = choose_ipv4(&s, Some("=eth")).unwrap_err();
         assert!(
-            matches!(e, Error::InvalidArgument(ref m) if m.contains("eth1 (10.0.1.5)")),
+            e.kind() == crate::error::ErrorKind::InvalidArgument && {
+                let m = e.message();
+                m.contains("eth1 (10.0.1.5)")
+            },
             "{e}"
         );
     }

@@ -332,7 +332,7 @@ pub(super) struct Memo {
 const MEMOS: usize = 4;
 
 fn bad(call: &Call<'_>, rank: usize, what: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{} on rank {rank}: {what}", call.coll.name()))
+    Error::invalid_argument(format!("{} on rank {rank}: {what}", call.coll.name()))
 }
 
 impl Communicator {
@@ -684,14 +684,14 @@ impl Communicator {
                 inner.revoked = Some(e.clone());
                 return Err(e);
             }
-            inner.revoked = Some(Error::InvalidUsage(format!(
+            inner.revoked = Some(Error::invalid_usage(format!(
                 "rank {} aborted the communicator",
                 self.rank
             )));
         }
         if let Some(e) = &inner.revoked {
             let what: Vec<&str> = calls.iter().map(|c| c.coll.name()).collect();
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "{} on rank {}: the communicator was revoked by an earlier failure ({e}); destroy it (or shrink it) and start again",
                 what.join("+"),
                 self.rank

@@ -127,12 +127,12 @@ pub(super) fn connect_ring(
         let s = listener
             .take_control(q, CHAN, deadline)
             .map_err(|e| match e {
-                Error::Timeout { .. } => Error::Timeout {
-                    peer: Some(q),
-                    msg: format!(
+                e if e.kind() == crate::error::ErrorKind::Timeout => Error::timed_out(
+                    Some(q),
+                    format!(
                         "rank {rank}: rank {q} did not open its liveness connection during init"
                     ),
-                },
+                ),
                 e => e,
             })?;
         out.push((q, s));
@@ -238,10 +238,10 @@ fn encode(e: &Error) -> Vec<u8> {
 /// Parses a revoke record (the bytes after the length); never panics.
 fn decode(rec: &[u8], from: usize, me: usize) -> Error {
     let Some((&code, rest)) = rec.split_first() else {
-        return Error::Internal(format!("rank {me}: empty revoke record from rank {from}"));
+        return Error::internal(format!("rank {me}: empty revoke record from rank {from}"));
     };
     let Some((p, msg)) = rest.split_first_chunk::<4>() else {
-        return Error::Internal(format!(
+        return Error::internal(format!(
             "rank {me}: truncated revoke record from rank {from}"
         ));
     };
@@ -430,10 +430,10 @@ impl Watch {
 
     /// Neighbour `q` is lost: revoke here and tell the other neighbour.
     fn lost(&mut self, q: usize, msg: String) {
-        let kept = self.revoke.apply(Error::PeerLost {
-            peer: q,
-            msg: format!("{msg}; the communicator is revoked: destroy it or shrink it"),
-        });
+        let kept = self.revoke.apply(Error::peer_lost(
+            q,
+            format!("{msg}; the communicator is revoked: destroy it or shrink it"),
+        ));
         self.spread(&kept, Some(q));
     }
 
@@ -445,13 +445,13 @@ impl Watch {
         if let Some(e) = self.revoke.recorded() {
             self.spread(&e, None);
         } else if self.revoke.flag.load(Ordering::SeqCst) {
-            let e = Error::PeerLost {
-                peer: self.rank,
-                msg: format!(
+            let e = Error::peer_lost(
+                self.rank,
+                format!(
                     "rank {} aborted the communicator; it is revoked: destroy it or shrink it",
                     self.rank
                 ),
-            };
+            );
             self.spread(&e, None);
         }
     }
@@ -475,32 +475,34 @@ mod tests {
 
     #[test]
     fn revoke_records_round_trip_and_garbage_is_internal() {
-        let e = Error::PeerLost {
-            peer: 7,
-            msg: "rank 7 stopped answering: no heartbeat from it for 2500 ms".into(),
-        };
+        let e = Error::peer_lost(
+            7,
+            "rank 7 stopped answering: no heartbeat from it for 2500 ms",
+        );
         let b = encode(&e);
         assert_eq!(b[0], REVOKE);
         let len = u16::from_le_bytes([b[1], b[2]]) as usize;
         assert_eq!(len, b.len() - 3);
         match decode(&b[3..], 6, 3) {
-            Error::PeerLost { peer: 7, msg } => {
+            e if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(7) => {
+                let msg = e.message();
                 assert!(msg.contains("2500 ms") && msg.contains("rank 7"), "{msg}")
             }
             e => panic!("{e:?}"),
         }
-        assert!(matches!(decode(b"", 1, 0), Error::Internal(_)));
-        assert!(matches!(decode(b"\x05ab", 1, 0), Error::Internal(_)));
-        let long = Error::Timeout {
-            peer: None,
-            msg: "x".repeat(5000),
-        };
+        assert_eq!(decode(b"", 1, 0).kind(), crate::error::ErrorKind::Internal);
+        assert_eq!(
+            decode(b"\x05ab", 1, 0).kind(),
+            crate::error::ErrorKind::Internal
+        );
+        let long = Error::timed_out(None, "x".repeat(5000));
         let b = encode(&long);
         assert_eq!(b.len(), 3 + MAX_RECORD);
-        assert!(matches!(
-            decode(&b[3..], 1, 0),
-            Error::Timeout { peer: None, .. }
-        ));
+        let e = decode(&b[3..], 1, 0);
+        assert!(
+            e.kind() == crate::error::ErrorKind::Timeout && e.peer().is_none(),
+            "{e:?}"
+        );
     }
 
     #[test]

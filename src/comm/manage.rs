@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Communicator, Config};
 use crate::bootstrap::UniqueId;
 use crate::bootstrap::id::UNIQUE_ID_BYTES;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// `split` color meaning "not in any new communicator" (like NCCL_SPLIT_NOCOLOR).
 pub const NO_COLOR: Option<u32> = None;
@@ -18,7 +18,7 @@ impl Communicator {
     /// links are closed, and every later call returns an error at once. Never blocks for long.
     pub fn abort(&self) {
         self.aborted.store(true, Ordering::SeqCst);
-        let err = Error::InvalidUsage(format!(
+        let err = Error::invalid_usage(format!(
             "rank {} aborted the communicator (abort() was called)",
             self.rank
         ));
@@ -37,9 +37,11 @@ impl Communicator {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
-                    let remote = cause.or(revoked_by).unwrap_or_else(|| Error::PeerLost {
-                        peer: self.rank,
-                        msg: format!("rank {} aborted the communicator", self.rank),
+                    let remote = cause.or(revoked_by).unwrap_or_else(|| {
+                        Error::peer_lost(
+                            self.rank,
+                            format!("rank {} aborted the communicator", self.rank),
+                        )
                     });
                     for l in inner.links.iter_mut() {
                         if let Some(mut link) = l.take() {
@@ -81,7 +83,7 @@ impl Communicator {
         }
         self.aborted
             .load(Ordering::SeqCst)
-            .then(|| Error::InvalidUsage(format!("rank {} aborted the communicator", self.rank)))
+            .then(|| Error::invalid_usage(format!("rank {} aborted the communicator", self.rank)))
     }
 
     /// Splits the communicator (collective: every rank calls it): ranks with the same `color`
@@ -136,14 +138,12 @@ impl Communicator {
         let theirs: &[u8; UNIQUE_ID_BYTES] = blobs
             [leader * UNIQUE_ID_BYTES..(leader + 1) * UNIQUE_ID_BYTES]
             .try_into()
-            .map_err(|_| Error::Internal("split: bad id blob".into()))?;
+            .map_err(|_| Error::internal("split: bad id blob"))?;
         let id = UniqueId::from_bytes(theirs)?;
         let new_rank = members
             .iter()
             .position(|&(_, p)| p == self.rank)
-            .ok_or_else(|| {
-                Error::Internal("split: this rank is missing from its own color".into())
-            })?;
+            .ok_or_else(|| Error::internal("split: this rank is missing from its own color"))?;
         Communicator::init(new_rank, members.len(), &id, self.inherit(cfg)).map(Some)
     }
 }
@@ -169,12 +169,12 @@ impl Communicator {
         let mut dead = vec![false; n];
         for &x in exclude {
             if x >= n {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "shrink on rank {me}: excluded rank {x} is not in this communicator of {n}"
                 )));
             }
             if x == me {
-                return Err(Error::InvalidUsage(format!(
+                return Err(Error::invalid_usage(format!(
                     "shrink on rank {me}: this rank is in the exclude list; excluded ranks do not call shrink"
                 )));
             }
@@ -291,12 +291,10 @@ impl Communicator {
                 break;
             }
             if round == 7 {
-                return Err(Error::Timeout {
-                    peer: None,
-                    msg: format!(
-                        "shrink on rank {me}: the survivors did not agree on who is alive"
-                    ),
-                });
+                return Err(Error::timed_out(
+                    None,
+                    format!("shrink on rank {me}: the survivors did not agree on who is alive"),
+                ));
             }
         }
         let survivors: Vec<usize> = (0..n).filter(|&p| !dead[p]).collect();
@@ -320,12 +318,14 @@ impl Communicator {
         } else {
             let s = inc[leader]
                 .as_mut()
-                .ok_or_else(|| Error::Internal("shrink: no connection from the leader".into()))?;
+                .ok_or_else(|| Error::internal("shrink: no connection from the leader"))?;
             set_timeouts(s);
             let mut blob = [0u8; UNIQUE_ID_BYTES];
-            s.read_exact(&mut blob).map_err(|e| Error::PeerLost {
-                peer: leader,
-                msg: format!("shrink: rank {leader} did not send the new communicator id: {e}"),
+            s.read_exact(&mut blob).map_err(|e| {
+                Error::peer_lost(
+                    leader,
+                    format!("shrink: rank {leader} did not send the new communicator id: {e}"),
+                )
             })?;
             UniqueId::from_bytes(&blob)?
         };
@@ -355,7 +355,7 @@ impl Communicator {
     /// It holds a new secret: treat it like a password.
     pub fn grow_id(&self) -> Result<UniqueId> {
         if self.rank != 0 {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "grow_id on rank {}: only rank 0 makes the id (it serves the grown communicator's store)",
                 self.rank
             )));
@@ -380,16 +380,15 @@ impl Communicator {
     ) -> Result<Communicator> {
         let (n, me) = (self.nranks, self.rank);
         if new_size < n {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "grow on rank {me}: new size {new_size} is smaller than the current {n}; use shrink_excluding to leave ranks out"
             )));
         }
         let mut blob = [0u8; UNIQUE_ID_BYTES];
         if me == 0 {
             let id = id.ok_or_else(|| {
-                Error::InvalidUsage(
-                    "grow on rank 0: pass the id from grow_id (the new processes join with it)"
-                        .into(),
+                Error::invalid_usage(
+                    "grow on rank 0: pass the id from grow_id (the new processes join with it)",
                 )
             })?;
             blob = id.to_bytes();
@@ -398,7 +397,7 @@ impl Communicator {
         let inherited = self.inherit(cfg);
         let grown = if me == 0 {
             // Rank 0 serves the new store on the listener grow_id bound (held in this process).
-            let id = id.ok_or_else(|| Error::Internal("grow: rank 0 lost its id".into()))?;
+            let id = id.ok_or_else(|| Error::internal("grow: rank 0 lost its id"))?;
             Communicator::init(0, new_size, id, inherited)?
         } else {
             Communicator::init(me, new_size, &UniqueId::from_bytes(&blob)?, inherited)?
@@ -421,10 +420,10 @@ impl Communicator {
     /// some on the old and some on the new.
     fn commit(&self) -> Result<()> {
         self.barrier().map_err(|e| match e {
-            Error::PeerLost { peer, msg } => Error::PeerLost {
-                peer,
-                msg: format!("grow to {} ranks: {msg}", self.nranks),
-            },
+            e if e.kind() == ErrorKind::PeerLost => {
+                let msg = format!("grow to {} ranks: {}", self.nranks, e.message());
+                e.with_message(msg)
+            }
             e => e,
         })
     }

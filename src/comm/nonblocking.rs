@@ -52,7 +52,7 @@ impl Communicator {
 
     fn start_raw(&self, calls: Vec<Call<'_>>) -> Result<Arc<Completion>> {
         if calls.is_empty() {
-            return Err(Error::InvalidArgument("no calls to start".into()));
+            return Err(Error::invalid_argument("no calls to start"));
         }
         let ticket = self.sched.take();
         let done = Arc::new(Completion::default());
@@ -67,7 +67,7 @@ impl Communicator {
         let mut w = self
             .worker
             .lock()
-            .map_err(|_| Error::Internal("worker lock poisoned".into()))?;
+            .map_err(|_| Error::internal("worker lock poisoned"))?;
         if w.is_none() {
             *w = Some(Worker::start(self.rank)?);
         }
@@ -76,7 +76,7 @@ impl Communicator {
             Some(Ok(())) => Ok(done),
             Some(Err(mpsc::SendError(job))) => {
                 self.sched.done(job.ticket);
-                Err(Error::Internal("the worker thread is gone".into()))
+                Err(Error::internal("the worker thread is gone"))
             }
             None => unreachable!("worker started above"),
         }
@@ -271,10 +271,10 @@ impl Request<'_> {
         self.done
             .wait_until(Instant::now() + timeout)
             .unwrap_or_else(|| {
-                Err(Error::Timeout {
-                    peer: None,
-                    msg: format!("request not done within {} ms", timeout.as_millis()),
-                })
+                Err(Error::timed_out(
+                    None,
+                    format!("request not done within {} ms", timeout.as_millis()),
+                ))
             })
     }
 

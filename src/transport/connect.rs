@@ -129,7 +129,7 @@ impl PeerListener {
         let (lock, cv) = &*self.pending;
         let mut map = lock
             .lock()
-            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+            .map_err(|_| Error::internal("peer listener lock poisoned"))?;
         loop {
             if idxs.iter().all(|i| map.contains_key(&(from, *i))) {
                 return Ok(idxs
@@ -143,18 +143,18 @@ impl PeerListener {
                     .iter()
                     .filter(|i| map.contains_key(&(from, **i)))
                     .count();
-                return Err(Error::Timeout {
-                    peer: Some(from),
-                    msg: format!(
+                return Err(Error::timed_out(
+                    Some(from),
+                    format!(
                         "waiting for rank {from} to connect ({have} of {} sockets arrived at {})",
                         idxs.len(),
                         self.addr
                     ),
-                });
+                ));
             }
             map = cv
                 .wait_timeout(map, deadline - now)
-                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .map_err(|_| Error::internal("peer listener lock poisoned"))?
                 .0;
         }
     }
@@ -164,7 +164,7 @@ impl PeerListener {
         let (lock, cv) = &*self.pending;
         let mut map = lock
             .lock()
-            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+            .map_err(|_| Error::internal("peer listener lock poisoned"))?;
         loop {
             if (0..nsocks).all(|i| map.contains_key(&(from, i))) {
                 return Ok((0..nsocks)
@@ -176,18 +176,18 @@ impl PeerListener {
                 let have = (0..nsocks)
                     .filter(|i| map.contains_key(&(from, *i)))
                     .count();
-                return Err(Error::Timeout {
-                    peer: Some(from),
-                    msg: format!(
+                return Err(Error::timed_out(
+                    Some(from),
+                    format!(
                         "waiting for rank {from} to connect ({have} of {nsocks} sockets arrived); is it running, \
                          and can it reach {}?",
                         self.addr
                     ),
-                });
+                ));
             }
             map = cv
                 .wait_timeout(map, deadline - now)
-                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .map_err(|_| Error::internal("peer listener lock poisoned"))?
                 .0;
         }
     }
@@ -240,13 +240,13 @@ fn accept_loop(
                             .map_err(|e| Error::io("read hello", e))?;
                         sock.set_read_timeout(None)
                             .map_err(|e| Error::io("clear timeout", e))?;
-                        let h = Hello::decode(&b).ok_or_else(|| Error::Auth("bad hello".into()))?;
+                        let h = Hello::decode(&b).ok_or_else(|| Error::auth("bad hello"))?;
                         if h.comm != comm
                             || h.to as usize != rank
                             || h.from as usize >= nranks
                             || h.idx >= h.nsocks
                         {
-                            return Err(Error::Auth(format!("unexpected hello {h:?}")));
+                            return Err(Error::auth(format!("unexpected hello {h:?}")));
                         }
                         Ok(h)
                     });
@@ -296,9 +296,11 @@ pub fn dial_paths(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let mut s = TcpStream::connect_timeout(&addr, left).map_err(|e| Error::PeerLost {
-            peer: hello.to as usize,
-            msg: format!("cannot connect to rank {} at {addr}: {e}", hello.to),
+        let mut s = TcpStream::connect_timeout(&addr, left).map_err(|e| {
+            Error::peer_lost(
+                hello.to as usize,
+                format!("cannot connect to rank {} at {addr}: {e}", hello.to),
+            )
         })?;
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -306,17 +308,20 @@ pub fn dial_paths(
         // The rank's card came from the authenticated store, so a connection that drops
         // mid-handshake means the rank went away: name it, as a refused connect does.
         handshake::client(&mut s, secret, PURPOSE_PEER, left).map_err(|e| match e {
-            Error::System(m) => Error::PeerLost {
-                peer: hello.to as usize,
-                msg: format!("rank {}: {m}", hello.to),
-            },
+            e if e.kind() == crate::error::ErrorKind::System => {
+                let msg = format!("rank {}: {}", hello.to, e.message());
+                e.with_message(msg)
+                    .with_peer(Some(hello.to as usize))
+                    .into_kind(crate::error::ErrorKind::PeerLost)
+            }
             e => e,
         })?;
-        s.write_all(&Hello { idx, ..hello }.encode())
-            .map_err(|e| Error::PeerLost {
-                peer: hello.to as usize,
-                msg: format!("hello to rank {} at {addr}: {e}", hello.to),
-            })?;
+        s.write_all(&Hello { idx, ..hello }.encode()).map_err(|e| {
+            Error::peer_lost(
+                hello.to as usize,
+                format!("hello to rank {} at {addr}: {e}", hello.to),
+            )
+        })?;
         socks.push(s);
     }
     Ok(socks)
@@ -350,18 +355,14 @@ pub fn dial_control(
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    let mut s = TcpStream::connect_timeout(&addr, left).map_err(|e| Error::PeerLost {
-        peer: to,
-        msg: format!("cannot connect to rank {to} at {addr}: {e}"),
-    })?;
+    let mut s = TcpStream::connect_timeout(&addr, left)
+        .map_err(|e| Error::peer_lost(to, format!("cannot connect to rank {to} at {addr}: {e}")))?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     handshake::client(&mut s, secret, PURPOSE_PEER, left)?;
-    s.write_all(&hello.encode()).map_err(|e| Error::PeerLost {
-        peer: to,
-        msg: format!("hello to rank {to} at {addr}: {e}"),
-    })?;
+    s.write_all(&hello.encode())
+        .map_err(|e| Error::peer_lost(to, format!("hello to rank {to} at {addr}: {e}")))?;
     Ok(s)
 }
 
@@ -372,21 +373,21 @@ impl PeerListener {
         let (lock, cv) = &*self.pending;
         let mut map = lock
             .lock()
-            .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?;
+            .map_err(|_| Error::internal("peer listener lock poisoned"))?;
         loop {
             if let Some(s) = map.remove(&key) {
                 return Ok(s);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout {
-                    peer: Some(from),
-                    msg: format!("rank {from} did not connect for the agreement"),
-                });
+                return Err(Error::timed_out(
+                    Some(from),
+                    format!("rank {from} did not connect for the agreement"),
+                ));
             }
             map = cv
                 .wait_timeout(map, deadline - now)
-                .map_err(|_| Error::Internal("peer listener lock poisoned".into()))?
+                .map_err(|_| Error::internal("peer listener lock poisoned"))?
                 .0;
         }
     }
@@ -471,7 +472,10 @@ mod tests {
         );
         t.join().unwrap();
         match r {
-            Err(Error::PeerLost { peer: 3, msg }) => assert!(msg.contains("rank 3"), "{msg}"),
+            Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(3) => {
+                let msg = e.message();
+                assert!(msg.contains("rank 3"), "{msg}")
+            }
             other => panic!("expected PeerLost naming rank 3, got {other:?}"),
         }
     }

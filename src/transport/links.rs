@@ -110,7 +110,7 @@ impl Endpoints {
                     None
                 }
                 Err(e) => {
-                    return Err(Error::Unavailable(format!(
+                    return Err(Error::unavailable(format!(
                         "rank {rank}: OXCCL_TRANSPORT=shm, but shared memory is unavailable here: {e}"
                     )));
                 }
@@ -122,7 +122,7 @@ impl Endpoints {
         {
             let _ = timeout;
             if kind == TransportKind::Rdma {
-                return Err(Error::Unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "rank {rank}: OXCCL_TRANSPORT=rdma, but this oxccl was built without RDMA support (cargo feature rdma)"
                 )));
             }
@@ -189,7 +189,7 @@ impl Endpoints {
     }
 
     fn shm_impossible(&self, peer: &Peer<'_>, why: &str) -> Error {
-        Error::Unavailable(format!(
+        Error::unavailable(format!(
             "rank {}: OXCCL_TRANSPORT=shm, but rank {} ({} pid {}) cannot be reached over shared memory: {why}; \
              use OXCCL_TRANSPORT=auto to use TCP for it",
             self.rank, peer.rank, peer.host, peer.pid
@@ -343,7 +343,7 @@ impl Endpoints {
         if !rdma::wanted(ep, self.rank, p, peer.rdma, same_host)? {
             return Ok(None);
         }
-        let ep = ep.ok_or_else(|| Error::Internal("rdma wanted without an endpoint".into()))?;
+        let ep = ep.ok_or_else(|| Error::internal("rdma wanted without an endpoint"))?;
         let socks = if dialer {
             connect::dial(peer.addr, &self.secret, self.hello(p, 1), deadline)?
         } else {
@@ -352,7 +352,7 @@ impl Endpoints {
         let sock = socks
             .into_iter()
             .next()
-            .ok_or_else(|| Error::Internal(format!("no bootstrap socket to rank {p}")))?;
+            .ok_or_else(|| Error::internal(format!("no bootstrap socket to rank {p}")))?;
         let slot = set.slot.max(64);
         let link = ep.connect(p, sock, dialer, slot, deadline)?;
         crate::info!(
@@ -380,7 +380,7 @@ impl Endpoints {
             return Ok(link);
         }
         let socks = socks
-            .ok_or_else(|| Error::Internal(format!("tcp link to rank {p} without sockets")))?;
+            .ok_or_else(|| Error::internal(format!("tcp link to rank {p} without sockets")))?;
         let nsocks = socks.len();
         let slot = set.slot.max(64);
         let nslots = (2 * nsocks).max(4);
@@ -494,7 +494,7 @@ impl Endpoints {
         }
         let socks = socks
             .take()
-            .ok_or_else(|| Error::Internal("multi-path link without sockets".into()))?;
+            .ok_or_else(|| Error::internal("multi-path link without sockets"))?;
         let nsocks = socks.len();
         let slot = set.slot.max(64);
         let nslots = (2 * nsocks).max(4);

@@ -60,7 +60,7 @@ impl TransportKind {
 
 /// The signature that travels with every message of a collective, so that ranks which called
 /// different collectives (or the same one with different arguments) fail with a clear
-/// [`Error::Mismatch`] instead of exchanging wrong data.
+/// [`ErrorKind::Mismatch`](crate::error::ErrorKind::Mismatch) instead of exchanging wrong data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Tag {
     /// The collective's sequence number on this communicator.

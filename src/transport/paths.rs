@@ -40,7 +40,7 @@ fn rail_mode(rank: usize) -> Result<bool> {
         Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
             "" | "stripe" => Ok(false),
             "rail" | "rails" => Ok(true),
-            _ => Err(Error::InvalidArgument(format!(
+            _ => Err(Error::invalid_argument(format!(
                 "rank {rank}: OXCCL_SOCKET_BIND={v:?}: expected `rail` (local rank r takes interface r mod n \
                  of OXCCL_SOCKET_IFNAME) or `stripe` (every link over every interface)"
             ))),

@@ -26,7 +26,7 @@
 //! Failure: `send_abort` fills this side's abort area (error code, named peer, message; the
 //! same encoding as TCP abort frames) and the peer's `peek_recv`/`post_send` turn it into the
 //! same error. The Unix socket stays open as a liveness signal: EOF means the peer process (or
-//! its communicator) is gone, which becomes [`Error::PeerLost`] naming it once a message from
+//! its communicator) is gone, which becomes [`ErrorKind::PeerLost`](crate::error::ErrorKind::PeerLost) naming it once a message from
 //! it is still expected.
 
 mod doorbell;
@@ -167,7 +167,7 @@ impl Segment {
     /// Creates and maps a fresh segment, as side 0 (this process, the lower rank). Returns the
     /// segment and the descriptor to hand to the peer.
     pub fn create(geo: Geometry) -> Result<(Segment, OwnedFd)> {
-        geo.check().map_err(Error::InvalidArgument)?;
+        geo.check().map_err(Error::invalid_argument)?;
         let total = geo.total();
         let fd = sys::memfd_sealed("oxccl-shm", total)
             .map_err(|e| Error::io("memfd_create for a shared-memory link", e))?;
@@ -189,7 +189,7 @@ impl Segment {
 
     /// Maps a segment received from the peer, checking its seals, size and header.
     pub fn open(fd: RawFd) -> Result<Segment> {
-        let bad = |m: String| Error::System(format!("shared-memory segment from the peer: {m}"));
+        let bad = |m: String| Error::system(format!("shared-memory segment from the peer: {m}"));
         let size = sys::sealed_size(fd).map_err(|e| bad(e.to_string()))?;
         if size < HDR_BYTES {
             return Err(bad(format!("{size} bytes is too small")));
@@ -325,7 +325,7 @@ impl ShmLink {
         sock: Option<UnixStream>,
     ) -> Result<ShmLink> {
         if side > 1 {
-            return Err(Error::InvalidArgument(format!("shm side {side}")));
+            return Err(Error::invalid_argument(format!("shm side {side}")));
         }
         if let Some(s) = &sock {
             s.set_nonblocking(true)
@@ -411,15 +411,15 @@ impl ShmLink {
     }
 
     fn lost(&self, what: &str) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "shared-memory link to rank {} (pid {}) {what} (the process exited or was killed, or \
                  destroyed its communicator; see its log)",
                 self.peer,
                 self.seg.pid(1 - self.side)
             ),
-        }
+        )
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -508,7 +508,7 @@ impl Link for ShmLink {
             return Err(e.clone());
         }
         if len > self.slot_size {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "message of {len} bytes exceeds the link's {}-byte slots",
                 self.slot_size
             )));
@@ -586,27 +586,27 @@ impl Link for ShmLink {
         }
         let len = hdr.len.load(Ordering::Relaxed) as usize;
         if len > self.slot_size {
-            let e = Error::PeerLost {
-                peer: self.peer,
-                msg: format!(
+            let e = Error::peer_lost(
+                self.peer,
+                format!(
                     "protocol error on the shared-memory link from rank {}: a {len}-byte message in a {}-byte slot",
                     self.peer, self.slot_size
                 ),
-            };
+            );
             return Err(self.fail(e));
         }
         let (_, mut body) = self.slot_at(self.rx_slots, self.rx_i, len);
         if hdr.kind.load(Ordering::Relaxed) == PLACED {
             // Only a buffer we posted ourselves, never an address from shared memory.
             let Some(dst) = self.posted.placed(k, len) else {
-                let e = Error::PeerLost {
-                    peer: self.peer,
-                    msg: format!(
+                let e = Error::peer_lost(
+                    self.peer,
+                    format!(
                         "protocol error on the shared-memory link from rank {}: message {k} placed \
                          in a buffer that was not posted for it",
                         self.peer
                     ),
-                };
+                );
                 return Err(self.fail(e));
             };
             body = dst;
@@ -680,7 +680,7 @@ impl Link for ShmLink {
         // SAFETY: rx_posts is the table of the ring we receive on.
         let clean = unsafe { self.posted.cancel(self.rx_posts, alive) };
         if !clean && self.failed.is_none() {
-            self.failed = Some(Error::Internal(format!(
+            self.failed = Some(Error::internal(format!(
                 "shared-memory link to rank {} abandoned with a receive in flight",
                 self.peer
             )));

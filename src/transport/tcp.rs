@@ -70,23 +70,13 @@ fn encode_abort(err: &Error) -> Vec<u8> {
 /// Decodes an abort frame body (from `peer`) back into an error.
 pub fn decode_abort(body: &[u8], peer: usize) -> Error {
     if body.len() < 5 {
-        return Error::PeerLost {
-            peer,
-            msg: format!("rank {peer} aborted (truncated abort frame)"),
-        };
+        return Error::peer_lost(peer, format!("rank {peer} aborted (truncated abort frame)"));
     }
     let p = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
     let named = (p != u32::MAX).then_some(p as usize);
     let msg = String::from_utf8_lossy(&body[5..]);
-    Error::from_parts(body[0], named, format!("{msg} {REPORTED_BY}{peer}]"))
-}
-
-/// Marks the message of an error that arrived in a peer's abort (see [`decode_abort`]).
-const REPORTED_BY: &str = "[reported by rank ";
-
-/// Whether `e` was reported by a peer (decoded from its abort), rather than raised here.
-pub fn is_remote(e: &Error) -> bool {
-    e.message().contains(REPORTED_BY)
+    Error::from_parts(body[0], named, format!("{msg} [reported by rank {peer}]"))
+        .reported_by_rank(peer)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +151,8 @@ impl TcpLink {
         nslots: usize,
     ) -> Result<TcpLink> {
         if socks.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a TCP link needs at least one socket".into(),
+            return Err(Error::invalid_argument(
+                "a TCP link needs at least one socket",
             ));
         }
         let nslots = nslots.max(socks.len()).max(2);
@@ -213,20 +203,20 @@ impl TcpLink {
 
     fn lost(&self, what: &str, e: Option<io::Error>) -> Error {
         let detail = e.map(|e| format!(": {e}")).unwrap_or_default();
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "connection to rank {} {what}{detail} (the process exited or was killed; see its log)",
                 self.peer
             ),
-        }
+        )
     }
 
     /// A send or receive failed because the peer went away: if it left an abort frame saying
     /// why (say, a mismatch it detected, or the rank it lost), on this socket or another, that
     /// is the real error; report it instead of the reset or EOF.
     fn abort_behind(&mut self, e: Error) -> Error {
-        if !matches!(e, Error::PeerLost { .. }) || self.peer_abort.is_some() {
+        if e.kind() != crate::error::ErrorKind::PeerLost || self.peer_abort.is_some() {
             return e;
         }
         for i in 0..self.streams.len() {
@@ -364,12 +354,10 @@ impl TcpLink {
                                 Ok(x) => x,
                                 Err(e) => {
                                     let peer = self.peer;
-                                    return Err(Error::PeerLost {
+                                    return Err(Error::peer_lost(
                                         peer,
-                                        msg: format!(
-                                            "protocol error on the link from rank {peer}: {e}"
-                                        ),
-                                    });
+                                        format!("protocol error on the link from rank {peer}: {e}"),
+                                    ));
                                 }
                             };
                             st.rx_got = 0;
@@ -450,7 +438,7 @@ impl Link for TcpLink {
     unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
         self.check()?;
         if len > self.slot_size {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "message of {len} bytes exceeds the link's {}-byte slots",
                 self.slot_size
             )));
@@ -560,7 +548,7 @@ impl Link for TcpLink {
             .any(|st| matches!(st.rx_phase, RxPhase::Body { dst, .. } if !dst.is_null()))
             || self.ready.iter().flatten().any(|(_, _, d)| !d.is_null());
         if partly && self.failed.is_none() {
-            self.failed = Some(Error::Internal(format!(
+            self.failed = Some(Error::internal(format!(
                 "link to rank {} abandoned with a receive in flight",
                 self.peer
             )));
@@ -717,10 +705,7 @@ mod tests {
     #[test]
     fn abort_reaches_the_peer() {
         let (mut a, mut b) = pair(2, 1024, 4);
-        a.send_abort(&Error::Mismatch {
-            peer: 0,
-            msg: "count 3 vs 4".into(),
-        });
+        a.send_abort(&Error::mismatch(0, "count 3 vs 4"));
         let mut res = Ok(None);
         wait_until(|| {
             res = b
@@ -729,7 +714,10 @@ mod tests {
             res.is_err()
         });
         match res {
-            Err(Error::Mismatch { peer: 0, msg }) => assert!(msg.contains("count 3 vs 4"), "{msg}"),
+            Err(e) if e.kind() == crate::error::ErrorKind::Mismatch && e.peer() == Some(0) => {
+                let msg = e.message();
+                assert!(msg.contains("count 3 vs 4"), "{msg}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -746,7 +734,9 @@ mod tests {
             res.is_err()
         });
         assert!(
-            matches!(res, Err(Error::PeerLost { peer: 0, .. })),
+            res.as_ref().is_err_and(
+                |e| e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0)
+            ),
             "{res:?}"
         );
     }
@@ -766,10 +756,7 @@ mod tests {
         let hdr = encode_hdr(KIND_DATA, 512, &Tag::default());
         raw[0].write_all(&hdr).unwrap();
         raw[0].write_all(&[7u8; 100]).unwrap();
-        let why = Error::PeerLost {
-            peer: 2,
-            msg: "connection to rank 2 was closed".into(),
-        };
+        let why = Error::peer_lost(2, "connection to rank 2 was closed");
         let body = encode_abort(&why);
         raw[1]
             .write_all(&encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default()))
@@ -787,7 +774,10 @@ mod tests {
             }
         });
         match got.unwrap() {
-            Error::PeerLost { peer: 2, msg } => assert!(msg.contains("rank 2"), "{msg}"),
+            e if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(2) => {
+                let msg = e.message();
+                assert!(msg.contains("rank 2"), "{msg}")
+            }
             e => panic!("expected rank 1's reason (rank 2 lost), got {e:?}"),
         }
     }

@@ -185,8 +185,8 @@ impl Case {
             Collective::AllGather => comm.all_gather_bytes(None, buf, d),
             Collective::ReduceScatter => comm.reduce_scatter_bytes(None, buf, d, op),
             Collective::AllToAll => comm.all_to_all_bytes(None, buf, d),
-            Collective::SendRecv => Err(oxccl::Error::InvalidArgument(
-                "sendrecv has no in-place form".into(),
+            Collective::SendRecv => Err(oxccl::Error::invalid_argument(
+                "sendrecv has no in-place form",
             )),
         }
     }

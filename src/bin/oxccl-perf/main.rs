@@ -123,7 +123,7 @@ fn run_rank(o: &Options) -> Result<i32, (String, Error)> {
 fn measure(comm: &Communicator, o: &Options, transport: &str) -> Result<i32, Error> {
     let (rank, nranks) = (comm.rank(), comm.size());
     if let Some(why) = args::unrunnable(o, nranks) {
-        return Err(Error::InvalidArgument(why));
+        return Err(Error::invalid_argument(why));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -51,8 +51,8 @@ impl StoreClient {
     /// Connects to the store at `addr` and authenticates with `secret`, within `timeout`.
     ///
     /// A refused connection is retried with backoff until the deadline, because rank 0 may
-    /// start after the others. A wrong secret fails at once with [`Error::Auth`]; no store at
-    /// all gives [`Error::Timeout`] naming the address and the last error.
+    /// start after the others. A wrong secret fails at once with [`ErrorKind::Auth`](crate::error::ErrorKind::Auth); no store at
+    /// all gives [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout) naming the address and the last error.
     pub fn connect(addr: SocketAddr, secret: &[u8; 16], timeout: Duration) -> Result<StoreClient> {
         let start = Instant::now();
         let deadline = deadline_after(start, timeout);
@@ -118,7 +118,7 @@ impl StoreClient {
     pub fn set(&mut self, key: &str, value: &[u8]) -> Result<()> {
         check_key(key)?;
         if value.len() > MAX_VALUE_LEN {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "store set {key:?}: value of {} bytes exceeds the limit of {MAX_VALUE_LEN}",
                 value.len()
             )));
@@ -126,7 +126,7 @@ impl StoreClient {
         self.expect_ok(OP_SET, key, key, value, None).map(drop)
     }
 
-    /// The value of `key`, waiting until some rank sets it; [`Error::Timeout`] naming the key
+    /// The value of `key`, waiting until some rank sets it; [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout) naming the key
     /// if none does within `timeout`.
     pub fn get(&mut self, key: &str, timeout: Duration) -> Result<Vec<u8>> {
         check_key(key)?;
@@ -143,7 +143,7 @@ impl StoreClient {
         Ok(i64::from_le_bytes(b))
     }
 
-    /// Waits until every key in `keys` exists; [`Error::Timeout`] naming the missing ones.
+    /// Waits until every key in `keys` exists; [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout) naming the missing ones.
     pub fn wait(&mut self, keys: &[&str], timeout: Duration) -> Result<()> {
         let list = key_list(keys)?;
         let what = keys.join(", ");
@@ -165,7 +165,7 @@ impl StoreClient {
     }
 
     fn protocol_error(&mut self, msg: String) -> Error {
-        let e = Error::Internal(format!("rendezvous store at {}: {msg}", self.addr));
+        let e = Error::internal(format!("rendezvous store at {}: {msg}", self.addr));
         self.broken = Some(e.clone());
         e
     }
@@ -193,7 +193,7 @@ impl StoreClient {
                 };
                 Err(Error::timeout(None, what, wait.unwrap_or_default()))
             }
-            _ => Err(Error::System(format!(
+            _ => Err(Error::system(format!(
                 "rendezvous store at {} refused {} {what:?}: {}",
                 self.addr,
                 op_name(op),
@@ -261,13 +261,13 @@ impl StoreClient {
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe => Error::PeerLost {
-                peer: 0,
-                msg: format!(
+            | io::ErrorKind::BrokenPipe => Error::peer_lost(
+                0,
+                format!(
                     "the rendezvous store at {addr} closed the connection during {op} {what:?}: \
                      rank 0, which serves it, went away (exited, crashed or was killed)"
                 ),
-            },
+            ),
             _ => Error::io(format!("rendezvous store at {addr}: {op} {what:?}"), e),
         }
     }
@@ -275,7 +275,7 @@ impl StoreClient {
 
 fn check_key(key: &str) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "store key of {} bytes exceeds the limit of {MAX_KEY_LEN} (starts {:?})",
             key.len(),
             key.chars().take(32).collect::<String>()
@@ -290,7 +290,7 @@ fn key_list(keys: &[&str]) -> Result<Vec<u8>> {
     }
     let list = encode_key_list(keys);
     if list.len() > MAX_VALUE_LEN {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "store: a list of {} keys is too long ({} bytes, limit {MAX_VALUE_LEN})",
             keys.len(),
             list.len()

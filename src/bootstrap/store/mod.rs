@@ -224,7 +224,7 @@ pub fn barrier(
     let n = client.add(&count_key, 1)?;
     let nranks_i = i64::try_from(nranks).unwrap_or(i64::MAX);
     if n > nranks_i {
-        return Err(Error::InvalidUsage(format!(
+        return Err(Error::invalid_usage(format!(
             "barrier {name:?}: {n} arrivals for {nranks} ranks; a barrier name was reused or ranks \
              disagree on the world size"
         )));
@@ -234,7 +234,7 @@ pub fn barrier(
     }
     match client.get(&done_key, timeout) {
         Ok(_) => Ok(()),
-        Err(Error::Timeout { .. }) => {
+        Err(e) if e.kind() == crate::error::ErrorKind::Timeout => {
             let arrived = client.add(&count_key, 0).unwrap_or(n);
             Err(Error::timeout(
                 None,

@@ -589,7 +589,7 @@ impl Nic for EmuNic {
         let mut st = self.fabric.lock();
         let q = st.qps.get_mut(&self.qpn).expect("own queue pair");
         if q.state != QpState::Init {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "emulated QP {:#x} connected twice",
                 self.qpn
             )));
@@ -607,7 +607,7 @@ impl Nic for EmuNic {
         imm: Option<u32>,
     ) -> Result<()> {
         if local.len() > MAX_SGE {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "{} scatter/gather entries (at most {MAX_SGE})",
                 local.len()
             )));
@@ -617,7 +617,7 @@ impl Nic for EmuNic {
         let mut st = self.fabric.lock();
         let q = st.qps.get_mut(&self.qpn).expect("own queue pair");
         if q.sq.len() >= q.caps.send_depth as usize {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "emulated send queue full ({} requests)",
                 q.caps.send_depth
             )));
@@ -652,7 +652,7 @@ impl Nic for EmuNic {
             return Ok(());
         }
         if q.rq.len() >= q.caps.recv_depth as usize {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "emulated receive queue full ({} receives)",
                 q.caps.recv_depth
             )));

@@ -16,7 +16,7 @@
 //!
 //! Availability: libibverbs is loaded at run time. Where it is missing, or finds no active
 //! port, a communicator under `OXCCL_TRANSPORT=auto` logs one INFO line and uses shm/TCP, and
-//! `OXCCL_TRANSPORT=rdma` fails at init with [`Error::Unavailable`] saying why.
+//! `OXCCL_TRANSPORT=rdma` fails at init with [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable) saying why.
 //!
 //! Which peers: each rank publishes in its card whether it offers RDMA (`a:<device>`), insists
 //! on it (`f:<device>`, from `OXCCL_TRANSPORT=rdma`) or neither (`-`); both ends of a pair
@@ -112,7 +112,7 @@ impl Endpoint {
                 },
             ))
         })();
-        let (nslots, params) = settings.map_err(Error::InvalidArgument)?;
+        let (nslots, params) = settings.map_err(Error::invalid_argument)?;
         let dev = match emu::current() {
             Some(f) => Ok(f.device(rank)),
             None => verbs::open_device(rank),
@@ -187,7 +187,7 @@ impl Endpoint {
 
 /// The error for `OXCCL_TRANSPORT=rdma` where RDMA is unavailable (one line).
 pub fn unavailable(rank: usize, why: &str) -> Error {
-    Error::Unavailable(format!(
+    Error::unavailable(format!(
         "rank {rank}: OXCCL_TRANSPORT=rdma, but RDMA is unavailable here: {why}; use OXCCL_TRANSPORT=auto for shm/tcp"
     ))
 }
@@ -198,7 +198,7 @@ pub const NO_RDMA: &str = "-";
 /// Whether the link between `rank` and `peer` is an RDMA link. Both ends call this with
 /// mirrored arguments and reach the same answer: RDMA when both offer it and either insists or
 /// they are on different hosts. A rank that insists on RDMA with a peer that does not offer it
-/// gets [`Error::Unavailable`], on both sides.
+/// gets [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable), on both sides.
 pub fn wanted(
     ep: Option<&Endpoint>,
     rank: usize,
@@ -209,14 +209,14 @@ pub fn wanted(
     let peer_forces = peer_word.starts_with("f:");
     let peer_offers = peer_forces || peer_word.starts_with("a:");
     match ep {
-        None if peer_forces => Err(Error::Unavailable(format!(
+        None if peer_forces => Err(Error::unavailable(format!(
             "rank {rank} cannot make the RDMA link rank {peer} asks for (OXCCL_TRANSPORT=rdma there): this rank \
              offers no RDMA (its transport setting, or no RDMA here; see its INFO log)"
         ))),
         None => Ok(false),
         Some(ep) if !peer_offers => {
             if ep.forced {
-                Err(Error::Unavailable(format!(
+                Err(Error::unavailable(format!(
                     "rank {rank}: OXCCL_TRANSPORT=rdma, but rank {peer} offers no RDMA (see its log)"
                 )))
             } else {

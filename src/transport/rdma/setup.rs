@@ -127,17 +127,17 @@ fn io_err(peer: usize, what: &str, e: std::io::Error) -> Error {
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     ) {
-        return Error::Timeout {
-            peer: Some(peer),
-            msg: format!("setting up the RDMA link to rank {peer}: {what}: no answer in time"),
-        };
+        return Error::timed_out(
+            Some(peer),
+            format!("setting up the RDMA link to rank {peer}: {what}: no answer in time"),
+        );
     }
-    Error::PeerLost {
+    Error::peer_lost(
         peer,
-        msg: format!(
+        format!(
             "setting up the RDMA link to rank {peer}: {what}: {e} (did its RDMA setup fail? see its log)"
         ),
-    }
+    )
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -193,9 +193,11 @@ pub fn start(
         .map_err(|e| io_err(peer, "reading its card", e))?;
     let theirs = Card::decode(&b)
         .and_then(|c| c.check(peer, rank).map(|()| c))
-        .map_err(|m| Error::PeerLost {
-            peer,
-            msg: format!("setting up the RDMA link to rank {peer}: {m}"),
+        .map_err(|m| {
+            Error::peer_lost(
+                peer,
+                format!("setting up the RDMA link to rank {peer}: {m}"),
+            )
         })?;
     link.connect(&theirs.qp, &theirs.mem)?;
     sock.write_all(&mine.encode())
@@ -293,7 +295,9 @@ mod tests {
         let d = Instant::now() + Duration::from_secs(20);
         loop {
             match a.drive_setup() {
-                Err(Error::PeerLost { peer: 2, .. }) => break,
+                Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(2) => {
+                    break;
+                }
                 Ok(false) => assert!(Instant::now() < d),
                 other => panic!("{other:?}"),
             }

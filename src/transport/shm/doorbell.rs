@@ -53,7 +53,7 @@ impl Doorbell {
         let size = sys::sealed_size(fd.as_raw_fd())
             .map_err(|e| Error::io("the peer's shm doorbell", e))?;
         if size != BELL_BYTES {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "the peer's shm doorbell has {size} bytes, not {BELL_BYTES}"
             )));
         }

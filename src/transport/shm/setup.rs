@@ -134,7 +134,7 @@ impl ShmEndpoint {
     /// any arrival and returns `Ok(None)`.
     pub fn try_take(&self, from: usize, wait: Duration) -> Result<Option<ShmLink>> {
         let (lock, cv) = &*self.pending;
-        let poisoned = || Error::Internal("shm listener lock poisoned".into());
+        let poisoned = || Error::internal("shm listener lock poisoned");
         let mut map = lock.lock().map_err(|_| poisoned())?;
         if !map.contains_key(&from) && !wait.is_zero() {
             map = cv.wait_timeout(map, wait).map_err(|_| poisoned())?.0;
@@ -278,12 +278,12 @@ fn serve(
     read_full(s, &mut hello, "hello")?;
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
     if &hello[0..4] != MAGIC || u32_at(&hello, 4) != VERSION {
-        return Err(Error::Auth("not an oxccl shm hello".into()));
+        return Err(Error::auth("not an oxccl shm hello"));
     }
     let h_comm = u64::from_le_bytes(hello[8..16].try_into().expect("8"));
     let (from, to) = (u32_at(&hello, 16) as usize, u32_at(&hello, 20) as usize);
     if h_comm != comm || to != rank || from >= rank || rank >= nranks {
-        return Err(Error::Auth(format!(
+        return Err(Error::auth(format!(
             "unexpected shm hello (communicator {h_comm:#x}, from rank {from} to rank {to})"
         )));
     }
@@ -301,7 +301,7 @@ fn serve(
     let (n, fds) = sys::recv_with_fds(s.as_raw_fd(), &mut proof, 2)
         .map_err(|e| Error::io(format!("shm setup: descriptors from rank {from}"), e))?;
     if n == 0 {
-        return Err(Error::System(format!(
+        return Err(Error::system(format!(
             "shm setup: rank {from} closed the connection"
         )));
     }
@@ -312,7 +312,7 @@ fn serve(
         .verify_slice(&proof[..32])
         .is_err()
     {
-        return Err(Error::Auth(format!(
+        return Err(Error::auth(format!(
             "an shm connection claiming to be rank {from} does not know this job's secret"
         )));
     }
@@ -323,7 +323,7 @@ fn serve(
         r[1] = len as u8;
         r[2..2 + len].copy_from_slice(&b[..len]);
         let _ = s.write_all(&r);
-        Error::System(format!("shm setup with rank {from}: {why}"))
+        Error::system(format!("shm setup with rank {from}: {why}"))
     };
     let mut fds = fds.into_iter();
     let (Some(seg), Some(peer_bell)) = (fds.next(), fds.next()) else {
@@ -407,7 +407,7 @@ pub fn dial(
         .verify_slice(&ch[32..])
         .is_err()
     {
-        return Err(DialError::Failed(Error::Auth(format!(
+        return Err(DialError::Failed(Error::auth(format!(
             "rank {to}'s shm endpoint @{name} does not know this job's secret"
         ))));
     }
@@ -427,10 +427,10 @@ pub fn dial(
         .map_err(|e| fallback("passing the segment (SCM_RIGHTS)", &e))?;
     drop(seg_fd);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        DialError::Failed(Error::PeerLost {
-            peer: to,
-            msg: format!("shm setup with rank {to}: {what}: {e}"),
-        })
+        DialError::Failed(Error::peer_lost(
+            to,
+            format!("shm setup with rank {to}: {what}: {e}"),
+        ))
     };
     let mut reply = [0u8; REPLY];
     let (n, fds) =
@@ -476,7 +476,7 @@ mod tests {
         };
         // Wrong secret: refused before any descriptor is trusted.
         match dial(&a, b.name(), &[4u8; 16], 9, 0, 1, geo, deadline) {
-            Err(DialError::Failed(Error::Auth(_))) => {}
+            Err(DialError::Failed(e)) if e.kind() == crate::error::ErrorKind::Auth => {}
             other => panic!("{:?}", other.map(|_| ())),
         }
         // Wrong communicator: the listener hangs up; the dialer falls back.

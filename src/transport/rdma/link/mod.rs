@@ -27,7 +27,7 @@
 //! (which poll the CQ), then calls [`Link::before_wait`] (arm the CQ, poll once more) and sleeps
 //! in poll(2) on the completion channel's descriptor.
 //!
-//! Failure: an error completion fails the link with [`Error::PeerLost`] naming the peer (after
+//! Failure: an error completion fails the link with [`ErrorKind::PeerLost`](crate::error::ErrorKind::PeerLost) naming the peer (after
 //! the NIC's own retries). An abort travels as a write-with-immediate of the error into the
 //! peer's `abort_in` (after the messages posted before it, as RC orders them); a clean close as
 //! an immediate of its own. A peer that waits on us and hears nothing probes us with a
@@ -130,7 +130,7 @@ impl Geometry {
         if !(2..=MAX_SLOTS).contains(&self.nslots)
             || !(1..=MAX_SLOT_BYTES).contains(&self.slot_size)
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "RDMA link geometry: {} slots of {} bytes is out of bounds (2..={MAX_SLOTS} slots of 1..={MAX_SLOT_BYTES} bytes)",
                 self.nslots, self.slot_size
             )));
@@ -363,7 +363,7 @@ impl RdmaLink {
     /// Connects to the peer's queue pair and memory.
     pub fn connect(&mut self, qp: &QpAddress, mem: &MemInfo) -> Result<()> {
         if mem.nslots as usize != self.geo.nslots || mem.slot_size as usize != self.geo.slot_size {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "the RDMA link to rank {} cannot be set up: this rank uses {} slots of {} bytes, rank {} uses {} of {} \
                  (every rank must use the same OXCCL_CHUNK_BYTES and OXCCL_IB_SLOTS)",
                 self.peer,
@@ -393,36 +393,36 @@ impl RdmaLink {
 
     /// The peer went away (EOF, close).
     fn lost(&self, what: &str) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "RDMA link to rank {} (local device {}) {what} (the process exited or was killed, or destroyed its \
                  communicator; see its log)",
                 self.peer, self.device
             ),
-        }
+        )
     }
 
     /// The NIC reported a failure on the link.
     fn nic_failed(&self, what: &str) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "RDMA link to rank {} (local device {}) {what} (rank {} or its NIC, port or queue pair is gone, or \
                  the fabric between us failed; see both ranks' logs)",
                 self.peer, self.device, self.peer
             ),
-        }
+        )
     }
 
     fn protocol(&self, what: String) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "protocol error on the RDMA link from rank {} (device {}): {what}",
                 self.peer, self.device
             ),
-        }
+        )
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -520,14 +520,11 @@ impl RdmaLink {
                 // Flushed with no error of its own first: our own queue pair went to the error
                 // state, i.e. this rank's NIC or port failed. This rank is the one lost (so
                 // that is what its abort tells the others).
-                let e = self.peer_abort.clone().unwrap_or_else(|| Error::PeerLost {
-                    peer: self.rank,
-                    msg: format!(
+                let e = self.peer_abort.clone().unwrap_or_else(|| Error::peer_lost(self.rank, format!(
                         "rank {}'s RDMA device {} failed: its queue pair to rank {} was flushed without an \
                          error of its own (the local NIC or port went down)",
                         self.rank, self.device, self.peer
-                    ),
-                });
+                    )));
                 return Err(self.fail(e));
             }
             if let Some(e) = self.peer_abort.clone() {
@@ -751,7 +748,7 @@ impl Link for RdmaLink {
             return Err(e.clone());
         }
         if len > self.geo.slot_size {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "message of {len} bytes exceeds the RDMA link's {}-byte slots",
                 self.geo.slot_size
             )));

@@ -69,13 +69,13 @@ impl RdmaLink {
     }
 
     pub(super) fn setup_lost(&self, what: String) -> Error {
-        Error::PeerLost {
-            peer: self.peer,
-            msg: format!(
+        Error::peer_lost(
+            self.peer,
+            format!(
                 "setting up the RDMA link to rank {}: {what} (did its RDMA setup fail, or did it exit? see its log)",
                 self.peer
             ),
-        }
+        )
     }
 
     /// Reads the socket into `sock_buf` and acts on complete items. `Ok(true)` when something

@@ -162,13 +162,11 @@ fn abort_arrives_after_the_messages_before_it() {
     let m = [1u8; 8];
     // SAFETY: `m` outlives the call.
     assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
-    a.send_abort(&Error::Mismatch {
-        peer: 2,
-        msg: "count 3 vs 4".into(),
-    });
+    a.send_abort(&Error::mismatch(2, "count 3 vs 4"));
     assert!(recv_one(&mut b, deadline()).is_ok());
     match b.peek_recv() {
-        Err(Error::Mismatch { peer: 2, msg }) => {
+        Err(e) if e.kind() == crate::error::ErrorKind::Mismatch && e.peer() == Some(2) => {
+            let msg = e.message();
             assert!(
                 msg.contains("count 3 vs 4") && msg.contains("rank 0"),
                 "{msg}"
@@ -188,7 +186,10 @@ fn a_closed_peer_is_peer_lost_and_a_killed_one_too() {
     drop(a);
     assert!(b.progress().is_ok(), "nothing is owed yet");
     match b.peek_recv() {
-        Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+        Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0) => {
+            let msg = e.message();
+            assert!(msg.contains("closed"), "{msg}")
+        }
         other => panic!("{other:?}"),
     }
     // A killed peer (its NIC gone, its thread alive): a waiting receiver's probe finds out.
@@ -210,7 +211,8 @@ fn a_closed_peer_is_peer_lost_and_a_killed_one_too() {
         std::thread::sleep(Duration::from_millis(1));
     };
     match err {
-        Error::PeerLost { peer: 0, msg } => {
+        e if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0) => {
+            let msg = e.message();
             assert!(msg.contains("retry") && msg.contains("probe"), "{msg}")
         }
         other => panic!("{other:?}"),
@@ -261,7 +263,10 @@ fn dropping_a_link_delivers_what_it_already_reported_sent() {
         assert_eq!((t.seq, d), (i, m.to_vec()));
     }
     match b.peek_recv() {
-        Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("closed"), "{msg}"),
+        Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0) => {
+            let msg = e.message();
+            assert!(msg.contains("closed"), "{msg}")
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -49,7 +49,7 @@ unsafe impl Send for VerbsNic {}
 impl VerbsNic {
     fn new(dev: Arc<DevInner>, caps: QpCaps) -> Result<VerbsNic> {
         let lib = dev.lib;
-        let fail = |what: &str| Error::System(format!("{what} on {}: {}", dev.name, errno()));
+        let fail = |what: &str| Error::system(format!("{what} on {}: {}", dev.name, errno()));
         // SAFETY: the context is open (dev alive).
         let channel = unsafe { (lib.create_comp_channel)(dev.ctx) };
         if channel.is_null() {
@@ -91,7 +91,7 @@ impl VerbsNic {
                 (nic.poll_cq, nic.req_notify, nic.post_send, nic.post_recv) = (a, b, c, d)
             }
             _ => {
-                return Err(Error::System(format!(
+                return Err(Error::system(format!(
                     "{}: the provider's ops table lacks poll/post functions",
                     dev.name
                 )));
@@ -135,7 +135,7 @@ impl VerbsNic {
         // SAFETY: qp is live; `a` is a live ibv_qp_attr.
         let rc = unsafe { (lib.modify_qp)(nic.qp, &mut a, mask) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_modify_qp(INIT) on {}: {}",
                 dev.name,
                 std::io::Error::from_raw_os_error(rc)
@@ -174,7 +174,7 @@ impl Nic for VerbsNic {
         let mr = unsafe { (self.dev.lib.reg_mr)(self.dev.pd, addr.cast::<c_void>(), len, access) };
         if mr.is_null() {
             let e = errno();
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_reg_mr of {len} bytes on {}: {e}{}",
                 self.dev.name,
                 if e.raw_os_error() == Some(libc::ENOMEM) {
@@ -224,7 +224,7 @@ impl Nic for VerbsNic {
     fn connect(&mut self, r: &QpAddress) -> Result<()> {
         let d = &self.dev;
         if r.link_layer != d.link_layer {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "RDMA: this rank's {} is {} but the peer's port is {}",
                 d.name,
                 if d.link_layer == IBV_LINK_LAYER_ETHERNET {
@@ -276,7 +276,7 @@ impl Nic for VerbsNic {
         // SAFETY: qp is live; `a` is a live ibv_qp_attr.
         let rc = unsafe { (d.lib.modify_qp)(self.qp, &mut a, mask) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_modify_qp(RTR) on {} to QP {:#x}: {} (check OXCCL_IB_GID_INDEX and that both ports share a fabric)",
                 d.name,
                 r.qpn,
@@ -301,7 +301,7 @@ impl Nic for VerbsNic {
         // SAFETY: as above.
         let rc = unsafe { (d.lib.modify_qp)(self.qp, &mut a, mask) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_modify_qp(RTS) on {}: {}",
                 d.name,
                 std::io::Error::from_raw_os_error(rc)
@@ -319,7 +319,7 @@ impl Nic for VerbsNic {
     ) -> Result<()> {
         let mut sg = [IbvSge::default(); 2];
         if local.len() > sg.len() {
-            return Err(Error::Internal("more than 2 scatter/gather entries".into()));
+            return Err(Error::internal("more than 2 scatter/gather entries"));
         }
         let mut total = 0usize;
         for (d, s) in sg.iter_mut().zip(local) {
@@ -358,7 +358,7 @@ impl Nic for VerbsNic {
         // name valid until the completion (this function's contract).
         let rc = unsafe { (self.post_send)(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_post_send on {}: {}",
                 self.dev.name,
                 std::io::Error::from_raw_os_error(rc)
@@ -378,7 +378,7 @@ impl Nic for VerbsNic {
         // SAFETY: qp is live; a zero-entry receive names no memory.
         let rc = unsafe { (self.post_recv)(self.qp, &mut wr, &mut bad) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_post_recv on {}: {}",
                 self.dev.name,
                 std::io::Error::from_raw_os_error(rc)
@@ -392,7 +392,7 @@ impl Nic for VerbsNic {
         // SAFETY: cq is live; wc has room for `want` entries.
         let n = unsafe { (self.poll_cq)(self.cq, want, self.wc.as_mut_ptr()) };
         if n < 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_poll_cq on {}: {n}",
                 self.dev.name
             )));
@@ -418,7 +418,7 @@ impl Nic for VerbsNic {
         // SAFETY: cq is live.
         let rc = unsafe { (self.req_notify)(self.cq, 0) };
         if rc != 0 {
-            return Err(Error::System(format!(
+            return Err(Error::system(format!(
                 "ibv_req_notify_cq on {}: {rc}",
                 self.dev.name
             )));
