@@ -1043,6 +1043,20 @@ mod tests {
     use super::*;
     use crate::algo::{self, Algorithm, Shape};
 
+    #[test]
+    fn a_relayed_error_naming_us_names_its_reporter() {
+        // Rank 2 gave up waiting for rank 1 (us) and said so in its abort: from here the rank
+        // to name is 2. The same words raised here (a link's own error) stay as they are.
+        let report = Error::timed_out(Some(1), "waited for rank 1");
+        let relayed_here = relayed(report.clone().reported_by_rank(2), 1, 2);
+        assert_eq!(relayed_here.peer(), Some(2));
+        assert_eq!(relayed_here.reported_by(), Some(2));
+        assert_eq!(relayed_here.message(), "waited for rank 1");
+        assert_eq!(relayed(report.clone(), 1, 2).peer(), Some(1));
+        let other = Error::peer_lost(3, "rank 3 died").reported_by_rank(2);
+        assert_eq!(relayed(other, 1, 2).peer(), Some(3));
+    }
+
     fn params(nranks: usize) -> Params {
         Params {
             dtype: DataType::F32,

@@ -716,7 +716,8 @@ mod tests {
         match res {
             Err(e) if e.kind() == crate::error::ErrorKind::Mismatch && e.peer() == Some(0) => {
                 let msg = e.message();
-                assert!(msg.contains("count 3 vs 4"), "{msg}")
+                assert!(msg.contains("count 3 vs 4"), "{msg}");
+                assert_eq!(e.reported_by(), Some(b.peer()), "a field, not only text");
             }
             other => panic!("{other:?}"),
         }
