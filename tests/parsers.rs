@@ -22,7 +22,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -534,7 +534,7 @@ proptest! {
     #[test]
     fn shm_segment_random_headers_never_panic(header in bytes(128), len in prop_oneof![Just(0usize), Just(4096), Just(8192), 0usize..70000]) {
         let fd = memfd_with(len, &header);
-        let _ = Segment::open(fd.as_raw_fd());
+        let _ = Segment::open(fd.as_fd());
     }
 
     #[test]
@@ -544,7 +544,7 @@ proptest! {
             h[i] = v;
         }
         let fd = memfd_with(total + grow, &h);
-        if let Ok(seg) = Segment::open(fd.as_raw_fd()) {
+        if let Ok(seg) = Segment::open(fd.as_fd()) {
             // Only a header that describes exactly this memfd is accepted.
             let g = seg.geometry();
             prop_assert_eq!(g.total(), total + grow);
@@ -556,17 +556,17 @@ proptest! {
 #[test]
 fn shm_segment_round_trip() {
     let (seg, fd) = Segment::create(geo()).unwrap();
-    let other = Segment::open(fd.as_raw_fd()).unwrap();
+    let other = Segment::open(fd.as_fd()).unwrap();
     assert_eq!(other.geometry(), seg.geometry());
     // Not sealed, or not a memfd: refused.
     let plain = std::fs::File::open("/proc/self/status").unwrap();
-    assert!(Segment::open(plain.as_raw_fd()).is_err());
+    assert!(Segment::open(plain.as_fd()).is_err());
 }
 
 /// Two ends of one shm link in this process, plus a raw mapping of their segment.
 fn shm_pair() -> (ShmLink, ShmLink, oxccl::sys::shm::Mapping) {
     let (seg0, fd) = Segment::create(geo()).unwrap();
-    let seg1 = Segment::open(fd.as_raw_fd()).unwrap();
+    let seg1 = Segment::open(fd.as_fd()).unwrap();
     let raw = oxccl::sys::shm::Mapping::new(fd.as_raw_fd(), geo().total()).unwrap();
     let bell0 = Arc::new(Doorbell::create().unwrap());
     let bell1 = Arc::new(Doorbell::create().unwrap());

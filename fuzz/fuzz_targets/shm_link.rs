@@ -4,7 +4,7 @@
 //! must deliver bounded messages or fail; never panic, read out of bounds or hang.
 #![no_main]
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -41,7 +41,7 @@ fn exchange(a: &mut ShmLink, b: &mut ShmLink, msg: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let (seg0, fd) = Segment::create(GEO).unwrap();
-    let seg1 = Segment::open(fd.as_raw_fd()).unwrap();
+    let seg1 = Segment::open(fd.as_fd()).unwrap();
     let raw = Mapping::new(fd.as_raw_fd(), GEO.total()).unwrap();
     let bell0 = Arc::new(Doorbell::create().unwrap());
     let bell1 = Arc::new(Doorbell::create().unwrap());

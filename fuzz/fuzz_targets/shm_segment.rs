@@ -3,7 +3,7 @@
 //! describes exactly this memfd is accepted.
 #![no_main]
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use libfuzzer_sys::fuzz_target;
 use oxccl::sys::shm::{Mapping, memfd_sealed};
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         // SAFETY: the mapping is `len` >= n bytes long and nothing else uses it.
         unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_ptr(), n) };
     }
-    if let Ok(seg) = Segment::open(fd.as_raw_fd()) {
+    if let Ok(seg) = Segment::open(fd.as_fd()) {
         let g = seg.geometry();
         assert_eq!(g.total(), len);
         assert!((1..=MAX_SLOTS).contains(&g.nslots));

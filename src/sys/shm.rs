@@ -6,55 +6,33 @@
 //! `kill -9`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 /// Creates an anonymous memory file of `len` zeroed bytes whose size is then sealed (it can
 /// neither grow nor shrink, so a peer that maps it can never be hit by SIGBUS from a truncation).
 pub fn memfd_sealed(name: &str, len: usize) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let fd =
-        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len_off = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: ftruncate on a descriptor we own; no memory is passed.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len_off) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl(F_ADD_SEALS) on a descriptor we own takes an int argument.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let len = i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
 }
 
 /// Checks that `fd` is a memory file whose size is sealed, and returns its size in bytes.
-pub fn sealed_size(fd: RawFd) -> io::Result<usize> {
-    // SAFETY: fcntl(F_GET_SEALS) takes no pointer; an fd that is not a memfd yields an error.
-    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
-    if seals < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let need = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
-    if seals & need != need {
+pub fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use rustix::fs::SealFlags;
+    // An fd that is not a memfd yields an error.
+    let seals = rustix::fs::fcntl_get_seals(fd)?;
+    if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "memory file is not sealed against resizing",
         ));
     }
-    // SAFETY: an all-zero stat is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a live, writable stat struct for fstat to fill.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = rustix::fs::fstat(fd)?;
     usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData.into())
 }
 
@@ -124,29 +102,20 @@ impl Drop for Mapping {
 /// Sleeps while `*word == expected`, for at most `timeout`, on a futex that may live in memory
 /// shared with other processes (no FUTEX_PRIVATE_FLAG). Spurious returns are possible.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    use rustix::thread::futex;
+    let ts = futex::Timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
     };
-    // SAFETY: `word` is a live, 4-byte aligned atomic for the whole call; the kernel only reads
-    // it. `ts` is a live timespec. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "go and look".
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-        );
-    }
+    // Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "go and look". No PRIVATE flag: the word may
+    // live in memory shared with other processes.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&ts));
 }
 
 /// Wakes every thread (in any process) sleeping in [`futex_wait`] on `word`.
 pub fn futex_wake(word: &AtomicU32) {
-    // SAFETY: `word` is a live aligned atomic; FUTEX_WAKE does not write user memory.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
-    }
+    use rustix::thread::futex;
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
 /// Sends `data` with the descriptors `fds` attached (SCM_RIGHTS) on a connected Unix socket.
@@ -266,48 +235,24 @@ pub fn recv_with_fds(
 
 /// Whether the peer of a connected stream socket has closed it (a non-blocking peek reads
 /// EOF or the connection is broken). Data waiting to be read counts as "not closed".
-pub fn peer_closed(sock: RawFd) -> bool {
+pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+    use rustix::net::RecvFlags;
     let mut b = [0u8; 1];
-    // SAFETY: `b` is a live one-byte buffer; MSG_PEEK leaves the data in the socket.
-    let n = unsafe {
-        libc::recv(
-            sock,
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n == 0 {
-        return true;
+    // MSG_PEEK leaves the data in the socket.
+    match rustix::net::recv(sock, &mut b[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e, rustix::io::Errno::AGAIN | rustix::io::Errno::INTR),
     }
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        );
-    }
-    false
 }
 
 /// The pid (in this process's pid namespace) of the process at the other end of a connected
 /// Unix socket, from SO_PEERCRED; `None` if the kernel will not say or the peer's pid is not
 /// visible from here (0).
-pub fn peer_pid(sock: RawFd) -> Option<i32> {
-    // SAFETY: an all-zero ucred is a valid value of this plain C struct.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live and describe a writable ucred-sized buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+pub fn peer_pid(sock: BorrowedFd<'_>) -> Option<i32> {
+    let cred = rustix::net::sockopt::socket_peercred(sock).ok()?;
+    let pid = cred.pid.as_raw_nonzero().get();
+    (pid > 0).then_some(pid)
 }
 
 /// Copies `len` bytes from this process's `src` to address `dst` of process `pid`
@@ -338,13 +283,11 @@ pub unsafe fn write_process(pid: i32, src: *const u8, dst: u64, len: usize) -> i
 /// A descriptor that becomes readable when process `pid` exits (pidfd_open(2), Linux 5.3+).
 /// Unlike the pid, it cannot come to name another process later.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(io::ErrorKind::InvalidInput)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Whether the process behind a pidfd has exited (its descriptor is readable).
@@ -368,13 +311,14 @@ pub fn net_namespace() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsFd, AsRawFd};
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::Ordering;
 
     #[test]
     fn memfd_is_sealed_mapped_and_shared() {
         let fd = memfd_sealed("oxccl-test", 8192).unwrap();
-        assert_eq!(sealed_size(fd.as_raw_fd()).unwrap(), 8192);
+        assert_eq!(sealed_size(fd.as_fd()).unwrap(), 8192);
         // SAFETY: ftruncate on our own descriptor; the seal must refuse it.
         let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), 100) };
         assert_ne!(rc, 0, "a sealed memfd must not shrink");
@@ -387,7 +331,7 @@ mod tests {
         }
         // A plain file is not a sealed memfd.
         let f = std::fs::File::open("/proc/self/stat").unwrap();
-        assert!(sealed_size(f.as_raw_fd()).is_err());
+        assert!(sealed_size(f.as_fd()).is_err());
     }
 
     #[test]
@@ -399,13 +343,13 @@ mod tests {
         let (n, fds) = recv_with_fds(b.as_raw_fd(), &mut buf, 2).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(fds.len(), 1);
-        assert_eq!(sealed_size(fds[0].as_raw_fd()).unwrap(), 4096);
+        assert_eq!(sealed_size(fds[0].as_fd()).unwrap(), 4096);
         // Two descriptors where only one is accepted: an error, nothing leaks.
         send_with_fds(a.as_raw_fd(), b"x", &[fd.as_raw_fd(), fd.as_raw_fd()]).unwrap();
         assert!(recv_with_fds(b.as_raw_fd(), &mut buf, 1).is_err());
-        assert!(!peer_closed(b.as_raw_fd()));
+        assert!(!peer_closed(b.as_fd()));
         drop(a);
-        assert!(peer_closed(b.as_raw_fd()));
+        assert!(peer_closed(b.as_fd()));
     }
 
     #[test]
@@ -439,7 +383,7 @@ mod tests {
     #[test]
     fn peer_pid_and_cross_memory_write() {
         let (a, _b) = UnixStream::pair().unwrap();
-        assert_eq!(peer_pid(a.as_raw_fd()), Some(std::process::id() as i32));
+        assert_eq!(peer_pid(a.as_fd()), Some(std::process::id() as i32));
         let src = [7u8; 64];
         let mut dst = [0u8; 64];
         // SAFETY: `src` is readable; the target is this process and `dst` a live buffer in it.

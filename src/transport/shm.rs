@@ -36,7 +36,7 @@ pub mod setup;
 pub use doorbell::Doorbell;
 
 use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
@@ -188,13 +188,13 @@ impl Segment {
     }
 
     /// Maps a segment received from the peer, checking its seals, size and header.
-    pub fn open(fd: RawFd) -> Result<Segment> {
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Segment> {
         let bad = |m: String| Error::system(format!("shared-memory segment from the peer: {m}"));
         let size = sys::sealed_size(fd).map_err(|e| bad(e.to_string()))?;
         if size < HDR_BYTES {
             return Err(bad(format!("{size} bytes is too small")));
         }
-        let map = Mapping::new(fd, size).map_err(|e| bad(format!("mmap: {e}")))?;
+        let map = Mapping::new(fd.as_raw_fd(), size).map_err(|e| bad(format!("mmap: {e}")))?;
         let h = map.as_ptr().cast::<Header>();
         // SAFETY: the mapping is at least HDR_BYTES long and page aligned; the peer wrote these
         // fields before passing the descriptor and does not change them afterwards; a peer that
@@ -332,7 +332,7 @@ impl ShmLink {
                 .map_err(|e| Error::io("set nonblocking on the shm liveness socket", e))?;
         }
         let writer = Writer::for_socket(sock.as_ref());
-        let peer_pid = sock.as_ref().and_then(|s| sys::peer_pid(s.as_raw_fd()));
+        let peer_pid = sock.as_ref().and_then(|s| sys::peer_pid(s.as_fd()));
         // A peer that is a thread of this process cannot exit without us, and closes or aborts
         // through the segment's state: its socket would only cost a descriptor per link, which
         // is what keeps hundreds of thread-ranks inside one process's descriptor limit.
@@ -462,7 +462,7 @@ impl ShmLink {
         let closed = self
             .sock
             .as_ref()
-            .is_some_and(|s| sys::peer_closed(s.as_raw_fd()));
+            .is_some_and(|s| sys::peer_closed(s.as_fd()));
         let exited = self
             .pidfd
             .as_ref()
@@ -669,13 +669,13 @@ impl Link for ShmLink {
     }
 
     fn cancel_recvs(&mut self) {
-        let fd = self.sock.as_ref().map(|s| s.as_raw_fd());
+        let sock = self.sock.as_ref();
         // The clock is read only if a sender holds a claim on a posted buffer (rare).
         let mut give_up = None;
         let alive = || {
             let now = std::time::Instant::now();
             let end = *give_up.get_or_insert(now + std::time::Duration::from_secs(5));
-            fd.is_none_or(|fd| !sys::peer_closed(fd)) && now < end
+            sock.is_none_or(|s| !sys::peer_closed(s.as_fd())) && now < end
         };
         // SAFETY: rx_posts is the table of the ring we receive on.
         let clean = unsafe { self.posted.cancel(self.rx_posts, alive) };

@@ -3,7 +3,7 @@
 //! something (a message, a credit) bumps the word and wakes it only when it has announced itself,
 //! so the common, busy case costs the peer one load after a fence and no system call.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::Duration;
 
@@ -50,8 +50,8 @@ impl Doorbell {
 
     /// Maps a peer's doorbell from its descriptor.
     pub fn open(fd: OwnedFd) -> Result<Doorbell> {
-        let size = sys::sealed_size(fd.as_raw_fd())
-            .map_err(|e| Error::io("the peer's shm doorbell", e))?;
+        let size =
+            sys::sealed_size(fd.as_fd()).map_err(|e| Error::io("the peer's shm doorbell", e))?;
         if size != BELL_BYTES {
             return Err(Error::system(format!(
                 "the peer's shm doorbell has {size} bytes, not {BELL_BYTES}"

@@ -17,7 +17,7 @@
 //!
 //! [`Link::post_recv`]: crate::transport::Link::post_recv
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,7 +61,7 @@ impl Writer {
     /// Finds out who is at the other end of the link's socket.
     pub(super) fn for_socket(sock: Option<&UnixStream>) -> Writer {
         let off = std::env::var("OXCCL_SHM_PLACE").is_ok_and(|v| v.trim() == "0");
-        match sock.and_then(|s| sys::peer_pid(s.as_raw_fd())) {
+        match sock.and_then(|s| sys::peer_pid(s.as_fd())) {
             _ if off => Writer::Off,
             Some(pid) if pid as u32 == std::process::id() => Writer::Same,
             Some(pid) => Writer::Process(pid),

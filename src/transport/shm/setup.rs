@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,7 +143,7 @@ impl ShmEndpoint {
             return Ok(None);
         };
         drop(map);
-        let seg = Segment::open(a.seg.as_raw_fd())?;
+        let seg = Segment::open(a.seg.as_fd())?;
         let peer_bell = Doorbell::open(a.bell)?;
         Ok(Some(ShmLink::new(
             from,
@@ -333,8 +333,8 @@ fn serve(
         ));
     };
     // Check the segment now, so that a bad one makes the dialer fall back to TCP.
-    if let Err(e) = Segment::open(seg.as_raw_fd()).and_then(|_| {
-        sys::sealed_size(peer_bell.as_raw_fd())
+    if let Err(e) = Segment::open(seg.as_fd()).and_then(|_| {
+        sys::sealed_size(peer_bell.as_fd())
             .map_err(|e| Error::io("doorbell", e))
             .map(|_| ())
     }) {

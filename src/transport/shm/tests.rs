@@ -7,7 +7,7 @@ mod support {
     /// Two ends of a link in one process, over one memfd mapped twice (as two processes would).
     pub fn pair(nslots: usize, slot_size: usize) -> (ShmLink, ShmLink) {
         let (seg0, fd) = Segment::create(Geometry { nslots, slot_size }).unwrap();
-        let seg1 = Segment::open(fd.as_raw_fd()).unwrap();
+        let seg1 = Segment::open(fd.as_fd()).unwrap();
         let b0 = Arc::new(Doorbell::create().unwrap());
         let b1 = Arc::new(Doorbell::create().unwrap());
         let b0_for_1 = Doorbell::open(b0.clone_fd().unwrap()).unwrap();
@@ -63,7 +63,7 @@ mod unit {
         );
         // A memfd that is not a segment is refused.
         let fd = sys::memfd_sealed("x", 8192).unwrap();
-        assert!(Segment::open(fd.as_raw_fd()).is_err());
+        assert!(Segment::open(fd.as_fd()).is_err());
     }
 
     #[test]
