@@ -724,12 +724,12 @@ impl Communicator {
         // lower ranks'.
         for &p in peers.iter().filter(|&&p| p > self.rank) {
             if links[p].is_none() {
-                links[p] = Some(self.ends.dial(&set, &self.peer(p), deadline)?);
+                links[p] = Some(self.ends.connect(&set, &self.peer(p), deadline)?);
             }
         }
         for &p in peers.iter().filter(|&&p| p < self.rank) {
             if links[p].is_none() {
-                links[p] = Some(self.ends.accept(&set, &self.peer(p), deadline)?);
+                links[p] = Some(self.ends.connect(&set, &self.peer(p), deadline)?);
             }
         }
         Ok(())

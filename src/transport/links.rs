@@ -236,18 +236,31 @@ impl Endpoints {
         }
     }
 
-    /// The lower rank's side: RDMA when both want it, shm when possible (falling back to TCP
-    /// under auto), else TCP.
-    pub fn dial(
+    /// The link to `peer`: RDMA when both ranks want it, else the lower rank dials ([`dial`])
+    /// and the higher one accepts ([`accept`]) a shm or TCP link.
+    ///
+    /// [`dial`]: Endpoints::dial
+    /// [`accept`]: Endpoints::accept
+    pub fn connect(
         &self,
         set: &Settings,
         peer: &Peer<'_>,
         deadline: Instant,
     ) -> Result<Box<dyn Link>> {
+        let dialer = self.rank < peer.rank;
         #[cfg(feature = "rdma")]
-        if let Some(link) = self.rdma_link(set, peer, true, deadline)? {
+        if let Some(link) = self.rdma_link(set, peer, dialer, deadline)? {
             return Ok(link);
         }
+        if dialer {
+            self.dial(set, peer, deadline)
+        } else {
+            self.accept(set, peer, deadline)
+        }
+    }
+
+    /// The lower rank's side: shm when possible (falling back to TCP under auto), else TCP.
+    fn dial(&self, set: &Settings, peer: &Peer<'_>, deadline: Instant) -> Result<Box<dyn Link>> {
         let p = peer.rank;
         let mut why = self.shm_refusal(set, peer)?;
         if why.is_none() && shm_denied(self.rank, p) {
@@ -292,16 +305,7 @@ impl Endpoints {
     }
 
     /// The higher rank's side: takes whichever link the lower rank made, shm or TCP.
-    pub fn accept(
-        &self,
-        set: &Settings,
-        peer: &Peer<'_>,
-        deadline: Instant,
-    ) -> Result<Box<dyn Link>> {
-        #[cfg(feature = "rdma")]
-        if let Some(link) = self.rdma_link(set, peer, false, deadline)? {
-            return Ok(link);
-        }
+    fn accept(&self, set: &Settings, peer: &Peer<'_>, deadline: Instant) -> Result<Box<dyn Link>> {
         let p = peer.rank;
         let why = self.shm_refusal(set, peer)?;
         let (None, Some(ep)) = (&why, &self.shm) else {
