@@ -219,71 +219,36 @@ pub fn ranks_on_host() -> usize {
     RANKS_HERE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// shutdown(2) on a raw descriptor; used to wake a thread blocked in accept() on a listener
-/// that this process owns. Errors are ignored (the descriptor may already be shut).
-pub fn shutdown_fd(fd: std::os::fd::RawFd) {
-    // SAFETY: shutdown only changes socket state; an invalid or non-socket fd yields an error
-    // that we ignore. The caller keeps the listener (and so the fd) open until after this call.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
+/// shutdown(2) both ways; used to wake a thread blocked in accept() on a listener that this
+/// process owns. Errors are ignored (the socket may already be shut).
+pub fn shutdown_socket(sock: std::os::fd::BorrowedFd<'_>) {
+    let _ = rustix::net::shutdown(sock, rustix::net::Shutdown::Both);
 }
 
 /// Deepens a listening socket's accept queue to `backlog` (the kernel caps it at
 /// net.core.somaxconn). The standard library listens with 128: when a thousand ranks connect
 /// at once the rest of their SYNs are dropped and retried a second or more later.
 pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on the descriptor of a listener we borrow (so it is open); calling it
-    // again on a listening socket only changes the queue's length.
-    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // Calling listen(2) again on a listening socket only changes the queue's length.
+    Ok(rustix::net::listen(listener, backlog)?)
 }
 
 /// Sets SO_SNDBUF and SO_RCVBUF on a socket (the kernel may clamp them to net.core.*mem_max).
-pub fn set_socket_buffers(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
-    let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: `v` is a live c_int and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+pub fn set_socket_buffers(sock: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize);
+    rustix::net::sockopt::set_socket_send_buffer_size(sock, v)?;
+    rustix::net::sockopt::set_socket_recv_buffer_size(sock, v)?;
     Ok(())
 }
 
 /// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged by the peer's kernel
 /// before the connection fails with ETIMEDOUT (how a multi-path link notices a cut path).
 pub fn set_tcp_user_timeout(
-    fd: std::os::fd::RawFd,
+    sock: std::os::fd::BorrowedFd<'_>,
     timeout: std::time::Duration,
 ) -> io::Result<()> {
-    let ms = timeout.as_millis().clamp(1, u32::MAX as u128) as libc::c_uint;
-    // SAFETY: `ms` is a live c_uint and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&ms as *const libc::c_uint).cast(),
-            size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let ms = timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
+    Ok(rustix::net::sockopt::set_tcp_user_timeout(sock, ms)?)
 }
 
 /// Writes to a stream socket (TCP or Unix) with `MSG_NOSIGNAL`: a peer that has gone away is
@@ -303,37 +268,21 @@ impl<'a> NoSigPipe<'a> {
 
 impl io::Write for NoSigPipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the fd is borrowed from a live socket for 'a; the pointer and length describe
-        // `buf`, which outlives the call.
-        let n = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(rustix::net::send(
+            self.0,
+            buf,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: an all-zero msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        // IoSlice is ABI-compatible with iovec on Unix (std guarantees it); sendmsg only reads.
-        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
-        msg.msg_iovlen = bufs.len().min(1024) as _;
-        // SAFETY: the fd is borrowed from a live socket; msg points at `bufs`, live slices that
-        // outlive the call and that sendmsg only reads.
-        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        let bufs = &bufs[..bufs.len().min(1024)];
+        Ok(rustix::net::sendmsg(
+            self.0,
+            bufs,
+            &mut rustix::net::SendAncillaryBuffer::default(),
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -71,9 +71,8 @@ pub struct PeerListener {
     addr: SocketAddr,
     pending: Pending,
     stop: Arc<AtomicBool>,
-    fd: std::os::fd::RawFd,
     thread: Option<JoinHandle<()>>,
-    _listener: Arc<TcpListener>,
+    listener: Arc<TcpListener>,
 }
 
 impl PeerListener {
@@ -97,7 +96,6 @@ impl PeerListener {
         let listener = Arc::new(listener);
         let pending: Pending = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let fd = listener.as_raw_fd();
         let (l2, p2, s2) = (listener.clone(), pending.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name(format!("oxccl-accept-{rank}"))
@@ -107,9 +105,8 @@ impl PeerListener {
             addr,
             pending,
             stop,
-            fd,
             thread: Some(thread),
-            _listener: listener,
+            listener,
         })
     }
 
@@ -196,7 +193,7 @@ impl PeerListener {
 impl Drop for PeerListener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        crate::sys::shutdown_fd(self.fd);
+        crate::sys::shutdown_socket(self.listener.as_fd());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

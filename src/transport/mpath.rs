@@ -199,7 +199,8 @@ impl MultipathLink {
             };
             s.set_nonblocking(true).map_err(e)?;
             s.set_nodelay(true).map_err(e)?;
-            crate::sys::set_tcp_user_timeout(s.as_raw_fd(), path_timeout).map_err(e)?;
+            crate::sys::set_tcp_user_timeout(std::os::fd::AsFd::as_fd(&s), path_timeout)
+                .map_err(e)?;
             let addr =
                 |a: io::Result<std::net::SocketAddr>| a.map_or("?".into(), |a| a.to_string());
             paths.push(Path {

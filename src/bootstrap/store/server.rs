@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -187,7 +187,7 @@ impl Drop for StoreServer {
         }
         // The fd belongs to `self.listener`, which is alive (we hold an Arc to it), so it cannot
         // have been closed or reused; shutdown(2) wakes the accept thread with an error.
-        crate::sys::shutdown_fd(self.listener.as_raw_fd());
+        crate::sys::shutdown_socket(self.listener.as_fd());
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
