@@ -6,7 +6,11 @@
 //! `kill -9`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+
+/// The most descriptors one message passes (SCM_RIGHTS).
+const MAX_FDS: usize = 4;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -120,53 +124,24 @@ pub fn futex_wake(word: &AtomicU32) {
 
 /// Sends `data` with the descriptors `fds` attached (SCM_RIGHTS) on a connected Unix socket.
 /// Sends all of `data` in one message or fails.
-pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    const MAX_FDS: usize = 4;
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     if fds.len() > MAX_FDS || data.is_empty() {
         return Err(io::ErrorKind::InvalidInput.into());
     }
-    // Control buffer, 8-byte aligned as cmsghdr requires.
-    let mut cbuf = [0u64; 8];
-    let fd_bytes = size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    debug_assert!(space <= size_of_val(&cbuf));
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr().cast_mut().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `cbuf`, which holds `space` bytes, so the first header
-        // and its data (CMSG_LEN of the fds) are inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
-        }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::ErrorKind::InvalidInput.into());
     }
+    let iov = [io::IoSlice::new(data)];
     loop {
-        // SAFETY: msg points at live iovec and control buffers for the duration of the call;
-        // sendmsg only reads them.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) if n == data.len() => return Ok(()),
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg")),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        if n as usize != data.len() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
-        }
-        return Ok(());
     }
 }
 
@@ -175,62 +150,37 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> 
 /// descriptors did not all fit (MSG_CTRUNC, or more than `max_fds`) is an error, and the ones
 /// that did arrive are closed.
 pub fn recv_with_fds(
-    sock: RawFd,
+    sock: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    const MAX_FDS: usize = 4;
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
     let max_fds = max_fds.min(MAX_FDS);
-    let mut cbuf = [0u64; 8];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((max_fds * size_of::<RawFd>()) as u32) } as usize;
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: msg points at the live, writable `buf` and `cbuf` for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let len = rustix::cmsg_space!(ScmRights(max_fds));
+    let mut control = RecvAncillaryBuffer::new(&mut space[..len]);
+    let msg = loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        break n as usize;
     };
+    // Every descriptor that arrived is owned (and closed on an error below).
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with well-formed headers up to msg_controllen;
-    // CMSG_FIRSTHDR/NXTHDR stay within it, and each SCM_RIGHTS payload holds whole ints that
-    // are descriptors now owned by this process.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
-                for i in 0..bytes / size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "descriptors were dropped in transit (MSG_CTRUNC)",
         ));
     }
-    Ok((n, fds))
+    Ok((msg.bytes, fds))
 }
 
 /// Whether the peer of a connected stream socket has closed it (a non-blocking peek reads
@@ -338,15 +288,15 @@ mod tests {
     fn fds_pass_over_a_unix_socket() {
         let (a, b) = UnixStream::pair().unwrap();
         let fd = memfd_sealed("oxccl-test", 4096).unwrap();
-        send_with_fds(a.as_raw_fd(), b"hi", &[fd.as_raw_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"hi", &[fd.as_fd()]).unwrap();
         let mut buf = [0u8; 8];
-        let (n, fds) = recv_with_fds(b.as_raw_fd(), &mut buf, 2).unwrap();
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf, 2).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(fds.len(), 1);
         assert_eq!(sealed_size(fds[0].as_fd()).unwrap(), 4096);
         // Two descriptors where only one is accepted: an error, nothing leaks.
-        send_with_fds(a.as_raw_fd(), b"x", &[fd.as_raw_fd(), fd.as_raw_fd()]).unwrap();
-        assert!(recv_with_fds(b.as_raw_fd(), &mut buf, 1).is_err());
+        send_with_fds(a.as_fd(), b"x", &[fd.as_fd(), fd.as_fd()]).unwrap();
+        assert!(recv_with_fds(b.as_fd(), &mut buf, 1).is_err());
         assert!(!peer_closed(b.as_fd()));
         drop(a);
         assert!(peer_closed(b.as_fd()));

@@ -3,7 +3,7 @@
 //! something (a message, a credit) bumps the word and wakes it only when it has announced itself,
 //! so the common, busy case costs the peer one load after a fence and no system call.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::Duration;
 
@@ -63,8 +63,8 @@ impl Doorbell {
     }
 
     /// The descriptor to pass to peers (only for this rank's own doorbell).
-    pub fn fd(&self) -> Option<RawFd> {
-        self.fd.as_ref().map(|f| f.as_raw_fd())
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
     }
 
     /// A new descriptor for this rank's own doorbell (`None` for a peer's).

@@ -298,7 +298,7 @@ fn serve(
     s.write_all(&msg)
         .map_err(|e| Error::io("shm setup: writing the challenge", e))?;
     let mut proof = [0u8; PROOF];
-    let (n, fds) = sys::recv_with_fds(s.as_raw_fd(), &mut proof, 2)
+    let (n, fds) = sys::recv_with_fds(s.as_fd(), &mut proof, 2)
         .map_err(|e| Error::io(format!("shm setup: descriptors from rank {from}"), e))?;
     if n == 0 {
         return Err(Error::system(format!(
@@ -349,7 +349,7 @@ fn serve(
     };
     let mut r = [0u8; REPLY];
     r[0] = 1;
-    sys::send_with_fds(s.as_raw_fd(), &r, &[my_bell])
+    sys::send_with_fds(s.as_fd(), &r, &[my_bell])
         .map_err(|e| Error::io(format!("shm setup: answering rank {from}"), e))?;
     s.set_read_timeout(None)
         .and_then(|()| s.set_write_timeout(None))
@@ -423,7 +423,7 @@ pub fn dial(
     let Some(bell_fd) = ep.bell.fd() else {
         return Err(DialError::Fallback("no doorbell".into()));
     };
-    sys::send_with_fds(s.as_raw_fd(), &proof, &[seg_fd.as_raw_fd(), bell_fd])
+    sys::send_with_fds(s.as_fd(), &proof, &[seg_fd.as_fd(), bell_fd])
         .map_err(|e| fallback("passing the segment (SCM_RIGHTS)", &e))?;
     drop(seg_fd);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
@@ -433,8 +433,7 @@ pub fn dial(
         ))
     };
     let mut reply = [0u8; REPLY];
-    let (n, fds) =
-        sys::recv_with_fds(s.as_raw_fd(), &mut reply, 1).map_err(|e| failed("reply", &e))?;
+    let (n, fds) = sys::recv_with_fds(s.as_fd(), &mut reply, 1).map_err(|e| failed("reply", &e))?;
     if n == 0 {
         return Err(failed("reply", &"connection closed"));
     }
