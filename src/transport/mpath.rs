@@ -30,78 +30,34 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use super::wire::{self, ABORT, ACK, DATA, DEAD, MAX_ABORT};
 use super::{Link, Tag};
 use crate::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 
-const MAGIC: u16 = 0x4d4f; // "OM"
-const DATA: u8 = 1;
-const ABORT: u8 = 2;
-const ACK: u8 = 3;
-const DEAD: u8 = 4;
+/// A parsed frame header.
+pub use super::wire::MpathHeader as Header;
+
 /// Frame header size.
-pub const MHDR: usize = 32 + Tag::LEN;
-const MAX_ABORT: usize = 4096;
+pub const MHDR: usize = Header::LEN;
 const DISCARD: usize = 64 << 10;
 
-/// A parsed frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// DATA, ABORT, ACK or DEAD.
-    pub kind: u8,
-    /// Body length.
-    pub len: usize,
-    /// Message sequence (DATA) or socket index (DEAD).
-    pub seq: u64,
-    /// The sender's gap-free received count.
-    pub recv: u64,
-    /// The sender's released count.
-    pub credit: u64,
-    /// The message's tag (DATA).
-    pub tag: Tag,
-}
-
 fn encode(kind: u8, len: usize, seq: u64, recv: u64, credit: u64, tag: &Tag) -> [u8; MHDR] {
-    let mut h = [0u8; MHDR];
-    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-    h[2] = kind;
-    h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    h[16..24].copy_from_slice(&recv.to_le_bytes());
-    h[24..32].copy_from_slice(&credit.to_le_bytes());
-    h[32..].copy_from_slice(&tag.encode());
-    h
+    Header {
+        kind,
+        len,
+        seq,
+        recv,
+        credit,
+        tag: *tag,
+    }
+    .encode()
 }
 
-/// Parses a frame header from untrusted bytes; never panics. Bodies are bounded by
-/// `max_data` (DATA) or 4 KiB (ABORT); ACK and DEAD carry none.
+/// Parses a frame header from untrusted bytes; never panics ([`Header::new_checked`]).
 pub fn decode_header(h: &[u8; MHDR], max_data: usize) -> std::result::Result<Header, String> {
-    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    let magic = u16::from_le_bytes([h[0], h[1]]);
-    if magic != MAGIC {
-        return Err(format!("bad frame magic {magic:#06x}"));
-    }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-    let bound = match h[2] {
-        DATA => max_data,
-        ABORT => MAX_ABORT,
-        ACK | DEAD => 0,
-        k => return Err(format!("unknown frame kind {k}")),
-    };
-    if len > bound {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {bound}-byte limit"
-        ));
-    }
-    Ok(Header {
-        kind: h[2],
-        len,
-        seq: u64_at(8),
-        recv: u64_at(16),
-        credit: u64_at(24),
-        tag: Tag::decode(h[32..].try_into().expect("tag bytes")),
-    })
+    Ok(Header::new_checked(h, max_data)?)
 }
 
 #[derive(Clone, Copy)]
@@ -672,11 +628,9 @@ impl Link for MultipathLink {
     }
 
     fn send_abort(&mut self, err: &Error) {
-        let mut body = Vec::with_capacity(64);
-        body.push(err.code());
-        body.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
-        let msg = err.message().as_bytes();
-        body.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
+        let mut buf = [0u8; MAX_ABORT];
+        let n = wire::encode_abort(err, &mut buf);
+        let body = &buf[..n];
         let hdr = encode(
             ABORT,
             body.len(),
@@ -688,7 +642,7 @@ impl Link for MultipathLink {
         for p in self.paths.iter_mut().filter(|p| p.alive) {
             if p.tx.as_ref().is_none_or(|t| t.off == 0) {
                 let _ = crate::sys::NoSigPipe::new(&p.sock)
-                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(body)]);
             }
             let _ = p.sock.shutdown(Shutdown::Write);
         }

@@ -8,77 +8,53 @@
 //! allocated on the data path.
 //!
 //! Frame: `magic u16 | kind u8 | 0 u8 | len u32 | Tag (24 B)`, then `len` bytes.
-//! Kinds: data (len <= slot size) and abort (len <= 4 KiB: code, peer, message).
+//! Kinds: data (len <= slot size) and abort (len <= 4 KiB: code, peer, message). The layouts and
+//! their checked parsers live in [`wire`](super::wire).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 
+use super::wire::{self, AbortBody, TcpHeader};
 use super::{Link, Tag};
 use crate::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 
-const MAGIC: u16 = 0x584f; // "OX"
-const KIND_DATA: u8 = 1;
-const KIND_ABORT: u8 = 2;
+const KIND_DATA: u8 = wire::DATA;
+const KIND_ABORT: u8 = wire::ABORT;
 /// Frame header size.
-pub const HDR: usize = 8 + Tag::LEN;
-const MAX_ABORT: usize = 4096;
+pub const HDR: usize = TcpHeader::LEN;
+const MAX_ABORT: usize = wire::MAX_ABORT;
 
-fn encode_hdr(kind: u8, len: u32, tag: &Tag) -> [u8; HDR] {
-    let mut h = [0u8; HDR];
-    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-    h[2] = kind;
-    h[4..8].copy_from_slice(&len.to_le_bytes());
-    h[8..].copy_from_slice(&tag.encode());
-    h
+fn encode_hdr(kind: u8, len: usize, tag: &Tag) -> [u8; HDR] {
+    TcpHeader {
+        kind,
+        len,
+        tag: *tag,
+    }
+    .encode()
 }
 
-/// Parses a frame header; never panics. Returns (kind, len, tag).
+/// Parses a frame header; never panics. Returns (kind, len, tag) ([`TcpHeader::new_checked`]).
 pub fn decode_hdr(h: &[u8; HDR], max_data: usize) -> std::result::Result<(u8, usize, Tag), String> {
-    let magic = u16::from_le_bytes([h[0], h[1]]);
-    if magic != MAGIC {
-        return Err(format!("bad frame magic {magic:#06x}"));
-    }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-    let kind = h[2];
-    let bound = match kind {
-        KIND_DATA => max_data,
-        KIND_ABORT => MAX_ABORT,
-        k => return Err(format!("unknown frame kind {k}")),
-    };
-    if len > bound {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {bound}-byte limit"
-        ));
-    }
-    let tag = Tag::decode(h[8..].try_into().expect("tag bytes"));
-    Ok((kind, len, tag))
-}
-
-/// Encodes an error as an abort frame body.
-fn encode_abort(err: &Error) -> Vec<u8> {
-    let mut b = Vec::with_capacity(64);
-    b.push(err.code());
-    b.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
-    let msg = err.message().as_bytes();
-    b.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
-    b
+    let h = TcpHeader::new_checked(h, max_data)?;
+    Ok((h.kind, h.len, h.tag))
 }
 
 /// Decodes an abort frame body (from `peer`) back into an error.
 pub fn decode_abort(body: &[u8], peer: usize) -> Error {
-    if body.len() < 5 {
-        return Error::PeerLost {
+    match AbortBody::new_checked(body) {
+        Ok(a) => Error::from_parts(
+            a.code,
+            a.peer,
+            format!("{} {REPORTED_BY}{peer}]", a.message_lossy()),
+        ),
+        Err(_) => Error::PeerLost {
             peer,
             msg: format!("rank {peer} aborted (truncated abort frame)"),
-        };
+        },
     }
-    let p = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-    let named = (p != u32::MAX).then_some(p as usize);
-    let msg = String::from_utf8_lossy(&body[5..]);
-    Error::from_parts(body[0], named, format!("{msg} {REPORTED_BY}{peer}]"))
 }
 
 /// Marks the message of an error that arrived in a peer's abort (see [`decode_abort`]).
@@ -263,7 +239,7 @@ impl TcpLink {
             }
             let p = self.pending[(st.tx_seq % self.nslots as u64) as usize];
             if st.tx_off == 0 {
-                st.tx_hdr = encode_hdr(KIND_DATA, p.len as u32, &p.tag);
+                st.tx_hdr = encode_hdr(KIND_DATA, p.len, &p.tag);
             }
             let total = HDR + p.len;
             // SAFETY: post_send's contract keeps p.data..p.data+p.len valid and unmodified until
@@ -592,15 +568,17 @@ impl Link for TcpLink {
     }
 
     fn send_abort(&mut self, err: &Error) {
-        let body = encode_abort(err);
-        let hdr = encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default());
+        let mut buf = [0u8; MAX_ABORT];
+        let n = wire::encode_abort(err, &mut buf);
+        let body = &buf[..n];
+        let hdr = encode_hdr(KIND_ABORT, body.len(), &Tag::default());
         for st in &mut self.streams {
             if st.tx_off == 0 {
                 // At a frame boundary: the abort frame is well-formed for the peer. A socket in
                 // the middle of a frame (or whose buffer is full) just gets shut down; the peer
                 // sees EOF there and looks for the reason on the others.
                 let _ = crate::sys::NoSigPipe::new(&st.sock)
-                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(body)]);
             }
         }
         // Every reason is written before any socket closes, so a peer that sees the first EOF
@@ -770,11 +748,13 @@ mod tests {
             peer: 2,
             msg: "connection to rank 2 was closed".into(),
         };
-        let body = encode_abort(&why);
+        let mut buf = [0u8; 256];
+        let n = wire::encode_abort(&why, &mut buf);
+        let body = &buf[..n];
         raw[1]
-            .write_all(&encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default()))
+            .write_all(&encode_hdr(KIND_ABORT, body.len(), &Tag::default()))
             .unwrap();
-        raw[1].write_all(&body).unwrap();
+        raw[1].write_all(body).unwrap();
         for r in &raw {
             r.shutdown(Shutdown::Write).unwrap();
         }
