@@ -170,79 +170,43 @@ pub struct Step {
     pub deps: Vec<u32>,
 }
 
-/// The collectives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Collective {
-    /// All-reduce: everyone gets the reduction of everyone's buffer.
-    AllReduce = 1,
-    /// Barrier: nobody leaves before everyone has arrived.
-    Barrier = 2,
-    /// Broadcast: everyone gets the root's buffer.
-    Broadcast = 3,
-    /// Reduce: the root gets the reduction of everyone's buffer.
-    Reduce = 4,
-    /// All-gather: everyone gets the concatenation of everyone's block.
-    AllGather = 5,
-    /// Reduce-scatter: rank r gets block r of the reduction.
-    ReduceScatter = 6,
-    /// All-to-all: rank r gets block r of everyone's buffer, in rank order.
-    AllToAll = 7,
-    /// Gather: the root gets the concatenation of everyone's block.
-    Gather = 8,
-    /// Scatter: rank r gets block r of the root's buffer.
-    Scatter = 9,
-    /// Point-to-point send (the peer is `Shape::root`).
-    Send = 10,
-    /// Point-to-point receive (the peer is `Shape::root`).
-    Recv = 11,
-    /// All-gather with per-rank block sizes (`Shape::counts`).
-    AllGatherV = 12,
-    /// Reduce-scatter with per-rank block sizes (`Shape::counts`).
-    ReduceScatterV = 13,
-    /// All-to-all with per-peer sizes (`Shape::counts` = n send counts, then n receive counts).
-    AllToAllV = 14,
+enum_table! {
+    /// The collectives; the code is the byte a [`Tag`](crate::transport::Tag) carries.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Collective: u8, fn from_u8 {
+        /// All-reduce: everyone gets the reduction of everyone's buffer.
+        AllReduce = 1 => "all_reduce",
+        /// Barrier: nobody leaves before everyone has arrived.
+        Barrier = 2 => "barrier",
+        /// Broadcast: everyone gets the root's buffer.
+        Broadcast = 3 => "broadcast",
+        /// Reduce: the root gets the reduction of everyone's buffer.
+        Reduce = 4 => "reduce",
+        /// All-gather: everyone gets the concatenation of everyone's block.
+        AllGather = 5 => "all_gather",
+        /// Reduce-scatter: rank r gets block r of the reduction.
+        ReduceScatter = 6 => "reduce_scatter",
+        /// All-to-all: rank r gets block r of everyone's buffer, in rank order.
+        AllToAll = 7 => "all_to_all",
+        /// Gather: the root gets the concatenation of everyone's block.
+        Gather = 8 => "gather",
+        /// Scatter: rank r gets block r of the root's buffer.
+        Scatter = 9 => "scatter",
+        /// Point-to-point send (the peer is `Shape::root`).
+        Send = 10 => "send",
+        /// Point-to-point receive (the peer is `Shape::root`).
+        Recv = 11 => "recv",
+        /// All-gather with per-rank block sizes (`Shape::counts`).
+        AllGatherV = 12 => "all_gatherv",
+        /// Reduce-scatter with per-rank block sizes (`Shape::counts`).
+        ReduceScatterV = 13 => "reduce_scatterv",
+        /// All-to-all with per-peer sizes (`Shape::counts` = n send counts, then n receive
+        /// counts).
+        AllToAllV = 14 => "all_to_allv",
+    }
 }
 
 impl Collective {
-    /// Every collective.
-    pub const ALL: [Collective; 14] = [
-        Collective::AllReduce,
-        Collective::Barrier,
-        Collective::Broadcast,
-        Collective::Reduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Gather,
-        Collective::Scatter,
-        Collective::Send,
-        Collective::Recv,
-        Collective::AllGatherV,
-        Collective::ReduceScatterV,
-        Collective::AllToAllV,
-    ];
-
-    /// The name as users know it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Collective::AllReduce => "all_reduce",
-            Collective::Barrier => "barrier",
-            Collective::Broadcast => "broadcast",
-            Collective::Reduce => "reduce",
-            Collective::AllGather => "all_gather",
-            Collective::ReduceScatter => "reduce_scatter",
-            Collective::AllToAll => "all_to_all",
-            Collective::Gather => "gather",
-            Collective::Scatter => "scatter",
-            Collective::Send => "send",
-            Collective::Recv => "recv",
-            Collective::AllGatherV => "all_gatherv",
-            Collective::ReduceScatterV => "reduce_scatterv",
-            Collective::AllToAllV => "all_to_allv",
-        }
-    }
-
     /// The key used by OXCCL_ALGO (`allreduce`, `broadcast`, ...).
     pub fn key(self) -> &'static str {
         match self {
@@ -257,11 +221,6 @@ impl Collective {
             Collective::Scatter => "scatter",
             Collective::Send | Collective::Recv => "sendrecv",
         }
-    }
-
-    /// Decodes the wire byte.
-    pub fn from_u8(v: u8) -> Option<Collective> {
-        Collective::ALL.into_iter().find(|c| *c as u8 == v)
     }
 
     /// Whether it combines values with a reduction operator.
@@ -302,122 +261,64 @@ impl Collective {
     }
 }
 
-/// Algorithms. Which apply to which collective: [`Collective::algorithms`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Ring: for all-reduce, reduce-scatter then all-gather, chunked and pipelined
-    /// (bandwidth-optimal); for all-gather / reduce-scatter, one ring pass.
-    Ring,
-    /// One-shot direct all-reduce: every rank sends its buffer to every other and reduces
-    /// locally in rank order. One message latency; for small messages.
-    Direct,
-    /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the data,
-    /// pipelined); broadcast / reduce: binomial tree.
-    Tree,
-    /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
-    Rhd,
-    /// Broadcast / reduce: a pipelined chain from (to) the root.
-    Chain,
-    /// All-gather / reduce-scatter: Bruck's recursive doubling (halving), any rank count.
-    Bruck,
-    /// All-to-all: pairwise exchange.
-    Pairwise,
-    /// Barrier: dissemination (log n rounds).
-    Dissemination,
-    /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
-    Linear,
-    /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
-    /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
-    Ordered,
-    /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a ring
-    /// between hosts on each local rank's rail, intra-host all-gather; broadcast / reduce: the
-    /// slices scattered (reduce-scattered) over the root's (every) host, a chain between hosts
-    /// per rail; all-gather / reduce-scatter: rings per rail between hosts and per host.
-    Hier,
-    /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
-    /// binomial tree).
-    HierTree,
-    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
-    /// doubling where a slice has fewer elements than there are hosts).
-    HierRhd,
-    /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
-    /// messages at scale.
-    Doubling,
-    /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a host
-    /// exchanges with another host at once, about log_k(hosts) rounds; for small messages over
-    /// many hosts.
-    HierMul,
+enum_table! {
+    /// Algorithms. Which apply to which collective: [`Collective::algorithms`]. Names as
+    /// OXCCL_ALGO takes them and tools print them, with a few aliases.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Algorithm: u8, fn from_u8 {
+        /// Ring: for all-reduce, reduce-scatter then all-gather, chunked and pipelined
+        /// (bandwidth-optimal); for all-gather / reduce-scatter, one ring pass.
+        Ring = 0 => "ring",
+        /// One-shot direct all-reduce: every rank sends its buffer to every other and reduces
+        /// locally in rank order. One message latency; for small messages.
+        Direct = 1 => "direct" | "oneshot" | "one-shot",
+        /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the
+        /// data, pipelined); broadcast / reduce: binomial tree.
+        Tree = 2 => "tree" | "dbtree" | "binomial",
+        /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
+        Rhd = 3 => "rhd" | "rabenseifner" | "halving-doubling",
+        /// Broadcast / reduce: a pipelined chain from (to) the root.
+        Chain = 4 => "chain" | "pipeline",
+        /// All-gather / reduce-scatter: Bruck's recursive doubling (halving), any rank count.
+        Bruck = 5 => "bruck" | "recursive-doubling" | "rd",
+        /// All-to-all: pairwise exchange.
+        Pairwise = 6 => "pairwise",
+        /// Barrier: dissemination (log n rounds).
+        Dissemination = 7 => "dissemination",
+        /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
+        Linear = 8 => "linear",
+        /// All-reduce / reduce / reduce-scatter folding every element in rank order at one
+        /// owner: bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
+        Ordered = 9 => "ordered" | "deterministic",
+        /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a
+        /// ring between hosts on each local rank's rail, intra-host all-gather; broadcast /
+        /// reduce: the slices scattered (reduce-scattered) over the root's (every) host, a chain
+        /// between hosts per rail; all-gather / reduce-scatter: rings per rail between hosts and
+        /// per host.
+        Hier = 10 => "hier" | "hier-ring" | "hierarchical",
+        /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
+        /// binomial tree).
+        HierTree = 11 => "hier-tree",
+        /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
+        /// doubling where a slice has fewer elements than there are hosts).
+        HierRhd = 12 => "hier-rhd",
+        /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for
+        /// small messages at scale.
+        Doubling = 13 => "doubling" | "recursive-doubling-allreduce",
+        /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a
+        /// host exchanges with another host at once, about log_k(hosts) rounds; for small
+        /// messages over many hosts.
+        HierMul = 14 => "hier-mul" | "multiply",
+    }
 }
 
 impl Algorithm {
-    /// Every algorithm.
-    pub const ALL: [Algorithm; 15] = [
-        Algorithm::Ring,
-        Algorithm::Direct,
-        Algorithm::Tree,
-        Algorithm::Rhd,
-        Algorithm::Chain,
-        Algorithm::Bruck,
-        Algorithm::Pairwise,
-        Algorithm::Dissemination,
-        Algorithm::Linear,
-        Algorithm::Ordered,
-        Algorithm::Hier,
-        Algorithm::HierTree,
-        Algorithm::HierRhd,
-        Algorithm::Doubling,
-        Algorithm::HierMul,
-    ];
-
-    /// The name used by OXCCL_ALGO and printed by tools.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Ring => "ring",
-            Algorithm::Direct => "direct",
-            Algorithm::Tree => "tree",
-            Algorithm::Rhd => "rhd",
-            Algorithm::Chain => "chain",
-            Algorithm::Bruck => "bruck",
-            Algorithm::Pairwise => "pairwise",
-            Algorithm::Dissemination => "dissemination",
-            Algorithm::Linear => "linear",
-            Algorithm::Ordered => "ordered",
-            Algorithm::Hier => "hier",
-            Algorithm::HierTree => "hier-tree",
-            Algorithm::HierRhd => "hier-rhd",
-            Algorithm::Doubling => "doubling",
-            Algorithm::HierMul => "hier-mul",
-        }
-    }
-
     /// Whether it is one of the hierarchical algorithms (which need a [`HostMap`]).
     pub fn is_hier(self) -> bool {
         matches!(
             self,
             Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul
         )
-    }
-
-    /// Parses a name (a few aliases accepted).
-    pub fn parse(s: &str) -> Option<Algorithm> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "ring" => Some(Algorithm::Ring),
-            "direct" | "oneshot" | "one-shot" => Some(Algorithm::Direct),
-            "tree" | "dbtree" | "binomial" => Some(Algorithm::Tree),
-            "rhd" | "rabenseifner" | "halving-doubling" => Some(Algorithm::Rhd),
-            "chain" | "pipeline" => Some(Algorithm::Chain),
-            "bruck" | "recursive-doubling" | "rd" => Some(Algorithm::Bruck),
-            "pairwise" => Some(Algorithm::Pairwise),
-            "dissemination" => Some(Algorithm::Dissemination),
-            "linear" => Some(Algorithm::Linear),
-            "ordered" | "deterministic" => Some(Algorithm::Ordered),
-            "hier" | "hier-ring" | "hierarchical" => Some(Algorithm::Hier),
-            "hier-tree" => Some(Algorithm::HierTree),
-            "hier-rhd" => Some(Algorithm::HierRhd),
-            "doubling" | "recursive-doubling-allreduce" => Some(Algorithm::Doubling),
-            "hier-mul" | "multiply" => Some(Algorithm::HierMul),
-            _ => None,
-        }
     }
 }
 

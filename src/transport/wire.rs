@@ -285,7 +285,8 @@ mod tests {
         #[test]
         fn headers_round_trip(kind in 1u8..=4, len in 0usize..=4096, seq in any::<u64>(),
                               recv in any::<u64>(), credit in any::<u64>(), tag in tag()) {
-            let m = MpathHeader { kind, len: if kind > 2 { 0 } else { len }, seq, recv, credit, tag };
+            let len = if kind > 2 { 0 } else { len };
+            let m = MpathHeader { kind, len, seq, recv, credit, tag };
             prop_assert_eq!(MpathHeader::new_checked(&m.encode(), 4096), Ok(m));
             let t = TcpHeader { kind: 1 + kind % 2, len, tag };
             prop_assert_eq!(TcpHeader::new_checked(&t.encode(), 4096), Ok(t));
