@@ -8,6 +8,7 @@
 
 use std::ffi::c_void;
 
+use core_oxccl::algo::{Collective, Shape};
 use core_oxccl::{Call, DataType, Error, ReduceOp};
 
 use crate::boundary::null;
@@ -70,6 +71,30 @@ pub(crate) fn span(
                 dtype.name()
             ))
         })
+}
+
+/// Bytes of the send and receive buffers (0 for one this rank ignores) of a call of `count`
+/// elements per block, as [`Shape::buffers`] states the collective's rule (the one the core
+/// checks calls against); overflow is an invalid argument, as in [`span`].
+fn sizes(
+    coll: Collective,
+    count: usize,
+    dtype: DataType,
+    root: usize,
+    who: Who,
+    what: &str,
+) -> Result<(usize, usize), Error> {
+    let block = span(count, dtype, 1, what)?;
+    let mut shape = Shape::new(coll, who.nranks, who.rank, block, false, 1);
+    shape.root = root;
+    match shape.buffers() {
+        Ok((s, r)) if s.max(r).unwrap_or(0) <= isize::MAX as usize => {
+            Ok((s.unwrap_or(0), r.unwrap_or(0)))
+        }
+        _ => Err(span(count, dtype, who.nranks, what)
+            .err()
+            .unwrap_or_else(|| Error::InvalidArgument(format!("{what}: {count} overflows")))),
+    }
 }
 
 fn check_ptr(p: *const c_void, len: usize, what: &str) -> Result<*const u8, Error> {
@@ -228,7 +253,7 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, who.nranks, "count")?;
+        let (b, _) = sizes(Collective::AllToAll, count, dtype, 0, who, "count")?;
         Op::new(Kind::AllToAll, dtype).same_size(send, recv, b)
     }
 
@@ -241,7 +266,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (_, b) = sizes(Collective::Broadcast, count, dtype, root, who, "count")?;
         let send = if who.rank == root {
             send
         } else {
@@ -261,7 +286,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (b, _) = sizes(Collective::Reduce, count, dtype, root, who, "count")?;
         let o = Op::new(Kind::Reduce(op, root), dtype);
         if who.rank == root || send == recv.cast_const() {
             return o.same_size(send, recv, b);
@@ -279,8 +304,7 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "sendcount")?;
-        let total = span(count, dtype, who.nranks, "sendcount")?;
+        let (b, total) = sizes(Collective::AllGather, count, dtype, 0, who, "sendcount")?;
         let mut o = Op::new(Kind::AllGather, dtype);
         let s = check_ptr(send, b, "sendbuff")?;
         let r = check_ptr(recv, total, "recvbuff")?.cast_mut();
@@ -302,8 +326,7 @@ impl Op {
         op: ReduceOp,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "recvcount")?;
-        let total = span(count, dtype, who.nranks, "recvcount")?;
+        let (total, b) = sizes(Collective::ReduceScatter, count, dtype, 0, who, "recvcount")?;
         let mut o = Op::new(Kind::ReduceScatter(op), dtype);
         let s = check_ptr(send, total, "sendbuff")?;
         let r = check_ptr(recv, b, "recvbuff")?.cast_mut();
@@ -327,8 +350,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
-        let total = span(count, dtype, who.nranks, "count")?;
+        let (b, total) = sizes(Collective::Gather, count, dtype, root, who, "count")?;
         let mut o = Op::new(Kind::Gather(root), dtype);
         let s = check_ptr(send, b, "sendbuff")?;
         if who.rank != root {
@@ -359,8 +381,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
-        let total = span(count, dtype, who.nranks, "count")?;
+        let (total, b) = sizes(Collective::Scatter, count, dtype, root, who, "count")?;
         let mut o = Op::new(Kind::Scatter(root), dtype);
         let r = check_ptr(recv, b, "recvbuff")?.cast_mut();
         if who.rank != root {
