@@ -10,6 +10,7 @@
 //! them is in [`wait`].
 
 pub mod connect;
+pub mod framing;
 pub mod mpath;
 #[cfg(feature = "rdma")]
 pub mod rdma;

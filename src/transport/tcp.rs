@@ -15,6 +15,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 
+use super::framing::{RxEvent, RxFramer, TxFramer};
 use super::wire::{self, AbortBody, TcpHeader};
 use super::{Link, Tag};
 use crate::Error;
@@ -65,30 +66,17 @@ pub fn is_remote(e: &Error) -> bool {
     e.message().contains(REPORTED_BY)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxPhase {
-    Header,
-    /// `dst` is null for a slot, or the posted receive the body goes straight into.
-    Body {
-        kind: u8,
-        len: usize,
-        tag: Tag,
-        dst: *mut u8,
-    },
-}
-
 struct Stream {
     sock: TcpStream,
     /// Next message sequence this socket receives.
     rx_seq: u64,
-    rx_hdr: [u8; HDR],
-    rx_got: usize,
-    rx_phase: RxPhase,
+    rx: RxFramer<TcpHeader>,
+    /// Where the body being received goes: null for a slot (or the abort buffer), else the
+    /// posted receive.
+    rx_dst: *mut u8,
     /// Next message sequence this socket sends.
     tx_seq: u64,
-    /// Bytes of the current frame (header + body) already written.
-    tx_off: usize,
-    tx_hdr: [u8; HDR],
+    tx: TxFramer<TcpHeader>,
     eof: bool,
 }
 
@@ -151,12 +139,10 @@ impl TcpLink {
             streams.push(Stream {
                 sock: s,
                 rx_seq: i as u64,
-                rx_hdr: [0; HDR],
-                rx_got: 0,
-                rx_phase: RxPhase::Header,
+                rx: RxFramer::new(slot_size),
+                rx_dst: std::ptr::null_mut(),
                 tx_seq: i as u64,
-                tx_off: 0,
-                tx_hdr: [0; HDR],
+                tx: TxFramer::default(),
                 eof: false,
             });
         }
@@ -238,10 +224,13 @@ impl TcpLink {
                 return Ok(moved);
             }
             let p = self.pending[(st.tx_seq % self.nslots as u64) as usize];
-            if st.tx_off == 0 {
-                st.tx_hdr = encode_hdr(KIND_DATA, p.len, &p.tag);
+            if st.tx.idle() {
+                st.tx.start(&TcpHeader {
+                    kind: KIND_DATA,
+                    len: p.len,
+                    tag: p.tag,
+                });
             }
-            let total = HDR + p.len;
             // SAFETY: post_send's contract keeps p.data..p.data+p.len valid and unmodified until
             // this send is reported complete, which happens only after this loop finishes it.
             let ptr = if p.len == 0 {
@@ -251,19 +240,18 @@ impl TcpLink {
             };
             // SAFETY: see above; a zero-length slice only needs a non-null aligned pointer.
             let body = unsafe { std::slice::from_raw_parts(ptr, p.len) };
-            let r = if st.tx_off < HDR {
-                crate::sys::NoSigPipe::new(&st.sock)
-                    .write_vectored(&[IoSlice::new(&st.tx_hdr[st.tx_off..]), IoSlice::new(body)])
+            let (hdr, body) = st.tx.rest(body);
+            let r = if hdr.is_empty() {
+                st.sock.write(body)
             } else {
-                st.sock.write(&body[st.tx_off - HDR..])
+                crate::sys::NoSigPipe::new(&st.sock)
+                    .write_vectored(&[IoSlice::new(hdr), IoSlice::new(body)])
             };
             match r {
                 Ok(0) => return Err(self.lost("closed while sending", None)),
                 Ok(n) => {
                     moved = true;
-                    st.tx_off += n;
-                    if st.tx_off == total {
-                        st.tx_off = 0;
+                    if st.tx.advance(n) {
                         let seq = st.tx_seq;
                         st.tx_seq += nsocks;
                         self.pending[(seq % self.nslots as u64) as usize].done = true;
@@ -291,34 +279,30 @@ impl TcpLink {
             if st.eof {
                 return Ok(moved);
             }
-            let r = match st.rx_phase {
-                RxPhase::Header => st.sock.read(&mut st.rx_hdr[st.rx_got..]),
-                RxPhase::Body {
-                    kind: KIND_ABORT,
-                    len,
-                    ..
-                } => {
-                    self.abort_body.resize(len, 0);
-                    st.sock.read(&mut self.abort_body[st.rx_got..])
+            let r = match st.rx.body() {
+                None => st.sock.read(st.rx.header_buf().unwrap_or_default()),
+                Some((h, got)) if h.kind == KIND_ABORT => {
+                    self.abort_body.resize(h.len, 0);
+                    st.sock.read(&mut self.abort_body[got..])
                 }
-                RxPhase::Body {
-                    kind: KIND_DATA, ..
-                } if st.rx_seq >= self.released + self.nslots as u64 => {
+                Some((h, _))
+                    if h.kind == KIND_DATA && st.rx_seq >= self.released + self.nslots as u64 =>
+                {
                     // The credit: a message may only arrive once its slot has been released.
                     return Ok(moved);
                 }
-                RxPhase::Body { len, dst, .. } if !dst.is_null() => {
+                Some((h, got)) if !st.rx_dst.is_null() => {
                     // SAFETY: post_recv's contract keeps dst..dst+len valid and untouched by
                     // others until this message is released or the receive is cancelled (which
                     // fails the link if a body is partly placed, so we never get here after it).
-                    let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-                    st.sock.read(&mut buf[st.rx_got..])
+                    let buf = unsafe { std::slice::from_raw_parts_mut(st.rx_dst, h.len) };
+                    st.sock.read(&mut buf[got..])
                 }
-                RxPhase::Body { len, .. } => {
+                Some((h, got)) => {
                     let slot = (st.rx_seq % self.nslots as u64) as usize;
                     let buf =
-                        &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + len];
-                    st.sock.read(&mut buf[st.rx_got..])
+                        &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + h.len];
+                    st.sock.read(&mut buf[got..])
                 }
             };
             match r {
@@ -326,52 +310,37 @@ impl TcpLink {
                     st.eof = true;
                     // EOF between frames with nothing owed is only an error if we need more; the
                     // caller finds out when it waits for a message that cannot come.
-                    if st.rx_got != 0 || st.rx_phase != RxPhase::Header {
+                    if !st.rx.at_boundary() {
                         return Err(self.lost("closed in the middle of a message", None));
                     }
                     return Ok(true);
                 }
                 Ok(n) => {
                     moved = true;
-                    st.rx_got += n;
-                    match st.rx_phase {
-                        RxPhase::Header if st.rx_got == HDR => {
-                            let (kind, len, tag) = match decode_hdr(&st.rx_hdr, slot_size) {
-                                Ok(x) => x,
-                                Err(e) => {
-                                    let peer = self.peer;
-                                    return Err(Error::PeerLost {
-                                        peer,
-                                        msg: format!(
-                                            "protocol error on the link from rank {peer}: {e}"
-                                        ),
-                                    });
-                                }
-                            };
-                            st.rx_got = 0;
+                    match st.rx.advance(n) {
+                        Err(e) => {
+                            let peer = self.peer;
+                            return Err(Error::PeerLost {
+                                peer,
+                                msg: format!("protocol error on the link from rank {peer}: {e}"),
+                            });
+                        }
+                        Ok(Some(RxEvent::Header(h))) => {
                             let slot = (st.rx_seq % self.nslots as u64) as usize;
-                            let dst = match self.posted_rx[slot] {
+                            st.rx_dst = match self.posted_rx[slot] {
                                 Some((idx, dst, plen))
-                                    if kind == KIND_DATA && idx == st.rx_seq && plen == len =>
+                                    if h.kind == KIND_DATA && idx == st.rx_seq && plen == h.len =>
                                 {
                                     dst
                                 }
                                 _ => std::ptr::null_mut(),
                             };
-                            st.rx_phase = RxPhase::Body {
-                                kind,
-                                len,
-                                tag,
-                                dst,
-                            };
-                            if len == 0 {
-                                self.finish_rx(i, nsocks)?;
+                            if h.len == 0 {
+                                self.finish_rx(i, h, nsocks)?;
                             }
                         }
-                        RxPhase::Body { len, .. } if st.rx_got == len => {
-                            self.finish_rx(i, nsocks)?
-                        }
-                        _ => {}
+                        Ok(Some(RxEvent::Body(h))) => self.finish_rx(i, h, nsocks)?,
+                        Ok(None) => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
@@ -381,27 +350,18 @@ impl TcpLink {
         }
     }
 
-    fn finish_rx(&mut self, i: usize, nsocks: u64) -> Result<()> {
+    /// A frame `h` arrived whole on stream `i`.
+    fn finish_rx(&mut self, i: usize, h: TcpHeader, nsocks: u64) -> Result<()> {
         let st = &mut self.streams[i];
-        let RxPhase::Body {
-            kind,
-            len,
-            tag,
-            dst,
-        } = st.rx_phase
-        else {
-            return Ok(());
-        };
-        st.rx_phase = RxPhase::Header;
-        st.rx_got = 0;
-        if kind == KIND_ABORT {
+        let dst = std::mem::replace(&mut st.rx_dst, std::ptr::null_mut());
+        if h.kind == KIND_ABORT {
             let e = decode_abort(&self.abort_body, self.peer);
             self.peer_abort = Some(e.clone());
             return Err(e);
         }
         let seq = st.rx_seq;
         st.rx_seq += nsocks;
-        self.ready[(seq % self.nslots as u64) as usize] = Some((tag, len, dst));
+        self.ready[(seq % self.nslots as u64) as usize] = Some((h.tag, h.len, dst));
         Ok(())
     }
 
@@ -410,7 +370,7 @@ impl TcpLink {
     /// peer may have written its last message on this one and closed them all.
     fn next_lost(&self) -> bool {
         let st = &self.streams[(self.released % self.streams.len() as u64) as usize];
-        st.eof && st.rx_got == 0 && st.rx_phase == RxPhase::Header
+        st.eof && st.rx.at_boundary()
     }
 }
 
@@ -533,7 +493,7 @@ impl Link for TcpLink {
         let partly = self
             .streams
             .iter()
-            .any(|st| matches!(st.rx_phase, RxPhase::Body { dst, .. } if !dst.is_null()))
+            .any(|st| st.rx.body().is_some() && !st.rx_dst.is_null())
             || self.ready.iter().flatten().any(|(_, _, d)| !d.is_null());
         if partly && self.failed.is_none() {
             self.failed = Some(Error::Internal(format!(
@@ -549,13 +509,8 @@ impl Link for TcpLink {
             if st.tx_seq < self.posted {
                 events |= libc::POLLOUT;
             }
-            let rx_blocked = matches!(
-                st.rx_phase,
-                RxPhase::Body {
-                    kind: KIND_DATA,
-                    ..
-                }
-            ) && st.rx_seq >= self.released + self.nslots as u64;
+            let rx_blocked = st.rx.body().is_some_and(|(h, _)| h.kind == KIND_DATA)
+                && st.rx_seq >= self.released + self.nslots as u64;
             if !st.eof && !rx_blocked {
                 events |= libc::POLLIN;
             }
@@ -573,7 +528,7 @@ impl Link for TcpLink {
         let body = &buf[..n];
         let hdr = encode_hdr(KIND_ABORT, body.len(), &Tag::default());
         for st in &mut self.streams {
-            if st.tx_off == 0 {
+            if st.tx.at_boundary() {
                 // At a frame boundary: the abort frame is well-formed for the peer. A socket in
                 // the middle of a frame (or whose buffer is full) just gets shut down; the peer
                 // sees EOF there and looks for the reason on the others.
