@@ -156,6 +156,11 @@ impl<H: FrameHeader> TxFramer<H> {
         self.off == 0
     }
 
+    /// The header of the frame being written.
+    pub fn current(&self) -> Option<H> {
+        self.cur
+    }
+
     /// Starts writing a frame with header `h` (the previous one must be complete).
     pub fn start(&mut self, h: &H) {
         debug_assert!(self.cur.is_none());
