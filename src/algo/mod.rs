@@ -946,88 +946,66 @@ mod buffer_tests {
     /// Bad buffers are refused with the messages the API has always given.
     #[test]
     fn bad_lengths_say_which_rule() {
-        let err = |c, rank, root, counts: &[usize], send, recv| {
-            check(c, rank, root, counts, send, recv).unwrap_err()
-        };
-        let differ = "send and receive buffers differ: 3 vs 4 elements";
-        assert_eq!(err(C::AllReduce, 0, 0, &[], Some(3), 4), differ);
-        assert_eq!(err(C::Broadcast, 1, 1, &[], Some(3), 4), differ);
-        assert_eq!(err(C::Reduce, 2, 2, &[], Some(3), 4), differ);
-        assert_eq!(err(C::AllToAll, 0, 0, &[], Some(3), 4), differ);
-        assert_eq!(
-            err(C::AllToAll, 0, 0, &[], None, 6),
-            "receive buffer of 6 elements is not 4 equal blocks"
+        type Case = (
+            C,
+            usize,
+            usize,
+            &'static [usize],
+            Option<usize>,
+            usize,
+            &'static str,
         );
-        assert_eq!(
-            err(C::AllGather, 0, 0, &[], Some(2), 7),
-            "the receive buffer must hold nranks send buffers: 7 vs 8 elements"
-        );
-        assert_eq!(
-            err(C::AllGather, 0, 0, &[], None, 7),
-            "receive buffer of 7 elements is not 4 equal blocks"
-        );
-        assert_eq!(
-            err(C::ReduceScatter, 0, 0, &[], Some(7), 2),
-            "the send buffer must hold nranks receive buffers: 7 vs 8 elements"
-        );
-        assert_eq!(
-            err(C::ReduceScatter, 0, 0, &[], None, 7),
-            "buffer of 7 elements is not 4 equal blocks"
-        );
-        assert_eq!(
-            err(C::Gather, 1, 1, &[], Some(2), 7),
-            "the root's receive buffer must hold nranks send buffers: 7 vs 8 elements"
-        );
-        assert_eq!(
-            err(C::Scatter, 1, 1, &[], Some(7), 2),
-            "the root's send buffer must hold nranks receive buffers: 7 vs 8 elements"
-        );
-        assert_eq!(
-            err(C::AllGatherV, 0, 0, &[1, 2], Some(1), 3),
-            "2 counts given, need one per rank (4)"
-        );
-        let k = [1, 2, 3, 4];
-        assert_eq!(
-            err(C::AllGatherV, 1, 0, &k, Some(1), 10),
-            "send buffer vs counts[rank]: 1 vs 2 elements"
-        );
-        assert_eq!(
-            err(C::AllGatherV, 1, 0, &k, Some(2), 9),
-            "receive buffer vs the sum of counts: 9 vs 10 elements"
-        );
-        assert_eq!(
-            err(C::ReduceScatterV, 1, 0, &k, Some(9), 2),
-            "send buffer vs the sum of counts: 9 vs 10 elements"
-        );
-        assert_eq!(
-            err(C::ReduceScatterV, 1, 0, &k, Some(10), 3),
-            "receive buffer vs counts[rank]: 3 vs 2 elements"
-        );
-        assert_eq!(
-            err(C::AllToAllV, 0, 0, &k, Some(10), 10),
-            "need 4 send counts and 4 receive counts"
-        );
-        let k2 = [1, 2, 3, 4, 5, 1, 1, 1];
-        assert_eq!(
-            err(C::AllToAllV, 0, 0, &k2, Some(9), 8),
-            "send buffer vs the sum of send counts: 9 vs 10 elements"
-        );
-        assert_eq!(
-            err(C::AllToAllV, 0, 0, &k2, Some(10), 9),
-            "receive buffer vs the sum of receive counts: 9 vs 8 elements"
-        );
-        assert_eq!(
-            err(C::AllToAllV, 0, 0, &k2, Some(10), 8),
-            "send_counts[rank] and recv_counts[rank] (this rank's own block): 1 vs 5 elements"
-        );
-        assert_eq!(
-            err(C::Send, 0, 4, &[], Some(1), 0),
-            "root/peer 4 is not a rank of this 4-rank communicator"
-        );
-        assert_eq!(
-            err(C::Recv, 2, 2, &[], None, 1),
-            "a rank cannot send to or receive from itself"
-        );
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            (C::AllReduce, 0, 0, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::Broadcast, 1, 1, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::Reduce, 2, 2, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::AllToAll, 0, 0, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::AllToAll, 0, 0, &[], None, 6,
+                "receive buffer of 6 elements is not 4 equal blocks"),
+            (C::AllGather, 0, 0, &[], Some(2), 7,
+                "the receive buffer must hold nranks send buffers: 7 vs 8 elements"),
+            (C::AllGather, 0, 0, &[], None, 7,
+                "receive buffer of 7 elements is not 4 equal blocks"),
+            (C::ReduceScatter, 0, 0, &[], Some(7), 2,
+                "the send buffer must hold nranks receive buffers: 7 vs 8 elements"),
+            (C::ReduceScatter, 0, 0, &[], None, 7,
+                "buffer of 7 elements is not 4 equal blocks"),
+            (C::Gather, 1, 1, &[], Some(2), 7,
+                "the root's receive buffer must hold nranks send buffers: 7 vs 8 elements"),
+            (C::Scatter, 1, 1, &[], Some(7), 2,
+                "the root's send buffer must hold nranks receive buffers: 7 vs 8 elements"),
+            (C::AllGatherV, 0, 0, &[1, 2], Some(1), 3,
+                "2 counts given, need one per rank (4)"),
+            (C::AllGatherV, 1, 0, &[1, 2, 3, 4], Some(1), 10,
+                "send buffer vs counts[rank]: 1 vs 2 elements"),
+            (C::AllGatherV, 1, 0, &[1, 2, 3, 4], Some(2), 9,
+                "receive buffer vs the sum of counts: 9 vs 10 elements"),
+            (C::ReduceScatterV, 1, 0, &[1, 2, 3, 4], Some(9), 2,
+                "send buffer vs the sum of counts: 9 vs 10 elements"),
+            (C::ReduceScatterV, 1, 0, &[1, 2, 3, 4], Some(10), 3,
+                "receive buffer vs counts[rank]: 3 vs 2 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4], Some(10), 10,
+                "need 4 send counts and 4 receive counts"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(9), 8,
+                "send buffer vs the sum of send counts: 9 vs 10 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(10), 9,
+                "receive buffer vs the sum of receive counts: 9 vs 8 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(10), 8,
+                "send_counts[rank] and recv_counts[rank] (this rank's own block): 1 vs 5 elements"),
+            (C::Send, 0, 4, &[], Some(1), 0,
+                "root/peer 4 is not a rank of this 4-rank communicator"),
+            (C::Recv, 2, 2, &[], None, 1,
+                "a rank cannot send to or receive from itself"),
+        ];
+        for &(c, rank, root, counts, send, recv, want) in cases {
+            let got = check(c, rank, root, counts, send, recv).unwrap_err();
+            assert_eq!(got, want, "{c:?} rank {rank} root {root} {send:?}/{recv}");
+        }
     }
 
     /// Good buffers give the shape the executor expects; ignored buffers are not checked.

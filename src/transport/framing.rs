@@ -28,31 +28,24 @@ pub trait FrameHeader: Copy {
     fn body_len(&self) -> usize;
 }
 
-impl FrameHeader for TcpHeader {
-    const LEN: usize = TcpHeader::LEN;
-    fn parse(b: &[u8], max_data: usize) -> Result<Self, Malformed> {
-        TcpHeader::new_checked(b, max_data)
-    }
-    fn write(&self, out: &mut [u8]) {
-        out[..Self::LEN].copy_from_slice(&self.encode());
-    }
-    fn body_len(&self) -> usize {
-        self.len
-    }
+/// Both headers are built the same way: `new_checked`, `encode`, `len`.
+macro_rules! frame_header {
+    ($($h:ty),+) => {$(
+        impl FrameHeader for $h {
+            const LEN: usize = <$h>::LEN;
+            fn parse(b: &[u8], max_data: usize) -> Result<Self, Malformed> {
+                <$h>::new_checked(b, max_data)
+            }
+            fn write(&self, out: &mut [u8]) {
+                out[..Self::LEN].copy_from_slice(&self.encode());
+            }
+            fn body_len(&self) -> usize {
+                self.len
+            }
+        }
+    )+};
 }
-
-impl FrameHeader for MpathHeader {
-    const LEN: usize = MpathHeader::LEN;
-    fn parse(b: &[u8], max_data: usize) -> Result<Self, Malformed> {
-        MpathHeader::new_checked(b, max_data)
-    }
-    fn write(&self, out: &mut [u8]) {
-        out[..Self::LEN].copy_from_slice(&self.encode());
-    }
-    fn body_len(&self) -> usize {
-        self.len
-    }
-}
+frame_header!(TcpHeader, MpathHeader);
 
 /// What a receive completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
