@@ -30,12 +30,12 @@ macro_rules! calls {
 }
 
 /// A typed slice as the bytes a [`Call`] takes.
-fn el<T: Element>(s: &[T]) -> &[u8] {
+pub(super) fn el<T: Element>(s: &[T]) -> &[u8] {
     bytemuck::cast_slice(s)
 }
 
 /// A typed mutable slice as the bytes a [`Call`] takes.
-fn el_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
+pub(super) fn el_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
     bytemuck::cast_slice_mut(s)
 }
 
