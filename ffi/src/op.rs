@@ -605,6 +605,28 @@ mod tests {
         assert!(span(1 << 40, DataType::F32, 1 << 30, "x").is_err());
     }
 
+    /// Buffer sizes come from the core's rule (`Shape::buffers`), in bytes, overflow checked.
+    #[test]
+    fn sizes_follow_the_core_rule() {
+        let f = DataType::F32;
+        let c = |coll, root| sizes(coll, 3, f, root, W, "count").unwrap();
+        assert_eq!(c(Collective::AllGather, 0), (12, 48));
+        assert_eq!(c(Collective::ReduceScatter, 0), (48, 12));
+        assert_eq!(c(Collective::AllToAll, 0), (48, 48));
+        assert_eq!(c(Collective::Gather, 0), (12, 0));
+        assert_eq!(c(Collective::Gather, 1), (12, 48));
+        assert_eq!(c(Collective::Scatter, 0), (0, 12));
+        assert_eq!(c(Collective::Scatter, 1), (48, 12));
+        assert_eq!(c(Collective::Broadcast, 0), (0, 12));
+        let e = sizes(Collective::AllGather, usize::MAX / 8, f, 0, W, "sendcount").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(
+            e.message().contains("(x4) overflow the address space"),
+            "{e:?}"
+        );
+        assert!(sizes(Collective::Gather, usize::MAX, DataType::U8, 1, W, "count").is_err());
+    }
+
     #[test]
     fn in_place_layouts() {
         let mut a = [0u8; 64];
