@@ -97,6 +97,31 @@ fn sizes(
     }
 }
 
+/// As [`sizes`] for the v-variants: `counts` per rank (all-to-all-v: send then receive counts),
+/// whose sum `total` C gave without overflow.
+fn sizes_v(
+    coll: Collective,
+    counts: &[usize],
+    total: usize,
+    dtype: DataType,
+    who: Who,
+    what: &str,
+) -> Result<(usize, usize), Error> {
+    let mut shape = Shape::new(coll, who.nranks, who.rank, 0, false, 1);
+    shape.counts = counts
+        .iter()
+        .map(|&c| span(c, dtype, 1, what))
+        .collect::<Result<_, _>>()?;
+    match shape.buffers() {
+        Ok((s, r)) if s.max(r).unwrap_or(0) <= isize::MAX as usize => {
+            Ok((s.unwrap_or(0), r.unwrap_or(0)))
+        }
+        _ => Err(span(total, dtype, 1, &format!("the sum of {what}"))
+            .err()
+            .unwrap_or_else(|| Error::InvalidArgument(format!("the sum of {what} overflows")))),
+    }
+}
+
 fn check_ptr(p: *const c_void, len: usize, what: &str) -> Result<*const u8, Error> {
     if len > 0 && p.is_null() {
         return Err(null(what));
@@ -412,10 +437,15 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let mine = counts[who.rank];
         let before: usize = counts[..who.rank].iter().sum();
-        let b = span(mine, dtype, 1, "recvcounts[rank]")?;
-        let tb = span(total, dtype, 1, "the sum of recvcounts")?;
+        let (b, tb) = sizes_v(
+            Collective::AllGatherV,
+            &counts,
+            total,
+            dtype,
+            who,
+            "recvcounts",
+        )?;
         let off = span(before, dtype, 1, "recvcounts")?;
         let mut o = Op::new(Kind::AllGatherV, dtype);
         o.counts = counts;
@@ -444,8 +474,14 @@ impl Op {
         op: ReduceOp,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(counts[who.rank], dtype, 1, "recvcounts[rank]")?;
-        let tb = span(total, dtype, 1, "the sum of recvcounts")?;
+        let (tb, b) = sizes_v(
+            Collective::ReduceScatterV,
+            &counts,
+            total,
+            dtype,
+            who,
+            "recvcounts",
+        )?;
         let mut o = Op::new(Kind::ReduceScatterV(op), dtype);
         o.counts = counts;
         let s = check_ptr(send, tb, "sendbuff")?;
@@ -625,6 +661,12 @@ mod tests {
             "{e:?}"
         );
         assert!(sizes(Collective::Gather, usize::MAX, DataType::U8, 1, W, "count").is_err());
+        let k = [1, 2, 3, 4];
+        let v = |coll| sizes_v(coll, &k, 10, f, W, "recvcounts").unwrap();
+        assert_eq!(v(Collective::AllGatherV), (8, 40));
+        assert_eq!(v(Collective::ReduceScatterV), (40, 8));
+        let big = [usize::MAX / 8; 4];
+        assert!(sizes_v(Collective::AllGatherV, &big, usize::MAX, f, W, "recvcounts").is_err());
     }
 
     #[test]
