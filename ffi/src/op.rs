@@ -97,16 +97,16 @@ fn sizes(
     }
 }
 
-/// As [`sizes`] for the v-variants: `counts` per rank (all-to-all-v: send then receive counts),
-/// whose sum `total` C gave without overflow.
+/// As [`sizes`] for all-gather-v and reduce-scatter-v: `recvcounts` per rank, whose sum `total`
+/// C gave without overflow.
 fn sizes_v(
     coll: Collective,
     counts: &[usize],
     total: usize,
     dtype: DataType,
     who: Who,
-    what: &str,
 ) -> Result<(usize, usize), Error> {
+    let what = "recvcounts";
     let mut shape = Shape::new(coll, who.nranks, who.rank, 0, false, 1);
     shape.counts = counts
         .iter()
@@ -438,14 +438,7 @@ impl Op {
         who: Who,
     ) -> Result<Op, Error> {
         let before: usize = counts[..who.rank].iter().sum();
-        let (b, tb) = sizes_v(
-            Collective::AllGatherV,
-            &counts,
-            total,
-            dtype,
-            who,
-            "recvcounts",
-        )?;
+        let (b, tb) = sizes_v(Collective::AllGatherV, &counts, total, dtype, who)?;
         let off = span(before, dtype, 1, "recvcounts")?;
         let mut o = Op::new(Kind::AllGatherV, dtype);
         o.counts = counts;
@@ -474,14 +467,7 @@ impl Op {
         op: ReduceOp,
         who: Who,
     ) -> Result<Op, Error> {
-        let (tb, b) = sizes_v(
-            Collective::ReduceScatterV,
-            &counts,
-            total,
-            dtype,
-            who,
-            "recvcounts",
-        )?;
+        let (tb, b) = sizes_v(Collective::ReduceScatterV, &counts, total, dtype, who)?;
         let mut o = Op::new(Kind::ReduceScatterV(op), dtype);
         o.counts = counts;
         let s = check_ptr(send, tb, "sendbuff")?;
@@ -662,11 +648,11 @@ mod tests {
         );
         assert!(sizes(Collective::Gather, usize::MAX, DataType::U8, 1, W, "count").is_err());
         let k = [1, 2, 3, 4];
-        let v = |coll| sizes_v(coll, &k, 10, f, W, "recvcounts").unwrap();
+        let v = |coll| sizes_v(coll, &k, 10, f, W).unwrap();
         assert_eq!(v(Collective::AllGatherV), (8, 40));
         assert_eq!(v(Collective::ReduceScatterV), (40, 8));
         let big = [usize::MAX / 8; 4];
-        assert!(sizes_v(Collective::AllGatherV, &big, usize::MAX, f, W, "recvcounts").is_err());
+        assert!(sizes_v(Collective::AllGatherV, &big, usize::MAX, f, W).is_err());
     }
 
     #[test]
