@@ -1,14 +1,16 @@
 //! One macro for the crate's enum tables ([`DataType`](crate::reduce::DataType),
 //! [`ReduceOp`](crate::reduce::ReduceOp), [`Collective`](crate::algo::Collective),
 //! [`Algorithm`](crate::algo::Algorithm)): each variant's code, name and aliases are written once,
-//! and the list of all variants, `name`, `parse` and the decoder from the code follow from it.
+//! and the list of all variants, `name`, `parse`, `Display` and the decoder from the code follow
+//! from it.
 
 /// Declares a fieldless enum from a table of `Variant = code => "name" | "alias"...` rows and
 /// generates:
 /// - `ALL`: every variant, in table order;
 /// - `name(self)`: the first name of its row;
 /// - `parse(&str)`: any name or alias of a row, ignoring ASCII case and surrounding space;
-/// - the decoder named in the header (`fn from_i32`), from the code back to the variant.
+/// - the decoder named in the header (`fn from_i32`), from the code back to the variant;
+/// - `Display`, which writes the name.
 macro_rules! enum_table {
     (
         $(#[$meta:meta])*
@@ -48,6 +50,12 @@ macro_rules! enum_table {
             /// The variant with code `v`, or `None` if there is none.
             pub fn $decode(v: $repr) -> Option<$name> {
                 $name::ALL.into_iter().find(|x| *x as $repr == v)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
             }
         }
     };
@@ -93,5 +101,9 @@ mod tests {
         assert_eq!(DataType::parse("fp16"), Some(DataType::F16));
         assert_eq!(Algorithm::parse("one-shot"), Some(Algorithm::Direct));
         assert_eq!(Collective::parse("nope"), None);
+        assert_eq!(
+            format!("{} {}", DataType::BF16, Algorithm::HierMul),
+            "bfloat16 hier-mul"
+        );
     }
 }

@@ -82,12 +82,6 @@ impl DataType {
     }
 }
 
-impl fmt::Display for DataType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 enum_table! {
     /// Reduction operators, numbered as NCCL numbers them (`ncclRedOp_t`); names as nccl-tests
     /// prints them.
@@ -103,12 +97,6 @@ enum_table! {
         Min = 3 => "min",
         /// The sum, divided by the number of ranks once at the end ([`finish_avg_bytes`]).
         Avg = 4 => "avg" | "mean" | "average",
-    }
-}
-
-impl fmt::Display for ReduceOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
