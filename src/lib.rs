@@ -32,6 +32,8 @@
 //! ```
 
 pub mod log;
+#[macro_use]
+mod enum_table;
 
 pub mod algo;
 pub mod bootstrap;

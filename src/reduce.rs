@@ -34,47 +34,35 @@ pub mod par;
 
 use half::{bf16, f16};
 
-/// Element types, numbered as NCCL numbers them (`ncclDataType_t`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(i32)]
-pub enum DataType {
-    /// Signed 8-bit integer (`ncclInt8`, "int8").
-    I8 = 0,
-    /// Unsigned 8-bit integer (`ncclUint8`, "uint8").
-    U8 = 1,
-    /// Signed 32-bit integer (`ncclInt32`, "int32").
-    I32 = 2,
-    /// Unsigned 32-bit integer (`ncclUint32`, "uint32").
-    U32 = 3,
-    /// Signed 64-bit integer (`ncclInt64`, "int64").
-    I64 = 4,
-    /// Unsigned 64-bit integer (`ncclUint64`, "uint64").
-    U64 = 5,
-    /// IEEE 754 binary16 (`ncclFloat16`, "half").
-    F16 = 6,
-    /// IEEE 754 binary32 (`ncclFloat32`, "float").
-    F32 = 7,
-    /// IEEE 754 binary64 (`ncclFloat64`, "double").
-    F64 = 8,
-    /// bfloat16 (`ncclBfloat16`, "bfloat16").
-    BF16 = 9,
+enum_table! {
+    /// Element types, numbered as NCCL numbers them (`ncclDataType_t`); names as nccl-tests
+    /// prints them, with the usual aliases.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum DataType: i32, fn from_i32 {
+        /// Signed 8-bit integer (`ncclInt8`).
+        I8 = 0 => "int8" | "i8" | "char",
+        /// Unsigned 8-bit integer (`ncclUint8`).
+        U8 = 1 => "uint8" | "u8",
+        /// Signed 32-bit integer (`ncclInt32`).
+        I32 = 2 => "int32" | "i32" | "int",
+        /// Unsigned 32-bit integer (`ncclUint32`).
+        U32 = 3 => "uint32" | "u32" | "uint",
+        /// Signed 64-bit integer (`ncclInt64`).
+        I64 = 4 => "int64" | "i64",
+        /// Unsigned 64-bit integer (`ncclUint64`).
+        U64 = 5 => "uint64" | "u64",
+        /// IEEE 754 binary16 (`ncclFloat16`).
+        F16 = 6 => "half" | "f16" | "fp16" | "float16",
+        /// IEEE 754 binary32 (`ncclFloat32`).
+        F32 = 7 => "float" | "f32" | "fp32" | "float32",
+        /// IEEE 754 binary64 (`ncclFloat64`).
+        F64 = 8 => "double" | "f64" | "fp64" | "float64",
+        /// bfloat16 (`ncclBfloat16`).
+        BF16 = 9 => "bfloat16" | "bf16",
+    }
 }
 
 impl DataType {
-    /// All ten types, in NCCL order.
-    pub const ALL: [DataType; 10] = [
-        DataType::I8,
-        DataType::U8,
-        DataType::I32,
-        DataType::U32,
-        DataType::I64,
-        DataType::U64,
-        DataType::F16,
-        DataType::F32,
-        DataType::F64,
-        DataType::BF16,
-    ];
-
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {
@@ -83,47 +71,6 @@ impl DataType {
             DataType::I32 | DataType::U32 | DataType::F32 => 4,
             DataType::I64 | DataType::U64 | DataType::F64 => 8,
         }
-    }
-
-    /// The type with NCCL number `v`, or `None` if there is none.
-    pub fn from_i32(v: i32) -> Option<DataType> {
-        DataType::ALL.get(usize::try_from(v).ok()?).copied()
-    }
-
-    /// The name nccl-tests prints for this type ("int8", "float", "half", "bfloat16", ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            DataType::I8 => "int8",
-            DataType::U8 => "uint8",
-            DataType::I32 => "int32",
-            DataType::U32 => "uint32",
-            DataType::I64 => "int64",
-            DataType::U64 => "uint64",
-            DataType::F16 => "half",
-            DataType::F32 => "float",
-            DataType::F64 => "double",
-            DataType::BF16 => "bfloat16",
-        }
-    }
-
-    /// Parses a type name, ignoring ASCII case: the nccl-tests names ([`DataType::name`]) and the
-    /// usual aliases (`i8`, `u8`, `char`, `i32`, `int`, `u32`, `i64`, `u64`, `f16`, `fp16`,
-    /// `float16`, `f32`, `fp32`, `float32`, `f64`, `fp64`, `float64`, `bf16`).
-    pub fn parse(s: &str) -> Option<DataType> {
-        let s = s.trim().to_ascii_lowercase();
-        Some(match s.as_str() {
-            "int8" | "i8" | "char" => DataType::I8,
-            "uint8" | "u8" => DataType::U8,
-            "int32" | "i32" | "int" => DataType::I32,
-            "uint32" | "u32" | "uint" => DataType::U32,
-            "int64" | "i64" => DataType::I64,
-            "uint64" | "u64" => DataType::U64,
-            "half" | "f16" | "fp16" | "float16" => DataType::F16,
-            "float" | "f32" | "fp32" | "float32" => DataType::F32,
-            "double" | "f64" | "fp64" | "float64" => DataType::F64,
-            "bfloat16" | "bf16" => DataType::BF16,
-            _ => return None,
-        })
     }
 
     /// True for the floating-point types (f16, f32, f64, bf16).
@@ -135,72 +82,21 @@ impl DataType {
     }
 }
 
-impl fmt::Display for DataType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Reduction operators, numbered as NCCL numbers them (`ncclRedOp_t`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(i32)]
-pub enum ReduceOp {
-    /// `a + b` (integers wrap).
-    Sum = 0,
-    /// `a * b` (integers wrap).
-    Prod = 1,
-    /// `max(a, b)` (floats: NaN propagates).
-    Max = 2,
-    /// `min(a, b)` (floats: NaN propagates).
-    Min = 3,
-    /// The sum, divided by the number of ranks once at the end ([`finish_avg_bytes`]).
-    Avg = 4,
-}
-
-impl ReduceOp {
-    /// All five operators, in NCCL order.
-    pub const ALL: [ReduceOp; 5] = [
-        ReduceOp::Sum,
-        ReduceOp::Prod,
-        ReduceOp::Max,
-        ReduceOp::Min,
-        ReduceOp::Avg,
-    ];
-
-    /// The operator with NCCL number `v`, or `None` if there is none.
-    pub fn from_i32(v: i32) -> Option<ReduceOp> {
-        ReduceOp::ALL.get(usize::try_from(v).ok()?).copied()
-    }
-
-    /// The name nccl-tests prints for this operator ("sum", "prod", "max", "min", "avg").
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Prod => "prod",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-            ReduceOp::Avg => "avg",
-        }
-    }
-
-    /// Parses an operator name, ignoring ASCII case: the names of [`ReduceOp::name`] and the
-    /// aliases `product`, `mean` and `average`.
-    pub fn parse(s: &str) -> Option<ReduceOp> {
-        let s = s.trim().to_ascii_lowercase();
-        Some(match s.as_str() {
-            "sum" => ReduceOp::Sum,
-            "prod" | "product" => ReduceOp::Prod,
-            "max" => ReduceOp::Max,
-            "min" => ReduceOp::Min,
-            "avg" | "mean" | "average" => ReduceOp::Avg,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ReduceOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+enum_table! {
+    /// Reduction operators, numbered as NCCL numbers them (`ncclRedOp_t`); names as nccl-tests
+    /// prints them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum ReduceOp: i32, fn from_i32 {
+        /// `a + b` (integers wrap).
+        Sum = 0 => "sum",
+        /// `a * b` (integers wrap).
+        Prod = 1 => "prod" | "product",
+        /// `max(a, b)` (floats: NaN propagates).
+        Max = 2 => "max",
+        /// `min(a, b)` (floats: NaN propagates).
+        Min = 3 => "min",
+        /// The sum, divided by the number of ranks once at the end ([`finish_avg_bytes`]).
+        Avg = 4 => "avg" | "mean" | "average",
     }
 }
 

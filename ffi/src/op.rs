@@ -8,6 +8,7 @@
 
 use std::ffi::c_void;
 
+use core_oxccl::algo::{Collective, Shape};
 use core_oxccl::{Call, DataType, Error, ReduceOp};
 
 use crate::boundary::null;
@@ -70,6 +71,55 @@ pub(crate) fn span(
                 dtype.name()
             ))
         })
+}
+
+/// Bytes of the send and receive buffers (0 for one this rank ignores) of a call of `count`
+/// elements per block, as [`Shape::buffers`] states the collective's rule (the one the core
+/// checks calls against); overflow is an invalid argument, as in [`span`].
+fn sizes(
+    coll: Collective,
+    count: usize,
+    dtype: DataType,
+    root: usize,
+    who: Who,
+    what: &str,
+) -> Result<(usize, usize), Error> {
+    let block = span(count, dtype, 1, what)?;
+    let mut shape = Shape::new(coll, who.nranks, who.rank, block, false, 1);
+    shape.root = root;
+    match shape.buffers() {
+        Ok((s, r)) if s.max(r).unwrap_or(0) <= isize::MAX as usize => {
+            Ok((s.unwrap_or(0), r.unwrap_or(0)))
+        }
+        _ => Err(span(count, dtype, who.nranks, what)
+            .err()
+            .unwrap_or_else(|| Error::invalid_argument(format!("{what}: {count} overflows")))),
+    }
+}
+
+/// As [`sizes`] for all-gather-v and reduce-scatter-v: `recvcounts` per rank, whose sum `total`
+/// C gave without overflow.
+fn sizes_v(
+    coll: Collective,
+    counts: &[usize],
+    total: usize,
+    dtype: DataType,
+    who: Who,
+) -> Result<(usize, usize), Error> {
+    let what = "recvcounts";
+    let mut shape = Shape::new(coll, who.nranks, who.rank, 0, false, 1);
+    shape.counts = counts
+        .iter()
+        .map(|&c| span(c, dtype, 1, what))
+        .collect::<Result<_, _>>()?;
+    match shape.buffers() {
+        Ok((s, r)) if s.max(r).unwrap_or(0) <= isize::MAX as usize => {
+            Ok((s.unwrap_or(0), r.unwrap_or(0)))
+        }
+        _ => Err(span(total, dtype, 1, &format!("the sum of {what}"))
+            .err()
+            .unwrap_or_else(|| Error::invalid_argument(format!("the sum of {what} overflows")))),
+    }
 }
 
 fn check_ptr(p: *const c_void, len: usize, what: &str) -> Result<*const u8, Error> {
@@ -228,7 +278,7 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, who.nranks, "count")?;
+        let (b, _) = sizes(Collective::AllToAll, count, dtype, 0, who, "count")?;
         Op::new(Kind::AllToAll, dtype).same_size(send, recv, b)
     }
 
@@ -241,7 +291,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (_, b) = sizes(Collective::Broadcast, count, dtype, root, who, "count")?;
         let send = if who.rank == root {
             send
         } else {
@@ -261,7 +311,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (b, _) = sizes(Collective::Reduce, count, dtype, root, who, "count")?;
         let o = Op::new(Kind::Reduce(op, root), dtype);
         if who.rank == root || send == recv.cast_const() {
             return o.same_size(send, recv, b);
@@ -279,8 +329,7 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "sendcount")?;
-        let total = span(count, dtype, who.nranks, "sendcount")?;
+        let (b, total) = sizes(Collective::AllGather, count, dtype, 0, who, "sendcount")?;
         let mut o = Op::new(Kind::AllGather, dtype);
         let s = check_ptr(send, b, "sendbuff")?;
         let r = check_ptr(recv, total, "recvbuff")?.cast_mut();
@@ -302,8 +351,7 @@ impl Op {
         op: ReduceOp,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "recvcount")?;
-        let total = span(count, dtype, who.nranks, "recvcount")?;
+        let (total, b) = sizes(Collective::ReduceScatter, count, dtype, 0, who, "recvcount")?;
         let mut o = Op::new(Kind::ReduceScatter(op), dtype);
         let s = check_ptr(send, total, "sendbuff")?;
         let r = check_ptr(recv, b, "recvbuff")?.cast_mut();
@@ -327,8 +375,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
-        let total = span(count, dtype, who.nranks, "count")?;
+        let (b, total) = sizes(Collective::Gather, count, dtype, root, who, "count")?;
         let mut o = Op::new(Kind::Gather(root), dtype);
         let s = check_ptr(send, b, "sendbuff")?;
         if who.rank != root {
@@ -359,8 +406,7 @@ impl Op {
         root: usize,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
-        let total = span(count, dtype, who.nranks, "count")?;
+        let (total, b) = sizes(Collective::Scatter, count, dtype, root, who, "count")?;
         let mut o = Op::new(Kind::Scatter(root), dtype);
         let r = check_ptr(recv, b, "recvbuff")?.cast_mut();
         if who.rank != root {
@@ -391,10 +437,8 @@ impl Op {
         dtype: DataType,
         who: Who,
     ) -> Result<Op, Error> {
-        let mine = counts[who.rank];
         let before: usize = counts[..who.rank].iter().sum();
-        let b = span(mine, dtype, 1, "recvcounts[rank]")?;
-        let tb = span(total, dtype, 1, "the sum of recvcounts")?;
+        let (b, tb) = sizes_v(Collective::AllGatherV, &counts, total, dtype, who)?;
         let off = span(before, dtype, 1, "recvcounts")?;
         let mut o = Op::new(Kind::AllGatherV, dtype);
         o.counts = counts;
@@ -423,8 +467,7 @@ impl Op {
         op: ReduceOp,
         who: Who,
     ) -> Result<Op, Error> {
-        let b = span(counts[who.rank], dtype, 1, "recvcounts[rank]")?;
-        let tb = span(total, dtype, 1, "the sum of recvcounts")?;
+        let (tb, b) = sizes_v(Collective::ReduceScatterV, &counts, total, dtype, who)?;
         let mut o = Op::new(Kind::ReduceScatterV(op), dtype);
         o.counts = counts;
         let s = check_ptr(send, tb, "sendbuff")?;
@@ -582,6 +625,34 @@ mod tests {
         assert!(span(usize::MAX, DataType::U8, 1, "x").is_err());
         assert!(span(usize::MAX / 4, DataType::F64, 1, "x").is_err());
         assert!(span(1 << 40, DataType::F32, 1 << 30, "x").is_err());
+    }
+
+    /// Buffer sizes come from the core's rule (`Shape::buffers`), in bytes, overflow checked.
+    #[test]
+    fn sizes_follow_the_core_rule() {
+        let f = DataType::F32;
+        let c = |coll, root| sizes(coll, 3, f, root, W, "count").unwrap();
+        assert_eq!(c(Collective::AllGather, 0), (12, 48));
+        assert_eq!(c(Collective::ReduceScatter, 0), (48, 12));
+        assert_eq!(c(Collective::AllToAll, 0), (48, 48));
+        assert_eq!(c(Collective::Gather, 0), (12, 0));
+        assert_eq!(c(Collective::Gather, 1), (12, 48));
+        assert_eq!(c(Collective::Scatter, 0), (0, 12));
+        assert_eq!(c(Collective::Scatter, 1), (48, 12));
+        assert_eq!(c(Collective::Broadcast, 0), (0, 12));
+        let e = sizes(Collective::AllGather, usize::MAX / 8, f, 0, W, "sendcount").unwrap_err();
+        assert_eq!(e.kind(), core_oxccl::ErrorKind::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("(x4) overflow the address space"),
+            "{e:?}"
+        );
+        assert!(sizes(Collective::Gather, usize::MAX, DataType::U8, 1, W, "count").is_err());
+        let k = [1, 2, 3, 4];
+        let v = |coll| sizes_v(coll, &k, 10, f, W).unwrap();
+        assert_eq!(v(Collective::AllGatherV), (8, 40));
+        assert_eq!(v(Collective::ReduceScatterV), (40, 8));
+        let big = [usize::MAX / 8; 4];
+        assert!(sizes_v(Collective::AllGatherV, &big, usize::MAX, f, W).is_err());
     }
 
     #[test]

@@ -174,79 +174,43 @@ pub struct Step {
     pub deps: Vec<u32>,
 }
 
-/// The collectives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Collective {
-    /// All-reduce: everyone gets the reduction of everyone's buffer.
-    AllReduce = 1,
-    /// Barrier: nobody leaves before everyone has arrived.
-    Barrier = 2,
-    /// Broadcast: everyone gets the root's buffer.
-    Broadcast = 3,
-    /// Reduce: the root gets the reduction of everyone's buffer.
-    Reduce = 4,
-    /// All-gather: everyone gets the concatenation of everyone's block.
-    AllGather = 5,
-    /// Reduce-scatter: rank r gets block r of the reduction.
-    ReduceScatter = 6,
-    /// All-to-all: rank r gets block r of everyone's buffer, in rank order.
-    AllToAll = 7,
-    /// Gather: the root gets the concatenation of everyone's block.
-    Gather = 8,
-    /// Scatter: rank r gets block r of the root's buffer.
-    Scatter = 9,
-    /// Point-to-point send (the peer is `Shape::root`).
-    Send = 10,
-    /// Point-to-point receive (the peer is `Shape::root`).
-    Recv = 11,
-    /// All-gather with per-rank block sizes (`Shape::counts`).
-    AllGatherV = 12,
-    /// Reduce-scatter with per-rank block sizes (`Shape::counts`).
-    ReduceScatterV = 13,
-    /// All-to-all with per-peer sizes (`Shape::counts` = n send counts, then n receive counts).
-    AllToAllV = 14,
+enum_table! {
+    /// The collectives; the code is the byte a [`Tag`](crate::transport::Tag) carries.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Collective: u8, fn from_u8 {
+        /// All-reduce: everyone gets the reduction of everyone's buffer.
+        AllReduce = 1 => "all_reduce",
+        /// Barrier: nobody leaves before everyone has arrived.
+        Barrier = 2 => "barrier",
+        /// Broadcast: everyone gets the root's buffer.
+        Broadcast = 3 => "broadcast",
+        /// Reduce: the root gets the reduction of everyone's buffer.
+        Reduce = 4 => "reduce",
+        /// All-gather: everyone gets the concatenation of everyone's block.
+        AllGather = 5 => "all_gather",
+        /// Reduce-scatter: rank r gets block r of the reduction.
+        ReduceScatter = 6 => "reduce_scatter",
+        /// All-to-all: rank r gets block r of everyone's buffer, in rank order.
+        AllToAll = 7 => "all_to_all",
+        /// Gather: the root gets the concatenation of everyone's block.
+        Gather = 8 => "gather",
+        /// Scatter: rank r gets block r of the root's buffer.
+        Scatter = 9 => "scatter",
+        /// Point-to-point send (the peer is `Shape::root`).
+        Send = 10 => "send",
+        /// Point-to-point receive (the peer is `Shape::root`).
+        Recv = 11 => "recv",
+        /// All-gather with per-rank block sizes (`Shape::counts`).
+        AllGatherV = 12 => "all_gatherv",
+        /// Reduce-scatter with per-rank block sizes (`Shape::counts`).
+        ReduceScatterV = 13 => "reduce_scatterv",
+        /// All-to-all with per-peer sizes (`Shape::counts` = n send counts, then n receive
+        /// counts).
+        AllToAllV = 14 => "all_to_allv",
+    }
 }
 
 impl Collective {
-    /// Every collective.
-    pub const ALL: [Collective; 14] = [
-        Collective::AllReduce,
-        Collective::Barrier,
-        Collective::Broadcast,
-        Collective::Reduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Gather,
-        Collective::Scatter,
-        Collective::Send,
-        Collective::Recv,
-        Collective::AllGatherV,
-        Collective::ReduceScatterV,
-        Collective::AllToAllV,
-    ];
-
-    /// The name as users know it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Collective::AllReduce => "all_reduce",
-            Collective::Barrier => "barrier",
-            Collective::Broadcast => "broadcast",
-            Collective::Reduce => "reduce",
-            Collective::AllGather => "all_gather",
-            Collective::ReduceScatter => "reduce_scatter",
-            Collective::AllToAll => "all_to_all",
-            Collective::Gather => "gather",
-            Collective::Scatter => "scatter",
-            Collective::Send => "send",
-            Collective::Recv => "recv",
-            Collective::AllGatherV => "all_gatherv",
-            Collective::ReduceScatterV => "reduce_scatterv",
-            Collective::AllToAllV => "all_to_allv",
-        }
-    }
-
     /// The key used by OXCCL_ALGO (`allreduce`, `broadcast`, ...).
     pub fn key(self) -> &'static str {
         match self {
@@ -261,11 +225,6 @@ impl Collective {
             Collective::Scatter => "scatter",
             Collective::Send | Collective::Recv => "sendrecv",
         }
-    }
-
-    /// Decodes the wire byte.
-    pub fn from_u8(v: u8) -> Option<Collective> {
-        Collective::ALL.into_iter().find(|c| *c as u8 == v)
     }
 
     /// Whether it combines values with a reduction operator.
@@ -306,122 +265,64 @@ impl Collective {
     }
 }
 
-/// Algorithms. Which apply to which collective: [`Collective::algorithms`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Ring: for all-reduce, reduce-scatter then all-gather, chunked and pipelined
-    /// (bandwidth-optimal); for all-gather / reduce-scatter, one ring pass.
-    Ring,
-    /// One-shot direct all-reduce: every rank sends its buffer to every other and reduces
-    /// locally in rank order. One message latency; for small messages.
-    Direct,
-    /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the data,
-    /// pipelined); broadcast / reduce: binomial tree.
-    Tree,
-    /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
-    Rhd,
-    /// Broadcast / reduce: a pipelined chain from (to) the root.
-    Chain,
-    /// All-gather / reduce-scatter: Bruck's recursive doubling (halving), any rank count.
-    Bruck,
-    /// All-to-all: pairwise exchange.
-    Pairwise,
-    /// Barrier: dissemination (log n rounds).
-    Dissemination,
-    /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
-    Linear,
-    /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
-    /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
-    Ordered,
-    /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a ring
-    /// between hosts on each local rank's rail, intra-host all-gather; broadcast / reduce: the
-    /// slices scattered (reduce-scattered) over the root's (every) host, a chain between hosts
-    /// per rail; all-gather / reduce-scatter: rings per rail between hosts and per host.
-    Hier,
-    /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
-    /// binomial tree).
-    HierTree,
-    /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
-    /// doubling where a slice has fewer elements than there are hosts).
-    HierRhd,
-    /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
-    /// messages at scale.
-    Doubling,
-    /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a host
-    /// exchanges with another host at once, about log_k(hosts) rounds; for small messages over
-    /// many hosts.
-    HierMul,
+enum_table! {
+    /// Algorithms. Which apply to which collective: [`Collective::algorithms`]. Names as
+    /// OXCCL_ALGO takes them and tools print them, with a few aliases.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Algorithm: u8, fn from_u8 {
+        /// Ring: for all-reduce, reduce-scatter then all-gather, chunked and pipelined
+        /// (bandwidth-optimal); for all-gather / reduce-scatter, one ring pass.
+        Ring = 0 => "ring",
+        /// One-shot direct all-reduce: every rank sends its buffer to every other and reduces
+        /// locally in rank order. One message latency; for small messages.
+        Direct = 1 => "direct" | "oneshot" | "one-shot",
+        /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the
+        /// data, pipelined); broadcast / reduce: binomial tree.
+        Tree = 2 => "tree" | "dbtree" | "binomial",
+        /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
+        Rhd = 3 => "rhd" | "rabenseifner" | "halving-doubling",
+        /// Broadcast / reduce: a pipelined chain from (to) the root.
+        Chain = 4 => "chain" | "pipeline",
+        /// All-gather / reduce-scatter: Bruck's recursive doubling (halving), any rank count.
+        Bruck = 5 => "bruck" | "recursive-doubling" | "rd",
+        /// All-to-all: pairwise exchange.
+        Pairwise = 6 => "pairwise",
+        /// Barrier: dissemination (log n rounds).
+        Dissemination = 7 => "dissemination",
+        /// Gather / scatter / send / recv: direct messages to (from) the root or peer.
+        Linear = 8 => "linear",
+        /// All-reduce / reduce / reduce-scatter folding every element in rank order at one
+        /// owner: bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
+        Ordered = 9 => "ordered" | "deterministic",
+        /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a
+        /// ring between hosts on each local rank's rail, intra-host all-gather; broadcast /
+        /// reduce: the slices scattered (reduce-scattered) over the root's (every) host, a chain
+        /// between hosts per rail; all-gather / reduce-scatter: rings per rail between hosts and
+        /// per host.
+        Hier = 10 => "hier" | "hier-ring" | "hierarchical",
+        /// As [`Algorithm::Hier`] with a double binary tree between hosts (broadcast / reduce: a
+        /// binomial tree).
+        HierTree = 11 => "hier-tree",
+        /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
+        /// doubling where a slice has fewer elements than there are hosts).
+        HierRhd = 12 => "hier-rhd",
+        /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for
+        /// small messages at scale.
+        Doubling = 13 => "doubling" | "recursive-doubling-allreduce",
+        /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a
+        /// host exchanges with another host at once, about log_k(hosts) rounds; for small
+        /// messages over many hosts.
+        HierMul = 14 => "hier-mul" | "multiply",
+    }
 }
 
 impl Algorithm {
-    /// Every algorithm.
-    pub const ALL: [Algorithm; 15] = [
-        Algorithm::Ring,
-        Algorithm::Direct,
-        Algorithm::Tree,
-        Algorithm::Rhd,
-        Algorithm::Chain,
-        Algorithm::Bruck,
-        Algorithm::Pairwise,
-        Algorithm::Dissemination,
-        Algorithm::Linear,
-        Algorithm::Ordered,
-        Algorithm::Hier,
-        Algorithm::HierTree,
-        Algorithm::HierRhd,
-        Algorithm::Doubling,
-        Algorithm::HierMul,
-    ];
-
-    /// The name used by OXCCL_ALGO and printed by tools.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Ring => "ring",
-            Algorithm::Direct => "direct",
-            Algorithm::Tree => "tree",
-            Algorithm::Rhd => "rhd",
-            Algorithm::Chain => "chain",
-            Algorithm::Bruck => "bruck",
-            Algorithm::Pairwise => "pairwise",
-            Algorithm::Dissemination => "dissemination",
-            Algorithm::Linear => "linear",
-            Algorithm::Ordered => "ordered",
-            Algorithm::Hier => "hier",
-            Algorithm::HierTree => "hier-tree",
-            Algorithm::HierRhd => "hier-rhd",
-            Algorithm::Doubling => "doubling",
-            Algorithm::HierMul => "hier-mul",
-        }
-    }
-
     /// Whether it is one of the hierarchical algorithms (which need a [`HostMap`]).
     pub fn is_hier(self) -> bool {
         matches!(
             self,
             Algorithm::Hier | Algorithm::HierTree | Algorithm::HierRhd | Algorithm::HierMul
         )
-    }
-
-    /// Parses a name (a few aliases accepted).
-    pub fn parse(s: &str) -> Option<Algorithm> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "ring" => Some(Algorithm::Ring),
-            "direct" | "oneshot" | "one-shot" => Some(Algorithm::Direct),
-            "tree" | "dbtree" | "binomial" => Some(Algorithm::Tree),
-            "rhd" | "rabenseifner" | "halving-doubling" => Some(Algorithm::Rhd),
-            "chain" | "pipeline" => Some(Algorithm::Chain),
-            "bruck" | "recursive-doubling" | "rd" => Some(Algorithm::Bruck),
-            "pairwise" => Some(Algorithm::Pairwise),
-            "dissemination" => Some(Algorithm::Dissemination),
-            "linear" => Some(Algorithm::Linear),
-            "ordered" | "deterministic" => Some(Algorithm::Ordered),
-            "hier" | "hier-ring" | "hierarchical" => Some(Algorithm::Hier),
-            "hier-tree" => Some(Algorithm::HierTree),
-            "hier-rhd" => Some(Algorithm::HierRhd),
-            "doubling" | "recursive-doubling-allreduce" => Some(Algorithm::Doubling),
-            "hier-mul" | "multiply" => Some(Algorithm::HierMul),
-            _ => None,
-        }
     }
 }
 
@@ -517,74 +418,213 @@ impl Shape {
         }
     }
 
-    /// Elements of Input this rank provides (0 where Input is unused).
-    pub fn in_len(&self) -> usize {
-        let (r, n) = (self.rank, self.nranks);
-        match self.coll {
-            Collective::AllReduce | Collective::Send => self.count,
-            Collective::Broadcast => {
-                if r == self.root {
-                    self.count
-                } else {
-                    0
-                }
+    /// The buffers a caller passes for this call when not in place, in elements: (send,
+    /// receive), `None` for a buffer this rank ignores (a non-root's receive buffer of reduce and
+    /// gather, its send buffer of broadcast and scatter; recv's send and send's receive buffer;
+    /// both of barrier's). The one statement of each collective's buffer-length rule: the API
+    /// checks calls against it ([`Shape::from_buffers`]), the C ABI sizes its buffers with it, and
+    /// [`Shape::in_len`] / [`Shape::out_len`] (the executor's and verifier's view) follow from it.
+    /// `Err` when a length overflows `usize` (counts from C may be anything).
+    pub fn buffers(&self) -> Result<(Option<usize>, Option<usize>), String> {
+        let (r, n, c) = (self.rank, self.nranks, self.count);
+        let root = r == self.root;
+        let all = || {
+            c.checked_mul(n)
+                .ok_or_else(|| format!("{n} blocks of {c} elements overflow"))
+        };
+        let sum = |counts: &[usize]| {
+            counts
+                .iter()
+                .try_fold(0usize, |a, &x| a.checked_add(x))
+                .ok_or_else(|| "the sum of counts overflows".to_string())
+        };
+        let mine = |counts: &[usize]| counts.get(r).copied().unwrap_or(0);
+        let k = &self.counts;
+        Ok(match self.coll {
+            Collective::AllReduce => (Some(c), Some(c)),
+            Collective::Broadcast => (root.then_some(c), Some(c)),
+            Collective::Reduce => (Some(c), root.then_some(c)),
+            Collective::AllGather => (Some(c), Some(all()?)),
+            Collective::ReduceScatter => (Some(all()?), Some(c)),
+            Collective::AllToAll => (Some(all()?), Some(all()?)),
+            Collective::Gather => (Some(c), if root { Some(all()?) } else { None }),
+            Collective::Scatter => (if root { Some(all()?) } else { None }, Some(c)),
+            Collective::AllGatherV => (Some(mine(k)), Some(sum(k)?)),
+            Collective::ReduceScatterV => (Some(sum(k)?), Some(mine(k))),
+            Collective::AllToAllV => {
+                let (sc, rc) = k.split_at(n.min(k.len()));
+                (Some(sum(sc)?), Some(sum(rc)?))
             }
-            Collective::Reduce => self.count,
-            Collective::AllGather | Collective::AllGatherV | Collective::Gather => {
-                self.blocks().len(r)
-            }
-            Collective::ReduceScatter
-            | Collective::ReduceScatterV
-            | Collective::AllToAll
-            | Collective::AllToAllV => self.blocks().total(),
-            Collective::Scatter => {
-                if r == self.root {
-                    n * self.count
-                } else {
-                    0
-                }
-            }
-            Collective::Recv | Collective::Barrier => 0,
-        }
+            Collective::Send => (Some(c), None),
+            Collective::Recv => (None, Some(c)),
+            Collective::Barrier => (None, None),
+        })
     }
 
-    /// Elements of Output this rank needs (0 where Output is unused).
-    pub fn out_len(&self) -> usize {
-        let r = self.rank;
-        match self.coll {
-            Collective::AllReduce | Collective::Broadcast | Collective::Recv => self.count,
-            Collective::Reduce => {
-                if r == self.root {
-                    self.count
-                } else {
-                    0
-                }
+    /// The shape of a call on `rank` of `nranks` whose buffers hold `send` (`None`: in place) and
+    /// `recv` elements, with `root` (the peer of send / recv) and the v-variants' `counts`; or
+    /// why the buffers do not fit the collective (checked against [`Shape::buffers`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_buffers(
+        coll: Collective,
+        nranks: usize,
+        rank: usize,
+        root: usize,
+        counts: &[usize],
+        send: Option<usize>,
+        recv: usize,
+        chunk: usize,
+    ) -> Result<Shape, String> {
+        let (n, r) = (nranks, rank);
+        let p2p = matches!(coll, Collective::Send | Collective::Recv);
+        if (coll.rooted() || p2p) && root >= n {
+            return Err(format!(
+                "root/peer {root} is not a rank of this {n}-rank communicator"
+            ));
+        }
+        if p2p && root == r {
+            return Err("a rank cannot send to or receive from itself".into());
+        }
+        let whole = |len: usize, what: &str| {
+            if len % n != 0 {
+                Err(format!("{what} of {len} elements is not {n} equal blocks"))
+            } else {
+                Ok(len / n)
             }
-            Collective::AllGather | Collective::AllGatherV => self.blocks().total(),
-            Collective::ReduceScatter | Collective::ReduceScatterV => {
-                if self.in_place {
-                    self.blocks().total()
-                } else {
-                    self.blocks().len(r)
+        };
+        let need = |k: usize, what: String| if counts.len() != k { Err(what) } else { Ok(()) };
+        // The count follows from one buffer; `buffers` then says what the others must hold.
+        let count = match coll {
+            Collective::AllReduce | Collective::Broadcast | Collective::Recv => recv,
+            Collective::Reduce if r == root => recv,
+            Collective::Reduce => send.unwrap_or(recv),
+            Collective::Send => send.unwrap_or(0),
+            Collective::AllGather => match send {
+                Some(s) => s,
+                None => whole(recv, "receive buffer")?,
+            },
+            Collective::ReduceScatter => match send {
+                Some(_) => recv,
+                None => whole(recv, "buffer")?,
+            },
+            Collective::AllToAll => match send {
+                Some(s) if s != recv => {
+                    return Err(format!(
+                        "send and receive buffers differ: {s} vs {recv} elements"
+                    ));
                 }
+                _ => whole(recv, "receive buffer")?,
+            },
+            Collective::Gather => send.unwrap_or(0),
+            Collective::Scatter => recv,
+            Collective::AllGatherV | Collective::ReduceScatterV => {
+                need(
+                    n,
+                    format!("{} counts given, need one per rank ({n})", counts.len()),
+                )?;
+                counts[r]
             }
-            Collective::AllToAll | Collective::AllToAllV => self.recv_blocks().total(),
-            Collective::Gather => {
-                if r == self.root {
-                    self.blocks().total()
-                } else {
-                    0
-                }
+            Collective::AllToAllV => {
+                need(
+                    2 * n,
+                    format!("need {n} send counts and {n} receive counts"),
+                )?;
+                counts[r]
             }
-            Collective::Scatter => {
-                if self.in_place && r == self.root {
-                    self.nranks * self.count
-                } else {
-                    self.count
-                }
-            }
-            Collective::Send => 0,
             Collective::Barrier => 1,
+        };
+        let in_place = send.is_none();
+        let mut shape = Shape::new(coll, n, r, count, in_place && !p2p, chunk);
+        shape.root = root;
+        if matches!(
+            coll,
+            Collective::AllGatherV | Collective::ReduceScatterV | Collective::AllToAllV
+        ) {
+            shape.counts = counts.to_vec();
+        }
+        if coll == Collective::Barrier {
+            shape.in_place = false;
+            return Ok(shape);
+        }
+        let (want_send, want_recv) = shape.buffers()?;
+        let (send_rule, recv_rule) = match coll {
+            Collective::AllGather => ("", "the receive buffer must hold nranks send buffers"),
+            Collective::ReduceScatter => ("the send buffer must hold nranks receive buffers", ""),
+            Collective::Gather => (
+                "",
+                "the root's receive buffer must hold nranks send buffers",
+            ),
+            Collective::Scatter => (
+                "the root's send buffer must hold nranks receive buffers",
+                "",
+            ),
+            Collective::AllGatherV => (
+                "send buffer vs counts[rank]",
+                "receive buffer vs the sum of counts",
+            ),
+            Collective::ReduceScatterV => (
+                "send buffer vs the sum of counts",
+                "receive buffer vs counts[rank]",
+            ),
+            Collective::AllToAllV => (
+                "send buffer vs the sum of send counts",
+                "receive buffer vs the sum of receive counts",
+            ),
+            _ => ("send and receive buffers differ", ""),
+        };
+        // In place, the send buffer is the receive buffer (checked above); the v-variants and
+        // gather / scatter have no in-place form here and read an absent send buffer as empty.
+        let given_send = match coll {
+            Collective::AllGatherV
+            | Collective::ReduceScatterV
+            | Collective::AllToAllV
+            | Collective::Gather
+            | Collective::Scatter
+            | Collective::Send => Some(send.unwrap_or(0)),
+            _ => send,
+        };
+        // In place, reduce-scatter's receive buffer is the whole buffer (its blocks checked above).
+        let given_recv = (!(coll == Collective::ReduceScatter && in_place)).then_some(recv);
+        for (given, want, rule) in [
+            (given_send, want_send, send_rule),
+            (given_recv, want_recv, recv_rule),
+        ] {
+            if let (Some(g), Some(w)) = (given, want) {
+                if g != w {
+                    return Err(format!("{rule}: {g} vs {w} elements"));
+                }
+            }
+        }
+        if coll == Collective::AllToAllV && counts[r] != counts[n + r] {
+            return Err(format!(
+                "send_counts[rank] and recv_counts[rank] (this rank's own block): {} vs {} elements",
+                counts[r],
+                counts[n + r]
+            ));
+        }
+        Ok(shape)
+    }
+
+    /// Elements of Input this rank provides (0 where Input is unused).
+    pub fn in_len(&self) -> usize {
+        self.buffers()
+            .map_or(usize::MAX, |(send, _)| send.unwrap_or(0))
+    }
+
+    /// Elements of Output this rank needs (0 where Output is unused): the receive buffer of
+    /// [`Shape::buffers`], except that in place it is the whole buffer for reduce-scatter and
+    /// the root of scatter, and barrier has a byte.
+    pub fn out_len(&self) -> usize {
+        let root = self.rank == self.root;
+        match self.coll {
+            Collective::ReduceScatter | Collective::ReduceScatterV if self.in_place => {
+                self.blocks().total()
+            }
+            Collective::Scatter if self.in_place && root => self.nranks * self.count,
+            Collective::Barrier => 1,
+            _ => self
+                .buffers()
+                .map_or(usize::MAX, |(_, recv)| recv.unwrap_or(0)),
         }
     }
 
@@ -890,4 +930,119 @@ pub fn split(count: usize, parts: usize, i: usize) -> (usize, usize) {
 pub fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     let chunk = chunk.max(1);
     (0..len.div_ceil(chunk)).map(move |j| (off + j * chunk, chunk.min(len - j * chunk)))
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::{Collective as C, Shape};
+
+    fn check(
+        c: C,
+        rank: usize,
+        root: usize,
+        counts: &[usize],
+        send: Option<usize>,
+        recv: usize,
+    ) -> Result<Shape, String> {
+        Shape::from_buffers(c, 4, rank, root, counts, send, recv, 8)
+    }
+
+    /// Bad buffers are refused with the messages the API has always given.
+    #[test]
+    fn bad_lengths_say_which_rule() {
+        type Case = (
+            C,
+            usize,
+            usize,
+            &'static [usize],
+            Option<usize>,
+            usize,
+            &'static str,
+        );
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            (C::AllReduce, 0, 0, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::Broadcast, 1, 1, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::Reduce, 2, 2, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::AllToAll, 0, 0, &[], Some(3), 4,
+                "send and receive buffers differ: 3 vs 4 elements"),
+            (C::AllToAll, 0, 0, &[], None, 6,
+                "receive buffer of 6 elements is not 4 equal blocks"),
+            (C::AllGather, 0, 0, &[], Some(2), 7,
+                "the receive buffer must hold nranks send buffers: 7 vs 8 elements"),
+            (C::AllGather, 0, 0, &[], None, 7,
+                "receive buffer of 7 elements is not 4 equal blocks"),
+            (C::ReduceScatter, 0, 0, &[], Some(7), 2,
+                "the send buffer must hold nranks receive buffers: 7 vs 8 elements"),
+            (C::ReduceScatter, 0, 0, &[], None, 7,
+                "buffer of 7 elements is not 4 equal blocks"),
+            (C::Gather, 1, 1, &[], Some(2), 7,
+                "the root's receive buffer must hold nranks send buffers: 7 vs 8 elements"),
+            (C::Scatter, 1, 1, &[], Some(7), 2,
+                "the root's send buffer must hold nranks receive buffers: 7 vs 8 elements"),
+            (C::AllGatherV, 0, 0, &[1, 2], Some(1), 3,
+                "2 counts given, need one per rank (4)"),
+            (C::AllGatherV, 1, 0, &[1, 2, 3, 4], Some(1), 10,
+                "send buffer vs counts[rank]: 1 vs 2 elements"),
+            (C::AllGatherV, 1, 0, &[1, 2, 3, 4], Some(2), 9,
+                "receive buffer vs the sum of counts: 9 vs 10 elements"),
+            (C::ReduceScatterV, 1, 0, &[1, 2, 3, 4], Some(9), 2,
+                "send buffer vs the sum of counts: 9 vs 10 elements"),
+            (C::ReduceScatterV, 1, 0, &[1, 2, 3, 4], Some(10), 3,
+                "receive buffer vs counts[rank]: 3 vs 2 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4], Some(10), 10,
+                "need 4 send counts and 4 receive counts"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(9), 8,
+                "send buffer vs the sum of send counts: 9 vs 10 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(10), 9,
+                "receive buffer vs the sum of receive counts: 9 vs 8 elements"),
+            (C::AllToAllV, 0, 0, &[1, 2, 3, 4, 5, 1, 1, 1], Some(10), 8,
+                "send_counts[rank] and recv_counts[rank] (this rank's own block): 1 vs 5 elements"),
+            (C::Send, 0, 4, &[], Some(1), 0,
+                "root/peer 4 is not a rank of this 4-rank communicator"),
+            (C::Recv, 2, 2, &[], None, 1,
+                "a rank cannot send to or receive from itself"),
+        ];
+        for &(c, rank, root, counts, send, recv, want) in cases {
+            let got = check(c, rank, root, counts, send, recv).unwrap_err();
+            assert_eq!(got, want, "{c:?} rank {rank} root {root} {send:?}/{recv}");
+        }
+    }
+
+    /// Good buffers give the shape the executor expects; ignored buffers are not checked.
+    #[test]
+    fn good_lengths_make_the_shape() {
+        let s = check(C::AllGather, 1, 0, &[], None, 8).unwrap();
+        assert_eq!(
+            (s.count, s.in_place, s.in_len(), s.out_len()),
+            (2, true, 2, 8)
+        );
+        let s = check(C::ReduceScatter, 1, 0, &[], None, 8).unwrap();
+        assert_eq!((s.count, s.in_place, s.out_len()), (2, true, 8));
+        let s = check(C::ReduceScatter, 1, 0, &[], Some(8), 2).unwrap();
+        assert_eq!(
+            (s.count, s.in_place, s.in_len(), s.out_len()),
+            (2, false, 8, 2)
+        );
+        // Non-roots' ignored buffers may be anything.
+        assert!(check(C::Reduce, 1, 0, &[], Some(3), 0).is_ok());
+        assert!(check(C::Gather, 1, 0, &[], Some(3), 99).is_ok());
+        assert!(check(C::Scatter, 1, 0, &[], Some(99), 3).is_ok());
+        assert!(check(C::Broadcast, 1, 0, &[], Some(99), 3).is_ok());
+        let s = check(C::Send, 0, 1, &[], Some(5), 0).unwrap();
+        assert_eq!((s.count, s.in_place, s.root), (5, false, 1));
+        let s = check(C::Barrier, 0, 0, &[], None, 0).unwrap();
+        assert_eq!((s.count, s.in_place, s.out_len()), (1, false, 1));
+        let s = check(C::AllToAllV, 0, 0, &[1, 2, 3, 4, 1, 1, 1, 1], Some(10), 4).unwrap();
+        assert_eq!((s.count, s.in_len(), s.out_len()), (1, 10, 4));
+        // Counts from C may be anything: an overflow is an error, not a panic.
+        let mut big = Shape::new(C::AllGather, 4, 0, usize::MAX / 2, false, 1);
+        assert!(big.buffers().is_err());
+        big.coll = C::AllGatherV;
+        big.counts = vec![usize::MAX; 4];
+        assert!(big.buffers().is_err());
+    }
 }

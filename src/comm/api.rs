@@ -13,6 +13,32 @@ use crate::reduce::{DataType, Element, ReduceOp};
 use crate::transport::Tag;
 use std::sync::Arc;
 
+/// Declares blocking [`Communicator`] methods, each running the one [`Call`] its row builds:
+/// `fn name<T>(args) => constructor(exprs);` (with `<T>`, `T: Element`).
+macro_rules! calls {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident $(<$t:ident>)? ($($arg:ident: $ty:ty),* $(,)?) => $call:ident($($e:expr),* $(,)?);
+    )+) => {
+        $(
+            $(#[$doc])*
+            pub fn $name $(<$t: Element>)? (&self, $($arg: $ty),*) -> Result<()> {
+                self.run_calls(&mut [Call::$call($($e),*)])
+            }
+        )+
+    };
+}
+
+/// A typed slice as the bytes a [`Call`] takes.
+pub(super) fn el<T: Element>(s: &[T]) -> &[u8] {
+    bytemuck::cast_slice(s)
+}
+
+/// A typed mutable slice as the bytes a [`Call`] takes.
+pub(super) fn el_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
+    bytemuck::cast_slice_mut(s)
+}
+
 /// One collective call over raw bytes. Build it with the constructors; lengths are in bytes and
 /// must be whole elements of `dtype`. `send: None` means in place (see each constructor).
 #[derive(Debug)]
@@ -358,181 +384,18 @@ impl Communicator {
                 ));
             }
         }
-        let (sl, rl) = (send_len.map(|l| l / es), recv_len / es);
-        if (call.coll.rooted() || matches!(call.coll, Collective::Send | Collective::Recv))
-            && call.root >= n
-        {
-            return Err(bad(
-                call,
-                r,
-                format!(
-                    "root/peer {} is not a rank of this {n}-rank communicator",
-                    call.root
-                ),
-            ));
-        }
-        let eq = |a: usize, b: usize, what: &str| -> Result<()> {
-            if a != b {
-                Err(bad(call, r, format!("{what}: {} vs {} elements", a, b)))
-            } else {
-                Ok(())
-            }
-        };
-        let whole = |len: usize, what: &str| -> Result<usize> {
-            if len % n != 0 {
-                Err(bad(
-                    call,
-                    r,
-                    format!("{what} of {len} elements is not {n} equal blocks"),
-                ))
-            } else {
-                Ok(len / n)
-            }
-        };
-        let in_place = call.send.is_none();
-        let (count, counts) = match call.coll {
-            Collective::AllReduce => {
-                if let Some(s) = sl {
-                    eq(s, rl, "send and receive buffers differ")?;
-                }
-                (rl, Vec::new())
-            }
-            Collective::Broadcast => {
-                if r == call.root {
-                    if let Some(s) = sl {
-                        eq(s, rl, "send and receive buffers differ")?;
-                    }
-                }
-                (rl, Vec::new())
-            }
-            Collective::Reduce => {
-                let c = sl.unwrap_or(rl);
-                if r == call.root {
-                    eq(c, rl, "send and receive buffers differ")?;
-                }
-                (c, Vec::new())
-            }
-            Collective::AllGather => match sl {
-                Some(s) => {
-                    eq(
-                        rl,
-                        n * s,
-                        "the receive buffer must hold nranks send buffers",
-                    )?;
-                    (s, Vec::new())
-                }
-                None => (whole(rl, "receive buffer")?, Vec::new()),
-            },
-            Collective::ReduceScatter => match sl {
-                Some(s) => {
-                    eq(
-                        s,
-                        n * rl,
-                        "the send buffer must hold nranks receive buffers",
-                    )?;
-                    (rl, Vec::new())
-                }
-                None => (whole(rl, "buffer")?, Vec::new()),
-            },
-            Collective::AllToAll => {
-                if let Some(s) = sl {
-                    eq(s, rl, "send and receive buffers differ")?;
-                }
-                (whole(rl, "receive buffer")?, Vec::new())
-            }
-            Collective::Gather => {
-                let s = sl.unwrap_or(0);
-                if r == call.root {
-                    eq(
-                        rl,
-                        n * s,
-                        "the root's receive buffer must hold nranks send buffers",
-                    )?;
-                }
-                (s, Vec::new())
-            }
-            Collective::Scatter => {
-                if r == call.root {
-                    eq(
-                        sl.unwrap_or(0),
-                        n * rl,
-                        "the root's send buffer must hold nranks receive buffers",
-                    )?;
-                }
-                (rl, Vec::new())
-            }
-            Collective::AllGatherV | Collective::ReduceScatterV => {
-                if call.counts.len() != n {
-                    return Err(bad(
-                        call,
-                        r,
-                        format!(
-                            "{} counts given, need one per rank ({n})",
-                            call.counts.len()
-                        ),
-                    ));
-                }
-                let total: usize = call.counts.iter().sum();
-                let mine = call.counts[r];
-                if call.coll == Collective::AllGatherV {
-                    eq(sl.unwrap_or(0), mine, "send buffer vs counts[rank]")?;
-                    eq(rl, total, "receive buffer vs the sum of counts")?;
-                } else {
-                    eq(sl.unwrap_or(0), total, "send buffer vs the sum of counts")?;
-                    eq(rl, mine, "receive buffer vs counts[rank]")?;
-                }
-                (mine, call.counts.clone())
-            }
-            Collective::AllToAllV => {
-                if call.counts.len() != 2 * n {
-                    return Err(bad(
-                        call,
-                        r,
-                        format!("need {n} send counts and {n} receive counts"),
-                    ));
-                }
-                let (sc, rc) = call.counts.split_at(n);
-                eq(
-                    sl.unwrap_or(0),
-                    sc.iter().sum(),
-                    "send buffer vs the sum of send counts",
-                )?;
-                eq(
-                    rl,
-                    rc.iter().sum(),
-                    "receive buffer vs the sum of receive counts",
-                )?;
-                eq(
-                    sc[r],
-                    rc[r],
-                    "send_counts[rank] and recv_counts[rank] (this rank's own block)",
-                )?;
-                (sc[r], call.counts.clone())
-            }
-            Collective::Send | Collective::Recv => {
-                if call.root == r {
-                    return Err(bad(call, r, "a rank cannot send to or receive from itself"));
-                }
-                (
-                    if call.coll == Collective::Send {
-                        sl.unwrap_or(0)
-                    } else {
-                        rl
-                    },
-                    Vec::new(),
-                )
-            }
-            Collective::Barrier => (1, Vec::new()),
-        };
-        let mut shape = Shape::new(call.coll, n, r, count, in_place, chunk);
-        shape.root = call.root;
-        shape.counts = counts;
-        if matches!(
+        let shape = Shape::from_buffers(
             call.coll,
-            Collective::Send | Collective::Recv | Collective::Barrier
-        ) {
-            shape.in_place = false;
-        }
+            n,
+            r,
+            call.root,
+            &call.counts,
+            send_len.map(|l| l / es),
+            recv_len / es,
+            chunk,
+        )
+        .map_err(|m| bad(call, r, m))?;
+        let count = shape.count;
         Ok(Planned {
             bytes: count * es,
             mem: call_mem(call),
@@ -940,258 +803,81 @@ impl Communicator {
     }
 
     // ---- blocking API ----
-
-    /// All-reduce over raw bytes holding `dtype` elements (the C ABI's entry point).
-    /// `send: None` is in place.
-    pub fn all_reduce_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::all_reduce(send, recv, dtype, op)])
-    }
-
-    /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all ranks' `buf`.
-    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        self.all_reduce_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, op)
-    }
-
-    /// Out-of-place all-reduce: `recv` becomes the reduction of all ranks' `send`.
-    pub fn all_reduce_into<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.all_reduce_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            op,
-        )
-    }
-
-    /// Blocks until every rank has called `barrier`.
-    pub fn barrier(&self) -> Result<()> {
-        self.run_calls(&mut [Call::barrier()])
-    }
-
-    /// Broadcast (bytes); see [`Call::broadcast`].
-    pub fn broadcast_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        root: usize,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::broadcast(send, recv, dtype, root)])
-    }
-
-    /// In-place broadcast: every rank's `buf` becomes the root's.
-    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
-        self.broadcast_bytes(None, bytemuck::cast_slice_mut(buf), T::DTYPE, root)
-    }
-
-    /// Reduce (bytes); see [`Call::reduce`].
-    pub fn reduce_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        op: ReduceOp,
-        root: usize,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::reduce(send, recv, dtype, op, root)])
-    }
-
-    /// Reduce into the root's `recv` (other ranks' `recv` is not written and may be empty).
-    pub fn reduce<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-        root: usize,
-    ) -> Result<()> {
-        self.reduce_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            op,
-            root,
-        )
-    }
-
-    /// All-gather (bytes); see [`Call::all_gather`].
-    pub fn all_gather_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::all_gather(send, recv, dtype)])
-    }
-
-    /// All-gather: `recv` (nranks × `send.len()`) gets every rank's `send`, in rank order.
-    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
-        self.all_gather_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-        )
-    }
-
-    /// Reduce-scatter (bytes); see [`Call::reduce_scatter`].
-    pub fn reduce_scatter_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::reduce_scatter(send, recv, dtype, op)])
-    }
-
-    /// Reduce-scatter: `recv` gets block `rank` of the reduction of every rank's `send`
-    /// (nranks × `recv.len()` elements).
-    pub fn reduce_scatter<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.reduce_scatter_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            op,
-        )
-    }
-
-    /// All-to-all (bytes); see [`Call::all_to_all`].
-    pub fn all_to_all_bytes(
-        &self,
-        send: Option<&[u8]>,
-        recv: &mut [u8],
-        dtype: DataType,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::all_to_all(send, recv, dtype)])
-    }
-
-    /// All-to-all: block p of `send` goes to rank p; block p of `recv` comes from rank p.
-    pub fn all_to_all<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
-        self.all_to_all_bytes(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-        )
-    }
-
-    /// Gather (bytes); see [`Call::gather`].
-    pub fn gather_bytes(
-        &self,
-        send: &[u8],
-        recv: &mut [u8],
-        dtype: DataType,
-        root: usize,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::gather(send, recv, dtype, root)])
-    }
-
-    /// Gather every rank's `send` into the root's `recv` (nranks blocks; ignored elsewhere).
-    pub fn gather<T: Element>(&self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        self.gather_bytes(
-            bytemuck::cast_slice(send),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            root,
-        )
-    }
-
-    /// Scatter (bytes); see [`Call::scatter`].
-    pub fn scatter_bytes(
-        &self,
-        send: &[u8],
-        recv: &mut [u8],
-        dtype: DataType,
-        root: usize,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::scatter(send, recv, dtype, root)])
-    }
-
-    /// Scatter the root's `send` (nranks blocks; ignored elsewhere): rank p gets block p.
-    pub fn scatter<T: Element>(&self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        self.scatter_bytes(
-            bytemuck::cast_slice(send),
-            bytemuck::cast_slice_mut(recv),
-            T::DTYPE,
-            root,
-        )
-    }
-
-    /// All-gather with per-rank counts: rank p contributes `counts[p]` elements.
-    pub fn all_gatherv<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        counts: &[usize],
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::all_gatherv(
-            bytemuck::cast_slice(send),
-            bytemuck::cast_slice_mut(recv),
-            counts,
-            T::DTYPE,
-        )])
-    }
-
-    /// Reduce-scatter with per-rank counts: rank p gets `counts[p]` elements.
-    pub fn reduce_scatterv<T: Element>(
-        &self,
-        send: &[T],
-        recv: &mut [T],
-        counts: &[usize],
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::reduce_scatterv(
-            bytemuck::cast_slice(send),
-            bytemuck::cast_slice_mut(recv),
-            counts,
-            T::DTYPE,
-            op,
-        )])
-    }
-
-    /// All-to-all with per-peer counts.
-    pub fn all_to_allv<T: Element>(
-        &self,
-        send: &[T],
-        send_counts: &[usize],
-        recv: &mut [T],
-        recv_counts: &[usize],
-    ) -> Result<()> {
-        self.run_calls(&mut [Call::all_to_allv(
-            bytemuck::cast_slice(send),
-            send_counts,
-            bytemuck::cast_slice_mut(recv),
-            recv_counts,
-            T::DTYPE,
-        )])
-    }
-
-    /// Sends `buf` to `peer`, tagged (the receive must use the same tag, in the same order).
-    pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
-        self.run_calls(&mut [Call::send(bytemuck::cast_slice(buf), T::DTYPE, peer, tag)])
-    }
-
-    /// Receives `buf` from `peer`, tagged.
-    pub fn recv<T: Element>(&self, buf: &mut [T], peer: usize, tag: u32) -> Result<()> {
-        self.run_calls(&mut [Call::recv(
-            bytemuck::cast_slice_mut(buf),
-            T::DTYPE,
-            peer,
-            tag,
-        )])
+    //
+    // Every blocking method is one row of this table: the [`Call`] it runs (typed methods view
+    // their slices as bytes with `el`/`el_mut`), so each collective's rules live in its `Call`
+    // constructor and in `plan`, once.
+    calls! {
+        /// All-reduce over raw bytes holding `dtype` elements (the C ABI's entry point).
+        /// `send: None` is in place.
+        fn all_reduce_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType, op: ReduceOp)
+            => all_reduce(send, recv, dtype, op);
+        /// In-place all-reduce: every rank's `buf` becomes the element-wise reduction of all
+        /// ranks' `buf`.
+        fn all_reduce<T>(buf: &mut [T], op: ReduceOp)
+            => all_reduce(None, el_mut(buf), T::DTYPE, op);
+        /// Out-of-place all-reduce: `recv` becomes the reduction of all ranks' `send`.
+        fn all_reduce_into<T>(send: &[T], recv: &mut [T], op: ReduceOp)
+            => all_reduce(Some(el(send)), el_mut(recv), T::DTYPE, op);
+        /// Blocks until every rank has called `barrier`.
+        fn barrier() => barrier();
+        /// Broadcast (bytes); see [`Call::broadcast`].
+        fn broadcast_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType, root: usize)
+            => broadcast(send, recv, dtype, root);
+        /// In-place broadcast: every rank's `buf` becomes the root's.
+        fn broadcast<T>(buf: &mut [T], root: usize) => broadcast(None, el_mut(buf), T::DTYPE, root);
+        /// Reduce (bytes); see [`Call::reduce`].
+        fn reduce_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType, op: ReduceOp,
+                        root: usize)
+            => reduce(send, recv, dtype, op, root);
+        /// Reduce into the root's `recv` (other ranks' `recv` is not written and may be empty).
+        fn reduce<T>(send: &[T], recv: &mut [T], op: ReduceOp, root: usize)
+            => reduce(Some(el(send)), el_mut(recv), T::DTYPE, op, root);
+        /// All-gather (bytes); see [`Call::all_gather`].
+        fn all_gather_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType)
+            => all_gather(send, recv, dtype);
+        /// All-gather: `recv` (nranks × `send.len()`) gets every rank's `send`, in rank order.
+        fn all_gather<T>(send: &[T], recv: &mut [T])
+            => all_gather(Some(el(send)), el_mut(recv), T::DTYPE);
+        /// Reduce-scatter (bytes); see [`Call::reduce_scatter`].
+        fn reduce_scatter_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType, op: ReduceOp)
+            => reduce_scatter(send, recv, dtype, op);
+        /// Reduce-scatter: `recv` gets block `rank` of the reduction of every rank's `send`
+        /// (nranks × `recv.len()` elements).
+        fn reduce_scatter<T>(send: &[T], recv: &mut [T], op: ReduceOp)
+            => reduce_scatter(Some(el(send)), el_mut(recv), T::DTYPE, op);
+        /// All-to-all (bytes); see [`Call::all_to_all`].
+        fn all_to_all_bytes(send: Option<&[u8]>, recv: &mut [u8], dtype: DataType)
+            => all_to_all(send, recv, dtype);
+        /// All-to-all: block p of `send` goes to rank p; block p of `recv` comes from rank p.
+        fn all_to_all<T>(send: &[T], recv: &mut [T])
+            => all_to_all(Some(el(send)), el_mut(recv), T::DTYPE);
+        /// Gather (bytes); see [`Call::gather`].
+        fn gather_bytes(send: &[u8], recv: &mut [u8], dtype: DataType, root: usize)
+            => gather(send, recv, dtype, root);
+        /// Gather every rank's `send` into the root's `recv` (nranks blocks; ignored elsewhere).
+        fn gather<T>(send: &[T], recv: &mut [T], root: usize)
+            => gather(el(send), el_mut(recv), T::DTYPE, root);
+        /// Scatter (bytes); see [`Call::scatter`].
+        fn scatter_bytes(send: &[u8], recv: &mut [u8], dtype: DataType, root: usize)
+            => scatter(send, recv, dtype, root);
+        /// Scatter the root's `send` (nranks blocks; ignored elsewhere): rank p gets block p.
+        fn scatter<T>(send: &[T], recv: &mut [T], root: usize)
+            => scatter(el(send), el_mut(recv), T::DTYPE, root);
+        /// All-gather with per-rank counts: rank p contributes `counts[p]` elements.
+        fn all_gatherv<T>(send: &[T], recv: &mut [T], counts: &[usize])
+            => all_gatherv(el(send), el_mut(recv), counts, T::DTYPE);
+        /// Reduce-scatter with per-rank counts: rank p gets `counts[p]` elements.
+        fn reduce_scatterv<T>(send: &[T], recv: &mut [T], counts: &[usize], op: ReduceOp)
+            => reduce_scatterv(el(send), el_mut(recv), counts, T::DTYPE, op);
+        /// All-to-all with per-peer counts.
+        fn all_to_allv<T>(send: &[T], send_counts: &[usize], recv: &mut [T],
+                          recv_counts: &[usize])
+            => all_to_allv(el(send), send_counts, el_mut(recv), recv_counts, T::DTYPE);
+        /// Sends `buf` to `peer`, tagged (the receive must use the same tag, in the same order).
+        fn send<T>(buf: &[T], peer: usize, tag: u32) => send(el(buf), T::DTYPE, peer, tag);
+        /// Receives `buf` from `peer`, tagged.
+        fn recv<T>(buf: &mut [T], peer: usize, tag: u32) => recv(el_mut(buf), T::DTYPE, peer, tag);
     }
 
     /// Runs several calls together (like ncclGroupStart/End): they share the links and progress

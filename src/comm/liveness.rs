@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::transport::connect::{self, LIVENESS_CHAN as CHAN, PeerListener};
+use crate::transport::wire;
 
 /// Frame kinds on a liveness connection.
 const BEAT: u8 = b'B';
@@ -222,33 +223,29 @@ impl Drop for Heartbeat {
     }
 }
 
-/// The revoke record: code, the rank it names (u32::MAX: none), the message.
+/// The revoke record: REVOKE, a u16 length, then an abort body (code, the rank it names, the
+/// message: [`wire::encode_abort`]).
 fn encode(e: &Error) -> Vec<u8> {
-    let msg = e.message().as_bytes();
-    let msg = &msg[..msg.len().min(MAX_RECORD - 5)];
-    let mut b = Vec::with_capacity(8 + msg.len());
-    b.push(REVOKE);
-    b.extend_from_slice(&((5 + msg.len()) as u16).to_le_bytes());
-    b.push(e.code());
-    b.extend_from_slice(&e.peer().map_or(u32::MAX, |p| p as u32).to_le_bytes());
-    b.extend_from_slice(msg);
+    let mut b = vec![0u8; 3 + MAX_RECORD];
+    let n = wire::encode_abort(e, &mut b[3..]);
+    b[0] = REVOKE;
+    b[1..3].copy_from_slice(&(n as u16).to_le_bytes());
+    b.truncate(3 + n);
     b
 }
 
 /// Parses a revoke record (the bytes after the length); never panics.
 fn decode(rec: &[u8], from: usize, me: usize) -> Error {
-    let Some((&code, rest)) = rec.split_first() else {
+    if rec.is_empty() {
         return Error::internal(format!("rank {me}: empty revoke record from rank {from}"));
-    };
-    let Some((p, msg)) = rest.split_first_chunk::<4>() else {
+    }
+    let Ok(a) = wire::AbortBody::new_checked(rec) else {
         return Error::internal(format!(
             "rank {me}: truncated revoke record from rank {from}"
         ));
     };
-    let p = u32::from_le_bytes(*p);
-    let named = (p != u32::MAX).then_some(p as usize);
     // Forwarded as it was found: the message names the lost rank and who noticed it.
-    Error::from_parts(code, named, String::from_utf8_lossy(msg).into_owned())
+    Error::from_parts(a.code, a.peer, a.message_lossy().into_owned())
 }
 
 struct Peer {
@@ -377,8 +374,10 @@ impl Watch {
                     1
                 }
                 REVOKE => {
-                    let Some(len) = buf.get(1..3) else { break };
-                    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+                    let Some(len) = wire::u16_at(buf, 1) else {
+                        break;
+                    };
+                    let len = usize::from(len);
                     if buf.len() < 3 + len {
                         if len > MAX_RECORD {
                             self.garbage(i);
@@ -481,7 +480,7 @@ mod tests {
         );
         let b = encode(&e);
         assert_eq!(b[0], REVOKE);
-        let len = u16::from_le_bytes([b[1], b[2]]) as usize;
+        let len = usize::from(wire::u16_at(&b, 1).unwrap());
         assert_eq!(len, b.len() - 3);
         match decode(&b[3..], 6, 3) {
             e if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(7) => {

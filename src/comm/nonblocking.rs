@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::Communicator;
-use super::api::Call;
+use super::api::{Call, el, el_mut};
 use crate::error::{Error, Result};
 use crate::reduce::{Element, ReduceOp};
 
@@ -202,12 +202,7 @@ impl<'scope> Scope<'scope, '_> {
         buf: &'scope mut [T],
         op: ReduceOp,
     ) -> Result<Request<'scope>> {
-        self.start(vec![Call::all_reduce(
-            None,
-            bytemuck::cast_slice_mut(buf),
-            T::DTYPE,
-            op,
-        )])
+        self.start(vec![Call::all_reduce(None, el_mut(buf), T::DTYPE, op)])
     }
 
     /// Starts an in-place broadcast.
@@ -216,12 +211,7 @@ impl<'scope> Scope<'scope, '_> {
         buf: &'scope mut [T],
         root: usize,
     ) -> Result<Request<'scope>> {
-        self.start(vec![Call::broadcast(
-            None,
-            bytemuck::cast_slice_mut(buf),
-            T::DTYPE,
-            root,
-        )])
+        self.start(vec![Call::broadcast(None, el_mut(buf), T::DTYPE, root)])
     }
 
     /// Starts an all-gather.
@@ -231,8 +221,8 @@ impl<'scope> Scope<'scope, '_> {
         recv: &'scope mut [T],
     ) -> Result<Request<'scope>> {
         self.start(vec![Call::all_gather(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
+            Some(el(send)),
+            el_mut(recv),
             T::DTYPE,
         )])
     }
@@ -245,8 +235,8 @@ impl<'scope> Scope<'scope, '_> {
         op: ReduceOp,
     ) -> Result<Request<'scope>> {
         self.start(vec![Call::reduce_scatter(
-            Some(bytemuck::cast_slice(send)),
-            bytemuck::cast_slice_mut(recv),
+            Some(el(send)),
+            el_mut(recv),
             T::DTYPE,
             op,
         )])

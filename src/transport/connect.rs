@@ -50,16 +50,16 @@ impl Hello {
 
     /// Parses a hello; never panics.
     pub fn decode(b: &[u8; HELLO_LEN]) -> Option<Hello> {
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        if u32_at(0) != HELLO_MAGIC {
+        let u32_at = |i| super::wire::u32_at(b, i);
+        if u32_at(0)? != HELLO_MAGIC {
             return None;
         }
         Some(Hello {
-            comm: u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")),
-            from: u32_at(12),
-            to: u32_at(16),
-            idx: u32_at(20),
-            nsocks: u32_at(24),
+            comm: super::wire::u64_at(b, 4)?,
+            from: u32_at(12)?,
+            to: u32_at(16)?,
+            idx: u32_at(20)?,
+            nsocks: u32_at(24)?,
         })
     }
 }

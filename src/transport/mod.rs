@@ -10,6 +10,7 @@
 //! them is in [`wait`].
 
 pub mod connect;
+pub mod framing;
 pub mod links;
 pub mod mpath;
 mod paths;
@@ -18,6 +19,7 @@ pub mod rdma;
 pub mod shm;
 pub mod tcp;
 pub mod wait;
+pub mod wire;
 
 use crate::error::{Error, Result};
 
@@ -95,15 +97,19 @@ impl Tag {
 
     /// Decodes [`Tag::encode`]'s output.
     pub fn decode(b: &[u8; Tag::LEN]) -> Tag {
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        Tag {
-            seq: u64_at(0),
-            count: u64_at(8),
+        Tag::parse(b).unwrap_or_default()
+    }
+
+    /// Decodes the first [`Tag::LEN`] bytes of `b`; `None` if it is shorter.
+    pub fn parse(b: &[u8]) -> Option<Tag> {
+        Some(Tag {
+            seq: wire::u64_at(b, 0)?,
+            count: wire::u64_at(b, 8)?,
             coll: b[16],
             dtype: b[17],
             op: b[18],
-            root: u32::from_le_bytes(b[20..24].try_into().expect("4 bytes")),
-        }
+            root: wire::u32_at(b, 20)?,
+        })
     }
 }
 

@@ -30,78 +30,35 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use super::framing::{RxEvent, RxFramer, TxFramer};
+use super::wire::{self, ABORT, ACK, DATA, DEAD, MAX_ABORT};
 use super::{Link, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 
-const MAGIC: u16 = 0x4d4f; // "OM"
-const DATA: u8 = 1;
-const ABORT: u8 = 2;
-const ACK: u8 = 3;
-const DEAD: u8 = 4;
+/// A parsed frame header.
+pub use super::wire::MpathHeader as Header;
+
 /// Frame header size.
-pub const MHDR: usize = 32 + Tag::LEN;
-const MAX_ABORT: usize = 4096;
+pub const MHDR: usize = Header::LEN;
 const DISCARD: usize = 64 << 10;
 
-/// A parsed frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// DATA, ABORT, ACK or DEAD.
-    pub kind: u8,
-    /// Body length.
-    pub len: usize,
-    /// Message sequence (DATA) or socket index (DEAD).
-    pub seq: u64,
-    /// The sender's gap-free received count.
-    pub recv: u64,
-    /// The sender's released count.
-    pub credit: u64,
-    /// The message's tag (DATA).
-    pub tag: Tag,
-}
-
 fn encode(kind: u8, len: usize, seq: u64, recv: u64, credit: u64, tag: &Tag) -> [u8; MHDR] {
-    let mut h = [0u8; MHDR];
-    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-    h[2] = kind;
-    h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    h[16..24].copy_from_slice(&recv.to_le_bytes());
-    h[24..32].copy_from_slice(&credit.to_le_bytes());
-    h[32..].copy_from_slice(&tag.encode());
-    h
+    Header {
+        kind,
+        len,
+        seq,
+        recv,
+        credit,
+        tag: *tag,
+    }
+    .encode()
 }
 
-/// Parses a frame header from untrusted bytes; never panics. Bodies are bounded by
-/// `max_data` (DATA) or 4 KiB (ABORT); ACK and DEAD carry none.
+/// Parses a frame header from untrusted bytes; never panics ([`Header::new_checked`]).
 pub fn decode_header(h: &[u8; MHDR], max_data: usize) -> std::result::Result<Header, String> {
-    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    let magic = u16::from_le_bytes([h[0], h[1]]);
-    if magic != MAGIC {
-        return Err(format!("bad frame magic {magic:#06x}"));
-    }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-    let bound = match h[2] {
-        DATA => max_data,
-        ABORT => MAX_ABORT,
-        ACK | DEAD => 0,
-        k => return Err(format!("unknown frame kind {k}")),
-    };
-    if len > bound {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {bound}-byte limit"
-        ));
-    }
-    Ok(Header {
-        kind: h[2],
-        len,
-        seq: u64_at(8),
-        recv: u64_at(16),
-        credit: u64_at(24),
-        tag: Tag::decode(h[32..].try_into().expect("tag bytes")),
-    })
+    Ok(Header::new_checked(h, max_data)?)
 }
 
 #[derive(Clone, Copy)]
@@ -113,19 +70,6 @@ struct Pending {
     path: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rx {
-    Header,
-    Body(Header),
-}
-
-struct Tx {
-    hdr: [u8; MHDR],
-    body: *const u8,
-    len: usize,
-    off: usize,
-}
-
 struct Path {
     sock: TcpStream,
     /// "local -> remote", for messages (a failed socket may no longer know its peer).
@@ -135,10 +79,10 @@ struct Path {
     queue: VecDeque<u64>,
     /// Control frames to send at the next frame boundary: (kind, seq).
     ctrl: VecDeque<(u8, u64)>,
-    tx: Option<Tx>,
-    rx_hdr: [u8; MHDR],
-    rx_got: usize,
-    rx: Rx,
+    tx: TxFramer<Header>,
+    /// The body of the frame `tx` writes (the caller's memory; its length is in the header).
+    tx_body: *const u8,
+    rx: RxFramer<Header>,
 }
 
 /// A TCP link to one peer over several paths (see the module documentation).
@@ -209,10 +153,9 @@ impl MultipathLink {
                 alive: true,
                 queue: VecDeque::with_capacity(2 * nslots),
                 ctrl: VecDeque::with_capacity(8),
-                tx: None,
-                rx_hdr: [0; MHDR],
-                rx_got: 0,
-                rx: Rx::Header,
+                tx: TxFramer::default(),
+                tx_body: std::ptr::null(),
+                rx: RxFramer::new(slot_size),
             });
         }
         Ok(MultipathLink {
@@ -296,9 +239,8 @@ impl MultipathLink {
         p.alive = false;
         p.queue.clear();
         p.ctrl.clear();
-        p.tx = None;
-        p.rx = Rx::Header;
-        p.rx_got = 0;
+        p.tx = TxFramer::default();
+        p.rx = RxFramer::new(self.slot_size);
         let _ = p.sock.shutdown(Shutdown::Both);
         let left = self.live_paths();
         if left == 0 {
@@ -348,61 +290,58 @@ impl MultipathLink {
             if !self.paths[i].alive {
                 return Ok(moved);
             }
-            if self.paths[i].tx.is_none() {
+            if self.paths[i].tx.idle() {
+                let header = |kind, len, seq, tag| Header {
+                    kind,
+                    len,
+                    seq,
+                    recv: self.received,
+                    credit: self.released,
+                    tag,
+                };
                 let frame = if let Some((kind, seq)) = self.paths[i].ctrl.pop_front() {
-                    Some(Tx {
-                        hdr: encode(kind, 0, seq, self.received, self.released, &Tag::default()),
-                        body: std::ptr::null(),
-                        len: 0,
-                        off: 0,
-                    })
+                    Some((header(kind, 0, seq, Tag::default()), std::ptr::null()))
                 } else {
                     let mut next = None;
                     while let Some(s) = self.paths[i].queue.pop_front() {
                         let p = self.pending[(s % self.nslots as u64) as usize];
                         // Already received (sent on another path), or reassigned meanwhile.
                         if s >= self.peer_recv && p.path == i {
-                            next = Some(Tx {
-                                hdr: encode(DATA, p.len, s, self.received, self.released, &p.tag),
-                                body: p.data,
-                                len: p.len,
-                                off: 0,
-                            });
+                            next = Some((header(DATA, p.len, s, p.tag), p.data));
                             break;
                         }
                     }
                     next
                 };
-                let Some(f) = frame else {
+                let Some((h, body)) = frame else {
                     return Ok(moved);
                 };
                 self.adv_recv = self.adv_recv.max(self.received);
                 self.adv_credit = self.adv_credit.max(self.released);
-                self.paths[i].tx = Some(f);
+                self.paths[i].tx.start(&h);
+                self.paths[i].tx_body = body;
             }
             let r = {
                 let p = &mut self.paths[i];
-                let t = p.tx.as_mut().expect("set above");
-                let ptr = if t.len == 0 {
+                let len = p.tx.current().map_or(0, |h| h.len);
+                let ptr = if len == 0 {
                     std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const()
                 } else {
-                    t.body
+                    p.tx_body
                 };
                 // SAFETY: post_send's contract keeps the body valid and unmodified until the
                 // peer's `recv` covers it, which is after this frame is written; zero lengths
                 // need only a non-null aligned pointer.
-                let body = unsafe { std::slice::from_raw_parts(ptr, t.len) };
-                let r = if t.off < MHDR {
-                    crate::sys::NoSigPipe::new(&p.sock)
-                        .write_vectored(&[IoSlice::new(&t.hdr[t.off..]), IoSlice::new(body)])
+                let body = unsafe { std::slice::from_raw_parts(ptr, len) };
+                let (hdr, body) = p.tx.rest(body);
+                let r = if hdr.is_empty() {
+                    p.sock.write(body)
                 } else {
-                    p.sock.write(&body[t.off - MHDR..])
+                    crate::sys::NoSigPipe::new(&p.sock)
+                        .write_vectored(&[IoSlice::new(hdr), IoSlice::new(body)])
                 };
                 if let Ok(n) = r {
-                    t.off += n;
-                    if t.off == MHDR + t.len {
-                        p.tx = None;
-                    }
+                    p.tx.advance(n);
                 }
                 r
             };
@@ -437,24 +376,22 @@ impl MultipathLink {
                 return Ok(moved);
             }
             let slot_size = self.slot_size;
-            let rx = self.paths[i].rx;
-            let got = self.paths[i].rx_got;
-            let r = match rx {
-                Rx::Header => {
+            let r = match self.paths[i].rx.body() {
+                None => {
                     let p = &mut self.paths[i];
-                    p.sock.read(&mut p.rx_hdr[got..])
+                    p.sock.read(p.rx.header_buf().unwrap_or_default())
                 }
-                Rx::Body(h) if h.kind == ABORT => {
+                Some((h, got)) if h.kind == ABORT => {
                     self.abort_body.resize(h.len, 0);
                     self.paths[i].sock.read(&mut self.abort_body[got..])
                 }
-                Rx::Body(h) if self.wanted(h.seq) => {
+                Some((h, got)) if self.wanted(h.seq) => {
                     let slot = (h.seq % self.nslots as u64) as usize;
                     let buf = &mut self.slots.as_mut_slice()
                         [slot * slot_size + got..slot * slot_size + h.len];
                     self.paths[i].sock.read(buf)
                 }
-                Rx::Body(h) => {
+                Some((h, got)) => {
                     // A duplicate (it came on another path too): read past it.
                     let n = (h.len - got).min(DISCARD);
                     self.paths[i].sock.read(&mut self.discard[..n])
@@ -467,16 +404,11 @@ impl MultipathLink {
                 }
                 Ok(n) => {
                     moved = true;
-                    self.paths[i].rx_got += n;
-                    let got = self.paths[i].rx_got;
-                    match rx {
-                        Rx::Header if got == MHDR => {
-                            let h = decode_header(&self.paths[i].rx_hdr, slot_size)
-                                .map_err(|e| self.protocol(e))?;
-                            self.on_header(i, h)?;
-                        }
-                        Rx::Body(h) if got == h.len => self.on_body(i, h)?,
-                        _ => {}
+                    let event = self.paths[i].rx.advance(n);
+                    match event.map_err(|e| self.protocol(e.0))? {
+                        Some(RxEvent::Header(h)) => self.on_header(h)?,
+                        Some(RxEvent::Body(h)) => self.on_body(h)?,
+                        None => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
@@ -489,7 +421,7 @@ impl MultipathLink {
         }
     }
 
-    fn on_header(&mut self, i: usize, h: Header) -> Result<()> {
+    fn on_header(&mut self, h: Header) -> Result<()> {
         if h.recv > self.posted || h.credit > h.recv {
             return Err(self.protocol(format!(
                 "it claims {} messages received and {} released of the {} we sent",
@@ -504,37 +436,21 @@ impl MultipathLink {
         }
         self.peer_recv = self.peer_recv.max(h.recv);
         self.peer_credit = self.peer_credit.max(h.credit);
-        let p = &mut self.paths[i];
-        p.rx_got = 0;
+        // The framer is in the body now, or back at a header if there is none.
         match h.kind {
-            DATA => {
-                p.rx = Rx::Body(h);
-                if h.len == 0 {
-                    self.on_body(i, h)?;
-                }
-            }
-            ABORT => {
-                p.rx = Rx::Body(h);
-                if h.len == 0 {
-                    self.on_body(i, h)?;
-                }
-            }
+            DATA | ABORT if h.len == 0 => self.on_body(h)?,
             DEAD => {
-                p.rx = Rx::Header;
                 let dead = usize::try_from(h.seq).unwrap_or(usize::MAX);
                 if dead < self.paths.len() {
                     self.path_died(dead, "the peer found it dead")?;
                 }
             }
-            _ => p.rx = Rx::Header,
+            _ => {}
         }
         Ok(())
     }
 
-    fn on_body(&mut self, i: usize, h: Header) -> Result<()> {
-        let p = &mut self.paths[i];
-        p.rx = Rx::Header;
-        p.rx_got = 0;
+    fn on_body(&mut self, h: Header) -> Result<()> {
         if h.kind == ABORT {
             return Err(super::tcp::decode_abort(&self.abort_body, self.peer));
         }
@@ -652,7 +568,7 @@ impl Link for MultipathLink {
         let credit_ok = self.posted < self.peer_credit + self.nslots as u64;
         for p in self.paths.iter().filter(|p| p.alive) {
             let mut events = libc::POLLIN;
-            if p.tx.is_some() || !p.ctrl.is_empty() || (credit_ok && !p.queue.is_empty()) {
+            if !p.tx.idle() || !p.ctrl.is_empty() || (credit_ok && !p.queue.is_empty()) {
                 events |= libc::POLLOUT;
             }
             out.push(libc::pollfd {
@@ -673,11 +589,9 @@ impl Link for MultipathLink {
     }
 
     fn send_abort(&mut self, err: &Error) {
-        let mut body = Vec::with_capacity(64);
-        body.push(err.code());
-        body.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
-        let msg = err.message().as_bytes();
-        body.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
+        let mut buf = [0u8; MAX_ABORT];
+        let n = wire::encode_abort(err, &mut buf);
+        let body = &buf[..n];
         let hdr = encode(
             ABORT,
             body.len(),
@@ -687,9 +601,9 @@ impl Link for MultipathLink {
             &Tag::default(),
         );
         for p in self.paths.iter_mut().filter(|p| p.alive) {
-            if p.tx.as_ref().is_none_or(|t| t.off == 0) {
+            if p.tx.at_boundary() {
                 let _ = crate::sys::NoSigPipe::new(&p.sock)
-                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(body)]);
             }
             let _ = p.sock.shutdown(Shutdown::Write);
         }

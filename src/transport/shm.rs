@@ -720,13 +720,9 @@ impl Link for ShmLink {
         if !self.abort_sent {
             self.abort_sent = true;
             let a = self.seg.abort(self.side);
-            let mut body = Vec::with_capacity(64);
-            body.push(err.code());
-            body.extend_from_slice(
-                &(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes(),
-            );
-            let msg = err.message().as_bytes();
-            body.extend_from_slice(&msg[..msg.len().min(ABORT_MAX - 5)]);
+            let mut buf = [0u8; ABORT_MAX];
+            let n = super::wire::encode_abort(err, &mut buf);
+            let body = &buf[..n];
             // SAFETY: body.len() <= ABORT_MAX; only this side writes its abort area, and the
             // peer reads it only after the release store of `state` below.
             unsafe {

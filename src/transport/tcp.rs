@@ -8,101 +8,65 @@
 //! allocated on the data path.
 //!
 //! Frame: `magic u16 | kind u8 | 0 u8 | len u32 | Tag (24 B)`, then `len` bytes.
-//! Kinds: data (len <= slot size) and abort (len <= 4 KiB: code, peer, message).
+//! Kinds: data (len <= slot size) and abort (len <= 4 KiB: code, peer, message). The layouts and
+//! their checked parsers live in [`wire`](super::wire).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 
+use super::framing::{RxEvent, RxFramer, TxFramer};
+use super::wire::{self, AbortBody, TcpHeader};
 use super::{Link, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
 
-const MAGIC: u16 = 0x584f; // "OX"
-const KIND_DATA: u8 = 1;
-const KIND_ABORT: u8 = 2;
+const KIND_DATA: u8 = wire::DATA;
+const KIND_ABORT: u8 = wire::ABORT;
 /// Frame header size.
-pub const HDR: usize = 8 + Tag::LEN;
-const MAX_ABORT: usize = 4096;
+pub const HDR: usize = TcpHeader::LEN;
+const MAX_ABORT: usize = wire::MAX_ABORT;
 
-fn encode_hdr(kind: u8, len: u32, tag: &Tag) -> [u8; HDR] {
-    let mut h = [0u8; HDR];
-    h[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-    h[2] = kind;
-    h[4..8].copy_from_slice(&len.to_le_bytes());
-    h[8..].copy_from_slice(&tag.encode());
-    h
+fn encode_hdr(kind: u8, len: usize, tag: &Tag) -> [u8; HDR] {
+    TcpHeader {
+        kind,
+        len,
+        tag: *tag,
+    }
+    .encode()
 }
 
-/// Parses a frame header; never panics. Returns (kind, len, tag).
+/// Parses a frame header; never panics. Returns (kind, len, tag) ([`TcpHeader::new_checked`]).
 pub fn decode_hdr(h: &[u8; HDR], max_data: usize) -> std::result::Result<(u8, usize, Tag), String> {
-    let magic = u16::from_le_bytes([h[0], h[1]]);
-    if magic != MAGIC {
-        return Err(format!("bad frame magic {magic:#06x}"));
-    }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-    let kind = h[2];
-    let bound = match kind {
-        KIND_DATA => max_data,
-        KIND_ABORT => MAX_ABORT,
-        k => return Err(format!("unknown frame kind {k}")),
-    };
-    if len > bound {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {bound}-byte limit"
-        ));
-    }
-    let tag = Tag::decode(h[8..].try_into().expect("tag bytes"));
-    Ok((kind, len, tag))
-}
-
-/// Encodes an error as an abort frame body.
-fn encode_abort(err: &Error) -> Vec<u8> {
-    let mut b = Vec::with_capacity(64);
-    b.push(err.code());
-    b.extend_from_slice(&(err.peer().map(|p| p as u32).unwrap_or(u32::MAX)).to_le_bytes());
-    let msg = err.message().as_bytes();
-    b.extend_from_slice(&msg[..msg.len().min(MAX_ABORT - 5)]);
-    b
+    let h = TcpHeader::new_checked(h, max_data)?;
+    Ok((h.kind, h.len, h.tag))
 }
 
 /// Decodes an abort frame body (from `peer`) back into an error.
 pub fn decode_abort(body: &[u8], peer: usize) -> Error {
-    if body.len() < 5 {
-        return Error::peer_lost(peer, format!("rank {peer} aborted (truncated abort frame)"));
+    match AbortBody::new_checked(body) {
+        Ok(a) => Error::from_parts(
+            a.code,
+            a.peer,
+            format!("{} [reported by rank {peer}]", a.message_lossy()),
+        )
+        .reported_by_rank(peer),
+        Err(_) => Error::peer_lost(peer, format!("rank {peer} aborted (truncated abort frame)")),
     }
-    let p = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-    let named = (p != u32::MAX).then_some(p as usize);
-    let msg = String::from_utf8_lossy(&body[5..]);
-    Error::from_parts(body[0], named, format!("{msg} [reported by rank {peer}]"))
-        .reported_by_rank(peer)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxPhase {
-    Header,
-    /// `dst` is null for a slot, or the posted receive the body goes straight into.
-    Body {
-        kind: u8,
-        len: usize,
-        tag: Tag,
-        dst: *mut u8,
-    },
 }
 
 struct Stream {
     sock: TcpStream,
     /// Next message sequence this socket receives.
     rx_seq: u64,
-    rx_hdr: [u8; HDR],
-    rx_got: usize,
-    rx_phase: RxPhase,
+    rx: RxFramer<TcpHeader>,
+    /// Where the body being received goes: null for a slot (or the abort buffer), else the
+    /// posted receive.
+    rx_dst: *mut u8,
     /// Next message sequence this socket sends.
     tx_seq: u64,
-    /// Bytes of the current frame (header + body) already written.
-    tx_off: usize,
-    tx_hdr: [u8; HDR],
+    tx: TxFramer<TcpHeader>,
     eof: bool,
 }
 
@@ -165,12 +129,10 @@ impl TcpLink {
             streams.push(Stream {
                 sock: s,
                 rx_seq: i as u64,
-                rx_hdr: [0; HDR],
-                rx_got: 0,
-                rx_phase: RxPhase::Header,
+                rx: RxFramer::new(slot_size),
+                rx_dst: std::ptr::null_mut(),
                 tx_seq: i as u64,
-                tx_off: 0,
-                tx_hdr: [0; HDR],
+                tx: TxFramer::default(),
                 eof: false,
             });
         }
@@ -252,10 +214,13 @@ impl TcpLink {
                 return Ok(moved);
             }
             let p = self.pending[(st.tx_seq % self.nslots as u64) as usize];
-            if st.tx_off == 0 {
-                st.tx_hdr = encode_hdr(KIND_DATA, p.len as u32, &p.tag);
+            if st.tx.idle() {
+                st.tx.start(&TcpHeader {
+                    kind: KIND_DATA,
+                    len: p.len,
+                    tag: p.tag,
+                });
             }
-            let total = HDR + p.len;
             // SAFETY: post_send's contract keeps p.data..p.data+p.len valid and unmodified until
             // this send is reported complete, which happens only after this loop finishes it.
             let ptr = if p.len == 0 {
@@ -265,19 +230,18 @@ impl TcpLink {
             };
             // SAFETY: see above; a zero-length slice only needs a non-null aligned pointer.
             let body = unsafe { std::slice::from_raw_parts(ptr, p.len) };
-            let r = if st.tx_off < HDR {
-                crate::sys::NoSigPipe::new(&st.sock)
-                    .write_vectored(&[IoSlice::new(&st.tx_hdr[st.tx_off..]), IoSlice::new(body)])
+            let (hdr, body) = st.tx.rest(body);
+            let r = if hdr.is_empty() {
+                st.sock.write(body)
             } else {
-                st.sock.write(&body[st.tx_off - HDR..])
+                crate::sys::NoSigPipe::new(&st.sock)
+                    .write_vectored(&[IoSlice::new(hdr), IoSlice::new(body)])
             };
             match r {
                 Ok(0) => return Err(self.lost("closed while sending", None)),
                 Ok(n) => {
                     moved = true;
-                    st.tx_off += n;
-                    if st.tx_off == total {
-                        st.tx_off = 0;
+                    if st.tx.advance(n) {
                         let seq = st.tx_seq;
                         st.tx_seq += nsocks;
                         self.pending[(seq % self.nslots as u64) as usize].done = true;
@@ -305,34 +269,30 @@ impl TcpLink {
             if st.eof {
                 return Ok(moved);
             }
-            let r = match st.rx_phase {
-                RxPhase::Header => st.sock.read(&mut st.rx_hdr[st.rx_got..]),
-                RxPhase::Body {
-                    kind: KIND_ABORT,
-                    len,
-                    ..
-                } => {
-                    self.abort_body.resize(len, 0);
-                    st.sock.read(&mut self.abort_body[st.rx_got..])
+            let r = match st.rx.body() {
+                None => st.sock.read(st.rx.header_buf().unwrap_or_default()),
+                Some((h, got)) if h.kind == KIND_ABORT => {
+                    self.abort_body.resize(h.len, 0);
+                    st.sock.read(&mut self.abort_body[got..])
                 }
-                RxPhase::Body {
-                    kind: KIND_DATA, ..
-                } if st.rx_seq >= self.released + self.nslots as u64 => {
+                Some((h, _))
+                    if h.kind == KIND_DATA && st.rx_seq >= self.released + self.nslots as u64 =>
+                {
                     // The credit: a message may only arrive once its slot has been released.
                     return Ok(moved);
                 }
-                RxPhase::Body { len, dst, .. } if !dst.is_null() => {
+                Some((h, got)) if !st.rx_dst.is_null() => {
                     // SAFETY: post_recv's contract keeps dst..dst+len valid and untouched by
                     // others until this message is released or the receive is cancelled (which
                     // fails the link if a body is partly placed, so we never get here after it).
-                    let buf = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-                    st.sock.read(&mut buf[st.rx_got..])
+                    let buf = unsafe { std::slice::from_raw_parts_mut(st.rx_dst, h.len) };
+                    st.sock.read(&mut buf[got..])
                 }
-                RxPhase::Body { len, .. } => {
+                Some((h, got)) => {
                     let slot = (st.rx_seq % self.nslots as u64) as usize;
                     let buf =
-                        &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + len];
-                    st.sock.read(&mut buf[st.rx_got..])
+                        &mut self.slots.as_mut_slice()[slot * slot_size..slot * slot_size + h.len];
+                    st.sock.read(&mut buf[got..])
                 }
             };
             match r {
@@ -340,50 +300,37 @@ impl TcpLink {
                     st.eof = true;
                     // EOF between frames with nothing owed is only an error if we need more; the
                     // caller finds out when it waits for a message that cannot come.
-                    if st.rx_got != 0 || st.rx_phase != RxPhase::Header {
+                    if !st.rx.at_boundary() {
                         return Err(self.lost("closed in the middle of a message", None));
                     }
                     return Ok(true);
                 }
                 Ok(n) => {
                     moved = true;
-                    st.rx_got += n;
-                    match st.rx_phase {
-                        RxPhase::Header if st.rx_got == HDR => {
-                            let (kind, len, tag) = match decode_hdr(&st.rx_hdr, slot_size) {
-                                Ok(x) => x,
-                                Err(e) => {
-                                    let peer = self.peer;
-                                    return Err(Error::peer_lost(
-                                        peer,
-                                        format!("protocol error on the link from rank {peer}: {e}"),
-                                    ));
-                                }
-                            };
-                            st.rx_got = 0;
+                    match st.rx.advance(n) {
+                        Err(e) => {
+                            let peer = self.peer;
+                            return Err(Error::peer_lost(
+                                peer,
+                                format!("protocol error on the link from rank {peer}: {e}"),
+                            ));
+                        }
+                        Ok(Some(RxEvent::Header(h))) => {
                             let slot = (st.rx_seq % self.nslots as u64) as usize;
-                            let dst = match self.posted_rx[slot] {
+                            st.rx_dst = match self.posted_rx[slot] {
                                 Some((idx, dst, plen))
-                                    if kind == KIND_DATA && idx == st.rx_seq && plen == len =>
+                                    if h.kind == KIND_DATA && idx == st.rx_seq && plen == h.len =>
                                 {
                                     dst
                                 }
                                 _ => std::ptr::null_mut(),
                             };
-                            st.rx_phase = RxPhase::Body {
-                                kind,
-                                len,
-                                tag,
-                                dst,
-                            };
-                            if len == 0 {
-                                self.finish_rx(i, nsocks)?;
+                            if h.len == 0 {
+                                self.finish_rx(i, h, nsocks)?;
                             }
                         }
-                        RxPhase::Body { len, .. } if st.rx_got == len => {
-                            self.finish_rx(i, nsocks)?
-                        }
-                        _ => {}
+                        Ok(Some(RxEvent::Body(h))) => self.finish_rx(i, h, nsocks)?,
+                        Ok(None) => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
@@ -393,27 +340,18 @@ impl TcpLink {
         }
     }
 
-    fn finish_rx(&mut self, i: usize, nsocks: u64) -> Result<()> {
+    /// A frame `h` arrived whole on stream `i`.
+    fn finish_rx(&mut self, i: usize, h: TcpHeader, nsocks: u64) -> Result<()> {
         let st = &mut self.streams[i];
-        let RxPhase::Body {
-            kind,
-            len,
-            tag,
-            dst,
-        } = st.rx_phase
-        else {
-            return Ok(());
-        };
-        st.rx_phase = RxPhase::Header;
-        st.rx_got = 0;
-        if kind == KIND_ABORT {
+        let dst = std::mem::replace(&mut st.rx_dst, std::ptr::null_mut());
+        if h.kind == KIND_ABORT {
             let e = decode_abort(&self.abort_body, self.peer);
             self.peer_abort = Some(e.clone());
             return Err(e);
         }
         let seq = st.rx_seq;
         st.rx_seq += nsocks;
-        self.ready[(seq % self.nslots as u64) as usize] = Some((tag, len, dst));
+        self.ready[(seq % self.nslots as u64) as usize] = Some((h.tag, h.len, dst));
         Ok(())
     }
 
@@ -422,7 +360,7 @@ impl TcpLink {
     /// peer may have written its last message on this one and closed them all.
     fn next_lost(&self) -> bool {
         let st = &self.streams[(self.released % self.streams.len() as u64) as usize];
-        st.eof && st.rx_got == 0 && st.rx_phase == RxPhase::Header
+        st.eof && st.rx.at_boundary()
     }
 }
 
@@ -545,7 +483,7 @@ impl Link for TcpLink {
         let partly = self
             .streams
             .iter()
-            .any(|st| matches!(st.rx_phase, RxPhase::Body { dst, .. } if !dst.is_null()))
+            .any(|st| st.rx.body().is_some() && !st.rx_dst.is_null())
             || self.ready.iter().flatten().any(|(_, _, d)| !d.is_null());
         if partly && self.failed.is_none() {
             self.failed = Some(Error::internal(format!(
@@ -561,13 +499,8 @@ impl Link for TcpLink {
             if st.tx_seq < self.posted {
                 events |= libc::POLLOUT;
             }
-            let rx_blocked = matches!(
-                st.rx_phase,
-                RxPhase::Body {
-                    kind: KIND_DATA,
-                    ..
-                }
-            ) && st.rx_seq >= self.released + self.nslots as u64;
+            let rx_blocked = st.rx.body().is_some_and(|(h, _)| h.kind == KIND_DATA)
+                && st.rx_seq >= self.released + self.nslots as u64;
             if !st.eof && !rx_blocked {
                 events |= libc::POLLIN;
             }
@@ -580,15 +513,17 @@ impl Link for TcpLink {
     }
 
     fn send_abort(&mut self, err: &Error) {
-        let body = encode_abort(err);
-        let hdr = encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default());
+        let mut buf = [0u8; MAX_ABORT];
+        let n = wire::encode_abort(err, &mut buf);
+        let body = &buf[..n];
+        let hdr = encode_hdr(KIND_ABORT, body.len(), &Tag::default());
         for st in &mut self.streams {
-            if st.tx_off == 0 {
+            if st.tx.at_boundary() {
                 // At a frame boundary: the abort frame is well-formed for the peer. A socket in
                 // the middle of a frame (or whose buffer is full) just gets shut down; the peer
                 // sees EOF there and looks for the reason on the others.
                 let _ = crate::sys::NoSigPipe::new(&st.sock)
-                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(&body)]);
+                    .write_vectored(&[IoSlice::new(&hdr), IoSlice::new(body)]);
             }
         }
         // Every reason is written before any socket closes, so a peer that sees the first EOF
@@ -758,11 +693,13 @@ mod tests {
         raw[0].write_all(&hdr).unwrap();
         raw[0].write_all(&[7u8; 100]).unwrap();
         let why = Error::peer_lost(2, "connection to rank 2 was closed");
-        let body = encode_abort(&why);
+        let mut buf = [0u8; 256];
+        let n = wire::encode_abort(&why, &mut buf);
+        let body = &buf[..n];
         raw[1]
-            .write_all(&encode_hdr(KIND_ABORT, body.len() as u32, &Tag::default()))
+            .write_all(&encode_hdr(KIND_ABORT, body.len(), &Tag::default()))
             .unwrap();
-        raw[1].write_all(&body).unwrap();
+        raw[1].write_all(body).unwrap();
         for r in &raw {
             r.shutdown(Shutdown::Write).unwrap();
         }

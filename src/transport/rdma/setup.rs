@@ -24,6 +24,7 @@ use super::link::{Awaiting, Geometry, LinkParams, MemInfo, RdmaLink};
 use super::nic::{NicDevice, QpAddress};
 use crate::error::Error;
 use crate::error::Result;
+use crate::transport::wire;
 
 const MAGIC: u32 = 0x4249_584f; // "OXIB"
 const VERSION: u8 = 1;
@@ -70,8 +71,8 @@ impl Card {
 
     /// Parses a card; never panics.
     pub fn decode(b: &[u8; CARD_LEN]) -> std::result::Result<Card, String> {
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i| wire::u32_at(b, i).unwrap_or(0);
+        let u64_at = |i| wire::u64_at(b, i).unwrap_or(0);
         if u32_at(0) != MAGIC || b[4] != VERSION {
             return Err(format!(
                 "not an oxccl v{VERSION} RDMA card (magic {:#x}, version {})",
@@ -85,7 +86,7 @@ impl Card {
             from: u32_at(72),
             to: u32_at(76),
             qp: QpAddress {
-                lid: u16::from_le_bytes([b[8], b[9]]),
+                lid: wire::u16_at(b, 8).unwrap_or(0),
                 gid,
                 qpn: u32_at(12),
                 psn: u32_at(16),

@@ -33,6 +33,7 @@ use super::{Doorbell, Geometry, Segment, ShmLink};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm as sys;
+use crate::transport::wire;
 
 const MAGIC: &[u8; 4] = b"OXSM";
 const VERSION: u32 = 1;
@@ -276,12 +277,12 @@ fn serve(
         .map_err(|e| Error::io("shm setup: socket timeouts", e))?;
     let mut hello = [0u8; HELLO];
     read_full(s, &mut hello, "hello")?;
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
-    if &hello[0..4] != MAGIC || u32_at(&hello, 4) != VERSION {
+    let field = |i| wire::u32_at(&hello, i).map_or(usize::MAX, |v| v as usize);
+    if &hello[0..4] != MAGIC || wire::u32_at(&hello, 4) != Some(VERSION) {
         return Err(Error::auth("not an oxccl shm hello"));
     }
-    let h_comm = u64::from_le_bytes(hello[8..16].try_into().expect("8"));
-    let (from, to) = (u32_at(&hello, 16) as usize, u32_at(&hello, 20) as usize);
+    let h_comm = wire::u64_at(&hello, 8).unwrap_or(0);
+    let (from, to) = (field(16), field(20));
     if h_comm != comm || to != rank || from >= rank || rank >= nranks {
         return Err(Error::auth(format!(
             "unexpected shm hello (communicator {h_comm:#x}, from rank {from} to rank {to})"

@@ -47,6 +47,7 @@ use super::regcache::RegCache;
 mod sock;
 use crate::error::Error;
 use crate::error::Result;
+use crate::transport::wire;
 use crate::transport::{Link, Tag};
 pub use sock::Awaiting;
 use sock::{SOCK_BUF, SetupState};
@@ -227,17 +228,6 @@ impl Drop for Region {
         // SAFETY: allocated in `new` with this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
-}
-
-/// Encodes an error as an abort body (the TCP abort frame's encoding).
-fn encode_abort(err: &Error, out: &mut [u8]) -> usize {
-    let peer = err.peer().map(|p| p as u32).unwrap_or(u32::MAX);
-    out[0] = err.code();
-    out[1..5].copy_from_slice(&peer.to_le_bytes());
-    let msg = err.message().as_bytes();
-    let n = msg.len().min(out.len() - 5);
-    out[5..5 + n].copy_from_slice(&msg[..n]);
-    5 + n
 }
 
 /// One end of an RDMA link. Field order matters: the NIC (queue pair, registrations) goes
@@ -877,8 +867,8 @@ impl Link for RdmaLink {
         // SAFETY: the slot's write completed before we polled its immediate, and the peer does
         // not write the slot again until we return its credit (after release_recv).
         unsafe { std::ptr::copy_nonoverlapping(self.region.at(off), hdr.as_mut_ptr(), HDR) };
-        let seq = u64::from_le_bytes(hdr[0..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as usize;
+        let seq = wire::u64_at(&hdr, 0).unwrap_or(u64::MAX);
+        let len = wire::u32_at(&hdr, 8).map_or(usize::MAX, |l| l as usize);
         if seq != k || len > self.geo.slot_size {
             let e = self.protocol(format!(
                 "slot header says message {seq} of {len} bytes where message {k} (at most {} bytes) was due",
@@ -955,7 +945,7 @@ impl Link for RdmaLink {
         if !self.abort_sent {
             self.abort_sent = true;
             let mut body = [0u8; ABORT_MAX];
-            let n = encode_abort(err, &mut body);
+            let n = crate::transport::wire::encode_abort(err, &mut body);
             // SAFETY: abort_out is ABORT_MAX bytes inside the region, written once, and read by
             // the NIC only after this post.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), self.region.at(ABORT_OUT), n) };

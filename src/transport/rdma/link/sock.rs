@@ -11,6 +11,7 @@ use super::super::setup::{CARD_LEN, Card, READY};
 use super::{ABORT_MAX, RdmaLink};
 use crate::error::Error;
 use crate::error::Result;
+use crate::transport::wire;
 
 /// Where connection setup stands (see [`super::setup`]): the dialer waits for the acceptor's
 /// card, the acceptor for the dialer's ready byte; both read them from the bootstrap socket
@@ -107,8 +108,7 @@ impl RdmaLink {
                     if self.sock_got < 5 {
                         break;
                     }
-                    let len =
-                        u32::from_le_bytes(self.sock_buf[1..5].try_into().expect("4")) as usize;
+                    let len = wire::u32_at(&self.sock_buf, 1).map_or(usize::MAX, |l| l as usize);
                     if len > ABORT_MAX {
                         return Err(self
                             .protocol(format!("a {len}-byte abort on its bootstrap connection")));
