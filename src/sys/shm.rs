@@ -335,6 +335,30 @@ pub unsafe fn write_process(pid: i32, src: *const u8, dst: u64, len: usize) -> i
     Ok(n as usize)
 }
 
+/// Copies `len` bytes from address `src` in process `pid` to `dst` here (process_vm_readv);
+/// returns how many bytes were read.
+///
+/// # Safety
+/// `dst..dst + len` must be writable memory of this process that nothing else accesses during
+/// the call.
+pub unsafe fn read_process(pid: i32, src: u64, dst: *mut u8, len: usize) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: dst.cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as usize as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: the local iovec describes writable memory (the caller's contract); the remote one
+    // is only interpreted by the kernel in the target's address space.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// A descriptor that becomes readable when process `pid` exits (pidfd_open(2), Linux 5.3+).
 /// Unlike the pid, it cannot come to name another process later.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
