@@ -513,7 +513,6 @@ impl ShmLink {
         if self.pulls.is_empty() {
             return;
         }
-        let fd = self.sock.as_ref().map(|s| s.as_raw_fd());
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while let Some(k) = self.pulls.pop_front() {
             let (hdr, _) = self.slot(self.tx_slots, k, 0);
@@ -525,8 +524,9 @@ impl ShmLink {
                 continue;
             }
             // PULLING: the peer is reading our buffer; it must be done before we return it.
+            // (Its socket may outlive it in a forked child: the pid tells, check_alive.)
             while self.tail(self.tx_tail).load(Ordering::Acquire) <= k
-                && fd.is_none_or(|fd| !sys::peer_closed(fd))
+                && !self.check_alive(true)
                 && std::time::Instant::now() < end
             {
                 std::thread::yield_now();
@@ -850,6 +850,16 @@ impl Link for ShmLink {
         {
             Ok(_) | Err(PULLING) => {}
             Err(_) => {
+                // Taken back: the sender's call failed, and its abort (which says why, naming
+                // the rank really at fault) follows within microseconds; report that.
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while std::time::Instant::now() < end {
+                    self.check_alive(true);
+                    if let Some(e) = self.dead_end("a message was being read") {
+                        return Err(e);
+                    }
+                    std::thread::yield_now();
+                }
                 let e = Error::PeerLost {
                     peer: self.peer,
                     msg: format!(

@@ -421,18 +421,33 @@ mod pull {
     }
 
     #[test]
-    fn a_sender_that_gives_up_takes_its_message_back_and_the_reader_says_so() {
-        let (mut a, mut b) = pair(2, 1 << 20);
-        let m = message(PULL_MIN, 1);
-        // SAFETY: `m` outlives the calls.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
-        // The sender's call fails elsewhere and returns: its buffer is no longer offered.
-        a.cancel_recvs();
-        assert!(a.pulls.is_empty());
-        assert!(b.peek_recv().unwrap().is_some());
-        match b.pull_recv(&mut |_, _| panic!("nothing may be read")) {
-            Err(Error::PeerLost { peer: 0, msg }) => assert!(msg.contains("took back"), "{msg}"),
-            other => panic!("{other:?}"),
+    fn a_sender_that_gives_up_takes_its_message_back_and_the_reader_says_why() {
+        for with_abort in [true, false] {
+            let (mut a, mut b) = pair(2, 1 << 20);
+            let m = message(PULL_MIN, 1);
+            // SAFETY: `m` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+            // The sender's call fails elsewhere and returns: its buffer is no longer offered.
+            a.cancel_recvs();
+            assert!(a.pulls.is_empty());
+            assert!(b.peek_recv().unwrap().is_some());
+            if with_abort {
+                // What the sender's executor does next: the cause, naming the rank at fault.
+                a.send_abort(&Error::PeerLost {
+                    peer: 5,
+                    msg: "rank 5 died".into(),
+                });
+            }
+            let r = b.pull_recv(&mut |_, _| panic!("nothing may be read"));
+            match (with_abort, r) {
+                (true, Err(Error::PeerLost { peer: 5, msg })) => {
+                    assert!(msg.contains("rank 5 died"), "{msg}")
+                }
+                (false, Err(Error::PeerLost { peer: 0, msg })) => {
+                    assert!(msg.contains("took back"), "{msg}")
+                }
+                (_, other) => panic!("{with_abort}: {other:?}"),
+            }
         }
     }
 
