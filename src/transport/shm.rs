@@ -766,7 +766,9 @@ impl Link for ShmLink {
         self.pull = None;
         let (hdr, _) = self.slot_at(self.rx_slots, self.rx_i, 0);
         if hdr.seq.load(Ordering::Acquire) != k + 1 {
-            self.offer_pull();
+            if !self.probed {
+                self.offer_pull();
+            }
             if let Some(e) = self.dead_end("a message was still expected") {
                 return Err(e);
             }
