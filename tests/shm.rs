@@ -110,6 +110,35 @@ fn threads_many_small_calls_interleaved_with_large() {
     }
 }
 
+/// Two thread ranks, 16 MiB all-reduces: the receiver reducing straight out of the sender's
+/// buffer (pull, the default between threads) against copies through slots, interleaved. A
+/// benchmark: `cargo test --release --test shm threads_pull_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark"]
+fn threads_pull_bench() {
+    for round in 0..3 {
+        for pull in ["0", "1"] {
+            // SAFETY: run alone (ignored, by name); the links read it when they are made.
+            unsafe { std::env::set_var("OXCCL_SHM_PULL", pull) };
+            let out = run_ranks(2, shm_cfg(30_000), LIMIT, |comm| {
+                let mut buf = vec![1.0f32; 4 << 20];
+                comm.all_reduce(&mut buf, ReduceOp::Sum)
+                    .map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                for _ in 0..20 {
+                    comm.all_reduce(&mut buf, ReduceOp::Sum)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(t.elapsed() / 20)
+            });
+            let t = out.into_iter().map(|r| r.unwrap()).max().unwrap();
+            // busbw for 2 ranks = algbw = bytes / time.
+            let gbs = (16u64 << 20) as f64 / t.as_secs_f64() / 1e9;
+            println!("round {round} OXCCL_SHM_PULL={pull}: {t:?} per call, busbw {gbs:.2} GB/s");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes as ranks.
 
@@ -509,7 +538,7 @@ fn procs_killed_rank_while_large_messages_are_pulled() {
             victim,
             algo,
             false,
-            &[("OXCCL_SHM_TEST_ELEMS", "4194305")],
+            &[("OXCCL_SHM_TEST_ELEMS", "4194305"), ("OXCCL_SHM_PULL", "1")],
         );
     }
 }

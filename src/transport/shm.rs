@@ -120,9 +120,13 @@ const PULLING: u32 = 3;
 const REVOKED: u32 = 4;
 
 /// Messages from this size on stay in the sender's buffer for the receiver to pull, once the
-/// receiver has said it can (`OXCCL_SHM_PULL_MIN` overrides; `OXCCL_SHM_PULL=0` turns it off).
-/// One pass over memory instead of two: the receiver reduces each piece it reads while it is
-/// in cache, where a copy into the slot and a reduction out of it would each cross memory.
+/// receiver has said it can (`OXCCL_SHM_PULL_MIN` overrides). Between threads of one process
+/// the receiver then reduces straight out of the sender's buffer: no copy at all. Between
+/// processes it reads cache-sized pieces with process_vm_readv and reduces each while it is in
+/// cache; measured on a 2-vCPU VM that was no faster than the sender's copy into a slot (the
+/// 2 MiB slot ring stays in cache, and the kernel pins every 4 KiB page it copies, which costs
+/// about what the copy saves), and slower with 4 ranks on 2 CPUs, so between processes it is
+/// opt-in: `OXCCL_SHM_PULL=1` (and `0` turns it off between threads too).
 const PULL_MIN: usize = 32 << 10;
 /// Bytes read per process_vm_readv when pulling: a piece stays in L2 until it is reduced
 /// (`OXCCL_SHM_PULL_PIECE` overrides).
@@ -383,7 +387,10 @@ impl ShmLink {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
         };
-        let pull_on = env("OXCCL_SHM_PULL") != Some(0);
+        let reader = match (env("OXCCL_SHM_PULL"), writer) {
+            (Some(0), _) | (None, Writer::Process(_)) => Writer::Off,
+            (_, w) => w,
+        };
         let pull_min = env("OXCCL_SHM_PULL_MIN")
             .unwrap_or(PULL_MIN)
             .max(place::PLACE_MIN);
@@ -414,7 +421,7 @@ impl ShmLink {
             rx_posts,
             rx_slots,
             writer,
-            reader: if pull_on { writer } else { Writer::Off },
+            reader,
             probed: false,
             pull_min,
             peer_pulls: false,
