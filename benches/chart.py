@@ -4,7 +4,9 @@
 Usage: chart.py DATA OUT.png TITLE
 DATA: one row per point, whitespace-separated: library ranks bytes time_us busbw_GBps
 (the medians the script's table prints). Two panels, log-log against message size: busbw and
-time; one line per library and rank count (colour: library, line style: rank count).
+time; one line per library and rank count (colour: library, line style: rank count). busbw is
+drawn from bytes and time (all-reduce: bytes / time x 2(n-1)/n), not from the tables' column,
+whose two decimals flatten small messages to 0.
 """
 import os
 import platform
@@ -64,7 +66,8 @@ def main():
         x = [p[0] for p in pts]
         label = f"{lib}, {ranks} ranks"
         kw = dict(color=colours[lib], linestyle=styles[ranks], marker="o", markersize=3, label=label)
-        bw = [(s, b) for s, _, b in pts if b > 0]
+        factor = 2 * (ranks - 1) / ranks
+        bw = [(s, s / t * factor / 1e3) for s, t, _ in pts if t > 0]
         if bw:
             ax_bw.plot([s for s, _ in bw], [b for _, b in bw], **kw)
         ax_t.plot(x, [p[1] for p in pts], **kw)
