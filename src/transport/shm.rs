@@ -18,6 +18,14 @@
 //! the executor reduces straight out of the slot — and returns the credit with a release store
 //! of `tail`. A send therefore completes as soon as it is posted.
 //!
+//! Single-copy paths for large messages: a receive whose destination is known is placed there
+//! by the sender (`place.rs`); a message the receiver will reduce may instead stay in the
+//! sender's buffer (kind REMOTE, its address in the slot header) once the receiver has said it
+//! can read it (`pulls` in the header, after a probe read): the receiver reads it in
+//! cache-sized pieces ([`Link::pull_recv`]) and the send completes when it releases the
+//! message. A sender whose call ends early takes such a message back (REMOTE -> REVOKED), or
+//! waits while the receiver is reading it (PULLING).
+//!
 //! Waiting: each rank owns a [`Doorbell`] (a futex word in a page of its own memfd, mapped by
 //! every shm peer). A rank about to sleep announces itself in the doorbell's `waiting` word,
 //! looks at its links once more, then sleeps on the futex; a peer that publishes a message or
