@@ -12,6 +12,8 @@
 #               calls to rise above the clock and the scheduler; the peers time ~0.2 s per size)
 #        PEERS  peer directory
 #        RANKS  rank counts to compare (default "2 4")   OXCCL_ARGS  extra oxccl-perf flags
+#        CHART  PNG written with busbw and time against size (default benches/charts/shm.png;
+#               CHART= skips it); matplotlib is installed on first use (benches/chart.py)
 #
 # Placement: with more ranks than CPUs oxccl-perf binds rank i to CPU i mod #CPUs (its --bind
 # auto), while the peers script runs Open MPI with --bind-to none; OXCCL_ARGS="--bind none"
@@ -26,6 +28,7 @@ PEERS=${PEERS:-$ROOT/../shared/peers}
 MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-50} RANKS=${RANKS:-"2 4"}
 ITERS_SMALL=${ITERS_SMALL:-20000} SMALL=32768
 PEERS_HOME=${PEERS_HOME:-$HOME/.cache/oxccl-peers}
+CHART=${CHART-$ROOT/benches/charts/shm.png}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -60,6 +63,7 @@ done
 python3 - "$TMP" "$RANKS" "$REPS" <<'PY'
 import sys, os, statistics
 d, ranks, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+chart = open(os.path.join(d, "chart.dat"), "w")
 def oxccl(path):
     out = {}
     for line in open(path):
@@ -98,7 +102,17 @@ for n in ranks:
         rc = (f"{statistics.median(ratios):6.2f}x {ratios[0]:5.2f}x {ratios[-1]:5.2f}x"
               if ratios else f"{'-':>7} {'-':>6} {'-':>6}")
         print(f"{size:>10} | {cell(a)} | {cell(m)} | {rc}")
+        for lib, r in (("oxccl", a), ("Open_MPI", m)):
+            if r:
+                print(lib, n, size, r[0], r[1], file=chart)
 print()
 print("ratio = Open MPI time / oxccl time in the same round (= oxccl busbw / Open MPI busbw; > 1: oxccl")
 print("faster): the median over the rounds, and the smallest and largest")
 PY
+
+if [ -n "$CHART" ]; then
+  mkdir -p "$(dirname "$CHART")"
+  python3 "$ROOT/benches/chart.py" "$TMP/chart.dat" "$CHART" \
+    "all-reduce float32 sum over shared memory: medians of $REPS interleaved rounds" ||
+    echo "chart not written (matplotlib unavailable?)" >&2
+fi

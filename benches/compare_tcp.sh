@@ -6,6 +6,8 @@
 # Env:   MAXB   largest message in bytes (default 64 MiB)   REPS  peer repetitions (default 5)
 #        ITERS  oxccl-perf timed iterations per size (default 20)   PEERS  peer directory
 #        OXCCL_ARGS  extra oxccl-perf flags (e.g. "-a ring")
+#        CHART  PNG written with busbw and time against size (default benches/charts/tcp.png;
+#               CHART= skips it); matplotlib is installed on first use (benches/chart.py)
 #
 # Sizes are 8 B x 4^k, the peers' sweep. oxccl's time is nccl-tests' (slowest rank's mean over
 # ITERS calls, out-of-place), run REPS times and the median taken; the peers report the median of
@@ -15,6 +17,7 @@ ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PEERS=${PEERS:-$ROOT/../shared/peers}
 MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-20}
 PEERS_HOME=${PEERS_HOME:-$HOME/.cache/oxccl-peers}
+CHART=${CHART-$ROOT/benches/charts/tcp.png}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -81,7 +84,18 @@ def ratio(a, b):
 print()
 print("all-reduce float32 sum, 2 ranks, TCP loopback: time and busbw (GB/s); ratio = peer time / oxccl time")
 print(f"{'bytes':>10} | {'oxccl (oop)':>19} | {'gloo':>19} | {'ompi_tcp':>19} | {'vs gloo':>8} {'vs ompi':>8}")
+chart = open(os.path.join(d, "chart.dat"), "w")
 for size in sorted(set(ox) | set(gl) | set(om)):
     a, g, m = ox.get(size), gl.get(size), om.get(size)
     print(f"{size:>10} | {cell(a)} | {cell(g)} | {cell(m)} | {ratio(a, g)} {ratio(a, m)}")
+    for lib, r in (("oxccl", a), ("Gloo", g), ("Open_MPI", m)):
+        if r:
+            print(lib, 2, size, r[0], r[1], file=chart)
 EOF
+
+if [ -n "$CHART" ]; then
+  mkdir -p "$(dirname "$CHART")"
+  python3 "$ROOT/benches/chart.py" "$TMP/chart.dat" "$CHART" \
+    "all-reduce float32 sum over TCP loopback, 2 ranks: medians of $REPS runs" ||
+    echo "chart not written (matplotlib unavailable?)" >&2
+fi

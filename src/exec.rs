@@ -642,20 +642,55 @@ impl<'a> Bufs<'a> {
                 self.slice(j, a),
                 data,
             ),
-            op => {
-                return Err(Error::mismatch(
-                    peer,
-                    format!(
-                        "rank {peer} sent {} bytes where this rank expects {} ({op:?}); the ranks \
-                         passed different counts",
-                        data.len(),
-                        op.writes().map(|r| r.len * es).unwrap_or(0),
-                    ),
-                ));
-            }
+            op => return Err(wrong_length(op, peer, data.len(), es)),
         }
         Ok(())
     }
+
+    /// [`Bufs::deliver`] for a message the link left in the sender's memory
+    /// ([`Link::pull_len`]): each piece the link reads is copied or reduced while in cache.
+    fn deliver_pulled(&self, j: usize, op: Op, peer: usize, link: &mut dyn Link) -> Result<()> {
+        let len = link.pull_len();
+        if len == 0 {
+            return self.deliver(j, op, peer, &[]);
+        }
+        let p = &self.calls[j].params;
+        let es = self.es(j);
+        match op {
+            Op::Recv { dst, .. } if len == dst.len * es => {
+                let d = self.slice_mut(j, dst);
+                link.pull_recv(&mut |o, b| d[o..o + b.len()].copy_from_slice(b))
+            }
+            Op::RecvReduce { dst, acc: None, .. } if len == dst.len * es => {
+                let d = self.slice_mut(j, dst);
+                link.pull_recv(&mut |o, b| {
+                    reduce::reduce_bytes(p.dtype, p.op, &mut d[o..o + b.len()], b)
+                })
+            }
+            Op::RecvReduce {
+                dst, acc: Some(a), ..
+            } if len == dst.len * es => {
+                let (d, a) = (self.slice_mut(j, dst), self.slice(j, a));
+                link.pull_recv(&mut |o, b| {
+                    let r = o..o + b.len();
+                    reduce::reduce3_bytes(p.dtype, p.op, &mut d[r.clone()], &a[r], b)
+                })
+            }
+            op => Err(wrong_length(op, peer, len, es)),
+        }
+    }
+}
+
+/// The error for a message of `len` bytes from `peer` that does not fit receive step `op`.
+fn wrong_length(op: Op, peer: usize, len: usize, es: usize) -> Error {
+    Error::mismatch(
+        peer,
+        format!(
+            "rank {peer} sent {len} bytes where this rank expects {} ({op:?}); the ranks passed \
+             different counts",
+            op.writes().map(|r| r.len * es).unwrap_or(0),
+        ),
+    )
 }
 
 /// What an executor does when a round moved nothing: spin a while, then yield, then sleep on
@@ -973,7 +1008,11 @@ fn run_inner(
                 if tag != p.tag {
                     return Err(mismatch(q.peer, &tag, p));
                 }
-                bufs.deliver(j, op, q.peer, data)?;
+                if data.is_empty() {
+                    bufs.deliver_pulled(j, op, q.peer, &mut **link)?;
+                } else {
+                    bufs.deliver(j, op, q.peer, data)?;
+                }
                 link.release_recv();
                 c.next_recv += 1;
                 complete(g, remaining, ready_local, &mut done);

@@ -3,12 +3,14 @@
 //! - `threads_*`: all-reduce over shm links between threads-as-ranks (1 to 8 ranks; the links
 //!   still go through the full memfd + SCM_RIGHTS setup), several types and operators, in and
 //!   out of place, counts 0, 1, a prime and a multi-chunk prime.
+//! - `procs_large_*`: calls above 8 MiB, odd counts, pulled from the senders' buffers or not.
 //! - `procs_*`: processes as ranks (the test binary re-executes itself, `common::ProcGroup`):
 //!   forced shm, auto (shm for everyone here), a mix of shm and TCP links forced by the
 //!   test-only knob `OXCCL_SHM_DENY`, and forced TCP; each child checks its own results and its
 //!   log says which transport each link got.
-//! - `procs_killed_rank_*`: a rank SIGKILLed mid-collective makes every other rank fail naming
-//!   it well within the timeout; the survivors' descriptor counts return to their baseline once
+//! - `procs_killed_rank_*`: a rank SIGKILLed mid-collective (also while large messages are being
+//!   pulled from its buffers, or it pulls) makes every other rank fail naming it well within the
+//!   timeout; the survivors' descriptor counts return to their baseline once
 //!   the communicator is dropped, and nothing named oxccl appears in /dev/shm.
 //! - `procs_oversubscribed_*`: 4 and 8 process ranks on this machine's cores complete 1,000
 //!   all-reduces of 1 KiB each well inside the limit.
@@ -108,6 +110,35 @@ fn threads_many_small_calls_interleaved_with_large() {
     }
 }
 
+/// Two thread ranks, 16 MiB all-reduces: the receiver reducing straight out of the sender's
+/// buffer (pull, the default between threads) against copies through slots, interleaved. A
+/// benchmark: `cargo test --release --test shm threads_pull_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark"]
+fn threads_pull_bench() {
+    for round in 0..3 {
+        for pull in ["0", "1"] {
+            // SAFETY: run alone (ignored, by name); the links read it when they are made.
+            unsafe { std::env::set_var("OXCCL_SHM_PULL", pull) };
+            let out = run_ranks(2, shm_cfg(30_000), LIMIT, |comm| {
+                let mut buf = vec![1.0f32; 4 << 20];
+                comm.all_reduce(&mut buf, ReduceOp::Sum)
+                    .map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                for _ in 0..20 {
+                    comm.all_reduce(&mut buf, ReduceOp::Sum)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(t.elapsed() / 20)
+            });
+            let t = out.into_iter().map(|r| r.unwrap()).max().unwrap();
+            // busbw for 2 ranks = algbw = bytes / time.
+            let gbs = (16u64 << 20) as f64 / t.as_secs_f64() / 1e9;
+            println!("round {round} OXCCL_SHM_PULL={pull}: {t:?} per call, busbw {gbs:.2} GB/s");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes as ranks.
 
@@ -142,6 +173,15 @@ fn child_rank() {
             Ok(())
         }
         "loop_until_killed" => loop_until_killed(),
+        "large" => {
+            // Above 8 MiB, odd counts: many pulled (or slot) messages and a short last one.
+            let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+            case::<f32>(&comm, ReduceOp::Sum, &[2_097_155])?;
+            case::<f64>(&comm, ReduceOp::Max, &[1_048_579])?;
+            comm.barrier().map_err(|e| format!("final barrier: {e}"))?;
+            println!("rank {}: large cases passed", comm.rank());
+            Ok(())
+        }
         "many_small" => {
             let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
             let mut buf = vec![1.0f32; 256];
@@ -165,8 +205,9 @@ fn child_rank() {
     });
 }
 
-/// Loops 1 MiB all-reduces until a peer is killed; then the error must name the killed rank
-/// (OXCCL_SHM_TEST_VICTIM), and dropping the communicator must give back every descriptor.
+/// Loops 1 MiB all-reduces (OXCCL_SHM_TEST_ELEMS floats) until a peer is killed; then the
+/// error must name the killed rank (OXCCL_SHM_TEST_VICTIM), and dropping the communicator must
+/// give back every descriptor.
 fn loop_until_killed() -> Result<(), String> {
     let victim: usize = std::env::var("OXCCL_SHM_TEST_VICTIM")
         .ok()
@@ -174,7 +215,11 @@ fn loop_until_killed() -> Result<(), String> {
         .ok_or("no victim")?;
     let baseline = open_fds();
     let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
-    let mut buf = vec![1.0f32; 256 << 10];
+    let elems = std::env::var("OXCCL_SHM_TEST_ELEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 10);
+    let mut buf = vec![1.0f32; elems];
     let mut calls = 0u64;
     let err = loop {
         match comm.all_reduce(&mut buf, ReduceOp::Sum) {
@@ -311,6 +356,39 @@ fn procs_forced_shm_2_to_4_ranks() {
     }
 }
 
+/// Calls above 8 MiB, in and out of place, with the receivers pulling large messages from the
+/// senders' buffers (OXCCL_SHM_PULL=1) or taking them from slots (0), on 2 and 4 processes.
+#[test]
+fn procs_large_calls_pulled_and_through_slots() {
+    for (n, algo, pull) in [
+        (2, "ring", "1"),
+        (2, "tree", "1"),
+        (2, "ring", "0"),
+        (4, "ring", "1"),
+        (4, "direct", "1"),
+    ] {
+        let mut g = ProcGroup::spawn(
+            CHILD,
+            n,
+            &[
+                ("OXCCL_SHM_TEST_MODE", "large"),
+                ("OXCCL_TIMEOUT_MS", "30000"),
+                ("OXCCL_TRANSPORT", "shm"),
+                ("OXCCL_ALGO", algo),
+                ("OXCCL_CHUNK_BYTES", ""),
+                ("OXCCL_SHM_PULL", pull),
+            ],
+        );
+        let ok = g.wait(Instant::now() + LIMIT, true);
+        let all_zero = (0..n).all(|r| g.status(r).is_some_and(|s| s.success()));
+        assert!(
+            ok && all_zero,
+            "{n} ranks, {algo}, pull {pull}:\n{}",
+            g.report()
+        );
+    }
+}
+
 #[test]
 fn procs_auto_uses_shm_on_one_host() {
     let g = procs_cases(3, &[("OXCCL_TRANSPORT", "auto")]);
@@ -382,20 +460,28 @@ fn procs_forced_tcp() {
 }
 
 fn killed_rank(n: usize, victim: usize, algo: &str, fork_hold: bool) {
-    let before = oxccl_in_dev_shm();
-    let mut g = ProcGroup::spawn(
-        CHILD,
+    killed_rank_with(
         n,
-        &[
-            ("OXCCL_SHM_TEST_FORK_HOLD", if fork_hold { "1" } else { "" }),
-            ("OXCCL_SHM_TEST_MODE", "loop_until_killed"),
-            ("OXCCL_SHM_TEST_VICTIM", &victim.to_string()),
-            ("OXCCL_TIMEOUT_MS", "60000"),
-            ("OXCCL_TRANSPORT", "shm"),
-            ("OXCCL_ALGO", algo),
-            ("OXCCL_CHUNK_BYTES", "65536"),
-        ],
+        victim,
+        algo,
+        fork_hold,
+        &[("OXCCL_CHUNK_BYTES", "65536")],
     );
+}
+
+fn killed_rank_with(n: usize, victim: usize, algo: &str, fork_hold: bool, env: &[(&str, &str)]) {
+    let before = oxccl_in_dev_shm();
+    let mut env = env.to_vec();
+    let victim_s = victim.to_string();
+    env.extend_from_slice(&[
+        ("OXCCL_SHM_TEST_FORK_HOLD", if fork_hold { "1" } else { "" }),
+        ("OXCCL_SHM_TEST_MODE", "loop_until_killed"),
+        ("OXCCL_SHM_TEST_VICTIM", &victim_s),
+        ("OXCCL_TIMEOUT_MS", "60000"),
+        ("OXCCL_TRANSPORT", "shm"),
+        ("OXCCL_ALGO", algo),
+    ]);
+    let mut g = ProcGroup::spawn(CHILD, n, &env);
     let deadline = Instant::now() + LIMIT;
     let mut looping = vec![false; n];
     while !looping.iter().all(|&l| l) {
@@ -440,6 +526,21 @@ fn procs_killed_rank_ring() {
 #[test]
 fn procs_killed_rank_direct() {
     killed_rank(3, 0, "direct", false);
+}
+
+/// 16 MiB calls in 512 KiB messages, which the receivers pull from the senders' buffers: the
+/// victim dies with its messages being read, or reading its peer's.
+#[test]
+fn procs_killed_rank_while_large_messages_are_pulled() {
+    for (n, victim, algo) in [(2, 1, "ring"), (2, 0, "tree"), (4, 3, "ring")] {
+        killed_rank_with(
+            n,
+            victim,
+            algo,
+            false,
+            &[("OXCCL_SHM_TEST_ELEMS", "4194305"), ("OXCCL_SHM_PULL", "1")],
+        );
+    }
 }
 
 #[test]

@@ -213,17 +213,49 @@ pub fn peer_pid(sock: BorrowedFd<'_>) -> Option<i32> {
 /// # Safety
 /// `src..src + len` must be readable memory of this process.
 pub unsafe fn write_process(pid: i32, src: *const u8, dst: u64, len: usize) -> io::Result<usize> {
+    // SAFETY: src..src+len is readable (the caller's contract); writing: only read here.
+    unsafe { cross_copy(pid, src.cast_mut(), dst, len, true) }
+}
+
+/// Copies `len` bytes from address `src` in process `pid` to `dst` here (process_vm_readv);
+/// returns how many bytes were read (the kernel checks `src` against the target's mappings).
+///
+/// # Safety
+/// `dst..dst + len` must be writable memory of this process that nothing else accesses during
+/// the call.
+pub unsafe fn read_process(pid: i32, src: u64, dst: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: dst..dst+len is writable and ours alone (the caller's contract).
+    unsafe { cross_copy(pid, dst, src, len, false) }
+}
+
+/// process_vm_writev (`write`: local to remote) or process_vm_readv (remote to local).
+///
+/// # Safety
+/// `local..local + len` must be readable (`write`) or writable and unshared (read).
+unsafe fn cross_copy(
+    pid: i32,
+    local: *mut u8,
+    remote: u64,
+    len: usize,
+    write: bool,
+) -> io::Result<usize> {
     let local = libc::iovec {
-        iov_base: src.cast_mut().cast(),
+        iov_base: local.cast(),
         iov_len: len,
     };
     let remote = libc::iovec {
-        iov_base: dst as usize as *mut libc::c_void,
+        iov_base: remote as usize as *mut libc::c_void,
         iov_len: len,
     };
-    // SAFETY: the local iovec describes readable memory (the caller's contract); the remote one
-    // is only interpreted by the kernel in the target's address space.
-    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    // SAFETY: the local iovec describes memory as the caller's contract requires; the remote
+    // one is only interpreted by the kernel in the target's address space.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
+        }
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

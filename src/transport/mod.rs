@@ -150,6 +150,22 @@ pub trait Link: Send {
     /// Releases the message last returned by [`Link::peek_recv`], returning its slot.
     fn release_recv(&mut self);
 
+    /// The length of the message [`Link::peek_recv`] last returned when its data stayed in the
+    /// sender's memory (peek_recv then gave an empty slice), to be read with
+    /// [`Link::pull_recv`]; 0 for any other message.
+    fn pull_len(&self) -> usize {
+        0
+    }
+
+    /// Reads the message [`Link::pull_len`] describes out of the sender's memory, handing it to
+    /// `f` in pieces `(offset, bytes)`, in order, every piece but the last a multiple of 64
+    /// bytes (shm: cache-sized pieces, so the caller reduces each while it is in cache). Then
+    /// [`Link::release_recv`] as usual. Does nothing for other messages.
+    fn pull_recv(&mut self, f: &mut dyn FnMut(usize, &[u8])) -> Result<()> {
+        let _ = f;
+        Ok(())
+    }
+
     /// Offers `dst` as the final destination of message number `index` (counting this link's
     /// received messages from 0), so the transport can place it there directly instead of in a
     /// slot (RDMA's posted receive). It is a hint: a transport may ignore it, and a message whose

@@ -237,6 +237,8 @@ mod unit {
     #[test]
     fn posted_receives_are_placed_directly_in_one_copy() {
         let (mut a, mut b) = pair(2, 128 << 10);
+        // Unposted messages through the slot here, not pulled (see the pull tests).
+        a.pull_min = usize::MAX;
         let len = place::PLACE_MIN + 8;
         let msg: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
         let mut dst = vec![0u8; len];
@@ -309,6 +311,195 @@ mod unit {
                 .as_ref()
                 .is_err_and(|e| e.kind() == crate::error::ErrorKind::Internal)
         );
+    }
+}
+
+mod pull {
+    use super::super::*;
+    use super::support::pair;
+
+    fn tag(seq: u64) -> Tag {
+        Tag {
+            seq,
+            ..Tag::default()
+        }
+    }
+
+    /// Takes the next message as the executor does: the slot's bytes, or the pieces pulled
+    /// from the sender (checked to be contiguous and 64-byte multiples but the last).
+    fn take(b: &mut ShmLink) -> Result<Option<(Tag, Vec<u8>, usize)>> {
+        let Some((t, data)) = b.peek_recv()? else {
+            return Ok(None);
+        };
+        let mut got = data.to_vec();
+        let mut pieces = 0;
+        let len = b.pull_len();
+        if len > 0 {
+            assert!(got.is_empty());
+            b.pull_recv(&mut |off, piece| {
+                assert_eq!(off, got.len(), "pieces come in order");
+                assert_eq!(got.len() % 64, 0, "only the last piece is short");
+                got.extend_from_slice(piece);
+                pieces += 1;
+            })?;
+            assert_eq!(got.len(), len);
+        }
+        b.release_recv();
+        Ok(Some((t, got, pieces)))
+    }
+
+    fn message(len: usize, salt: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + salt) as u8).collect()
+    }
+
+    /// Large messages stay in the sender's buffer and complete only once the receiver has read
+    /// them; small ones still travel in the slot; both readers (a thread peer's plain reads,
+    /// process_vm_readv) give back every byte, in pieces of the configured size.
+    fn pulls_with(reader: place::Writer) {
+        let (mut a, mut b) = pair(4, 1 << 20);
+        b.reader = reader;
+        b.piece_bytes = 64 << 10;
+        let lens = [PULL_MIN, PULL_MIN + 1, 100, 3 * (64 << 10) + 7, 1 << 20, 0];
+        let msgs: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| message(l, i))
+            .collect();
+        for (i, m) in msgs.iter().enumerate().take(4) {
+            // SAFETY: `msgs` outlives the link's use of it (the messages are read below).
+            assert!(unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap());
+        }
+        assert_eq!(
+            a.take_send_completions(),
+            0,
+            "message 0 is still to be pulled"
+        );
+        let (t, got, pieces) = take(&mut b).unwrap().unwrap();
+        assert_eq!((t, &got), (tag(0), &msgs[0]));
+        assert_eq!(pieces, 1, "one piece of 32 KiB");
+        a.progress().unwrap();
+        assert_eq!(
+            a.take_send_completions(),
+            1,
+            "released: complete, up to message 1"
+        );
+        for i in 1..4 {
+            let (t, got, pieces) = take(&mut b).unwrap().unwrap();
+            assert_eq!((t, &got), (tag(i as u64), &msgs[i]));
+            let want = match (lens[i] >= PULL_MIN, reader) {
+                (false, _) => 0,
+                (true, place::Writer::Same) => 1,
+                (true, _) => lens[i].div_ceil(64 << 10),
+            };
+            assert_eq!(pieces, want, "message {i}");
+        }
+        assert_eq!(a.take_send_completions(), 3);
+        for (i, m) in msgs.iter().enumerate().skip(4) {
+            // SAFETY: as above.
+            assert!(unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap());
+            let (_, got, _) = take(&mut b).unwrap().unwrap();
+            assert_eq!(&got, m);
+        }
+        assert_eq!(a.take_send_completions(), 2);
+        assert!(take(&mut b).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_thread_peer_pulls_with_plain_reads() {
+        pulls_with(place::Writer::Same);
+    }
+
+    #[test]
+    fn a_process_peer_pulls_with_process_vm_readv() {
+        pulls_with(place::Writer::Process(std::process::id() as i32));
+    }
+
+    #[test]
+    fn without_the_receivers_offer_large_messages_go_through_the_slot() {
+        let (mut a, mut b) = pair(2, 1 << 20);
+        // As if b's probe had failed (ptrace rules, another pid namespace).
+        b.seg.pulls(b.side).store(0, Ordering::Release);
+        a.peer_pulls = false;
+        let m = message(PULL_MIN * 2, 3);
+        // SAFETY: `m` outlives the calls.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        assert_eq!(a.take_send_completions(), 1, "copied into the slot");
+        let (_, got, pieces) = take(&mut b).unwrap().unwrap();
+        assert_eq!((got, pieces), (m, 0));
+    }
+
+    #[test]
+    fn a_sender_that_gives_up_takes_its_message_back_and_the_reader_says_why() {
+        for with_abort in [true, false] {
+            let (mut a, mut b) = pair(2, 1 << 20);
+            let m = message(PULL_MIN, 1);
+            // SAFETY: `m` outlives the calls.
+            assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+            // The sender's call fails elsewhere and returns: its buffer is no longer offered.
+            a.cancel_recvs();
+            assert!(a.pulls.is_empty());
+            assert!(b.peek_recv().unwrap().is_some());
+            if with_abort {
+                // What the sender's executor does next: the cause, naming the rank at fault.
+                a.send_abort(&Error::peer_lost(5, "rank 5 died"));
+            }
+            let r = b.pull_recv(&mut |_, _| panic!("nothing may be read"));
+            match (with_abort, r) {
+                (true, Err(e))
+                    if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(5) =>
+                {
+                    assert!(e.message().contains("rank 5 died"), "{e}")
+                }
+                (false, Err(e))
+                    if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0) =>
+                {
+                    assert!(e.message().contains("took back"), "{e}")
+                }
+                (_, other) => panic!("{with_abort}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_receiver_that_dies_before_pulling_fails_the_send_naming_it() {
+        let (mut a, mut b) = pair(2, 1 << 20);
+        let m = message(PULL_MIN, 2);
+        // SAFETY: `m` outlives the calls.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        assert!(a.progress().is_ok(), "the receiver is alive");
+        // The receiver process dies: its socket closes, its memory stays mapped.
+        b.sock = None;
+        b.abort_sent = true;
+        drop(b);
+        assert!(a.before_wait());
+        assert_eq!(a.take_send_completions(), 0);
+        match a.progress() {
+            Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(1) => {
+                assert!(e.message().contains("rank 1"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sender_that_dies_before_its_message_is_read_is_peer_lost() {
+        let (mut a, mut b) = pair(2, 1 << 20);
+        let m = message(PULL_MIN, 4);
+        // SAFETY: `m` outlives the calls.
+        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        // Play a sender process that is gone: a reaped child's pid reads nothing.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        b.reader = place::Writer::Process(pid);
+        assert!(b.peek_recv().unwrap().is_some());
+        match b.pull_recv(&mut |_, _| panic!("nothing may be read")) {
+            Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(0) => {
+                assert!(e.message().contains("rank 0"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(b.peek_recv().is_err(), "the link stays failed");
     }
 }
 
