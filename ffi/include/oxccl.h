@@ -33,7 +33,8 @@
 #define OXCCL_CONFIG_INITIALIZER { \
     sizeof(oxcclConfig_t), OXCCL_CONFIG_MAGIC, OXCCL_CONFIG_VERSION, \
     OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, \
-    OXCCL_CONFIG_UNDEF_INT, NULL, NULL }
+    OXCCL_CONFIG_UNDEF_INT, NULL, NULL, \
+    OXCCL_CONFIG_UNDEF_INT, NULL, OXCCL_CONFIG_UNDEF_INT }
 
 /**
  * `color` for `oxcclCommSplit` meaning "in no new communicator" (`NCCL_SPLIT_NOCOLOR`).
@@ -78,7 +79,7 @@
 /**
  * The newest `oxcclConfig_t.version` this library reads.
  */
-#define OXCCL_CONFIG_VERSION 1
+#define OXCCL_CONFIG_VERSION 2
 
 /**
  * What every function returns, numbered as NCCL 2.30 numbers `ncclResult_t` (so a framework's
@@ -316,6 +317,27 @@ typedef struct {
    * Force an algorithm: `"ring"`, `"direct"`, or per collective `"allreduce:ring,barrier:direct"`.
    */
   const char *algo;
+  /**
+   * Version 2. 0: `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig` return at once with
+   * `oxcclInProgress` and the communicator initialises in the background: poll
+   * `oxcclCommGetAsyncError` until it says `oxcclSuccess` (or the init's error); every other
+   * call on it returns `oxcclInProgress` meanwhile (destroy and abort work). 1 (the default):
+   * init returns when done. Split, shrink and grow always finish before returning.
+   */
+  int blocking;
+  /**
+   * Version 2. A name for the communicator: in its error messages, read back with
+   * `oxcclCommName`; shrink and grow keep the parent's.
+   */
+  const char *commName;
+  /**
+   * Version 2. 1: `oxcclCommSplit` of this communicator shares what it can with the child
+   * (unset in a split's config: as the parent's). Today a split always bootstraps over the
+   * parent's links (no rendezvous through the original root), with or without it; links and
+   * shared-memory segments are the child's own, since calls on parent and child may run at the
+   * same time on different threads.
+   */
+  int splitShare;
 } oxcclConfig_t;
 
 #ifdef __cplusplus
@@ -1008,6 +1030,17 @@ oxcclResult_t oxcclCommTopology(oxcclComm_t comm,
  * `asyncError` is NULL (an error) or writable.
  */
 oxcclResult_t oxcclCommGetAsyncError(oxcclComm_t comm, oxcclResult_t *asyncError);
+
+/**
+ * The name `config->commName` gave `comm` (or its parent, for shrink and grow): `*name` is a
+ * NUL-terminated string that lives as long as the communicator, `""` when it has none. Works on
+ * a communicator still initialising (`blocking = 0`) too. The name also prefixes the
+ * communicator's error messages (`oxcclGetLastError(comm)`).
+ *
+ * # Safety
+ * `name` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclCommName(oxcclComm_t comm, const char **name);
 
 /**
  * Opens a group on the calling thread (groups nest; the outermost `oxcclGroupEnd` runs them):

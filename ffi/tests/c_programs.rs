@@ -416,6 +416,41 @@ fn abort_interrupts_a_blocked_call() {
     assert_all_ok(&procs);
 }
 
+#[test]
+fn config_v1_bad_values_and_a_nonblocking_init_that_fails() {
+    let exe = compile("config", &[test_src("config.c")], false);
+    let mut p = vec![spawn(&exe, 0, &["single".to_string()], &[])];
+    wait_all(&mut p, Duration::from_secs(60));
+    assert_all_ok(&p);
+    assert!(p[0].stdout().contains("config single ok"), "{}", report(&p));
+}
+
+#[test]
+fn config_nonblocking_init_and_comm_name() {
+    let exe = compile("config", &[test_src("config.c")], false);
+    let flag = scratch("nonblocking").join("rank0-checked");
+    let flag = flag.to_str().unwrap();
+    let procs = run_env(&exe, 2, &["nonblocking", flag], Duration::from_secs(60));
+    assert_all_ok(&procs);
+    for p in &procs {
+        assert!(
+            p.stdout().contains("config nonblocking ok"),
+            "{}",
+            report(&procs)
+        );
+    }
+}
+
+#[test]
+fn config_split_share_and_names() {
+    let exe = compile("config", &[test_src("config.c")], false);
+    let procs = run_env(&exe, 2, &["split"], Duration::from_secs(60));
+    assert_all_ok(&procs);
+    for p in &procs {
+        assert!(p.stdout().contains("config split ok"), "{}", report(&procs));
+    }
+}
+
 fn example_src() -> PathBuf {
     manifest_dir().join("../examples/c/allreduce.c")
 }
