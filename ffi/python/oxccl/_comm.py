@@ -3,6 +3,7 @@
 import contextlib
 import ctypes
 import threading
+import time
 
 from . import _buffers, _lib
 from ._buffers import fast as _fast
@@ -18,7 +19,7 @@ from ._lib import (
     check,
     lib,
 )
-from .errors import InvalidArgumentError, InvalidUsageError, error_for
+from .errors import InvalidArgumentError, InvalidUsageError, TimeoutError_, error_for
 
 __all__ = ["UniqueId", "Communicator", "Request", "init", "group", "version"]
 
@@ -80,7 +81,7 @@ class UniqueId:
         return hash(self._raw)
 
 
-def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
+def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic, name, split_share, blocking):
     c = ConfigStruct()
     c.size = ctypes.sizeof(ConfigStruct)
     c.magic = CONFIG_MAGIC
@@ -104,6 +105,9 @@ def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
     c.deterministic = CONFIG_UNDEF_INT if deterministic is None else int(bool(deterministic))
     c.transport = None if transport is None else str(transport).encode()
     c.algo = None if algo is None else str(algo).encode()
+    c.blocking = CONFIG_UNDEF_INT if blocking is None else int(bool(blocking))
+    c.commName = None if name is None else str(name).encode()
+    c.splitShare = CONFIG_UNDEF_INT if split_share is None else int(bool(split_share))
     return c
 
 
@@ -221,7 +225,11 @@ class Communicator:
     ``Communicator(rank, nranks, unique_id)`` joins the communicator rank 0 created with
     :meth:`UniqueId.new`; :func:`init` joins the one a launcher's environment describes. Keyword
     settings (``timeout`` in seconds, ``transport``, ``nsocks``, ``chunk_bytes``, ``algo``,
-    ``deterministic``) override the OXCCL_* environment.
+    ``deterministic``) override the OXCCL_* environment; ``name`` (NCCL's ``commName``: in error
+    messages, read back as :attr:`name`), ``split_share`` (NCCL's ``splitShare``) and
+    ``blocking=False`` (the constructor and :func:`init` return at once while the communicator
+    initialises in the background: :meth:`ready` / :meth:`wait_ready`; other calls raise
+    :class:`InProgressError` meanwhile) are NCCL's config fields.
 
     Collectives take any buffer without copying: numpy arrays of int8, uint8, int32, uint32,
     int64, uint64, float16, float32, float64 and bfloat16 (ml_dtypes), torch CPU tensors,
@@ -237,13 +245,14 @@ class Communicator:
             unique_id = UniqueId(unique_id)
         cfg = _config(**_settings(settings))
         h = ctypes.c_void_p()
-        call(
-            "oxcclCommInitRankConfig",
-            ctypes.byref(h),
-            _int_arg(nranks, "nranks"),
-            unique_id._struct(),
-            _int_arg(rank, "rank"),
-            ctypes.byref(cfg),
+        _init_call(
+            lib().oxcclCommInitRankConfig(
+                ctypes.byref(h),
+                _int_arg(nranks, "nranks"),
+                unique_id._struct(),
+                _int_arg(rank, "rank"),
+                ctypes.byref(cfg),
+            )
         )
         self._h = h
 
@@ -251,7 +260,7 @@ class Communicator:
     def _from_env(cls, **settings):
         cfg = _config(**_settings(settings))
         h = ctypes.c_void_p()
-        call("oxcclCommInitFromEnvConfig", ctypes.byref(h), ctypes.byref(cfg))
+        _init_call(lib().oxcclCommInitFromEnvConfig(ctypes.byref(h), ctypes.byref(cfg)))
         return cls._wrap(h)
 
     # ---- lifetime -------------------------------------------------------------------------
@@ -390,11 +399,42 @@ class Communicator:
         keys = ("host", "nhosts", "local_rank", "local_size", "rail")
         return dict(zip(keys, (v.value for v in vals)))
 
+    @property
+    def name(self):
+        """The name given at init (``name=``, NCCL's ``commName``), or ``""``."""
+        p = ctypes.c_char_p()
+        call("oxcclCommName", self._handle(), ctypes.byref(p))
+        return (p.value or b"").decode("utf-8", "replace")
+
+    def ready(self):
+        """Whether initialisation has finished (always True unless made with ``blocking=False``);
+        raises the init's error if it failed."""
+        v = ctypes.c_int()
+        call("oxcclCommGetAsyncError", self._handle(), ctypes.byref(v))
+        if v.value == _IN_PROGRESS:
+            return False
+        if v.value != 0:
+            m = lib().oxcclGetLastError(self._handle())
+            raise error_for(v.value, m.decode("utf-8", "replace") if m else "")
+        return True
+
+    def wait_ready(self, timeout=None):
+        """Waits (polling) until :meth:`ready`; raises its error, or :class:`TimeoutError_`
+        after ``timeout`` seconds (None: the init's own deadline ends it). Returns self."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while not self.ready():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError_("the communicator is still initialising after %gs" % timeout)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        return self
+
     def async_error(self):
         """None while healthy; else the exception of the failure that revoked the communicator."""
         v = ctypes.c_int()
         call("oxcclCommGetAsyncError", self._handle(), ctypes.byref(v))
-        if v.value == 0:
+        if v.value in (0, _IN_PROGRESS):
             return None
         m = lib().oxcclGetLastError(self._handle())
         return error_for(v.value, m.decode("utf-8", "replace") if m else "")
@@ -639,6 +679,15 @@ _AllReduce = _lazy("_AllReduce")
 _Broadcast = _lazy("_Broadcast")
 
 
+_IN_PROGRESS = 7  # oxcclInProgress
+
+
+def _init_call(code):
+    """An init's result: success, or in progress (``blocking=False``), or the error."""
+    if code != _IN_PROGRESS:
+        check(code)
+
+
 def _int_arg(v, what):
     if not isinstance(v, int) or isinstance(v, bool):
         raise InvalidArgumentError("%s=%r must be an int" % (what, v))
@@ -670,7 +719,7 @@ def _counts(counts, n, what, bufs):
     return (ctypes.c_size_t * n)(*counts), counts
 
 
-_SETTINGS = ("timeout", "transport", "nsocks", "chunk_bytes", "algo", "deterministic")
+_SETTINGS = ("timeout", "transport", "nsocks", "chunk_bytes", "algo", "deterministic", "name", "split_share", "blocking")
 
 
 def _settings(kw):
