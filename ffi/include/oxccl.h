@@ -1114,6 +1114,51 @@ oxcclResult_t oxcclTest(oxcclRequest_t request, int *done);
 oxcclResult_t oxcclRequestFree(oxcclRequest_t request);
 
 /**
+ * Stores an `oxcclAllReduce` for `oxcclStart` (the same arguments, checked now as that call
+ * checks them; the operator may be one `oxcclRedOpCreatePreMulSum` made, resolved at each start)
+ * and writes its id to `*id`. Free it with `oxcclPersistentFree`.
+ *
+ * # Safety
+ * As `oxcclAllReduce`, for every `oxcclStart` of it; `id` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclAllReduceInit(const void *sendbuff,
+                                 void *recvbuff,
+                                 size_t count,
+                                 oxcclDataType_t datatype,
+                                 oxcclRedOp_t op,
+                                 oxcclComm_t comm,
+                                 int *id);
+
+/**
+ * Stores an `oxcclBroadcast` for `oxcclStart` (see `oxcclAllReduceInit`).
+ *
+ * # Safety
+ * As `oxcclBroadcast`, for every `oxcclStart` of it; `id` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclBroadcastInit(const void *sendbuff,
+                                 void *recvbuff,
+                                 size_t count,
+                                 oxcclDataType_t datatype,
+                                 int root,
+                                 oxcclComm_t comm,
+                                 int *id);
+
+/**
+ * Runs the call stored under `id` (blocking, or queued inside a group), exactly as the call
+ * itself would run with the stored arguments: the same checks, results and messages. A
+ * communicator destroyed since is an invalid argument.
+ *
+ * # Safety
+ * The stored call's buffers are still valid (the contract of its `*Init`).
+ */
+oxcclResult_t oxcclStart(int id);
+
+/**
+ * Forgets the call stored under `id` (its id may be reused by the next `*Init`).
+ */
+oxcclResult_t oxcclPersistentFree(int id);
+
+/**
  * Creates a pre-multiplied sum on `comm` (like `ncclRedOpCreatePreMulSum`): `*op` becomes an
  * operator that all-reduce, reduce and reduce-scatter on `comm` take, summing every rank's
  * input multiplied by the `datatype` value at `scalar` (each rank its own). Destroy it with

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -62,9 +63,31 @@ enum Entry {
 /// the `Arc` while it runs), so a destroyed or made-up pointer is an error instead of a
 /// use-after-free, and a communicator destroyed or aborted while another thread is inside a call
 /// on it is freed when that call returns.
-static LIVE: LazyLock<Mutex<HashMap<usize, Entry>>> = LazyLock::new(Default::default);
+static LIVE: LazyLock<Mutex<Live>> = LazyLock::new(Default::default);
 
-fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Entry>> {
+/// The live handles by address. Keys are heap addresses (distinct, 8-aligned): hashing them is
+/// a multiply, not SipHash, since every call looks its handle up.
+type Live = HashMap<usize, Entry, BuildHasherDefault<AddrHasher>>;
+
+/// Hashes an address: a Fibonacci multiply of it (the low bits, always zero, shifted out).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
     // Inserts and removes are single operations: a panic cannot leave the map half-updated.
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -316,3 +316,30 @@ def test_nonblocking_init_name_and_split_share():
             assert time.monotonic() - t0 < 30
             time.sleep(0.01)
     c.close()
+
+
+def test_repeated_in_place_all_reduce_uses_a_stored_call():
+    """The in-place fast path stores the call (oxcclAllReduceInit) per array: it follows the
+    array's op, dtype and death, and frees its stored calls on close."""
+    from oxccl import _comm
+
+    with oxccl.Communicator(0, 1, oxccl.UniqueId.new()) as c:
+        a = np.arange(4, dtype=np.float32)
+        for _ in range(3):
+            c.all_reduce(a)
+        assert list(c._pers) == [id(a)] and a.tolist() == [0, 1, 2, 3]
+        c.all_reduce(a, op="max")  # another op: stored again, the old one freed
+        assert c._pers[id(a)][4] == "max"
+        a.dtype = np.int32  # the same memory, another type: not the stored call's
+        c.all_reduce(a)
+        assert a.dtype == np.int32 and c._pers[id(a)][1] == np.int32
+        a.flags.writeable = False
+        with pytest.raises(oxccl.InvalidArgumentError):
+            c.all_reduce(a)
+        del a
+        assert not c._pers
+        b = np.ones(2)
+        c.all_reduce(b)
+        pid = c._pers[id(b)][3]
+    assert not c._pers
+    assert _comm._Start(pid) == 4  # freed with the communicator: invalid argument

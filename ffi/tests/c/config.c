@@ -63,7 +63,31 @@ static int single(void) {
   int32_t v = 3;
   CHECK(oxcclAllReduce(&v, &v, 1, oxcclInt32, oxcclSum, c));
   ASSERT(v == 3);
+  /* Persistent calls (oxccl*Init / oxcclStart / oxcclPersistentFree). */
+  int pa = -1, pb = -1;
+  float f[3] = {1, 2, 3}, g[3] = {0, 0, 0};
+  CHECK(oxcclAllReduceInit(f, g, 3, oxcclFloat32, oxcclMax, c, &pa));
+  CHECK(oxcclBroadcastInit(f, f, 3, oxcclFloat32, 0, c, &pb));
+  ASSERT(pa >= 0 && pb >= 0 && pa != pb);
+  CHECK(oxcclStart(pa));
+  ASSERT(g[0] == 1 && g[1] == 2 && g[2] == 3);
+  f[1] = 7;
+  CHECK(oxcclStart(pa));
+  ASSERT(g[1] == 7);
+  CHECK(oxcclStart(pb));
+  EXPECT(oxcclAllReduceInit(f, g, 3, oxcclFloat32, oxcclSum, c, NULL), oxcclInvalidArgument);
+  EXPECT(oxcclAllReduceInit(f, f + 1, 2, oxcclFloat32, oxcclSum, c, &pb), oxcclInvalidArgument);
+  EXPECT(oxcclBroadcastInit(f, f, 3, oxcclFloat32, 3, c, &pb), oxcclInvalidArgument);
+  CHECK(oxcclPersistentFree(pb));
+  EXPECT(oxcclStart(pb), oxcclInvalidArgument);
+  EXPECT_MSG(NULL, "not a persistent call");
+  EXPECT(oxcclPersistentFree(pb), oxcclInvalidArgument);
+  EXPECT(oxcclStart(-1), oxcclInvalidArgument);
   CHECK(oxcclCommDestroy(c));
+  /* Its communicator destroyed: the stored call says so, it does not crash. */
+  EXPECT(oxcclStart(pa), oxcclInvalidArgument);
+  EXPECT_MSG(NULL, "not a live communicator");
+  CHECK(oxcclPersistentFree(pa));
   v1.size = offsetof(oxcclConfig_t, blocking) - 1;
   EXPECT(oxcclCommInitRankConfig(&c, 1, id, 0, &v1), oxcclInvalidArgument);
   /* Version 2 must be whole. */
