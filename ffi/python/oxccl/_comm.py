@@ -283,36 +283,15 @@ class Communicator:
         """Runs an in-place all-reduce of the numpy array ``buf`` (``f``: its fast arguments)
         and stores the call (oxcclAllReduceInit) for the next ones on the same array; the stored
         call is freed when the array dies or the communicator closes."""
-        pid = ctypes.c_int()
-        check(_lib.raw("oxcclAllReduceInit")(f[0], f[0], f[1], f[2], opc, self._h, ctypes.byref(pid)))
-        key, pers, pid = id(buf), self._pers, pid.value
-        free = _PersistentFree
-
-        def forget(ref):
-            e = pers.get(key)
-            if e is not None and e[0] is ref:
-                del pers[key]
-                try:
-                    free(pid)
-                except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
-                    pass
-
-        old = pers.get(key)
-        pers[key] = (weakref.ref(buf, forget), buf.dtype, buf.nbytes, pid, op)
-        if old is not None:
-            free(old[3])
+        pid = stored_all_reduce(f[0], f[1], f[2], opc, self._h)
+        keep_stored(self._pers, buf, pid, (buf.dtype, buf.nbytes, op))
         rc = _Start(pid)
         if rc:
             check(rc)
         return buf
 
     def _unpersist(self):
-        pers = getattr(self, "_pers", None)
-        if pers:
-            entries = list(pers.values())
-            pers.clear()
-            for e in entries:
-                _PersistentFree(e[3])
+        free_stored(getattr(self, "_pers", None))
 
     def close(self):
         """Frees the communicator (waits for its started calls). Idempotent."""
@@ -556,13 +535,13 @@ class Communicator:
                 and p[0]() is buf
                 and dtype is None
                 and not async_op
-                and buf.dtype is p[1]
-                and buf.nbytes == p[2]
+                and buf.dtype is p[2]
+                and buf.nbytes == p[3]
                 and not (_groups_open and _group.depth)
             ):
                 fl = buf.flags
                 if fl.writeable and fl.c_contiguous:
-                    rc = _Start(p[3])
+                    rc = _Start(p[1])
                     if rc:
                         check(rc)
                     return buf
@@ -761,6 +740,44 @@ def _init_call(code):
     """An init's result: success, or in progress (``blocking=False``), or the error."""
     if code != _IN_PROGRESS:
         check(code)
+
+
+def stored_all_reduce(ptr, count, code, opc, h):
+    """oxcclAllReduceInit in place (``ptr``, ``count``: ctypes objects): the stored call's id."""
+    pid = ctypes.c_int()
+    check(_lib.raw("oxcclAllReduceInit")(ptr, ptr, count, code, opc, h, ctypes.byref(pid)))
+    return pid.value
+
+
+def keep_stored(pers, obj, pid, rest):
+    """Remembers the stored call ``pid`` made for ``obj``: ``pers[id(obj)] = (weakref, pid) +
+    rest`` (``rest``: what the caller checks before reusing it), freeing any it replaces; the
+    call is freed when ``obj`` dies (or by :func:`free_stored`)."""
+    key = id(obj)
+    free = _PersistentFree
+
+    def forget(ref):
+        e = pers.get(key)
+        if e is not None and e[0] is ref:
+            del pers[key]
+            try:
+                free(e[1])
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
+                pass
+
+    old = pers.get(key)
+    pers[key] = (weakref.ref(obj, forget), pid) + rest
+    if old is not None:
+        free(old[1])
+
+
+def free_stored(pers):
+    """Frees every stored call in ``pers`` (a communicator closing)."""
+    if pers:
+        entries = list(pers.values())
+        pers.clear()
+        for e in entries:
+            _PersistentFree(e[1])
 
 
 def _int_arg(v, what):

@@ -332,7 +332,7 @@ def test_repeated_in_place_all_reduce_uses_a_stored_call():
         assert c._pers[id(a)][4] == "max"
         a.dtype = np.int32  # the same memory, another type: not the stored call's
         c.all_reduce(a)
-        assert a.dtype == np.int32 and c._pers[id(a)][1] == np.int32
+        assert a.dtype == np.int32 and c._pers[id(a)][2] == np.int32
         a.flags.writeable = False
         with pytest.raises(oxccl.InvalidArgumentError):
             c.all_reduce(a)
@@ -340,6 +340,6 @@ def test_repeated_in_place_all_reduce_uses_a_stored_call():
         assert not c._pers
         b = np.ones(2)
         c.all_reduce(b)
-        pid = c._pers[id(b)][3]
+        pid = c._pers[id(b)][1]
     assert not c._pers
     assert _comm._Start(pid) == 4  # freed with the communicator: invalid argument
