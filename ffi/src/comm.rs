@@ -176,8 +176,8 @@ fn register_background(
                 Ok(c) => {
                     let h = Handle::new(c, &settings, Some(pending.clone()));
                     let mut map = live();
-                    if map.contains_key(&key) {
-                        map.insert(key, Entry::Ready(h));
+                    if let Some(slot) = map.get_mut(&key) {
+                        *slot = Entry::Ready(h);
                     } else {
                         // Destroyed or aborted while initialising: nobody holds it any more.
                         drop(map);

@@ -148,8 +148,6 @@ pub unsafe extern "C" fn oxcclStart(id: c_int) -> oxcclResult_t {
         .ok()
         .and_then(|i| table().get(i).copied().flatten());
     match s {
-        // SAFETY: the buffers are valid (this function's contract); the communicator is looked
-        // up, never dereferenced, by the call.
         Some(Stored::AllReduce {
             send,
             recv,
@@ -157,17 +155,20 @@ pub unsafe extern "C" fn oxcclStart(id: c_int) -> oxcclResult_t {
             dtype,
             op,
             comm,
-        }) => unsafe {
-            oxcclAllReduce(
-                send as *const c_void,
-                recv as *mut c_void,
-                count,
-                DataTypeArg(dtype),
-                RedOpArg(op),
-                comm as oxcclComm_t,
-            )
-        },
-        // SAFETY: as above.
+        }) => {
+            // SAFETY: the buffers are valid (this function's contract); the communicator is
+            // looked up, never dereferenced, by the call.
+            unsafe {
+                oxcclAllReduce(
+                    send as *const c_void,
+                    recv as *mut c_void,
+                    count,
+                    DataTypeArg(dtype),
+                    RedOpArg(op),
+                    comm as oxcclComm_t,
+                )
+            }
+        }
         Some(Stored::Broadcast {
             send,
             recv,
@@ -175,16 +176,19 @@ pub unsafe extern "C" fn oxcclStart(id: c_int) -> oxcclResult_t {
             dtype,
             root,
             comm,
-        }) => unsafe {
-            oxcclBroadcast(
-                send as *const c_void,
-                recv as *mut c_void,
-                count,
-                DataTypeArg(dtype),
-                root,
-                comm as oxcclComm_t,
-            )
-        },
+        }) => {
+            // SAFETY: as above.
+            unsafe {
+                oxcclBroadcast(
+                    send as *const c_void,
+                    recv as *mut c_void,
+                    count,
+                    DataTypeArg(dtype),
+                    root,
+                    comm as oxcclComm_t,
+                )
+            }
+        }
         None => guard("oxcclStart", None, || Err(unknown(id))),
     }
 }
