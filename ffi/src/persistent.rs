@@ -45,16 +45,21 @@ fn table() -> std::sync::MutexGuard<'static, Vec<Option<Stored>>> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The index of a free slot of `v` (the first empty one, or a new one at the end).
+pub(crate) fn vacant<T>(v: &mut Vec<Option<T>>) -> usize {
+    match v.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            v.push(None);
+            v.len() - 1
+        }
+    }
+}
+
 /// Stores `s` and writes its id through `id` (checked non-null).
 fn store(s: Stored, id: *mut c_int) -> Result<(), Error> {
     let mut t = table();
-    let i = match t.iter().position(Option::is_none) {
-        Some(i) => i,
-        None => {
-            t.push(None);
-            t.len() - 1
-        }
-    };
+    let i = vacant(&mut t);
     let v = c_int::try_from(i)
         .map_err(|_| Error::InvalidUsage("too many persistent calls; free some".into()))?;
     t[i] = Some(s);

@@ -416,39 +416,40 @@ fn abort_interrupts_a_blocked_call() {
     assert_all_ok(&procs);
 }
 
-#[test]
-fn config_v1_bad_values_and_a_nonblocking_init_that_fails() {
+/// Runs `config <args>` as `n` ranks; every rank must print `says`.
+fn config_runs(n: usize, args: &[&str], says: &str) {
     let exe = compile("config", &[test_src("config.c")], false);
-    let mut p = vec![spawn(&exe, 0, &["single".to_string()], &[])];
-    wait_all(&mut p, Duration::from_secs(60));
-    assert_all_ok(&p);
-    assert!(p[0].stdout().contains("config single ok"), "{}", report(&p));
+    let mut procs = if n == 1 {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        vec![spawn(&exe, 0, &args, &[])]
+    } else {
+        run_env(&exe, n, args, Duration::from_secs(60))
+    };
+    wait_all(&mut procs, Duration::from_secs(60));
+    assert_all_ok(&procs);
+    for p in &procs {
+        assert!(p.stdout().contains(says), "{}", report(&procs));
+    }
+}
+
+#[test]
+fn config_v1_bad_values_persistent_calls_and_a_nonblocking_init_that_fails() {
+    config_runs(1, &["single"], "config single ok");
 }
 
 #[test]
 fn config_nonblocking_init_and_comm_name() {
-    let exe = compile("config", &[test_src("config.c")], false);
     let flag = scratch("nonblocking").join("rank0-checked");
-    let flag = flag.to_str().unwrap();
-    let procs = run_env(&exe, 2, &["nonblocking", flag], Duration::from_secs(60));
-    assert_all_ok(&procs);
-    for p in &procs {
-        assert!(
-            p.stdout().contains("config nonblocking ok"),
-            "{}",
-            report(&procs)
-        );
-    }
+    config_runs(
+        2,
+        &["nonblocking", flag.to_str().unwrap()],
+        "config nonblocking ok",
+    );
 }
 
 #[test]
 fn config_split_share_and_names() {
-    let exe = compile("config", &[test_src("config.c")], false);
-    let procs = run_env(&exe, 2, &["split"], Duration::from_secs(60));
-    assert_all_ok(&procs);
-    for p in &procs {
-        assert!(p.stdout().contains("config split ok"), "{}", report(&procs));
-    }
+    config_runs(2, &["split"], "config split ok");
 }
 
 fn example_src() -> PathBuf {
