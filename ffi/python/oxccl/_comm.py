@@ -20,7 +20,7 @@ from ._lib import (
     check,
     lib,
 )
-from .errors import InvalidArgumentError, InvalidUsageError, TimeoutError_, error_for
+from .errors import InvalidArgumentError, InvalidUsageError, OxcclError, TimeoutError_, error_for
 
 __all__ = ["UniqueId", "Communicator", "Request", "init", "group", "version"]
 
@@ -467,7 +467,10 @@ class Communicator:
     def __repr__(self):
         if self._h is None:
             return "<oxccl.Communicator closed>"
-        return "<oxccl.Communicator rank %d of %d>" % (self.rank, self.size)
+        try:
+            return "<oxccl.Communicator rank %d of %d>" % (self.rank, self.size)
+        except OxcclError as e:  # still initialising (blocking=False), or its init failed
+            return "<oxccl.Communicator %s>" % type(e).__name__
 
     # ---- plumbing -------------------------------------------------------------------------
 

@@ -284,6 +284,7 @@ def test_nonblocking_init_name_and_split_share():
     assert not c1.ready()
     assert c1.name == "nb"
     assert c1.async_error() is None
+    assert "InProgressError" in repr(c1)
     with pytest.raises(oxccl.InProgressError, match="still initialising"):
         c1.all_reduce(np.ones(2, dtype=np.float32))
     box = {}
