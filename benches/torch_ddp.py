@@ -10,8 +10,9 @@ ddp      DDP step time (zero_grad, forward, backward, SGD step) of an 8.4M-param
          the "oxccl" and "gloo" backends in the same processes, same model and data: rounds of
          STEPS steps back to back alternate between the two; a round's time per step is the
          slowest rank's; the median round of each backend is reported, and the median ratio of
-         each oxccl round to the gloo round after it. Rounds of the same steps without DDP (no
-         communication) give the floor.
+         each oxccl round to the gloo round after it. Rounds of the same steps through DDP
+         with a no-op communication hook, and without DDP (no communication), give the floors;
+         one all-reduce of all the gradient bytes per backend gives the communication's cost.
 percall  an 8-byte float32 sum all-reduce on 2 ranks in a loop (20,000 iterations a round):
          through torch (dist.all_reduce on a 2-element tensor, "oxccl" backend), through the bare
          Python binding (comm.all_reduce on a numpy array, in place), through mpi4py
@@ -77,7 +78,16 @@ def _rank_ddp(args):
         loss_fn(m(x), y).backward()
         opt.step()
 
-    # The floor: the same steps without DDP (no communication, no bucket copies).
+    # The floors: DDP whose communication hook does nothing (DDP's bucketing, copies and hooks,
+    # no communication), and the same steps without DDP at all.
+    def noop_hook(state, bucket):
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    m = DDP(model(), process_group=gloo)
+    m.register_comm_hook(None, noop_hook)
+    runs["ddp-noop"] = (m, torch.optim.SGD(m.parameters(), lr=1e-3))
     plain = model()
     runs["none"] = (plain, torch.optim.SGD(plain.parameters(), lr=1e-3))
     times = {k: [] for k in runs}
@@ -98,6 +108,18 @@ def _rank_ddp(args):
             cpu[name] += time.process_time() - c
             dist.all_reduce(d, op=dist.ReduceOp.MAX)
             times[name].append(d.item())
+    # The communication alone: one all-reduce of all the gradient bytes (as DDP's buckets carry
+    # them, here in one tensor), each backend, interleaved; the median.
+    flat = torch.ones(nparams)
+    ar = {"oxccl": [], "gloo": []}
+    for _ in range(max(3, args.rounds // 3)):
+        for name, pg in (("oxccl", None), ("gloo", gloo)):
+            dist.barrier()
+            t = time.perf_counter()
+            dist.all_reduce(flat, group=pg)
+            d = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+            dist.all_reduce(d, op=dist.ReduceOp.MAX)
+            ar[name].append(d.item())
     # Both models saw the same data from the same start: the same weights (as a check).
     diff = max(
         (a - b).abs().max().item()
@@ -123,6 +145,17 @@ def _rank_ddp(args):
                statistics.median(pairs), pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4],
                cpu_ms[names.index("oxccl")].item(), cpu_ms[names.index("gloo")].item(),
                med["none"], cpu_ms[names.index("none")].item(), diff),
+            flush=True,
+        )
+        g = med["gloo"]
+        print(
+            "  floors: DDP with a no-op comm hook %.1f ms (%.2fx gloo; CPU %.1f ms), no DDP %.1f ms (%.2fx gloo); "
+            "oxccl %.2fx gloo. All-reduce of the %.1f MB of gradients alone: oxccl %.1f ms, gloo "
+            "%.1f ms; no-op floor + oxccl's all-reduce = %.1f ms (%.2fx gloo)"
+            % (med["ddp-noop"], med["ddp-noop"] / g, cpu_ms[names.index("ddp-noop")].item(), med["none"], med["none"] / g, med["oxccl"] / g,
+               nparams * 4 / 1e6, statistics.median(ar["oxccl"]) * 1e3, statistics.median(ar["gloo"]) * 1e3,
+               med["ddp-noop"] + statistics.median(ar["oxccl"]) * 1e3,
+               (med["ddp-noop"] + statistics.median(ar["oxccl"]) * 1e3) / g),
             flush=True,
         )
     dist.destroy_process_group()

@@ -33,7 +33,8 @@
 #define OXCCL_CONFIG_INITIALIZER { \
     sizeof(oxcclConfig_t), OXCCL_CONFIG_MAGIC, OXCCL_CONFIG_VERSION, \
     OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, OXCCL_CONFIG_UNDEF_INT, \
-    OXCCL_CONFIG_UNDEF_INT, NULL, NULL }
+    OXCCL_CONFIG_UNDEF_INT, NULL, NULL, \
+    OXCCL_CONFIG_UNDEF_INT, NULL, OXCCL_CONFIG_UNDEF_INT }
 
 /**
  * `color` for `oxcclCommSplit` meaning "in no new communicator" (`NCCL_SPLIT_NOCOLOR`).
@@ -78,7 +79,7 @@
 /**
  * The newest `oxcclConfig_t.version` this library reads.
  */
-#define OXCCL_CONFIG_VERSION 1
+#define OXCCL_CONFIG_VERSION 2
 
 /**
  * What every function returns, numbered as NCCL 2.30 numbers `ncclResult_t` (so a framework's
@@ -316,6 +317,27 @@ typedef struct {
    * Force an algorithm: `"ring"`, `"direct"`, or per collective `"allreduce:ring,barrier:direct"`.
    */
   const char *algo;
+  /**
+   * Version 2. 0: `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig` return at once with
+   * `oxcclInProgress` and the communicator initialises in the background: poll
+   * `oxcclCommGetAsyncError` until it says `oxcclSuccess` (or the init's error); every other
+   * call on it returns `oxcclInProgress` meanwhile (destroy and abort work). 1 (the default):
+   * init returns when done. Split, shrink and grow always finish before returning.
+   */
+  int blocking;
+  /**
+   * Version 2. A name for the communicator: in its error messages, read back with
+   * `oxcclCommName`; shrink and grow keep the parent's.
+   */
+  const char *commName;
+  /**
+   * Version 2. 1: `oxcclCommSplit` of this communicator shares what it can with the child
+   * (unset in a split's config: as the parent's). Today a split always bootstraps over the
+   * parent's links (no rendezvous through the original root), with or without it; links and
+   * shared-memory segments are the child's own, since calls on parent and child may run at the
+   * same time on different threads.
+   */
+  int splitShare;
 } oxcclConfig_t;
 
 #ifdef __cplusplus
@@ -1010,6 +1032,17 @@ oxcclResult_t oxcclCommTopology(oxcclComm_t comm,
 oxcclResult_t oxcclCommGetAsyncError(oxcclComm_t comm, oxcclResult_t *asyncError);
 
 /**
+ * The name `config->commName` gave `comm` (or its parent, for shrink and grow): `*name` is a
+ * NUL-terminated string that lives as long as the communicator, `""` when it has none. Works on
+ * a communicator still initialising (`blocking = 0`) too. The name also prefixes the
+ * communicator's error messages (`oxcclGetLastError(comm)`).
+ *
+ * # Safety
+ * `name` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclCommName(oxcclComm_t comm, const char **name);
+
+/**
  * Opens a group on the calling thread (groups nest; the outermost `oxcclGroupEnd` runs them):
  * until then, collective and point-to-point calls are only checked and queued, and return
  * `oxcclSuccess`. Their buffers must stay valid until `oxcclGroupEnd` returns.
@@ -1079,6 +1112,51 @@ oxcclResult_t oxcclTest(oxcclRequest_t request, int *done);
  * `request` is NULL or a live request; it is invalid afterwards.
  */
 oxcclResult_t oxcclRequestFree(oxcclRequest_t request);
+
+/**
+ * Stores an `oxcclAllReduce` for `oxcclStart` (the same arguments, checked now as that call
+ * checks them; the operator may be one `oxcclRedOpCreatePreMulSum` made, resolved at each start)
+ * and writes its id to `*id`. Free it with `oxcclPersistentFree`.
+ *
+ * # Safety
+ * As `oxcclAllReduce`, for every `oxcclStart` of it; `id` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclAllReduceInit(const void *sendbuff,
+                                 void *recvbuff,
+                                 size_t count,
+                                 oxcclDataType_t datatype,
+                                 oxcclRedOp_t op,
+                                 oxcclComm_t comm,
+                                 int *id);
+
+/**
+ * Stores an `oxcclBroadcast` for `oxcclStart` (see `oxcclAllReduceInit`).
+ *
+ * # Safety
+ * As `oxcclBroadcast`, for every `oxcclStart` of it; `id` is NULL (an error) or writable.
+ */
+oxcclResult_t oxcclBroadcastInit(const void *sendbuff,
+                                 void *recvbuff,
+                                 size_t count,
+                                 oxcclDataType_t datatype,
+                                 int root,
+                                 oxcclComm_t comm,
+                                 int *id);
+
+/**
+ * Runs the call stored under `id` (blocking, or queued inside a group), exactly as the call
+ * itself would run with the stored arguments: the same checks, results and messages. A
+ * communicator destroyed since is an invalid argument.
+ *
+ * # Safety
+ * The stored call's buffers are still valid (the contract of its `*Init`).
+ */
+oxcclResult_t oxcclStart(int id);
+
+/**
+ * Forgets the call stored under `id` (its id may be reused by the next `*Init`).
+ */
+oxcclResult_t oxcclPersistentFree(int id);
 
 /**
  * Creates a pre-multiplied sum on `comm` (like `ncclRedOpCreatePreMulSum`): `*op` becomes an

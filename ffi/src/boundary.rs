@@ -37,6 +37,37 @@ pub(crate) struct Shared {
     pub(crate) async_error: AtomicI32,
     /// Operators `oxcclRedOpCreatePreMulSum` made (index = handle - oxcclNumOps).
     pub(crate) premul: Mutex<Vec<Option<crate::premul::PreMul>>>,
+    /// `config->commName` (empty: none), shown in the communicator's error messages.
+    name: CString,
+}
+
+impl Shared {
+    /// The shared state of a communicator called `name` (`config->commName`).
+    pub(crate) fn named(name: Option<String>) -> Shared {
+        Shared {
+            name: name.map(to_cstring).unwrap_or_default(),
+            ..Shared::default()
+        }
+    }
+
+    /// The name, if it has one.
+    pub(crate) fn name(&self) -> Option<String> {
+        let s = self.name.to_string_lossy();
+        (!s.is_empty()).then(|| s.into_owned())
+    }
+
+    /// The name as a C string (`""` for none), valid while this lives.
+    pub(crate) fn name_ptr(&self) -> *const c_char {
+        self.name.as_ptr()
+    }
+
+    /// `func`, with the communicator's name when it has one: how its messages start.
+    fn prefix(&self, func: &str) -> String {
+        match self.name.to_str() {
+            Ok("") | Err(_) => func.to_string(),
+            Ok(n) => format!("{func} [comm {n:?}]"),
+        }
+    }
 }
 
 impl Shared {
@@ -104,14 +135,27 @@ fn to_cstring(s: String) -> CString {
 
 /// Records `e` (thread-local, and on `comm` when there is one) and returns its code.
 pub(crate) fn fail(comm: Option<&Shared>, func: &str, e: &Error) -> oxcclResult_t {
-    let msg = format!("{func}: {e}");
+    note(comm, &format!("{func}: {e}"));
     if let Some(h) = comm {
-        h.errors.push(to_cstring(msg.clone()));
         h.note_async(e);
     }
-    let msg = to_cstring(msg);
-    LAST.with(|l| *l.borrow_mut() = msg);
     oxcclResult_t::of(e)
+}
+
+/// Records `msg` (`"func: what"`) as the last failure on this thread and on `comm` (with the
+/// communicator's name after the function's, when it has one), without touching its async
+/// error.
+pub(crate) fn note(comm: Option<&Shared>, msg: &str) {
+    let msg = match comm {
+        Some(h) => {
+            let (func, rest) = msg.split_once(": ").unwrap_or((msg, ""));
+            let m = to_cstring(format!("{}: {rest}", h.prefix(func)));
+            h.errors.push(m.clone());
+            m
+        }
+        None => to_cstring(msg.to_string()),
+    };
+    LAST.with(|l| *l.borrow_mut() = msg);
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -182,9 +226,9 @@ pub extern "C" fn oxcclGetErrorString(result: ResultArg) -> *const c_char {
 /// None beyond the types: `comm` is never dereferenced unless it is a live communicator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oxcclGetLastError(comm: oxcclComm_t) -> *const c_char {
-    let r = catch_unwind(AssertUnwindSafe(|| match Handle::lookup(comm) {
+    let r = catch_unwind(AssertUnwindSafe(|| match Handle::shared_of(comm) {
         // The message lives in the communicator's shared log, which outlives this Arc.
-        Some(h) => h.shared.errors.last(),
+        Some(s) => s.errors.last(),
         None => LAST.with(|l| l.borrow().as_ptr()),
     }));
     r.unwrap_or(c"oxcclGetLastError panicked".as_ptr())

@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use core_oxccl::{Communicator, Config, Error, TransportKind, UniqueId};
 
-use crate::boundary::{Shared, guard, null};
+use crate::boundary::{Shared, fail, guard, note, null};
 use crate::types::*;
 
 /// A communicator, opaque to C. Created by the `oxcclCommInit*` functions (and split/shrink),
@@ -19,6 +20,11 @@ use crate::types::*;
 pub struct oxcclComm {
     pub(crate) comm: Communicator,
     pub(crate) shared: Arc<Shared>,
+    /// `config->splitShare` as given (1: a split of this communicator shares what it can).
+    split_share: bool,
+    /// For a communicator initialised with `blocking = 0`: the placeholder whose address is its
+    /// handle, kept alive so that no other allocation takes that address while the handle lives.
+    _pending: Option<Arc<Pending>>,
 }
 
 /// The handle C holds: a pointer to an opaque communicator.
@@ -26,40 +32,171 @@ pub type oxcclComm_t = *mut oxcclComm;
 
 pub(crate) use oxcclComm as Handle;
 
+/// A communicator still initialising in the background (`config->blocking = 0`), or whose
+/// background initialisation failed. Its address is the handle C was given.
+pub(crate) struct Pending {
+    shared: Arc<Shared>,
+    /// 0 while initialising; the `oxcclResult_t` of the failure once it failed.
+    failed: AtomicI32,
+}
+
+impl Pending {
+    /// What a call on this handle returns: `oxcclInProgress` while initialising (NCCL's rule:
+    /// poll `oxcclCommGetAsyncError` until it says `oxcclSuccess` before any other call), the
+    /// init's failure once it failed.
+    fn state(&self) -> oxcclResult_t {
+        match self.failed.load(Ordering::SeqCst) {
+            0 => oxcclResult_t::oxcclInProgress,
+            c => oxcclResult_t::from_c(c).unwrap_or(oxcclResult_t::oxcclInternalError),
+        }
+    }
+}
+
+/// What a handle names: a communicator, or one not (yet) initialised.
+#[derive(Clone)]
+enum Entry {
+    Ready(Arc<Handle>),
+    Pending(Arc<Pending>),
+}
+
 /// Every live communicator, by the address C holds. A call looks its handle up here (and holds
 /// the `Arc` while it runs), so a destroyed or made-up pointer is an error instead of a
 /// use-after-free, and a communicator destroyed or aborted while another thread is inside a call
 /// on it is freed when that call returns.
-static LIVE: LazyLock<Mutex<HashMap<usize, Arc<Handle>>>> = LazyLock::new(Default::default);
+static LIVE: LazyLock<Mutex<Live>> = LazyLock::new(Default::default);
 
-fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<Handle>>> {
+/// The live handles by address. Keys are heap addresses (distinct, 8-aligned): hashing them is
+/// a multiply, not SipHash, since every call looks its handle up.
+type Live = HashMap<usize, Entry, BuildHasherDefault<AddrHasher>>;
+
+/// Hashes an address: a Fibonacci multiply of it (the low bits, always zero, shifted out).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
     // Inserts and removes are single operations: a panic cannot leave the map half-updated.
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Handle {
     /// The live communicator `p` names, or `None` for NULL or a pointer that is not (or no
-    /// longer) one. Never dereferences `p`.
+    /// longer, or not yet) one. Never dereferences `p`.
     pub(crate) fn lookup(p: oxcclComm_t) -> Option<Arc<Handle>> {
+        match Self::entry(p)? {
+            Entry::Ready(h) => Some(h),
+            Entry::Pending(_) => None,
+        }
+    }
+
+    fn entry(p: oxcclComm_t) -> Option<Entry> {
         if p.is_null() {
             return None;
         }
         live().get(&(p as usize)).cloned()
     }
 
-    fn register(comm: Communicator) -> oxcclComm_t {
-        let h = Arc::new(Handle {
+    /// Where the errors of the communicator `p` names are recorded, initialised or not.
+    pub(crate) fn shared_of(p: oxcclComm_t) -> Option<Arc<Shared>> {
+        Some(match Self::entry(p)? {
+            Entry::Ready(h) => h.shared.clone(),
+            Entry::Pending(q) => q.shared.clone(),
+        })
+    }
+
+    fn new(comm: Communicator, settings: &Settings, pending: Option<Arc<Pending>>) -> Arc<Handle> {
+        let shared = match &pending {
+            Some(p) => p.shared.clone(),
+            None => Arc::new(Shared::named(settings.name.clone())),
+        };
+        Arc::new(Handle {
             comm,
-            shared: Arc::default(),
-        });
+            shared,
+            split_share: settings.split_share.unwrap_or(false),
+            _pending: pending,
+        })
+    }
+
+    /// The settings a communicator made from this one (shrink, grow) keeps.
+    fn settings(&self) -> Settings {
+        Settings {
+            blocking: true,
+            name: self.shared.name(),
+            split_share: Some(self.split_share),
+        }
+    }
+
+    fn register(comm: Communicator, settings: &Settings) -> oxcclComm_t {
+        let h = Handle::new(comm, settings, None);
         let p = Arc::as_ptr(&h).cast_mut();
-        live().insert(p as usize, h);
+        live().insert(p as usize, Entry::Ready(h));
         p
     }
 
-    fn unregister(p: oxcclComm_t) -> Option<Arc<Handle>> {
+    fn unregister(p: oxcclComm_t) -> Option<Entry> {
         live().remove(&(p as usize))
     }
+}
+
+/// Starts `init` on a thread of its own and returns the handle at once (`config->blocking = 0`):
+/// calls on it return `oxcclInProgress` until the thread has put the communicator in place
+/// (`oxcclCommGetAsyncError` then says `oxcclSuccess`), or the init's error if it failed. A
+/// handle destroyed or aborted meanwhile is forgotten, and the communicator, once made, is
+/// aborted (every wait of init has the config's deadline, so the thread ends).
+fn register_background(
+    func: &'static str,
+    settings: Settings,
+    init: impl FnOnce() -> Result<Communicator, Error> + Send + 'static,
+) -> Result<oxcclComm_t, Error> {
+    let pending = Arc::new(Pending {
+        shared: Arc::new(Shared::named(settings.name.clone())),
+        failed: AtomicI32::new(0),
+    });
+    let key = Arc::as_ptr(&pending) as usize;
+    live().insert(key, Entry::Pending(pending.clone()));
+    let spawned = std::thread::Builder::new()
+        .name("oxccl-init".into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(init))
+                .unwrap_or_else(|_| Err(Error::internal("panic in init")));
+            match r {
+                Ok(c) => {
+                    let h = Handle::new(c, &settings, Some(pending.clone()));
+                    let mut map = live();
+                    if let Some(slot) = map.get_mut(&key) {
+                        *slot = Entry::Ready(h);
+                    } else {
+                        // Destroyed or aborted while initialising: nobody holds it any more.
+                        drop(map);
+                        h.comm.abort();
+                    }
+                }
+                Err(e) => {
+                    let code = fail(Some(&pending.shared), func, &e);
+                    pending.failed.store(code as i32, Ordering::SeqCst);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        live().remove(&key);
+        return Err(Error::internal(format!(
+            "could not start the init thread: {e}"
+        )));
+    }
+    Ok(key as oxcclComm_t)
 }
 
 /// The error for a non-null pointer that is not a live communicator.
@@ -70,18 +207,40 @@ fn not_live() -> Error {
 }
 
 /// Runs `f` with the communicator `comm` names inside the panic boundary; NULL or a pointer that
-/// is not a live communicator is an invalid argument.
+/// is not a live communicator is an invalid argument, and one still initialising in the
+/// background answers `oxcclInProgress` (or its init's failure) without running `f`.
 pub(crate) fn with_comm(
     func: &'static str,
     comm: oxcclComm_t,
     f: impl FnOnce(&Handle) -> Result<(), Error>,
 ) -> oxcclResult_t {
-    let h = Handle::lookup(comm);
-    guard(func, h.as_deref().map(|h| &*h.shared), || match &h {
-        Some(h) => f(h),
-        None if comm.is_null() => Err(null("comm")),
-        None => Err(not_live()),
-    })
+    match Handle::entry(comm) {
+        Some(Entry::Ready(h)) => guard(func, Some(&h.shared), || f(&h)),
+        Some(Entry::Pending(p)) => not_ready(func, &p),
+        None => guard(func, None, || {
+            Err(if comm.is_null() {
+                null("comm")
+            } else {
+                not_live()
+            })
+        }),
+    }
+}
+
+/// The answer of a call on a communicator that is not initialised (see [`Pending::state`]).
+fn not_ready(func: &'static str, p: &Pending) -> oxcclResult_t {
+    let code = p.state();
+    let why = if code == oxcclResult_t::oxcclInProgress {
+        "still initialising (blocking = 0): poll oxcclCommGetAsyncError until it returns \
+         oxcclSuccess before other calls"
+    } else {
+        "its initialisation failed (oxcclGetLastError(comm) says why); destroy it"
+    };
+    note(
+        Some(&p.shared),
+        &format!("{func}: the communicator is {why}"),
+    );
+    code
 }
 
 /// Writes `v` through `out`, which was checked non-null.
@@ -214,31 +373,66 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Err
         .map_err(|_| Error::invalid_argument(format!("{what} is not UTF-8")))
 }
 
+/// What a config sets beyond the core's [`Config`]: NCCL's `blocking`, `commName`,
+/// `splitShare`.
+#[derive(Debug, Clone)]
+struct Settings {
+    /// `false`: init returns at once with `oxcclInProgress` and finishes in the background.
+    blocking: bool,
+    /// `commName`: shown in this communicator's error messages, read back by `oxcclCommName`.
+    name: Option<String>,
+    /// `splitShare`: a split of this communicator shares what it can of it (unset: as the
+    /// parent's, for a split).
+    split_share: Option<bool>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            blocking: true,
+            name: None,
+            split_share: None,
+        }
+    }
+}
+
+/// The bytes of an `oxcclConfig_t` of version 1 (before `blocking`): such configs are still read.
+const CONFIG_V1_SIZE: usize = std::mem::offset_of!(oxcclConfig_t, blocking);
+
 /// Reads a C config; NULL means all defaults.
 ///
 /// # Safety
 /// `cfg` is NULL or points to an `oxcclConfig_t` (at least its `size` bytes are readable) whose
 /// strings are NULL or NUL-terminated.
-unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
+unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<(Config, Settings), Error> {
     if cfg.is_null() {
-        return Ok(Config::default());
+        return Ok((Config::default(), Settings::default()));
     }
-    // SAFETY: non-null and readable (caller's contract); we read the fields of version 1, which
-    // every valid config has (checked through `size` before the whole struct is read).
-    let size = unsafe { ptr::addr_of!((*cfg).size).read() };
-    if size < std::mem::size_of::<oxcclConfig_t>() {
-        return Err(Error::invalid_argument(format!(
-            "config->size is {size}, expected at least {}: start from OXCCL_CONFIG_INITIALIZER",
-            std::mem::size_of::<oxcclConfig_t>()
-        )));
-    }
-    // SAFETY: as above; at least size_of::<oxcclConfig_t>() bytes are readable.
-    let c = unsafe { cfg.read() };
-    if c.magic != OXCCL_CONFIG_MAGIC || c.version == 0 {
+    // SAFETY: non-null and readable (caller's contract); `size`, `magic` and `version` are the
+    // first fields of every version.
+    let (size, magic, version) = unsafe {
+        (
+            ptr::addr_of!((*cfg).size).read(),
+            ptr::addr_of!((*cfg).magic).read(),
+            ptr::addr_of!((*cfg).version).read(),
+        )
+    };
+    if magic != OXCCL_CONFIG_MAGIC || version == 0 {
         return Err(Error::invalid_argument(
             "config was not initialised with OXCCL_CONFIG_INITIALIZER (bad magic or version)",
         ));
     }
+    let full = std::mem::size_of::<oxcclConfig_t>();
+    let need = if version == 1 { CONFIG_V1_SIZE } else { full };
+    if size < need {
+        return Err(Error::invalid_argument(format!(
+            "config->size is {size}, expected at least {need}: start from OXCCL_CONFIG_INITIALIZER"
+        )));
+    }
+    let mut c = unset_config();
+    // SAFETY: at least `need` bytes are readable (checked above), and `need` covers the fields
+    // this version has; the rest keep their "not set" values.
+    unsafe { ptr::copy_nonoverlapping(cfg.cast::<u8>(), ptr::addr_of_mut!(c).cast::<u8>(), need) };
     let int = |v: c_int, what: &str| -> Result<Option<usize>, Error> {
         match v {
             CONFIG_UNDEF_INT => Ok(None),
@@ -259,27 +453,53 @@ unsafe fn read_config(cfg: *const oxcclConfig_t) -> Result<Config, Error> {
     };
     // SAFETY: NULL or NUL-terminated (caller's contract).
     let algo = unsafe { c_str(c.algo, "config->algo")? }.map(str::to_string);
-    let deterministic = match c.deterministic {
-        CONFIG_UNDEF_INT => None,
-        0 => Some(false),
-        1 => Some(true),
-        v => {
-            return Err(Error::invalid_argument(format!(
-                "config->deterministic is {v}; use 0, 1 or OXCCL_CONFIG_UNDEF_INT"
-            )));
+    let flag = |v: c_int, what: &str| -> Result<Option<bool>, Error> {
+        match v {
+            CONFIG_UNDEF_INT => Ok(None),
+            0 => Ok(Some(false)),
+            1 => Ok(Some(true)),
+            v => Err(Error::invalid_argument(format!(
+                "config->{what} is {v}; use 0, 1 or OXCCL_CONFIG_UNDEF_INT"
+            ))),
         }
+    };
+    // SAFETY: NULL or NUL-terminated (caller's contract).
+    let name = unsafe { c_str(c.commName, "config->commName")? }.map(str::to_string);
+    let settings = Settings {
+        blocking: flag(c.blocking, "blocking")?.unwrap_or(true),
+        name,
+        split_share: flag(c.splitShare, "splitShare")?,
     };
     // The core's Config grows; fields C cannot set yet keep their defaults.
     #[allow(clippy::needless_update)]
-    Ok(Config {
+    let core = Config {
         timeout: int(c.timeoutMs, "timeoutMs")?.map(|ms| Duration::from_millis(ms as u64)),
         transport,
         nsocks: int(c.nsocks, "nsocks")?,
         algo,
         chunk_bytes: int(c.chunkBytes, "chunkBytes")?,
-        deterministic,
+        deterministic: flag(c.deterministic, "deterministic")?,
         ..Config::default()
-    })
+    };
+    Ok((core, settings))
+}
+
+/// A config with every field "not set" (what `OXCCL_CONFIG_INITIALIZER` gives).
+fn unset_config() -> oxcclConfig_t {
+    oxcclConfig_t {
+        size: std::mem::size_of::<oxcclConfig_t>(),
+        magic: OXCCL_CONFIG_MAGIC,
+        version: OXCCL_CONFIG_VERSION,
+        timeoutMs: CONFIG_UNDEF_INT,
+        nsocks: CONFIG_UNDEF_INT,
+        chunkBytes: CONFIG_UNDEF_INT,
+        deterministic: CONFIG_UNDEF_INT,
+        transport: ptr::null(),
+        algo: ptr::null(),
+        blocking: CONFIG_UNDEF_INT,
+        commName: ptr::null(),
+        splitShare: CONFIG_UNDEF_INT,
+    }
 }
 
 /// Joins communicator `commId` as `rank` of `nranks` (like `ncclCommInitRank`). Blocks until
@@ -311,7 +531,8 @@ pub unsafe extern "C" fn oxcclCommInitRankConfig(
     rank: c_int,
     config: *const oxcclConfig_t,
 ) -> oxcclResult_t {
-    guard("oxcclCommInitRankConfig", None, || {
+    let mut background = false;
+    let r = guard("oxcclCommInitRankConfig", None, || {
         if comm.is_null() {
             return Err(null("comm"));
         }
@@ -328,13 +549,31 @@ pub unsafe extern "C" fn oxcclCommInitRankConfig(
             )));
         }
         // SAFETY: NULL or initialised (caller's contract).
-        let cfg = unsafe { read_config(config)? };
+        let (cfg, set) = unsafe { read_config(config)? };
         let id = from_c(&commId)?;
-        let c = Communicator::init(r, n, &id, cfg)?;
+        let p = if set.blocking {
+            let c = Communicator::init(r, n, &id, cfg)?;
+            Handle::register(c, &set)
+        } else {
+            background = true;
+            register_background("oxcclCommInitRankConfig", set, move || {
+                Communicator::init(r, n, &id, cfg)
+            })?
+        };
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(comm, Handle::register(c)) };
+        unsafe { put(comm, p) };
         Ok(())
-    })
+    });
+    in_progress(r, background)
+}
+
+/// An init's result: `oxcclInProgress` instead of success when it goes on in the background.
+fn in_progress(r: oxcclResult_t, background: bool) -> oxcclResult_t {
+    if background && r == oxcclResult_t::oxcclSuccess {
+        oxcclResult_t::oxcclInProgress
+    } else {
+        r
+    }
 }
 
 /// Joins the communicator the launcher's environment describes: `OXCCL_RANK`,
@@ -357,17 +596,26 @@ pub unsafe extern "C" fn oxcclCommInitFromEnvConfig(
     comm: *mut oxcclComm_t,
     config: *const oxcclConfig_t,
 ) -> oxcclResult_t {
-    guard("oxcclCommInitFromEnvConfig", None, || {
+    let mut background = false;
+    let r = guard("oxcclCommInitFromEnvConfig", None, || {
         if comm.is_null() {
             return Err(null("comm"));
         }
         // SAFETY: NULL or initialised (caller's contract).
-        let cfg = unsafe { read_config(config)? };
-        let c = Communicator::from_env_with(cfg)?;
+        let (cfg, set) = unsafe { read_config(config)? };
+        let p = if set.blocking {
+            Handle::register(Communicator::from_env_with(cfg)?, &set)
+        } else {
+            background = true;
+            register_background("oxcclCommInitFromEnvConfig", set, move || {
+                Communicator::from_env_with(cfg)
+            })?
+        };
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(comm, Handle::register(c)) };
+        unsafe { put(comm, p) };
         Ok(())
-    })
+    });
+    in_progress(r, background)
 }
 
 /// Frees a communicator: waits for its started non-blocking calls, closes its links and, on rank
@@ -383,6 +631,7 @@ pub unsafe extern "C" fn oxcclCommDestroy(comm: oxcclComm_t) -> oxcclResult_t {
         if comm.is_null() {
             return Ok(());
         }
+        // A communicator still initialising is forgotten; its init thread aborts it when done.
         drop(Handle::unregister(comm).ok_or_else(not_live)?);
         Ok(())
     })
@@ -400,9 +649,10 @@ pub unsafe extern "C" fn oxcclCommAbort(comm: oxcclComm_t) -> oxcclResult_t {
         if comm.is_null() {
             return Ok(());
         }
-        let h = Handle::unregister(comm).ok_or_else(not_live)?;
-        h.comm.abort();
-        drop(h);
+        // One still initialising is aborted by its init thread once made.
+        if let Entry::Ready(h) = Handle::unregister(comm).ok_or_else(not_live)? {
+            h.comm.abort();
+        }
         Ok(())
     })
 }
@@ -440,9 +690,13 @@ pub unsafe extern "C" fn oxcclCommSplit(
         let key = u32::try_from(key)
             .map_err(|_| Error::invalid_argument(format!("key {key} must be >= 0")))?;
         // SAFETY: NULL or initialised (caller's contract).
-        let cfg = unsafe { read_config(config)? };
+        let (cfg, mut set) = unsafe { read_config(config)? };
+        // Unset: as the parent's (NCCL's rule for splitShare).
+        set.split_share = set.split_share.or(Some(h.split_share));
         let c = h.comm.split(color, key, cfg)?;
-        let out = c.map(Handle::register).unwrap_or(ptr::null_mut());
+        let out = c
+            .map(|c| Handle::register(c, &set))
+            .unwrap_or(ptr::null_mut());
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(newcomm, out) };
         Ok(())
@@ -467,7 +721,7 @@ pub unsafe extern "C" fn oxcclCommShrink(
         }
         let c = h.comm.shrink()?;
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(newcomm, Handle::register(c)) };
+        unsafe { put(newcomm, Handle::register(c, &h.settings())) };
         Ok(())
     })
 }
@@ -511,7 +765,7 @@ pub unsafe extern "C" fn oxcclCommShrinkExclude(
             .collect::<Result<Vec<usize>, Error>>()?;
         let c = h.comm.shrink_excluding(&exclude)?;
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(newcomm, Handle::register(c)) };
+        unsafe { put(newcomm, Handle::register(c, &h.settings())) };
         Ok(())
     })
 }
@@ -578,7 +832,10 @@ pub unsafe extern "C" fn oxcclCommGrow(
         let n = usize::try_from(nranks)
             .map_err(|_| Error::invalid_argument(format!("nranks {nranks} is negative")))?;
         // SAFETY: NULL or initialised (caller's contract).
-        let cfg = unsafe { read_config(config)? };
+        let (cfg, mut set) = unsafe { read_config(config)? };
+        if let (Some(h), None) = (h, &set.name) {
+            set.name = h.settings().name;
+        }
         let id = if uniqueId.is_null() {
             None
         } else {
@@ -601,7 +858,7 @@ pub unsafe extern "C" fn oxcclCommGrow(
             }
         };
         // SAFETY: non-null and writable (caller's contract).
-        unsafe { put(newcomm, Handle::register(c)) };
+        unsafe { put(newcomm, Handle::register(c, &set)) };
         Ok(())
     };
     if comm.is_null() {
@@ -700,6 +957,18 @@ pub unsafe extern "C" fn oxcclCommGetAsyncError(
     comm: oxcclComm_t,
     asyncError: *mut oxcclResult_t,
 ) -> oxcclResult_t {
+    if let Some(Entry::Pending(p)) = Handle::entry(comm) {
+        // Initialising in the background: InProgress, then the init's failure (or, once it
+        // succeeded, the entry is Ready and the code below answers).
+        return guard("oxcclCommGetAsyncError", Some(&p.shared), || {
+            if asyncError.is_null() {
+                return Err(null("asyncError"));
+            }
+            // SAFETY: non-null and writable (caller's contract).
+            unsafe { put(asyncError, p.state()) };
+            Ok(())
+        });
+    }
     with_comm("oxcclCommGetAsyncError", comm, |h| {
         if asyncError.is_null() {
             return Err(null("asyncError"));
@@ -715,6 +984,37 @@ pub unsafe extern "C" fn oxcclCommGetAsyncError(
         let r = oxcclResult_t::from_c(code).unwrap_or(oxcclResult_t::oxcclInternalError);
         // SAFETY: non-null and writable (caller's contract).
         unsafe { put(asyncError, r) };
+        Ok(())
+    })
+}
+
+/// The name `config->commName` gave `comm` (or its parent, for shrink and grow): `*name` is a
+/// NUL-terminated string that lives as long as the communicator, `""` when it has none. Works on
+/// a communicator still initialising (`blocking = 0`) too. The name also prefixes the
+/// communicator's error messages (`oxcclGetLastError(comm)`).
+///
+/// # Safety
+/// `name` is NULL (an error) or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oxcclCommName(
+    comm: oxcclComm_t,
+    name: *mut *const c_char,
+) -> oxcclResult_t {
+    let shared = Handle::shared_of(comm);
+    guard("oxcclCommName", shared.as_deref(), || {
+        let Some(sh) = &shared else {
+            return Err(if comm.is_null() {
+                null("comm")
+            } else {
+                not_live()
+            });
+        };
+        if name.is_null() {
+            return Err(null("name"));
+        }
+        // SAFETY: non-null and writable (caller's contract); the string lives in the
+        // communicator's Shared, which outlives the handle.
+        unsafe { put(name, sh.name_ptr()) };
         Ok(())
     })
 }

@@ -61,7 +61,7 @@ pub(crate) unsafe fn submit(
     };
     // SAFETY: the buffers are valid for this blocking call (caller's contract) and it is the only
     // call using them.
-    h.comm.group(vec![unsafe { op.call() }])
+    h.comm.run(unsafe { op.call() })
 }
 
 /// Fails when the calling thread has a group open: non-blocking calls cannot join a group.

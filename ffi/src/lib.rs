@@ -33,12 +33,14 @@ mod coll;
 mod comm;
 mod group;
 mod op;
+mod persistent;
 mod premul;
 mod types;
 
 pub use coll::*;
 pub use comm::*;
 pub use group::*;
+pub use persistent::*;
 pub use premul::*;
 pub use types::*;
 

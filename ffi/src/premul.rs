@@ -144,13 +144,7 @@ pub unsafe extern "C" fn oxcclRedOpCreatePreMulSum(
             }
         };
         let mut ops = h.shared.premul.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = match ops.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                ops.push(None);
-                ops.len() - 1
-            }
-        };
+        let slot = crate::persistent::vacant(&mut ops);
         let id = c_int::try_from(slot)
             .ok()
             .and_then(|s| s.checked_add(FIRST))

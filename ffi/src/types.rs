@@ -21,7 +21,7 @@ pub const OXCCL_UNIQUE_ID_STRLEN: usize = 128;
 /// `oxcclConfig_t.magic` must hold this (`OXCCL_CONFIG_INITIALIZER` sets it).
 pub const OXCCL_CONFIG_MAGIC: c_uint = 0x0c0c_c1c0;
 /// The newest `oxcclConfig_t.version` this library reads.
-pub const OXCCL_CONFIG_VERSION: c_uint = 1;
+pub const OXCCL_CONFIG_VERSION: c_uint = 2;
 
 /// What every function returns, numbered as NCCL 2.30 numbers `ncclResult_t` (so a framework's
 /// NCCL error handling reads them unchanged): 0 success, 2 system, 3 internal, 4 invalid
@@ -223,6 +223,21 @@ pub struct oxcclConfig_t {
     pub transport: *const c_char,
     /// Force an algorithm: `"ring"`, `"direct"`, or per collective `"allreduce:ring,barrier:direct"`.
     pub algo: *const c_char,
+    /// Version 2. 0: `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig` return at once with
+    /// `oxcclInProgress` and the communicator initialises in the background: poll
+    /// `oxcclCommGetAsyncError` until it says `oxcclSuccess` (or the init's error); every other
+    /// call on it returns `oxcclInProgress` meanwhile (destroy and abort work). 1 (the default):
+    /// init returns when done. Split, shrink and grow always finish before returning.
+    pub blocking: c_int,
+    /// Version 2. A name for the communicator: in its error messages, read back with
+    /// `oxcclCommName`; shrink and grow keep the parent's.
+    pub commName: *const c_char,
+    /// Version 2. 1: `oxcclCommSplit` of this communicator shares what it can with the child
+    /// (unset in a split's config: as the parent's). Today a split always bootstraps over the
+    /// parent's links (no rendezvous through the original root), with or without it; links and
+    /// shared-memory segments are the child's own, since calls on parent and child may run at the
+    /// same time on different threads.
+    pub splitShare: c_int,
 }
 
 /// Sentinel for "not set" in `oxcclConfig_t`'s int fields (as `NCCL_CONFIG_UNDEF_INT`).

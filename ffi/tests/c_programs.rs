@@ -416,6 +416,42 @@ fn abort_interrupts_a_blocked_call() {
     assert_all_ok(&procs);
 }
 
+/// Runs `config <args>` as `n` ranks; every rank must print `says`.
+fn config_runs(n: usize, args: &[&str], says: &str) {
+    let exe = compile("config", &[test_src("config.c")], false);
+    let mut procs = if n == 1 {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        vec![spawn(&exe, 0, &args, &[])]
+    } else {
+        run_env(&exe, n, args, Duration::from_secs(60))
+    };
+    wait_all(&mut procs, Duration::from_secs(60));
+    assert_all_ok(&procs);
+    for p in &procs {
+        assert!(p.stdout().contains(says), "{}", report(&procs));
+    }
+}
+
+#[test]
+fn config_v1_bad_values_persistent_calls_and_a_nonblocking_init_that_fails() {
+    config_runs(1, &["single"], "config single ok");
+}
+
+#[test]
+fn config_nonblocking_init_and_comm_name() {
+    let flag = scratch("nonblocking").join("rank0-checked");
+    config_runs(
+        2,
+        &["nonblocking", flag.to_str().unwrap()],
+        "config nonblocking ok",
+    );
+}
+
+#[test]
+fn config_split_share_and_names() {
+    config_runs(2, &["split"], "config split ok");
+}
+
 fn example_src() -> PathBuf {
     manifest_dir().join("../examples/c/allreduce.c")
 }

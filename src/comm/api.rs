@@ -887,4 +887,10 @@ impl Communicator {
     pub fn group(&self, mut calls: Vec<Call<'_>>) -> Result<()> {
         self.run_calls(&mut calls)
     }
+
+    /// Runs one call (what [`Communicator::group`] does with one, without the `Vec`: the C
+    /// ABI's blocking calls use it, once per call).
+    pub fn run(&self, call: Call<'_>) -> Result<()> {
+        self.run_calls(&mut [call])
+    }
 }

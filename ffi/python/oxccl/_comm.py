@@ -3,6 +3,8 @@
 import contextlib
 import ctypes
 import threading
+import time
+import weakref
 
 from . import _buffers, _lib
 from ._buffers import fast as _fast
@@ -18,7 +20,7 @@ from ._lib import (
     check,
     lib,
 )
-from .errors import InvalidArgumentError, InvalidUsageError, error_for
+from .errors import InvalidArgumentError, InvalidUsageError, OxcclError, TimeoutError_, error_for
 
 __all__ = ["UniqueId", "Communicator", "Request", "init", "group", "version"]
 
@@ -80,7 +82,7 @@ class UniqueId:
         return hash(self._raw)
 
 
-def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
+def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic, name, split_share, blocking):
     c = ConfigStruct()
     c.size = ctypes.sizeof(ConfigStruct)
     c.magic = CONFIG_MAGIC
@@ -104,6 +106,9 @@ def _config(timeout, transport, nsocks, chunk_bytes, algo, deterministic):
     c.deterministic = CONFIG_UNDEF_INT if deterministic is None else int(bool(deterministic))
     c.transport = None if transport is None else str(transport).encode()
     c.algo = None if algo is None else str(algo).encode()
+    c.blocking = CONFIG_UNDEF_INT if blocking is None else int(bool(blocking))
+    c.commName = None if name is None else str(name).encode()
+    c.splitShare = CONFIG_UNDEF_INT if split_share is None else int(bool(split_share))
     return c
 
 
@@ -114,6 +119,9 @@ class _Group(threading.local):
 
 
 _group = _Group()
+# Groups open in any thread: while 0, no thread's _group.depth needs reading (a cheap check for
+# the hot paths).
+_groups_open = 0
 
 
 @contextlib.contextmanager
@@ -121,14 +129,17 @@ def group():
     """Runs the collectives and sends/receives issued inside together when the block ends (NCCL's
     ``ncclGroupStart/End``), e.g. a ring exchange: ``with oxccl.group(): comm.send(a, nxt);
     comm.recv(b, prv)``. The buffers must not be touched until the block ends."""
+    global _groups_open
     call("oxcclGroupStart")
     _group.depth += 1
+    _groups_open += 1
     ok = False
     try:
         yield
         ok = True
     finally:
         _group.depth -= 1
+        _groups_open -= 1
         code = lib().oxcclGroupEnd()
         if _group.depth == 0:
             for b in _group.keep:
@@ -221,7 +232,11 @@ class Communicator:
     ``Communicator(rank, nranks, unique_id)`` joins the communicator rank 0 created with
     :meth:`UniqueId.new`; :func:`init` joins the one a launcher's environment describes. Keyword
     settings (``timeout`` in seconds, ``transport``, ``nsocks``, ``chunk_bytes``, ``algo``,
-    ``deterministic``) override the OXCCL_* environment.
+    ``deterministic``) override the OXCCL_* environment; ``name`` (NCCL's ``commName``: in error
+    messages, read back as :attr:`name`), ``split_share`` (NCCL's ``splitShare``) and
+    ``blocking=False`` (the constructor and :func:`init` return at once while the communicator
+    initialises in the background: :meth:`ready` / :meth:`wait_ready`; other calls raise
+    :class:`InProgressError` meanwhile) are NCCL's config fields.
 
     Collectives take any buffer without copying: numpy arrays of int8, uint8, int32, uint32,
     int64, uint64, float16, float32, float64 and bfloat16 (ml_dtypes), torch CPU tensors,
@@ -237,21 +252,23 @@ class Communicator:
             unique_id = UniqueId(unique_id)
         cfg = _config(**_settings(settings))
         h = ctypes.c_void_p()
-        call(
-            "oxcclCommInitRankConfig",
-            ctypes.byref(h),
-            _int_arg(nranks, "nranks"),
-            unique_id._struct(),
-            _int_arg(rank, "rank"),
-            ctypes.byref(cfg),
+        _init_call(
+            lib().oxcclCommInitRankConfig(
+                ctypes.byref(h),
+                _int_arg(nranks, "nranks"),
+                unique_id._struct(),
+                _int_arg(rank, "rank"),
+                ctypes.byref(cfg),
+            )
         )
         self._h = h
+        self._pers = {}
 
     @classmethod
     def _from_env(cls, **settings):
         cfg = _config(**_settings(settings))
         h = ctypes.c_void_p()
-        call("oxcclCommInitFromEnvConfig", ctypes.byref(h), ctypes.byref(cfg))
+        _init_call(lib().oxcclCommInitFromEnvConfig(ctypes.byref(h), ctypes.byref(cfg)))
         return cls._wrap(h)
 
     # ---- lifetime -------------------------------------------------------------------------
@@ -262,14 +279,30 @@ class Communicator:
             raise InvalidUsageError("the communicator is closed")
         return h
 
+    def _persist(self, buf, op, opc, f):
+        """Runs an in-place all-reduce of the numpy array ``buf`` (``f``: its fast arguments)
+        and stores the call (oxcclAllReduceInit) for the next ones on the same array; the stored
+        call is freed when the array dies or the communicator closes."""
+        pid = stored_all_reduce(f[0], f[1], f[2], opc, self._h)
+        keep_stored(self._pers, buf, pid, (buf.dtype, buf.nbytes, op))
+        rc = _Start(pid)
+        if rc:
+            check(rc)
+        return buf
+
+    def _unpersist(self):
+        free_stored(getattr(self, "_pers", None))
+
     def close(self):
         """Frees the communicator (waits for its started calls). Idempotent."""
+        self._unpersist()
         h, self._h = getattr(self, "_h", None), None
         if h is not None and h.value:
             check(lib().oxcclCommDestroy(h))
 
     def abort(self):
         """Frees the communicator without waiting for peers (they see it as lost)."""
+        self._unpersist()
         h, self._h = getattr(self, "_h", None), None
         if h is not None and h.value:
             check(lib().oxcclCommAbort(h))
@@ -350,6 +383,7 @@ class Communicator:
     def _wrap(cls, h):
         c = cls.__new__(cls)
         c._h = h
+        c._pers = {}
         return c
 
     def __enter__(self):
@@ -390,11 +424,42 @@ class Communicator:
         keys = ("host", "nhosts", "local_rank", "local_size", "rail")
         return dict(zip(keys, (v.value for v in vals)))
 
+    @property
+    def name(self):
+        """The name given at init (``name=``, NCCL's ``commName``), or ``""``."""
+        p = ctypes.c_char_p()
+        call("oxcclCommName", self._handle(), ctypes.byref(p))
+        return (p.value or b"").decode("utf-8", "replace")
+
+    def ready(self):
+        """Whether initialisation has finished (always True unless made with ``blocking=False``);
+        raises the init's error if it failed."""
+        v = ctypes.c_int()
+        call("oxcclCommGetAsyncError", self._handle(), ctypes.byref(v))
+        if v.value == _IN_PROGRESS:
+            return False
+        if v.value != 0:
+            m = lib().oxcclGetLastError(self._handle())
+            raise error_for(v.value, m.decode("utf-8", "replace") if m else "")
+        return True
+
+    def wait_ready(self, timeout=None):
+        """Waits (polling) until :meth:`ready`; raises its error, or :class:`TimeoutError_`
+        after ``timeout`` seconds (None: the init's own deadline ends it). Returns self."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while not self.ready():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError_("the communicator is still initialising after %gs" % timeout)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        return self
+
     def async_error(self):
         """None while healthy; else the exception of the failure that revoked the communicator."""
         v = ctypes.c_int()
         call("oxcclCommGetAsyncError", self._handle(), ctypes.byref(v))
-        if v.value == 0:
+        if v.value in (0, _IN_PROGRESS):
             return None
         m = lib().oxcclGetLastError(self._handle())
         return error_for(v.value, m.decode("utf-8", "replace") if m else "")
@@ -402,7 +467,10 @@ class Communicator:
     def __repr__(self):
         if self._h is None:
             return "<oxccl.Communicator closed>"
-        return "<oxccl.Communicator rank %d of %d>" % (self.rank, self.size)
+        try:
+            return "<oxccl.Communicator rank %d of %d>" % (self.rank, self.size)
+        except OxcclError as e:  # still initialising (blocking=False), or its init failed
+            return "<oxccl.Communicator %s>" % type(e).__name__
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -459,6 +527,27 @@ class Communicator:
     def all_reduce(self, buf, op="sum", *, out=None, dtype=None, async_op=False):
         """Every rank's ``out`` (default: ``buf``, in place) becomes the element-wise reduction
         (``op``: sum, prod, max, min, avg) of every rank's ``buf``."""
+        if out is None:
+            # Repeated in place on the same numpy array with the same op: the stored call, one
+            # int argument (ctypes converts each pointer argument at about the cost of the whole
+            # call for a small message). Checked first, and only what can change.
+            p = self._pers.get(id(buf))
+            if (
+                p is not None
+                and p[4] is op
+                and p[0]() is buf
+                and dtype is None
+                and not async_op
+                and buf.dtype is p[2]
+                and buf.nbytes == p[3]
+                and not (_groups_open and _group.depth)
+            ):
+                fl = buf.flags
+                if fl.writeable and fl.c_contiguous:
+                    rc = _Start(p[1])
+                    if rc:
+                        check(rc)
+                    return buf
         if dtype is None and not async_op:
             # The fast path: no Buf, no strings; the general one below explains any refusal.
             h = self._h
@@ -467,6 +556,8 @@ class Communicator:
                 f = _fast(buf, True)
                 if f is not None:
                     if out is None or out is buf:
+                        if buf.__class__ is _buffers._ND and len(self._pers) < _PERSIST_MAX:
+                            return self._persist(buf, op, opc, f)
                         rc = _AllReduce(f[0], f[0], f[1], f[2], opc, h)
                         if rc:
                             check(rc)
@@ -622,9 +713,11 @@ class Communicator:
 
 
 def _bind_fast():
-    global _AllReduce, _Broadcast
+    global _AllReduce, _Broadcast, _Start, _PersistentFree
     _AllReduce = _lib.raw("oxcclAllReduce")
     _Broadcast = _lib.raw("oxcclBroadcast")
+    _Start = _lib.raw("oxcclStart")
+    _PersistentFree = _lib.raw("oxcclPersistentFree")
 
 
 def _lazy(name):
@@ -637,6 +730,57 @@ def _lazy(name):
 
 _AllReduce = _lazy("_AllReduce")
 _Broadcast = _lazy("_Broadcast")
+_Start = _lazy("_Start")
+_PersistentFree = _lazy("_PersistentFree")
+# Stored calls per communicator (one per array and operator used in place).
+_PERSIST_MAX = 64
+
+
+_IN_PROGRESS = 7  # oxcclInProgress
+
+
+def _init_call(code):
+    """An init's result: success, or in progress (``blocking=False``), or the error."""
+    if code != _IN_PROGRESS:
+        check(code)
+
+
+def stored_all_reduce(ptr, count, code, opc, h):
+    """oxcclAllReduceInit in place (``ptr``, ``count``: ctypes objects): the stored call's id."""
+    pid = ctypes.c_int()
+    check(_lib.raw("oxcclAllReduceInit")(ptr, ptr, count, code, opc, h, ctypes.byref(pid)))
+    return pid.value
+
+
+def keep_stored(pers, obj, pid, rest):
+    """Remembers the stored call ``pid`` made for ``obj``: ``pers[id(obj)] = (weakref, pid) +
+    rest`` (``rest``: what the caller checks before reusing it), freeing any it replaces; the
+    call is freed when ``obj`` dies (or by :func:`free_stored`)."""
+    key = id(obj)
+    free = _PersistentFree
+
+    def forget(ref):
+        e = pers.get(key)
+        if e is not None and e[0] is ref:
+            del pers[key]
+            try:
+                free(e[1])
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to free
+                pass
+
+    old = pers.get(key)
+    pers[key] = (weakref.ref(obj, forget), pid) + rest
+    if old is not None:
+        free(old[1])
+
+
+def free_stored(pers):
+    """Frees every stored call in ``pers`` (a communicator closing)."""
+    if pers:
+        entries = list(pers.values())
+        pers.clear()
+        for e in entries:
+            _PersistentFree(e[1])
 
 
 def _int_arg(v, what):
@@ -670,7 +814,7 @@ def _counts(counts, n, what, bufs):
     return (ctypes.c_size_t * n)(*counts), counts
 
 
-_SETTINGS = ("timeout", "transport", "nsocks", "chunk_bytes", "algo", "deterministic")
+_SETTINGS = ("timeout", "transport", "nsocks", "chunk_bytes", "algo", "deterministic", "name", "split_share", "blocking")
 
 
 def _settings(kw):

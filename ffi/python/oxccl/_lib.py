@@ -12,7 +12,7 @@ from .errors import error_for
 UNIQUE_ID_BYTES = 128
 UNIQUE_ID_STRLEN = 128
 CONFIG_MAGIC = 0x0C0CC1C0
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 CONFIG_UNDEF_INT = -(2**31)
 SUCCESS = 0
 IN_PROGRESS = 10
@@ -40,6 +40,9 @@ class ConfigStruct(ctypes.Structure):
         ("deterministic", ctypes.c_int),
         ("transport", ctypes.c_char_p),
         ("algo", ctypes.c_char_p),
+        ("blocking", ctypes.c_int),
+        ("commName", ctypes.c_char_p),
+        ("splitShare", ctypes.c_int),
     ]
 
 
@@ -126,6 +129,7 @@ _PROTOTYPES = {
     "oxcclCommUserRank": [_vp, _c_int_p],
     "oxcclCommTopology": [_vp, _c_int_p, _c_int_p, _c_int_p, _c_int_p, _c_int_p],
     "oxcclCommGetAsyncError": [_vp, _c_int_p],
+    "oxcclCommName": [_vp, ctypes.POINTER(ctypes.c_char_p)],
     "oxcclGetErrorString": [_int],
     "oxcclGetLastError": [_vp],
     "oxcclAllReduce": [_vp, _vp, _size, _int, _int, _vp],

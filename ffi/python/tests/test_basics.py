@@ -273,3 +273,74 @@ def test_fast_path_follows_arrays_that_move_or_die(comm):
     nc = np.ones((4, 4), dtype=np.float32)[:, 1]
     with pytest.raises(oxccl.InvalidArgumentError, match="contiguous"):
         comm.all_reduce(nc)
+
+
+def test_nonblocking_init_name_and_split_share():
+    """NCCL's config fields: blocking=False returns at once and calls raise InProgressError
+    until ready(); name reads back and is in error messages; split_share is accepted."""
+    uid = oxccl.UniqueId.new()
+    c1 = oxccl.Communicator(1, 2, uid, timeout=30, blocking=False, name="nb")
+    # Rank 0 has not started: initialisation cannot have finished.
+    assert not c1.ready()
+    assert c1.name == "nb"
+    assert c1.async_error() is None
+    assert "InProgressError" in repr(c1)
+    with pytest.raises(oxccl.InProgressError, match="still initialising"):
+        c1.all_reduce(np.ones(2, dtype=np.float32))
+    box = {}
+
+    def rank0():
+        box["c0"] = oxccl.Communicator(0, 2, uid, timeout=30)
+        box["c0"].all_reduce(box.setdefault("a", np.ones(2, dtype=np.float32)))
+
+    t = threading.Thread(target=rank0, daemon=True)
+    t.start()
+    assert c1.wait_ready(timeout=30) is c1
+    b = np.ones(2, dtype=np.float32)
+    c1.all_reduce(b)
+    t.join(30)
+    assert not t.is_alive()
+    assert b.tolist() == [2.0, 2.0] and box["a"].tolist() == [2.0, 2.0]
+    assert box["c0"].name == ""
+    with pytest.raises(oxccl.InvalidArgumentError, match='comm "nb"'):
+        c1.broadcast(np.ones(2, dtype=np.float32), root=5)
+    c1.close()
+    box["c0"].close()
+    with oxccl.Communicator(0, 1, oxccl.UniqueId.new(), split_share=True) as c:
+        with c.split(0, name="kid") as k:
+            assert k.name == "kid" and k.size == 1
+    # A non-blocking init that cannot finish fails through ready().
+    c = oxccl.Communicator(1, 2, oxccl.UniqueId.new(), timeout=1, blocking=False)
+    t0 = time.monotonic()
+    with pytest.raises(oxccl.OxcclError):
+        while not c.ready():
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.01)
+    c.close()
+
+
+def test_repeated_in_place_all_reduce_uses_a_stored_call():
+    """The in-place fast path stores the call (oxcclAllReduceInit) per array: it follows the
+    array's op, dtype and death, and frees its stored calls on close."""
+    from oxccl import _comm
+
+    with oxccl.Communicator(0, 1, oxccl.UniqueId.new()) as c:
+        a = np.arange(4, dtype=np.float32)
+        for _ in range(3):
+            c.all_reduce(a)
+        assert list(c._pers) == [id(a)] and a.tolist() == [0, 1, 2, 3]
+        c.all_reduce(a, op="max")  # another op: stored again, the old one freed
+        assert c._pers[id(a)][4] == "max"
+        a.dtype = np.int32  # the same memory, another type: not the stored call's
+        c.all_reduce(a)
+        assert a.dtype == np.int32 and c._pers[id(a)][2] == np.int32
+        a.flags.writeable = False
+        with pytest.raises(oxccl.InvalidArgumentError):
+            c.all_reduce(a)
+        del a
+        assert not c._pers
+        b = np.ones(2)
+        c.all_reduce(b)
+        pid = c._pers[id(b)][1]
+    assert not c._pers
+    assert _comm._Start(pid) == 4  # freed with the communicator: invalid argument

@@ -161,3 +161,9 @@ def test_entry_point_registers_without_import():
     p = subprocess.run([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=60)
     assert p.returncode == 0, p.stdout.decode(errors="replace")
+
+
+def test_blocking_all_reduce_stored_calls_follow_the_tensor():
+    code, out = run(2, worker("torch_stored.py"), timeout=120)
+    assert code == 0, out
+    assert out.count("stored ok") == 2, out
