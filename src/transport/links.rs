@@ -89,7 +89,6 @@ impl Endpoints {
     /// Opens this rank's endpoints: the peer listener on `ip`, the extra paths
     /// OXCCL_SOCKET_IFNAME names, the shm endpoint (unless `kind` rules it out; under `auto` a
     /// failure only means TCP) and the RDMA device (feature `rdma`).
-    #[allow(clippy::too_many_arguments)]
     pub fn open(
         rank: usize,
         nranks: usize,
@@ -236,11 +235,8 @@ impl Endpoints {
         }
     }
 
-    /// The link to `peer`: RDMA when both ranks want it, else the lower rank dials ([`dial`])
-    /// and the higher one accepts ([`accept`]) a shm or TCP link.
-    ///
-    /// [`dial`]: Endpoints::dial
-    /// [`accept`]: Endpoints::accept
+    /// The link to `peer`: RDMA when both ranks want it, else the lower rank dials and the
+    /// higher one accepts a shm or TCP link.
     pub fn connect(
         &self,
         set: &Settings,
