@@ -26,7 +26,7 @@ MINB=${MINB:-1M} MAXB=${MAXB:-16M} STEP=${STEP:-2} ITERS=${ITERS:-5} WARMUP=${WA
 PLACEMENTS=${PLACEMENTS:-block cyclic} ALGOS=${ALGOS:-auto ring tree rhd}
 BIND=${BIND:-rail} TRANSPORT=${TRANSPORT:-auto}
 PERF=$ROOT/target/release/oxccl-perf
-TAG=oxmh$$
+TAG=${TAG:-oxmh}$$  # namespace prefix: TAG=scale makes scale<pid>-h0 ...
 TMP=$(mktemp -d)
 
 [ "$(id -u)" = 0 ] || { echo "needs root (it creates network namespaces)" >&2; exit 1; }
