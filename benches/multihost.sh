@@ -5,7 +5,8 @@
 # For each placement (block: host = rank / R, as `srun --distribution=block`; cyclic: host =
 # rank mod H, as `--distribution=cyclic` or `mpirun --map-by node`) and each algorithm, it
 # launches the ranks with `ip netns exec` (oxccl-perf under the OXCCL_* launcher environment,
-# rank 0 serving the store) and prints rank 0's nccl-tests table, then the bytes each NIC
+# rank 0 serving the store; OXCCL_SOCKET_SPEED=RATE tells the tuner what the shaped veths
+# really carry) and prints rank 0's nccl-tests table, then the bytes each NIC
 # carried, then a summary: out-of-place time and busbw per size, and cyclic / block.
 #
 # Usage: sudo benches/multihost.sh            (from anywhere inside the repository; needs root)
@@ -104,7 +105,7 @@ for placement in $PLACEMENTS; do
       args=(-b "$MINB" -e "$MAXB" -f "$STEP" -n "$ITERS" -w "$WARMUP")
       [ "$algo" = auto ] || args+=(-a "$algo")
       envs=(OXCCL_RANK="$r" OXCCL_WORLD_SIZE="$N" OXCCL_ROOT="10.78.1.1:$port" OXCCL_SECRET="$SECRET"
-            OXCCL_TRANSPORT="$TRANSPORT" OXCCL_SOCKET_IFNAME="$IFNAMES" OXCCL_TIMEOUT_MS=120000)
+            OXCCL_TRANSPORT="$TRANSPORT" OXCCL_SOCKET_IFNAME="$IFNAMES" OXCCL_SOCKET_SPEED="$RATE" OXCCL_TIMEOUT_MS=120000)
       if [ "$K" -gt 1 ] && [ "$BIND" = rail ]; then envs+=(OXCCL_SOCKET_BIND=rail); fi
       ip netns exec "$(host "$hi")" env -u RANK -u WORLD_SIZE -u SLURM_PROCID -u OMPI_COMM_WORLD_RANK \
         "${envs[@]}" timeout 900 "$PERF" "$COLL" "${args[@]}" >"$out.$r" 2>&1 &
