@@ -16,6 +16,8 @@
 #        BIND (rail: with K > 1, OXCCL_SOCKET_BIND=rail, local rank r on eth<r mod K>;
 #        stripe: every link over every NIC; none: eth0 only)   TRANSPORT (auto: shm inside a
 #        host, tcp between hosts)   NOBUILD=1 skips `cargo build --release`
+#        SIM=1 adds oxccl-sim's prediction for each forced algorithm and block placement beside
+#        the measurement (the model below: RATE less TCP/IP framing per port, shm inside a host)
 #   e.g. the 2-NIC rail setup:  K=2 BIND=rail sudo -E benches/multihost.sh
 #
 # Hosts share this machine's CPUs: with 1 Gbit/s ports the network, not the CPU, should be the
@@ -34,7 +36,7 @@ TMP=$(mktemp -d)
 command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs ip and tc (iproute2)" >&2; exit 1; }
 [ "$H" -ge 1 ] && [ "$R" -ge 1 ] && [ "$K" -ge 1 ] && [ "$K" -le 8 ] && [ "$H" -le 200 ] \
   || { echo "need H in 1..200, R >= 1, K in 1..8" >&2; exit 1; }
-if [ -z "${NOBUILD:-}" ]; then (cd "$ROOT" && cargo build --release --bin oxccl-perf); fi
+if [ -z "${NOBUILD:-}" ]; then (cd "$ROOT" && cargo build --release --bin oxccl-perf --bin oxccl-sim); fi
 [ -x "$PERF" ] || { echo "no $PERF (build it, or unset NOBUILD)" >&2; exit 1; }
 
 SW=$TAG-sw
@@ -153,4 +155,32 @@ awk '
       print ""
     }
   }' "$TMP/summary"
+if [ -n "${SIM:-}" ]; then
+  # The namespace hosts as oxccl-sim models them: each port carries RATE less Ethernet + IP + TCP
+  # framing (1448 of every 1538 bytes at MTU 1500), 50 us between hosts (veth, bridge, tbf and a
+  # poll wake-up), shm inside a host; rails as bound (striping: one path as wide as all NICs).
+  rate_mbit=$(echo "$RATE" | awk '{ v = $0 + 0; if ($0 ~ /[gG]/) v *= 1000; else if ($0 ~ /[kK]/) v /= 1000; print v }')
+  nics=$K; bw=$(awk -v r="$rate_mbit" 'BEGIN { printf "%.0f", r * 1e6 / 8 * 1448 / 1538 }')
+  if [ "$K" -gt 1 ] && [ "$BIND" != rail ]; then nics=1; [ "$BIND" = stripe ] && bw=$((bw * K)); fi
+  echo
+  echo "## oxccl-sim beside the measurement (block placement): measured / predicted time (us)"
+  printf '%-20s' algorithm
+  for sz in $(awk '{ print $3 }' "$TMP/summary" | sort -un); do printf ' %24s' "$sz"; done; echo
+  for algo in $ALGOS; do
+    [ "$algo" = auto ] && continue
+    printf '%-20s' "$algo"
+    for sz in $(awk '{ print $3 }' "$TMP/summary" | sort -un); do
+      meas=$(awk -v k="block $algo" -v s="$sz" '$1 " " $2 == k && $3 == s { print $4 }' "$TMP/summary" | head -1)
+      pred=$("$ROOT/target/release/oxccl-sim" --coll "$COLL" --algo "$algo" --ranks "$N" --ranks-per-host "$R" \
+        --nics-per-host "$nics" --inter-bw "${bw}B/s" --inter-lat 50us --intra-bw 8GB/s --reduce-bw 6GB/s \
+        --host-driven -b "$sz" -e "$sz" --tsv 2>/dev/null | awk '{ printf "%.0f", $3 }')
+      if [ -n "$meas" ] && [ -n "$pred" ] && [ "$pred" != 0 ]; then
+        printf ' %9s/%9s %+4.0f%%' "$meas" "$pred" "$(awk -v m="$meas" -v p="$pred" 'BEGIN { print (m / p - 1) * 100 }')"
+      else
+        printf ' %24s' "${meas:--}/${pred:--}"
+      fi
+    done
+    echo
+  done
+fi
 [ "$failed" = 0 ] || { echo "$failed run(s) failed (see above)" >&2; exit 1; }

@@ -241,42 +241,29 @@ mod tests {
         };
         let g = candidate(Collective::AllReduce, Algorithm::HierMul, 24, &net);
         assert!(matches!(g, Group::Digits(2, _)), "{g:?}");
-        let reps = build_reps(Collective::AllReduce, Algorithm::HierMul, 24, 4096, g, &o).unwrap();
+        let (c, a) = (Collective::AllReduce, Algorithm::HierMul);
         let lvl = verify(
-            Collective::AllReduce,
-            Algorithm::HierMul,
+            c,
+            a,
             24,
             4096,
             g,
             &o,
-            &reps,
+            &build_reps(c, a, 24, 4096, g, &o).unwrap(),
         );
         assert!(matches!(lvl, Ok(Some(_))), "{lvl:?}");
-        // And the replay agrees with the full one.
-        let full = crate::sim::simulate(
-            Collective::AllReduce,
-            Algorithm::HierMul,
-            24,
-            4096,
-            &net,
-            &Options {
-                symmetry: false,
-                ..o.clone()
-            },
-        )
+        let all_reduce = |o: &Options| crate::sim::simulate(c, a, 24, 4096, &net, o);
+        // The replay of one host agrees with the full one. (An approximate symmetry is used only
+        // where a full replay would not fit the budget.)
+        let full = all_reduce(&Options {
+            symmetry: false,
+            ..o.clone()
+        })
         .unwrap();
-        let sym = crate::sim::simulate(
-            Collective::AllReduce,
-            Algorithm::HierMul,
-            24,
-            4096,
-            &net,
-            // An approximate symmetry is used only where a full replay would not fit.
-            &Options {
-                max_steps: 300,
-                ..o.clone()
-            },
-        )
+        let sym = all_reduce(&Options {
+            max_steps: 300,
+            ..o.clone()
+        })
         .unwrap();
         assert_eq!(sym.replayed, 2);
         // Host 0 folds its own sum first and waits least: the replay of its ranks is a little
