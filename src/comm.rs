@@ -636,7 +636,7 @@ impl Communicator {
             #[cfg(not(feature = "rdma"))]
             rdma: String::new(),
             paths: paths.extra_addrs(),
-            rails: paths.rails(listener.addr()),
+            rails: crate::topo::Rails::for_card(listener.addr(), &paths.extra_addrs()),
         };
         let cards = exchange_cards(
             &mut store, &listener, &me, rank, nranks, secret, comm_id, deadline,

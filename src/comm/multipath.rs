@@ -79,14 +79,6 @@ impl Paths {
         })
     }
 
-    /// This rank's rails for its card: its interfaces (`primary`'s, then the extra paths'),
-    /// rail-bound or striped, and their speed.
-    pub(super) fn rails(&self, primary: SocketAddr) -> crate::topo::Rails {
-        let mut ips = vec![primary.ip()];
-        ips.extend(self.listeners.iter().map(|l| l.addr().ip()));
-        crate::topo::Rails::local(self.rails, &ips, &crate::topo::local_nics())
-    }
-
     /// This rank's extra addresses (path 1, 2, ...), for its card; empty without multi-path.
     pub(super) fn extra_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().map(PeerListener::addr).collect()

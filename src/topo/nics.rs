@@ -1,7 +1,7 @@
 //! This host's NICs: the TCP interfaces (getifaddrs) with the speed `/sys/class/net/*/speed`
 //! gives, and RDMA ports (`/sys/class/infiniband/*/ports/*/rate`) where there are any.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// What kind of port a NIC is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +173,19 @@ impl Rails {
                 mbps: all.map(|v| v.into_iter().sum()),
             }
         }
+    }
+
+    /// This rank's rails for its card: it listens on `primary` and the `extra` paths'
+    /// addresses, rail-bound when `OXCCL_SOCKET_BIND` says `rail` (else striped), at the speed
+    /// of this host's interfaces with those addresses.
+    pub fn for_card(primary: SocketAddr, extra: &[SocketAddr]) -> Rails {
+        let rail = std::env::var("OXCCL_SOCKET_BIND")
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "rail" | "rails"));
+        let ips: Vec<IpAddr> = std::iter::once(primary)
+            .chain(extra.iter().copied())
+            .map(|a| a.ip())
+            .collect();
+        Rails::local(rail && !extra.is_empty(), &ips, &local_nics())
     }
 
     /// What every rank can count on: the fewest rails and the slowest speed over `all` ranks'
