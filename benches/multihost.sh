@@ -5,7 +5,8 @@
 # For each placement (block: host = rank / R, as `srun --distribution=block`; cyclic: host =
 # rank mod H, as `--distribution=cyclic` or `mpirun --map-by node`) and each algorithm, it
 # launches the ranks with `ip netns exec` (oxccl-perf under the OXCCL_* launcher environment,
-# rank 0 serving the store) and prints rank 0's nccl-tests table, then the bytes each NIC
+# rank 0 serving the store; OXCCL_SOCKET_SPEED=RATE tells the tuner what the shaped veths
+# really carry) and prints rank 0's nccl-tests table, then the bytes each NIC
 # carried, then a summary: out-of-place time and busbw per size, and cyclic / block.
 #
 # Usage: sudo benches/multihost.sh            (from anywhere inside the repository; needs root)
@@ -15,6 +16,8 @@
 #        BIND (rail: with K > 1, OXCCL_SOCKET_BIND=rail, local rank r on eth<r mod K>;
 #        stripe: every link over every NIC; none: eth0 only)   TRANSPORT (auto: shm inside a
 #        host, tcp between hosts)   NOBUILD=1 skips `cargo build --release`
+#        SIM=1 adds oxccl-sim's prediction for each forced algorithm and block placement beside
+#        the measurement (the model below: RATE less TCP/IP framing per port, shm inside a host)
 #   e.g. the 2-NIC rail setup:  K=2 BIND=rail sudo -E benches/multihost.sh
 #
 # Hosts share this machine's CPUs: with 1 Gbit/s ports the network, not the CPU, should be the
@@ -26,14 +29,14 @@ MINB=${MINB:-1M} MAXB=${MAXB:-16M} STEP=${STEP:-2} ITERS=${ITERS:-5} WARMUP=${WA
 PLACEMENTS=${PLACEMENTS:-block cyclic} ALGOS=${ALGOS:-auto ring tree rhd}
 BIND=${BIND:-rail} TRANSPORT=${TRANSPORT:-auto}
 PERF=$ROOT/target/release/oxccl-perf
-TAG=oxmh$$
+TAG=${TAG:-oxmh}$$  # namespace prefix: TAG=scale makes scale<pid>-h0 ...
 TMP=$(mktemp -d)
 
 [ "$(id -u)" = 0 ] || { echo "needs root (it creates network namespaces)" >&2; exit 1; }
 command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs ip and tc (iproute2)" >&2; exit 1; }
 [ "$H" -ge 1 ] && [ "$R" -ge 1 ] && [ "$K" -ge 1 ] && [ "$K" -le 8 ] && [ "$H" -le 200 ] \
   || { echo "need H in 1..200, R >= 1, K in 1..8" >&2; exit 1; }
-if [ -z "${NOBUILD:-}" ]; then (cd "$ROOT" && cargo build --release --bin oxccl-perf); fi
+if [ -z "${NOBUILD:-}" ]; then (cd "$ROOT" && cargo build --release --bin oxccl-perf --bin oxccl-sim); fi
 [ -x "$PERF" ] || { echo "no $PERF (build it, or unset NOBUILD)" >&2; exit 1; }
 
 SW=$TAG-sw
@@ -104,7 +107,7 @@ for placement in $PLACEMENTS; do
       args=(-b "$MINB" -e "$MAXB" -f "$STEP" -n "$ITERS" -w "$WARMUP")
       [ "$algo" = auto ] || args+=(-a "$algo")
       envs=(OXCCL_RANK="$r" OXCCL_WORLD_SIZE="$N" OXCCL_ROOT="10.78.1.1:$port" OXCCL_SECRET="$SECRET"
-            OXCCL_TRANSPORT="$TRANSPORT" OXCCL_SOCKET_IFNAME="$IFNAMES" OXCCL_TIMEOUT_MS=120000)
+            OXCCL_TRANSPORT="$TRANSPORT" OXCCL_SOCKET_IFNAME="$IFNAMES" OXCCL_SOCKET_SPEED="$RATE" OXCCL_TIMEOUT_MS=120000)
       if [ "$K" -gt 1 ] && [ "$BIND" = rail ]; then envs+=(OXCCL_SOCKET_BIND=rail); fi
       ip netns exec "$(host "$hi")" env -u RANK -u WORLD_SIZE -u SLURM_PROCID -u OMPI_COMM_WORLD_RANK \
         "${envs[@]}" timeout 900 "$PERF" "$COLL" "${args[@]}" >"$out.$r" 2>&1 &
@@ -152,4 +155,32 @@ awk '
       print ""
     }
   }' "$TMP/summary"
+if [ -n "${SIM:-}" ]; then
+  # The namespace hosts as oxccl-sim models them: each port carries RATE less Ethernet + IP + TCP
+  # framing (1448 of every 1538 bytes at MTU 1500), 50 us between hosts (veth, bridge, tbf and a
+  # poll wake-up), shm inside a host; rails as bound (striping: one path as wide as all NICs).
+  rate_mbit=$(echo "$RATE" | awk '{ v = $0 + 0; if ($0 ~ /[gG]/) v *= 1000; else if ($0 ~ /[kK]/) v /= 1000; print v }')
+  nics=$K; bw=$(awk -v r="$rate_mbit" 'BEGIN { printf "%.0f", r * 1e6 / 8 * 1448 / 1538 }')
+  if [ "$K" -gt 1 ] && [ "$BIND" != rail ]; then nics=1; [ "$BIND" = stripe ] && bw=$((bw * K)); fi
+  echo
+  echo "## oxccl-sim beside the measurement (block placement): measured / predicted time (us)"
+  printf '%-20s' algorithm
+  for sz in $(awk '{ print $3 }' "$TMP/summary" | sort -un); do printf ' %24s' "$sz"; done; echo
+  for algo in $ALGOS; do
+    [ "$algo" = auto ] && continue
+    printf '%-20s' "$algo"
+    for sz in $(awk '{ print $3 }' "$TMP/summary" | sort -un); do
+      meas=$(awk -v k="block $algo" -v s="$sz" '$1 " " $2 == k && $3 == s { print $4 }' "$TMP/summary" | head -1)
+      pred=$("$ROOT/target/release/oxccl-sim" --coll "$COLL" --algo "$algo" --ranks "$N" --ranks-per-host "$R" \
+        --nics-per-host "$nics" --inter-bw "${bw}B/s" --inter-lat 50us --intra-bw 8GB/s --reduce-bw 6GB/s \
+        --host-driven -b "$sz" -e "$sz" --tsv 2>/dev/null | awk '{ printf "%.0f", $3 }')
+      if [ -n "$meas" ] && [ -n "$pred" ] && [ "$pred" != 0 ]; then
+        printf ' %9s/%9s %+4.0f%%' "$meas" "$pred" "$(awk -v m="$meas" -v p="$pred" 'BEGIN { print (m / p - 1) * 100 }')"
+      else
+        printf ' %24s' "${meas:--}/${pred:--}"
+      fi
+    done
+    echo
+  done
+fi
 [ "$failed" = 0 ] || { echo "$failed run(s) failed (see above)" >&2; exit 1; }

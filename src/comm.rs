@@ -181,6 +181,8 @@ struct Card {
     rdma: String,
     /// Its extra listening addresses (multi-path TCP; empty normally).
     paths: Vec<SocketAddr>,
+    /// The NICs its host's ranks spread over and their speed (for the tuner).
+    rails: crate::topo::Rails,
 }
 
 impl Card {
@@ -194,7 +196,7 @@ impl Card {
         };
         let paths: Vec<String> = self.paths.iter().map(|a| a.to_string()).collect();
         format!(
-            "4 {} {} {} {} {} {} {} {}",
+            "5 {} {} {} {} {} {} {} {} {}",
             self.addr,
             self.pid,
             dash(&self.boot),
@@ -202,6 +204,7 @@ impl Card {
             dash(&self.shm),
             dash(&self.rdma),
             dash(&paths.join(",")),
+            self.rails.encode(),
             self.host
         )
         .into_bytes()
@@ -210,8 +213,8 @@ impl Card {
     fn decode(b: &[u8], rank: usize) -> Result<Card> {
         let bad = || Error::internal(format!("rank {rank} published an unreadable card"));
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
-        let mut it = s.splitn(9, ' ');
-        if it.next() != Some("4") {
+        let mut it = s.splitn(10, ' ');
+        if it.next() != Some("5") {
             return Err(bad());
         }
         let addr = it.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
@@ -230,6 +233,10 @@ impl Card {
             .filter(|p| !p.is_empty())
             .map(|p| p.parse().map_err(|_| bad()))
             .collect::<Result<Vec<SocketAddr>>>()?;
+        let rails = it
+            .next()
+            .and_then(crate::topo::Rails::decode)
+            .ok_or_else(bad)?;
         let host = it.next().unwrap_or("").to_string();
         Ok(Card {
             addr,
@@ -240,6 +247,7 @@ impl Card {
             shm,
             rdma,
             paths,
+            rails,
         })
     }
 
@@ -568,6 +576,7 @@ impl Communicator {
             shm: ends.shm_name(),
             rdma: ends.rdma_word(),
             paths: ends.extra_addrs(),
+            rails: crate::topo::Rails::for_card(ends.listener().addr(), &ends.extra_addrs()),
         };
         let cards = exchange_cards(
             &mut store, listener, &me, rank, nranks, secret, comm_id, deadline,
@@ -750,6 +759,10 @@ mod card_tests {
             shm: shm.into(),
             rdma: String::new(),
             paths: Vec::new(),
+            rails: crate::topo::Rails {
+                nics: 1,
+                mbps: None,
+            },
         }
     }
 
@@ -764,6 +777,10 @@ mod card_tests {
                     "10.0.0.1:7".parse().unwrap(),
                     "[fe80::1]:8".parse().unwrap(),
                 ],
+                rails: crate::topo::Rails {
+                    nics: 2,
+                    mbps: Some(25_000),
+                },
                 ..card("node 2", "b", "n", "s")
             },
         ] {

@@ -334,6 +334,13 @@ const POST_AHEAD: usize = 16;
 /// Spin this many idle rounds before yielding, and yield this long before sleeping in poll.
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_FOR: Duration = Duration::from_micros(2000);
+/// How long to yield when some link waited on has descriptors (TCP): poll(2) wakes the moment
+/// its data lands, and yielding for milliseconds while a slow network link drains only burns
+/// the CPU the other ranks of the host need. 4 namespace hosts x 2 ranks on 2 loaded cores,
+/// 2 rails of 1 Gbit/s, 16 MiB `hier` all-reduce: 151-180 ms yielding 2 ms, 116-146 ms
+/// yielding 0.1 ms (`benches/multihost.sh`); `oxccl-perf -N 4 --transport tcp` at 8 B: 53-73
+/// us against 26-27 us.
+const YIELD_NET: Duration = Duration::from_micros(100);
 
 /// One Program with its memory and parameters: an element of a group run by [`run_jobs`].
 #[derive(Debug, Clone, Copy)]
@@ -703,6 +710,9 @@ struct Idle<'a> {
     spin: u32,
     /// Made only when it first sleeps.
     waiter: Option<Waiter>,
+    /// How long to yield before sleeping: [`YIELD_FOR`] while every link waited on is shm,
+    /// [`YIELD_NET`] once one is not (worked out at the first yield).
+    yield_for: Option<Duration>,
     abort: Option<Interrupt<'a>>,
     p: &'a Params,
 }
@@ -715,6 +725,7 @@ impl<'a> Idle<'a> {
             // Worked out at the first idle round (a call that never waits never asks).
             spin: u32::MAX,
             waiter: None,
+            yield_for: None,
             abort,
             p,
         }
@@ -758,7 +769,15 @@ impl<'a> Idle<'a> {
         if waited >= self.p.timeout {
             return Err(stalled());
         }
-        if waited < YIELD_FOR || wait::never_sleep() {
+        let yield_for = *self.yield_for.get_or_insert_with(|| {
+            let net = peers.iter().any(|q| {
+                links[q.peer]
+                    .as_deref()
+                    .is_some_and(|l| l.doorbell().is_none())
+            });
+            if net { YIELD_NET } else { YIELD_FOR }
+        });
+        if waited < yield_for || wait::never_sleep() {
             crate::sys::yield_now();
             return Ok(());
         }

@@ -176,6 +176,11 @@ pub struct Model {
     pub cache: usize,
     /// How much faster in cache.
     pub cache_speedup: f64,
+    /// The NICs each host's ranks spread over between hosts and their speed, from the cards
+    /// (`nics` 0: unknown, a port per rank at the transport's speed). With them the model
+    /// shares each NIC among the local ranks bound to it (`l mod nics`) and caps every port at
+    /// the NIC's speed, which is what makes rail-aligned hierarchical schedules win.
+    pub rails: crate::topo::Rails,
 }
 
 /// Effective cache of the development VM: its two cores have 2 MiB of L2 each (its L3 is
@@ -196,6 +201,7 @@ impl Default for Model {
             cores: host_cores(),
             cache: CACHE,
             cache_speedup: CACHE_SPEEDUP,
+            rails: crate::topo::Rails::default(),
         }
     }
 }
@@ -251,7 +257,8 @@ impl Model {
 
     /// [`Model::network`] for `nranks` ranks on hosts of `per_host` ranks: links inside a host
     /// are shared memory, links between hosts transport `t` (TCP); each rank has its own port
-    /// between hosts (its rail). With `per_host ≥ nranks`, [`Model::network`].
+    /// between hosts, or with known [`Model::rails`] shares its host's NIC `l mod nics` capped
+    /// at the NIC's speed. With `per_host ≥ nranks`, [`Model::network`].
     pub fn network_on(
         &self,
         t: Transport,
@@ -264,13 +271,22 @@ impl Model {
         }
         let host = self.network(Transport::Shm, per_host.max(1), bytes);
         let c = self.costs(t);
+        // Known rails: local rank l sends on NIC l mod nics, each at most the NIC's speed.
+        let (nics_per_host, nic_bw) = match self.rails {
+            r if r.nics == 0 => (0, f64::INFINITY),
+            r => (
+                r.nics.min(per_host.max(1)),
+                r.mbps.map_or(f64::INFINITY, |m| m as f64 * 1e6 / 8.0),
+            ),
+        };
         Network {
             ranks_per_host: per_host.max(1),
             inter: Link {
                 lat: c.alpha + host.intra.lat - self.shm.alpha,
-                bw: host.copy_bw * self.shm.beta / c.beta,
+                bw: (host.copy_bw * self.shm.beta / c.beta).min(nic_bw),
                 overhead: c.overhead,
             },
+            nics_per_host,
             ..host
         }
     }
@@ -287,6 +303,8 @@ impl Model {
             self.cores as u64,
             self.cache as u64,
             self.cache_speedup.to_bits(),
+            self.rails.nics as u64,
+            self.rails.mbps.unwrap_or(0),
         ] {
             h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
         }
@@ -530,5 +548,40 @@ mod tests {
     fn single_algorithm_collectives_need_no_model() {
         let s = Shape::new(Collective::AllToAll, 4, 0, 100, false, 1024);
         assert_eq!(choose(&s, 400, 4), Algorithm::Pairwise);
+    }
+
+    /// The choice on 4 hosts x 2 ranks over TCP, 16 MiB, rails `rails`, and 2 cores per host
+    /// as on the namespace bench (the cores are 0 across hosts: every host may differ).
+    fn pick_4x2(rails: crate::topo::Rails, bytes: usize) -> Algorithm {
+        let m = Model {
+            cores: 0,
+            rails,
+            ..Model::default()
+        };
+        let s = Shape::new(Collective::AllReduce, 8, 0, bytes / 4, false, 128 << 10);
+        choose_on(&s, bytes, 8, 2, Transport::Tcp, &m)
+    }
+
+    #[test]
+    fn known_rails_make_hierarchical_the_pick_at_large_sizes() {
+        use crate::topo::Rails;
+        let two = Rails {
+            nics: 2,
+            mbps: Some(1000),
+        };
+        for bytes in [4 << 20, 16 << 20] {
+            let a = pick_4x2(two, bytes);
+            assert!(a.is_hier(), "2 rails of 1 Gbit/s, {bytes} B: {a:?}");
+        }
+        // Unknown rails: a port per rank at loopback speed, where the flat ring is as good.
+        let flat = pick_4x2(Rails::default(), 16 << 20);
+        assert!(!flat.is_hier(), "unknown rails, 16 MiB: {flat:?}");
+        // Small calls stay latency-bound: a hierarchical Program's extra intra-host hops do not
+        // pay for themselves there.
+        let tiny = pick_4x2(two, 8);
+        assert!(
+            !tiny.is_hier() || tiny == Algorithm::HierMul,
+            "8 B: {tiny:?}"
+        );
     }
 }

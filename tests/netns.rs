@@ -876,6 +876,7 @@ fn netns_two_rails_both_nics_carry_traffic() {
             ("OXCCL_TRANSPORT", "auto"),
             ("OXCCL_SOCKET_IFNAME", "eth0,eth1"),
             ("OXCCL_SOCKET_BIND", "rail"),
+            ("OXCCL_SOCKET_SPEED", "1gbit"),
             (
                 "OXCCL_ALGO",
                 "allreduce:ring,allgather:ring,broadcast:chain",
@@ -907,6 +908,13 @@ fn netns_two_rails_both_nics_carry_traffic() {
             "rank {r} should take interface {rail}\n{err}"
         );
     }
+    // Every rank's card carried its 2 rails and their speed, and the ranks learnt them (what
+    // the tuner lays hierarchical schedules on; each host's first rank prints the line).
+    let learnt = err
+        .lines()
+        .filter(|l| l.contains("every host: 2 rails of 1000 Mbit/s"))
+        .count();
+    assert_eq!(learnt, 2, "each host should see 2 rails of 1 Gbit/s\n{err}");
     // The inter-host links run on the higher rank's rail.
     for (r, p, rail) in [(0, 3, 1), (1, 2, 0)] {
         let want = format!(":{r} oxccl INFO link to rank {p} ");

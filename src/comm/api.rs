@@ -445,6 +445,8 @@ impl Communicator {
             // Hosts may differ in cores; the ranks of different hosts must still agree.
             model.cores = 0;
         }
+        // The NICs every host's ranks spread over between hosts, and their speed (the cards').
+        model.rails = self.topo.rails();
         // Ranks per host from the host map every rank derived from the same cards; schedules
         // are laid over the topology order, so the placement itself does not matter.
         let per_host = self.topo.host_map().max_local();

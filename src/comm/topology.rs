@@ -5,7 +5,8 @@ use crate::topo::{HostMap, Topology};
 
 /// Rank `rank`'s topology from all ranks' cards: ranks share a host when their boot id, host
 /// name and network namespace agree (the test shared memory uses), so every rank derives the
-/// same host map. Only this host's NICs are known (cards do not carry them).
+/// same host map. Only this host's NICs are listed; the cards carry each rank's rails (count and
+/// speed), of which every rank keeps the common part.
 pub(super) fn from_cards(rank: usize, cards: &[Card]) -> Topology {
     let keys: Vec<(&str, &str, &str)> = cards
         .iter()
@@ -20,7 +21,8 @@ pub(super) fn from_cards(rank: usize, cards: &[Card]) -> Topology {
         .iter()
         .map(|h| cards[h[0]].host.clone())
         .collect();
-    Topology::new(rank, map, names, crate::topo::local_nics())
+    let rails = crate::topo::Rails::common(cards.iter().map(|c| c.rails));
+    Topology::new(rank, map, names, crate::topo::local_nics()).with_rails(rails)
 }
 
 /// The test-only knob `OXCCL_TOPO_HOSTS` (`0,1,0,1`: rank r's host index), which lays the

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 mod nics;
-pub use nics::{Nic, NicKind, local_nics};
+pub use nics::{Nic, NicKind, Rails, local_nics, speed_override};
 
 /// Which ranks share a host. Pure data; every rank of a communicator holds the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -148,6 +148,7 @@ pub struct Topology {
     map: HostMap,
     names: Vec<String>,
     nics: Vec<Nic>,
+    rails: Rails,
 }
 
 impl Topology {
@@ -158,7 +159,21 @@ impl Topology {
             map,
             names,
             nics,
+            rails: Rails::default(),
         }
+    }
+
+    /// The same topology, with the rails every rank can count on ([`Rails::common`] of the
+    /// cards).
+    pub fn with_rails(mut self, rails: Rails) -> Topology {
+        self.rails = rails;
+        self
+    }
+
+    /// The rails every host's ranks spread over and their speed, the same on every rank
+    /// (`nics` 0 when nothing is known).
+    pub fn rails(&self) -> Rails {
+        self.rails
     }
 
     /// The host map.
@@ -238,6 +253,16 @@ impl Topology {
                             nics.join(", ")
                         }
                     ));
+                    if self.rails.nics > 0 {
+                        line.push_str(&format!(
+                            "; every host: {} rail{} of {}",
+                            self.rails.nics,
+                            if self.rails.nics == 1 { "" } else { "s" },
+                            self.rails
+                                .mbps
+                                .map_or("unknown speed".to_string(), |m| format!("{m} Mbit/s"))
+                        ));
+                    }
                 }
                 line
             })

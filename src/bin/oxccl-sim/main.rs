@@ -168,10 +168,14 @@ fn run(a: &Args) -> Result<(), String> {
             Which::Auto => vec![pick],
             Which::All => a.coll.algorithms().to_vec(),
         };
-        for al in algos {
+        // The algorithms replay independently: on every CPU at once, printed in order.
+        let results = replay_all(&algos, |al| {
             let t0 = Instant::now();
             let r = sim::simulate(a.coll, al, n, size, &net, &o)?;
-            let wall = t0.elapsed().as_secs_f64();
+            Ok((r, t0.elapsed().as_secs_f64()))
+        });
+        for (al, res) in algos.into_iter().zip(results) {
+            let (r, wall) = res?;
             if a.tsv {
                 println!("{size}\t{}\t{:.3}", al.name(), r.time * 1e6);
                 continue;
@@ -202,7 +206,49 @@ fn run(a: &Args) -> Result<(), String> {
                 },
                 wall
             );
+            if r.chunk_bytes > a.chunk {
+                println!(
+                    "#   ({} replayed with {} KiB chunks, not {}: coarsened to fit --max-steps {})",
+                    al.name(),
+                    r.chunk_bytes >> 10,
+                    a.chunk >> 10,
+                    a.max_steps
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// `f` of every algorithm, on up to one thread per CPU; the results in `algos`' order.
+fn replay_all<T: Send>(
+    algos: &[oxccl::algo::Algorithm],
+    f: impl Fn(oxccl::algo::Algorithm) -> Result<T, String> + Sync,
+) -> Vec<Result<T, String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(algos.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: Vec<std::sync::Mutex<Option<Result<T, String>>>> =
+        algos.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&al) = algos.get(i) else { break };
+                    let r = f(al);
+                    *out[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err("not replayed".into()))
+        })
+        .collect()
 }
