@@ -51,8 +51,8 @@ fn real_main() -> i32 {
         }
     }
     let o = match args::parse_args(&argv) {
-        Ok(Parsed::Help) => {
-            print!("{}", args::usage());
+        Ok(Parsed::Help(text)) => {
+            print!("{text}");
             return 0;
         }
         Ok(Parsed::Run(o)) => o,

@@ -3,7 +3,7 @@
 //! (nccl-tests' factors) and the tuner's pick.
 //!
 //! ```text
-//! oxccl-sim --coll allreduce --algo ring --ranks 16384 --ranks-per-host 8 \
+//! oxccl-sim allreduce --algo ring --ranks 16384 --ranks-per-host 8 \
 //!     --intra-lat 1us --intra-bw 20GB/s --inter-lat 5us --inter-bw 12.5GB/s --oversub 1 \
 //!     -b 8 -e 1G -f 4
 //! oxccl-sim --machine shm --ranks 4 --algo all -b 8 -e 64M    # this machine, as the tuner sees it
@@ -21,9 +21,9 @@ use oxccl::tune;
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = match args::parse(&argv) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{}", args::usage());
+        Ok(args::Parsed::Run(a)) => a,
+        Ok(args::Parsed::Help(text)) => {
+            print!("{text}");
             return;
         }
         Err(e) => {
