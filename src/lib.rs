@@ -31,22 +31,77 @@
 //! comm.all_reduce(&mut grads, ReduceOp::Sum).unwrap();
 //! ```
 
-pub mod log;
+mod log;
+#[allow(unused_imports)] // not every build logs at every level
+pub(crate) use log::{info, trace, warn};
 
-pub mod algo;
-pub mod bootstrap;
-pub mod comm;
-pub mod error;
-pub mod exec;
-pub mod reduce;
+mod algo;
+mod bootstrap;
+mod comm;
+mod error;
+mod exec;
+mod reduce;
 pub mod sim;
-pub mod sys;
-pub mod topo;
-pub mod transport;
-pub mod tune;
+mod sys;
+mod topo;
+mod transport;
+mod tune;
 
 pub use algo::{Algorithm, Collective};
-pub use bootstrap::UniqueId;
+pub use bootstrap::{StoreStats, UniqueId};
 pub use comm::{Call, Communicator, Config, NO_COLOR, Request, Scope, TransportKind};
 pub use error::{Error, Result};
 pub use reduce::{DataType, Element, ReduceOp};
+pub use topo::{Nic, NicKind, Topology};
+
+/// Not API: the internals that oxccl's own tools (`tools/`), integration tests, fuzz targets
+/// (`fuzz/`), benchmarks, examples and C ABI crate (`ffi/`) reach into, mirrored by module. No
+/// stability promise; users have the items above.
+#[doc(hidden)]
+pub mod internals {
+    /// Schedules.
+    pub mod algo {
+        pub use crate::algo::{Shape, build, build_on};
+    }
+    /// Unique id, store, handshake, launcher discovery.
+    pub mod bootstrap {
+        pub use crate::bootstrap::store;
+        pub use crate::bootstrap::{
+            EnvInfo, PURPOSE_PEER, PURPOSE_STORE, StoreClient, StoreServer, UNIQUE_ID_BYTES,
+            UniqueId, barrier, discover_from, handshake, parse_secret_hex, secret_hex,
+        };
+    }
+    /// Communicator constants.
+    pub mod comm {
+        pub use crate::comm::DEFAULT_CHUNK;
+    }
+    /// Reduction kernels and their references.
+    pub mod reduce {
+        pub use crate::reduce::par;
+        pub use crate::reduce::{
+            finish_avg_bytes, reduce_bytes, reduce_slice, reduce3_bytes, reference, scale_bytes,
+        };
+    }
+    /// System calls.
+    pub mod sys {
+        pub use crate::sys::shm;
+        pub use crate::sys::{allowed_cpus, bind_to_cpu, hostname, random_bytes};
+    }
+    /// Topology.
+    pub mod topo {
+        pub use crate::topo::HostMap;
+    }
+    /// Links.
+    pub mod transport {
+        #[cfg(feature = "rdma")]
+        pub use crate::transport::rdma;
+        pub use crate::transport::{Link, Tag, connect, mpath, shm, tcp};
+    }
+    /// The cost model.
+    pub mod tune {
+        pub use crate::tune::{
+            Model, SHM, TCP, Transport, choose, choose_with, chunk, cost, fanout, formula, measure,
+            pick,
+        };
+    }
+}

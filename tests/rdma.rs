@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{all_reduce_checked, check, expected, input};
-use oxccl::transport::rdma::emu::Fabric;
+use oxccl::internals::transport::rdma::emu::Fabric;
 use oxccl::{Communicator, Config, Error, ReduceOp, TransportKind, UniqueId};
 
 /// A config forcing RDMA links, with a short timeout.
@@ -517,7 +517,7 @@ fn insisting_on_rdma_with_a_peer_that_does_not_offer_it_fails_on_both_sides() {
 
 #[test]
 fn real_verbs_device_all_reduce_and_a_lost_peer() {
-    if let Err(why) = oxccl::transport::rdma::verbs::open_device(0) {
+    if let Err(why) = oxccl::internals::transport::rdma::verbs::open_device(0) {
         eprintln!("skipped: no usable RDMA device here ({why})");
         return;
     }

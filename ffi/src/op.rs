@@ -177,7 +177,7 @@ impl Op {
             // SAFETY: the input is readable for len bytes (caller's contract).
             unsafe { std::slice::from_raw_parts(input, len) }.to_vec()
         };
-        core_oxccl::reduce::scale_bytes(self.dtype, &mut owned, scalar);
+        core_oxccl::internals::reduce::scale_bytes(self.dtype, &mut owned, scalar);
         self.kind = match self.kind {
             Kind::AllReduce(_) => Kind::AllReduce(ReduceOp::Sum),
             Kind::Reduce(_, root) => Kind::Reduce(ReduceOp::Sum, root),

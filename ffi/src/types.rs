@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<oxcclUniqueId>(), 128);
         assert_eq!(
             OXCCL_UNIQUE_ID_BYTES,
-            core_oxccl::bootstrap::UNIQUE_ID_BYTES
+            core_oxccl::internals::bootstrap::UNIQUE_ID_BYTES
         );
     }
 }

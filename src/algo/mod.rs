@@ -22,6 +22,7 @@ pub mod ordered;
 pub mod rhd;
 pub mod ring;
 pub mod tree;
+#[cfg(test)]
 pub mod verify;
 
 #[cfg(test)]
@@ -865,11 +866,6 @@ fn relabel(algo: Algorithm, shape: &Shape, order: &[usize]) -> Result<Program, S
     }
     p.shape = shape.clone();
     Ok(p)
-}
-
-/// Builds one rank's all-reduce Program with `algo`.
-pub fn all_reduce(algo: Algorithm, shape: Shape) -> Program {
-    build(algo, &shape).expect("all-reduce shapes and algorithms are valid")
 }
 
 /// Splits `count` elements into `parts` near-equal contiguous pieces; returns piece `i` as

@@ -147,16 +147,6 @@ impl AlignedBuf {
         // SAFETY: ptr is valid for len bytes, and &mut self makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for AlignedBuf {
@@ -187,27 +177,6 @@ pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io:
     // again on a listening socket only changes the queue's length.
     if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sets SO_SNDBUF and SO_RCVBUF on a socket (the kernel may clamp them to net.core.*mem_max).
-pub fn set_socket_buffers(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
-    let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: `v` is a live c_int and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use clap::builder::RangedU64ValueParser;
 use clap::{CommandFactory, Parser};
+use oxccl::internals::tune::{Model, Transport};
 use oxccl::sim::{Link, Network};
-use oxccl::tune::{Model, Transport};
 use oxccl::{Algorithm, Collective};
 use oxccl_tools::units::{parse_bw, parse_factor, parse_size, parse_time};
 use oxccl_tools::{Flags, read_flags};
@@ -291,9 +291,9 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
         min: cli.min,
         max: cli.max,
         factor: cli.factor,
-        chunk: cli
-            .chunk
-            .map_or(oxccl::tune::chunk(None), |c| c.max(oxccl::sim::ELEM)),
+        chunk: cli.chunk.map_or(oxccl::internals::tune::chunk(None), |c| {
+            c.max(oxccl::sim::ELEM)
+        }),
         in_place: cli.in_place,
         root: cli.root,
         max_steps: cli.max_steps,

@@ -1,4 +1,4 @@
-//! `oxccl-sim`: replays oxccl's real Programs (`oxccl::algo::build`) of a collective on a
+//! `oxccl-sim`: replays oxccl's real Programs (`oxccl::internals::algo::build`) of a collective on a
 //! modelled network (`oxccl::sim`) and prints, per size, the predicted time, algbw and busbw
 //! (nccl-tests' factors) and the tuner's pick.
 //!
@@ -15,8 +15,8 @@ mod args;
 use std::time::Instant;
 
 use args::{Args, Which};
+use oxccl::internals::tune;
 use oxccl::sim::{self, Symmetry};
-use oxccl::tune;
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
