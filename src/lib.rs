@@ -93,9 +93,16 @@ pub mod internals {
     }
     /// Links.
     pub mod transport {
-        #[cfg(feature = "rdma")]
-        pub use crate::transport::rdma;
         pub use crate::transport::{Link, Tag, connect, mpath, shm, tcp};
+        /// The RDMA transport's emulated NIC, and device probing.
+        #[cfg(feature = "rdma")]
+        pub mod rdma {
+            pub use crate::transport::rdma::emu;
+            /// libibverbs.
+            pub mod verbs {
+                pub use crate::transport::rdma::verbs::open_device;
+            }
+        }
     }
     /// The cost model.
     pub mod tune {
