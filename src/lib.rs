@@ -1,27 +1,38 @@
 //! # oxccl — collective communication in Rust
 //!
 //! Peers expose registered buffers, data moves in chunks straight into them, and completion is
-//! signalled, not negotiated (the RDMA style). The layers, top to bottom (data flows down,
-//! results flow up; no layer uses one above it):
+//! signalled, not negotiated (the RDMA style). The modules, as layers from top to bottom (data
+//! flows down, results flow up):
 //!
 //! ```text
 //!  comm        Communicator: init, collectives, groups and non-blocking calls, split, shrink,
 //!              grow, revoke, abort; peer-to-peer liveness          (src/comm.rs, src/comm/)
 //!  tune        the cost model that picks an algorithm per call          (src/tune.rs, src/tune/)
+//!  sim         replays the same Programs on a network model, 10^4+ ranks (src/sim.rs, src/sim/)
 //!  algo        schedules: (collective, nranks, rank, count) -> Program, pure data; the
-//!              symbolic verifier                                        (src/algo/)
+//!              symbolic verifier (unit tests)                           (src/algo/)
+//!  topo        the host map and topology order, this host's NICs       (src/topo/)
 //!  exec        runs one rank's Program over its links, with deadlines; reduces on receive
-//!                                                                      (src/exec.rs, src/reduce.rs)
+//!                                                          (src/exec.rs; kernels in src/reduce.rs)
 //!  transport   Link: post_send / poll_recv / release, credits: shared memory, TCP, multi-path
 //!              TCP, RDMA verbs (feature `rdma`); connection setup       (src/transport/)
-//!  bootstrap   unique id, rendezvous store, launcher env discovery, HMAC handshake
-//!                                                                      (src/bootstrap/)
-//!  sys         the few unsafe syscall wrappers                          (src/sys/)
-//!  sim         replays the same Programs on a network model, 10^4+ ranks (src/sim.rs, src/sim/)
+//!  bootstrap   unique id, rendezvous store, launcher env discovery, HMAC handshake, card
+//!              exchange                                                 (src/bootstrap/)
+//!  sys         the unsafe syscall wrappers (memfd, mmap, futex, SCM_RIGHTS, affinity)
+//!                                                                      (src/sys/)
+//!  error, log  Error and Result; OXCCL_DEBUG logging to stderr    (src/error.rs, src/log.rs)
 //! ```
 //!
-//! The C ABI (`liboxccl.so`, `oxccl.h`) is the `oxccl-ffi` crate in `ffi/`, and the Python
-//! package binds that; the README has both.
+//! The public API is what this page lists: [`Communicator`] and its calls ([`Call`],
+//! [`Request`], [`Scope`]), [`Config`] and [`TransportKind`], [`Error`], the element types and
+//! operators ([`DataType`], [`Element`], [`ReduceOp`]), [`Algorithm`] and [`Collective`],
+//! [`UniqueId`], the [`Topology`] a communicator sees, and the simulator ([`sim`]). Everything
+//! else is crate-private; the hidden `internals` module re-exports the few internals that the
+//! project's own tools, tests, fuzz targets and C ABI crate use, with no stability promise.
+//!
+//! The command-line tools `oxccl-perf` (bandwidth, as nccl-tests) and `oxccl-sim` are the
+//! `oxccl-tools` crate in `tools/`; the C ABI (`liboxccl.so`, `oxccl.h`) is the `oxccl-ffi`
+//! crate in `ffi/`, and the Python package binds that; the README has all three.
 //!
 //! ```no_run
 //! use oxccl::{Communicator, Config, ReduceOp, UniqueId};

@@ -869,7 +869,7 @@ impl_half! {
 // ---------------------------------------------------------------------------------------------
 // Public typed kernels.
 
-/// `dst[i] = dst[i] op src[i]` for every `i` (Avg sums; finish with [`finish_avg_slice`]).
+/// `dst[i] = dst[i] op src[i]` for every `i` (Avg sums; finish with `finish_avg_slice`).
 ///
 /// The slices should have equal lengths; in release builds only the common prefix is reduced.
 pub fn reduce_slice<T: Element>(op: ReduceOp, dst: &mut [T], src: &[T]) {
@@ -1127,7 +1127,7 @@ pub fn scale_bytes(dtype: DataType, buf: &mut [u8], scalar: &[u8]) {
     }
 }
 
-/// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as [`finish_avg_slice`].
+/// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as `finish_avg_slice`.
 /// `buf` may be unaligned; its length should be a multiple of `dtype.size()`.
 pub fn finish_avg_bytes(dtype: DataType, buf: &mut [u8], n: usize) {
     debug_assert_eq!(

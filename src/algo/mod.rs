@@ -330,7 +330,7 @@ pub enum Algorithm {
     /// All-reduce / reduce / reduce-scatter folding every element in rank order at one owner:
     /// bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
     Ordered,
-    /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a ring
+    /// Hierarchical over the host map (`hier`). All-reduce: intra-host reduce-scatter, a ring
     /// between hosts on each local rank's rail, intra-host all-gather; broadcast / reduce: the
     /// slices scattered (reduce-scattered) over the root's (every) host, a chain between hosts
     /// per rail; all-gather / reduce-scatter: rings per rail between hosts and per host.
@@ -341,10 +341,10 @@ pub enum Algorithm {
     /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
     /// doubling where a slice has fewer elements than there are hosts).
     HierRhd,
-    /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for small
+    /// All-reduce: recursive doubling, the whole buffer every round (`doubling`); for small
     /// messages at scale.
     Doubling,
-    /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a host
+    /// All-reduce: recursive multiplying across rails (`multiply`): every local rank of a host
     /// exchanges with another host at once, about log_k(hosts) rounds; for small messages over
     /// many hosts.
     HierMul,
@@ -803,7 +803,7 @@ fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
 /// each rank's position in that order and their peers renamed back to ranks; the ring
 /// all-gather and reduce-scatter pass blocks along the order and keep each block at its rank's
 /// place. The others (Bruck, pairwise, linear, ordered) keep rank order: Bruck's exchanges and
-/// the ordered fold are defined by rank numbers. Hierarchical algorithms ([`hier`]) compose
+/// the ordered fold are defined by rank numbers. Hierarchical algorithms (`hier`) compose
 /// intra-host and inter-host steps on the map.
 pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program, String> {
     if map.nranks() != shape.nranks {
