@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 mod nics;
-pub use nics::{Nic, NicKind, local_nics};
+pub use nics::local_nics;
+pub use nics::{Nic, NicKind};
 
 /// Which ranks share a host. Pure data; every rank of a communicator holds the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
