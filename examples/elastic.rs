@@ -342,9 +342,11 @@ fn main() {
     match drive(&|| Command::new(&exe)) {
         Ok(o) => {
             println!(
-                "final weights differ from single-process training by at most {:.1e}; \
+                "the {} final weights differ from single-process training by at most {:.1e}; \
                  replacement start to its first collective: {:?}",
-                o.max_diff, o.replacement_to_first_collective
+                o.weights.len(),
+                o.max_diff,
+                o.replacement_to_first_collective
             );
             if o.max_diff > 1e-9 {
                 std::process::exit(1);
