@@ -224,7 +224,7 @@ impl Model {
     /// as the simulator models it: links of latency α (+ `wake` per rank beyond one per core)
     /// and bandwidth 1/β, `overhead` per message; reduction at 1/γ; local copies at 1/β (both
     /// [`Model::cache_speedup`] faster when the call fits in [`Model::cache`]); every send
-    /// copied by its rank's thread; [`CREDITS`] credits; [`Model::cores`] cores shared by the
+    /// copied by its rank's thread; `CREDITS` credits; [`Model::cores`] cores shared by the
     /// ranks.
     pub fn network(&self, t: Transport, nranks: usize, bytes: usize) -> Network {
         let c = self.costs(t);

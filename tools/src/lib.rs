@@ -15,6 +15,16 @@ pub enum Flags<T> {
     Given(T),
 }
 
+impl<T> Flags<T> {
+    /// The flags; `None` for help.
+    pub fn given(self) -> Option<T> {
+        match self {
+            Flags::Help(_) => None,
+            Flags::Given(t) => Some(t),
+        }
+    }
+}
+
 /// Reads `args` (without the program name) with `cmd`: help is not an error here, and an error
 /// is one line (clap's message without its `error:` prefix and usage lines), pointing at `-h`;
 /// both tools exit with 1 on it.

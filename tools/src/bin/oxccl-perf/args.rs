@@ -230,15 +230,6 @@ impl Options {
     }
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone)]
-pub enum Parsed {
-    /// `-h`: print this help text and exit 0.
-    Help(String),
-    /// Run the benchmark.
-    Run(Box<Options>),
-}
-
 /// The `-h` text after the flags: the collectives' conventions and every algorithm (the list
 /// comes from the library).
 fn after_help() -> String {
@@ -505,9 +496,9 @@ pub fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
 
 /// Parses the arguments after the program name: clap reads the flags, then the checks that
 /// involve several of them (`-a` against the collective, `-b` against `-e`).
-pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
+pub fn parse_args(args: &[String]) -> Result<Flags<Box<Options>>, String> {
     let cli: Cli = match read_flags(Cli::command().after_help(after_help()), args)? {
-        Flags::Help(text) => return Ok(Parsed::Help(text)),
+        Flags::Help(text) => return Ok(Flags::Help(text)),
         Flags::Given(cli) => cli,
     };
     let collective = cli.collective.unwrap_or(Collective::AllReduce);
@@ -544,7 +535,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         child_args: Vec::new(),
     };
     o.child_args = child_args(&o);
-    Ok(Parsed::Run(Box::new(o)))
+    Ok(Flags::Given(Box::new(o)))
 }
 
 /// What `-N` passes to each child rank: the same run, spelled canonically, without `-N` (and
@@ -600,10 +591,10 @@ mod tests {
 
     fn parse(s: &str) -> Result<Options, String> {
         let v: Vec<String> = s.split_whitespace().map(String::from).collect();
-        match parse_args(&v)? {
-            Parsed::Run(o) => Ok(*o),
-            Parsed::Help(_) => Err("help".into()),
-        }
+        parse_args(&v)?
+            .given()
+            .map(|o| *o)
+            .ok_or_else(|| "help".into())
     }
 
     #[test]
@@ -750,10 +741,7 @@ mod tests {
             "broadcast -N 3 -r 2 -f 4 --watchdog 9 --bind core -a chain",
         ] {
             let o = parse(line).unwrap();
-            let c = match parse_args(&o.child_args).unwrap() {
-                Parsed::Run(c) => *c,
-                Parsed::Help(_) => unreachable!(),
-            };
+            let c = parse_args(&o.child_args).unwrap().given().unwrap();
             assert_eq!(c.child_args, o.child_args, "{line}");
             assert_eq!(c.local_ranks, None, "{line}");
             assert_eq!(

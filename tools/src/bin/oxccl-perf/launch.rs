@@ -349,7 +349,7 @@ mod tests {
         let parse = |s: &str| match crate::args::parse_args(
             &s.split_whitespace().map(String::from).collect::<Vec<_>>(),
         ) {
-            Ok(crate::args::Parsed::Run(o)) => *o,
+            Ok(oxccl_tools::Flags::Given(o)) => *o,
             _ => unreachable!(),
         };
         let small = default_watchdog(&parse("-b 8 -e 1K"), 2);

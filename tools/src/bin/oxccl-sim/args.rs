@@ -209,19 +209,10 @@ pub fn parse_coll(s: &str) -> Result<Collective, String> {
         .ok_or_else(|| format!("unknown collective '{s}'"))
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone)]
-pub enum Parsed {
-    /// `-h`/`--help`: print this text and exit 0.
-    Help(String),
-    /// Simulate.
-    Run(Box<Args>),
-}
-
 /// Parses the arguments (without the program name).
-pub fn parse(argv: &[String]) -> Result<Parsed, String> {
+pub fn parse(argv: &[String]) -> Result<Flags<Box<Args>>, String> {
     let cli: Cli = match read_flags(Cli::command(), argv)? {
-        Flags::Help(text) => return Ok(Parsed::Help(text)),
+        Flags::Help(text) => return Ok(Flags::Help(text)),
         Flags::Given(cli) => cli,
     };
     let coll = cli.collective.or(cli.coll).unwrap_or(Collective::AllReduce);
@@ -281,7 +272,7 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
     if !oxccl::sim::supported(coll) {
         return Err(format!("the simulator does not replay {}", coll.name()));
     }
-    Ok(Parsed::Run(Box::new(Args {
+    Ok(Flags::Given(Box::new(Args {
         coll,
         which,
         ranks: cli.ranks,
@@ -309,10 +300,7 @@ mod tests {
 
     fn args(line: &str) -> Result<Args, String> {
         let v: Vec<String> = line.split_whitespace().map(String::from).collect();
-        match parse(&v)? {
-            Parsed::Run(a) => Ok(*a),
-            Parsed::Help(_) => Err("help".into()),
-        }
+        parse(&v)?.given().map(|a| *a).ok_or_else(|| "help".into())
     }
 
     #[test]

@@ -21,8 +21,8 @@ use oxccl::sim::{self, Symmetry};
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = match args::parse(&argv) {
-        Ok(args::Parsed::Run(a)) => a,
-        Ok(args::Parsed::Help(text)) => {
+        Ok(oxccl_tools::Flags::Given(a)) => a,
+        Ok(oxccl_tools::Flags::Help(text)) => {
             print!("{text}");
             return;
         }
