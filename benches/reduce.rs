@@ -14,7 +14,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
-use oxccl::reduce::{DataType, ReduceOp, reduce_bytes, reduce_slice, reduce3_bytes};
+use oxccl::internals::reduce::{reduce_bytes, reduce_slice, reduce3_bytes};
+use oxccl::{DataType, ReduceOp};
 
 const MIB: usize = 1 << 20;
 const BIG: usize = 64 * MIB;
@@ -106,7 +107,7 @@ fn threads(c: &mut Criterion) {
     let b = buffer(BIG, 0, 0x01);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for t in [1, 2, 4].into_iter().filter(|&t| t == 1 || t <= cpus) {
-        oxccl::reduce::par::set_threads(t);
+        oxccl::internals::reduce::par::set_threads(t);
         g.bench_function(BenchmarkId::new("threads", t), |bch| {
             bch.iter(|| {
                 let (d, s) = (as_bytes_mut(&mut a), as_bytes(&b));
@@ -114,7 +115,7 @@ fn threads(c: &mut Criterion) {
             })
         });
     }
-    oxccl::reduce::par::set_threads(0);
+    oxccl::internals::reduce::par::set_threads(0);
     g.finish();
 }
 

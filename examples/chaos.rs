@@ -347,8 +347,8 @@ fn driver() -> i32 {
     let id = UniqueId::bind(format!("{}:0", o.store_ip).parse().expect("store ip"))
         .expect("bind the store");
     let listener = id.take_listener().expect("listener");
-    let _store =
-        oxccl::bootstrap::StoreServer::start(listener, id.secret).expect("serve the store");
+    let _store = oxccl::internals::bootstrap::StoreServer::start(listener, id.secret)
+        .expect("serve the store");
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let workers: Arc<Mutex<Vec<Worker>>> = Arc::new(Mutex::new(Vec::new()));
     let spawn = |host: usize, env: Vec<(&str, String)>| -> usize {
@@ -383,7 +383,7 @@ fn driver() -> i32 {
         });
         who
     };
-    let secret = oxccl::bootstrap::secret_hex(&id.secret);
+    let secret = oxccl::internals::bootstrap::secret_hex(&id.secret);
     for r in 0..full {
         spawn(
             r / o.per_host,

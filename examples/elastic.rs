@@ -231,8 +231,8 @@ pub struct Outcome {
 pub fn drive(worker_cmd: &dyn Fn() -> Command) -> Result<Outcome, String> {
     let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
     let listener = id.take_listener().ok_or("no store listener")?;
-    let _store =
-        oxccl::bootstrap::StoreServer::start(listener, id.secret).map_err(|e| e.to_string())?;
+    let _store = oxccl::internals::bootstrap::StoreServer::start(listener, id.secret)
+        .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut kids: Vec<Child> = Vec::new();
     let start =
@@ -254,7 +254,7 @@ pub fn drive(worker_cmd: &dyn Fn() -> Command) -> Result<Outcome, String> {
             kids.push(child);
             Ok(())
         };
-    let secret = oxccl::bootstrap::secret_hex(&id.secret);
+    let secret = oxccl::internals::bootstrap::secret_hex(&id.secret);
     for r in 0..RANKS {
         start(
             vec![
@@ -342,9 +342,11 @@ fn main() {
     match drive(&|| Command::new(&exe)) {
         Ok(o) => {
             println!(
-                "final weights differ from single-process training by at most {:.1e}; \
+                "the {} final weights differ from single-process training by at most {:.1e}; \
                  replacement start to its first collective: {:?}",
-                o.max_diff, o.replacement_to_first_collective
+                o.weights.len(),
+                o.max_diff,
+                o.replacement_to_first_collective
             );
             if o.max_diff > 1e-9 {
                 std::process::exit(1);

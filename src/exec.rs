@@ -151,6 +151,7 @@ impl Plan {
     }
 
     /// The ranks its Programs exchange messages with, in first-use order.
+    #[cfg(test)]
     pub fn peers(&self) -> impl Iterator<Item = usize> + '_ {
         self.peers.iter().map(|q| q.peer)
     }
@@ -342,7 +343,7 @@ const YIELD_FOR: Duration = Duration::from_micros(2000);
 /// us against 26-27 us.
 const YIELD_NET: Duration = Duration::from_micros(100);
 
-/// One Program with its memory and parameters: an element of a group run by [`run_jobs`].
+/// One Program with its memory and parameters: an element of a group run by [`run_jobs_abortable`].
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
     /// This rank's part of the call.
@@ -360,43 +361,6 @@ pub struct Call {
     pub mem: Mem,
     /// The call's type, operator and signature.
     pub params: Params,
-}
-
-/// Runs `prog` to completion.
-///
-/// # Safety
-/// `mem` must describe live, properly sized buffers that nothing else reads or writes during the
-/// call (input may only be read); `input` and `output` may be the same memory only if the Program
-/// was built in place (then it never names `Input`).
-pub unsafe fn run(
-    prog: &Program,
-    mem: &Mem,
-    links: &mut [Option<Box<dyn Link>>],
-    p: &Params,
-) -> Result<()> {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        run_jobs(
-            &[Job {
-                prog,
-                mem: *mem,
-                params: *p,
-            }],
-            links,
-        )
-    }
-}
-
-/// Runs several Programs together (a group): they progress concurrently and share the links.
-/// On each link, messages keep job order (all of job 0's sends to a peer precede job 1's), which
-/// every rank agrees on because it issued the calls in the same order.
-///
-/// # Safety
-/// As [`run`], for every job; the jobs' buffers must not overlap each other (except a job's own
-/// input and output when it is in place).
-pub unsafe fn run_jobs(jobs: &[Job<'_>], links: &mut [Option<Box<dyn Link>>]) -> Result<()> {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { run_jobs_abortable(jobs, links, None) }
 }
 
 /// What interrupts a running call: `flag` becoming true (checked whenever the executor would
@@ -430,10 +394,15 @@ impl Interrupt<'_> {
     }
 }
 
-/// [`run_jobs`], giving up with an error soon after `abort` is raised (see [`Interrupt`]).
+/// Runs several Programs together (a group): they progress concurrently and share the links.
+/// On each link, messages keep job order (all of job 0's sends to a peer precede job 1's), which
+/// every rank agrees on because it issued the calls in the same order. Gives up with an error soon after `abort` is raised (see [`Interrupt`]).
 ///
 /// # Safety
-/// As [`run_jobs`].
+/// Every job's `mem` must describe live, properly sized buffers that nothing else reads or
+/// writes during the call (input may only be read); `input` and `output` may be the same memory
+/// only if the Program was built in place (then it never names `Input`); the jobs' buffers must
+/// not overlap each other (except a job's own input and output when it is in place).
 pub unsafe fn run_jobs_abortable(
     jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
@@ -464,7 +433,7 @@ pub unsafe fn run_jobs_abortable(
 /// up soon after `abort` is raised: the fast path of a call whose Program is cached.
 ///
 /// # Safety
-/// As [`run_jobs`], with each call's memory sized for its Program.
+/// As [`run_jobs_abortable`], with each call's memory sized for its Program.
 pub unsafe fn run_planned(
     plan: &Plan,
     calls: &[Call],
@@ -554,7 +523,7 @@ impl<'a> Bufs<'a> {
     /// has a link.
     ///
     /// # Safety
-    /// The calls' memory must be as [`run_jobs`] requires.
+    /// The calls' memory must be as [`run_jobs_abortable`] requires.
     unsafe fn checked(
         plan: &Plan,
         calls: &'a [Call],

@@ -2,7 +2,6 @@
 //! Each line is prefixed with host, pid and rank: `myhost:1234:2 oxccl INFO ...`.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Log levels, in increasing verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,7 +17,6 @@ pub enum Level {
 }
 
 static LEVEL: OnceLock<Level> = OnceLock::new();
-static LEVEL_OVERRIDE: AtomicU8 = AtomicU8::new(u8::MAX);
 
 fn parse(s: &str) -> Level {
     match s.trim().to_ascii_uppercase().as_str() {
@@ -31,22 +29,11 @@ fn parse(s: &str) -> Level {
 
 /// The level in force.
 pub fn level() -> Level {
-    match LEVEL_OVERRIDE.load(Ordering::Relaxed) {
-        0 => Level::None,
-        1 => Level::Warn,
-        2 => Level::Info,
-        3 => Level::Trace,
-        _ => *LEVEL.get_or_init(|| {
-            std::env::var("OXCCL_DEBUG")
-                .map(|v| parse(&v))
-                .unwrap_or(Level::Warn)
-        }),
-    }
-}
-
-/// Overrides the level for this process (tests, tools).
-pub fn set_level(l: Level) {
-    LEVEL_OVERRIDE.store(l as u8, Ordering::Relaxed);
+    *LEVEL.get_or_init(|| {
+        std::env::var("OXCCL_DEBUG")
+            .map(|v| parse(&v))
+            .unwrap_or(Level::Warn)
+    })
 }
 
 /// Whether messages at `l` are printed.
@@ -79,8 +66,7 @@ pub fn write(l: Level, rank: Option<usize>, args: std::fmt::Arguments<'_>) {
 }
 
 /// `warn!(rank_option, "fmt", args...)`
-#[macro_export]
-macro_rules! warn {
+macro_rules! warn_ {
     ($rank:expr, $($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Warn) {
             $crate::log::write($crate::log::Level::Warn, $rank, format_args!($($arg)*))
@@ -89,7 +75,6 @@ macro_rules! warn {
 }
 
 /// `info!(rank_option, "fmt", args...)`
-#[macro_export]
 macro_rules! info {
     ($rank:expr, $($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Info) {
@@ -99,7 +84,6 @@ macro_rules! info {
 }
 
 /// `trace!(rank_option, "fmt", args...)`
-#[macro_export]
 macro_rules! trace {
     ($rank:expr, $($arg:tt)*) => {
         if $crate::log::enabled($crate::log::Level::Trace) {
@@ -107,6 +91,10 @@ macro_rules! trace {
         }
     };
 }
+
+// `warn` is also a built-in attribute: the macro is defined under another name, so that naming
+// it here is unambiguous, and used as `crate::warn!`.
+pub(crate) use {info, trace, warn_ as warn};
 
 #[cfg(test)]
 mod tests {

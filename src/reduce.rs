@@ -765,7 +765,7 @@ impl_half! {
 // ---------------------------------------------------------------------------------------------
 // Public typed kernels.
 
-/// `dst[i] = dst[i] op src[i]` for every `i` (Avg sums; finish with [`finish_avg_slice`]).
+/// `dst[i] = dst[i] op src[i]` for every `i` (Avg sums; finish with `finish_avg_slice`).
 ///
 /// The slices should have equal lengths; in release builds only the common prefix is reduced.
 pub fn reduce_slice<T: Element>(op: ReduceOp, dst: &mut [T], src: &[T]) {
@@ -778,6 +778,7 @@ pub fn reduce_slice<T: Element>(op: ReduceOp, dst: &mut [T], src: &[T]) {
 /// saves copying `a` into `dst` first.
 ///
 /// The slices should have equal lengths; in release builds only the common prefix is written.
+#[cfg(test)]
 pub fn reduce3_slice<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
     debug_assert!(
         dst.len() == a.len() && a.len() == b.len(),
@@ -791,6 +792,7 @@ pub fn reduce3_slice<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) 
 ///
 /// Integers use truncating division in the element type; `f32`/`f64` divide in their own type;
 /// `f16`/`bf16` divide in `f32` and round once. `n == 0` and `n == 1` leave `buf` unchanged.
+#[cfg(test)]
 pub fn finish_avg_slice<T: Element>(buf: &mut [T], n: usize) {
     if n >= 2 {
         T::kern_avg(buf, n);
@@ -1021,7 +1023,7 @@ pub fn scale_bytes(dtype: DataType, buf: &mut [u8], scalar: &[u8]) {
     }
 }
 
-/// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as [`finish_avg_slice`].
+/// Divides every `dtype` element of `buf` by `n` (the end of an Avg), as `finish_avg_slice`.
 /// `buf` may be unaligned; its length should be a multiple of `dtype.size()`.
 pub fn finish_avg_bytes(dtype: DataType, buf: &mut [u8], n: usize) {
     debug_assert_eq!(

@@ -1,4 +1,4 @@
-//! The simulator: replays the real [`Program`]s of a collective (from [`algo::build`]) on a
+//! The simulator: replays the real `Program`s of a collective (from [`algo::build`]) on a
 //! modelled network, with no data, for up to tens of thousands of ranks.
 //!
 //! # The model

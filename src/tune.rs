@@ -226,7 +226,7 @@ impl Model {
     /// as the simulator models it: links of latency α (+ `wake` per rank beyond one per core)
     /// and bandwidth 1/β, `overhead` per message; reduction at 1/γ; local copies at 1/β (both
     /// [`Model::cache_speedup`] faster when the call fits in [`Model::cache`]); every send
-    /// copied by its rank's thread; [`CREDITS`] credits; [`Model::cores`] cores shared by the
+    /// copied by its rank's thread; `CREDITS` credits; [`Model::cores`] cores shared by the
     /// ranks.
     pub fn network(&self, t: Transport, nranks: usize, bytes: usize) -> Network {
         let c = self.costs(t);
@@ -326,7 +326,7 @@ fn call_size(coll: Collective, nranks: usize, block: usize) -> usize {
 
 /// Predicted seconds for `algo` doing `coll` over `nranks` ranks with `block` bytes per rank
 /// block (the all-reduce buffer; one rank's block of an all-gather) and `chunk` bytes per
-/// message, on `net`: the simulator up to [`SIM_MAX_RANKS`] ranks, [`formula`] beyond.
+/// message, on `net`: the simulator up to `SIM_MAX_RANKS` ranks, `formula` beyond.
 pub fn cost(
     coll: Collective,
     algo: Algorithm,
@@ -357,7 +357,7 @@ pub fn cost(
 /// has a rank talk to O(log n) peers plus its own host's ranks ([`fanout`]).
 pub const DIRECT_MAX_RANKS: usize = 32;
 
-/// The most peers one rank of `algo` talks to, as a bound: what [`DIRECT_MAX_RANKS`] keeps
+/// The most peers one rank of `algo` talks to, as a bound: what `DIRECT_MAX_RANKS` keeps
 /// small. `per_host` ranks per host. (The same for every collective an algorithm serves.)
 pub fn fanout(_coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> usize {
     let n = nranks.max(1);
@@ -390,7 +390,7 @@ pub fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usi
     }
 }
 
-/// The cheapest algorithm for `coll` on `net` among the [`candidate`]s (ties go to the earlier
+/// The cheapest algorithm for `coll` on `net` among the `candidate`s (ties go to the earlier
 /// in [`Collective::algorithms`]).
 pub fn pick(
     coll: Collective,

@@ -9,7 +9,7 @@
 //!   transport) picks.
 //! - Ignored until fixed: two library bugs around forcing an algorithm with a plain name.
 //!
-//! Every result is compared with `oxccl::reduce::reference` (a sequential fold in rank order) on
+//! Every result is compared with `oxccl::internals::reduce::reference` (a sequential fold in rank order) on
 //! inputs chosen so that float results are exact in any order (see `common::input`); float Avg is
 //! allowed 1 ulp. A rank that sees a wrong result keeps going (so that the other ranks are not
 //! left waiting in a collective it skipped) and reports every failure at the end.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use oxccl::bootstrap::{
+use oxccl::internals::bootstrap::{
     EnvInfo, PURPOSE_PEER, PURPOSE_STORE, StoreClient, StoreServer, UniqueId, barrier,
     discover_from, handshake,
 };
@@ -95,7 +95,7 @@ fn unique_id_round_trips_and_serves_store() {
     let id = UniqueId::bind(local()).unwrap();
     assert_eq!(UniqueId::from_bytes(&id.to_bytes()).unwrap(), id);
     assert_eq!(id.to_string().parse::<UniqueId>().unwrap(), id);
-    assert!(!format!("{id:?}").contains(&oxccl::bootstrap::secret_hex(&id.secret)));
+    assert!(!format!("{id:?}").contains(&oxccl::internals::bootstrap::secret_hex(&id.secret)));
 
     let store = StoreServer::start(
         id.take_listener().expect("bind registers the listener"),
@@ -518,7 +518,7 @@ fn env_oxccl() {
     assert_eq!(e.root, "10.0.0.1:29500".parse().unwrap());
     assert_eq!(
         e.secret,
-        Some(oxccl::bootstrap::parse_secret_hex(HEX).unwrap())
+        Some(oxccl::internals::bootstrap::parse_secret_hex(HEX).unwrap())
     );
     assert!(e.root_external);
 

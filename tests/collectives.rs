@@ -48,7 +48,7 @@ fn inp<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) -> Vec<T
 
 fn reference<T: TestElem>(op: ReduceOp, ins: &[Vec<T>]) -> Vec<T> {
     let refs: Vec<&[T]> = ins.iter().map(Vec::as_slice).collect();
-    oxccl::reduce::reference(op, &refs)
+    oxccl::internals::reduce::reference(op, &refs)
 }
 
 fn ok<E: std::fmt::Display>(what: &str, r: Result<(), E>) -> Result<(), String> {

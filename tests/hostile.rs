@@ -36,7 +36,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{all_reduce_checked, expected};
-use oxccl::bootstrap::{PURPOSE_PEER, PURPOSE_STORE, StoreClient, handshake};
+use oxccl::internals::bootstrap::{PURPOSE_PEER, PURPOSE_STORE, StoreClient, handshake};
 use oxccl::{Communicator, Config, ReduceOp, TransportKind, UniqueId};
 
 /// Records the largest single allocation since the last reset, to show that no announced length

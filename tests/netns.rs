@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use oxccl::bootstrap::{StoreServer, UniqueId, secret_hex};
+use oxccl::internals::bootstrap::{StoreServer, UniqueId, secret_hex};
 use oxccl::{Communicator, ReduceOp};
 
 const HOSTS: usize = 4;

@@ -27,18 +27,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oxccl::Error;
-use oxccl::bootstrap::store::{
+use oxccl::internals::bootstrap::store::{
     MAX_KEY_LEN, MAX_VALUE_LEN, encode_key_list, parse_key_list, parse_request,
 };
-use oxccl::bootstrap::{
+use oxccl::internals::bootstrap::{
     PURPOSE_PEER, PURPOSE_STORE, StoreClient, StoreServer, UniqueId, discover_from, handshake,
     parse_secret_hex, secret_hex,
 };
-use oxccl::transport::connect::Hello;
-use oxccl::transport::mpath::{MHDR, MultipathLink, decode_header};
-use oxccl::transport::shm::{Doorbell, Geometry, Segment, ShmLink, setup};
-use oxccl::transport::tcp::{self, HDR, TcpLink};
-use oxccl::transport::{Link, Tag};
+use oxccl::internals::transport::connect::Hello;
+use oxccl::internals::transport::mpath::{MHDR, MultipathLink, decode_header};
+use oxccl::internals::transport::shm::{Doorbell, Geometry, Segment, ShmLink, setup};
+use oxccl::internals::transport::tcp::{self, HDR, TcpLink};
+use oxccl::internals::transport::{Link, Tag};
 use proptest::prelude::*;
 
 const SECRET: [u8; 16] = *b"fedcba9876543210";
@@ -506,9 +506,9 @@ fn geo() -> Geometry {
 
 /// A zero-filled sealed memfd of `len` bytes with `header` copied to its start.
 fn memfd_with(len: usize, header: &[u8]) -> std::os::fd::OwnedFd {
-    let fd = oxccl::sys::shm::memfd_sealed("oxccl-parsers", len).unwrap();
+    let fd = oxccl::internals::sys::shm::memfd_sealed("oxccl-parsers", len).unwrap();
     if len > 0 {
-        let map = oxccl::sys::shm::Mapping::new(fd.as_raw_fd(), len).unwrap();
+        let map = oxccl::internals::sys::shm::Mapping::new(fd.as_raw_fd(), len).unwrap();
         let n = header.len().min(len);
         // SAFETY: the mapping is `len` >= n bytes long and nothing else uses it.
         unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_ptr(), n) };
@@ -520,7 +520,7 @@ fn memfd_with(len: usize, header: &[u8]) -> std::os::fd::OwnedFd {
 fn real_header(n: usize) -> (Vec<u8>, usize) {
     let (seg, fd) = Segment::create(geo()).unwrap();
     let total = geo().total();
-    let map = oxccl::sys::shm::Mapping::new(fd.as_raw_fd(), total).unwrap();
+    let map = oxccl::internals::sys::shm::Mapping::new(fd.as_raw_fd(), total).unwrap();
     let mut h = vec![0u8; n];
     // SAFETY: the mapping has `total` >= n bytes.
     unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), h.as_mut_ptr(), n) };
@@ -548,7 +548,7 @@ proptest! {
             // Only a header that describes exactly this memfd is accepted.
             let g = seg.geometry();
             prop_assert_eq!(g.total(), total + grow);
-            prop_assert!(g.nslots >= 1 && g.nslots <= oxccl::transport::shm::MAX_SLOTS);
+            prop_assert!(g.nslots >= 1 && g.nslots <= oxccl::internals::transport::shm::MAX_SLOTS);
         }
     }
 }
@@ -564,10 +564,10 @@ fn shm_segment_round_trip() {
 }
 
 /// Two ends of one shm link in this process, plus a raw mapping of their segment.
-fn shm_pair() -> (ShmLink, ShmLink, oxccl::sys::shm::Mapping) {
+fn shm_pair() -> (ShmLink, ShmLink, oxccl::internals::sys::shm::Mapping) {
     let (seg0, fd) = Segment::create(geo()).unwrap();
     let seg1 = Segment::open(fd.as_fd()).unwrap();
-    let raw = oxccl::sys::shm::Mapping::new(fd.as_raw_fd(), geo().total()).unwrap();
+    let raw = oxccl::internals::sys::shm::Mapping::new(fd.as_raw_fd(), geo().total()).unwrap();
     let bell0 = Arc::new(Doorbell::create().unwrap());
     let bell1 = Arc::new(Doorbell::create().unwrap());
     let peer_of_0 = Doorbell::open(bell1.clone_fd().unwrap()).unwrap();
@@ -577,7 +577,7 @@ fn shm_pair() -> (ShmLink, ShmLink, oxccl::sys::shm::Mapping) {
     (l0, l1, raw)
 }
 
-fn snapshot(m: &oxccl::sys::shm::Mapping) -> Vec<u8> {
+fn snapshot(m: &oxccl::internals::sys::shm::Mapping) -> Vec<u8> {
     let mut v = vec![0u8; m.len()];
     // SAFETY: the mapping is m.len() bytes; the links that share it are not running.
     unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), v.as_mut_ptr(), m.len()) };

@@ -9,9 +9,9 @@
 //!   naming it on every survivor, well within the timeout; a rank that drops its communicator;
 //!   `abort()` and a mismatch propagate to every rank; a rank insisting on RDMA with a peer that
 //!   does not offer it fails on both sides;
-//! - the binary: `oxccl-perf` built with the feature runs over shm/TCP where RDMA is
-//!   unavailable (one INFO line), and `OXCCL_TRANSPORT=rdma` / `--transport rdma` fail with a
-//!   one-line explanation.
+//!
+//! The binary's behaviour without RDMA (fallback, one-line refusal) is tested with the tools:
+//! tools/tests/rdma_cli.rs.
 #![cfg(feature = "rdma")]
 
 mod common;
@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{all_reduce_checked, check, expected, input};
-use oxccl::transport::rdma::emu::Fabric;
+use oxccl::internals::transport::rdma::emu::Fabric;
 use oxccl::{Communicator, Config, Error, ErrorKind, ReduceOp, TransportKind, UniqueId};
 
 /// A config forcing RDMA links, with a short timeout.
@@ -524,7 +524,7 @@ fn insisting_on_rdma_with_a_peer_that_does_not_offer_it_fails_on_both_sides() {
 
 #[test]
 fn real_verbs_device_all_reduce_and_a_lost_peer() {
-    if let Err(why) = oxccl::transport::rdma::verbs::open_device(0) {
+    if let Err(why) = oxccl::internals::transport::rdma::verbs::open_device(0) {
         eprintln!("skipped: no usable RDMA device here ({why})");
         return;
     }
@@ -555,90 +555,4 @@ fn real_verbs_device_all_reduce_and_a_lost_peer() {
         },
     );
     all_ok(r);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The binary, where RDMA is unavailable (no device here; and a missing library, simulated).
-
-fn perf(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oxccl-perf"));
-    cmd.args(args);
-    for v in [
-        "OXCCL_TRANSPORT",
-        "OXCCL_DEBUG",
-        "OXCCL_IBVERBS_LIB",
-        "OXCCL_IB_HCA",
-    ] {
-        cmd.env_remove(v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run oxccl-perf");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Where RDMA is available (a machine with a device), these checks do not apply.
-fn rdma_unavailable_here() -> bool {
-    let (_, _, err) = perf(
-        &["-N", "1", "-b", "8", "-e", "8"],
-        &[("OXCCL_DEBUG", "INFO")],
-    );
-    err.contains("rdma is unavailable")
-}
-
-#[test]
-fn perf_tool_falls_back_without_rdma_and_refuses_a_forced_rdma_in_one_line() {
-    let no_lib = [("OXCCL_IBVERBS_LIB", "/nonexistent/libibverbs.so.1")];
-    // No library at all: runs over shm/tcp, saying so once per rank at INFO.
-    let (ok, out, err) = perf(
-        &["-N", "2", "-b", "8", "-e", "64K"],
-        &[no_lib[0], ("OXCCL_DEBUG", "INFO")],
-    );
-    assert!(ok, "{out}\n{err}");
-    assert!(out.contains("Avg bus bandwidth"), "{out}");
-    // (Ranks write stderr concurrently, so lines may interleave: count occurrences.)
-    assert_eq!(
-        err.matches("rdma is unavailable").count(),
-        2,
-        "one INFO line per rank:\n{err}"
-    );
-    assert_eq!(err.matches("could not be loaded").count(), 2, "{err}");
-    // Forced: a clear error, one line per rank (plus the launcher's summary), by env or flag.
-    for (args, env) in [
-        (
-            vec!["-N", "2"],
-            vec![no_lib[0], ("OXCCL_TRANSPORT", "rdma")],
-        ),
-        (vec!["-N", "2", "--transport", "rdma"], vec![no_lib[0]]),
-    ] {
-        let (ok, out, err) = perf(&args, &env);
-        assert!(!ok, "{out}\n{err}");
-        assert_eq!(
-            err.matches("OXCCL_TRANSPORT=rdma, but RDMA is unavailable here")
-                .count(),
-            2,
-            "{err}"
-        );
-        assert_eq!(
-            err.matches("libibverbs.so.1 could not be loaded").count(),
-            2,
-            "{err}"
-        );
-    }
-    // With the system's libibverbs (no device or no kernel support here), the same.
-    if rdma_unavailable_here() {
-        let (ok, _, err) = perf(
-            &["-N", "2", "-b", "8", "-e", "8"],
-            &[("OXCCL_TRANSPORT", "rdma")],
-        );
-        assert!(!ok);
-        assert!(err.contains("RDMA is unavailable here"), "{err}");
-        let (ok, out, err) = perf(&["-N", "2", "-b", "8", "-e", "1K"], &[]);
-        assert!(ok, "{out}\n{err}");
-    }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::run_ranks;
-use oxccl::algo::Shape;
+use oxccl::internals::algo::Shape;
 use oxccl::{Algorithm, Collective, Config, ReduceOp};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -116,9 +116,9 @@ fn bootstrap_and_all_reduce(n: usize, limit: Duration) -> Outcome {
         0,
         1024,
         true,
-        oxccl::comm::DEFAULT_CHUNK / 4,
+        oxccl::internals::comm::DEFAULT_CHUNK / 4,
     );
-    let pick = oxccl::tune::choose(&shape, 4096, n);
+    let pick = oxccl::internals::tune::choose(&shape, 4096, n);
     // `direct` would open n - 1 links per rank (n² descriptors): the tuner keeps it out of the
     // defaults beyond 32 ranks, and this test runs the default.
     assert!(
@@ -152,7 +152,7 @@ fn bootstrap_and_all_reduce(n: usize, limit: Duration) -> Outcome {
             r,
             1024,
             true,
-            oxccl::comm::DEFAULT_CHUNK / 4,
+            oxccl::internals::comm::DEFAULT_CHUNK / 4,
         );
         let algo = comm.algorithm_for(&shape, 4096).expect("algorithm");
         (init, comm.store_stats(), algo)

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use oxccl::internals::tune::{self, Model, Transport};
 use oxccl::sim::{self, Link, Network, Options, Symmetry};
-use oxccl::tune::{self, Model, Transport};
 use oxccl::{Algorithm, Collective};
 
 const LAT: f64 = 2e-6;
@@ -342,7 +342,7 @@ fn formulas_agree_with_the_simulator() {
 
 #[test]
 fn choices_are_cached_and_identical() {
-    let shape = oxccl::algo::Shape::all_reduce(8, 3, 1 << 18, false, 128 << 10);
+    let shape = oxccl::internals::algo::Shape::all_reduce(8, 3, 1 << 18, false, 128 << 10);
     let a = tune::choose_with(&shape, 1 << 20, 8, Transport::Shm, &Model::default());
     let t0 = Instant::now();
     for _ in 0..1000 {
@@ -383,8 +383,8 @@ fn measuring_at_init_is_quick_and_agreed() {
 /// O(log n) peers plus their own host's ranks; checked on the real Programs of its picks.
 #[test]
 fn default_picks_keep_fan_out_logarithmic() {
-    use oxccl::algo::{Shape, build_on};
-    use oxccl::topo::HostMap;
+    use oxccl::internals::algo::{Shape, build_on};
+    use oxccl::internals::topo::HostMap;
     let chunk = 512 << 10;
     for (n, per_host) in [(128usize, 128usize), (128, 8), (1024, 8), (1024, 1024)] {
         let net = Network {

@@ -175,7 +175,8 @@ fn schedules_over_a_forced_host_map_compute_the_reference() {
     let res = run_ranks(n, test_cfg(20_000), Duration::from_secs(120), |comm| {
         check_all_reduce(&comm, "default")?;
         check_others(&comm, "default")?;
-        let shape = oxccl::algo::Shape::all_reduce(6, comm.rank(), 1 << 20, false, 1 << 17);
+        let shape =
+            oxccl::internals::algo::Shape::all_reduce(6, comm.rank(), 1 << 20, false, 1 << 17);
         comm.algorithm_for(&shape, 4 << 20)
             .map_err(|e| e.to_string())
     });

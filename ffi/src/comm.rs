@@ -27,6 +27,14 @@ pub struct oxcclComm {
     _pending: Option<Arc<Pending>>,
 }
 
+impl std::fmt::Debug for oxcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("oxcclComm")
+            .field("comm", &self.comm)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The handle C holds: a pointer to an opaque communicator.
 pub type oxcclComm_t = *mut oxcclComm;
 

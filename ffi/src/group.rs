@@ -33,6 +33,14 @@ pub struct oxcclRequest {
     _ops: Vec<Op>,
 }
 
+impl std::fmt::Debug for oxcclRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("oxcclRequest")
+            .field("func", &self.func)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The handle C holds for a started call.
 pub type oxcclRequest_t = *mut oxcclRequest;
 

@@ -8,7 +8,8 @@
 
 use std::ffi::c_void;
 
-use core_oxccl::algo::{Collective, Shape};
+use core_oxccl::Collective;
+use core_oxccl::internals::algo::Shape;
 use core_oxccl::{Call, DataType, Error, ReduceOp};
 
 use crate::boundary::null;
@@ -227,7 +228,7 @@ impl Op {
             // SAFETY: the input is readable for len bytes (caller's contract).
             unsafe { std::slice::from_raw_parts(input, len) }.to_vec()
         };
-        core_oxccl::reduce::scale_bytes(self.dtype, &mut owned, scalar);
+        core_oxccl::internals::reduce::scale_bytes(self.dtype, &mut owned, scalar);
         self.kind = match self.kind {
             Kind::AllReduce(_) => Kind::AllReduce(ReduceOp::Sum),
             Kind::Reduce(_, root) => Kind::Reduce(ReduceOp::Sum, root),

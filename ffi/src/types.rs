@@ -197,6 +197,13 @@ pub struct oxcclUniqueId {
     pub internal: [c_char; OXCCL_UNIQUE_ID_BYTES],
 }
 
+/// Prints no bytes: they hold the job's secret.
+impl std::fmt::Debug for oxcclUniqueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("oxcclUniqueId").finish_non_exhaustive()
+    }
+}
+
 /// Settings for `oxcclCommInitRankConfig` / `oxcclCommInitFromEnvConfig`, like `ncclConfig_t`.
 /// Start from `OXCCL_CONFIG_INITIALIZER` and set what you need; fields left at
 /// `OXCCL_CONFIG_UNDEF_INT` / `NULL` come from the environment (`OXCCL_TIMEOUT_MS`,
@@ -345,7 +352,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<oxcclUniqueId>(), 128);
         assert_eq!(
             OXCCL_UNIQUE_ID_BYTES,
-            core_oxccl::bootstrap::UNIQUE_ID_BYTES
+            core_oxccl::internals::bootstrap::UNIQUE_ID_BYTES
         );
     }
 }

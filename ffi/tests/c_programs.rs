@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use core_oxccl::bootstrap::{StoreServer, UniqueId, secret_hex};
+use core_oxccl::internals::bootstrap::{StoreServer, UniqueId, secret_hex};
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::transport::Tag;
-use oxccl::transport::tcp::{HDR, decode_abort, decode_hdr};
+use oxccl::internals::transport::Tag;
+use oxccl::internals::transport::tcp::{HDR, decode_abort, decode_hdr};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= HDR + 4 {

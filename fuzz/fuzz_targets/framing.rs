@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::transport::framing::{FrameHeader, RxEvent, RxFramer};
-use oxccl::transport::wire::{MAX_ABORT, MpathHeader, TcpHeader};
+use oxccl::internals::transport::framing::{FrameHeader, RxEvent, RxFramer};
+use oxccl::internals::transport::wire::{MAX_ABORT, MpathHeader, TcpHeader};
 
 fn run<H: FrameHeader>(data: &[u8], max: usize, len: impl Fn(&H) -> usize) {
     let mut rx = RxFramer::<H>::new(max);

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::bootstrap::{PURPOSE_STORE, handshake};
+use oxccl::internals::bootstrap::{PURPOSE_STORE, handshake};
 
 fn listener() -> &'static TcpListener {
     static L: OnceLock<TcpListener> = OnceLock::new();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::transport::connect::Hello;
+use oxccl::internals::transport::connect::Hello;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(b) = <[u8; 28]>::try_from(data.get(..28).unwrap_or(&[])) else {

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::transport::Link;
-use oxccl::transport::mpath::{MHDR, MultipathLink, decode_header};
+use oxccl::internals::transport::Link;
+use oxccl::internals::transport::mpath::{MHDR, MultipathLink, decode_header};
 
 fn listener() -> &'static TcpListener {
     static L: OnceLock<TcpListener> = OnceLock::new();

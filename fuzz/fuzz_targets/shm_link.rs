@@ -8,9 +8,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::sys::shm::Mapping;
-use oxccl::transport::shm::{Doorbell, Geometry, Segment, ShmLink};
-use oxccl::transport::{Link, Tag};
+use oxccl::internals::sys::shm::Mapping;
+use oxccl::internals::transport::shm::{Doorbell, Geometry, Segment, ShmLink};
+use oxccl::internals::transport::{Link, Tag};
 
 const GEO: Geometry = Geometry {
     nslots: 4,

@@ -6,8 +6,8 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::sys::shm::{Mapping, memfd_sealed};
-use oxccl::transport::shm::{MAX_SLOTS, Segment};
+use oxccl::internals::sys::shm::{Mapping, memfd_sealed};
+use oxccl::internals::transport::shm::{MAX_SLOTS, Segment};
 
 fuzz_target!(|data: &[u8]| {
     let Some((size, header)) = data.split_first_chunk::<2>() else {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::bootstrap::store::{
+use oxccl::internals::bootstrap::store::{
     MAX_KEY_LEN, MAX_VALUE_LEN, encode_key_list, parse_key_list, parse_request,
 };
 

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::transport::Link;
-use oxccl::transport::tcp::TcpLink;
+use oxccl::internals::transport::Link;
+use oxccl::internals::transport::tcp::TcpLink;
 
 fn listener() -> &'static TcpListener {
     static L: OnceLock<TcpListener> = OnceLock::new();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oxccl::bootstrap::{UNIQUE_ID_BYTES, UniqueId, parse_secret_hex, secret_hex};
+use oxccl::internals::bootstrap::{UNIQUE_ID_BYTES, UniqueId, parse_secret_hex, secret_hex};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(b) = <[u8; UNIQUE_ID_BYTES]>::try_from(data.get(..UNIQUE_ID_BYTES).unwrap_or(&[])) {

@@ -113,11 +113,6 @@ impl Builder {
         }
     }
 
-    /// The shape being built for.
-    pub fn shape(&self) -> &Shape {
-        &self.shape
-    }
-
     /// Reserves `len` scratch elements and returns their range.
     pub fn scratch(&mut self, len: usize) -> Range {
         let r = Range::new(Buf::Scratch, self.scratch_len, len);

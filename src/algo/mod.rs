@@ -22,6 +22,7 @@ pub mod ordered;
 pub mod rhd;
 pub mod ring;
 pub mod tree;
+#[cfg(test)]
 pub mod verify;
 
 #[cfg(test)]
@@ -294,7 +295,7 @@ enum_table! {
         /// All-reduce / reduce / reduce-scatter folding every element in rank order at one
         /// owner: bitwise reproducible whatever the size or chunking (OXCCL_DETERMINISTIC=1).
         Ordered = 9 => "ordered" | "deterministic",
-        /// Hierarchical over the host map ([`hier`]). All-reduce: intra-host reduce-scatter, a
+        /// Hierarchical over the host map (`hier`). All-reduce: intra-host reduce-scatter, a
         /// ring between hosts on each local rank's rail, intra-host all-gather; broadcast /
         /// reduce: the slices scattered (reduce-scattered) over the root's (every) host, a chain
         /// between hosts per rail; all-gather / reduce-scatter: rings per rail between hosts and
@@ -306,10 +307,10 @@ enum_table! {
         /// As [`Algorithm::Hier`] with recursive halving-doubling between hosts (recursive
         /// doubling where a slice has fewer elements than there are hosts).
         HierRhd = 12 => "hier-rhd",
-        /// All-reduce: recursive doubling, the whole buffer every round ([`doubling`]); for
+        /// All-reduce: recursive doubling, the whole buffer every round (`doubling`); for
         /// small messages at scale.
         Doubling = 13 => "doubling" | "recursive-doubling-allreduce",
-        /// All-reduce: recursive multiplying across rails ([`multiply`]): every local rank of a
+        /// All-reduce: recursive multiplying across rails (`multiply`): every local rank of a
         /// host exchanges with another host at once, about log_k(hosts) rounds; for small
         /// messages over many hosts.
         HierMul = 14 => "hier-mul" | "multiply",
@@ -846,7 +847,7 @@ fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
 /// each rank's position in that order and their peers renamed back to ranks; the ring
 /// all-gather and reduce-scatter pass blocks along the order and keep each block at its rank's
 /// place. The others (Bruck, pairwise, linear, ordered) keep rank order: Bruck's exchanges and
-/// the ordered fold are defined by rank numbers. Hierarchical algorithms ([`hier`]) compose
+/// the ordered fold are defined by rank numbers. Hierarchical algorithms (`hier`) compose
 /// intra-host and inter-host steps on the map.
 pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program, String> {
     if map.nranks() != shape.nranks {
@@ -909,11 +910,6 @@ fn relabel(algo: Algorithm, shape: &Shape, order: &[usize]) -> Result<Program, S
     }
     p.shape = shape.clone();
     Ok(p)
-}
-
-/// Builds one rank's all-reduce Program with `algo`.
-pub fn all_reduce(algo: Algorithm, shape: Shape) -> Program {
-    build(algo, &shape).expect("all-reduce shapes and algorithms are valid")
 }
 
 /// Splits `count` elements into `parts` near-equal contiguous pieces; returns piece `i` as

@@ -249,7 +249,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
     }
     let full = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
     let idempotent = progs[0].shape.coll == Collective::Barrier;
-    let mut ranks: Vec<RankState> = Vec::with_capacity(n);
+    let mut ranks: Vec<RankState<'_>> = Vec::with_capacity(n);
     for (r, p) in progs.iter().enumerate() {
         if p.shape.rank != r || p.shape.nranks != n {
             return Err(format!("program {r} was built for shape {:?}", p.shape));

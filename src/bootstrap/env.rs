@@ -112,7 +112,7 @@ const SOURCES: [Source; 5] = [
     },
 ];
 
-/// Like [`discover`] with `get` in place of the process environment (for tests and embedders).
+/// Like `discover` with `get` in place of the process environment (for tests and embedders).
 pub fn discover_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<EnvInfo>> {
     let var = |k: &str| {
         get(k)

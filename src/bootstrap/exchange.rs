@@ -98,6 +98,7 @@ enum Bad {
 /// Reads one frame that must hold exactly the cards of `want`; `Err(why)` for anything else
 /// (a short read, a wrong range, an oversized card, the news that a rank never joined). Never
 /// panics; allocates only as bytes arrive.
+#[cfg(test)]
 pub fn decode(r: &mut impl Read, want: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
     read_frame(r, want).map_err(|b| match b {
         Bad::Absent(l) => format!("rank {l} never joined"),

@@ -32,7 +32,7 @@ pub mod id;
 pub mod net;
 pub mod store;
 
-pub use env::{EnvInfo, discover, discover_from};
+pub use env::{EnvInfo, discover_from};
 pub use handshake::{PURPOSE_PEER, PURPOSE_STORE};
 pub use id::{UNIQUE_ID_BYTES, UniqueId, parse_secret_hex, secret_hex};
 pub use store::{StoreClient, StoreServer, StoreStats, barrier};

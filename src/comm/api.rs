@@ -787,7 +787,7 @@ impl Communicator {
                     interrupt,
                 )
             } else {
-                let jobs: Vec<Job> = planned
+                let jobs: Vec<Job<'_>> = planned
                     .iter()
                     .map(|(cached, call)| {
                         let c = give_scratch(cached, *call);

@@ -182,6 +182,14 @@ pub struct Scope<'scope, 'env: 'scope> {
     _env: PhantomData<&'env mut &'env ()>,
 }
 
+impl std::fmt::Debug for Scope<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("rank", &self.comm.rank())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'scope> Scope<'scope, '_> {
     /// Starts calls (run together, like [`Communicator::group`]) and returns at once.
     pub fn start(&'scope self, calls: Vec<Call<'scope>>) -> Result<Request<'scope>> {

@@ -126,16 +126,6 @@ impl AlignedBuf {
         // SAFETY: ptr is valid for len bytes, and &mut self makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for AlignedBuf {
@@ -231,14 +221,6 @@ pub fn shutdown_socket(sock: std::os::fd::BorrowedFd<'_>) {
 pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
     // Calling listen(2) again on a listening socket only changes the queue's length.
     Ok(rustix::net::listen(listener, backlog)?)
-}
-
-/// Sets SO_SNDBUF and SO_RCVBUF on a socket (the kernel may clamp them to net.core.*mem_max).
-pub fn set_socket_buffers(sock: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    let v = bytes.min(i32::MAX as usize);
-    rustix::net::sockopt::set_socket_send_buffer_size(sock, v)?;
-    rustix::net::sockopt::set_socket_recv_buffer_size(sock, v)?;
-    Ok(())
 }
 
 /// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged by the peer's kernel

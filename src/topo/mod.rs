@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 mod nics;
-pub use nics::{Nic, NicKind, Rails, local_nics, speed_override};
+pub use nics::{Nic, NicKind};
+pub use nics::{Rails, local_nics};
 
 /// Which ranks share a host. Pure data; every rank of a communicator holds the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

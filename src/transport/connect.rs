@@ -75,6 +75,14 @@ pub struct PeerListener {
     listener: Arc<TcpListener>,
 }
 
+impl std::fmt::Debug for PeerListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerListener")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PeerListener {
     /// Binds `ip:0` and starts accepting connections for communicator `comm` at `rank`.
     pub fn start(

@@ -43,6 +43,7 @@ pub struct Peer<'a> {
     /// The name of its shm endpoint (empty: none).
     pub shm: &'a str,
     /// Its RDMA card word (see `transport::rdma`; empty: none).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))] // read by the rdma transport only
     pub rdma: &'a str,
     /// Why shared memory cannot reach it (another host, no endpoint...), if it cannot.
     pub not_same_host: Option<&'static str>,

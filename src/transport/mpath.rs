@@ -112,6 +112,17 @@ pub struct MultipathLink {
     failed: Option<Error>,
 }
 
+impl std::fmt::Debug for MultipathLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultipathLink")
+            .field("peer", &self.peer)
+            .field("paths", &self.paths.len())
+            .field("slot_size", &self.slot_size)
+            .field("nslots", &self.nslots)
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: the raw pointers in `pending`/`tx` point into caller memory that post_send's contract
 // keeps valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for MultipathLink {}

@@ -195,6 +195,14 @@ pub struct Segment {
     geo: Geometry,
 }
 
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("geo", &self.geo)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Segment {
     /// Creates and maps a fresh segment, as side 0 (this process, the lower rank). Returns the
     /// segment and the descriptor to hand to the peer.
@@ -364,6 +372,16 @@ pub struct ShmLink {
     ticks: u32,
     abort_sent: bool,
     failed: Option<Error>,
+}
+
+impl std::fmt::Debug for ShmLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmLink")
+            .field("peer", &self.peer)
+            .field("side", &self.side)
+            .field("seg", &self.seg)
+            .finish_non_exhaustive()
+    }
 }
 
 // SAFETY: the raw pointers point into `seg`'s mapping, which the link owns; the link is used by

@@ -101,6 +101,17 @@ pub struct TcpLink {
     failed: Option<Error>,
 }
 
+impl std::fmt::Debug for TcpLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLink")
+            .field("peer", &self.peer)
+            .field("streams", &self.streams.len())
+            .field("slot_size", &self.slot_size)
+            .field("nslots", &self.nslots)
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: the raw pointers in `pending` point into caller memory that post_send's contract keeps
 // valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for TcpLink {}

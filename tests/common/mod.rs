@@ -65,7 +65,7 @@ pub fn test_cfg(timeout_ms: u64) -> Config {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inputs with exactly known results, and a comparison against `oxccl::reduce::reference`.
+// Inputs with exactly known results, and a comparison against `oxccl::internals::reduce::reference`.
 
 use half::{bf16, f16};
 use oxccl::{Element, ReduceOp};
@@ -210,7 +210,7 @@ pub fn input<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) ->
 pub fn expected<T: TestElem>(op: ReduceOp, n: usize, count: usize, salt: u64) -> Vec<T> {
     let inputs: Vec<Vec<T>> = (0..n).map(|r| input(op, r, count, salt)).collect();
     let refs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
-    oxccl::reduce::reference(op, &refs)
+    oxccl::internals::reduce::reference(op, &refs)
 }
 
 /// Compares a result with the reference: bit for bit, except float Avg within 1 ulp (the division
@@ -388,7 +388,7 @@ pub struct ProcGroup {
     root: std::net::SocketAddr,
     secret: [u8; 16],
     /// Dropped after the children: the store they rendezvous at.
-    _store: oxccl::bootstrap::StoreServer,
+    _store: oxccl::internals::bootstrap::StoreServer,
 }
 
 impl ProcGroup {
@@ -396,7 +396,8 @@ impl ProcGroup {
     pub fn spawn(child_test: &str, n: usize, env: &[(&str, &str)]) -> ProcGroup {
         let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("store address");
         let listener = id.take_listener().expect("store listener");
-        let store = oxccl::bootstrap::StoreServer::start(listener, id.secret).expect("store");
+        let store =
+            oxccl::internals::bootstrap::StoreServer::start(listener, id.secret).expect("store");
         let (line_tx, lines) = mpsc::channel();
         let (eof_tx, eof) = mpsc::channel();
         let mut g = ProcGroup {
@@ -441,7 +442,10 @@ impl ProcGroup {
         .env("OXCCL_RANK", rank.to_string())
         .env("OXCCL_WORLD_SIZE", self.world.to_string())
         .env("OXCCL_ROOT", self.root.to_string())
-        .env("OXCCL_SECRET", oxccl::bootstrap::secret_hex(&self.secret))
+        .env(
+            "OXCCL_SECRET",
+            oxccl::internals::bootstrap::secret_hex(&self.secret),
+        )
         .env("OXCCL_ROOT_EXTERNAL", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -99,6 +99,14 @@ pub struct StoreServer {
     accept: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for StoreServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StoreServer {
     /// Serves the store on `listener` (e.g. from [`UniqueId::take_listener`](crate::bootstrap::UniqueId::take_listener));
     /// every connection must prove knowledge of `secret`.

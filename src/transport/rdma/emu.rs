@@ -2,7 +2,7 @@
 //! the RDMA protocol without hardware).
 //!
 //! A [`Fabric`] holds every queue pair, completion queue and memory registration of the devices
-//! made from it. It obeys the reliable-connection rules listed in [`super::nic`]: a write is
+//! made from it. It obeys the reliable-connection rules listed in `super::nic`: a write is
 //! executed in post order per queue pair, its bytes are copied into the target's registered
 //! memory (keys, ranges and access checked as a NIC checks them) and only then does the
 //! immediate's completion appear on the target's completion queue. Writes to a queue pair that

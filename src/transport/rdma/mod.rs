@@ -193,6 +193,7 @@ pub fn unavailable(rank: usize, why: &str) -> Error {
 }
 
 /// The card word of a rank without RDMA.
+#[cfg(test)]
 pub const NO_RDMA: &str = "-";
 
 /// Whether the link between `rank` and `peer` is an RDMA link. Both ends call this with

@@ -86,8 +86,6 @@ pub mod status {
     pub const REM_ACCESS_ERR: u32 = 10;
     /// Transport retries exhausted: no acknowledgement from the peer.
     pub const RETRY_EXC_ERR: u32 = 12;
-    /// Receiver-not-ready retries exhausted.
-    pub const RNR_RETRY_EXC_ERR: u32 = 13;
 }
 
 /// The name `ibv_wc_status_str` gives a status, with what it usually means here.

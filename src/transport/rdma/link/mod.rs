@@ -372,11 +372,13 @@ impl RdmaLink {
     }
 
     /// The device this link runs on.
+    #[cfg(test)]
     pub fn device(&self) -> &str {
         &self.device
     }
 
     /// Registrations made for zero-copy sends (cache misses).
+    #[cfg(test)]
     pub fn registrations_made(&self) -> u64 {
         self.cache.misses
     }

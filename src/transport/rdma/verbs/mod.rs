@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::nic::{Completion, CompletionKind, Mr, Nic, QpAddress, QpCaps, Remote, Sge};
 use crate::error::Error;
 use crate::error::Result;
+pub use device::open_device;
 use device::{DevInner, errno};
-pub use device::{HcaSpec, open_device};
 use sys::*;
 
 /// Receives are posted with this bit set in their id, so that error completions (whose opcode

@@ -1,9 +1,9 @@
-//! `oxccl-sim`: replays oxccl's real Programs (`oxccl::algo::build`) of a collective on a
+//! `oxccl-sim`: replays oxccl's real Programs (`oxccl::internals::algo::build`) of a collective on a
 //! modelled network (`oxccl::sim`) and prints, per size, the predicted time, algbw and busbw
 //! (nccl-tests' factors) and the tuner's pick.
 //!
 //! ```text
-//! oxccl-sim --coll allreduce --algo ring --ranks 16384 --ranks-per-host 8 \
+//! oxccl-sim allreduce --algo ring --ranks 16384 --ranks-per-host 8 \
 //!     --intra-lat 1us --intra-bw 20GB/s --inter-lat 5us --inter-bw 12.5GB/s --oversub 1 \
 //!     -b 8 -e 1G -f 4
 //! oxccl-sim --machine shm --ranks 4 --algo all -b 8 -e 64M    # this machine, as the tuner sees it
@@ -15,15 +15,15 @@ mod args;
 use std::time::Instant;
 
 use args::{Args, Which};
+use oxccl::internals::tune;
 use oxccl::sim::{self, Symmetry};
-use oxccl::tune;
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let a = match args::parse(&argv) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{}", args::usage());
+        Ok(oxccl_tools::Flags::Given(a)) => a,
+        Ok(oxccl_tools::Flags::Help(text)) => {
+            print!("{text}");
             return;
         }
         Err(e) => {
@@ -222,8 +222,8 @@ fn run(a: &Args) -> Result<(), String> {
 
 /// `f` of every algorithm, on up to one thread per CPU; the results in `algos`' order.
 fn replay_all<T: Send>(
-    algos: &[oxccl::algo::Algorithm],
-    f: impl Fn(oxccl::algo::Algorithm) -> Result<T, String> + Sync,
+    algos: &[oxccl::Algorithm],
+    f: impl Fn(oxccl::Algorithm) -> Result<T, String> + Sync,
 ) -> Vec<Result<T, String>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use oxccl::bootstrap::{StoreServer, secret_hex};
+use oxccl::internals::bootstrap::{StoreServer, secret_hex};
 
 use crate::args::{Bind, Options, unrunnable};
 
@@ -143,7 +143,7 @@ pub fn run_local(o: &Options, k: usize) -> i32 {
 /// The CPU each of `k` ranks is bound to under `bind` (empty: none is): with k ranks on n CPUs,
 /// rank r on the (r·n/k)-th.
 fn placement(bind: Bind, k: usize) -> Vec<usize> {
-    let cpus = match oxccl::sys::allowed_cpus() {
+    let cpus = match oxccl::internals::sys::allowed_cpus() {
         Ok(c) if !c.is_empty() => c,
         _ => return Vec::new(),
     };
@@ -167,7 +167,8 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
         .local_addr()
         .map_err(|e| format!("store address: {e}"))?;
     let mut secret = [0u8; 16];
-    oxccl::sys::random_bytes(&mut secret).map_err(|e| format!("no random secret: {e}"))?;
+    oxccl::internals::sys::random_bytes(&mut secret)
+        .map_err(|e| format!("no random secret: {e}"))?;
     let store =
         StoreServer::start(listener, secret).map_err(|e| format!("cannot start the store: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
@@ -195,7 +196,7 @@ fn launch(o: &Options, k: usize) -> Result<i32, String> {
                 if let Some(cpu) = cpus.get(rank) {
                     // Set right after the start: the rank's own threads start later and
                     // inherit it.
-                    if let Err(e) = oxccl::sys::bind_to_cpu(c.id() as i32, *cpu) {
+                    if let Err(e) = oxccl::internals::sys::bind_to_cpu(c.id() as i32, *cpu) {
                         eprintln!("oxccl-perf: could not bind rank {rank} to CPU {cpu}: {e}");
                     }
                 }
@@ -327,7 +328,7 @@ mod tests {
 
     #[test]
     fn ranks_are_bound_in_blocks_when_they_outnumber_the_cpus() {
-        let cpus = oxccl::sys::allowed_cpus().unwrap();
+        let cpus = oxccl::internals::sys::allowed_cpus().unwrap();
         let n = cpus.len();
         assert!(n >= 1 && cpus.windows(2).all(|w| w[0] < w[1]), "{cpus:?}");
         assert!(placement(Bind::Auto, n).is_empty());
@@ -348,7 +349,7 @@ mod tests {
         let parse = |s: &str| match crate::args::parse_args(
             &s.split_whitespace().map(String::from).collect::<Vec<_>>(),
         ) {
-            Ok(crate::args::Parsed::Run(o)) => *o,
+            Ok(oxccl_tools::Flags::Given(o)) => *o,
             _ => unreachable!(),
         };
         let small = default_watchdog(&parse("-b 8 -e 1K"), 2);

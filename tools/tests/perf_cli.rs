@@ -3,11 +3,12 @@
 //! (`-a`), writes JSON and rejects bad flags. Every run has a deadline: a child that outlives it
 //! is killed and reaped, and the test fails instead of hanging.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 const PERF: &str = env!("CARGO_BIN_EXE_oxccl-perf");
 
@@ -422,7 +423,7 @@ fn every_collective(coll: &str) {
             },
         );
         let text = json.expect("json written");
-        let v = Json::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let v = serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let top = v.obj();
         assert_eq!(top["collective"].str(), coll);
         assert_eq!(top["nranks"].num(), n as f64);
@@ -451,7 +452,7 @@ fn every_collective(coll: &str) {
                 assert_eq!(m["wrong"].num(), 0.0);
             }
             if coll == "sendrecv" {
-                assert!(matches!(r["ip"], Json::Null), "{r:?}");
+                assert!(r["ip"].is_null(), "{r:?}");
             }
         }
     }
@@ -873,7 +874,7 @@ fn json_report_parses() {
     );
     let text = std::fs::read_to_string(&path).expect("json written");
     let _ = std::fs::remove_file(&path);
-    let v = Json::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let v = serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let top = v.obj();
     assert_eq!(top["collective"].str(), "allreduce");
     assert_eq!(top["nranks"].num(), 2.0);
@@ -899,191 +900,29 @@ fn json_report_parses() {
     assert_eq!(rows.len(), self::rows(&o.stdout).len());
 }
 
-/// Just enough JSON to check the report's structure (no crates).
-#[derive(Debug)]
-enum Json {
-    Null,
-    Bool(#[allow(dead_code)] bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(BTreeMap<String, Json>),
+/// Typed access to the report's JSON (serde_json's `Value`), failing the test on a wrong type.
+trait Typed {
+    fn obj(&self) -> &serde_json::Map<String, Value>;
+    fn arr(&self) -> &[Value];
+    fn num(&self) -> f64;
+    fn str(&self) -> &str;
 }
 
-impl Json {
-    fn parse(s: &str) -> Result<Json, String> {
-        let b = s.as_bytes();
-        let mut i = 0;
-        let v = Json::value(b, &mut i)?;
-        Json::ws(b, &mut i);
-        if i != b.len() {
-            return Err(format!("trailing bytes at {i}"));
-        }
-        Ok(v)
+impl Typed for Value {
+    fn obj(&self) -> &serde_json::Map<String, Value> {
+        self.as_object()
+            .unwrap_or_else(|| panic!("expected an object, got {self}"))
     }
-    fn ws(b: &[u8], i: &mut usize) {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    }
-    fn value(b: &[u8], i: &mut usize) -> Result<Json, String> {
-        Json::ws(b, i);
-        let lit = |i: &mut usize, w: &str, v: Json| {
-            if b[*i..].starts_with(w.as_bytes()) {
-                *i += w.len();
-                Ok(v)
-            } else {
-                Err(format!("bad literal at {i}"))
-            }
-        };
-        match b.get(*i) {
-            None => Err("unexpected end".into()),
-            Some(b'n') => lit(i, "null", Json::Null),
-            Some(b't') => lit(i, "true", Json::Bool(true)),
-            Some(b'f') => lit(i, "false", Json::Bool(false)),
-            Some(b'"') => Json::string(b, i).map(Json::Str),
-            Some(b'[') => {
-                *i += 1;
-                let mut v = Vec::new();
-                Json::ws(b, i);
-                if b.get(*i) == Some(&b']') {
-                    *i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                loop {
-                    v.push(Json::value(b, i)?);
-                    Json::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b']') => {
-                            *i += 1;
-                            return Ok(Json::Arr(v));
-                        }
-                        _ => return Err(format!("expected , or ] at {i}")),
-                    }
-                }
-            }
-            Some(b'{') => {
-                *i += 1;
-                let mut m = BTreeMap::new();
-                Json::ws(b, i);
-                if b.get(*i) == Some(&b'}') {
-                    *i += 1;
-                    return Ok(Json::Obj(m));
-                }
-                loop {
-                    Json::ws(b, i);
-                    let k = Json::string(b, i)?;
-                    Json::ws(b, i);
-                    if b.get(*i) != Some(&b':') {
-                        return Err(format!("expected : at {i}"));
-                    }
-                    *i += 1;
-                    let v = Json::value(b, i)?;
-                    if m.insert(k.clone(), v).is_some() {
-                        return Err(format!("duplicate key {k}"));
-                    }
-                    Json::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b'}') => {
-                            *i += 1;
-                            return Ok(Json::Obj(m));
-                        }
-                        _ => return Err(format!("expected , or }} at {i}")),
-                    }
-                }
-            }
-            Some(_) => {
-                let start = *i;
-                while *i < b.len()
-                    && matches!(b[*i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
-                    *i += 1;
-                }
-                let t = std::str::from_utf8(&b[start..*i]).unwrap();
-                t.parse()
-                    .map(Json::Num)
-                    .map_err(|_| format!("bad number {t:?} at {start}"))
-            }
-        }
-    }
-    fn string(b: &[u8], i: &mut usize) -> Result<String, String> {
-        if b.get(*i) != Some(&b'"') {
-            return Err(format!("expected string at {i}"));
-        }
-        *i += 1;
-        let mut s = String::new();
-        loop {
-            match b.get(*i) {
-                None => return Err("unterminated string".into()),
-                Some(b'"') => {
-                    *i += 1;
-                    return Ok(s);
-                }
-                Some(b'\\') => {
-                    let c = *b.get(*i + 1).ok_or("bad escape")?;
-                    *i += 2;
-                    match c {
-                        b'"' | b'\\' | b'/' => s.push(c as char),
-                        b'n' => s.push('\n'),
-                        b't' => s.push('\t'),
-                        b'r' => s.push('\r'),
-                        b'u' => {
-                            let h = std::str::from_utf8(b.get(*i..*i + 4).ok_or("bad \\u")?)
-                                .map_err(|e| e.to_string())?;
-                            let c = u32::from_str_radix(h, 16).map_err(|e| e.to_string())?;
-                            s.push(char::from_u32(c).ok_or("bad \\u")?);
-                            *i += 4;
-                        }
-                        _ => return Err(format!("bad escape at {i}")),
-                    }
-                }
-                Some(_) => {
-                    let rest = std::str::from_utf8(&b[*i..]).map_err(|e| e.to_string())?;
-                    let c = rest.chars().next().unwrap();
-                    if (c as u32) < 0x20 {
-                        return Err(format!("control character in string at {i}"));
-                    }
-                    s.push(c);
-                    *i += c.len_utf8();
-                }
-            }
-        }
-    }
-    fn obj(&self) -> &BTreeMap<String, Json> {
-        match self {
-            Json::Obj(m) => m,
-            v => panic!("expected an object, got {v:?}"),
-        }
-    }
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(v) => v,
-            v => panic!("expected an array, got {v:?}"),
-        }
+    fn arr(&self) -> &[Value] {
+        self.as_array()
+            .unwrap_or_else(|| panic!("expected an array, got {self}"))
     }
     fn num(&self) -> f64 {
-        match self {
-            Json::Num(x) => *x,
-            v => panic!("expected a number, got {v:?}"),
-        }
+        self.as_f64()
+            .unwrap_or_else(|| panic!("expected a number, got {self}"))
     }
     fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            v => panic!("expected a string, got {v:?}"),
-        }
+        self.as_str()
+            .unwrap_or_else(|| panic!("expected a string, got {self}"))
     }
-}
-
-#[test]
-fn json_parser_self_check() {
-    let v = Json::parse(r#" {"a": [1, -2.5e3, true, null, "x\"\u0041"], "b": {}} "#).unwrap();
-    let a = v.obj()["a"].arr();
-    assert_eq!(a[1].num(), -2500.0);
-    assert_eq!(a[4].str(), "x\"A");
-    assert!(Json::parse("{\"a\":1,}").is_err());
-    assert!(Json::parse("[1 2]").is_err());
-    assert!(Json::parse("{\"a\":1} x").is_err());
 }

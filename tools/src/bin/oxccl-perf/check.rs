@@ -7,7 +7,7 @@
 //! together stay within the type's exact-integer range (2^11 for half, 2^8 for bfloat16); for
 //! integers, arithmetic wraps, which is associative and commutative. So the expected result is
 //! unique, and any rank computes it on its own by regenerating every rank's input and reducing
-//! with [`oxccl::reduce::reduce_bytes`]. Averages of floats are compared with a tolerance of a few
+//! with [`oxccl::internals::reduce::reduce_bytes`]. Averages of floats are compared with a tolerance of a few
 //! units in the last place (the division may round either way); everything else must match bit
 //! for bit.
 
@@ -124,10 +124,10 @@ pub fn expected(dtype: DataType, op: ReduceOp, nranks: usize, bytes: usize) -> V
     let mut other = vec![0u8; bytes];
     for r in 1..nranks {
         fill_input(dtype, op, r, nranks, &mut other);
-        oxccl::reduce::reduce_bytes(dtype, op, &mut acc, &other);
+        oxccl::internals::reduce::reduce_bytes(dtype, op, &mut acc, &other);
     }
     if op == ReduceOp::Avg {
-        oxccl::reduce::finish_avg_bytes(dtype, &mut acc, nranks);
+        oxccl::internals::reduce::finish_avg_bytes(dtype, &mut acc, nranks);
     }
     acc
 }

@@ -1,10 +1,16 @@
 //! Command-line flags, in nccl-tests' spelling (`-b -e -f -i -n -w -c -d -o -r -z`), plus oxccl's
-//! own (`-N`, `--transport`, `--json`, `-a/--algo`, `--watchdog`). Pure: no I/O, unit-tested below.
+//! own (`-N`, `--transport`, `--json`, `-a/--algo`, `--watchdog`). Read with clap (derive);
+//! pure: no I/O, unit-tested below.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
+use clap::{CommandFactory, Parser};
+
 use oxccl::{Algorithm, DataType, ReduceOp, TransportKind};
+use oxccl_tools::units::{parse_bool01, parse_size};
+use oxccl_tools::{Flags, read_flags};
 
 /// The collectives this tool measures, each with nccl-tests' conventions for its test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +190,7 @@ pub struct Options {
 }
 
 /// How `-N` places its ranks on CPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bind {
     /// `core` when there are more ranks than CPUs, else `none`.
     Auto,
@@ -224,61 +230,18 @@ impl Options {
     }
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone)]
-pub enum Parsed {
-    /// `-h`: print the usage text and exit 0.
-    Help,
-    /// Run the benchmark.
-    Run(Box<Options>),
-}
-
-/// The `-h` text (the algorithm list comes from the library).
-pub fn usage() -> String {
+/// The `-h` text after the flags: the collectives' conventions and every algorithm (the list
+/// comes from the library).
+fn after_help() -> String {
     let mut algos = String::new();
     for c in Collective::ALL {
         algos.push_str(&format!("  {:<14}{}\n", c.name(), c.algorithm_names()));
     }
     format!(
         "\
-oxccl-perf: collective bandwidth, printed as nccl-tests prints it
-
-USAGE: oxccl-perf [COLLECTIVE] [FLAGS]
-
-COLLECTIVE (default allreduce; nccl-tests' names such as all_gather_perf work too):
-  allreduce  allgather  reducescatter  broadcast  reduce  alltoall  sendrecv
-  Sizes follow nccl-tests: for allgather, reducescatter and alltoall the size is the whole
-  nranks-block buffer and the count one rank's block. busbw = algbw x 2(n-1)/n (allreduce),
-  (n-1)/n (allgather, reducescatter, alltoall), 1 (broadcast, reduce, sendrecv).
-
-nccl-tests flags:
-  -b, --minbytes <size>       smallest message (default 8); sizes take K, M, G suffixes (x1024)
-  -e, --maxbytes <size>       largest message (default 64M)
-  -f, --stepfactor <n>        multiply the size by n from one row to the next (default 2)
-  -i, --stepbytes <size>      add this many bytes instead (not with -f)
-  -n, --iters <n>             timed iterations per row (default 20)
-  -w, --warmup_iters <n>      warm-up iterations per row (default 5)
-  -c, --check <0|1>           check results; #wrong counts wrong elements (default 1)
-  -d, --datatype <type>       int8 uint8 int32 uint32 int64 uint64 half float double bfloat16, or all
-                              (default float)
-  -o, --op <op>               sum prod max min avg, or all (default sum; reducing collectives)
-  -r, --root <rank>           root of broadcast and reduce (default 0; -1: every rank in turn)
-  -z, --blocking <0|1>        accepted and ignored (oxccl calls are blocking)
-  -t, --nthreads 1, -g, --ngpus 1   accepted (only 1)
-
-oxccl flags:
-  -N, --nranks <k>            spawn k local ranks (child processes of this binary) and run them
-      --transport <tcp|shm|rdma|auto>
-  -a, --algo <name>           force the measured collective's algorithm (as OXCCL_ALGO=KEY:NAME)
-      --json <file>           rank 0 writes the config and every row as one JSON object
-      --watchdog <seconds>    with -N: kill every rank when the run takes longer (0: never;
-                              default: derived from the sweep)
-      --bind <auto|core|none> with -N: bind each rank to one of the CPUs this tool may use,
-                              consecutive ranks sharing one (core), or leave placement to the
-                              scheduler (none); auto (default): core when there are more ranks
-                              than CPUs, where the scheduler's placement often puts three ranks
-                              on one CPU and one on the other
-  -h, --help
+Collectives follow nccl-tests: for allgather, reducescatter and alltoall the size is the whole
+nranks-block buffer and the count one rank's block. busbw = algbw x 2(n-1)/n (allreduce), (n-1)/n
+(allgather, reducescatter, alltoall), 1 (broadcast, reduce, sendrecv).
 
 Algorithms (-a), per collective:
 {algos}
@@ -287,31 +250,177 @@ changes with the size, each row ends with it.
 
 Without -N, the ranks come from a launcher's environment (OXCCL_RANK/OXCCL_WORLD_SIZE/OXCCL_ROOT/
 OXCCL_SECRET, torchrun, Slurm, Open MPI), or the tool runs one rank alone. Exit status: 0 when every
-check passed, 2 when some element was wrong, 1 on an error.
-"
+check passed, 2 when some element was wrong, 1 on an error."
     )
 }
 
-/// Parses a byte count such as `8`, `64K`, `64M`, `1G` (binary multiples, as nccl-tests).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let bad = || format!("bad size '{s}': expected a number with an optional K, M or G suffix");
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: usize = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(bad()),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let n: usize = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
+/// Element types of `-d` (one, or every one for `all`).
+#[derive(Debug, Clone)]
+struct DataTypes(Vec<DataType>);
+
+/// Operators of `-o` (one, or every one for `all`).
+#[derive(Debug, Clone)]
+struct Ops(Vec<ReduceOp>);
+
+/// `-r`: a rank, or every rank in turn (`-1`).
+#[derive(Debug, Clone, Copy)]
+struct Root(Option<usize>);
+
+/// The flags as clap reads them, in nccl-tests' spelling; [`parse_args`] checks them together
+/// and turns them into [`Options`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "oxccl-perf",
+    about = "oxccl-perf: collective bandwidth, printed as nccl-tests prints it",
+    args_override_self = true,
+    disable_version_flag = true
+)]
+struct Cli {
+    /// allreduce (default), allgather, reducescatter, broadcast, reduce, alltoall, sendrecv;
+    /// nccl-tests' names such as all_gather_perf work too
+    #[arg(value_name = "COLLECTIVE", value_parser = parse_collective)]
+    collective: Option<Collective>,
+    /// Smallest message; sizes take K, M, G, T suffixes (x1024)
+    #[arg(short = 'b', long = "minbytes", value_name = "SIZE", default_value = "8", value_parser = parse_size)]
+    minbytes: usize,
+    /// Largest message
+    #[arg(short = 'e', long = "maxbytes", value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    maxbytes: usize,
+    /// Multiply the size by N from one row to the next [default: 2]
+    #[arg(short = 'f', long = "stepfactor", value_name = "N", conflicts_with = "stepbytes",
+          value_parser = RangedU64ValueParser::<usize>::new().range(2..))]
+    stepfactor: Option<usize>,
+    /// Add this many bytes from one row to the next instead
+    #[arg(short = 'i', long = "stepbytes", value_name = "SIZE", value_parser = positive_size)]
+    stepbytes: Option<usize>,
+    /// Timed iterations per row
+    #[arg(short = 'n', long = "iters", value_name = "N", default_value = "20",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    iters: usize,
+    /// Warm-up iterations per row
+    #[arg(short = 'w', long = "warmup_iters", value_name = "N", default_value = "5",
+          value_parser = RangedU64ValueParser::<usize>::new())]
+    warmup: usize,
+    /// Check results; #wrong counts wrong elements
+    #[arg(short = 'c', long = "check", value_name = "0|1", default_value = "1",
+          action = clap::ArgAction::Set, value_parser = parse_bool01)]
+    check: bool,
+    /// int8 uint8 int32 uint32 int64 uint64 half float double bfloat16, or all
+    #[arg(short = 'd', long = "datatype", value_name = "TYPE", default_value = "float", value_parser = parse_dtypes)]
+    dtypes: DataTypes,
+    /// sum prod max min avg, or all (reducing collectives)
+    #[arg(short = 'o', long = "op", value_name = "OP", default_value = "sum", value_parser = parse_ops)]
+    ops: Ops,
+    /// Root of broadcast and reduce; -1: every rank in turn
+    #[arg(short = 'r', long = "root", value_name = "RANK", default_value = "0",
+          allow_negative_numbers = true, value_parser = parse_root)]
+    root: Root,
+    /// Accepted and ignored (oxccl calls are blocking)
+    #[arg(short = 'z', long = "blocking", value_name = "0|1", value_parser = parse_bool01)]
+    blocking: Option<bool>,
+    /// Accepted when 1 (one rank per process: use -N for more)
+    #[arg(short = 't', long = "nthreads", value_name = "1", value_parser = only_one)]
+    nthreads: Option<usize>,
+    /// Accepted when 1 (one rank per process: use -N for more)
+    #[arg(short = 'g', long = "ngpus", value_name = "1", value_parser = only_one)]
+    ngpus: Option<usize>,
+    /// Spawn K local ranks (child processes of this binary) and run them
+    #[arg(short = 'N', long = "nranks", value_name = "K",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    nranks: Option<usize>,
+    /// The transport to ask for
+    #[arg(long, value_name = "tcp|shm|rdma|auto", value_parser = parse_transport)]
+    transport: Option<TransportKind>,
+    /// Force the measured collective's algorithm (as OXCCL_ALGO=KEY:NAME)
+    #[arg(short = 'a', long = "algo", value_name = "NAME")]
+    algo: Option<String>,
+    /// Rank 0 writes the config and every row as one JSON object
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// With -N: kill every rank when the run takes longer (0: never; default: derived from the
+    /// sweep)
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    watchdog: Option<Duration>,
+    /// With -N: bind each rank to one of the CPUs this tool may use, consecutive ranks sharing
+    /// one (core), or leave placement to the scheduler (none); auto: core when there are more
+    /// ranks than CPUs
+    #[arg(long, value_enum, default_value_t = Bind::Auto)]
+    bind: Bind,
+}
+
+fn parse_collective(s: &str) -> Result<Collective, String> {
+    Collective::parse(s).ok_or_else(|| {
+        format!(
+            "unknown collective '{s}': expected one of {} (or nccl-tests' names, such as all_gather_perf)",
+            collective_names()
+        )
+    })
+}
+
+fn positive_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        0 => Err("must be at least 1".into()),
+        b => Ok(b),
+    }
+}
+
+fn only_one(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        _ => Err("oxccl-perf runs one rank per process (use -N for more)".into()),
+    }
+}
+
+fn parse_root(s: &str) -> Result<Root, String> {
+    match s.trim() {
+        "-1" => Ok(Root(None)),
+        v => v
+            .parse()
+            .map(|r| Root(Some(r)))
+            .map_err(|_| format!("bad root '{s}': expected a rank, or -1 for every rank")),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("bad value '{s}': expected seconds"))
+}
+
+fn parse_transport(s: &str) -> Result<TransportKind, String> {
+    TransportKind::parse(s)
+        .ok_or_else(|| format!("unknown transport '{s}': expected tcp, shm, rdma or auto"))
+}
+
+fn parse_dtypes(v: &str) -> Result<DataTypes, String> {
+    if v == "all" {
+        return Ok(DataTypes(DataType::ALL.to_vec()));
+    }
+    DataType::parse(v)
+        .map(|d| DataTypes(vec![d]))
+        .ok_or_else(|| {
+            let names: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
+            format!(
+                "unknown datatype '{v}': expected one of {} or all",
+                names.join(", ")
+            )
+        })
+}
+
+fn parse_ops(v: &str) -> Result<Ops, String> {
+    if v == "all" {
+        return Ok(Ops(ReduceOp::ALL.to_vec()));
+    }
+    ReduceOp::parse(v).map(|o| Ops(vec![o])).ok_or_else(|| {
+        let names: Vec<&str> = ReduceOp::ALL.iter().map(|o| o.name()).collect();
+        format!(
+            "unknown op '{v}': expected one of {} or all",
+            names.join(", ")
+        )
+    })
 }
 
 /// The message sizes of the sweep, `min` to `max` inclusive. With a factor, a size of 0 is followed
@@ -352,46 +461,6 @@ pub fn rows_for(sizes: &[usize], elem_size: usize) -> Vec<(usize, usize)> {
     out
 }
 
-fn parse_num(flag: &str, v: &str) -> Result<usize, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| format!("bad value '{v}' for {flag}: expected a non-negative integer"))
-}
-
-fn parse_bool01(flag: &str, v: &str) -> Result<bool, String> {
-    match v.trim() {
-        "0" => Ok(false),
-        "1" => Ok(true),
-        _ => Err(format!("bad value '{v}' for {flag}: expected 0 or 1")),
-    }
-}
-
-fn parse_dtypes(v: &str) -> Result<Vec<DataType>, String> {
-    if v == "all" {
-        return Ok(DataType::ALL.to_vec());
-    }
-    DataType::parse(v).map(|d| vec![d]).ok_or_else(|| {
-        let names: Vec<&str> = DataType::ALL.iter().map(|d| d.name()).collect();
-        format!(
-            "unknown datatype '{v}': expected one of {} or all",
-            names.join(", ")
-        )
-    })
-}
-
-fn parse_ops(v: &str) -> Result<Vec<ReduceOp>, String> {
-    if v == "all" {
-        return Ok(ReduceOp::ALL.to_vec());
-    }
-    ReduceOp::parse(v).map(|o| vec![o]).ok_or_else(|| {
-        let names: Vec<&str> = ReduceOp::ALL.iter().map(|o| o.name()).collect();
-        format!(
-            "unknown op '{v}': expected one of {} or all",
-            names.join(", ")
-        )
-    })
-}
-
 /// Why the run cannot go ahead with `nranks` ranks, if it cannot (checked by every rank, and by
 /// `-N` before it starts any).
 pub fn unrunnable(o: &Options, nranks: usize) -> Option<String> {
@@ -425,211 +494,95 @@ pub fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
     Ok(a)
 }
 
-/// The flags that take a value: (short, long).
-const VALUED: &[(&str, &str)] = &[
-    ("-b", "--minbytes"),
-    ("-e", "--maxbytes"),
-    ("-f", "--stepfactor"),
-    ("-i", "--stepbytes"),
-    ("-n", "--iters"),
-    ("-w", "--warmup_iters"),
-    ("-c", "--check"),
-    ("-d", "--datatype"),
-    ("-o", "--op"),
-    ("-z", "--blocking"),
-    ("-t", "--nthreads"),
-    ("-g", "--ngpus"),
-    ("-N", "--nranks"),
-    ("-a", "--algo"),
-    ("-r", "--root"),
-    ("", "--transport"),
-    ("", "--json"),
-    ("", "--watchdog"),
-    ("", "--bind"),
-];
-
-/// Splits one argument into (canonical long flag, inline value) if it is a known valued flag:
-/// `-b8`, `-b`, `--minbytes=8`, `--minbytes`.
-fn split_flag(arg: &str) -> Option<(&'static str, Option<String>)> {
-    for &(short, long) in VALUED {
-        if arg == long || (!short.is_empty() && arg == short) {
-            return Some((long, None));
-        }
-        if let Some(v) = arg.strip_prefix(long).and_then(|r| r.strip_prefix('=')) {
-            return Some((long, Some(v.to_string())));
-        }
-        if let Some(v) = arg
-            .strip_prefix(short)
-            .filter(|v| !short.is_empty() && !v.is_empty())
-        {
-            return Some((long, Some(v.strip_prefix('=').unwrap_or(v).to_string())));
-        }
-    }
-    None
-}
-
-/// Parses the arguments after the program name.
-pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
-    let mut o = Options {
-        collective: Collective::AllReduce,
-        minbytes: 8,
-        maxbytes: 64 << 20,
-        step: Step::Factor(2),
-        iters: 20,
-        warmup: 5,
-        check: true,
-        dtypes: vec![DataType::F32],
-        ops: vec![ReduceOp::Sum],
-        local_ranks: None,
-        transport: None,
-        json: None,
-        root: Some(0),
-        algo: None,
-        watchdog: None,
-        bind: Bind::Auto,
-        child_args: Vec::new(),
+/// Parses the arguments after the program name: clap reads the flags, then the checks that
+/// involve several of them (`-a` against the collective, `-b` against `-e`).
+pub fn parse_args(args: &[String]) -> Result<Flags<Box<Options>>, String> {
+    let cli: Cli = match read_flags(Cli::command().after_help(after_help()), args)? {
+        Flags::Help(text) => return Ok(Flags::Help(text)),
+        Flags::Given(cli) => cli,
     };
-    let mut factor: Option<usize> = None;
-    let mut stepbytes: Option<usize> = None;
-    let mut algo: Option<String> = None;
-    let mut i = 0;
-    if let Some(first) = args.first().filter(|a| !a.starts_with('-')) {
-        o.collective = Collective::parse(first).ok_or_else(|| {
-            format!(
-                "unknown collective '{first}': expected one of {} (or nccl-tests' names, such as all_gather_perf)",
-                collective_names()
-            )
-        })?;
-        o.child_args.push(o.collective.name().to_string());
-        i = 1;
-    }
-    while i < args.len() {
-        let arg = &args[i];
-        if arg == "-h" || arg == "--help" {
-            return Ok(Parsed::Help);
-        }
-        let Some((flag, inline)) = split_flag(arg) else {
-            return Err(if arg.starts_with('-') {
-                format!("unknown flag '{arg}' (see -h)")
-            } else {
-                format!("unexpected argument '{arg}' (the collective name goes first; see -h)")
-            });
-        };
-        let consumed = if inline.is_some() { 1 } else { 2 };
-        let value = match inline {
-            Some(v) => v,
-            None => args
-                .get(i + 1)
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value (see -h)"))?,
-        };
-        if flag != "--nranks" {
-            o.child_args.extend_from_slice(&args[i..i + consumed]);
-        }
-        i += consumed;
-        match flag {
-            "--minbytes" => o.minbytes = parse_size(&value)?,
-            "--maxbytes" => o.maxbytes = parse_size(&value)?,
-            "--stepfactor" => {
-                let f = parse_num(flag, &value)?;
-                if f < 2 {
-                    return Err(format!("--stepfactor must be at least 2, got {f}"));
-                }
-                factor = Some(f);
-            }
-            "--stepbytes" => {
-                let b = parse_size(&value)?;
-                if b == 0 {
-                    return Err("--stepbytes must be at least 1".into());
-                }
-                stepbytes = Some(b);
-            }
-            "--iters" => {
-                o.iters = parse_num(flag, &value)?;
-                if o.iters == 0 {
-                    return Err("--iters must be at least 1".into());
-                }
-            }
-            "--warmup_iters" => o.warmup = parse_num(flag, &value)?,
-            "--check" => o.check = parse_bool01(flag, &value)?,
-            "--datatype" => o.dtypes = parse_dtypes(&value)?,
-            "--op" => o.ops = parse_ops(&value)?,
-            "--blocking" => {
-                parse_bool01(flag, &value)?;
-            }
-            "--nthreads" | "--ngpus" => {
-                if parse_num(flag, &value)? != 1 {
-                    return Err(format!(
-                        "{flag}: oxccl-perf runs one rank per process (use -N for more)"
-                    ));
-                }
-            }
-            "--nranks" => {
-                let k = parse_num(flag, &value)?;
-                if k == 0 {
-                    return Err("-N must be at least 1".into());
-                }
-                o.local_ranks = Some(k);
-            }
-            "--transport" => {
-                o.transport = Some(TransportKind::parse(&value).ok_or_else(|| {
-                    format!("unknown transport '{value}': expected tcp, shm, rdma or auto")
-                })?)
-            }
-            "--json" => o.json = Some(PathBuf::from(value)),
-            "--algo" => algo = Some(value),
-            "--root" => {
-                o.root = match value.trim() {
-                    "-1" => None,
-                    v => Some(parse_num(flag, v).map_err(|_| {
-                        format!(
-                            "bad value '{value}' for --root: expected a rank, or -1 for every rank"
-                        )
-                    })?),
-                }
-            }
-            "--watchdog" => {
-                let s: f64 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| {
-                        format!("bad value '{value}' for --watchdog: expected seconds")
-                    })?;
-                o.watchdog = Some(Duration::from_secs_f64(s));
-            }
-            "--bind" => {
-                o.bind = match value.trim() {
-                    "auto" => Bind::Auto,
-                    "core" => Bind::Core,
-                    "none" => Bind::None,
-                    v => {
-                        return Err(format!(
-                            "bad value '{v}' for --bind: expected auto, core or none"
-                        ));
-                    }
-                }
-            }
-            _ => unreachable!("flag table and match disagree on {flag}"),
-        }
-    }
-    o.step = match (factor, stepbytes) {
-        (Some(_), Some(_)) => return Err("give -f (factor) or -i (bytes), not both".into()),
-        (None, Some(b)) => Step::Bytes(b),
-        (Some(f), None) => Step::Factor(f),
-        (None, None) => Step::Factor(2),
+    let collective = cli.collective.unwrap_or(Collective::AllReduce);
+    let algo = match &cli.algo {
+        Some(name) => Some(parse_algo(collective, name)?),
+        None => None,
     };
-    if let Some(name) = algo {
-        o.algo = Some(parse_algo(o.collective, &name)?);
-    }
-    if o.minbytes > o.maxbytes {
+    if cli.minbytes > cli.maxbytes {
         return Err(format!(
             "--minbytes ({}) is larger than --maxbytes ({})",
-            o.minbytes, o.maxbytes
+            cli.minbytes, cli.maxbytes
         ));
     }
-    Ok(Parsed::Run(Box::new(o)))
+    let mut o = Options {
+        collective,
+        minbytes: cli.minbytes,
+        maxbytes: cli.maxbytes,
+        step: match cli.stepbytes {
+            Some(b) => Step::Bytes(b),
+            None => Step::Factor(cli.stepfactor.unwrap_or(2)),
+        },
+        iters: cli.iters,
+        warmup: cli.warmup,
+        check: cli.check,
+        dtypes: cli.dtypes.0,
+        ops: cli.ops.0,
+        local_ranks: cli.nranks,
+        transport: cli.transport,
+        json: cli.json,
+        root: cli.root.0,
+        algo,
+        watchdog: cli.watchdog,
+        bind: cli.bind,
+        child_args: Vec::new(),
+    };
+    o.child_args = child_args(&o);
+    Ok(Flags::Given(Box::new(o)))
+}
+
+/// What `-N` passes to each child rank: the same run, spelled canonically, without `-N` (and
+/// without `--watchdog` and `--bind`, which only `-N` uses).
+fn child_args(o: &Options) -> Vec<String> {
+    let list = |names: Vec<&str>, all: usize| match names.as_slice() {
+        [one] => one.to_string(),
+        _ if names.len() == all => "all".to_string(),
+        _ => names.join(","),
+    };
+    let mut v = vec![
+        o.collective.name().to_string(),
+        format!("--minbytes={}", o.minbytes),
+        format!("--maxbytes={}", o.maxbytes),
+        match o.step {
+            Step::Factor(f) => format!("--stepfactor={f}"),
+            Step::Bytes(b) => format!("--stepbytes={b}"),
+        },
+        format!("--iters={}", o.iters),
+        format!("--warmup_iters={}", o.warmup),
+        format!("--check={}", u8::from(o.check)),
+        format!(
+            "--datatype={}",
+            list(
+                o.dtypes.iter().map(|d| d.name()).collect(),
+                DataType::ALL.len()
+            )
+        ),
+        format!(
+            "--op={}",
+            list(
+                o.ops.iter().map(|d| d.name()).collect(),
+                ReduceOp::ALL.len()
+            )
+        ),
+        format!("--root={}", o.root.map_or(-1, |r| r as i64)),
+    ];
+    if let Some(t) = o.transport {
+        v.push(format!("--transport={}", t.name()));
+    }
+    if let Some(a) = o.algo {
+        v.push(format!("--algo={}", a.name()));
+    }
+    if let Some(j) = &o.json {
+        v.push(format!("--json={}", j.display()));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -638,23 +591,10 @@ mod tests {
 
     fn parse(s: &str) -> Result<Options, String> {
         let v: Vec<String> = s.split_whitespace().map(String::from).collect();
-        match parse_args(&v)? {
-            Parsed::Run(o) => Ok(*o),
-            Parsed::Help => Err("help".into()),
-        }
-    }
-
-    #[test]
-    fn sizes_take_suffixes() {
-        assert_eq!(parse_size("8"), Ok(8));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("64m"), Ok(64 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("12X").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
+        parse_args(&v)?
+            .given()
+            .map(|o| *o)
+            .ok_or_else(|| "help".into())
     }
 
     #[test]
@@ -725,8 +665,8 @@ mod tests {
         assert_eq!(Collective::parse("gather_perf"), None);
         // The children get the canonical name.
         assert_eq!(
-            parse("all_gather_perf -N 2").unwrap().child_args,
-            vec!["allgather"]
+            parse("all_gather_perf -N 2").unwrap().child_args[0],
+            "allgather"
         );
     }
 
@@ -786,10 +726,51 @@ mod tests {
     }
 
     #[test]
-    fn dash_n_is_stripped_from_child_args() {
+    fn child_args_are_the_same_run_without_dash_n() {
         let o = parse("allreduce -N 4 -b 8 --nranks=4 -e 1K -N2").unwrap();
         assert_eq!(o.local_ranks, Some(2));
-        assert_eq!(o.child_args, vec!["allreduce", "-b", "8", "-e", "1K"]);
+        assert_eq!(
+            o.child_args[..3],
+            ["allreduce", "--minbytes=8", "--maxbytes=1024"]
+        );
+        // The children parse back to the same options, without -N, -- watchdog and --bind.
+        for line in [
+            "allreduce -N 4 -b 8 -e 1K",
+            "all_gather_perf -N 2 -i 1K -e 1M -n 3 -w 0 -c 0 -d all -o max -a ring",
+            "reduce -N 3 -r -1 -d bfloat16 -o all --transport tcp --json out.json",
+            "broadcast -N 3 -r 2 -f 4 --watchdog 9 --bind core -a chain",
+        ] {
+            let o = parse(line).unwrap();
+            let c = parse_args(&o.child_args).unwrap().given().unwrap();
+            assert_eq!(c.child_args, o.child_args, "{line}");
+            assert_eq!(c.local_ranks, None, "{line}");
+            assert_eq!(
+                (
+                    c.collective,
+                    c.minbytes,
+                    c.maxbytes,
+                    c.step,
+                    c.iters,
+                    c.warmup,
+                    c.check
+                ),
+                (
+                    o.collective,
+                    o.minbytes,
+                    o.maxbytes,
+                    o.step,
+                    o.iters,
+                    o.warmup,
+                    o.check
+                ),
+                "{line}"
+            );
+            assert_eq!(
+                (&c.dtypes, &c.ops, c.root, c.algo),
+                (&o.dtypes, &o.ops, o.root, o.algo)
+            );
+            assert_eq!((c.transport, &c.json), (o.transport, &o.json), "{line}");
+        }
     }
 
     #[test]
@@ -803,7 +784,7 @@ mod tests {
         assert!(parse("-r x").unwrap_err().contains("--root"));
         assert!(parse("-d nope").unwrap_err().contains("unknown datatype"));
         assert!(parse("-o nope").unwrap_err().contains("unknown op"));
-        assert!(parse("-b").unwrap_err().contains("needs a value"));
+        assert!(parse("-b").unwrap_err().contains("a value is required"));
         assert!(parse("-b 1M -e 1K").unwrap_err().contains("larger"));
         assert!(parse("--bind socket").unwrap_err().contains("--bind"));
         assert!(parse("-f 2 -i 8").is_err());
@@ -819,6 +800,11 @@ mod tests {
         );
         assert!(
             parse("-b 8 stray")
+                .unwrap_err()
+                .contains("unknown collective 'stray'")
+        );
+        assert!(
+            parse("allreduce broadcast")
                 .unwrap_err()
                 .contains("unexpected argument")
         );

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use oxccl::algo::Shape;
+use oxccl::internals::algo::Shape;
 use oxccl::{Algorithm, Communicator, DataType, ReduceOp, Result};
 
 use crate::args::{Collective, Options};
@@ -41,7 +41,7 @@ pub fn gather_cards(comm: &Communicator, transport: &str) -> Result<Vec<(u32, St
     let t = transport.as_bytes();
     let t = &t[..t.len().min(12)];
     mine[4..4 + t.len()].copy_from_slice(t);
-    let host = oxccl::sys::hostname();
+    let host = oxccl::internals::sys::hostname();
     let h = host.as_bytes();
     let h = &h[..h.len().min(CARD - 16)];
     mine[16..16 + h.len()].copy_from_slice(h);
@@ -118,7 +118,10 @@ fn algorithm(
     let lib = c.lib();
     let cfg = comm.config();
     let (n, rank) = (comm.size(), comm.rank());
-    let chunk = cfg.chunk_bytes.unwrap_or(oxccl::comm::DEFAULT_CHUNK) / dtype.size();
+    let chunk = cfg
+        .chunk_bytes
+        .unwrap_or(oxccl::internals::comm::DEFAULT_CHUNK)
+        / dtype.size();
     let mut shape = Shape::new(lib, n, rank, count, in_place && c.has_in_place(), chunk);
     shape.root = if c == Collective::SendRecv {
         (rank + 1) % n.max(1)

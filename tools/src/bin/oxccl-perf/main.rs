@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 
 use oxccl::{Communicator, Config, Error, UniqueId};
 
-use args::{Collective, Options, Parsed};
+use args::{Collective, Options};
+use oxccl_tools::Flags;
 
 fn main() {
     std::process::exit(real_main());
@@ -51,11 +52,11 @@ fn real_main() -> i32 {
         }
     }
     let o = match args::parse_args(&argv) {
-        Ok(Parsed::Help) => {
-            print!("{}", args::usage());
+        Ok(Flags::Help(text)) => {
+            print!("{text}");
             return 0;
         }
-        Ok(Parsed::Run(o)) => o,
+        Ok(Flags::Given(o)) => o,
         Err(e) => {
             eprintln!("oxccl-perf: {e}");
             return 1;
