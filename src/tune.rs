@@ -74,7 +74,16 @@ pub struct Costs {
     /// message has given its core away, and gets one back only after the ranks queued there
     /// have had their turn.
     pub wake: f64,
+    /// Seconds to set one link up on its first use (TCP: connect, accept and the handshake;
+    /// shm: mapping the ring). Paid once per peer per communicator; the tuner spreads it over
+    /// [`SETUP_CALLS`] calls ([`Model::setup_charge`]), so an algorithm that talks to every
+    /// rank is not modelled as free of its `n − 1` links.
+    pub setup: f64,
 }
+
+/// The calls a communicator's link setup is spread over in the tuner's per-call costs: a link
+/// is made once, on first use, and then serves every later call.
+pub const SETUP_CALLS: f64 = 100.0;
 
 /// The transports the model knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,7 +137,16 @@ pub const SHM: Costs = Costs {
     gamma: 1.0 / 16.0e9,
     overhead: 0.0,
     wake: 2.0e-6,
+    setup: SHM_SETUP,
 };
+
+/// [`Costs::setup`] of shm: a few system calls and a mapping, about nothing beside TCP's (an
+/// estimate, not fitted).
+const SHM_SETUP: f64 = 10.0e-6;
+
+/// [`Costs::setup`] of TCP: a connection (SYN round trip, accept, the oxccl handshake and the
+/// link's threads) takes a few hundred microseconds per peer (an estimate, not fitted).
+const TCP_SETUP: f64 = 300.0e-6;
 
 /// TCP over loopback on the development VM, measured and fitted as [`SHM`] (`--transport tcp`).
 ///
@@ -146,6 +164,7 @@ pub const TCP: Costs = Costs {
     gamma: 1.0 / 6.0e9,
     overhead: 5.0e-6,
     wake: 7.0e-6,
+    setup: TCP_SETUP,
 };
 
 /// Messages a link holds in flight (the executor's slots per ring: `transport::shm` and the
@@ -291,11 +310,34 @@ impl Model {
         }
     }
 
+    /// The per-call share of the link setup `algo` needs for `coll` over `nranks` ranks on
+    /// hosts of `per_host` ranks (peers inside a host over shm, the others over `t`; one host:
+    /// every link over `t`): its [`fanout`] in links, each [`Costs::setup`], spread over
+    /// [`SETUP_CALLS`] calls.
+    pub fn setup_charge(
+        &self,
+        t: Transport,
+        coll: Collective,
+        algo: Algorithm,
+        nranks: usize,
+        per_host: usize,
+    ) -> f64 {
+        let peers = fanout(coll, algo, nranks, per_host).min(nranks.saturating_sub(1));
+        let per_host = per_host.clamp(1, nranks.max(1));
+        let (local, remote) = if per_host >= nranks {
+            (0, peers)
+        } else {
+            let l = peers.min(per_host - 1);
+            (l, peers - l)
+        };
+        (local as f64 * self.shm.setup + remote as f64 * self.costs(t).setup) / SETUP_CALLS
+    }
+
     /// A stable key for caches: the bits of every number.
     fn key(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for c in [self.shm, self.tcp] {
-            for v in [c.alpha, c.beta, c.gamma, c.overhead, c.wake] {
+            for v in [c.alpha, c.beta, c.gamma, c.overhead, c.wake, c.setup] {
                 h = (h ^ v.to_bits()).wrapping_mul(0x0100_0000_01b3);
             }
         }
@@ -351,10 +393,12 @@ pub fn cost(
     }
 }
 
-/// Beyond this many ranks the tuner never picks an algorithm that has every rank talk to every
-/// other (the direct all-reduce): each rank would open `n − 1` links (descriptors, threads,
-/// link setup on first use) and send `n − 1` messages per call. Every algorithm it may pick
-/// has a rank talk to O(log n) peers plus its own host's ranks ([`fanout`]).
+/// Beyond this many ranks the tuner never picks an algorithm that has a rank talk to every
+/// other (the direct all-reduce, the linear gather and scatter): each rank (the root) would
+/// open `n − 1` links (descriptors, threads, link setup on first use) and send `n − 1`
+/// messages per call. Every algorithm it may pick has a rank talk to O(log n) peers plus its
+/// own host's ranks ([`fanout`]). (Below it, [`Model::setup_charge`] makes them pay for their
+/// links.)
 pub const DIRECT_MAX_RANKS: usize = 32;
 
 /// The most peers one rank of `algo` talks to, as a bound: what `DIRECT_MAX_RANKS` keeps
@@ -379,19 +423,21 @@ pub fn fanout(_coll: Collective, algo: Algorithm, nranks: usize, per_host: usize
 /// Whether [`pick`] considers `algo` for `coll` over `nranks` ranks, `per_host` per host:
 /// never `Ordered` (OXCCL_DETERMINISTIC's, not a speed pick); the hierarchical ones only across
 /// hosts of several ranks (on one host they are the ring; with one rank per host, the flat
-/// algorithm); the direct all-reduce only up to [`DIRECT_MAX_RANKS`].
+/// algorithm); the direct all-reduce and the linear gather / scatter only up to
+/// [`DIRECT_MAX_RANKS`].
 pub fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> bool {
     let rph = per_host.clamp(1, nranks.max(1));
     match algo {
         Algorithm::Ordered => false,
         Algorithm::Direct => nranks <= DIRECT_MAX_RANKS,
+        Algorithm::Linear if coll.algorithms().len() > 1 => nranks <= DIRECT_MAX_RANKS,
         a if a.is_hier() => rph > 1 && rph < nranks && coll.algorithms().contains(&a),
         _ => true,
     }
 }
 
 /// The cheapest algorithm for `coll` on `net` among the `candidate`s (ties go to the earlier
-/// in [`Collective::algorithms`]).
+/// in [`Collective::algorithms`]), by [`cost`] alone (no link setup: [`pick_charged`]).
 pub fn pick(
     coll: Collective,
     nranks: usize,
@@ -399,16 +445,34 @@ pub fn pick(
     chunk: usize,
     net: &Network,
 ) -> Algorithm {
+    pick_charged(coll, nranks, block, chunk, net, |_| 0.0)
+}
+
+/// [`pick`] with `charge(algo)` seconds added to each candidate's [`cost`] (the communicator's
+/// choice adds [`Model::setup_charge`]). A sole candidate is not costed.
+pub fn pick_charged(
+    coll: Collective,
+    nranks: usize,
+    block: usize,
+    chunk: usize,
+    net: &Network,
+    charge: impl Fn(Algorithm) -> f64,
+) -> Algorithm {
     let algos = coll.algorithms();
     if algos.len() == 1 || nranks <= 1 {
         return algos[0];
     }
-    let mut best = (f64::INFINITY, algos[0]);
-    for &a in algos
+    let cands: Vec<Algorithm> = algos
         .iter()
-        .filter(|&&a| candidate(coll, a, nranks, net.ranks_per_host))
-    {
-        let t = cost(coll, a, nranks, block, chunk, net);
+        .copied()
+        .filter(|&a| candidate(coll, a, nranks, net.ranks_per_host))
+        .collect();
+    if let [only] = cands[..] {
+        return only;
+    }
+    let mut best = (f64::INFINITY, cands.first().copied().unwrap_or(algos[0]));
+    for a in cands {
+        let t = cost(coll, a, nranks, block, chunk, net) + charge(a);
         if t < best.0 {
             best = (t, a);
         }
@@ -472,7 +536,9 @@ pub fn choose_on(
         return a;
     }
     let net = model.network_on(transport, nranks, per_host, b);
-    let a = pick(coll, nranks, b, chunk, &net);
+    let a = pick_charged(coll, nranks, b, chunk, &net, |a| {
+        model.setup_charge(transport, coll, a, nranks, per_host)
+    });
     if c.len() > 1 << 14 {
         c.clear();
     }
@@ -560,6 +626,64 @@ mod tests {
         };
         let s = Shape::new(Collective::AllReduce, 8, 0, bytes / 4, false, 128 << 10);
         choose_on(&s, bytes, 8, 2, Transport::Tcp, &m)
+    }
+
+    #[test]
+    fn gather_and_scatter_take_the_tree_beyond_the_direct_cap() {
+        // Beyond DIRECT_MAX_RANKS the root of a linear gather / scatter would link to every
+        // rank: the tree is the only candidate, on one host or many, small or large.
+        for coll in [Collective::Gather, Collective::Scatter] {
+            for n in [DIRECT_MAX_RANKS + 1, 64, 1024, 16384] {
+                for (per_host, t) in [(n, Transport::Shm), (8, Transport::Tcp)] {
+                    for bytes in [8, 64 << 10] {
+                        let s = Shape::new(coll, n, 0, bytes / 4, false, 128 << 10);
+                        let m = Model::default();
+                        let a = choose_on(&s, bytes, n, per_host, t, &m);
+                        assert_eq!(
+                            a,
+                            Algorithm::Tree,
+                            "{coll:?} {n} ranks {per_host}/host {bytes} B"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_gathers_and_scatters_take_the_tree_over_tcp() {
+        // 16 ranks over TCP, 8 B: the linear root's 15 connections cost more than the tree's
+        // log n hops.
+        for coll in [Collective::Gather, Collective::Scatter] {
+            let s = Shape::new(coll, 16, 0, 2, false, 128 << 10);
+            let m = Model {
+                cores: 0,
+                ..Model::default()
+            };
+            let a = choose_on(&s, 8, 16, 16, Transport::Tcp, &m);
+            assert_eq!(a, Algorithm::Tree, "{coll:?}");
+        }
+    }
+
+    #[test]
+    fn direct_pays_for_a_link_to_every_rank() {
+        let m = Model::default();
+        let c = |algo, n, per_host, t| m.setup_charge(t, Collective::AllReduce, algo, n, per_host);
+        // One host over TCP: n - 1 connections, each TCP's setup.
+        for n in [2usize, 8, 32] {
+            let want = (n - 1) as f64 * TCP.setup / SETUP_CALLS;
+            let got = c(Algorithm::Direct, n, n, Transport::Tcp);
+            assert!((got - want).abs() < 1e-12, "{n}: {got} vs {want}");
+        }
+        // Grows linearly with n; the ring's and the tree's stay bounded by their fanout.
+        let d32 = c(Algorithm::Direct, 32, 32, Transport::Tcp);
+        assert!(d32 > 10.0 * c(Algorithm::Ring, 32, 32, Transport::Tcp));
+        assert!(d32 > 3.0 * c(Algorithm::Tree, 32, 32, Transport::Tcp));
+        // Across hosts of 8: 7 peers over shm (about nothing), the other 24 over TCP.
+        let want = (7.0 * SHM.setup + 24.0 * TCP.setup) / SETUP_CALLS;
+        assert!((c(Algorithm::Direct, 32, 8, Transport::Tcp) - want).abs() < 1e-12);
+        // Over shm the charge is small beside TCP's.
+        assert!(c(Algorithm::Direct, 32, 32, Transport::Shm) < d32 / 10.0);
     }
 
     #[test]

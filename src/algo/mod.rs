@@ -260,7 +260,7 @@ impl Collective {
             Collective::AllGather | Collective::AllGatherV => &[Ring, Bruck, Hier],
             Collective::ReduceScatter | Collective::ReduceScatterV => &[Ring, Bruck, Ordered, Hier],
             Collective::AllToAll | Collective::AllToAllV => &[Pairwise],
-            Collective::Gather | Collective::Scatter => &[Linear],
+            Collective::Gather | Collective::Scatter => &[Linear, Tree],
             Collective::Send | Collective::Recv => &[Linear],
         }
     }
@@ -278,7 +278,8 @@ enum_table! {
         /// locally in rank order. One message latency; for small messages.
         Direct = 1 => "direct" | "oneshot" | "one-shot",
         /// All-reduce: double binary tree (two trees, each reducing and broadcasting half the
-        /// data, pipelined); broadcast / reduce: binomial tree.
+        /// data, pipelined); broadcast / reduce / gather / scatter: binomial tree (a gather or
+        /// scatter message carries a child's whole subtree of blocks).
         Tree = 2 => "tree" | "dbtree" | "binomial",
         /// All-reduce: recursive halving-doubling (Rabenseifner), any rank count.
         Rhd = 3 => "rhd" | "rabenseifner" | "halving-doubling",
@@ -822,6 +823,8 @@ fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
         (C::ReduceScatter | C::ReduceScatterV, A::Ring) => ring::reduce_scatter(s),
         (C::ReduceScatter | C::ReduceScatterV, A::Bruck) => bruck::reduce_scatter(s),
         (C::AllToAll | C::AllToAllV, _) => misc::all_to_all(s),
+        (C::Gather, A::Tree) => tree::gather(s),
+        (C::Scatter, A::Tree) => tree::scatter(s),
         (C::Gather, _) => misc::gather(s),
         (C::Scatter, _) => misc::scatter(s),
         (C::Send | C::Recv, _) => misc::send_recv(s),
@@ -846,9 +849,10 @@ fn dispatch(algo: Algorithm, s: &Shape) -> Result<Program, String> {
 /// ranks does not change the schedule: all-reduce, broadcast, reduce and barrier are built for
 /// each rank's position in that order and their peers renamed back to ranks; the ring
 /// all-gather and reduce-scatter pass blocks along the order and keep each block at its rank's
-/// place. The others (Bruck, pairwise, linear, ordered) keep rank order: Bruck's exchanges and
-/// the ordered fold are defined by rank numbers. Hierarchical algorithms (`hier`) compose
-/// intra-host and inter-host steps on the map.
+/// place; the tree gather and scatter build their binomial tree over the order and keep each
+/// block at its rank's place. The others (Bruck, pairwise, linear, ordered) keep rank order:
+/// Bruck's exchanges and the ordered fold are defined by rank numbers. Hierarchical algorithms
+/// (`hier`) compose intra-host and inter-host steps on the map.
 pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program, String> {
     if map.nranks() != shape.nranks {
         return Err(format!(
@@ -872,6 +876,8 @@ pub fn build_on(algo: Algorithm, shape: &Shape, map: &HostMap) -> Result<Program
         (C::Reduce, A::Hier | A::HierTree) => hier::reduce(shape, map, hier::inter_rooted(algo))?,
         (C::AllGather | C::AllGatherV, A::Hier) => hier::all_gather(shape, map),
         (C::ReduceScatter | C::ReduceScatterV, A::Hier) => hier::reduce_scatter(shape, map),
+        (C::Gather, A::Tree) => tree::gather_over(shape, &map.order()),
+        (C::Scatter, A::Tree) => tree::scatter_over(shape, &map.order()),
         _ if map.is_blocked() => return dispatch(algo, shape),
         (C::AllGather | C::AllGatherV, A::Ring) => ring::all_gather_over(shape, &map.order()),
         (C::ReduceScatter | C::ReduceScatterV, A::Ring) => {

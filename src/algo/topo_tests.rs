@@ -308,3 +308,59 @@ proptest! {
         prop_assert_eq!(check(coll, algo, &map, count, root, in_place, chunk, credits, seed), Ok(()));
     }
 }
+
+#[test]
+fn tree_gather_and_scatter_for_every_rank_count_and_root() {
+    // 1..=64 ranks, every root, on rank order (one host) and on a random map of 3 hosts (a
+    // topology order that is not rank order, so subtrees split into several runs of blocks);
+    // 3 elements per block in chunks of 4, so messages cross block boundaries.
+    for coll in [Collective::Gather, Collective::Scatter] {
+        for n in 1usize..=64 {
+            let one = HostMap::from_hosts(&vec![0; n]);
+            for map in [one, random_map(n, 3, n as u64 * 31)] {
+                for root in 0..n {
+                    let in_place = root % 2 == 1;
+                    check(
+                        coll,
+                        Algorithm::Tree,
+                        &map,
+                        3,
+                        root,
+                        in_place,
+                        4,
+                        1 + root % 3,
+                        5,
+                    )
+                    .unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tree_gather_and_scatter_talk_to_log_n_peers() {
+    for coll in [Collective::Gather, Collective::Scatter] {
+        for n in [2usize, 5, 33, 64, 100] {
+            let lg = (usize::BITS - (n - 1).leading_zeros()) as usize;
+            let map = random_map(n, 4, 9);
+            for root in [0, n / 2, n - 1] {
+                for rank in 0..n {
+                    let mut s = Shape::new(coll, n, rank, 5, false, 8);
+                    s.root = root;
+                    let p = build_on(Algorithm::Tree, &s, &map).unwrap();
+                    let mut peers: Vec<usize> =
+                        p.steps.iter().filter_map(|s| s.op.peer()).collect();
+                    peers.sort_unstable();
+                    peers.dedup();
+                    let most = if rank == root { lg } else { lg + 1 };
+                    assert!(
+                        peers.len() <= most,
+                        "{coll:?} n={n} root={root} rank={rank}: {} peers",
+                        peers.len()
+                    );
+                }
+            }
+        }
+    }
+}

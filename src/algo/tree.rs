@@ -8,6 +8,7 @@
 //! the latency grows with log n instead of n.
 //!
 //! Broadcast / reduce: binomial trees rooted at the root (in root-relative rank numbering).
+//! Gather / scatter: binomial trees too, over the topology order, each message a subtree.
 
 use super::{Buf, Builder, Collective, Range, Shape, slices, split};
 
@@ -187,6 +188,173 @@ pub fn reduce(s: &Shape) -> Builder {
                 b.copy(partial, acc);
             }
             b.finish(acc);
+        }
+    }
+    b
+}
+
+/// The binomial tree of a gather / scatter laid over `order` (position -> rank): positions are
+/// numbered relative to the root's, so the subtree of relative position `v` is the positions
+/// `[v, v + size(v))`, and a message between a child and its parent carries the child's whole
+/// subtree. Blocks stay at their ranks' places in the root's buffer: a subtree is sent as the
+/// runs of its positions whose ranks are consecutive (one run over rank order, two where it
+/// wraps past the last rank), each run one contiguous range of blocks (chunked).
+struct Blocks<'a> {
+    n: usize,
+    /// The root's position in `order`.
+    base: usize,
+    order: &'a [usize],
+    /// This rank's relative position.
+    v: usize,
+    count: usize,
+    chunk: usize,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(s: &Shape, order: &'a [usize]) -> Blocks<'a> {
+        let n = s.nranks;
+        let at = |r: usize| order.iter().position(|&x| x == r).unwrap_or(0);
+        let base = at(s.root);
+        Blocks {
+            n,
+            base,
+            order,
+            v: (at(s.rank) + n - base) % n,
+            count: s.count,
+            chunk: s.chunk,
+        }
+    }
+
+    /// The rank at relative position `v`.
+    fn real(&self, v: usize) -> usize {
+        self.order[(v + self.base) % self.n]
+    }
+
+    /// How many positions the subtree of `v` covers.
+    fn size(&self, v: usize) -> usize {
+        let top = if v == 0 {
+            self.n.next_power_of_two()
+        } else {
+            lowbit(v)
+        };
+        top.min(self.n - v)
+    }
+
+    /// The children of this rank, nearest (smallest subtree) first.
+    fn children(&self) -> Vec<usize> {
+        let (v, top) = (self.v, self.size(self.v));
+        (0..usize::BITS)
+            .map(|k| 1usize << k)
+            .take_while(|&m| m < top)
+            .filter(|&m| v + m < self.n)
+            .map(|m| v + m)
+            .collect()
+    }
+
+    /// The messages of the subtree of `u`, in order: (element offset from the subtree's first
+    /// block in relative order, element offset of the same data in the root's buffer, length).
+    fn messages(&self, u: usize) -> Vec<(usize, usize, usize)> {
+        let (c, end) = (self.count, u + self.size(u));
+        let mut out = Vec::new();
+        let mut a = u;
+        while a < end {
+            let mut k = 1;
+            while a + k < end && self.real(a + k) == self.real(a) + k {
+                k += 1;
+            }
+            for (o, l) in slices(0, k * c, self.chunk) {
+                out.push(((a - u) * c + o, self.real(a) * c + o, l));
+            }
+            a += k;
+        }
+        out
+    }
+}
+
+/// One rank's binomial-tree gather over rank order.
+pub fn gather(s: &Shape) -> Builder {
+    gather_over(s, &(0..s.nranks).collect::<Vec<_>>())
+}
+
+/// One rank's binomial-tree gather over `order` (position -> rank): every rank receives its
+/// children's subtrees and sends its own subtree to its parent in one go, so a rank talks to
+/// at most ⌈log2 n⌉ + 1 peers and the root receives all data over ⌈log2 n⌉ links.
+pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
+    let t = Blocks::new(s, order);
+    let (v, c) = (t.v, s.count);
+    let mut b = Builder::new(s);
+    let own = Range::new(Buf::Input, 0, c);
+    if v == 0 {
+        if !s.in_place {
+            b.copy(own, Range::new(Buf::Output, s.rank * c, c));
+        }
+        for u in t.children() {
+            for (_, at, l) in t.messages(u) {
+                b.recv(t.real(u), Range::new(Buf::Output, at, l));
+            }
+        }
+        return b;
+    }
+    let parent = t.real(v - lowbit(v));
+    let children = t.children();
+    let src = if children.is_empty() {
+        own
+    } else {
+        let sc = b.scratch(t.size(v) * c);
+        b.copy(own, sc.sub(0, c));
+        for u in children {
+            for (rel, _, l) in t.messages(u) {
+                b.recv(t.real(u), sc.sub((u - v) * c + rel, l));
+            }
+        }
+        sc
+    };
+    for (rel, _, l) in t.messages(v) {
+        b.send(parent, src.sub(rel, l));
+    }
+    b
+}
+
+/// One rank's binomial-tree scatter over rank order.
+pub fn scatter(s: &Shape) -> Builder {
+    scatter_over(s, &(0..s.nranks).collect::<Vec<_>>())
+}
+
+/// One rank's binomial-tree scatter over `order`: the mirror of [`gather_over`], the largest
+/// subtree served first.
+pub fn scatter_over(s: &Shape, order: &[usize]) -> Builder {
+    let t = Blocks::new(s, order);
+    let (v, c) = (t.v, s.count);
+    let mut b = Builder::new(s);
+    let out = Range::new(Buf::Output, 0, c);
+    if v == 0 {
+        let src = if s.in_place { Buf::Output } else { Buf::Input };
+        for u in t.children().into_iter().rev() {
+            for (_, at, l) in t.messages(u) {
+                b.send(t.real(u), Range::new(src, at, l));
+            }
+        }
+        if !s.in_place {
+            b.copy(Range::new(Buf::Input, s.rank * c, c), out);
+        }
+        return b;
+    }
+    let parent = t.real(v - lowbit(v));
+    let children = t.children();
+    let dst = if children.is_empty() {
+        out
+    } else {
+        b.scratch(t.size(v) * c)
+    };
+    for (rel, _, l) in t.messages(v) {
+        b.recv(parent, dst.sub(rel, l));
+    }
+    if !children.is_empty() {
+        b.copy(dst.sub(0, c), out);
+        for u in children.into_iter().rev() {
+            for (rel, _, l) in t.messages(u) {
+                b.send(t.real(u), dst.sub((u - v) * c + rel, l));
+            }
         }
     }
     b

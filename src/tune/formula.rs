@@ -33,8 +33,9 @@ use crate::sim::{Link, Network};
 ///
 /// Broadcast / reduce: chain (n−1)·(α + c·β) + s·β (+ s·γ); binomial tree ⌈log n⌉·(α + s·β).
 /// All-gather / reduce-scatter: ring (n−1)·(α + s·β (+ s·γ)); Bruck ⌈log n⌉·α + (n−1)·s·β
-/// (+ γ). Others (one algorithm): (n−1)·(α + s·β), barrier ⌈log n⌉·α; these use the slowest
-/// class throughout.
+/// (+ γ). Gather / scatter: binomial tree ⌈log n⌉·α + (n−1)·s·β (the root moves every block
+/// once, over ⌈log n⌉ links). Others (linear gather / scatter, all-to-all): (n−1)·(α + s·β),
+/// barrier ⌈log n⌉·α; these use the slowest class throughout.
 pub fn formula(
     coll: Collective,
     algo: Algorithm,
@@ -229,6 +230,7 @@ pub fn formula(
         (C::ReduceScatter, A::Ring) => (n - 1.0) * (alpha + s * (beta + gamma)),
         (C::AllGather, _) => lg * alpha + (n - 1.0) * s * beta,
         (C::ReduceScatter, _) => lg * alpha + (n - 1.0) * s * (beta + gamma),
+        (C::Gather | C::Scatter, A::Tree) => lg * alpha + (n - 1.0) * s * beta,
         (C::AllToAll, _) => (n - 1.0) * (alpha + s * beta * crowd),
         (C::Barrier, _) => lg * alpha,
         _ => (n - 1.0) * (alpha + s * beta),
