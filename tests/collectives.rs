@@ -563,3 +563,74 @@ fn repeated_calls_of_alternating_shapes_are_correct() {
 fn default_choice_128_thread_ranks_every_collective() {
     run(128, test_cfg(120_000), &[DataType::F32], &[ReduceOp::Sum]);
 }
+
+/// The binomial-tree gather and scatter, forced (`OXCCL_ALGO=gather:tree,scatter:tree`), on 2, 3,
+/// 5 and 8 thread-ranks over shm and TCP, every root, odd counts, in chunks of 16 elements (the
+/// smallest chunk) so that a subtree's message splits inside and across blocks and (with the
+/// root not 0) where its run of blocks wraps past the last rank.
+#[test]
+fn tree_gather_and_scatter_every_root() {
+    for t in [oxccl::TransportKind::Shm, oxccl::TransportKind::Tcp] {
+        for n in [2usize, 3, 5, 8] {
+            let cfg = Config {
+                transport: Some(t),
+                algo: Some("gather:tree,scatter:tree".into()),
+                chunk_bytes: Some(64),
+                ..test_cfg(20_000)
+            };
+            let res = run_ranks(n, cfg, Duration::from_secs(120), move |comm| {
+                let r = comm.rank();
+                for root in 0..n {
+                    for count in [1usize, 7, 33] {
+                        let w =
+                            |c: &str| format!("rank {r}/{n} {t:?} {c} root {root} count {count}");
+                        let shape = oxccl::internals::algo::Shape::new(
+                            Collective::Gather,
+                            n,
+                            r,
+                            count,
+                            false,
+                            16,
+                        );
+                        let a = comm
+                            .algorithm_for(&shape, 4 * count)
+                            .map_err(|e| w(&e.to_string()))?;
+                        if n > 1 && a.name() != "tree" {
+                            return Err(w(&format!("forced tree, got {}", a.name())));
+                        }
+                        let blocks: Vec<Vec<i32>> = (0..n)
+                            .map(|p| {
+                                (0..count)
+                                    .map(|i| (1000 * p + i + 17 * root) as i32)
+                                    .collect()
+                            })
+                            .collect();
+                        let mut g = if r == root {
+                            vec![-1i32; n * count]
+                        } else {
+                            Vec::new()
+                        };
+                        ok(&w("gather"), comm.gather(&blocks[r], &mut g, root))?;
+                        if r == root && g != blocks.concat() {
+                            return Err(w(&format!("gather: {g:?}")));
+                        }
+                        let all = if r == root {
+                            blocks.concat()
+                        } else {
+                            Vec::new()
+                        };
+                        let mut s = vec![-1i32; count];
+                        ok(&w("scatter"), comm.scatter(&all, &mut s, root))?;
+                        if s != blocks[r] {
+                            return Err(w(&format!("scatter: {s:?}")));
+                        }
+                    }
+                }
+                Ok::<(), String>(())
+            });
+            for r in res {
+                r.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
