@@ -400,6 +400,8 @@ fn default_picks_keep_fan_out_logarithmic() {
             Collective::AllGather,
             Collective::ReduceScatter,
             Collective::Barrier,
+            Collective::Gather,
+            Collective::Scatter,
         ] {
             for bytes in [8usize, 4 << 10, 1 << 20, 64 << 20] {
                 let algo = tune::pick(coll, n, bytes, chunk, &net);
