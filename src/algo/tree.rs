@@ -240,6 +240,11 @@ impl<'a> Blocks<'a> {
         top.min(self.n - v)
     }
 
+    /// This (non-root) rank's parent.
+    fn parent(&self) -> usize {
+        self.real(self.v - lowbit(self.v))
+    }
+
     /// The children of this rank, nearest (smallest subtree) first.
     fn children(&self) -> Vec<usize> {
         let (v, top) = (self.v, self.size(self.v));
@@ -271,18 +276,12 @@ impl<'a> Blocks<'a> {
     }
 }
 
-/// One rank's binomial-tree gather over rank order.
-pub fn gather(s: &Shape) -> Builder {
-    gather_over(s, &(0..s.nranks).collect::<Vec<_>>())
-}
-
 /// One rank's binomial-tree gather over `order` (position -> rank): every rank receives its
 /// children's subtrees and sends its own subtree to its parent in one go, so a rank talks to
 /// at most ⌈log2 n⌉ + 1 peers and the root receives all data over ⌈log2 n⌉ links.
 pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
-    let t = Blocks::new(s, order);
-    let (v, c) = (t.v, s.count);
-    let mut b = Builder::new(s);
+    let (t, mut b) = (Blocks::new(s, order), Builder::new(s));
+    let (v, c) = (t.v, t.count);
     let own = Range::new(Buf::Input, 0, c);
     if v == 0 {
         if !s.in_place {
@@ -295,14 +294,12 @@ pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
         }
         return b;
     }
-    let parent = t.real(v - lowbit(v));
-    let children = t.children();
-    let src = if children.is_empty() {
+    let src = if t.size(v) == 1 {
         own
     } else {
         let sc = b.scratch(t.size(v) * c);
         b.copy(own, sc.sub(0, c));
-        for u in children {
+        for u in t.children() {
             for (rel, _, l) in t.messages(u) {
                 b.recv(t.real(u), sc.sub((u - v) * c + rel, l));
             }
@@ -310,22 +307,16 @@ pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
         sc
     };
     for (rel, _, l) in t.messages(v) {
-        b.send(parent, src.sub(rel, l));
+        b.send(t.parent(), src.sub(rel, l));
     }
     b
-}
-
-/// One rank's binomial-tree scatter over rank order.
-pub fn scatter(s: &Shape) -> Builder {
-    scatter_over(s, &(0..s.nranks).collect::<Vec<_>>())
 }
 
 /// One rank's binomial-tree scatter over `order`: the mirror of [`gather_over`], the largest
 /// subtree served first.
 pub fn scatter_over(s: &Shape, order: &[usize]) -> Builder {
-    let t = Blocks::new(s, order);
-    let (v, c) = (t.v, s.count);
-    let mut b = Builder::new(s);
+    let (t, mut b) = (Blocks::new(s, order), Builder::new(s));
+    let (v, c) = (t.v, t.count);
     let out = Range::new(Buf::Output, 0, c);
     if v == 0 {
         let src = if s.in_place { Buf::Output } else { Buf::Input };
@@ -339,19 +330,14 @@ pub fn scatter_over(s: &Shape, order: &[usize]) -> Builder {
         }
         return b;
     }
-    let parent = t.real(v - lowbit(v));
-    let children = t.children();
-    let dst = if children.is_empty() {
-        out
-    } else {
-        b.scratch(t.size(v) * c)
-    };
+    let leaf = t.size(v) == 1;
+    let dst = if leaf { out } else { b.scratch(t.size(v) * c) };
     for (rel, _, l) in t.messages(v) {
-        b.recv(parent, dst.sub(rel, l));
+        b.recv(t.parent(), dst.sub(rel, l));
     }
-    if !children.is_empty() {
+    if !leaf {
         b.copy(dst.sub(0, c), out);
-        for u in children.into_iter().rev() {
+        for u in t.children().into_iter().rev() {
             for (rel, _, l) in t.messages(u) {
                 b.send(t.real(u), dst.sub((u - v) * c + rel, l));
             }
