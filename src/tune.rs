@@ -652,8 +652,8 @@ mod tests {
 
     #[test]
     fn small_gathers_and_scatters_take_the_tree_over_tcp() {
-        // 16 ranks over TCP, 8 B: the linear root's 15 connections cost more than the tree's
-        // log n hops.
+        // 16 ranks over TCP, 8 B: the linear root's 15 messages in a row (and its 15
+        // connections) cost more than the tree's 4 hops (about 126 µs against 65 µs modelled).
         for coll in [Collective::Gather, Collective::Scatter] {
             let s = Shape::new(coll, 16, 0, 2, false, 128 << 10);
             let m = Model {
