@@ -687,6 +687,20 @@ mod tests {
     }
 
     #[test]
+    fn direct_is_not_free_at_the_cap() {
+        // 32 ranks over shm with a core each (cores 0), 8 B: the replay has direct at one
+        // latency whatever n (0.5 µs); its 31 links (3.1 µs a call) make another algorithm the
+        // choice.
+        let m = Model {
+            cores: 0,
+            ..Model::default()
+        };
+        let s = Shape::new(Collective::AllReduce, 32, 0, 2, false, 128 << 10);
+        let a = choose_on(&s, 8, 32, 32, Transport::Shm, &m);
+        assert_ne!(a, Algorithm::Direct);
+    }
+
+    #[test]
     fn known_rails_make_hierarchical_the_pick_at_large_sizes() {
         use crate::topo::Rails;
         let two = Rails {
