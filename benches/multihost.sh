@@ -159,6 +159,11 @@ if [ -n "${SIM:-}" ]; then
   # The namespace hosts as oxccl-sim models them: each port carries RATE less Ethernet + IP + TCP
   # framing (1448 of every 1538 bytes at MTU 1500), 50 us between hosts (veth, bridge, tbf and a
   # poll wake-up), shm inside a host; rails as bound (striping: one path as wide as all NICs).
+  # Calibrated against this bench (4 hosts x 2 ranks, 1 and 2 NICs at 1 Gbit/s, 1-16 MiB):
+  # --duplex 1.25, a connection carrying data both ways at once (halving-doubling's exchanges,
+  # the tree's reduce meeting its broadcast) goes at 1/1.25 of the port each way, its ACKs queued
+  # behind data in the other direction's tbf; --chunk 256K, a tree hop forwards before a whole
+  # 512 KiB chunk is in (TCP streams it over two sockets), fitted to the tree at 1 MiB.
   rate_mbit=$(echo "$RATE" | awk '{ v = $0 + 0; if ($0 ~ /[gG]/) v *= 1000; else if ($0 ~ /[kK]/) v /= 1000; print v }')
   nics=$K; bw=$(awk -v r="$rate_mbit" 'BEGIN { printf "%.0f", r * 1e6 / 8 * 1448 / 1538 }')
   if [ "$K" -gt 1 ] && [ "$BIND" != rail ]; then nics=1; [ "$BIND" = stripe ] && bw=$((bw * K)); fi
@@ -173,7 +178,7 @@ if [ -n "${SIM:-}" ]; then
       meas=$(awk -v k="block $algo" -v s="$sz" '$1 " " $2 == k && $3 == s { print $4 }' "$TMP/summary" | head -1)
       pred=$("$ROOT/target/release/oxccl-sim" --coll "$COLL" --algo "$algo" --ranks "$N" --ranks-per-host "$R" \
         --nics-per-host "$nics" --inter-bw "${bw}B/s" --inter-lat 50us --intra-bw 8GB/s --reduce-bw 6GB/s \
-        --host-driven -b "$sz" -e "$sz" --tsv 2>/dev/null | awk '{ printf "%.0f", $3 }')
+        --host-driven --duplex 1.25 --chunk 256K -b "$sz" -e "$sz" --tsv 2>/dev/null | awk '{ printf "%.0f", $3 }')
       if [ -n "$meas" ] && [ -n "$pred" ] && [ "$pred" != 0 ]; then
         printf ' %9s/%9s %+4.0f%%' "$meas" "$pred" "$(awk -v m="$meas" -v p="$pred" 'BEGIN { print (m / p - 1) * 100 }')"
       else

@@ -19,6 +19,8 @@
 //!   the sender in `lat`. With [`Network::posted_recv`], a `Recv` whose destination was already
 //!   free (and within the executor's 16-receive window) when the message's head came was
 //!   posted: the message landed in place and costs the receiver only `overhead`.
+//!   With [`Network::duplex`] `d > 1`, an inter-host send that starts while its peer is still
+//!   sending to this rank, or whose next send to it is ready, takes `d` times its wire time.
 //! - **local** steps use the CPU: `Copy` `s / copy_bw`, `Reduce` `s / reduce_bw`, `Finish` free.
 //! - Each CPU runs one step at a time, first come first served; with
 //!   [`Network::cores_per_host`] set, the ranks of a host also share that many cores.
@@ -135,6 +137,10 @@ pub struct Network {
     /// when `l mod nics_per_host` is its index (0: a NIC per rank, its own rail). The core
     /// then carries `hosts · nics_per_host · inter.bw / oversub`.
     pub nics_per_host: usize,
+    /// How much slower an inter-host send goes on the wire while the same peer is sending back
+    /// (1: not at all). A TCP connection carrying data both ways at once over rate-limited
+    /// ports queues each direction's ACKs behind the other's data, which stalls both windows.
+    pub duplex: f64,
 }
 
 impl Network {
@@ -153,6 +159,7 @@ impl Network {
             host_driven: false,
             posted_recv: true,
             nics_per_host: 0,
+            duplex: 1.0,
         }
     }
 

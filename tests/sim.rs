@@ -490,3 +490,35 @@ fn ranks_sharing_a_nic_share_its_bandwidth() {
         "flat ring {ring1} vs hierarchical on two rails {two}"
     );
 }
+
+/// `Network::duplex`: sends that cross a peer's sends on one connection go `d` times slower on
+/// the wire; one-way traffic is untouched. Two ranks on two hosts exchanging halves (ring) cross
+/// in both phases; a one-way chain broadcast never does.
+#[test]
+fn crossing_sends_pay_the_duplex_factor_and_one_way_sends_do_not() {
+    let net = |d: f64| Network {
+        ranks_per_host: 1,
+        duplex: d,
+        ..ideal(2)
+    };
+    let s = 1usize << 20;
+    let ring = |d| run(Collective::AllReduce, Algorithm::Ring, 2, s, &net(d), s);
+    assert!(close(ring(1.0), 2.0 * LAT + s as f64 / BW));
+    // Both phases' s/2 each way take 2× their wire time.
+    assert!(
+        close(ring(2.0), 2.0 * LAT + 2.0 * s as f64 / BW),
+        "{}",
+        ring(2.0)
+    );
+    let chain = |d| {
+        run(
+            Collective::Broadcast,
+            Algorithm::Chain,
+            4,
+            s,
+            &net(d),
+            64 << 10,
+        )
+    };
+    assert!(close(chain(2.0), chain(1.0)));
+}

@@ -50,6 +50,8 @@ struct Queue {
     placed: std::collections::VecDeque<bool>,
     /// The representative at the other end and its queue for this link.
     partner: (u32, u32),
+    /// When this queue's last send leaves the sender's port.
+    send_until: f64,
 }
 
 /// One replayed rank.
@@ -107,6 +109,7 @@ impl Rank {
                             arrived: 0,
                             placed: Default::default(),
                             partner: (0, 0),
+                            send_until: 0.0,
                         });
                         peers.push(peer);
                         (queues.len() - 1) as u32
@@ -414,14 +417,25 @@ impl Sim<'_> {
             let (class, (b, qb)) = (qq.class, qq.partner);
             let link = self.net.link(class);
             let bytes = st.bytes[s as usize];
-            let wire = bytes / link.bw;
-            let busy = link.overhead + wire;
             let port = st.port;
             let free = match class {
                 Class::Inter => self.ports[port][0],
                 Class::Intra => st.tx_free[0],
             };
             let mut start = t.max(free);
+            // A peer sending back on this connection, or about to (its next send is ready),
+            // slows this send (Network::duplex). Under symmetry the partner queue may be this
+            // one: the peer then does what this rank does, so it is sending too.
+            let crossing = class == Class::Inter && self.net.duplex > 1.0 && {
+                let rb = &self.ranks[b as usize];
+                let pq = &rb.queues[qb as usize];
+                pq.send_until > start
+                    || pq.sends.get(pq.next_send).is_some_and(|&ps| {
+                        rb.remaining[ps as usize] == 0 && pq.inflight < self.net.credits
+                    })
+            };
+            let wire = bytes / link.bw * if crossing { self.net.duplex } else { 1.0 };
+            let busy = link.overhead + wire;
             if self.net.host_driven {
                 start = self.cpu(r, start, busy);
             }
@@ -433,6 +447,7 @@ impl Sim<'_> {
             let st = &mut self.ranks[r];
             st.queues[q].next_send += 1;
             st.queues[q].inflight += 1;
+            st.queues[q].send_until = end;
             let m = Msg {
                 bytes,
                 start,

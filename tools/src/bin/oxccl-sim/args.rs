@@ -112,6 +112,10 @@ struct Cli {
     /// Per-message overhead on each side of a network link (a NIC's message rate)
     #[arg(long, value_name = "TIME", default_value = "0.5us", value_parser = parse_time)]
     inter_ovh: f64,
+    /// Inter-host sends take F times their wire time while the same peer sends back (TCP over
+    /// rate-limited ports: ACKs queue behind data; 1: no slowdown)
+    #[arg(long, value_name = "F", default_value = "1", value_parser = parse_factor)]
+    duplex: f64,
     /// NICs (rails) per host, local rank l on NIC l mod k (0: one per rank)
     #[arg(long, value_name = "K", default_value = "0", value_parser = at_least(0))]
     nics_per_host: usize,
@@ -240,6 +244,7 @@ pub fn parse(argv: &[String]) -> Result<Flags<Box<Args>>, String> {
         host_driven: cli.host_driven,
         posted_recv: !cli.recv_copy,
         nics_per_host: cli.nics_per_host,
+        duplex: cli.duplex,
     };
     if let Some(t) = cli.machine {
         let c = match t {
