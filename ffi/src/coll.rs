@@ -250,7 +250,7 @@ unsafe fn all_to_allv(
                 counts(recvcounts, w, "recvcounts")?,
             )
         };
-        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt)
+        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt, w)
     }
 }
 
