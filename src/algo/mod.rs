@@ -932,6 +932,24 @@ pub fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usi
     (0..len.div_ceil(chunk)).map(move |j| (off + j * chunk, chunk.min(len - j * chunk)))
 }
 
+/// For tests: every collective a program is built for on all ranks (all but send and receive),
+/// in table order.
+#[cfg(test)]
+pub(crate) const COLLS: [Collective; 12] = [
+    Collective::AllReduce,
+    Collective::Barrier,
+    Collective::Broadcast,
+    Collective::Reduce,
+    Collective::AllGather,
+    Collective::ReduceScatter,
+    Collective::AllToAll,
+    Collective::Gather,
+    Collective::Scatter,
+    Collective::AllGatherV,
+    Collective::ReduceScatterV,
+    Collective::AllToAllV,
+];
+
 #[cfg(test)]
 mod buffer_tests {
     use super::{Collective as C, Shape};

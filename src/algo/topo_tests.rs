@@ -4,23 +4,8 @@
 use proptest::prelude::*;
 
 use super::verify::run;
-use super::{Algorithm, Collective, Op, Program, Shape, build_on};
+use super::{Algorithm, COLLS, Collective, Op, Program, Shape, build_on};
 use crate::topo::HostMap;
-
-const COLLS: [Collective; 12] = [
-    Collective::AllReduce,
-    Collective::Barrier,
-    Collective::Broadcast,
-    Collective::Reduce,
-    Collective::AllGather,
-    Collective::ReduceScatter,
-    Collective::AllToAll,
-    Collective::Gather,
-    Collective::Scatter,
-    Collective::AllGatherV,
-    Collective::ReduceScatterV,
-    Collective::AllToAllV,
-];
 
 fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed | 1;

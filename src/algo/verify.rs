@@ -435,7 +435,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, Collective, Shape, build};
+    use super::super::{Algorithm, COLLS, Collective, Shape, build};
     use super::*;
     use proptest::prelude::*;
 
@@ -511,21 +511,6 @@ mod tests {
             )
         })
     }
-
-    const COLLS: [Collective; 12] = [
-        Collective::AllReduce,
-        Collective::Barrier,
-        Collective::Broadcast,
-        Collective::Reduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Gather,
-        Collective::Scatter,
-        Collective::AllGatherV,
-        Collective::ReduceScatterV,
-        Collective::AllToAllV,
-    ];
 
     #[test]
     fn small_cases_exhaustive() {
