@@ -102,34 +102,7 @@ pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Bui
             Buf::Output => out(so + x.off, x.len),
             Buf::Scratch => scratch.sub(x.off, x.len),
         };
-        let owner = |host: usize| map.on_rail(host, j);
-        for st in &p.steps {
-            let op = match st.op {
-                Op::Send { peer, src } => Op::Send {
-                    peer: owner(peer),
-                    src: place(src),
-                },
-                Op::Recv { peer, dst } => Op::Recv {
-                    peer: owner(peer),
-                    dst: place(dst),
-                },
-                Op::RecvReduce { peer, dst, acc } => Op::RecvReduce {
-                    peer: owner(peer),
-                    dst: place(dst),
-                    acc: acc.map(place),
-                },
-                Op::Copy { src, dst } => Op::Copy {
-                    src: place(src),
-                    dst: place(dst),
-                },
-                Op::Reduce { src, dst } => Op::Reduce {
-                    src: place(src),
-                    dst: place(dst),
-                },
-                Op::Finish { dst } => Op::Finish { dst: place(dst) },
-            };
-            b.push(op);
-        }
+        embed(&mut b, &p, |host| map.on_rail(host, j), place);
     }
     // 3. All-gather around the host.
     for st in 0..nl.saturating_sub(1) {
