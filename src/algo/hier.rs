@@ -47,19 +47,7 @@ pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Bui
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let own = |o, len| s.input_range(o, len);
-    // The slices of local group g, as (offset, len).
-    let group = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .map(|j| split(count, ns, j))
-            .collect()
-    };
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        group(g)
-            .into_iter()
-            .flat_map(|(o, len)| slices(o, len, chunk))
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     // 1. Reduce-scatter around the host: after it, group l is reduced over the host.
@@ -105,15 +93,20 @@ pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Bui
         embed(&mut b, &p, |host| map.on_rail(host, j), place);
     }
     // 3. All-gather around the host.
-    for st in 0..nl.saturating_sub(1) {
-        for (o, len) in pieces((l + nl - st) % nl) {
-            b.send(next, out(o, len));
-        }
-        for (o, len) in pieces((l + 2 * nl - st - 1) % nl) {
-            b.recv(prev, out(o, len));
-        }
-    }
+    gather_slices(&mut b, s, map);
     Ok(b)
+}
+
+/// The messages of local group `g`'s slices (slice `j` of `ns` belongs to group `j % nl`), as
+/// (offset, len) in elements, each slice cut into `chunk`-element pieces.
+fn pieces(count: usize, ns: usize, nl: usize, chunk: usize, g: usize) -> Vec<(usize, usize)> {
+    (0..ns)
+        .filter(|j| j % nl == g)
+        .flat_map(|j| {
+            let (o, len) = split(count, ns, j);
+            slices(o, len, chunk)
+        })
+        .collect()
 }
 
 /// Steps of a flat Program for `nh` host positions, embedded on rail `j`: peers become the
@@ -226,15 +219,7 @@ fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
     let loc = map.ranks(map.host_of(r));
     let (nl, l, ns) = (loc.len(), map.local_rank(r), map.max_local().max(1));
     let out = |o, len| Range::new(Buf::Output, o, len);
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .flat_map(|j| {
-                let (o, len) = split(count, ns, j);
-                slices(o, len, chunk)
-            })
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     for st in 0..nl.saturating_sub(1) {
@@ -270,15 +255,7 @@ pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder
     };
     let part = b.scratch(count);
     let fin = b.scratch(count);
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .flat_map(|j| {
-                let (o, len) = split(count, ns, j);
-                slices(o, len, chunk)
-            })
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     // 1. Reduce-scatter around the host into `part`.
