@@ -35,15 +35,43 @@ pub fn inter(algo: Algorithm) -> Algorithm {
     }
 }
 
+/// Where a rank sits on a host map: its host `h`, that host's ranks `loc` (`nl` of them), its
+/// local rank `l`, the number of hosts `nh` and of slices (rails) `ns`.
+struct Seat<'a> {
+    h: usize,
+    loc: &'a [usize],
+    nl: usize,
+    l: usize,
+    nh: usize,
+    ns: usize,
+}
+
+impl Seat<'_> {
+    fn of(map: &HostMap, r: usize) -> Seat<'_> {
+        let h = map.host_of(r);
+        let loc = map.ranks(h);
+        Seat {
+            h,
+            loc,
+            nl: loc.len(),
+            l: map.local_rank(r),
+            nh: map.nhosts(),
+            ns: map.max_local().max(1),
+        }
+    }
+}
+
 /// One rank's hierarchical all-reduce on `map`, with `inter_algo` between hosts.
 pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let nl = loc.len();
-    let l = map.local_rank(r);
-    let nh = map.nhosts();
-    let ns = map.max_local().max(1);
+    let Seat {
+        h,
+        loc,
+        nl,
+        l,
+        nh,
+        ns,
+    } = Seat::of(map, r);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let own = |o, len| s.input_range(o, len);
@@ -159,14 +187,10 @@ pub fn inter_rooted(algo: Algorithm) -> Algorithm {
 /// all-gathers the slices around a ring.
 pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let (h, hr) = (map.host_of(r), map.host_of(root));
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let Seat {
+        h, nl, l, nh, ns, ..
+    } = Seat::of(map, r);
+    let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     // 1. The root's slices to its host's rails (and its own data into Output).
@@ -216,8 +240,7 @@ pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Buil
 /// The intra-host ring all-gather of slices (all-reduce's and broadcast's last phase).
 fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let loc = map.ranks(map.host_of(r));
-    let (nl, l, ns) = (loc.len(), map.local_rank(r), map.max_local().max(1));
+    let Seat { loc, nl, l, ns, .. } = Seat::of(map, r);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
@@ -237,14 +260,15 @@ fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
 /// hands the slices to the root.
 pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let (h, hr) = (map.host_of(r), map.host_of(root));
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let Seat {
+        h,
+        loc,
+        nl,
+        l,
+        nh,
+        ns,
+    } = Seat::of(map, r);
+    let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let own = |o, len| {
         if s.in_place && r == root {
@@ -346,14 +370,14 @@ fn group_blocks(map: &HostMap, nl: usize, g: usize) -> Vec<usize> {
 pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let Seat {
+        h,
+        loc,
+        nl,
+        l,
+        nh,
+        ns,
+    } = Seat::of(map, r);
     let mut b = Builder::new(s);
     let blk = |q: usize, o: usize, len: usize| Range::new(Buf::Output, lay.off(q) + o, len);
     if !s.in_place {
@@ -403,14 +427,14 @@ pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
 pub fn reduce_scatter(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let Seat {
+        h,
+        loc,
+        nl,
+        l,
+        nh,
+        ns,
+    } = Seat::of(map, r);
     let mut b = Builder::new(s);
     let input = |q: usize, o: usize, len: usize| s.input_range(lay.off(q) + o, len);
     let acc = b.scratch(lay.total());
