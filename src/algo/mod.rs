@@ -950,6 +950,61 @@ pub(crate) const COLLS: [Collective; 12] = [
     Collective::AllToAllV,
 ];
 
+/// For tests: a xorshift64 generator from `seed`.
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// For tests: the shapes of every rank for one call; `seed` draws the v-variants' counts.
+#[cfg(test)]
+pub(crate) fn shapes(
+    coll: Collective,
+    n: usize,
+    count: usize,
+    root: usize,
+    in_place: bool,
+    chunk: usize,
+    seed: u64,
+) -> Vec<Shape> {
+    let mut next = xorshift(seed);
+    // All-to-allv: a random matrix m[src][dst] of sizes.
+    let mut m: Vec<Vec<usize>> = (0..n)
+        .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
+        .collect();
+    if in_place {
+        // In place needs equal send and receive sizes per rank: a symmetric matrix.
+        #[allow(clippy::needless_range_loop)]
+        for a in 0..n {
+            for b in 0..a {
+                m[a][b] = m[b][a];
+            }
+        }
+    }
+    let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
+    (0..n)
+        .map(|rank| {
+            let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
+            s.root = root % n;
+            match coll {
+                Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
+                Collective::AllToAllV => {
+                    s.counts = m[rank].clone();
+                    s.counts.extend((0..n).map(|src| m[src][rank]));
+                }
+                _ => {}
+            }
+            s
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod buffer_tests {
     use super::{Collective as C, Shape};

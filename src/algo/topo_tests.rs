@@ -4,18 +4,8 @@
 use proptest::prelude::*;
 
 use super::verify::run;
-use super::{Algorithm, COLLS, Collective, Op, Program, Shape, build_on};
+use super::{Algorithm, COLLS, Collective, Op, Program, Shape, build_on, shapes, xorshift};
 use crate::topo::HostMap;
-
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 /// A random map of `n` ranks on at most `hosts` hosts (some may end up uneven).
 fn random_map(n: usize, hosts: usize, seed: u64) -> HostMap {
@@ -37,31 +27,9 @@ fn check(
     seed: u64,
 ) -> Result<(), String> {
     let n = map.nranks();
-    let mut next = xorshift(seed);
-    let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
-    let mut m: Vec<Vec<usize>> = (0..n)
-        .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
-        .collect();
-    if in_place {
-        #[allow(clippy::needless_range_loop)]
-        for a in 0..n {
-            for b in 0..a {
-                m[a][b] = m[b][a];
-            }
-        }
-    }
-    let progs: Vec<Program> = (0..n)
-        .map(|rank| {
-            let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
-            s.root = root % n;
-            match coll {
-                Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
-                Collective::AllToAllV => {
-                    s.counts = m[rank].clone();
-                    s.counts.extend((0..n).map(|src| m[src][rank]));
-                }
-                _ => {}
-            }
+    let progs: Vec<Program> = shapes(coll, n, count, root, in_place, chunk, seed)
+        .into_iter()
+        .map(|mut s| {
             if coll == Collective::Barrier {
                 s.in_place = false;
             }

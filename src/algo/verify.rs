@@ -435,57 +435,9 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, COLLS, Collective, Shape, build};
+    use super::super::{Algorithm, COLLS, Collective, Shape, build, shapes};
     use super::*;
     use proptest::prelude::*;
-
-    /// Shapes of every rank for one call; `counts` drives the v-variants.
-    fn shapes(
-        coll: Collective,
-        n: usize,
-        count: usize,
-        root: usize,
-        in_place: bool,
-        chunk: usize,
-        seed: u64,
-    ) -> Vec<Shape> {
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        // All-to-allv: a random matrix m[src][dst] of sizes.
-        let mut m: Vec<Vec<usize>> = (0..n)
-            .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
-            .collect();
-        if in_place {
-            // In place needs equal send and receive sizes per rank: a symmetric matrix.
-            #[allow(clippy::needless_range_loop)]
-            for a in 0..n {
-                for b in 0..a {
-                    m[a][b] = m[b][a];
-                }
-            }
-        }
-        let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
-        (0..n)
-            .map(|rank| {
-                let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
-                s.root = root % n;
-                match coll {
-                    Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
-                    Collective::AllToAllV => {
-                        s.counts = m[rank].clone();
-                        s.counts.extend((0..n).map(|src| m[src][rank]));
-                    }
-                    _ => {}
-                }
-                s
-            })
-            .collect()
-    }
 
     #[allow(clippy::too_many_arguments)]
     fn check(
