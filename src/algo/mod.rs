@@ -950,6 +950,35 @@ pub(crate) const COLLS: [Collective; 12] = [
     Collective::AllToAllV,
 ];
 
+/// For property tests: collective `ci` of [`COLLS`] and its algorithm `ai` (both modulo the
+/// choices), with `n`, `count` and `chunk` bounded so a symbolic run stays fast: direct
+/// all-reduce (n^2 messages) to 16 ranks, all-to-all to 8 elements, at most 8 slices per block
+/// (pipelining is exercised all the same; a 64-rank ring all-gather of 199 elements in
+/// 1-element chunks took 6 minutes in a debug build). Returns (coll, algo, n, count, chunk).
+#[cfg(test)]
+pub(crate) fn pick_case(
+    ci: usize,
+    ai: usize,
+    n: usize,
+    count: usize,
+    chunk: usize,
+) -> (Collective, Algorithm, usize, usize, usize) {
+    let coll = COLLS[ci % COLLS.len()];
+    let algos = coll.algorithms();
+    let algo = algos[ai % algos.len()];
+    let n = if algo == Algorithm::Direct {
+        n.min(16)
+    } else {
+        n
+    };
+    let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) {
+        count.min(8)
+    } else {
+        count
+    };
+    (coll, algo, n, count, chunk.max(count.div_ceil(8)))
+}
+
 /// For tests: a xorshift64 generator from `seed`.
 #[cfg(test)]
 pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {

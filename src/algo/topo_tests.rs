@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::verify::run;
-use super::{Algorithm, COLLS, Collective, Op, Program, Shape, build_on, shapes, xorshift};
+use super::{
+    Algorithm, COLLS, Collective, Op, Program, Shape, build_on, pick_case, shapes, xorshift,
+};
 use crate::topo::HostMap;
 
 /// A random map of `n` ranks on at most `hosts` hosts (some may end up uneven).
@@ -237,12 +239,7 @@ proptest! {
                                             hosts in 1usize..9, map_seed: u64, count in 0usize..160,
                                             root in 0usize..64, chunk in 1usize..48, in_place: bool,
                                             credits in 1usize..4, seed: u64) {
-        let coll = COLLS[ci];
-        let algos = coll.algorithms();
-        let algo = algos[ai % algos.len()];
-        let n = if algo == Algorithm::Direct { n.min(16) } else { n };
-        let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) { count.min(8) } else { count };
-        let chunk = chunk.max(count.div_ceil(8));
+        let (coll, algo, n, count, chunk) = pick_case(ci, ai, n, count, chunk);
         let map = random_map(n, hosts, map_seed);
         prop_assert_eq!(check(coll, algo, &map, count, root, in_place, chunk, credits, seed), Ok(()));
     }

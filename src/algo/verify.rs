@@ -435,7 +435,7 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, COLLS, Collective, Shape, build, shapes};
+    use super::super::{Algorithm, COLLS, Collective, Shape, build, pick_case, shapes};
     use super::*;
     use proptest::prelude::*;
 
@@ -556,16 +556,7 @@ mod tests {
         fn every_collective_and_algorithm(ci in 0usize..12, ai in 0usize..8, n in 1usize..=64, count in 0usize..200,
                                           root in 0usize..64, chunk in 1usize..48, in_place: bool,
                                           credits in 1usize..4, seed: u64) {
-            let coll = COLLS[ci];
-            let algos = coll.algorithms();
-            let algo = algos[ai % algos.len()];
-            // Direct all-reduce moves n^2 messages: keep it to the rank counts it is meant for.
-            let n = if algo == Algorithm::Direct { n.min(16) } else { n };
-            let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) { count.min(8) } else { count };
-            // At most 8 slices per block: pipelining is exercised all the same, and the symbolic
-            // run stays under ~2 s in a debug build (a 64-rank ring all-gather of 199 elements in
-            // 1-element chunks took 6 minutes, which proptest draws now and then).
-            let chunk = chunk.max(count.div_ceil(8));
+            let (coll, algo, n, count, chunk) = pick_case(ci, ai, n, count, chunk);
             prop_assert_eq!(check(coll, algo, n, count, root, in_place, chunk, credits, seed), Ok(()));
         }
     }
