@@ -95,25 +95,20 @@ unsafe fn counts(p: *const usize, who: Who, what: &str) -> Result<(Vec<usize>, u
 // Safety of every builder: the pointers are as the calling C function's contract says, and the
 // closure is called within that call (`run` does).
 
-/// The op of `oxcclAllReduce` / `oxcclIAllReduce`.
+/// The op of a reduction without a root (`oxcclAllReduce`, `oxcclReduceScatter` and their `I`
+/// forms): `make` builds it from the element type, a built-in operator and this rank's place.
 ///
 /// # Safety
 /// See above: the C call's contract holds while the closure runs.
-unsafe fn all_reduce(
-    sendbuff: *const c_void,
-    recvbuff: *mut c_void,
-    count: usize,
-    datatype: DataTypeArg,
-    op: RedOpArg,
+unsafe fn reduced(
     comm: oxcclComm_t,
+    op: RedOpArg,
+    datatype: DataTypeArg,
+    make: impl FnOnce(DataType, ReduceOp, Who) -> Result<Op, Error>,
 ) -> impl FnOnce(Who) -> Result<Op, Error> {
     move |w| {
         // SAFETY: the C call's contract (this builder's).
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::all_reduce(sendbuff, recvbuff, count, dt, op)
-            })
-        }
+        unsafe { reduction(comm, op, datatype, w, |dt, op| make(dt, op, w)) }
     }
 }
 
@@ -150,28 +145,6 @@ unsafe fn reduce(
         unsafe {
             reduction(comm, op, datatype, w, |dt, op| {
                 Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
-            })
-        }
-    }
-}
-
-/// The op of `oxcclReduceScatter` / `oxcclIReduceScatter`.
-///
-/// # Safety
-/// See above: the C call's contract holds while the closure runs.
-unsafe fn reduce_scatter(
-    sendbuff: *const c_void,
-    recvbuff: *mut c_void,
-    recvcount: usize,
-    datatype: DataTypeArg,
-    op: RedOpArg,
-    comm: oxcclComm_t,
-) -> impl FnOnce(Who) -> Result<Op, Error> {
-    move |w| {
-        // SAFETY: the C call's contract (this builder's).
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
             })
         }
     }
@@ -291,7 +264,11 @@ pub unsafe extern "C" fn oxcclAllReduce(
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
     // SAFETY: the caller's contract is this function's.
-    let b = unsafe { all_reduce(sendbuff, recvbuff, count, datatype, op, comm) };
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, _| {
+            Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+        })
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclAllReduce", comm, None, b) }
 }
@@ -311,7 +288,11 @@ pub unsafe extern "C" fn oxcclIAllReduce(
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
     // SAFETY: the caller's contract is this function's.
-    let b = unsafe { all_reduce(sendbuff, recvbuff, count, datatype, op, comm) };
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, _| {
+            Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+        })
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIAllReduce", comm, Some(request), b) }
 }
@@ -460,7 +441,11 @@ pub unsafe extern "C" fn oxcclReduceScatter(
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
     // SAFETY: the caller's contract is this function's.
-    let b = unsafe { reduce_scatter(sendbuff, recvbuff, recvcount, datatype, op, comm) };
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, w| {
+            Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+        })
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduceScatter", comm, None, b) }
 }
@@ -480,7 +465,11 @@ pub unsafe extern "C" fn oxcclIReduceScatter(
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
     // SAFETY: the caller's contract is this function's.
-    let b = unsafe { reduce_scatter(sendbuff, recvbuff, recvcount, datatype, op, comm) };
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, w| {
+            Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+        })
+    };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduceScatter", comm, Some(request), b) }
 }

@@ -35,43 +35,19 @@ pub fn inter(algo: Algorithm) -> Algorithm {
     }
 }
 
-/// Where a rank sits on a host map: its host `h`, that host's ranks `loc` (`nl` of them), its
-/// local rank `l`, the number of hosts `nh` and of slices (rails) `ns`.
-struct Seat<'a> {
-    h: usize,
-    loc: &'a [usize],
-    nl: usize,
-    l: usize,
-    nh: usize,
-    ns: usize,
-}
-
-impl Seat<'_> {
-    fn of(map: &HostMap, r: usize) -> Seat<'_> {
-        let h = map.host_of(r);
-        let loc = map.ranks(h);
-        Seat {
-            h,
-            loc,
-            nl: loc.len(),
-            l: map.local_rank(r),
-            nh: map.nhosts(),
-            ns: map.max_local().max(1),
-        }
-    }
+/// Where rank `r` sits on `map`: (its host `h`, that host's ranks `loc`, their number `nl`,
+/// its local rank `l`, the number of hosts `nh`, the number of slices (rails) `ns`).
+fn seat(map: &HostMap, r: usize) -> (usize, &[usize], usize, usize, usize, usize) {
+    let h = map.host_of(r);
+    let loc = map.ranks(h);
+    let ns = map.max_local().max(1);
+    (h, loc, loc.len(), map.local_rank(r), map.nhosts(), ns)
 }
 
 /// One rank's hierarchical all-reduce on `map`, with `inter_algo` between hosts.
 pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let Seat {
-        h,
-        loc,
-        nl,
-        l,
-        nh,
-        ns,
-    } = Seat::of(map, r);
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let own = |o, len| s.input_range(o, len);
@@ -187,9 +163,7 @@ pub fn inter_rooted(algo: Algorithm) -> Algorithm {
 /// all-gathers the slices around a ring.
 pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let Seat {
-        h, nl, l, nh, ns, ..
-    } = Seat::of(map, r);
+    let (h, _, nl, l, nh, ns) = seat(map, r);
     let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
@@ -240,7 +214,7 @@ pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Buil
 /// The intra-host ring all-gather of slices (all-reduce's and broadcast's last phase).
 fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let Seat { loc, nl, l, ns, .. } = Seat::of(map, r);
+    let (_, loc, nl, l, _, ns) = seat(map, r);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
@@ -260,14 +234,7 @@ fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
 /// hands the slices to the root.
 pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let Seat {
-        h,
-        loc,
-        nl,
-        l,
-        nh,
-        ns,
-    } = Seat::of(map, r);
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let own = |o, len| {
@@ -370,14 +337,7 @@ fn group_blocks(map: &HostMap, nl: usize, g: usize) -> Vec<usize> {
 pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let Seat {
-        h,
-        loc,
-        nl,
-        l,
-        nh,
-        ns,
-    } = Seat::of(map, r);
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let blk = |q: usize, o: usize, len: usize| Range::new(Buf::Output, lay.off(q) + o, len);
     if !s.in_place {
@@ -427,14 +387,7 @@ pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
 pub fn reduce_scatter(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let Seat {
-        h,
-        loc,
-        nl,
-        l,
-        nh,
-        ns,
-    } = Seat::of(map, r);
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let input = |q: usize, o: usize, len: usize| s.input_range(lay.off(q) + o, len);
     let acc = b.scratch(lay.total());
