@@ -112,20 +112,6 @@ unsafe fn reduced(
     }
 }
 
-/// The op of `oxcclBroadcast` / `oxcclIBroadcast`.
-fn broadcast(
-    sendbuff: *const c_void,
-    recvbuff: *mut c_void,
-    count: usize,
-    datatype: DataTypeArg,
-    root: c_int,
-) -> impl FnOnce(Who) -> Result<Op, Error> {
-    move |w| {
-        let root = rank_arg(root, w, "root")?;
-        Op::broadcast(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    }
-}
-
 /// The op of `oxcclReduce` / `oxcclIReduce`.
 ///
 /// # Safety
@@ -150,9 +136,13 @@ unsafe fn reduce(
     }
 }
 
-/// The op of `oxcclGather` (`gather`) or `oxcclScatter` (`!gather`) and their `I` forms.
+/// The constructor of a rooted call without reduction ([`Op::broadcast`], [`Op::gather`],
+/// [`Op::scatter`]).
+type RootedOp = fn(*const c_void, *mut c_void, usize, DataType, usize, Who) -> Result<Op, Error>;
+
+/// The op of `oxcclBroadcast`, `oxcclGather` or `oxcclScatter` (`make`) and their `I` forms.
 fn rooted(
-    gather: bool,
+    make: RootedOp,
     sendbuff: *const c_void,
     recvbuff: *mut c_void,
     count: usize,
@@ -161,7 +151,6 @@ fn rooted(
 ) -> impl FnOnce(Who) -> Result<Op, Error> {
     move |w| {
         let root = rank_arg(root, w, "root")?;
-        let make = if gather { Op::gather } else { Op::scatter };
         make(sendbuff, recvbuff, count, datatype.get()?, root, w)
     }
 }
@@ -314,7 +303,7 @@ pub unsafe extern "C" fn oxcclBroadcast(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = broadcast(sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::broadcast, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclBroadcast", comm, None, b) }
 }
@@ -333,7 +322,7 @@ pub unsafe extern "C" fn oxcclIBroadcast(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = broadcast(sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::broadcast, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIBroadcast", comm, Some(request), b) }
 }
@@ -564,7 +553,7 @@ pub unsafe extern "C" fn oxcclGather(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = rooted(true, sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::gather, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclGather", comm, None, b) }
 }
@@ -583,7 +572,7 @@ pub unsafe extern "C" fn oxcclIGather(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = rooted(true, sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::gather, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIGather", comm, Some(request), b) }
 }
@@ -604,7 +593,7 @@ pub unsafe extern "C" fn oxcclScatter(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = rooted(false, sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::scatter, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclScatter", comm, None, b) }
 }
@@ -623,7 +612,7 @@ pub unsafe extern "C" fn oxcclIScatter(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = rooted(false, sendbuff, recvbuff, count, datatype, root);
+    let b = rooted(Op::scatter, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIScatter", comm, Some(request), b) }
 }
