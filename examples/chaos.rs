@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 
 use oxccl::{Communicator, Config, ReduceOp, UniqueId};
 
+#[path = "common/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
+
 /// Floats per step.
 const LEN: usize = 4096;
 const ROLE: &str = "CHAOS_ROLE";
@@ -270,21 +274,6 @@ fn opts() -> Opts {
         i += 2;
     }
     o
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 struct Worker {

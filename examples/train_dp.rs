@@ -16,6 +16,10 @@ use std::time::Instant;
 
 use oxccl::{Communicator, Config, ReduceOp, UniqueId};
 
+#[path = "common/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
+
 /// Input features.
 pub const D: usize = 8;
 /// Hidden units.
@@ -24,24 +28,6 @@ pub const H: usize = 16;
 pub const N: usize = 240;
 /// Learning rate.
 pub const LR: f64 = 0.1;
-
-/// SplitMix64: a tiny deterministic generator (no dependency).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
 
 /// The whole synthetic data set: inputs (N x D, row-major) and targets from a fixed "teacher".
 pub fn dataset() -> (Vec<f64>, Vec<f64>) {

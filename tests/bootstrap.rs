@@ -1,48 +1,24 @@
 //! Bootstrap: unique id, handshake, rendezvous store and environment discovery, on 127.0.0.1
 //! with ephemeral ports. Every wait is bounded; nothing sleeps to synchronise.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "common/counting.rs"]
+mod counting;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use counting::LARGEST;
 use oxccl::internals::bootstrap::{
     EnvInfo, PURPOSE_PEER, PURPOSE_STORE, StoreClient, StoreServer, UniqueId, barrier,
     discover_from, handshake,
 };
 use oxccl::{Error, ErrorKind};
 use proptest::prelude::*;
-
-/// Records the largest single allocation, to prove the store never allocates an announced
-/// (but oversized) length.
-struct Counting;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only records sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const T: Duration = Duration::from_secs(10);
 const SECRET: [u8; 16] = *b"0123456789abcdef";

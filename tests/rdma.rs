@@ -16,10 +16,9 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{all_reduce_checked, check, expected, input};
+use common::{all_reduce_checked, check, expected, init_rank, input, run_threads};
 use oxccl::internals::transport::rdma::emu::Fabric;
 use oxccl::{Communicator, Config, Error, ErrorKind, ReduceOp, TransportKind, UniqueId};
 
@@ -54,44 +53,12 @@ fn run_ranks_on<T: Send + 'static>(
     f: impl Fn(Communicator) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
     let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("unique id");
-    let (tx, rx) = mpsc::channel();
-    let mut handles = Vec::new();
-    for rank in 0..n {
+    let fabric = fabric.cloned();
+    run_threads(n, limit, move |rank| {
+        let _g = fabric.as_ref().map(Fabric::enter);
         let cfg = cfgs[rank.min(cfgs.len() - 1)].clone();
-        let (id, f, tx, fabric) = (id.clone(), f.clone(), tx.clone(), fabric.cloned());
-        handles.push(std::thread::spawn(move || {
-            let _g = fabric.as_ref().map(Fabric::enter);
-            let comm = Communicator::init(rank, n, &id, cfg)
-                .unwrap_or_else(|e| panic!("rank {rank} init: {e}"));
-            let out = f(comm);
-            let _ = tx.send((rank, out));
-        }));
-    }
-    drop(tx);
-    let deadline = Instant::now() + limit;
-    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for _ in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((r, v)) => out[r] = Some(v),
-            Err(_) => {
-                for (r, h) in handles.into_iter().enumerate() {
-                    if h.is_finished() {
-                        if let Err(p) = h.join() {
-                            std::panic::resume_unwind(p);
-                        }
-                    } else {
-                        eprintln!("rank {r} still running");
-                    }
-                }
-                panic!("ranks did not finish within {limit:?}");
-            }
-        }
-    }
-    for h in handles {
-        h.join().expect("rank thread");
-    }
-    out.into_iter().map(|v| v.expect("reported")).collect()
+        f(init_rank(rank, n, &id, cfg))
+    })
 }
 
 fn all_ok(results: Vec<Result<(), String>>) {

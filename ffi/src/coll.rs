@@ -88,6 +88,153 @@ unsafe fn counts(p: *const usize, who: Who, what: &str) -> Result<(Vec<usize>, u
     unsafe { counts_arg(p, who.nranks, what) }
 }
 
+// ---- the op each call builds -----------------------------------------------------------------
+//
+// One builder per collective, shared by its blocking and non-blocking forms (they differ only
+// in `run`'s name and request). Each returns the closure `run` calls with this rank's place.
+// Safety of every builder: the pointers are as the calling C function's contract says, and the
+// closure is called within that call (`run` does).
+
+/// The op of a reduction without a root (`oxcclAllReduce`, `oxcclReduceScatter` and their `I`
+/// forms): `make` builds it from the element type, a built-in operator and this rank's place.
+///
+/// # Safety
+/// See above: the C call's contract holds while the closure runs.
+unsafe fn reduced(
+    comm: oxcclComm_t,
+    op: RedOpArg,
+    datatype: DataTypeArg,
+    make: impl FnOnce(DataType, ReduceOp, Who) -> Result<Op, Error>,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        // SAFETY: the C call's contract (this builder's).
+        unsafe { reduction(comm, op, datatype, w, |dt, op| make(dt, op, w)) }
+    }
+}
+
+/// The op of `oxcclReduce` / `oxcclIReduce`.
+///
+/// # Safety
+/// See above: the C call's contract holds while the closure runs.
+unsafe fn reduce(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+    root: c_int,
+    comm: oxcclComm_t,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let root = rank_arg(root, w, "root")?;
+        // SAFETY: the C call's contract (this builder's).
+        unsafe {
+            reduction(comm, op, datatype, w, |dt, op| {
+                Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
+            })
+        }
+    }
+}
+
+/// The constructor of a rooted call without reduction ([`Op::broadcast`], [`Op::gather`],
+/// [`Op::scatter`]).
+type RootedOp = fn(*const c_void, *mut c_void, usize, DataType, usize, Who) -> Result<Op, Error>;
+
+/// The op of `oxcclBroadcast`, `oxcclGather` or `oxcclScatter` (`make`) and their `I` forms.
+fn rooted(
+    make: RootedOp,
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    root: c_int,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let root = rank_arg(root, w, "root")?;
+        make(sendbuff, recvbuff, count, datatype.get()?, root, w)
+    }
+}
+
+/// The op of `oxcclAllGatherV` / `oxcclIAllGatherV`.
+///
+/// # Safety
+/// See above: the C call's contract holds while the closure runs.
+unsafe fn all_gatherv(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let dt = datatype.get()?;
+        // SAFETY: readable for nranks values (the C call's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::all_gatherv(sendbuff, recvbuff, c, total, dt, w)
+    }
+}
+
+/// The op of `oxcclReduceScatterV` / `oxcclIReduceScatterV`.
+///
+/// # Safety
+/// See above: the C call's contract holds while the closure runs.
+unsafe fn reduce_scatterv(
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+    op: RedOpArg,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let (dt, op) = (datatype.get()?, op.get()?);
+        // SAFETY: readable for nranks values (the C call's contract).
+        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
+        Op::reduce_scatterv(sendbuff, recvbuff, c, total, dt, op, w)
+    }
+}
+
+/// The op of `oxcclAllToAllV` / `oxcclIAllToAllV`.
+///
+/// # Safety
+/// See above: the C call's contract holds while the closure runs.
+unsafe fn all_to_allv(
+    sendbuff: *const c_void,
+    sendcounts: *const usize,
+    recvbuff: *mut c_void,
+    recvcounts: *const usize,
+    datatype: DataTypeArg,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let dt = datatype.get()?;
+        // SAFETY: both readable for nranks values (the C call's contract).
+        let (sc, rc) = unsafe {
+            (
+                counts(sendcounts, w, "sendcounts")?,
+                counts(recvcounts, w, "recvcounts")?,
+            )
+        };
+        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt, w)
+    }
+}
+
+/// The op of a send (`Some(sendbuff)`) or receive (`None`, into `recvbuff`) with `peer`.
+fn p2p(
+    sendbuff: Option<*const c_void>,
+    recvbuff: *mut c_void,
+    count: usize,
+    datatype: DataTypeArg,
+    peer: c_int,
+    tag: u32,
+) -> impl FnOnce(Who) -> Result<Op, Error> {
+    move |w| {
+        let peer = rank_arg(peer, w, "peer")?;
+        let dt = datatype.get()?;
+        match sendbuff {
+            Some(s) => Op::send(s, count, dt, peer, tag),
+            None => Op::recv(recvbuff, count, dt, peer, tag),
+        }
+    }
+}
+
 // ---- all-reduce ------------------------------------------------------------------------------
 
 /// All-reduce: every rank's `recvbuff` becomes the element-wise reduction (`op`) of every rank's
@@ -105,13 +252,11 @@ pub unsafe extern "C" fn oxcclAllReduce(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::all_reduce(sendbuff, recvbuff, count, dt, op)
-            })
-        }
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, _| {
+            Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+        })
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclAllReduce", comm, None, b) }
@@ -131,13 +276,11 @@ pub unsafe extern "C" fn oxcclIAllReduce(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::all_reduce(sendbuff, recvbuff, count, dt, op)
-            })
-        }
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, _| {
+            Op::all_reduce(sendbuff, recvbuff, count, dt, op)
+        })
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIAllReduce", comm, Some(request), b) }
@@ -160,10 +303,7 @@ pub unsafe extern "C" fn oxcclBroadcast(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::broadcast(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::broadcast, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclBroadcast", comm, None, b) }
 }
@@ -182,10 +322,7 @@ pub unsafe extern "C" fn oxcclIBroadcast(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::broadcast(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::broadcast, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIBroadcast", comm, Some(request), b) }
 }
@@ -209,15 +346,8 @@ pub unsafe extern "C" fn oxcclReduce(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
-            })
-        }
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { reduce(sendbuff, recvbuff, count, datatype, op, root, comm) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduce", comm, None, b) }
 }
@@ -237,15 +367,8 @@ pub unsafe extern "C" fn oxcclIReduce(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::reduce(sendbuff, recvbuff, count, dt, op, root, w)
-            })
-        }
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { reduce(sendbuff, recvbuff, count, datatype, op, root, comm) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduce", comm, Some(request), b) }
 }
@@ -306,13 +429,11 @@ pub unsafe extern "C" fn oxcclReduceScatter(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
-            })
-        }
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, w| {
+            Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+        })
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduceScatter", comm, None, b) }
@@ -332,13 +453,11 @@ pub unsafe extern "C" fn oxcclIReduceScatter(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        // SAFETY: the caller's contract is this function's.
-        unsafe {
-            reduction(comm, op, datatype, w, |dt, op| {
-                Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
-            })
-        }
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe {
+        reduced(comm, op, datatype, |dt, op, w| {
+            Op::reduce_scatter(sendbuff, recvbuff, recvcount, dt, op, w)
+        })
     };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduceScatter", comm, Some(request), b) }
@@ -434,10 +553,7 @@ pub unsafe extern "C" fn oxcclGather(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::gather(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::gather, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclGather", comm, None, b) }
 }
@@ -456,10 +572,7 @@ pub unsafe extern "C" fn oxcclIGather(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::gather(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::gather, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIGather", comm, Some(request), b) }
 }
@@ -480,10 +593,7 @@ pub unsafe extern "C" fn oxcclScatter(
     root: c_int,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::scatter(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::scatter, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclScatter", comm, None, b) }
 }
@@ -502,10 +612,7 @@ pub unsafe extern "C" fn oxcclIScatter(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let root = rank_arg(root, w, "root")?;
-        Op::scatter(sendbuff, recvbuff, count, datatype.get()?, root, w)
-    };
+    let b = rooted(Op::scatter, sendbuff, recvbuff, count, datatype, root);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIScatter", comm, Some(request), b) }
 }
@@ -527,12 +634,8 @@ pub unsafe extern "C" fn oxcclAllGatherV(
     datatype: DataTypeArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let dt = datatype.get()?;
-        // SAFETY: readable for nranks values (caller's contract).
-        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
-        Op::all_gatherv(sendbuff, recvbuff, c, total, dt, w)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { all_gatherv(sendbuff, recvbuff, recvcounts, datatype) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclAllGatherV", comm, None, b) }
 }
@@ -551,12 +654,8 @@ pub unsafe extern "C" fn oxcclIAllGatherV(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let dt = datatype.get()?;
-        // SAFETY: readable for nranks values (caller's contract).
-        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
-        Op::all_gatherv(sendbuff, recvbuff, c, total, dt, w)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { all_gatherv(sendbuff, recvbuff, recvcounts, datatype) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIAllGatherV", comm, Some(request), b) }
 }
@@ -577,12 +676,8 @@ pub unsafe extern "C" fn oxcclReduceScatterV(
     op: RedOpArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let (dt, op) = (datatype.get()?, op.get()?);
-        // SAFETY: readable for nranks values (caller's contract).
-        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
-        Op::reduce_scatterv(sendbuff, recvbuff, c, total, dt, op, w)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { reduce_scatterv(sendbuff, recvbuff, recvcounts, datatype, op) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclReduceScatterV", comm, None, b) }
 }
@@ -602,12 +697,8 @@ pub unsafe extern "C" fn oxcclIReduceScatterV(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let (dt, op) = (datatype.get()?, op.get()?);
-        // SAFETY: readable for nranks values (caller's contract).
-        let (c, total) = unsafe { counts(recvcounts, w, "recvcounts")? };
-        Op::reduce_scatterv(sendbuff, recvbuff, c, total, dt, op, w)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { reduce_scatterv(sendbuff, recvbuff, recvcounts, datatype, op) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIReduceScatterV", comm, Some(request), b) }
 }
@@ -629,17 +720,8 @@ pub unsafe extern "C" fn oxcclAllToAllV(
     datatype: DataTypeArg,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let dt = datatype.get()?;
-        // SAFETY: both readable for nranks values (caller's contract).
-        let (sc, rc) = unsafe {
-            (
-                counts(sendcounts, w, "sendcounts")?,
-                counts(recvcounts, w, "recvcounts")?,
-            )
-        };
-        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { all_to_allv(sendbuff, sendcounts, recvbuff, recvcounts, datatype) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclAllToAllV", comm, None, b) }
 }
@@ -659,17 +741,8 @@ pub unsafe extern "C" fn oxcclIAllToAllV(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let dt = datatype.get()?;
-        // SAFETY: both readable for nranks values (caller's contract).
-        let (sc, rc) = unsafe {
-            (
-                counts(sendcounts, w, "sendcounts")?,
-                counts(recvcounts, w, "recvcounts")?,
-            )
-        };
-        Op::all_to_allv(sendbuff, sc, recvbuff, rc, dt)
-    };
+    // SAFETY: the caller's contract is this function's.
+    let b = unsafe { all_to_allv(sendbuff, sendcounts, recvbuff, recvcounts, datatype) };
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIAllToAllV", comm, Some(request), b) }
 }
@@ -723,10 +796,14 @@ pub unsafe extern "C" fn oxcclSendTagged(
     tag: u32,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let peer = rank_arg(peer, w, "peer")?;
-        Op::send(sendbuff, count, datatype.get()?, peer, tag)
-    };
+    let b = p2p(
+        Some(sendbuff),
+        std::ptr::null_mut(),
+        count,
+        datatype,
+        peer,
+        tag,
+    );
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclSend", comm, None, b) }
 }
@@ -744,10 +821,7 @@ pub unsafe extern "C" fn oxcclRecvTagged(
     tag: u32,
     comm: oxcclComm_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let peer = rank_arg(peer, w, "peer")?;
-        Op::recv(recvbuff, count, datatype.get()?, peer, tag)
-    };
+    let b = p2p(None, recvbuff, count, datatype, peer, tag);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclRecv", comm, None, b) }
 }
@@ -766,10 +840,14 @@ pub unsafe extern "C" fn oxcclISend(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let peer = rank_arg(peer, w, "peer")?;
-        Op::send(sendbuff, count, datatype.get()?, peer, tag)
-    };
+    let b = p2p(
+        Some(sendbuff),
+        std::ptr::null_mut(),
+        count,
+        datatype,
+        peer,
+        tag,
+    );
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclISend", comm, Some(request), b) }
 }
@@ -789,10 +867,7 @@ pub unsafe extern "C" fn oxcclIRecv(
     comm: oxcclComm_t,
     request: *mut oxcclRequest_t,
 ) -> oxcclResult_t {
-    let b = |w: Who| {
-        let peer = rank_arg(peer, w, "peer")?;
-        Op::recv(recvbuff, count, datatype.get()?, peer, tag)
-    };
+    let b = p2p(None, recvbuff, count, datatype, peer, tag);
     // SAFETY: the caller's contract is this function's.
     unsafe { run("oxcclIRecv", comm, Some(request), b) }
 }

@@ -98,6 +98,17 @@ fn sizes(
     }
 }
 
+/// As [`sizes`] for a call whose buffers do not depend on the rank or the number of ranks
+/// (all-reduce, send, receive): `(send, recv)` bytes.
+fn sizes_any_rank(
+    coll: Collective,
+    count: usize,
+    dtype: DataType,
+    what: &str,
+) -> Result<(usize, usize), Error> {
+    sizes(coll, count, dtype, 0, Who { rank: 0, nranks: 1 }, what)
+}
+
 /// As [`sizes`] for all-gather-v and reduce-scatter-v: `recvcounts` per rank, whose sum `total`
 /// C gave without overflow.
 fn sizes_v(
@@ -268,7 +279,7 @@ impl Op {
         dtype: DataType,
         op: ReduceOp,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (b, _) = sizes_any_rank(Collective::AllReduce, count, dtype, "count")?;
         Op::new(Kind::AllReduce(op), dtype).same_size(send, recv, b)
     }
 
@@ -487,17 +498,21 @@ impl Op {
         recv: *mut c_void,
         recv_counts: (Vec<usize>, usize),
         dtype: DataType,
+        who: Who,
     ) -> Result<Op, Error> {
-        let sb = span(send_counts.1, dtype, 1, "the sum of sendcounts")?;
-        let rb = span(recv_counts.1, dtype, 1, "the sum of recvcounts")?;
+        // Element sums by the collective's rule (C gave them without overflow), then bytes.
+        let mut shape = Shape::new(Collective::AllToAllV, who.nranks, who.rank, 0, false, 1);
+        shape.counts = [send_counts.0, recv_counts.0].concat();
+        let (s, r) = shape.buffers().map_err(Error::invalid_argument)?;
+        let sb = span(s.unwrap_or(0), dtype, 1, "the sum of sendcounts")?;
+        let rb = span(r.unwrap_or(0), dtype, 1, "the sum of recvcounts")?;
         let mut o = Op::new(Kind::AllToAllV, dtype);
         let s = check_ptr(send, sb, "sendbuff")?;
         let r = check_ptr(recv, rb, "recvbuff")?.cast_mut();
         no_overlap(s, sb, r, rb)?;
         o.send = Some((s, sb));
         o.recv = (r, rb);
-        o.counts = send_counts.0;
-        o.counts.extend_from_slice(&recv_counts.0);
+        o.counts = shape.counts;
         Ok(o)
     }
 
@@ -508,7 +523,7 @@ impl Op {
         peer: usize,
         tag: u32,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (b, _) = sizes_any_rank(Collective::Send, count, dtype, "count")?;
         let mut o = Op::new(Kind::Send(peer, tag), dtype);
         o.send = Some((check_ptr(buf, b, "sendbuff")?, b));
         Ok(o)
@@ -521,7 +536,7 @@ impl Op {
         peer: usize,
         tag: u32,
     ) -> Result<Op, Error> {
-        let b = span(count, dtype, 1, "count")?;
+        let (_, b) = sizes_any_rank(Collective::Recv, count, dtype, "count")?;
         let mut o = Op::new(Kind::Recv(peer, tag), dtype);
         o.recv = (check_ptr(buf, b, "recvbuff")?.cast_mut(), b);
         Ok(o)

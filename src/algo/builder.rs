@@ -183,6 +183,44 @@ impl Builder {
         self.push(Op::Finish { dst })
     }
 
+    /// One chunk (`off`, `len` elements) of this rank's part in a rooted reduction (chain or
+    /// tree): its own input (the output buffer when the root reduces `in_place`, else the
+    /// input) and where partial results accumulate (`scratch`'s slice, or the output on the
+    /// root, which has no scratch).
+    pub fn reduce_chunk(
+        in_place: bool,
+        scratch: Option<Range>,
+        off: usize,
+        len: usize,
+    ) -> (Range, Range) {
+        let own = if in_place {
+            Range::new(Buf::Output, off, len)
+        } else {
+            Range::new(Buf::Input, off, len)
+        };
+        let acc = match scratch {
+            Some(sc) => sc.sub(off, len),
+            None => Range::new(Buf::Output, off, len),
+        };
+        (own, acc)
+    }
+
+    /// Ends a chunk of a rooted reduction: sends `partial` to `parent`, or on the root (`None`)
+    /// moves it into `acc` (the output) if it is not there already and marks that final.
+    pub fn pass_up(&mut self, parent: Option<usize>, partial: Range, acc: Range) {
+        match parent {
+            Some(p) => {
+                self.send(p, partial);
+            }
+            None => {
+                if partial != acc {
+                    self.copy(partial, acc);
+                }
+                self.finish(acc);
+            }
+        }
+    }
+
     /// The finished Program.
     pub fn build(self) -> Program {
         Program {

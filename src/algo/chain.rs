@@ -47,29 +47,14 @@ pub fn reduce(s: &Shape) -> Builder {
         None
     };
     for (o, l) in slices(0, s.count, s.chunk) {
-        let own = if ip {
-            Range::new(Buf::Output, o, l)
-        } else {
-            Range::new(Buf::Input, o, l)
-        };
-        let acc = match scratch {
-            Some(sc) => sc.sub(o, l),
-            None => Range::new(Buf::Output, o, l),
-        };
+        let (own, acc) = Builder::reduce_chunk(ip, scratch, o, l);
         let partial = if pos + 1 < n {
             b.recv_reduce(real(pos + 1), acc, (own != acc).then_some(own));
             acc
         } else {
             own
         };
-        if pos > 0 {
-            b.send(real(pos - 1), partial);
-        } else {
-            if partial != acc {
-                b.copy(partial, acc);
-            }
-            b.finish(acc);
-        }
+        b.pass_up((pos > 0).then(|| real(pos - 1)), partial, acc);
     }
     b
 }

@@ -35,31 +35,23 @@ pub fn inter(algo: Algorithm) -> Algorithm {
     }
 }
 
+/// Where rank `r` sits on `map`: (its host `h`, that host's ranks `loc`, their number `nl`,
+/// its local rank `l`, the number of hosts `nh`, the number of slices (rails) `ns`).
+fn seat(map: &HostMap, r: usize) -> (usize, &[usize], usize, usize, usize, usize) {
+    let h = map.host_of(r);
+    let loc = map.ranks(h);
+    let ns = map.max_local().max(1);
+    (h, loc, loc.len(), map.local_rank(r), map.nhosts(), ns)
+}
+
 /// One rank's hierarchical all-reduce on `map`, with `inter_algo` between hosts.
 pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let nl = loc.len();
-    let l = map.local_rank(r);
-    let nh = map.nhosts();
-    let ns = map.max_local().max(1);
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     let own = |o, len| s.input_range(o, len);
-    // The slices of local group g, as (offset, len).
-    let group = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .map(|j| split(count, ns, j))
-            .collect()
-    };
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        group(g)
-            .into_iter()
-            .flat_map(|(o, len)| slices(o, len, chunk))
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     // 1. Reduce-scatter around the host: after it, group l is reduced over the host.
@@ -102,45 +94,23 @@ pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Bui
             Buf::Output => out(so + x.off, x.len),
             Buf::Scratch => scratch.sub(x.off, x.len),
         };
-        let owner = |host: usize| map.on_rail(host, j);
-        for st in &p.steps {
-            let op = match st.op {
-                Op::Send { peer, src } => Op::Send {
-                    peer: owner(peer),
-                    src: place(src),
-                },
-                Op::Recv { peer, dst } => Op::Recv {
-                    peer: owner(peer),
-                    dst: place(dst),
-                },
-                Op::RecvReduce { peer, dst, acc } => Op::RecvReduce {
-                    peer: owner(peer),
-                    dst: place(dst),
-                    acc: acc.map(place),
-                },
-                Op::Copy { src, dst } => Op::Copy {
-                    src: place(src),
-                    dst: place(dst),
-                },
-                Op::Reduce { src, dst } => Op::Reduce {
-                    src: place(src),
-                    dst: place(dst),
-                },
-                Op::Finish { dst } => Op::Finish { dst: place(dst) },
-            };
-            b.push(op);
-        }
+        embed(&mut b, &p, |host| map.on_rail(host, j), place);
     }
     // 3. All-gather around the host.
-    for st in 0..nl.saturating_sub(1) {
-        for (o, len) in pieces((l + nl - st) % nl) {
-            b.send(next, out(o, len));
-        }
-        for (o, len) in pieces((l + 2 * nl - st - 1) % nl) {
-            b.recv(prev, out(o, len));
-        }
-    }
+    gather_slices(&mut b, s, map);
     Ok(b)
+}
+
+/// The messages of local group `g`'s slices (slice `j` of `ns` belongs to group `j % nl`), as
+/// (offset, len) in elements, each slice cut into `chunk`-element pieces.
+fn pieces(count: usize, ns: usize, nl: usize, chunk: usize, g: usize) -> Vec<(usize, usize)> {
+    (0..ns)
+        .filter(|j| j % nl == g)
+        .flat_map(|j| {
+            let (o, len) = split(count, ns, j);
+            slices(o, len, chunk)
+        })
+        .collect()
 }
 
 /// Steps of a flat Program for `nh` host positions, embedded on rail `j`: peers become the
@@ -193,14 +163,8 @@ pub fn inter_rooted(algo: Algorithm) -> Algorithm {
 /// all-gathers the slices around a ring.
 pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let (h, hr) = (map.host_of(r), map.host_of(root));
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let (h, _, nl, l, nh, ns) = seat(map, r);
+    let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let out = |o, len| Range::new(Buf::Output, o, len);
     // 1. The root's slices to its host's rails (and its own data into Output).
@@ -250,18 +214,9 @@ pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Buil
 /// The intra-host ring all-gather of slices (all-reduce's and broadcast's last phase).
 fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
-    let loc = map.ranks(map.host_of(r));
-    let (nl, l, ns) = (loc.len(), map.local_rank(r), map.max_local().max(1));
+    let (_, loc, nl, l, _, ns) = seat(map, r);
     let out = |o, len| Range::new(Buf::Output, o, len);
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .flat_map(|j| {
-                let (o, len) = split(count, ns, j);
-                slices(o, len, chunk)
-            })
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     for st in 0..nl.saturating_sub(1) {
@@ -279,14 +234,8 @@ fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
 /// hands the slices to the root.
 pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
-    let (h, hr) = (map.host_of(r), map.host_of(root));
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
+    let hr = map.host_of(root);
     let mut b = Builder::new(s);
     let own = |o, len| {
         if s.in_place && r == root {
@@ -297,15 +246,7 @@ pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder
     };
     let part = b.scratch(count);
     let fin = b.scratch(count);
-    let pieces = |g: usize| -> Vec<(usize, usize)> {
-        (0..ns)
-            .filter(|j| j % nl == g)
-            .flat_map(|j| {
-                let (o, len) = split(count, ns, j);
-                slices(o, len, chunk)
-            })
-            .collect()
-    };
+    let pieces = |g: usize| pieces(count, ns, nl, chunk, g);
     let next = loc[(l + 1) % nl];
     let prev = loc[(l + nl - 1) % nl];
     // 1. Reduce-scatter around the host into `part`.
@@ -396,14 +337,7 @@ fn group_blocks(map: &HostMap, nl: usize, g: usize) -> Vec<usize> {
 pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let blk = |q: usize, o: usize, len: usize| Range::new(Buf::Output, lay.off(q) + o, len);
     if !s.in_place {
@@ -453,14 +387,7 @@ pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
 pub fn reduce_scatter(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
-    let h = map.host_of(r);
-    let loc = map.ranks(h);
-    let (nl, l, nh, ns) = (
-        loc.len(),
-        map.local_rank(r),
-        map.nhosts(),
-        map.max_local().max(1),
-    );
+    let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
     let input = |q: usize, o: usize, len: usize| s.input_range(lay.off(q) + o, len);
     let acc = b.scratch(lay.total());

@@ -934,6 +934,108 @@ pub fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usi
     (0..len.div_ceil(chunk)).map(move |j| (off + j * chunk, chunk.min(len - j * chunk)))
 }
 
+/// For tests: every collective a program is built for on all ranks (all but send and receive),
+/// in table order.
+#[cfg(test)]
+pub(crate) const COLLS: [Collective; 12] = [
+    Collective::AllReduce,
+    Collective::Barrier,
+    Collective::Broadcast,
+    Collective::Reduce,
+    Collective::AllGather,
+    Collective::ReduceScatter,
+    Collective::AllToAll,
+    Collective::Gather,
+    Collective::Scatter,
+    Collective::AllGatherV,
+    Collective::ReduceScatterV,
+    Collective::AllToAllV,
+];
+
+/// For property tests: collective `ci` of [`COLLS`] and its algorithm `ai` (both modulo the
+/// choices), with `n`, `count` and `chunk` bounded so a symbolic run stays fast: direct
+/// all-reduce (n^2 messages) to 16 ranks, all-to-all to 8 elements, at most 8 slices per block
+/// (pipelining is exercised all the same; a 64-rank ring all-gather of 199 elements in
+/// 1-element chunks took 6 minutes in a debug build). Returns (coll, algo, n, count, chunk).
+#[cfg(test)]
+pub(crate) fn pick_case(
+    ci: usize,
+    ai: usize,
+    n: usize,
+    count: usize,
+    chunk: usize,
+) -> (Collective, Algorithm, usize, usize, usize) {
+    let coll = COLLS[ci % COLLS.len()];
+    let algos = coll.algorithms();
+    let algo = algos[ai % algos.len()];
+    let n = if algo == Algorithm::Direct {
+        n.min(16)
+    } else {
+        n
+    };
+    let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) {
+        count.min(8)
+    } else {
+        count
+    };
+    (coll, algo, n, count, chunk.max(count.div_ceil(8)))
+}
+
+/// For tests: a xorshift64 generator from `seed`.
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// For tests: the shapes of every rank for one call; `seed` draws the v-variants' counts.
+#[cfg(test)]
+pub(crate) fn shapes(
+    coll: Collective,
+    n: usize,
+    count: usize,
+    root: usize,
+    in_place: bool,
+    chunk: usize,
+    seed: u64,
+) -> Vec<Shape> {
+    let mut next = xorshift(seed);
+    // All-to-allv: a random matrix m[src][dst] of sizes.
+    let mut m: Vec<Vec<usize>> = (0..n)
+        .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
+        .collect();
+    if in_place {
+        // In place needs equal send and receive sizes per rank: a symmetric matrix.
+        #[allow(clippy::needless_range_loop)]
+        for a in 0..n {
+            for b in 0..a {
+                m[a][b] = m[b][a];
+            }
+        }
+    }
+    let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
+    (0..n)
+        .map(|rank| {
+            let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
+            s.root = root % n;
+            match coll {
+                Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
+                Collective::AllToAllV => {
+                    s.counts = m[rank].clone();
+                    s.counts.extend((0..n).map(|src| m[src][rank]));
+                }
+                _ => {}
+            }
+            s
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod buffer_tests {
     use super::{Collective as C, Shape};

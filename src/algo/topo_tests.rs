@@ -4,33 +4,10 @@
 use proptest::prelude::*;
 
 use super::verify::run;
-use super::{Algorithm, Collective, Op, Program, Shape, build_on};
+use super::{
+    Algorithm, COLLS, Collective, Op, Program, Shape, build_on, pick_case, shapes, xorshift,
+};
 use crate::topo::HostMap;
-
-const COLLS: [Collective; 12] = [
-    Collective::AllReduce,
-    Collective::Barrier,
-    Collective::Broadcast,
-    Collective::Reduce,
-    Collective::AllGather,
-    Collective::ReduceScatter,
-    Collective::AllToAll,
-    Collective::Gather,
-    Collective::Scatter,
-    Collective::AllGatherV,
-    Collective::ReduceScatterV,
-    Collective::AllToAllV,
-];
-
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 /// A random map of `n` ranks on at most `hosts` hosts (some may end up uneven).
 fn random_map(n: usize, hosts: usize, seed: u64) -> HostMap {
@@ -52,31 +29,9 @@ fn check(
     seed: u64,
 ) -> Result<(), String> {
     let n = map.nranks();
-    let mut next = xorshift(seed);
-    let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
-    let mut m: Vec<Vec<usize>> = (0..n)
-        .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
-        .collect();
-    if in_place {
-        #[allow(clippy::needless_range_loop)]
-        for a in 0..n {
-            for b in 0..a {
-                m[a][b] = m[b][a];
-            }
-        }
-    }
-    let progs: Vec<Program> = (0..n)
-        .map(|rank| {
-            let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
-            s.root = root % n;
-            match coll {
-                Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
-                Collective::AllToAllV => {
-                    s.counts = m[rank].clone();
-                    s.counts.extend((0..n).map(|src| m[src][rank]));
-                }
-                _ => {}
-            }
+    let progs: Vec<Program> = shapes(coll, n, count, root, in_place, chunk, seed)
+        .into_iter()
+        .map(|mut s| {
             if coll == Collective::Barrier {
                 s.in_place = false;
             }
@@ -284,12 +239,7 @@ proptest! {
                                             hosts in 1usize..9, map_seed: u64, count in 0usize..160,
                                             root in 0usize..64, chunk in 1usize..48, in_place: bool,
                                             credits in 1usize..4, seed: u64) {
-        let coll = COLLS[ci];
-        let algos = coll.algorithms();
-        let algo = algos[ai % algos.len()];
-        let n = if algo == Algorithm::Direct { n.min(16) } else { n };
-        let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) { count.min(8) } else { count };
-        let chunk = chunk.max(count.div_ceil(8));
+        let (coll, algo, n, count, chunk) = pick_case(ci, ai, n, count, chunk);
         let map = random_map(n, hosts, map_seed);
         prop_assert_eq!(check(coll, algo, &map, count, root, in_place, chunk, credits, seed), Ok(()));
     }

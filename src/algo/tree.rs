@@ -162,15 +162,7 @@ pub fn reduce(s: &Shape) -> Builder {
         None
     };
     for (o, l) in slices(0, s.count, s.chunk) {
-        let own = if ip {
-            Range::new(Buf::Output, o, l)
-        } else {
-            Range::new(Buf::Input, o, l)
-        };
-        let acc = match scratch {
-            Some(sc) => sc.sub(o, l),
-            None => Range::new(Buf::Output, o, l),
-        };
+        let (own, acc) = Builder::reduce_chunk(ip, scratch, o, l);
         let mut partial = own;
         let mut m = 1;
         while m < top {
@@ -181,14 +173,7 @@ pub fn reduce(s: &Shape) -> Builder {
             }
             m <<= 1;
         }
-        if v != 0 {
-            b.send(real(v - lowbit(v)), partial);
-        } else {
-            if partial != acc {
-                b.copy(partial, acc);
-            }
-            b.finish(acc);
-        }
+        b.pass_up((v != 0).then(|| real(v - lowbit(v))), partial, acc);
     }
     b
 }

@@ -435,57 +435,9 @@ pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Algorithm, Collective, Shape, build};
+    use super::super::{Algorithm, COLLS, Collective, Shape, build, pick_case, shapes};
     use super::*;
     use proptest::prelude::*;
-
-    /// Shapes of every rank for one call; `counts` drives the v-variants.
-    fn shapes(
-        coll: Collective,
-        n: usize,
-        count: usize,
-        root: usize,
-        in_place: bool,
-        chunk: usize,
-        seed: u64,
-    ) -> Vec<Shape> {
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        // All-to-allv: a random matrix m[src][dst] of sizes.
-        let mut m: Vec<Vec<usize>> = (0..n)
-            .map(|_| (0..n).map(|_| (next() as usize) % (count + 1)).collect())
-            .collect();
-        if in_place {
-            // In place needs equal send and receive sizes per rank: a symmetric matrix.
-            #[allow(clippy::needless_range_loop)]
-            for a in 0..n {
-                for b in 0..a {
-                    m[a][b] = m[b][a];
-                }
-            }
-        }
-        let v: Vec<usize> = (0..n).map(|_| (next() as usize) % (count + 1)).collect();
-        (0..n)
-            .map(|rank| {
-                let mut s = Shape::new(coll, n, rank, count, in_place, chunk);
-                s.root = root % n;
-                match coll {
-                    Collective::AllGatherV | Collective::ReduceScatterV => s.counts = v.clone(),
-                    Collective::AllToAllV => {
-                        s.counts = m[rank].clone();
-                        s.counts.extend((0..n).map(|src| m[src][rank]));
-                    }
-                    _ => {}
-                }
-                s
-            })
-            .collect()
-    }
 
     #[allow(clippy::too_many_arguments)]
     fn check(
@@ -511,21 +463,6 @@ mod tests {
             )
         })
     }
-
-    const COLLS: [Collective; 12] = [
-        Collective::AllReduce,
-        Collective::Barrier,
-        Collective::Broadcast,
-        Collective::Reduce,
-        Collective::AllGather,
-        Collective::ReduceScatter,
-        Collective::AllToAll,
-        Collective::Gather,
-        Collective::Scatter,
-        Collective::AllGatherV,
-        Collective::ReduceScatterV,
-        Collective::AllToAllV,
-    ];
 
     #[test]
     fn small_cases_exhaustive() {
@@ -619,16 +556,7 @@ mod tests {
         fn every_collective_and_algorithm(ci in 0usize..12, ai in 0usize..8, n in 1usize..=64, count in 0usize..200,
                                           root in 0usize..64, chunk in 1usize..48, in_place: bool,
                                           credits in 1usize..4, seed: u64) {
-            let coll = COLLS[ci];
-            let algos = coll.algorithms();
-            let algo = algos[ai % algos.len()];
-            // Direct all-reduce moves n^2 messages: keep it to the rank counts it is meant for.
-            let n = if algo == Algorithm::Direct { n.min(16) } else { n };
-            let count = if matches!(coll, Collective::AllToAll | Collective::AllToAllV) { count.min(8) } else { count };
-            // At most 8 slices per block: pipelining is exercised all the same, and the symbolic
-            // run stays under ~2 s in a debug build (a 64-rank ring all-gather of 199 elements in
-            // 1-element chunks took 6 minutes, which proptest draws now and then).
-            let chunk = chunk.max(count.div_ceil(8));
+            let (coll, algo, n, count, chunk) = pick_case(ci, ai, n, count, chunk);
             prop_assert_eq!(check(coll, algo, n, count, root, in_place, chunk, credits, seed), Ok(()));
         }
     }

@@ -37,7 +37,8 @@ const MAC: usize = 32;
 const HELLO: usize = 4 + 1 + 1 + NONCE;
 const LABEL: &[u8] = b"oxccl-handshake-v1";
 
-type HmacSha256 = Hmac<Sha256>;
+/// The MAC both handshakes prove a shared secret with.
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Runs the accepting side of the handshake on `stream`, within `timeout`.
 ///
@@ -171,12 +172,16 @@ fn check_hello(h: &[u8; 6], purpose: u8, peer: &str, who: &str) -> Result<()> {
 }
 
 fn mac(secret: &[u8; 16], purpose: u8, nonce_c: &[u8], nonce_s: &[u8], role: &[u8]) -> HmacSha256 {
+    keyed_mac(secret, &[LABEL, &[purpose], nonce_c, nonce_s, role])
+}
+
+/// HMAC-SHA256 under `secret` of `parts` in order: the proof of both handshakes (this one and
+/// the shm transport's), each with its own label as the first part.
+pub(crate) fn keyed_mac(secret: &[u8; 16], parts: &[&[u8]]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    m.update(LABEL);
-    m.update(&[purpose]);
-    m.update(nonce_c);
-    m.update(nonce_s);
-    m.update(role);
+    for p in parts {
+        m.update(p);
+    }
     m
 }
 

@@ -15,14 +15,30 @@ pub fn run_ranks<T: Send + 'static>(
     f: impl Fn(Communicator) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
     let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("unique id");
+    run_threads(n, limit, move |rank| {
+        f(init_rank(rank, n, &id, cfg.clone()))
+    })
+}
+
+/// Rank `rank`'s communicator of `n` over `id`; panics (failing the test) if init fails.
+pub fn init_rank(rank: usize, n: usize, id: &UniqueId, cfg: Config) -> Communicator {
+    Communicator::init(rank, n, id, cfg).unwrap_or_else(|e| panic!("rank {rank} init: {e}"))
+}
+
+/// Runs `body(rank)` for ranks `0..n`, each on its own thread, and returns the results in rank
+/// order. Panics (failing the test) with a rank's own panic, or if the ranks do not all finish
+/// within `limit` (naming the ranks still running).
+pub fn run_threads<T: Send + 'static>(
+    n: usize,
+    limit: Duration,
+    body: impl Fn(usize) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for rank in 0..n {
-        let (id, cfg, f, tx) = (id.clone(), cfg.clone(), f.clone(), tx.clone());
+        let (body, tx) = (body.clone(), tx.clone());
         handles.push(std::thread::spawn(move || {
-            let comm = Communicator::init(rank, n, &id, cfg)
-                .unwrap_or_else(|e| panic!("rank {rank} init: {e}"));
-            let out = f(comm);
+            let out = body(rank);
             let _ = tx.send((rank, out));
         }));
     }

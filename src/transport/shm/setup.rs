@@ -26,10 +26,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 use super::{Doorbell, Geometry, Segment, ShmLink};
+use crate::bootstrap::handshake::{HmacSha256, keyed_mac};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm as sys;
@@ -44,15 +44,8 @@ const LABEL: &[u8] = b"oxccl-shm-v1";
 /// Bound on one incoming connection's exchange (slow or silent clients are dropped).
 const ACCEPT_LIMIT: Duration = Duration::from_secs(10);
 
-type HmacSha256 = Hmac<Sha256>;
-
 fn mac(secret: &[u8; 16], role: &[u8], hello: &[u8; HELLO], nonce_s: &[u8; 32]) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    m.update(LABEL);
-    m.update(role);
-    m.update(hello);
-    m.update(nonce_s);
-    m
+    keyed_mac(secret, &[LABEL, role, hello, nonce_s])
 }
 
 fn nonce() -> Result<[u8; 32]> {

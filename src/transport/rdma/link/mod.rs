@@ -954,7 +954,7 @@ impl Link for RdmaLink {
             self.post_control(WR_ABORT, K_ABORT, ABORT_OUT, n);
             // Also on the bootstrap socket, for a peer whose RDMA path is not up (setup) or not
             // working (a dead NIC or port).
-            self.abort_on_socket(&body[..n]);
+            self.abort_on_socket(err);
         }
         if self.failed.is_none() {
             self.failed = Some(err.clone());

@@ -175,14 +175,14 @@ impl RdmaLink {
         }
     }
 
-    /// Writes an abort frame on the bootstrap socket; best effort, without blocking.
-    pub(super) fn abort_on_socket(&mut self, body: &[u8]) {
+    /// Writes `err` as an abort frame on the bootstrap socket (`SOCK_ABORT`, the body's length,
+    /// the body [`wire::encode_abort`] writes); best effort, without blocking.
+    pub(super) fn abort_on_socket(&mut self, err: &Error) {
         if let (Some(s), false) = (self.sock.as_mut(), self.gone) {
-            let n = body.len().min(ABORT_MAX);
             let mut frame = [0u8; 5 + ABORT_MAX];
+            let n = wire::encode_abort(err, &mut frame[5..]);
             frame[0] = SOCK_ABORT;
             frame[1..5].copy_from_slice(&(n as u32).to_le_bytes());
-            frame[5..5 + n].copy_from_slice(&body[..n]);
             let _ = s.write(&frame[..5 + n]);
         }
     }
