@@ -34,19 +34,19 @@ use std::time::{Duration, Instant};
 use oxccl::{Communicator, Config, ReduceOp, UniqueId};
 
 /// Model size.
-pub const DIM: usize = 16;
+pub(crate) const DIM: usize = 16;
 /// Samples per step (divisible by 1..=4 ranks; any split works).
-pub const BATCH: usize = 48;
+pub(crate) const BATCH: usize = 48;
 /// Training steps.
-pub const STEPS: usize = 60;
+pub(crate) const STEPS: usize = 60;
 /// The step at which worker 2 dies.
-pub const KILL_AT: usize = 20;
+pub(crate) const KILL_AT: usize = 20;
 /// Rank 0 waits for the replacement, if it has not come yet, from this step on.
-pub const GROW_BY: usize = KILL_AT + 10;
+pub(crate) const GROW_BY: usize = KILL_AT + 10;
 /// Learning rate.
-pub const LR: f64 = 0.05;
+pub(crate) const LR: f64 = 0.05;
 /// Ranks at full size.
-pub const RANKS: usize = 4;
+pub(crate) const RANKS: usize = 4;
 
 const ROLE: &str = "ELASTIC_ROLE";
 const JOIN: &str = "ELASTIC_JOIN";
@@ -81,7 +81,7 @@ fn grad_sum(w: &[f64], step: usize, rank: usize, live: usize) -> Vec<f64> {
 }
 
 /// Single-process training: the reference.
-pub fn reference() -> Vec<f64> {
+pub(crate) fn reference() -> Vec<f64> {
     let mut w = vec![0.0; DIM];
     for s in 0..STEPS {
         let g = grad_sum(&w, s, 0, 1);
@@ -179,7 +179,7 @@ fn share_state(comm: &Communicator, step: usize, w: &[f64]) -> Result<(usize, Ve
 
 /// A worker process (`ELASTIC_ROLE` set): from the launcher's environment, or joining with
 /// `ELASTIC_JOIN="<id> <rank> <size>"`.
-pub fn worker() -> Result<(), String> {
+pub(crate) fn worker() -> Result<(), String> {
     let grow_now = Arc::new(AtomicBool::new(false));
     {
         // The driver says "READY" on stdin when a replacement runs.
@@ -217,7 +217,7 @@ pub fn worker() -> Result<(), String> {
 
 /// What the driver measured.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Rank 0's final weights.
     pub weights: Vec<f64>,
     /// From starting the replacement to its first collective (the state broadcast).
@@ -228,7 +228,7 @@ pub struct Outcome {
 
 /// The driver: starts the workers with `worker_cmd` (a command that runs [`worker`] with
 /// `ELASTIC_ROLE` set), plays the cluster manager and checks the result.
-pub fn drive(worker_cmd: &dyn Fn() -> Command) -> Result<Outcome, String> {
+pub(crate) fn drive(worker_cmd: &dyn Fn() -> Command) -> Result<Outcome, String> {
     let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
     let listener = id.take_listener().ok_or("no store listener")?;
     let _store = oxccl::internals::bootstrap::StoreServer::start(listener, id.secret)

@@ -21,16 +21,16 @@ mod splitmix;
 use splitmix::Rng;
 
 /// Input features.
-pub const D: usize = 8;
+pub(crate) const D: usize = 8;
 /// Hidden units.
-pub const H: usize = 16;
+pub(crate) const H: usize = 16;
 /// Samples in the whole data set (divisible by 1..=6 and 8 ranks, so shards are equal).
-pub const N: usize = 240;
+pub(crate) const N: usize = 240;
 /// Learning rate.
-pub const LR: f64 = 0.1;
+pub(crate) const LR: f64 = 0.1;
 
 /// The whole synthetic data set: inputs (N x D, row-major) and targets from a fixed "teacher".
-pub fn dataset() -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn dataset() -> (Vec<f64>, Vec<f64>) {
     let mut rng = Rng(42);
     let x: Vec<f64> = (0..N * D).map(|_| rng.uniform()).collect();
     let teacher: Vec<f64> = (0..D).map(|_| rng.uniform()).collect();
@@ -44,10 +44,10 @@ pub fn dataset() -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Model parameters, flat: W1 (H x D), b1 (H), w2 (H), b2 (1).
-pub const P: usize = H * D + H + H + 1;
+pub(crate) const P: usize = H * D + H + H + 1;
 
 /// Initial parameters (small random weights; rank 0's are broadcast to the others).
-pub fn init_params(seed: u64) -> Vec<f64> {
+pub(crate) fn init_params(seed: u64) -> Vec<f64> {
     let mut rng = Rng(seed);
     let mut p: Vec<f64> = (0..P).map(|_| 0.5 * rng.uniform()).collect();
     p[H * D..H * D + H].iter_mut().for_each(|b| *b = 0.0);
@@ -56,7 +56,7 @@ pub fn init_params(seed: u64) -> Vec<f64> {
 }
 
 /// Mean squared error on `rows` of the data and its gradient: returns (loss, grad).
-pub fn loss_and_grad(
+pub(crate) fn loss_and_grad(
     p: &[f64],
     x: &[f64],
     y: &[f64],
@@ -97,7 +97,7 @@ pub fn loss_and_grad(
 
 /// Trains for `steps` steps as rank `comm.rank()` of `comm.size()` (or alone with `None`) and
 /// returns the loss curve: the full-data loss before each step, the same on every rank.
-pub fn train(comm: Option<&Communicator>, steps: usize) -> oxccl::Result<Vec<f64>> {
+pub(crate) fn train(comm: Option<&Communicator>, steps: usize) -> oxccl::Result<Vec<f64>> {
     let (rank, n) = comm.map(|c| (c.rank(), c.size())).unwrap_or((0, 1));
     assert!(N % n == 0, "{N} samples do not split evenly over {n} ranks");
     let (x, y) = dataset();
@@ -126,7 +126,7 @@ pub fn train(comm: Option<&Communicator>, steps: usize) -> oxccl::Result<Vec<f64
 }
 
 /// Runs `n` ranks as threads (over loopback, a fresh unique id) and returns every rank's curve.
-pub fn train_threads(n: usize, steps: usize) -> oxccl::Result<Vec<Vec<f64>>> {
+pub(crate) fn train_threads(n: usize, steps: usize) -> oxccl::Result<Vec<Vec<f64>>> {
     let id = UniqueId::bind("127.0.0.1:0".parse().expect("addr"))?;
     let handles: Vec<_> = (0..n)
         .map(|r| {

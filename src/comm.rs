@@ -51,9 +51,9 @@ pub struct Config {
 }
 
 /// Default no-progress timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default sockets per TCP link.
-pub const DEFAULT_NSOCKS: usize = 2;
+pub(crate) const DEFAULT_NSOCKS: usize = 2;
 pub use crate::algo::DEFAULT_CHUNK;
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {

@@ -24,7 +24,7 @@ use crate::transport::{Link, Tag};
 
 /// The memory one collective works on. Lengths are in bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Mem {
+pub(crate) struct Mem {
     /// The send buffer (never written). Equal to `output` for in-place calls.
     pub input: *const u8,
     /// Its length in bytes.
@@ -41,7 +41,7 @@ pub struct Mem {
 
 /// What the executor needs besides the Program and the links.
 #[derive(Debug, Clone, Copy)]
-pub struct Params {
+pub(crate) struct Params {
     /// Element type.
     pub dtype: DataType,
     /// Reduction operator.
@@ -57,7 +57,7 @@ pub struct Params {
 }
 
 /// Describes a tag as a call, e.g. `all_reduce #3 (count 10, float, sum)`.
-pub fn describe(tag: &Tag) -> String {
+pub(crate) fn describe(tag: &Tag) -> String {
     let coll = Collective::from_u8(tag.coll)
         .map(|c| c.name())
         .unwrap_or("unknown collective");
@@ -101,7 +101,7 @@ fn in_context(e: Error, p: &Params) -> Error {
 /// comparisons per job). Built once per cached Program (see [`Plan::new`]) and reused by every
 /// call of that shape; a group's is built per call in a per-thread spare.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     ops: Vec<Op>,
     base: Vec<usize>,
     job_of: Vec<u32>,
@@ -139,20 +139,20 @@ fn buf_index(b: Buf) -> usize {
 
 impl Plan {
     /// Compiles Programs that run together (one, or a group's in call order).
-    pub fn new(progs: &[&Program]) -> Plan {
+    pub(crate) fn new(progs: &[&Program]) -> Plan {
         let mut p = Plan::default();
         p.rebuild(progs);
         p
     }
 
     /// The number of Programs it was built from.
-    pub fn jobs(&self) -> usize {
+    pub(crate) fn jobs(&self) -> usize {
         self.ends.len()
     }
 
     /// The ranks its Programs exchange messages with, in first-use order.
     #[cfg(test)]
-    pub fn peers(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn peers(&self) -> impl Iterator<Item = usize> + '_ {
         self.peers.iter().map(|q| q.peer)
     }
 
@@ -345,7 +345,7 @@ const YIELD_NET: Duration = Duration::from_micros(100);
 
 /// One Program with its memory and parameters: an element of a group run by [`run_jobs_abortable`].
 #[derive(Debug, Clone, Copy)]
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     /// This rank's part of the call.
     pub prog: &'a Program,
     /// The call's buffers.
@@ -356,7 +356,7 @@ pub struct Job<'a> {
 
 /// A call's memory and parameters, for a Program already compiled into a [`Plan`].
 #[derive(Debug, Clone, Copy)]
-pub struct Call {
+pub(crate) struct Call {
     /// The call's buffers.
     pub mem: Mem,
     /// The call's type, operator and signature.
@@ -368,7 +368,7 @@ pub struct Call {
 /// found lost by heartbeats, say): the call fails with it and peers are sent it; with `why`
 /// empty it is `abort()` on this rank.
 #[derive(Clone, Copy)]
-pub struct Interrupt<'a> {
+pub(crate) struct Interrupt<'a> {
     /// Raised to interrupt.
     pub flag: &'a std::sync::atomic::AtomicBool,
     /// The failure behind it, if any.
@@ -403,7 +403,7 @@ impl Interrupt<'_> {
 /// writes during the call (input may only be read); `input` and `output` may be the same memory
 /// only if the Program was built in place (then it never names `Input`); the jobs' buffers must
 /// not overlap each other (except a job's own input and output when it is in place).
-pub unsafe fn run_jobs_abortable(
+pub(crate) unsafe fn run_jobs_abortable(
     jobs: &[Job<'_>],
     links: &mut [Option<Box<dyn Link>>],
     abort: Option<Interrupt<'_>>,
@@ -434,7 +434,7 @@ pub unsafe fn run_jobs_abortable(
 ///
 /// # Safety
 /// As [`run_jobs_abortable`], with each call's memory sized for its Program.
-pub unsafe fn run_planned(
+pub(crate) unsafe fn run_planned(
     plan: &Plan,
     calls: &[Call],
     links: &mut [Option<Box<dyn Link>>],

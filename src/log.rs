@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 /// Log levels, in increasing verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub(crate) enum Level {
     /// Nothing at all (`OXCCL_DEBUG=NONE`).
     None = 0,
     /// Problems worth knowing about (the default).
@@ -28,7 +28,7 @@ fn parse(s: &str) -> Level {
 }
 
 /// The level in force.
-pub fn level() -> Level {
+pub(crate) fn level() -> Level {
     *LEVEL.get_or_init(|| {
         std::env::var("OXCCL_DEBUG")
             .map(|v| parse(&v))
@@ -37,7 +37,7 @@ pub fn level() -> Level {
 }
 
 /// Whether messages at `l` are printed.
-pub fn enabled(l: Level) -> bool {
+pub(crate) fn enabled(l: Level) -> bool {
     l != Level::None && l <= level()
 }
 
@@ -47,7 +47,7 @@ fn host() -> &'static str {
 }
 
 /// Writes one line; use the `warn!`/`info!`/`trace!` macros instead.
-pub fn write(l: Level, rank: Option<usize>, args: std::fmt::Arguments<'_>) {
+pub(crate) fn write(l: Level, rank: Option<usize>, args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let lvl = match l {
         Level::Warn => "WARN",

@@ -779,7 +779,7 @@ pub fn reduce_slice<T: Element>(op: ReduceOp, dst: &mut [T], src: &[T]) {
 ///
 /// The slices should have equal lengths; in release builds only the common prefix is written.
 #[cfg(test)]
-pub fn reduce3_slice<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+pub(crate) fn reduce3_slice<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
     debug_assert!(
         dst.len() == a.len() && a.len() == b.len(),
         "reduce3_slice: length mismatch"
@@ -793,7 +793,7 @@ pub fn reduce3_slice<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) 
 /// Integers use truncating division in the element type; `f32`/`f64` divide in their own type;
 /// `f16`/`bf16` divide in `f32` and round once. `n == 0` and `n == 1` leave `buf` unchanged.
 #[cfg(test)]
-pub fn finish_avg_slice<T: Element>(buf: &mut [T], n: usize) {
+pub(crate) fn finish_avg_slice<T: Element>(buf: &mut [T], n: usize) {
     if n >= 2 {
         T::kern_avg(buf, n);
     }

@@ -83,7 +83,7 @@ pub struct Costs {
 
 /// The calls a communicator's link setup is spread over in the tuner's per-call costs: a link
 /// is made once, on first use, and then serves every later call.
-pub const SETUP_CALLS: f64 = 100.0;
+pub(crate) const SETUP_CALLS: f64 = 100.0;
 
 /// The transports the model knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,13 +169,13 @@ pub const TCP: Costs = Costs {
 
 /// Messages a link holds in flight (the executor's slots per ring: `transport::shm` and the
 /// TCP link both default to 4).
-pub const CREDITS: usize = 4;
+pub(crate) const CREDITS: usize = 4;
 
 /// Sizes above this cost their cost at this size, scaled (see the module docs).
-pub const SIM_CAP: usize = 64 << 20;
+pub(crate) const SIM_CAP: usize = 64 << 20;
 
 /// Beyond this many ranks, [`formula`] stands in for the simulator.
-pub const SIM_MAX_RANKS: usize = 64;
+pub(crate) const SIM_MAX_RANKS: usize = 64;
 
 /// Step budget of the simulations the tuner runs (they coarsen the chunk beyond it).
 const SIM_STEPS: usize = 200_000;
@@ -205,11 +205,11 @@ pub struct Model {
 /// Effective cache of the development VM: its two cores have 2 MiB of L2 each (its L3 is
 /// shared with other tenants). Fitted with [`SHM`] and [`TCP`] (held at 2 MiB while they were
 /// refitted: earlier fits put it between 2 and 4 MiB).
-pub const CACHE: usize = 2 << 20;
+pub(crate) const CACHE: usize = 2 << 20;
 
 /// How much faster bytes move and reduce in cache than out of it, fitted with [`CACHE`] (held
 /// at 1.5 in the last refit of [`SHM`] and [`TCP`]).
-pub const CACHE_SPEEDUP: f64 = 1.5;
+pub(crate) const CACHE_SPEEDUP: f64 = 1.5;
 
 impl Default for Model {
     /// The measured defaults, with this host's core count.
@@ -227,7 +227,7 @@ impl Default for Model {
 
 /// The processors online on this host: the same for every process of the host whatever its
 /// affinity, so every rank of a host models it alike.
-pub fn host_cores() -> usize {
+pub(crate) fn host_cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(crate::sys::cpus_online)
 }
@@ -399,7 +399,7 @@ pub fn cost(
 /// messages per call. Every algorithm it may pick has a rank talk to O(log n) peers plus its
 /// own host's ranks ([`fanout`]). (Below it, [`Model::setup_charge`] makes them pay for their
 /// links.)
-pub const DIRECT_MAX_RANKS: usize = 32;
+pub(crate) const DIRECT_MAX_RANKS: usize = 32;
 
 /// The most peers one rank of `algo` talks to, as a bound: what `DIRECT_MAX_RANKS` keeps
 /// small. `per_host` ranks per host. (The same for every collective an algorithm serves.)
@@ -425,7 +425,7 @@ pub fn fanout(_coll: Collective, algo: Algorithm, nranks: usize, per_host: usize
 /// hosts of several ranks (on one host they are the ring; with one rank per host, the flat
 /// algorithm); the direct all-reduce and the linear gather / scatter only up to
 /// [`DIRECT_MAX_RANKS`].
-pub fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> bool {
+pub(crate) fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usize) -> bool {
     let rph = per_host.clamp(1, nranks.max(1));
     match algo {
         Algorithm::Ordered => false,
@@ -437,7 +437,7 @@ pub fn candidate(coll: Collective, algo: Algorithm, nranks: usize, per_host: usi
 }
 
 /// The cheapest algorithm for `coll` on `net` among the `candidate`s (ties go to the earlier
-/// in [`Collective::algorithms`]), by [`cost`] alone (no link setup: [`pick_charged`]).
+/// in [`Collective::algorithms`]), by [`cost`] alone (no link setup: `pick_charged`).
 pub fn pick(
     coll: Collective,
     nranks: usize,
@@ -450,7 +450,7 @@ pub fn pick(
 
 /// [`pick`] with `charge(algo)` seconds added to each candidate's [`cost`] (the communicator's
 /// choice adds [`Model::setup_charge`]). A sole candidate is not costed.
-pub fn pick_charged(
+pub(crate) fn pick_charged(
     coll: Collective,
     nranks: usize,
     block: usize,
@@ -481,7 +481,7 @@ pub fn pick_charged(
 }
 
 /// `bytes` rounded down to 3 significant bits: the representative of its size bucket.
-pub fn bucket(bytes: usize) -> usize {
+pub(crate) fn bucket(bytes: usize) -> usize {
     if bytes < 8 {
         return bytes;
     }
@@ -511,7 +511,7 @@ pub fn choose_with(
 /// [`choose_with`] for ranks on hosts of `per_host` ranks (the most any host has): shared memory
 /// inside a host, `transport` between hosts ([`Model::network_on`]); the hierarchical
 /// algorithms are candidates there.
-pub fn choose_on(
+pub(crate) fn choose_on(
     shape: &Shape,
     bytes: usize,
     nranks: usize,
@@ -565,7 +565,7 @@ pub fn chunk(configured: Option<usize>) -> usize {
 /// both transports' α, β and γ replaced by the measured ones (a communicator uses one
 /// transport); `overhead`, `wake` and the cache stay the defaults, and the measured γ is the
 /// reduction alone (the defaults' TCP γ also carries the receiver's copy out of the socket).
-pub fn measured(alpha: f64, beta: f64, gamma: f64, nranks: usize) -> Model {
+pub(crate) fn measured(alpha: f64, beta: f64, gamma: f64, nranks: usize) -> Model {
     let mut m = Model::default();
     if nranks > 1 {
         for c in [&mut m.shm, &mut m.tcp] {
@@ -582,7 +582,7 @@ pub fn measured(alpha: f64, beta: f64, gamma: f64, nranks: usize) -> Model {
 }
 
 /// Seconds per byte of a 4 MiB f32 sum on this core (best of 3).
-pub fn time_reduce() -> f64 {
+pub(crate) fn time_reduce() -> f64 {
     let len = 4 << 20;
     let mut dst = vec![0u8; len];
     let src = vec![0u8; len];

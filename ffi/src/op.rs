@@ -231,7 +231,7 @@ impl Op {
     ///
     /// # Safety
     /// The input is readable (the op's own contract).
-    pub unsafe fn premultiply(mut self, scalar: &[u8], who: Who) -> Result<Op, Error> {
+    pub(crate) unsafe fn premultiply(mut self, scalar: &[u8], who: Who) -> Result<Op, Error> {
         let (input, len) = self.send.unwrap_or((self.recv.0.cast_const(), self.recv.1));
         let mut owned = if len == 0 {
             Vec::new()
@@ -272,7 +272,7 @@ impl Op {
         self._owned.as_ptr()
     }
 
-    pub fn all_reduce(
+    pub(crate) fn all_reduce(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -283,7 +283,7 @@ impl Op {
         Op::new(Kind::AllReduce(op), dtype).same_size(send, recv, b)
     }
 
-    pub fn all_to_all(
+    pub(crate) fn all_to_all(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -295,7 +295,7 @@ impl Op {
     }
 
     /// Only the root's `sendbuff` is read; other ranks' is ignored (may be NULL).
-    pub fn broadcast(
+    pub(crate) fn broadcast(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -314,7 +314,7 @@ impl Op {
 
     /// Only the root's `recvbuff` is written; other ranks' is ignored (may be NULL) unless it
     /// equals `sendbuff` (in place).
-    pub fn reduce(
+    pub(crate) fn reduce(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -334,7 +334,7 @@ impl Op {
     }
 
     /// `recvbuff` holds nranks blocks of `count`; in place when `sendbuff` is this rank's block.
-    pub fn all_gather(
+    pub(crate) fn all_gather(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -355,7 +355,7 @@ impl Op {
     }
 
     /// `sendbuff` holds nranks blocks of `count`; in place when `recvbuff` is this rank's block.
-    pub fn reduce_scatter(
+    pub(crate) fn reduce_scatter(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -379,7 +379,7 @@ impl Op {
     }
 
     /// Every rank sends `count`; the root's `recvbuff` holds nranks blocks (others' is ignored).
-    pub fn gather(
+    pub(crate) fn gather(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -410,7 +410,7 @@ impl Op {
 
     /// The root's `sendbuff` holds nranks blocks (others' is ignored); every rank receives
     /// `count`.
-    pub fn scatter(
+    pub(crate) fn scatter(
         send: *const c_void,
         recv: *mut c_void,
         count: usize,
@@ -441,7 +441,7 @@ impl Op {
     }
 
     /// Rank p contributes `counts[p]` elements; `recvbuff` holds them all, in rank order.
-    pub fn all_gatherv(
+    pub(crate) fn all_gatherv(
         send: *const c_void,
         recv: *mut c_void,
         counts: Vec<usize>,
@@ -470,7 +470,7 @@ impl Op {
 
     /// `sendbuff` holds every rank's block (`counts[p]` elements each, in rank order); this rank
     /// receives `counts[rank]`. Not in place.
-    pub fn reduce_scatterv(
+    pub(crate) fn reduce_scatterv(
         send: *const c_void,
         recv: *mut c_void,
         counts: Vec<usize>,
@@ -492,7 +492,7 @@ impl Op {
 
     /// `sendcounts[p]` elements go to rank p, `recvcounts[p]` come from it (blocks contiguous in
     /// rank order). Not in place.
-    pub fn all_to_allv(
+    pub(crate) fn all_to_allv(
         send: *const c_void,
         send_counts: (Vec<usize>, usize),
         recv: *mut c_void,
@@ -516,7 +516,7 @@ impl Op {
         Ok(o)
     }
 
-    pub fn send(
+    pub(crate) fn send(
         buf: *const c_void,
         count: usize,
         dtype: DataType,
@@ -529,7 +529,7 @@ impl Op {
         Ok(o)
     }
 
-    pub fn recv(
+    pub(crate) fn recv(
         buf: *mut c_void,
         count: usize,
         dtype: DataType,
@@ -542,12 +542,12 @@ impl Op {
         Ok(o)
     }
 
-    pub fn barrier() -> Op {
+    pub(crate) fn barrier() -> Op {
         Op::new(Kind::Barrier, DataType::U8)
     }
 
     /// The byte ranges this op reads and writes: `(ptr, len, written)`.
-    pub fn ranges(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
         let s = self.send.map(|(p, l)| (p as usize, l, false));
         let r = Some((self.recv.0 as usize, self.recv.1, true));
         s.into_iter().chain(r).filter(|&(_, l, _)| l > 0)
@@ -559,7 +559,7 @@ impl Op {
     /// The buffers the op was built from are still valid (send readable, recv writable), nothing
     /// else accesses the receive buffer while the call lives, and no other live call's buffers
     /// overlap this one's receive buffer.
-    pub unsafe fn call(&self) -> Call<'_> {
+    pub(crate) unsafe fn call(&self) -> Call<'_> {
         // SAFETY: (for both) non-null when the length is non-zero (checked at build), valid by
         // the caller's contract; a zero length uses an empty slice, whatever the pointer.
         let send: Option<&[u8]> = self.send.map(|(p, l)| {

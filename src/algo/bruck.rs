@@ -40,7 +40,7 @@ fn steps(n: usize) -> Vec<(usize, usize)> {
 }
 
 /// One rank's Bruck all-gather.
-pub fn all_gather(s: &Shape) -> Builder {
+pub(crate) fn all_gather(s: &Shape) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let lay = s.blocks();
     let mut b = Builder::new(s);
@@ -66,7 +66,7 @@ pub fn all_gather(s: &Shape) -> Builder {
 }
 
 /// One rank's Bruck reduce-scatter.
-pub fn reduce_scatter(s: &Shape) -> Builder {
+pub(crate) fn reduce_scatter(s: &Shape) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let lay = s.blocks();
     let mut b = Builder::new(s);

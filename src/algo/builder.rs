@@ -94,7 +94,7 @@ impl Hazards {
 
 /// Builds a [`Program`], inferring dependencies from the ranges each step touches.
 #[derive(Debug)]
-pub struct Builder {
+pub(crate) struct Builder {
     shape: Shape,
     steps: Vec<Step>,
     hazards: [Hazards; 3],
@@ -103,7 +103,7 @@ pub struct Builder {
 
 impl Builder {
     /// A builder for one rank's Program.
-    pub fn new(shape: &Shape) -> Builder {
+    pub(crate) fn new(shape: &Shape) -> Builder {
         let shape = shape.clone();
         Builder {
             shape,
@@ -114,7 +114,7 @@ impl Builder {
     }
 
     /// Reserves `len` scratch elements and returns their range.
-    pub fn scratch(&mut self, len: usize) -> Range {
+    pub(crate) fn scratch(&mut self, len: usize) -> Range {
         let r = Range::new(Buf::Scratch, self.scratch_len, len);
         self.scratch_len += len;
         r
@@ -129,7 +129,7 @@ impl Builder {
     }
 
     /// Appends a step (zero-length steps are dropped) and returns its index.
-    pub fn push(&mut self, op: Op) -> Option<u32> {
+    pub(crate) fn push(&mut self, op: Op) -> Option<u32> {
         let len = match op {
             Op::Send { src, .. } => src.len,
             Op::Copy { src, .. } | Op::Reduce { src, .. } => src.len,
@@ -154,32 +154,37 @@ impl Builder {
     }
 
     /// `Send { peer, src }`.
-    pub fn send(&mut self, peer: usize, src: Range) -> Option<u32> {
+    pub(crate) fn send(&mut self, peer: usize, src: Range) -> Option<u32> {
         self.push(Op::Send { peer, src })
     }
 
     /// `Recv { peer, dst }`.
-    pub fn recv(&mut self, peer: usize, dst: Range) -> Option<u32> {
+    pub(crate) fn recv(&mut self, peer: usize, dst: Range) -> Option<u32> {
         self.push(Op::Recv { peer, dst })
     }
 
     /// `RecvReduce { peer, dst, acc }`.
-    pub fn recv_reduce(&mut self, peer: usize, dst: Range, acc: Option<Range>) -> Option<u32> {
+    pub(crate) fn recv_reduce(
+        &mut self,
+        peer: usize,
+        dst: Range,
+        acc: Option<Range>,
+    ) -> Option<u32> {
         self.push(Op::RecvReduce { peer, dst, acc })
     }
 
     /// `Copy { src, dst }`.
-    pub fn copy(&mut self, src: Range, dst: Range) -> Option<u32> {
+    pub(crate) fn copy(&mut self, src: Range, dst: Range) -> Option<u32> {
         self.push(Op::Copy { src, dst })
     }
 
     /// `Reduce { src, dst }`.
-    pub fn reduce(&mut self, src: Range, dst: Range) -> Option<u32> {
+    pub(crate) fn reduce(&mut self, src: Range, dst: Range) -> Option<u32> {
         self.push(Op::Reduce { src, dst })
     }
 
     /// `Finish { dst }`.
-    pub fn finish(&mut self, dst: Range) -> Option<u32> {
+    pub(crate) fn finish(&mut self, dst: Range) -> Option<u32> {
         self.push(Op::Finish { dst })
     }
 
@@ -187,7 +192,7 @@ impl Builder {
     /// tree): its own input (the output buffer when the root reduces `in_place`, else the
     /// input) and where partial results accumulate (`scratch`'s slice, or the output on the
     /// root, which has no scratch).
-    pub fn reduce_chunk(
+    pub(crate) fn reduce_chunk(
         in_place: bool,
         scratch: Option<Range>,
         off: usize,
@@ -207,7 +212,7 @@ impl Builder {
 
     /// Ends a chunk of a rooted reduction: sends `partial` to `parent`, or on the root (`None`)
     /// moves it into `acc` (the output) if it is not there already and marks that final.
-    pub fn pass_up(&mut self, parent: Option<usize>, partial: Range, acc: Range) {
+    pub(crate) fn pass_up(&mut self, parent: Option<usize>, partial: Range, acc: Range) {
         match parent {
             Some(p) => {
                 self.send(p, partial);
@@ -222,7 +227,7 @@ impl Builder {
     }
 
     /// The finished Program.
-    pub fn build(self) -> Program {
+    pub(crate) fn build(self) -> Program {
         Program {
             shape: self.shape,
             algo: Algorithm::Linear,

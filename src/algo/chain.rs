@@ -10,7 +10,7 @@ fn positions(s: &Shape) -> (usize, impl Fn(usize) -> usize) {
 }
 
 /// One rank's chain broadcast.
-pub fn broadcast(s: &Shape) -> Builder {
+pub(crate) fn broadcast(s: &Shape) -> Builder {
     let n = s.nranks;
     let (pos, real) = positions(s);
     let mut b = Builder::new(s);
@@ -36,7 +36,7 @@ pub fn broadcast(s: &Shape) -> Builder {
 }
 
 /// One rank's chain reduce (towards the root).
-pub fn reduce(s: &Shape) -> Builder {
+pub(crate) fn reduce(s: &Shape) -> Builder {
     let n = s.nranks;
     let (pos, real) = positions(s);
     let mut b = Builder::new(s);

@@ -8,7 +8,7 @@
 use super::{Buf, Builder, Range, Shape, split};
 
 /// One rank's direct all-reduce Program.
-pub fn all_reduce(shape: &Shape) -> Builder {
+pub(crate) fn all_reduce(shape: &Shape) -> Builder {
     let (n, r, count, in_place, chunk) = (
         shape.nranks,
         shape.rank,

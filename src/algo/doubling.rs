@@ -10,7 +10,7 @@
 use super::{Buf, Builder, Range, Shape, slices};
 
 /// One rank's recursive doubling all-reduce.
-pub fn all_reduce(s: &Shape) -> Builder {
+pub(crate) fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count) = (s.nranks, s.rank, s.count);
     let mut b = Builder::new(s);
     let out = Range::new(Buf::Output, 0, count);

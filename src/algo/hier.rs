@@ -26,7 +26,7 @@ use super::{Algorithm, Buf, Builder, Op, Range, Shape, build, slices, split};
 use crate::topo::HostMap;
 
 /// The flat algorithm a hierarchical one runs between hosts.
-pub fn inter(algo: Algorithm) -> Algorithm {
+pub(crate) fn inter(algo: Algorithm) -> Algorithm {
     match algo {
         Algorithm::HierTree => Algorithm::Tree,
         Algorithm::HierRhd => Algorithm::Rhd,
@@ -45,7 +45,11 @@ fn seat(map: &HostMap, r: usize) -> (usize, &[usize], usize, usize, usize, usize
 }
 
 /// One rank's hierarchical all-reduce on `map`, with `inter_algo` between hosts.
-pub fn all_reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
+pub(crate) fn all_reduce(
+    s: &Shape,
+    map: &HostMap,
+    inter_algo: Algorithm,
+) -> Result<Builder, String> {
     let (r, count, chunk) = (s.rank, s.count, s.chunk);
     let (h, loc, nl, l, nh, ns) = seat(map, r);
     let mut b = Builder::new(s);
@@ -151,7 +155,7 @@ fn embed(
 }
 
 /// The flat algorithm hierarchical broadcast and reduce run between hosts.
-pub fn inter_rooted(algo: Algorithm) -> Algorithm {
+pub(crate) fn inter_rooted(algo: Algorithm) -> Algorithm {
     match algo {
         Algorithm::HierTree => Algorithm::Tree,
         _ => Algorithm::Chain,
@@ -161,7 +165,11 @@ pub fn inter_rooted(algo: Algorithm) -> Algorithm {
 /// One rank's hierarchical broadcast: the root hands slice `j` to its host's rank on rail `j`,
 /// each rail broadcasts its slice between hosts (chain or binomial tree), and every host
 /// all-gathers the slices around a ring.
-pub fn broadcast(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
+pub(crate) fn broadcast(
+    s: &Shape,
+    map: &HostMap,
+    inter_algo: Algorithm,
+) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
     let (h, _, nl, l, nh, ns) = seat(map, r);
     let hr = map.host_of(root);
@@ -232,7 +240,7 @@ fn gather_slices(b: &mut Builder, s: &Shape, map: &HostMap) {
 /// One rank's hierarchical reduce: an intra-host ring reduce-scatter into scratch, each rail
 /// reduces its slice towards the root's host (chain or binomial tree), and the root's host
 /// hands the slices to the root.
-pub fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
+pub(crate) fn reduce(s: &Shape, map: &HostMap, inter_algo: Algorithm) -> Result<Builder, String> {
     let (r, count, chunk, root) = (s.rank, s.count, s.chunk, s.root);
     let (h, loc, nl, l, nh, ns) = seat(map, r);
     let hr = map.host_of(root);
@@ -334,7 +342,7 @@ fn group_blocks(map: &HostMap, nl: usize, g: usize) -> Vec<usize> {
 /// One rank's hierarchical all-gather (uniform or per-rank blocks): each rail passes its
 /// ranks' blocks around a ring of hosts, then each host passes the rails' blocks around a ring
 /// of its ranks. Inter-host traffic stays on its rail.
-pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
+pub(crate) fn all_gather(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
     let (h, loc, nl, l, nh, ns) = seat(map, r);
@@ -384,7 +392,7 @@ pub fn all_gather(s: &Shape, map: &HostMap) -> Builder {
 /// One rank's hierarchical reduce-scatter (uniform or per-rank blocks): a ring of each host's
 /// ranks reduces the rails' blocks over the host, then each rail reduce-scatters its blocks
 /// around a ring of hosts.
-pub fn reduce_scatter(s: &Shape, map: &HostMap) -> Builder {
+pub(crate) fn reduce_scatter(s: &Shape, map: &HostMap) -> Builder {
     let (r, chunk) = (s.rank, s.chunk);
     let lay = s.blocks();
     let (h, loc, nl, l, nh, ns) = seat(map, r);

@@ -16,7 +16,7 @@ fn recv_all(b: &mut Builder, from: usize, rg: Range, chunk: usize) {
 }
 
 /// Pairwise-exchange all-to-all(v): in step k, send to r+k and receive from r-k.
-pub fn all_to_all(s: &Shape) -> Builder {
+pub(crate) fn all_to_all(s: &Shape) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let (sl, rl) = (s.blocks(), s.recv_blocks());
     let mut b = Builder::new(s);
@@ -52,7 +52,7 @@ pub fn all_to_all(s: &Shape) -> Builder {
 }
 
 /// Linear gather: every rank sends its block to the root.
-pub fn gather(s: &Shape) -> Builder {
+pub(crate) fn gather(s: &Shape) -> Builder {
     let (n, r, root) = (s.nranks, s.rank, s.root);
     let lay = s.blocks();
     let mut b = Builder::new(s);
@@ -79,7 +79,7 @@ pub fn gather(s: &Shape) -> Builder {
 }
 
 /// Linear scatter: the root sends block p to every rank p.
-pub fn scatter(s: &Shape) -> Builder {
+pub(crate) fn scatter(s: &Shape) -> Builder {
     let (n, r, root, count) = (s.nranks, s.rank, s.root, s.count);
     let mut b = Builder::new(s);
     if r == root {
@@ -101,7 +101,7 @@ pub fn scatter(s: &Shape) -> Builder {
 }
 
 /// Point-to-point: a send of Input to the peer, or a receive into Output from it.
-pub fn send_recv(s: &Shape) -> Builder {
+pub(crate) fn send_recv(s: &Shape) -> Builder {
     let mut b = Builder::new(s);
     if s.coll == Collective::Send {
         send_all(&mut b, s.root, Range::new(Buf::Input, 0, s.count), s.chunk);
@@ -114,7 +114,7 @@ pub fn send_recv(s: &Shape) -> Builder {
 /// Dissemination barrier: in round k each rank signals r + 2^k and waits for r - 2^k; after
 /// ceil(log2 n) rounds everyone has (transitively) heard from everyone. The one-byte token is
 /// combined with Max, which is idempotent, so overlapping knowledge is harmless.
-pub fn barrier(s: &Shape) -> Builder {
+pub(crate) fn barrier(s: &Shape) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let mut b = Builder::new(s);
     let tok = Range::new(Buf::Output, 0, 1);

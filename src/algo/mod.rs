@@ -10,25 +10,25 @@
 //! addresses to rank `b` is received by the k-th `Recv`/`RecvReduce` that rank `b` posts from
 //! rank `a`; both must have the same length.
 
-pub mod bruck;
-pub mod builder;
-pub mod chain;
-pub mod direct;
-pub mod doubling;
-pub mod hier;
-pub mod misc;
-pub mod multiply;
-pub mod ordered;
-pub mod rhd;
-pub mod ring;
-pub mod tree;
+pub(crate) mod bruck;
+pub(crate) mod builder;
+pub(crate) mod chain;
+pub(crate) mod direct;
+pub(crate) mod doubling;
+pub(crate) mod hier;
+pub(crate) mod misc;
+pub(crate) mod multiply;
+pub(crate) mod ordered;
+pub(crate) mod rhd;
+pub(crate) mod ring;
+pub(crate) mod tree;
 #[cfg(test)]
-pub mod verify;
+pub(crate) mod verify;
 
 #[cfg(test)]
 mod topo_tests;
 
-pub use builder::Builder;
+pub(crate) use builder::Builder;
 
 use crate::topo::HostMap;
 
@@ -920,7 +920,7 @@ fn relabel(algo: Algorithm, shape: &Shape, order: &[usize]) -> Result<Program, S
 
 /// Splits `count` elements into `parts` near-equal contiguous pieces; returns piece `i` as
 /// (offset, len). The first `count % parts` pieces are one element longer.
-pub fn split(count: usize, parts: usize, i: usize) -> (usize, usize) {
+pub(crate) fn split(count: usize, parts: usize, i: usize) -> (usize, usize) {
     let base = count / parts;
     let extra = count % parts;
     let off = i * base + i.min(extra);
@@ -929,7 +929,7 @@ pub fn split(count: usize, parts: usize, i: usize) -> (usize, usize) {
 }
 
 /// Cuts `len` elements at `off` into slices of at most `chunk` elements: (offset, len) pairs.
-pub fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn slices(off: usize, len: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     let chunk = chunk.max(1);
     (0..len.div_ceil(chunk)).map(move |j| (off + j * chunk, chunk.min(len - j * chunk)))
 }

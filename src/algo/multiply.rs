@@ -21,7 +21,7 @@ use crate::topo::HostMap;
 
 /// The radices, largest first where it divides, each at most `most`, whose product is `h`;
 /// `None` when a prime factor of `h` exceeds `most`.
-pub fn radices(mut h: usize, most: usize) -> Option<Vec<usize>> {
+pub(crate) fn radices(mut h: usize, most: usize) -> Option<Vec<usize>> {
     let mut v = Vec::new();
     while h > 1 {
         let r = (2..=most.min(h)).rev().find(|r| h % r == 0)?;
@@ -67,7 +67,7 @@ fn swap_all(b: &mut Builder, s: &Shape, src: Range, to: &[usize], from: &[usize]
 ///
 /// Every sum is folded in a canonical order (inside a host by local rank, in a group by digit),
 /// so every rank ends with the same bits even for floating point.
-pub fn all_reduce(s: &Shape, map: &HostMap) -> Result<Builder, String> {
+pub(crate) fn all_reduce(s: &Shape, map: &HostMap) -> Result<Builder, String> {
     let (r, count) = (s.rank, s.count);
     let nh = map.nhosts();
     let m = map.hosts().iter().map(Vec::len).min().unwrap_or(1);

@@ -37,7 +37,7 @@ fn own_contribution(b: &mut Builder, own: Range, dst: Range, chunk: usize) -> Ra
 }
 
 /// Deterministic all-reduce: reduce each chunk at its owner in rank order, then ring all-gather.
-pub fn all_reduce(s: &Shape) -> Builder {
+pub(crate) fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count) = (s.nranks, s.rank, s.count);
     let mut b = Builder::new(s);
     let out = |o, l| Range::new(Buf::Output, o, l);
@@ -78,7 +78,7 @@ pub fn all_reduce(s: &Shape) -> Builder {
 }
 
 /// Deterministic reduce: every rank sends its input to the root, which folds in rank order.
-pub fn reduce(s: &Shape) -> Builder {
+pub(crate) fn reduce(s: &Shape) -> Builder {
     let (n, r, root, count) = (s.nranks, s.rank, s.root, s.count);
     let mut b = Builder::new(s);
     if r != root {
@@ -103,7 +103,7 @@ pub fn reduce(s: &Shape) -> Builder {
 }
 
 /// Deterministic reduce-scatter(v): block p of every rank goes to rank p, which folds in rank order.
-pub fn reduce_scatter(s: &Shape) -> Builder {
+pub(crate) fn reduce_scatter(s: &Shape) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let lay = s.blocks();
     let mut b = Builder::new(s);

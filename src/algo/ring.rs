@@ -13,7 +13,7 @@
 use super::{Buf, Builder, Range, Shape, slices, split};
 
 /// One rank's ring all-reduce.
-pub fn all_reduce(s: &Shape) -> Builder {
+pub(crate) fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count, in_place, chunk) = (s.nranks, s.rank, s.count, s.in_place, s.chunk);
     let mut b = Builder::new(s);
     let out = |off, len| Range::new(Buf::Output, off, len);
@@ -68,13 +68,13 @@ pub fn all_reduce(s: &Shape) -> Builder {
 }
 
 /// One rank's ring all-gather (uniform or per-rank block sizes).
-pub fn all_gather(s: &Shape) -> Builder {
+pub(crate) fn all_gather(s: &Shape) -> Builder {
     all_gather_over(s, &identity(s.nranks))
 }
 
 /// The ring all-gather laid over `order` (position -> rank): rank `order[i]` passes blocks to
 /// `order[i + 1]`; every block still lands at its owner's place in Output.
-pub fn all_gather_over(s: &Shape, order: &[usize]) -> Builder {
+pub(crate) fn all_gather_over(s: &Shape, order: &[usize]) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let pos = order.iter().position(|&x| x == r).unwrap_or(0);
     let at = |i: usize| order[i % n];
@@ -109,12 +109,12 @@ fn identity(n: usize) -> Vec<usize> {
 }
 
 /// One rank's ring reduce-scatter (uniform or per-rank block sizes).
-pub fn reduce_scatter(s: &Shape) -> Builder {
+pub(crate) fn reduce_scatter(s: &Shape) -> Builder {
     reduce_scatter_over(s, &identity(s.nranks))
 }
 
 /// The ring reduce-scatter laid over `order` (position -> rank), as [`all_gather_over`].
-pub fn reduce_scatter_over(s: &Shape, order: &[usize]) -> Builder {
+pub(crate) fn reduce_scatter_over(s: &Shape, order: &[usize]) -> Builder {
     let (n, r) = (s.nranks, s.rank);
     let pos = order.iter().position(|&x| x == r).unwrap_or(0);
     let at = |i: usize| order[i % n];

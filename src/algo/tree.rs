@@ -65,7 +65,7 @@ fn down(b: &mut Builder, tree: &(Option<usize>, Vec<usize>), o: usize, l: usize)
 }
 
 /// One rank's double-binary-tree all-reduce.
-pub fn all_reduce(s: &Shape) -> Builder {
+pub(crate) fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count) = (s.nranks, s.rank, s.count);
     let mut b = Builder::new(s);
     let trees = [heap_links(n, r, 0), heap_links(n, r, n / 2)];
@@ -110,7 +110,7 @@ fn lowbit(v: usize) -> usize {
 }
 
 /// One rank's binomial-tree broadcast.
-pub fn broadcast(s: &Shape) -> Builder {
+pub(crate) fn broadcast(s: &Shape) -> Builder {
     let n = s.nranks;
     let (v, real) = rel(s);
     let mut b = Builder::new(s);
@@ -145,7 +145,7 @@ pub fn broadcast(s: &Shape) -> Builder {
 }
 
 /// One rank's binomial-tree reduce.
-pub fn reduce(s: &Shape) -> Builder {
+pub(crate) fn reduce(s: &Shape) -> Builder {
     debug_assert_eq!(s.coll, Collective::Reduce);
     let n = s.nranks;
     let (v, real) = rel(s);
@@ -264,7 +264,7 @@ impl<'a> Blocks<'a> {
 /// One rank's binomial-tree gather over `order` (position -> rank): every rank receives its
 /// children's subtrees and sends its own subtree to its parent in one go, so a rank talks to
 /// at most ⌈log2 n⌉ + 1 peers and the root receives all data over ⌈log2 n⌉ links.
-pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
+pub(crate) fn gather_over(s: &Shape, order: &[usize]) -> Builder {
     let (t, mut b) = (Blocks::new(s, order), Builder::new(s));
     let (v, c) = (t.v, t.count);
     let own = Range::new(Buf::Input, 0, c);
@@ -299,7 +299,7 @@ pub fn gather_over(s: &Shape, order: &[usize]) -> Builder {
 
 /// One rank's binomial-tree scatter over `order`: the mirror of [`gather_over`], the largest
 /// subtree served first.
-pub fn scatter_over(s: &Shape, order: &[usize]) -> Builder {
+pub(crate) fn scatter_over(s: &Shape, order: &[usize]) -> Builder {
     let (t, mut b) = (Blocks::new(s, order), Builder::new(s));
     let (v, c) = (t.v, t.count);
     let out = Range::new(Buf::Output, 0, c);

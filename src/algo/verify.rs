@@ -204,7 +204,7 @@ fn expected(progs: &[Program], r: usize) -> Vec<(usize, V)> {
 }
 
 /// Checks that every pair of conflicting steps in `p` is ordered by its dependencies.
-pub fn check_races(p: &Program) -> Result<(), String> {
+pub(crate) fn check_races(p: &Program) -> Result<(), String> {
     let n = p.steps.len();
     let words = n.div_ceil(64);
     let mut reach = vec![0u64; n * words]; // reach[i] = set of steps that must precede i
@@ -242,7 +242,7 @@ pub fn check_races(p: &Program) -> Result<(), String> {
 
 /// Runs all ranks' Programs symbolically; see the module docs for what is proven.
 /// `progs[r]` must be rank r's Program.
-pub fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
+pub(crate) fn run(progs: &[Program], credits: usize, seed: u64) -> Result<(), String> {
     let n = progs.len();
     if n == 0 || n > 64 {
         return Err(format!("verifier handles 1..=64 ranks, got {n}"));

@@ -62,7 +62,7 @@ impl std::fmt::Debug for EnvInfo {
 }
 
 /// Reads the process environment; `Ok(None)` when no launcher's variables are set.
-pub fn discover() -> Result<Option<EnvInfo>> {
+pub(crate) fn discover() -> Result<Option<EnvInfo>> {
     discover_from(&|k| std::env::var(k).ok())
 }
 

@@ -34,15 +34,15 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 
 /// Longest card, in bytes.
-pub const MAX_CARD_LEN: usize = 4 << 10;
+pub(crate) const MAX_CARD_LEN: usize = 4 << 10;
 
 /// The parent of `rank` in the exchange tree (`None` for rank 0).
-pub fn parent(rank: usize) -> Option<usize> {
+pub(crate) fn parent(rank: usize) -> Option<usize> {
     (rank != 0).then(|| rank & (rank - 1))
 }
 
 /// The ranks of `rank`'s subtree: `rank .. rank + lowbit(rank)`, cut at `n` (rank 0: all).
-pub fn subtree(rank: usize, n: usize) -> Range<usize> {
+pub(crate) fn subtree(rank: usize, n: usize) -> Range<usize> {
     if rank == 0 {
         return 0..n;
     }
@@ -52,7 +52,7 @@ pub fn subtree(rank: usize, n: usize) -> Range<usize> {
 
 /// The children of `rank` in the exchange tree, nearest first (`rank + 1, rank + 2, rank + 4,
 /// ...` within its subtree).
-pub fn children(rank: usize, n: usize) -> Vec<usize> {
+pub(crate) fn children(rank: usize, n: usize) -> Vec<usize> {
     let end = subtree(rank, n).end;
     (0..usize::BITS)
         .map(|k| 1usize << k)
@@ -63,7 +63,7 @@ pub fn children(rank: usize, n: usize) -> Vec<usize> {
 }
 
 /// Encodes the cards of ranks `first .. first + cards.len()` as one frame.
-pub fn encode(first: usize, cards: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn encode(first: usize, cards: &[Vec<u8>]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + cards.iter().map(|c| 4 + c.len()).sum::<usize>());
     v.extend_from_slice(&(first as u32).to_le_bytes());
     v.extend_from_slice(&(cards.len() as u32).to_le_bytes());
@@ -81,7 +81,7 @@ const NEWS_GRACE: Duration = Duration::from_secs(2);
 const ABSENT: u32 = u32::MAX;
 
 /// The frame that says rank `lost` never joined.
-pub fn encode_absent(lost: usize) -> Vec<u8> {
+pub(crate) fn encode_absent(lost: usize) -> Vec<u8> {
     let mut v = ABSENT.to_le_bytes().to_vec();
     v.extend_from_slice(&(lost as u32).to_le_bytes());
     v
@@ -99,7 +99,10 @@ enum Bad {
 /// (a short read, a wrong range, an oversized card, the news that a rank never joined). Never
 /// panics; allocates only as bytes arrive.
 #[cfg(test)]
-pub fn decode(r: &mut impl Read, want: Range<usize>) -> std::result::Result<Vec<Vec<u8>>, String> {
+pub(crate) fn decode(
+    r: &mut impl Read,
+    want: Range<usize>,
+) -> std::result::Result<Vec<Vec<u8>>, String> {
     read_frame(r, want).map_err(|b| match b {
         Bad::Absent(l) => format!("rank {l} never joined"),
         Bad::Why(w) => w,
@@ -166,7 +169,7 @@ fn left(deadline: Instant) -> Duration {
 /// `take_child(c)` waits for child `c`'s connection. When a child's part does not arrive,
 /// `missing(range)` may name a rank of that subtree that never joined (the error then names
 /// it); otherwise the error names the child.
-pub fn all_gather(
+pub(crate) fn all_gather(
     rank: usize,
     n: usize,
     mine: Vec<u8>,

@@ -25,11 +25,11 @@
 //! drop(server);
 //! ```
 
-pub mod env;
-pub mod exchange;
+pub(crate) mod env;
+pub(crate) mod exchange;
 pub mod handshake;
-pub mod id;
-pub mod net;
+pub(crate) mod id;
+pub(crate) mod net;
 pub mod store;
 
 pub use env::{EnvInfo, discover_from};

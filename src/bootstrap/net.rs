@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// One IPv4 address of a local network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interface {
+pub(crate) struct Interface {
     /// The interface name (`eth0`, `ib0`, `lo`...).
     pub name: String,
     /// Its IPv4 address.
@@ -18,7 +18,7 @@ pub struct Interface {
 }
 
 /// Every IPv4 address of every local interface, in the kernel's order.
-pub fn ipv4_interfaces() -> Result<Vec<Interface>> {
+pub(crate) fn ipv4_interfaces() -> Result<Vec<Interface>> {
     let list = crate::sys::ipv4_interfaces().map_err(|e| Error::io("getifaddrs", e))?;
     Ok(list
         .into_iter()
@@ -41,7 +41,7 @@ const SKIPPED_PREFIXES: [&str; 4] = ["docker", "virbr", "veth", "br-"];
 /// whole list starts with `=`; a list starting with `^` excludes those names instead. The first
 /// matching interface in kernel order wins. Without `ifname`, the first up, non-loopback
 /// interface whose name does not start with docker/virbr/veth/br- wins, else 127.0.0.1.
-pub fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Addr> {
+pub(crate) fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Addr> {
     let Some(spec) = ifname.map(str::trim).filter(|s| !s.is_empty()) else {
         let auto = ifaces.iter().find(|i| {
             i.up && !i.loopback && !SKIPPED_PREFIXES.iter().any(|p| i.name.starts_with(p))
@@ -94,7 +94,7 @@ pub fn choose_ipv4(ifaces: &[Interface], ifname: Option<&str>) -> Result<Ipv4Add
 /// or `=eth0,eth1`; not an exclusion), the address of the first interface matching each
 /// entry, in the list's order, if at least two distinct interfaces match. Otherwise empty
 /// (one path: links use [`choose_ipv4`]'s address alone).
-pub fn choose_paths(ifaces: &[Interface], ifname: Option<&str>) -> Vec<Ipv4Addr> {
+pub(crate) fn choose_paths(ifaces: &[Interface], ifname: Option<&str>) -> Vec<Ipv4Addr> {
     let Some(spec) = ifname.map(str::trim).filter(|s| !s.starts_with('^')) else {
         return Vec::new();
     };
@@ -122,7 +122,7 @@ pub fn choose_paths(ifaces: &[Interface], ifname: Option<&str>) -> Vec<Ipv4Addr>
 }
 
 /// [`choose_paths`] for this machine and `OXCCL_SOCKET_IFNAME`.
-pub fn local_paths() -> Result<Vec<IpAddr>> {
+pub(crate) fn local_paths() -> Result<Vec<IpAddr>> {
     let ifname = std::env::var("OXCCL_SOCKET_IFNAME").ok();
     if !ifname.as_deref().is_some_and(|s| s.contains(',')) {
         return Ok(Vec::new());
@@ -136,7 +136,7 @@ pub fn local_paths() -> Result<Vec<IpAddr>> {
 
 /// The local IPv4 address to listen on, from this machine's interfaces and
 /// `OXCCL_SOCKET_IFNAME` (see [`choose_ipv4`]).
-pub fn local_ipv4() -> Result<IpAddr> {
+pub(crate) fn local_ipv4() -> Result<IpAddr> {
     let ifname = std::env::var("OXCCL_SOCKET_IFNAME").ok();
     let ifaces = ipv4_interfaces()?;
     choose_ipv4(&ifaces, ifname.as_deref()).map(IpAddr::V4)

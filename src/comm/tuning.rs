@@ -15,7 +15,7 @@ impl Communicator {
     /// Rank 0 and rank 1 ping-pong 8-byte messages (half the round trip is α plus the
     /// per-message overhead on both sides) and 1 MiB messages (β from the rest of the round
     /// trip); rank 0 times a 4 MiB f32 sum (γ) and broadcasts its three numbers so that every
-    /// rank gets the same model ([`tune::measured`]). A few milliseconds.
+    /// rank gets the same model (`tune::measured`). A few milliseconds.
     pub fn measure_model(&self) -> Result<Model> {
         let (rank, n) = (self.rank(), self.size());
         let mut vals = [0f64; 3];

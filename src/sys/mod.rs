@@ -26,7 +26,7 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// A random u64 from the kernel.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     // getrandom only fails on ancient kernels; fall back to time and pid mixing then.
     if random_bytes(&mut b).is_err() {
@@ -40,7 +40,7 @@ pub fn random_u64() -> u64 {
 }
 
 /// The kernel's boot id (distinguishes hosts that share a host name; containers on one host share it).
-pub fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -48,7 +48,7 @@ pub fn boot_id() -> String {
 
 /// Waits for events on `fds` for at most `timeout_ms` (-1: forever). Returns how many are ready.
 /// EINTR counts as zero ready.
-pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: the pointer and length describe `fds`, a live mutable slice of pollfd structs.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     if n < 0 {
@@ -86,12 +86,12 @@ pub fn bind_to_cpu(pid: i32, cpu: usize) -> io::Result<()> {
 }
 
 /// Gives the CPU to another runnable thread (sched_yield(2)).
-pub fn yield_now() {
+pub(crate) fn yield_now() {
     std::thread::yield_now();
 }
 
 /// A zeroed heap buffer aligned to 64 bytes (a cache line), used for link slots.
-pub struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
@@ -105,7 +105,7 @@ impl AlignedBuf {
     const ALIGN: usize = 64;
 
     /// Allocates `len` zeroed bytes (at least one, so the pointer is always valid).
-    pub fn new(len: usize) -> AlignedBuf {
+    pub(crate) fn new(len: usize) -> AlignedBuf {
         let layout =
             std::alloc::Layout::from_size_align(len.max(1), Self::ALIGN).expect("valid layout");
         // SAFETY: the layout has a non-zero size.
@@ -116,13 +116,13 @@ impl AlignedBuf {
     }
 
     /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len initialised (zeroed) bytes for self's lifetime.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The bytes, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes, and &mut self makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -139,7 +139,7 @@ impl Drop for AlignedBuf {
 
 /// One IPv4 address of a local network interface, as getifaddrs(3) lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ipv4Interface {
+pub(crate) struct Ipv4Interface {
     /// The interface name (`eth0`, `lo`...).
     pub name: String,
     /// Its IPv4 address.
@@ -151,7 +151,7 @@ pub struct Ipv4Interface {
 }
 
 /// Every IPv4 address of every local interface, in the kernel's order (getifaddrs(3)).
-pub fn ipv4_interfaces() -> io::Result<Vec<Ipv4Interface>> {
+pub(crate) fn ipv4_interfaces() -> io::Result<Vec<Ipv4Interface>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a pointer to a list it allocated into `head`, which is a valid
     // place for one pointer; on success we free that list below with freeifaddrs exactly once.
@@ -190,7 +190,7 @@ pub fn ipv4_interfaces() -> io::Result<Vec<Ipv4Interface>> {
 
 /// The processors online on this host (sysconf `_SC_NPROCESSORS_ONLN`; at least 1): the same
 /// for every process of the host whatever its affinity.
-pub fn cpus_online() -> usize {
+pub(crate) fn cpus_online() -> usize {
     // SAFETY: sysconf only reads a system parameter.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     if n > 0 { n as usize } else { 1 }
@@ -200,32 +200,32 @@ static RANKS_HERE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 
 /// Records that `n` ranks (of some communicator) run on this host; with more of them than CPUs
 /// an idle executor yields almost at once instead of spinning.
-pub fn note_ranks_on_host(n: usize) {
+pub(crate) fn note_ranks_on_host(n: usize) {
     RANKS_HERE.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The most ranks of one communicator seen on this host so far (0 before any link).
-pub fn ranks_on_host() -> usize {
+pub(crate) fn ranks_on_host() -> usize {
     RANKS_HERE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// shutdown(2) both ways; used to wake a thread blocked in accept() on a listener that this
 /// process owns. Errors are ignored (the socket may already be shut).
-pub fn shutdown_socket(sock: std::os::fd::BorrowedFd<'_>) {
+pub(crate) fn shutdown_socket(sock: std::os::fd::BorrowedFd<'_>) {
     let _ = rustix::net::shutdown(sock, rustix::net::Shutdown::Both);
 }
 
 /// Deepens a listening socket's accept queue to `backlog` (the kernel caps it at
 /// net.core.somaxconn). The standard library listens with 128: when a thousand ranks connect
 /// at once the rest of their SYNs are dropped and retried a second or more later.
-pub fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
+pub(crate) fn set_listen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
     // Calling listen(2) again on a listening socket only changes the queue's length.
     Ok(rustix::net::listen(listener, backlog)?)
 }
 
 /// Sets TCP_USER_TIMEOUT: how long sent data may stay unacknowledged by the peer's kernel
 /// before the connection fails with ETIMEDOUT (how a multi-path link notices a cut path).
-pub fn set_tcp_user_timeout(
+pub(crate) fn set_tcp_user_timeout(
     sock: std::os::fd::BorrowedFd<'_>,
     timeout: std::time::Duration,
 ) -> io::Result<()> {
@@ -239,11 +239,11 @@ pub fn set_tcp_user_timeout(
 /// host (a C program) that keeps the signal's default disposition. Every socket write of the
 /// library goes through this type or std's flagged `write`.
 #[derive(Debug, Clone, Copy)]
-pub struct NoSigPipe<'a>(std::os::fd::BorrowedFd<'a>);
+pub(crate) struct NoSigPipe<'a>(std::os::fd::BorrowedFd<'a>);
 
 impl<'a> NoSigPipe<'a> {
     /// Wraps a connected stream socket.
-    pub fn new(sock: &'a impl std::os::fd::AsFd) -> NoSigPipe<'a> {
+    pub(crate) fn new(sock: &'a impl std::os::fd::AsFd) -> NoSigPipe<'a> {
         NoSigPipe(sock.as_fd())
     }
 }

@@ -23,7 +23,7 @@ use std::hash::Hash;
 
 mod nics;
 pub use nics::{Nic, NicKind};
-pub use nics::{Rails, local_nics};
+pub(crate) use nics::{Rails, local_nics};
 
 /// Which ranks share a host. Pure data; every rank of a communicator holds the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -164,7 +164,7 @@ impl Topology {
         }
     }
 
-    /// The same topology, with the rails every rank can count on ([`Rails::common`] of the
+    /// The same topology, with the rails every rank can count on (`Rails::common` of the
     /// cards).
     pub fn with_rails(mut self, rails: Rails) -> Topology {
         self.rails = rails;

@@ -62,7 +62,7 @@ fn parse_rate(s: &str) -> Option<u64> {
 /// The NICs of this host, in the kernel's order: every up, non-loopback IPv4 interface (with
 /// its speed where given) and every RDMA port. Interfaces the OS cannot list give an empty list,
 /// never an error: the topology is advice for schedules, not a requirement.
-pub fn local_nics() -> Vec<Nic> {
+pub(crate) fn local_nics() -> Vec<Nic> {
     let mut out: Vec<Nic> = Vec::new();
     if let Ok(ifaces) = crate::bootstrap::net::ipv4_interfaces() {
         for i in ifaces.iter().filter(|i| i.up && !i.loopback) {
@@ -207,7 +207,7 @@ impl Rails {
 
 /// `OXCCL_SOCKET_SPEED`: the speed of each interface in Mbit/s (`1000`), or with a unit
 /// (`1gbit`, `10g`, `100m`); unset or unreadable: `None`.
-pub fn speed_override() -> Option<u64> {
+pub(super) fn speed_override() -> Option<u64> {
     parse_speed_setting(&std::env::var("OXCCL_SOCKET_SPEED").ok()?)
 }
 

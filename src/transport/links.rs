@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// How links are made: the communicator's settings that matter here.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `OXCCL_TRANSPORT` (auto when unset).
     pub transport: TransportKind,
     /// TCP sockets per link.
@@ -31,7 +31,7 @@ pub struct Settings {
 
 /// What this rank knows of a peer, from the card it published.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer<'a> {
+pub(crate) struct Peer<'a> {
     /// Its rank.
     pub rank: usize,
     /// Its listening address.
@@ -50,7 +50,7 @@ pub struct Peer<'a> {
 }
 
 /// This rank's endpoints, from which links to peers are made.
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     rank: usize,
     comm_id: u64,
     secret: [u8; 16],
@@ -90,7 +90,7 @@ impl Endpoints {
     /// Opens this rank's endpoints: the peer listener on `ip`, the extra paths
     /// OXCCL_SOCKET_IFNAME names, the shm endpoint (unless `kind` rules it out; under `auto` a
     /// failure only means TCP) and the RDMA device (feature `rdma`).
-    pub fn open(
+    pub(crate) fn open(
         rank: usize,
         nranks: usize,
         secret: [u8; 16],
@@ -140,12 +140,12 @@ impl Endpoints {
     }
 
     /// The peer listener (also used for the communicator's control channels).
-    pub fn listener(&self) -> &PeerListener {
+    pub(crate) fn listener(&self) -> &PeerListener {
         &self.listener
     }
 
     /// The shm endpoint's name for this rank's card (empty: no shm).
-    pub fn shm_name(&self) -> String {
+    pub(crate) fn shm_name(&self) -> String {
         self.shm
             .as_ref()
             .map(|e| e.name().to_string())
@@ -153,7 +153,7 @@ impl Endpoints {
     }
 
     /// The RDMA word for this rank's card (empty: no RDMA).
-    pub fn rdma_word(&self) -> String {
+    pub(crate) fn rdma_word(&self) -> String {
         #[cfg(feature = "rdma")]
         return self.rdma.as_ref().map_or(String::new(), |e| e.card_word());
         #[cfg(not(feature = "rdma"))]
@@ -161,17 +161,17 @@ impl Endpoints {
     }
 
     /// This rank's extra addresses (multi-path), for its card; empty without multi-path.
-    pub fn extra_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn extra_addrs(&self) -> Vec<SocketAddr> {
         self.paths.extra_addrs()
     }
 
     /// Learns every rank's extra addresses and local rank from the cards.
-    pub fn learn_paths(&mut self, addrs: Vec<Vec<SocketAddr>>, local: Vec<usize>) {
+    pub(crate) fn learn_paths(&mut self, addrs: Vec<Vec<SocketAddr>>, local: Vec<usize>) {
         self.paths.learn(addrs, local);
     }
 
     /// Rail mode: this rank's interface index and address, to log.
-    pub fn my_rail(&self) -> Option<(usize, SocketAddr)> {
+    pub(crate) fn my_rail(&self) -> Option<(usize, SocketAddr)> {
         self.paths.my_rail(self.rank, self.listener.addr())
     }
 
@@ -238,7 +238,7 @@ impl Endpoints {
 
     /// The link to `peer`: RDMA when both ranks want it, else the lower rank dials and the
     /// higher one accepts a shm or TCP link.
-    pub fn connect(
+    pub(crate) fn connect(
         &self,
         set: &Settings,
         peer: &Peer<'_>,

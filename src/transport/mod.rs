@@ -11,14 +11,14 @@
 
 pub mod connect;
 pub mod framing;
-pub mod links;
+pub(crate) mod links;
 pub mod mpath;
 mod paths;
 #[cfg(feature = "rdma")]
-pub mod rdma;
+pub(crate) mod rdma;
 pub mod shm;
 pub mod tcp;
-pub mod wait;
+pub(crate) mod wait;
 pub mod wire;
 
 use crate::error::{Error, Result};

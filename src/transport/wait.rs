@@ -33,7 +33,7 @@ const MIXED_POLL: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Whether `OXCCL_NOPOLL` asks the executor never to sleep (only spin and yield).
-pub fn never_sleep() -> bool {
+pub(crate) fn never_sleep() -> bool {
     static NOPOLL: OnceLock<bool> = OnceLock::new();
     *NOPOLL.get_or_init(|| std::env::var_os("OXCCL_NOPOLL").is_some())
 }
@@ -59,7 +59,7 @@ fn forced_spin() -> Option<u32> {
 
 /// The most idle rounds the executor spins before it starts yielding: `normal`, or a few when
 /// the host is oversubscribed. `OXCCL_SPIN_ROUNDS` overrides both (for tuning).
-pub fn spin_rounds(normal: u32) -> u32 {
+pub(crate) fn spin_rounds(normal: u32) -> u32 {
     match forced_spin() {
         Some(n) => n,
         None if crate::sys::ranks_on_host() > cpus() => normal.min(SPIN_OVERSUBSCRIBED),
@@ -87,7 +87,7 @@ fn same_bell(a: &Arc<dyn Bell>, b: &Arc<dyn Bell>) -> bool {
 /// The executor's sleeping state across idle rounds (made only once spinning and yielding
 /// found nothing). Dropping it withdraws any announcement.
 #[derive(Default)]
-pub struct Waiter {
+pub(crate) struct Waiter {
     /// The doorbell we announced ourselves on, and the value to sleep on.
     armed: Option<(Arc<dyn Bell>, u32)>,
     /// This round's links: their common doorbell, if they all have the same one.
@@ -100,14 +100,14 @@ pub struct Waiter {
 
 impl Waiter {
     /// Withdraws an announcement (the executor is busy again). Cheap when there is none.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         if let Some((b, _)) = self.armed.take() {
             b.retract();
         }
     }
 
     /// Starts a round: the links to wait on follow with [`Waiter::add`].
-    pub fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         self.pollfds.clear();
         self.bell = None;
         self.mixed = false;
@@ -116,7 +116,7 @@ impl Waiter {
     }
 
     /// Adds a link the executor is waiting on.
-    pub fn add(&mut self, link: &mut dyn Link) {
+    pub(crate) fn add(&mut self, link: &mut dyn Link) {
         self.news |= link.before_wait();
         match link.doorbell() {
             Some(d) => {
@@ -135,7 +135,7 @@ impl Waiter {
     /// Sleeps for at most `budget`, or returns at once: when a link had news, and the first
     /// time it could sleep on a doorbell (it then announces itself, and the caller must look at
     /// every link once more before calling again).
-    pub fn wait(&mut self, budget: Duration) -> Result<()> {
+    pub(crate) fn wait(&mut self, budget: Duration) -> Result<()> {
         if self.news {
             self.disarm();
             return Ok(());

@@ -7,10 +7,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Forwards to the system allocator, recording sizes in [`LARGEST`].
-pub struct Counting;
+pub(crate) struct Counting;
 
 /// The largest size allocated since the last `LARGEST.store(0, ..)`.
-pub static LARGEST: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards every call to the system allocator unchanged; only records sizes.
 unsafe impl GlobalAlloc for Counting {

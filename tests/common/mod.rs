@@ -8,7 +8,7 @@ use oxccl::{Communicator, Config, UniqueId};
 
 /// Runs `f(comm)` on `n` threads-as-ranks over a fresh loopback UniqueId and returns each rank's
 /// result in rank order. Panics (failing the test) if the ranks do not all finish within `limit`.
-pub fn run_ranks<T: Send + 'static>(
+pub(crate) fn run_ranks<T: Send + 'static>(
     n: usize,
     cfg: Config,
     limit: Duration,
@@ -21,14 +21,14 @@ pub fn run_ranks<T: Send + 'static>(
 }
 
 /// Rank `rank`'s communicator of `n` over `id`; panics (failing the test) if init fails.
-pub fn init_rank(rank: usize, n: usize, id: &UniqueId, cfg: Config) -> Communicator {
+pub(crate) fn init_rank(rank: usize, n: usize, id: &UniqueId, cfg: Config) -> Communicator {
     Communicator::init(rank, n, id, cfg).unwrap_or_else(|e| panic!("rank {rank} init: {e}"))
 }
 
 /// Runs `body(rank)` for ranks `0..n`, each on its own thread, and returns the results in rank
 /// order. Panics (failing the test) with a rank's own panic, or if the ranks do not all finish
 /// within `limit` (naming the ranks still running).
-pub fn run_threads<T: Send + 'static>(
+pub(crate) fn run_threads<T: Send + 'static>(
     n: usize,
     limit: Duration,
     body: impl Fn(usize) -> T + Send + Sync + Clone + 'static,
@@ -73,7 +73,7 @@ pub fn run_threads<T: Send + 'static>(
 }
 
 /// A config with a short timeout for tests.
-pub fn test_cfg(timeout_ms: u64) -> Config {
+pub(crate) fn test_cfg(timeout_ms: u64) -> Config {
     Config {
         timeout: Some(Duration::from_millis(timeout_ms)),
         ..Config::default()
@@ -87,7 +87,7 @@ use half::{bf16, f16};
 use oxccl::{Element, ReduceOp};
 
 /// The element types the tests generate values for.
-pub trait TestElem: Element {
+pub(crate) trait TestElem: Element {
     /// Integers: `v` truncated (wrapping) to the type. Floats: `v` exactly (callers keep |v| small).
     fn from_i64(v: i64) -> Self;
     /// Distance in units in the last place (floats; NaN equals only NaN), or 0 / `u64::MAX` for
@@ -181,7 +181,7 @@ test_float! {
 }
 
 /// SplitMix64 of a few words: a cheap, well-mixed deterministic hash.
-pub fn mix(words: &[u64]) -> u64 {
+pub(crate) fn mix(words: &[u64]) -> u64 {
     let mut h: u64 = 0x9E37_79B9_7F4A_7C15;
     for &w in words {
         h ^= w;
@@ -202,7 +202,7 @@ pub fn mix(words: &[u64]) -> u64 {
 ///
 /// Integers are full-width pseudo-random values: Sum, Prod and Avg wrap, which is associative and
 /// commutative modulo 2^bits, so the reference's rank-order fold gives the only right answer.
-pub fn input<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) -> Vec<T> {
+pub(crate) fn input<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) -> Vec<T> {
     let float = T::DTYPE.is_float();
     let key = mix(&[rank as u64, salt, T::DTYPE as u64, op as u64]);
     (0..count)
@@ -223,7 +223,7 @@ pub fn input<T: TestElem>(op: ReduceOp, rank: usize, count: usize, salt: u64) ->
 }
 
 /// The expected result of all-reducing `input::<T>(op, r, count, salt)` over ranks `0..n`.
-pub fn expected<T: TestElem>(op: ReduceOp, n: usize, count: usize, salt: u64) -> Vec<T> {
+pub(crate) fn expected<T: TestElem>(op: ReduceOp, n: usize, count: usize, salt: u64) -> Vec<T> {
     let inputs: Vec<Vec<T>> = (0..n).map(|r| input(op, r, count, salt)).collect();
     let refs: Vec<&[T]> = inputs.iter().map(Vec::as_slice).collect();
     oxccl::internals::reduce::reference(op, &refs)
@@ -231,7 +231,12 @@ pub fn expected<T: TestElem>(op: ReduceOp, n: usize, count: usize, salt: u64) ->
 
 /// Compares a result with the reference: bit for bit, except float Avg within 1 ulp (the division
 /// may legitimately round differently in a vectorised kernel). Errors name the first bad indices.
-pub fn check<T: TestElem>(what: &str, op: ReduceOp, got: &[T], want: &[T]) -> Result<(), String> {
+pub(crate) fn check<T: TestElem>(
+    what: &str,
+    op: ReduceOp,
+    got: &[T],
+    want: &[T],
+) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!(
             "{what}: {} elements, expected {}",
@@ -285,7 +290,7 @@ macro_rules! with_dtype {
 /// One all-reduce on `comm` of `input::<T>(op, rank, count, salt)`, in or out of place, checked
 /// against `want` (the reference, computed by the caller once for all ranks). Out of place, the
 /// send buffer must come back unchanged.
-pub fn all_reduce_checked<T: TestElem>(
+pub(crate) fn all_reduce_checked<T: TestElem>(
     comm: &Communicator,
     op: ReduceOp,
     count: usize,
@@ -338,7 +343,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Environment variable naming the child test a re-executed test binary must act in.
-pub const CHILD_MARKER: &str = "OXCCL_TEST_CHILD";
+pub(crate) const CHILD_MARKER: &str = "OXCCL_TEST_CHILD";
 
 /// Rank/world variables of other launchers, removed from children so that only OXCCL_* apply.
 const FOREIGN_LAUNCHER_VARS: [&str; 9] = [
@@ -354,13 +359,13 @@ const FOREIGN_LAUNCHER_VARS: [&str; 9] = [
 ];
 
 /// True in a child process spawned by [`ProcGroup::spawn`] to run the test named `name`.
-pub fn is_child(name: &str) -> bool {
+pub(crate) fn is_child(name: &str) -> bool {
     std::env::var(CHILD_MARKER).is_ok_and(|v| v == name)
 }
 
 /// Runs a child rank's body: on `Err` prints it to stderr and exits with status 1 (so the parent
 /// sees a failure even if the harness would not), on `Ok` returns (the harness then exits 0).
-pub fn child_main(f: impl FnOnce() -> Result<(), String>) {
+pub(crate) fn child_main(f: impl FnOnce() -> Result<(), String>) {
     let rank = std::env::var("OXCCL_RANK").unwrap_or_default();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(())) => {}
@@ -385,7 +390,7 @@ struct Captured {
 /// A group of child processes acting as ranks 0..n of one communicator, with the store served by
 /// this process. Every child is SIGKILLed and reaped when the group is dropped (also when the
 /// test panics), so no test leaves processes behind.
-pub struct ProcGroup {
+pub(crate) struct ProcGroup {
     children: Vec<Option<Child>>,
     status: Vec<Option<ExitStatus>>,
     exited_at: Vec<Option<Instant>>,
@@ -409,7 +414,7 @@ pub struct ProcGroup {
 
 impl ProcGroup {
     /// Spawns `n` ranks running the child test `child_test` of this binary, with `env` added.
-    pub fn spawn(child_test: &str, n: usize, env: &[(&str, &str)]) -> ProcGroup {
+    pub(crate) fn spawn(child_test: &str, n: usize, env: &[(&str, &str)]) -> ProcGroup {
         let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).expect("store address");
         let listener = id.take_listener().expect("store listener");
         let store =
@@ -441,7 +446,7 @@ impl ProcGroup {
 
     /// Starts one more child running `child_test` (a process joining later, say) with `env`
     /// added; it is numbered after the others (its `OXCCL_RANK`), and returns that number.
-    pub fn add(&mut self, child_test: &str, env: &[(&str, &str)]) -> usize {
+    pub(crate) fn add(&mut self, child_test: &str, env: &[(&str, &str)]) -> usize {
         let rank = self.children.len();
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(&exe);
@@ -517,18 +522,18 @@ impl ProcGroup {
     }
 
     /// Number of ranks.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.status.len()
     }
 
     /// The next stdout line of any child, or `None` if none comes before `deadline`.
-    pub fn next_line(&self, deadline: Instant) -> Option<(usize, String)> {
+    pub(crate) fn next_line(&self, deadline: Instant) -> Option<(usize, String)> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.lines.recv_timeout(left).ok()
     }
 
     /// SIGKILLs rank `rank` (if still running) and reaps it.
-    pub fn kill(&mut self, rank: usize) {
+    pub(crate) fn kill(&mut self, rank: usize) {
         if let Some(mut c) = self.children[rank].take() {
             let _ = c.kill(); // SIGKILL on Unix
             let st = c.wait().expect("reap a killed child");
@@ -554,7 +559,7 @@ impl ProcGroup {
     /// one exits unsuccessfully; every child still running then is SIGKILLed and reaped. Returns
     /// true if all exited by themselves before the deadline. Polls every 10 ms: a child's exit
     /// has no other portable notification, and polling only bounds how late we notice it.
-    pub fn wait(&mut self, deadline: Instant, stop_on_failure: bool) -> bool {
+    pub(crate) fn wait(&mut self, deadline: Instant, stop_on_failure: bool) -> bool {
         loop {
             self.reap_finished();
             let running = self.children.iter().filter(|c| c.is_some()).count();
@@ -573,17 +578,17 @@ impl ProcGroup {
     }
 
     /// The exit status of `rank` once reaped (`None` while running).
-    pub fn status(&self, rank: usize) -> Option<ExitStatus> {
+    pub(crate) fn status(&self, rank: usize) -> Option<ExitStatus> {
         self.status[rank]
     }
 
     /// When `rank` was seen to exit (or was killed).
-    pub fn exited_at(&self, rank: usize) -> Option<Instant> {
+    pub(crate) fn exited_at(&self, rank: usize) -> Option<Instant> {
         self.exited_at[rank]
     }
 
     /// True if this group SIGKILLed `rank` (by [`ProcGroup::kill`] or at a deadline).
-    pub fn was_killed(&self, rank: usize) -> bool {
+    pub(crate) fn was_killed(&self, rank: usize) -> bool {
         self.killed[rank]
     }
 
@@ -602,7 +607,7 @@ impl ProcGroup {
     }
 
     /// Everything `rank` wrote to stdout and stderr so far.
-    pub fn output(&self, rank: usize) -> String {
+    pub(crate) fn output(&self, rank: usize) -> String {
         format!(
             "--- stdout:\n{}--- stderr:\n{}",
             self.captured[rank].stdout.lock().unwrap(),
@@ -611,7 +616,7 @@ impl ProcGroup {
     }
 
     /// A report of every rank's exit status and output, for failure messages.
-    pub fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         self.drain();
         let mut s = String::new();
         for r in 0..self.len() {
@@ -633,7 +638,7 @@ impl ProcGroup {
     }
 
     /// Waits up to `limit` for all ranks and panics with a full report unless every one exited 0.
-    pub fn expect_success(mut self, limit: Duration) {
+    pub(crate) fn expect_success(mut self, limit: Duration) {
         let ok = self.wait(Instant::now() + limit, true);
         let all_zero = (0..self.len()).all(|r| self.status[r].is_some_and(|s| s.success()));
         if !ok || !all_zero {

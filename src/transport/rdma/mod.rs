@@ -24,17 +24,17 @@
 //! different hosts (same-host peers use shared memory under `auto`).
 
 pub mod emu;
-pub mod link;
-pub mod nic;
-pub mod regcache;
-pub mod setup;
-pub mod verbs;
+pub(crate) mod link;
+pub(crate) mod nic;
+pub(crate) mod regcache;
+pub(crate) mod setup;
+pub(crate) mod verbs;
 
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use link::{Geometry, LinkParams, RdmaLink};
+pub(crate) use link::{Geometry, LinkParams, RdmaLink};
 
 use crate::error::Error;
 use crate::error::Result;
@@ -42,7 +42,7 @@ use crate::transport::TransportKind;
 use nic::NicDevice;
 
 /// A communicator's RDMA device and settings.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     dev: Arc<dyn NicDevice>,
     rank: usize,
     forced: bool,
@@ -86,7 +86,11 @@ impl Endpoint {
     /// Opens this rank's RDMA device at init, as `kind` asks: `Ok(None)` when RDMA is not
     /// asked for, or (under `auto`) unavailable, which one INFO line explains; `Err` when
     /// `OXCCL_TRANSPORT=rdma` and it is unavailable. `timeout` is the communicator's.
-    pub fn open(rank: usize, kind: TransportKind, timeout: Duration) -> Result<Option<Endpoint>> {
+    pub(crate) fn open(
+        rank: usize,
+        kind: TransportKind,
+        timeout: Duration,
+    ) -> Result<Option<Endpoint>> {
         let forced = match kind {
             TransportKind::Rdma => true,
             TransportKind::Auto => false,
@@ -146,7 +150,7 @@ impl Endpoint {
     }
 
     /// What this rank's card says about RDMA.
-    pub fn card_word(&self) -> String {
+    pub(crate) fn card_word(&self) -> String {
         let name: String = self
             .dev
             .name()
@@ -157,14 +161,14 @@ impl Endpoint {
     }
 
     /// The device's name.
-    pub fn device_name(&self) -> String {
+    pub(crate) fn device_name(&self) -> String {
         self.dev.name()
     }
 
     /// Makes the RDMA link to `peer` over `sock`, its authenticated bootstrap connection
     /// (`dialer`: this is the lower rank, which dialed it), with slots of `slot_size` bytes. It
     /// finishes connecting when the executor first uses it.
-    pub fn connect(
+    pub(crate) fn connect(
         &self,
         peer: usize,
         sock: TcpStream,
@@ -186,7 +190,7 @@ impl Endpoint {
 }
 
 /// The error for `OXCCL_TRANSPORT=rdma` where RDMA is unavailable (one line).
-pub fn unavailable(rank: usize, why: &str) -> Error {
+pub(crate) fn unavailable(rank: usize, why: &str) -> Error {
     Error::unavailable(format!(
         "rank {rank}: OXCCL_TRANSPORT=rdma, but RDMA is unavailable here: {why}; use OXCCL_TRANSPORT=auto for shm/tcp"
     ))
@@ -194,13 +198,13 @@ pub fn unavailable(rank: usize, why: &str) -> Error {
 
 /// The card word of a rank without RDMA.
 #[cfg(test)]
-pub const NO_RDMA: &str = "-";
+pub(crate) const NO_RDMA: &str = "-";
 
 /// Whether the link between `rank` and `peer` is an RDMA link. Both ends call this with
 /// mirrored arguments and reach the same answer: RDMA when both offer it and either insists or
 /// they are on different hosts. A rank that insists on RDMA with a peer that does not offer it
 /// gets [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable), on both sides.
-pub fn wanted(
+pub(crate) fn wanted(
     ep: Option<&Endpoint>,
     rank: usize,
     peer: usize,

@@ -75,21 +75,21 @@ pub enum CompletionKind {
 }
 
 /// `ibv_wc_status` values the protocol distinguishes (the rest are reported by number).
-pub mod status {
+pub(crate) mod status {
     /// Success.
-    pub const SUCCESS: u32 = 0;
+    pub(crate) const SUCCESS: u32 = 0;
     /// Local protection error (an lkey does not cover the data).
-    pub const LOC_PROT_ERR: u32 = 4;
+    pub(crate) const LOC_PROT_ERR: u32 = 4;
     /// Flushed: the queue pair was already in the error state.
-    pub const WR_FLUSH_ERR: u32 = 5;
+    pub(crate) const WR_FLUSH_ERR: u32 = 5;
     /// Remote access error (rkey or range refused by the peer).
-    pub const REM_ACCESS_ERR: u32 = 10;
+    pub(crate) const REM_ACCESS_ERR: u32 = 10;
     /// Transport retries exhausted: no acknowledgement from the peer.
-    pub const RETRY_EXC_ERR: u32 = 12;
+    pub(crate) const RETRY_EXC_ERR: u32 = 12;
 }
 
 /// The name `ibv_wc_status_str` gives a status, with what it usually means here.
-pub fn status_str(s: u32) -> &'static str {
+pub(crate) fn status_str(s: u32) -> &'static str {
     match s {
         0 => "success",
         1 => "local length error",

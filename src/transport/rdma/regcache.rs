@@ -16,7 +16,7 @@
 use super::nic::{Mr, Nic};
 
 /// Bytes registered around a message on a miss.
-pub const WINDOW: usize = 8 << 20;
+pub(crate) const WINDOW: usize = 8 << 20;
 const PAGE: u64 = 4096;
 
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +28,7 @@ struct Entry {
 
 /// A cache of local-read registrations of caller memory, owned by one link.
 #[derive(Debug)]
-pub struct RegCache {
+pub(crate) struct RegCache {
     entries: Vec<Entry>,
     max: usize,
     persist: bool,
@@ -39,7 +39,7 @@ pub struct RegCache {
 
 impl RegCache {
     /// A cache of at most `max` registrations; `persist` keeps them across calls.
-    pub fn new(max: usize, persist: bool) -> RegCache {
+    pub(crate) fn new(max: usize, persist: bool) -> RegCache {
         RegCache {
             entries: Vec::with_capacity(max),
             max: max.max(1),
@@ -55,7 +55,7 @@ impl RegCache {
     /// # Safety
     /// The memory must stay mapped until the cache is flushed (the end of the current call, or
     /// for persistent caches as long as the caller keeps its promise).
-    pub unsafe fn get(&mut self, nic: &mut dyn Nic, addr: u64, len: usize) -> Option<Mr> {
+    pub(crate) unsafe fn get(&mut self, nic: &mut dyn Nic, addr: u64, len: usize) -> Option<Mr> {
         self.clock += 1;
         if let Some(e) = self.entries.iter_mut().find(|e| e.mr.covers(addr, len)) {
             e.last_use = self.clock;
@@ -103,21 +103,21 @@ impl RegCache {
     }
 
     /// Releases one pin taken by [`RegCache::get`] (its send finished).
-    pub fn unpin(&mut self, lkey: u32) {
+    pub(crate) fn unpin(&mut self, lkey: u32) {
         if let Some(e) = self.entries.iter_mut().find(|e| e.mr.lkey == lkey) {
             e.pins = e.pins.saturating_sub(1);
         }
     }
 
     /// The end of a collective call: forget everything unless persistent.
-    pub fn end_of_call(&mut self, nic: &mut dyn Nic) {
+    pub(crate) fn end_of_call(&mut self, nic: &mut dyn Nic) {
         if !self.persist {
             self.flush(nic);
         }
     }
 
     /// Deregisters every entry.
-    pub fn flush(&mut self, nic: &mut dyn Nic) {
+    pub(crate) fn flush(&mut self, nic: &mut dyn Nic) {
         for e in self.entries.drain(..) {
             nic.deregister(&e.mr);
         }
@@ -125,13 +125,13 @@ impl RegCache {
 
     /// Entries held.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether it holds nothing.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }

@@ -29,13 +29,13 @@ use crate::transport::wire;
 const MAGIC: u32 = 0x4249_584f; // "OXIB"
 const VERSION: u8 = 1;
 /// Encoded card size.
-pub const CARD_LEN: usize = 96;
+pub(crate) const CARD_LEN: usize = 96;
 /// The byte that says "my queue pair is connected to yours".
-pub const READY: u8 = b'R';
+pub(crate) const READY: u8 = b'R';
 
 /// What one side of a link tells the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Card {
+pub(crate) struct Card {
     /// Sending rank.
     pub from: u32,
     /// Receiving rank.
@@ -48,7 +48,7 @@ pub struct Card {
 
 impl Card {
     /// Little-endian encoding.
-    pub fn encode(&self) -> [u8; CARD_LEN] {
+    pub(crate) fn encode(&self) -> [u8; CARD_LEN] {
         let mut b = [0u8; CARD_LEN];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4] = VERSION;
@@ -70,7 +70,7 @@ impl Card {
     }
 
     /// Parses a card; never panics.
-    pub fn decode(b: &[u8; CARD_LEN]) -> std::result::Result<Card, String> {
+    pub(crate) fn decode(b: &[u8; CARD_LEN]) -> std::result::Result<Card, String> {
         let u32_at = |i| wire::u32_at(b, i).unwrap_or(0);
         let u64_at = |i| wire::u64_at(b, i).unwrap_or(0);
         if u32_at(0) != MAGIC || b[4] != VERSION {
@@ -112,7 +112,7 @@ impl Card {
     }
 
     /// Whether this card is the one rank `from` sends rank `to`.
-    pub fn check(&self, from: usize, to: usize) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self, from: usize, to: usize) -> std::result::Result<(), String> {
         if self.from as usize != from || self.to as usize != to {
             return Err(format!(
                 "expected the card from rank {from} to rank {to}, got one from rank {} to rank {}",
@@ -149,7 +149,7 @@ fn left(deadline: Instant) -> Duration {
 
 /// Which link: this rank, the peer, and whether this rank dialed (the lower rank does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ends {
+pub(crate) struct Ends {
     /// This rank.
     pub rank: usize,
     /// The peer.
@@ -161,7 +161,7 @@ pub struct Ends {
 /// Starts the RDMA link `ends` over `sock` (the two ranks' authenticated bootstrap
 /// connection), on `dev`. The link finishes its setup by itself
 /// when it is first used ([`RdmaLink::drive_setup`]).
-pub fn start(
+pub(crate) fn start(
     dev: &dyn NicDevice,
     ends: Ends,
     mut sock: TcpStream,

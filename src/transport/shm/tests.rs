@@ -5,7 +5,7 @@ mod support {
     use std::os::unix::net::UnixStream;
 
     /// Two ends of a link in one process, over one memfd mapped twice (as two processes would).
-    pub fn pair(nslots: usize, slot_size: usize) -> (ShmLink, ShmLink) {
+    pub(super) fn pair(nslots: usize, slot_size: usize) -> (ShmLink, ShmLink) {
         let (seg0, fd) = Segment::create(Geometry { nslots, slot_size }).unwrap();
         let seg1 = Segment::open(fd.as_fd()).unwrap();
         let b0 = Arc::new(Doorbell::create().unwrap());

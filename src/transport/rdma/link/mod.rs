@@ -49,15 +49,15 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::transport::wire;
 use crate::transport::{Link, Tag};
-pub use sock::Awaiting;
+pub(crate) use sock::Awaiting;
 use sock::{SOCK_BUF, SetupState};
 
 /// Default slots per direction.
-pub const DEFAULT_SLOTS: usize = 4;
+pub(crate) const DEFAULT_SLOTS: usize = 4;
 /// Most slots a link may have.
-pub const MAX_SLOTS: usize = 64;
+pub(crate) const MAX_SLOTS: usize = 64;
 /// Largest slot.
-pub const MAX_SLOT_BYTES: usize = 64 << 20;
+pub(crate) const MAX_SLOT_BYTES: usize = 64 << 20;
 const HDR: usize = 64;
 const CTRL: usize = 4096;
 const CREDIT_IN: usize = 0;
@@ -65,7 +65,7 @@ const CREDIT_OUT: usize = 64;
 const ABORT_OUT: usize = 1024;
 const ABORT_IN: usize = 2048;
 /// Largest abort body.
-pub const ABORT_MAX: usize = 1024;
+pub(crate) const ABORT_MAX: usize = 1024;
 
 const IMM_BITS: u32 = 30;
 const IMM_MASK: u32 = (1 << IMM_BITS) - 1;
@@ -75,12 +75,12 @@ const K_ABORT: u32 = 2;
 const K_CLOSE: u32 = 3;
 
 /// Encodes an immediate: `kind` in the top 2 bits, the low 30 bits of `v` below.
-pub fn imm(kind: u32, v: u64) -> u32 {
+pub(crate) fn imm(kind: u32, v: u64) -> u32 {
     (kind << IMM_BITS) | (v as u32 & IMM_MASK)
 }
 
 /// Splits an immediate into (kind, value).
-pub fn imm_parts(imm: u32) -> (u32, u32) {
+pub(crate) fn imm_parts(imm: u32) -> (u32, u32) {
     (imm >> IMM_BITS, imm & IMM_MASK)
 }
 
@@ -101,7 +101,7 @@ const CTRL_RESERVE: usize = 3;
 
 /// Slots per direction and bytes per slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
+pub(crate) struct Geometry {
     /// Slots per direction.
     pub nslots: usize,
     /// Bytes per slot (the largest message).
@@ -122,12 +122,12 @@ impl Geometry {
     }
 
     /// Bytes of the registered region.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         (CTRL + 2 * self.nslots * self.stride()).next_multiple_of(4096)
     }
 
     /// Checks the bounds.
-    pub fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if !(2..=MAX_SLOTS).contains(&self.nslots)
             || !(1..=MAX_SLOT_BYTES).contains(&self.slot_size)
         {
@@ -140,7 +140,7 @@ impl Geometry {
     }
 
     /// Send and receive queue depths this geometry needs.
-    pub fn caps(&self) -> super::nic::QpCaps {
+    pub(crate) fn caps(&self) -> super::nic::QpCaps {
         super::nic::QpCaps {
             send_depth: (2 * self.nslots + 8) as u32,
             recv_depth: (2 * self.nslots + 4) as u32,
@@ -150,7 +150,7 @@ impl Geometry {
 
 /// Tuning of one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkParams {
+pub(crate) struct LinkParams {
     /// Messages of at least this many bytes are sent from the caller's buffer (registered);
     /// smaller ones are copied into a registered staging slot.
     pub zcopy_min: usize,
@@ -176,7 +176,7 @@ impl Default for LinkParams {
 /// Where the peer's memory is: what a link sends the other side at setup (with its
 /// [`QpAddress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemInfo {
+pub(crate) struct MemInfo {
     /// The first rx slot.
     pub rx_slots: u64,
     /// The abort area.
@@ -232,7 +232,7 @@ impl Drop for Region {
 
 /// One end of an RDMA link. Field order matters: the NIC (queue pair, registrations) goes
 /// before the memory it may touch.
-pub struct RdmaLink {
+pub(crate) struct RdmaLink {
     nic: Box<dyn Nic>,
     region: Region,
     mr: Mr,
@@ -277,7 +277,7 @@ impl RdmaLink {
     /// A link to `peer` over `nic`, not yet connected: allocates and registers its region and
     /// posts its receives. Exchange [`RdmaLink::address`] and [`RdmaLink::mem_info`] with the
     /// peer, then [`RdmaLink::connect`].
-    pub fn new(
+    pub(crate) fn new(
         rank: usize,
         peer: usize,
         mut nic: Box<dyn Nic>,
@@ -333,12 +333,12 @@ impl RdmaLink {
     }
 
     /// The queue pair's address, for the peer.
-    pub fn address(&self) -> QpAddress {
+    pub(crate) fn address(&self) -> QpAddress {
         self.nic.address()
     }
 
     /// Where the peer writes, for the peer.
-    pub fn mem_info(&self) -> MemInfo {
+    pub(crate) fn mem_info(&self) -> MemInfo {
         let base = self.mr.addr;
         MemInfo {
             rx_slots: base + self.geo.rx_off() as u64,
@@ -351,7 +351,7 @@ impl RdmaLink {
     }
 
     /// Connects to the peer's queue pair and memory.
-    pub fn connect(&mut self, qp: &QpAddress, mem: &MemInfo) -> Result<()> {
+    pub(crate) fn connect(&mut self, qp: &QpAddress, mem: &MemInfo) -> Result<()> {
         if mem.nslots as usize != self.geo.nslots || mem.slot_size as usize != self.geo.slot_size {
             return Err(Error::invalid_usage(format!(
                 "the RDMA link to rank {} cannot be set up: this rank uses {} slots of {} bytes, rank {} uses {} of {} \
@@ -373,13 +373,13 @@ impl RdmaLink {
 
     /// The device this link runs on.
     #[cfg(test)]
-    pub fn device(&self) -> &str {
+    pub(crate) fn device(&self) -> &str {
         &self.device
     }
 
     /// Registrations made for zero-copy sends (cache misses).
     #[cfg(test)]
-    pub fn registrations_made(&self) -> u64 {
+    pub(crate) fn registrations_made(&self) -> u64 {
         self.cache.misses
     }
 

@@ -28,7 +28,7 @@ pub(super) const SOCK_BUF: usize = CARD_LEN + 5 + ABORT_MAX;
 
 /// What a link still waits for from the peer's side of the setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Awaiting {
+pub(crate) enum Awaiting {
     /// The peer's card (this side dialed).
     Card,
     /// The peer's ready byte (this side accepted and connected its queue pair).
@@ -38,7 +38,7 @@ pub enum Awaiting {
 impl RdmaLink {
     /// Keeps the bootstrap connection open (its EOF says the peer process is gone), and
     /// finishes the setup over it: the link sends only once the peer's side is connected.
-    pub fn watch(&mut self, sock: TcpStream, awaiting: Awaiting) {
+    pub(crate) fn watch(&mut self, sock: TcpStream, awaiting: Awaiting) {
         let _ = sock.set_nonblocking(true);
         self.sock = Some(sock);
         self.setup = match awaiting {
@@ -48,13 +48,13 @@ impl RdmaLink {
     }
 
     /// Whether both queue pairs are connected (data may be sent).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         matches!(self.setup, SetupState::Ready)
     }
 
     /// Reads what the bootstrap socket has (the setup's card or ready byte, an abort, EOF)
     /// without blocking. `Ok(true)` when the link became ready.
-    pub fn drive_setup(&mut self) -> Result<bool> {
+    pub(crate) fn drive_setup(&mut self) -> Result<bool> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }

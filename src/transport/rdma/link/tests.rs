@@ -15,7 +15,7 @@ fn tag(seq: u64) -> Tag {
 }
 
 /// Two connected links over an emulated fabric.
-pub fn pair(
+pub(super) fn pair(
     f: &Fabric,
     nslots: usize,
     slot_size: usize,

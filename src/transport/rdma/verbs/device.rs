@@ -18,7 +18,7 @@ use crate::transport::rdma::nic::{Nic, NicDevice, QpCaps};
 
 /// One entry of `OXCCL_IB_HCA`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HcaItem {
+pub(crate) struct HcaItem {
     /// Device name or prefix.
     pub name: String,
     /// Port, if given.
@@ -27,7 +27,7 @@ pub struct HcaItem {
 
 /// A parsed `OXCCL_IB_HCA` (NCCL_IB_HCA's syntax).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HcaSpec {
+pub(crate) struct HcaSpec {
     /// `^`: the items are excluded rather than selected.
     pub exclude: bool,
     /// `=`: names match exactly rather than by prefix.
@@ -38,7 +38,7 @@ pub struct HcaSpec {
 
 impl HcaSpec {
     /// Parses `[^][=]name[:port][,name[:port]...]`.
-    pub fn parse(s: &str) -> std::result::Result<HcaSpec, String> {
+    pub(crate) fn parse(s: &str) -> std::result::Result<HcaSpec, String> {
         let mut s = s.trim();
         let mut spec = HcaSpec::default();
         if let Some(r) = s.strip_prefix('^') {
@@ -73,7 +73,7 @@ impl HcaSpec {
     }
 
     /// Whether port `port` of device `dev` is selected.
-    pub fn selects(&self, dev: &str, port: u8) -> bool {
+    pub(crate) fn selects(&self, dev: &str, port: u8) -> bool {
         if self.items.is_empty() {
             return true;
         }
@@ -90,7 +90,7 @@ impl HcaSpec {
 }
 
 /// `ibv_mtu` from bytes.
-pub fn mtu_enum(bytes: u32) -> Option<u8> {
+pub(crate) fn mtu_enum(bytes: u32) -> Option<u8> {
     match bytes {
         256 => Some(1),
         512 => Some(2),
@@ -102,7 +102,7 @@ pub fn mtu_enum(bytes: u32) -> Option<u8> {
 }
 
 /// Bytes from `ibv_mtu`.
-pub fn mtu_bytes(e: u8) -> u32 {
+pub(crate) fn mtu_bytes(e: u8) -> u32 {
     128 << e.clamp(1, 5)
 }
 
@@ -196,7 +196,7 @@ fn gid_type(dev: &str, port: u8, index: usize) -> Option<String> {
 
 /// Picks a GID index on a RoCE port: RoCE v2 with an IPv4-mapped address first, then RoCE v2,
 /// then the first non-zero GID. `gids[i]` is GID `i` (None where the query failed).
-pub fn pick_gid(gids: &[Option<[u8; 16]>], types: &[Option<String>]) -> Option<usize> {
+pub(crate) fn pick_gid(gids: &[Option<[u8; 16]>], types: &[Option<String>]) -> Option<usize> {
     let nonzero = |g: &Option<[u8; 16]>| g.is_some_and(|g| g.iter().any(|&b| b != 0));
     let v4 = |g: &Option<[u8; 16]>| {
         g.is_some_and(|g| g[..10].iter().all(|&b| b == 0) && g[10] == 0xff && g[11] == 0xff)

@@ -2,8 +2,8 @@
 //! one RC queue pair, its completion queue and completion channel per link. Device and port
 //! selection is in [`device`].
 
-pub mod device;
-pub mod sys;
+pub(crate) mod device;
+pub(crate) mod sys;
 
 use std::ffi::{c_int, c_void};
 use std::os::fd::RawFd;

@@ -15,13 +15,13 @@ use std::sync::OnceLock;
 
 /// Opaque `struct ibv_device`.
 #[repr(C)]
-pub struct IbvDevice {
+pub(crate) struct IbvDevice {
     _p: [u8; 0],
 }
 
 /// Opaque `struct ibv_pd`.
 #[repr(C)]
-pub struct IbvPd {
+pub(crate) struct IbvPd {
     _p: [u8; 0],
 }
 
@@ -32,7 +32,7 @@ type PostRecv = unsafe extern "C" fn(*mut IbvQp, *mut IbvRecvWr, *mut *mut IbvRe
 
 /// `struct ibv_context_ops`: 32 pointers, of which we call four.
 #[repr(C)]
-pub struct IbvContextOps {
+pub(crate) struct IbvContextOps {
     _before_poll: [*mut c_void; 11],
     pub poll_cq: Option<PollCq>,
     pub req_notify_cq: Option<ReqNotifyCq>,
@@ -44,7 +44,7 @@ pub struct IbvContextOps {
 
 /// `struct ibv_context`.
 #[repr(C)]
-pub struct IbvContext {
+pub(crate) struct IbvContext {
     pub device: *mut IbvDevice,
     pub ops: IbvContextOps,
     pub cmd_fd: c_int,
@@ -56,7 +56,7 @@ pub struct IbvContext {
 
 /// `struct ibv_comp_channel`.
 #[repr(C)]
-pub struct IbvCompChannel {
+pub(crate) struct IbvCompChannel {
     pub context: *mut IbvContext,
     pub fd: c_int,
     pub refcnt: c_int,
@@ -64,7 +64,7 @@ pub struct IbvCompChannel {
 
 /// `struct ibv_cq` (prefix; only allocated by the library).
 #[repr(C)]
-pub struct IbvCq {
+pub(crate) struct IbvCq {
     pub context: *mut IbvContext,
     pub channel: *mut IbvCompChannel,
     pub cq_context: *mut c_void,
@@ -74,7 +74,7 @@ pub struct IbvCq {
 
 /// `struct ibv_qp` (prefix; only allocated by the library).
 #[repr(C)]
-pub struct IbvQp {
+pub(crate) struct IbvQp {
     pub context: *mut IbvContext,
     pub qp_context: *mut c_void,
     pub pd: *mut IbvPd,
@@ -89,7 +89,7 @@ pub struct IbvQp {
 
 /// `struct ibv_mr`.
 #[repr(C)]
-pub struct IbvMr {
+pub(crate) struct IbvMr {
     pub context: *mut IbvContext,
     pub pd: *mut IbvPd,
     pub addr: *mut c_void,
@@ -102,7 +102,7 @@ pub struct IbvMr {
 /// `struct ibv_sge`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvSge {
+pub(crate) struct IbvSge {
     pub addr: u64,
     pub length: u32,
     pub lkey: u32,
@@ -110,7 +110,7 @@ pub struct IbvSge {
 
 /// `struct ibv_send_wr`, with `wr.rdma` spelled out and the other unions as padding.
 #[repr(C)]
-pub struct IbvSendWr {
+pub(crate) struct IbvSendWr {
     pub wr_id: u64,
     pub next: *mut IbvSendWr,
     pub sg_list: *mut IbvSge,
@@ -129,7 +129,7 @@ pub struct IbvSendWr {
 
 /// `struct ibv_recv_wr`.
 #[repr(C)]
-pub struct IbvRecvWr {
+pub(crate) struct IbvRecvWr {
     pub wr_id: u64,
     pub next: *mut IbvRecvWr,
     pub sg_list: *mut IbvSge,
@@ -139,7 +139,7 @@ pub struct IbvRecvWr {
 /// `struct ibv_wc`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvWc {
+pub(crate) struct IbvWc {
     pub wr_id: u64,
     pub status: c_uint,
     pub opcode: c_uint,
@@ -159,7 +159,7 @@ pub struct IbvWc {
 /// `struct ibv_qp_cap`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvQpCap {
+pub(crate) struct IbvQpCap {
     pub max_send_wr: u32,
     pub max_recv_wr: u32,
     pub max_send_sge: u32,
@@ -169,7 +169,7 @@ pub struct IbvQpCap {
 
 /// `struct ibv_qp_init_attr`.
 #[repr(C)]
-pub struct IbvQpInitAttr {
+pub(crate) struct IbvQpInitAttr {
     pub qp_context: *mut c_void,
     pub send_cq: *mut IbvCq,
     pub recv_cq: *mut IbvCq,
@@ -182,14 +182,14 @@ pub struct IbvQpInitAttr {
 /// `union ibv_gid`: 16 bytes, 8-byte aligned (its other member is two `__be64`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
-pub struct IbvGid {
+pub(crate) struct IbvGid {
     pub raw: [u8; 16],
 }
 
 /// `struct ibv_global_route`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvGlobalRoute {
+pub(crate) struct IbvGlobalRoute {
     pub dgid: IbvGid,
     pub flow_label: u32,
     pub sgid_index: u8,
@@ -200,7 +200,7 @@ pub struct IbvGlobalRoute {
 /// `struct ibv_ah_attr`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvAhAttr {
+pub(crate) struct IbvAhAttr {
     pub grh: IbvGlobalRoute,
     pub dlid: u16,
     pub sl: u8,
@@ -213,7 +213,7 @@ pub struct IbvAhAttr {
 /// `struct ibv_qp_attr`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvQpAttr {
+pub(crate) struct IbvQpAttr {
     pub qp_state: c_uint,
     pub cur_qp_state: c_uint,
     pub path_mtu: c_uint,
@@ -245,7 +245,7 @@ pub struct IbvQpAttr {
 /// `struct ibv_port_attr`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct IbvPortAttr {
+pub(crate) struct IbvPortAttr {
     pub state: c_uint,
     pub max_mtu: c_uint,
     pub active_mtu: c_uint,
@@ -271,38 +271,38 @@ pub struct IbvPortAttr {
 }
 
 // Constants from verbs.h.
-pub const IBV_ACCESS_LOCAL_WRITE: c_int = 1;
-pub const IBV_ACCESS_REMOTE_WRITE: c_int = 2;
-pub const IBV_QPT_RC: c_uint = 2;
-pub const IBV_QPS_INIT: c_uint = 1;
-pub const IBV_QPS_RTR: c_uint = 2;
-pub const IBV_QPS_RTS: c_uint = 3;
-pub const IBV_WR_RDMA_WRITE: c_uint = 0;
-pub const IBV_WR_RDMA_WRITE_WITH_IMM: c_uint = 1;
-pub const IBV_SEND_SIGNALED: c_uint = 1 << 1;
-pub const IBV_SEND_INLINE: c_uint = 1 << 3;
-pub const IBV_PORT_ACTIVE: c_uint = 4;
-pub const IBV_LINK_LAYER_INFINIBAND: u8 = 1;
-pub const IBV_LINK_LAYER_ETHERNET: u8 = 2;
-pub const IBV_QP_STATE: c_int = 1;
-pub const IBV_QP_ACCESS_FLAGS: c_int = 1 << 3;
-pub const IBV_QP_PKEY_INDEX: c_int = 1 << 4;
-pub const IBV_QP_PORT: c_int = 1 << 5;
-pub const IBV_QP_AV: c_int = 1 << 7;
-pub const IBV_QP_PATH_MTU: c_int = 1 << 8;
-pub const IBV_QP_TIMEOUT: c_int = 1 << 9;
-pub const IBV_QP_RETRY_CNT: c_int = 1 << 10;
-pub const IBV_QP_RNR_RETRY: c_int = 1 << 11;
-pub const IBV_QP_RQ_PSN: c_int = 1 << 12;
-pub const IBV_QP_MAX_QP_RD_ATOMIC: c_int = 1 << 13;
-pub const IBV_QP_MIN_RNR_TIMER: c_int = 1 << 15;
-pub const IBV_QP_SQ_PSN: c_int = 1 << 16;
-pub const IBV_QP_MAX_DEST_RD_ATOMIC: c_int = 1 << 17;
-pub const IBV_QP_DEST_QPN: c_int = 1 << 20;
+pub(crate) const IBV_ACCESS_LOCAL_WRITE: c_int = 1;
+pub(crate) const IBV_ACCESS_REMOTE_WRITE: c_int = 2;
+pub(crate) const IBV_QPT_RC: c_uint = 2;
+pub(crate) const IBV_QPS_INIT: c_uint = 1;
+pub(crate) const IBV_QPS_RTR: c_uint = 2;
+pub(crate) const IBV_QPS_RTS: c_uint = 3;
+pub(crate) const IBV_WR_RDMA_WRITE: c_uint = 0;
+pub(crate) const IBV_WR_RDMA_WRITE_WITH_IMM: c_uint = 1;
+pub(crate) const IBV_SEND_SIGNALED: c_uint = 1 << 1;
+pub(crate) const IBV_SEND_INLINE: c_uint = 1 << 3;
+pub(crate) const IBV_PORT_ACTIVE: c_uint = 4;
+pub(crate) const IBV_LINK_LAYER_INFINIBAND: u8 = 1;
+pub(crate) const IBV_LINK_LAYER_ETHERNET: u8 = 2;
+pub(crate) const IBV_QP_STATE: c_int = 1;
+pub(crate) const IBV_QP_ACCESS_FLAGS: c_int = 1 << 3;
+pub(crate) const IBV_QP_PKEY_INDEX: c_int = 1 << 4;
+pub(crate) const IBV_QP_PORT: c_int = 1 << 5;
+pub(crate) const IBV_QP_AV: c_int = 1 << 7;
+pub(crate) const IBV_QP_PATH_MTU: c_int = 1 << 8;
+pub(crate) const IBV_QP_TIMEOUT: c_int = 1 << 9;
+pub(crate) const IBV_QP_RETRY_CNT: c_int = 1 << 10;
+pub(crate) const IBV_QP_RNR_RETRY: c_int = 1 << 11;
+pub(crate) const IBV_QP_RQ_PSN: c_int = 1 << 12;
+pub(crate) const IBV_QP_MAX_QP_RD_ATOMIC: c_int = 1 << 13;
+pub(crate) const IBV_QP_MIN_RNR_TIMER: c_int = 1 << 15;
+pub(crate) const IBV_QP_SQ_PSN: c_int = 1 << 16;
+pub(crate) const IBV_QP_MAX_DEST_RD_ATOMIC: c_int = 1 << 17;
+pub(crate) const IBV_QP_DEST_QPN: c_int = 1 << 20;
 
 /// The functions oxccl calls, resolved from the library.
 #[allow(clippy::type_complexity)]
-pub struct Lib {
+pub(crate) struct Lib {
     pub get_device_list: unsafe extern "C" fn(*mut c_int) -> *mut *mut IbvDevice,
     pub free_device_list: unsafe extern "C" fn(*mut *mut IbvDevice),
     pub get_device_name: unsafe extern "C" fn(*mut IbvDevice) -> *const c_char,
@@ -333,7 +333,7 @@ pub struct Lib {
 }
 
 /// The library's file name: `OXCCL_IBVERBS_LIB`, or `libibverbs.so.1`.
-pub fn lib_name() -> String {
+pub(crate) fn lib_name() -> String {
     std::env::var("OXCCL_IBVERBS_LIB")
         .ok()
         .filter(|s| !s.trim().is_empty())
@@ -355,7 +355,7 @@ fn dlerror() -> String {
 
 impl Lib {
     /// The process's libibverbs, loaded on first use (never unloaded).
-    pub fn get() -> Result<&'static Lib, String> {
+    pub(crate) fn get() -> Result<&'static Lib, String> {
         static LIB: OnceLock<Result<Lib, String>> = OnceLock::new();
         LIB.get_or_init(Lib::load).as_ref().map_err(|e| e.clone())
     }
@@ -415,7 +415,7 @@ impl Lib {
 
 /// Every (name, value) the layout test compares with the C header: sizes and field offsets.
 #[cfg(test)]
-pub fn layout() -> Vec<(&'static str, usize)> {
+pub(crate) fn layout() -> Vec<(&'static str, usize)> {
     use std::mem::{align_of, offset_of, size_of};
     vec![
         ("sizeof(struct ibv_context_ops)", size_of::<IbvContextOps>()),

@@ -14,7 +14,7 @@ use oxccl_tools::{Flags, read_flags};
 
 /// The collectives this tool measures, each with nccl-tests' conventions for its test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Collective {
+pub(crate) enum Collective {
     /// `allreduce`, as nccl-tests' `all_reduce_perf`.
     AllReduce,
     /// `allgather`, as `all_gather_perf`.
@@ -33,7 +33,7 @@ pub enum Collective {
 
 impl Collective {
     /// Every collective, in the order `-h` lists them.
-    pub const ALL: [Collective; 7] = [
+    pub(crate) const ALL: [Collective; 7] = [
         Collective::AllReduce,
         Collective::AllGather,
         Collective::ReduceScatter,
@@ -45,7 +45,7 @@ impl Collective {
 
     /// Parses a collective name: ours (`allgather`), with `_` or `-` between the words
     /// (`all_gather`), or nccl-tests' binary name (`all_gather_perf`).
-    pub fn parse(s: &str) -> Option<Collective> {
+    pub(crate) fn parse(s: &str) -> Option<Collective> {
         let s = s.trim().to_ascii_lowercase();
         let s = s
             .strip_suffix("_perf")
@@ -64,12 +64,12 @@ impl Collective {
     }
 
     /// The name printed in the header and the JSON (and the `-a` key: `Config.algo` keys).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.lib().key()
     }
 
     /// The library's collective (send/recv: its send half, which shares the `sendrecv` key).
-    pub fn lib(self) -> oxccl::Collective {
+    pub(crate) fn lib(self) -> oxccl::Collective {
         match self {
             Collective::AllReduce => oxccl::Collective::AllReduce,
             Collective::AllGather => oxccl::Collective::AllGather,
@@ -82,25 +82,25 @@ impl Collective {
     }
 
     /// Whether it takes a reduction operator (`-o`); the others print `none` in `redop`.
-    pub fn reduces(self) -> bool {
+    pub(crate) fn reduces(self) -> bool {
         self.lib().reduces()
     }
 
     /// Whether it has a root (`-r`); the others print -1 in `root`.
-    pub fn rooted(self) -> bool {
+    pub(crate) fn rooted(self) -> bool {
         self.lib().rooted()
     }
 
     /// Whether it has an in-place form. Send/recv has none (a send and a receive cannot share a
     /// buffer); nccl-tests does not check its in-place run either.
-    pub fn has_in_place(self) -> bool {
+    pub(crate) fn has_in_place(self) -> bool {
         self != Collective::SendRecv
     }
 
     /// How many per-rank blocks the `size` column counts: nccl-tests' all_gather_perf,
     /// reduce_scatter_perf and alltoall_perf report the whole n-block buffer as the size and one
     /// block as the count; the others one buffer of `count` elements.
-    pub fn blocks(self, nranks: usize) -> usize {
+    pub(crate) fn blocks(self, nranks: usize) -> usize {
         match self {
             Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
                 nranks.max(1)
@@ -110,7 +110,7 @@ impl Collective {
     }
 
     /// nccl-tests' bus-bandwidth factor for `nranks` ranks: busbw = algbw * factor.
-    pub fn busbw_factor(self, nranks: usize) -> f64 {
+    pub(crate) fn busbw_factor(self, nranks: usize) -> f64 {
         let n = nranks as f64;
         match self {
             _ if nranks == 0 => 0.0,
@@ -123,12 +123,12 @@ impl Collective {
     }
 
     /// The algorithms that implement it (the library's list).
-    pub fn algorithms(self) -> &'static [Algorithm] {
+    pub(crate) fn algorithms(self) -> &'static [Algorithm] {
         self.lib().algorithms()
     }
 
     /// The algorithm names, comma-separated, for messages.
-    pub fn algorithm_names(self) -> String {
+    pub(crate) fn algorithm_names(self) -> String {
         let v: Vec<&str> = self.algorithms().iter().map(|a| a.name()).collect();
         v.join(", ")
     }
@@ -142,7 +142,7 @@ fn collective_names() -> String {
 
 /// How the message size grows from one row to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Multiply by this (`-f`).
     Factor(usize),
     /// Add this many bytes (`-i`).
@@ -151,7 +151,7 @@ pub enum Step {
 
 /// Everything the flags say.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The collective measured.
     pub collective: Collective,
     /// Smallest message in bytes (`-b`).
@@ -191,7 +191,7 @@ pub struct Options {
 
 /// How `-N` places its ranks on CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Bind {
+pub(crate) enum Bind {
     /// `core` when there are more ranks than CPUs, else `none`.
     Auto,
     /// Each rank on one CPU, consecutive ranks sharing one: with k ranks on n CPUs, rank r on
@@ -204,7 +204,7 @@ pub enum Bind {
 impl Options {
     /// The operators the collective runs with: `-o`'s for reductions, one (shown as `none`)
     /// otherwise.
-    pub fn ops_for(&self) -> Vec<ReduceOp> {
+    pub(crate) fn ops_for(&self) -> Vec<ReduceOp> {
         if self.collective.reduces() {
             self.ops.clone()
         } else {
@@ -214,7 +214,7 @@ impl Options {
 
     /// The roots the collective runs with: `-r`'s (every rank for `-r -1`) for rooted ones, 0
     /// otherwise.
-    pub fn roots_for(&self, nranks: usize) -> Vec<usize> {
+    pub(crate) fn roots_for(&self, nranks: usize) -> Vec<usize> {
         match self.root {
             _ if !self.collective.rooted() => vec![0],
             Some(r) => vec![r],
@@ -224,7 +224,7 @@ impl Options {
 
     /// The table rows of one element type: `(bytes, count)`, as nccl-tests counts them for the
     /// collective (see [`Collective::blocks`]).
-    pub fn rows_of(&self, nranks: usize, dtype: DataType) -> Vec<(usize, usize)> {
+    pub(crate) fn rows_of(&self, nranks: usize, dtype: DataType) -> Vec<(usize, usize)> {
         let sizes = size_sweep(self.minbytes, self.maxbytes, self.step);
         rows_for(&sizes, dtype.size() * self.collective.blocks(nranks))
     }
@@ -425,7 +425,7 @@ fn parse_ops(v: &str) -> Result<Ops, String> {
 
 /// The message sizes of the sweep, `min` to `max` inclusive. With a factor, a size of 0 is followed
 /// by 1 (so `-b 0` still sweeps). A step that would not grow, or would overflow, ends the sweep.
-pub fn size_sweep(min: usize, max: usize, step: Step) -> Vec<usize> {
+pub(crate) fn size_sweep(min: usize, max: usize, step: Step) -> Vec<usize> {
     let mut out = Vec::new();
     let mut s = min;
     while s <= max {
@@ -446,7 +446,7 @@ pub fn size_sweep(min: usize, max: usize, step: Step) -> Vec<usize> {
 /// The table rows for one element type: `(bytes, count)` with count = floor(size / element size)
 /// and bytes = count * element size (as nccl-tests reports it). Sizes too small for one element are
 /// skipped, except an explicit size 0; a row equal to the previous one is not repeated.
-pub fn rows_for(sizes: &[usize], elem_size: usize) -> Vec<(usize, usize)> {
+pub(crate) fn rows_for(sizes: &[usize], elem_size: usize) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     for &s in sizes {
         let count = s / elem_size;
@@ -463,7 +463,7 @@ pub fn rows_for(sizes: &[usize], elem_size: usize) -> Vec<(usize, usize)> {
 
 /// Why the run cannot go ahead with `nranks` ranks, if it cannot (checked by every rank, and by
 /// `-N` before it starts any).
-pub fn unrunnable(o: &Options, nranks: usize) -> Option<String> {
+pub(crate) fn unrunnable(o: &Options, nranks: usize) -> Option<String> {
     let c = o.collective;
     if c == Collective::SendRecv && nranks < 2 {
         return Some(format!(
@@ -479,7 +479,7 @@ pub fn unrunnable(o: &Options, nranks: usize) -> Option<String> {
 }
 
 /// Checks `-a NAME` against the algorithms that implement `c`.
-pub fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
+pub(crate) fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
     let known = || format!("{} has {}", c.name(), c.algorithm_names());
     let a = Algorithm::parse(name)
         .ok_or_else(|| format!("unknown algorithm '{name}' for -a: {}", known()))?;
@@ -496,7 +496,7 @@ pub fn parse_algo(c: Collective, name: &str) -> Result<Algorithm, String> {
 
 /// Parses the arguments after the program name: clap reads the flags, then the checks that
 /// involve several of them (`-a` against the collective, `-b` against `-e`).
-pub fn parse_args(args: &[String]) -> Result<Flags<Box<Options>>, String> {
+pub(crate) fn parse_args(args: &[String]) -> Result<Flags<Box<Options>>, String> {
     let cli: Cli = match read_flags(Cli::command().after_help(after_help()), args)? {
         Flags::Help(text) => return Ok(Flags::Help(text)),
         Flags::Given(cli) => cli,

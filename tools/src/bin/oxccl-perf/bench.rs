@@ -33,7 +33,10 @@ impl Buf {
 
 /// Every rank's (pid, host, transport), gathered onto every rank with one all-reduce (Max over
 /// bytes, each rank writing only its own slot).
-pub fn gather_cards(comm: &Communicator, transport: &str) -> Result<Vec<(u32, String, String)>> {
+pub(crate) fn gather_cards(
+    comm: &Communicator,
+    transport: &str,
+) -> Result<Vec<(u32, String, String)>> {
     let (rank, n) = (comm.rank(), comm.size());
     let mut all = vec![0u8; n * CARD];
     let mine = &mut all[rank * CARD..(rank + 1) * CARD];
@@ -62,7 +65,7 @@ pub fn gather_cards(comm: &Communicator, transport: &str) -> Result<Vec<(u32, St
 /// Set (to anything) in a rank's environment, this variable makes the rank spoil the first
 /// element of every result it checks, after the call and before the comparison: the tests use it
 /// to see that wrong elements are counted, reported and turn into exit status 2.
-pub const INJECT_WRONG_VAR: &str = "OXCCL_PERF_INJECT_WRONG";
+pub(crate) const INJECT_WRONG_VAR: &str = "OXCCL_PERF_INJECT_WRONG";
 
 /// What [`INJECT_WRONG_VAR`] asks for: spoils `got`'s first element.
 fn maybe_spoil(inject: bool, dtype: DataType, got: &mut [u8]) {
@@ -136,7 +139,7 @@ fn algorithm(
 
 /// Which algorithm each row runs: one for the whole run, or one per row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Algorithms {
+pub(crate) enum Algorithms {
     /// The same at every size (forced, or the tuner's pick everywhere).
     Uniform {
         /// Its name.
@@ -150,7 +153,7 @@ pub enum Algorithms {
 
 impl Algorithms {
     /// The `# Algorithm:` header line.
-    pub fn header(&self) -> String {
+    pub(crate) fn header(&self) -> String {
         match self {
             Algorithms::Uniform { name, forced: true } => format!("# Algorithm: {name}"),
             Algorithms::Uniform {
@@ -166,7 +169,7 @@ impl Algorithms {
     }
 
     /// The name for JSON's top-level `algorithm`.
-    pub fn summary(&self) -> &str {
+    pub(crate) fn summary(&self) -> &str {
         match self {
             Algorithms::Uniform { name, .. } => name,
             Algorithms::PerRow => "per-size",
@@ -193,7 +196,7 @@ fn row_algorithm(
 }
 
 /// Works out, before measuring, which algorithm every row runs.
-pub fn algorithms(comm: &Communicator, o: &Options) -> Algorithms {
+pub(crate) fn algorithms(comm: &Communicator, o: &Options) -> Algorithms {
     let n = comm.size();
     let mut names: Vec<String> = Vec::new();
     for &dtype in &o.dtypes {
@@ -342,7 +345,7 @@ fn in_place(
 
 /// Runs the whole sweep. Rank 0 prints each row to `out` as soon as it is measured; every rank
 /// returns the rows (with times and wrong counts already agreed over all ranks).
-pub fn run(
+pub(crate) fn run(
     comm: &Communicator,
     o: &Options,
     algos: &Algorithms,

@@ -30,7 +30,13 @@ fn exact_limit(d: DataType) -> Option<u64> {
 }
 
 /// The value rank `rank` of `nranks` contributes at element `i`.
-pub fn input_value(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, i: usize) -> i64 {
+pub(crate) fn input_value(
+    dtype: DataType,
+    op: ReduceOp,
+    rank: usize,
+    nranks: usize,
+    i: usize,
+) -> i64 {
     let (r, i, n) = (rank as u64, i as u64, nranks.max(1) as u64);
     if op == ReduceOp::Prod {
         // Mostly ones: products stay in range (floats overflow to inf, the same in any order);
@@ -59,12 +65,12 @@ pub fn input_value(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, i:
 
 /// The value rank `rank` holds at element `i` of its send buffer in collectives that move data
 /// without reducing it (a full-range pattern of rank and index; exact in every type).
-pub fn data_value(dtype: DataType, rank: usize, i: usize) -> i64 {
+pub(crate) fn data_value(dtype: DataType, rank: usize, i: usize) -> i64 {
     input_value(dtype, ReduceOp::Sum, rank, 1, i)
 }
 
 /// Writes [`data_value`]s of `rank` for elements `first..` into `buf` (whole elements).
-pub fn fill_data(dtype: DataType, rank: usize, first: usize, buf: &mut [u8]) {
+pub(crate) fn fill_data(dtype: DataType, rank: usize, first: usize, buf: &mut [u8]) {
     let size = dtype.size();
     for (i, e) in buf.chunks_exact_mut(size).enumerate() {
         encode(dtype, data_value(dtype, rank, first + i), e);
@@ -74,7 +80,7 @@ pub fn fill_data(dtype: DataType, rank: usize, first: usize, buf: &mut [u8]) {
 /// Turns an expected result into a value that differs from it in every element, by far more
 /// than the tolerance for averages (bit 6 of each element's most significant byte: an exponent
 /// bit for floats), so an element the collective failed to write is always counted as wrong.
-pub fn poison(dtype: DataType, buf: &mut [u8]) {
+pub(crate) fn poison(dtype: DataType, buf: &mut [u8]) {
     let size = dtype.size();
     for e in buf.chunks_exact_mut(size) {
         e[size - 1] ^= 0x40;
@@ -109,7 +115,13 @@ fn decode_float(dtype: DataType, b: &[u8]) -> f64 {
 }
 
 /// Fills `buf` (whole elements of `dtype`) with rank `rank`'s input.
-pub fn fill_input(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, buf: &mut [u8]) {
+pub(crate) fn fill_input(
+    dtype: DataType,
+    op: ReduceOp,
+    rank: usize,
+    nranks: usize,
+    buf: &mut [u8],
+) {
     let size = dtype.size();
     for (i, e) in buf.chunks_exact_mut(size).enumerate() {
         encode(dtype, input_value(dtype, op, rank, nranks, i), e);
@@ -118,7 +130,7 @@ pub fn fill_input(dtype: DataType, op: ReduceOp, rank: usize, nranks: usize, buf
 
 /// The expected result of reducing every rank's input over `bytes` bytes (element by element:
 /// a prefix of a longer result is the result for the prefix).
-pub fn expected(dtype: DataType, op: ReduceOp, nranks: usize, bytes: usize) -> Vec<u8> {
+pub(crate) fn expected(dtype: DataType, op: ReduceOp, nranks: usize, bytes: usize) -> Vec<u8> {
     let mut acc = vec![0u8; bytes];
     fill_input(dtype, op, 0, nranks, &mut acc);
     let mut other = vec![0u8; bytes];
@@ -143,7 +155,7 @@ fn avg_tolerance(d: DataType) -> f64 {
 }
 
 /// How many elements of `got` differ from `want`.
-pub fn count_wrong(dtype: DataType, op: ReduceOp, got: &[u8], want: &[u8]) -> u64 {
+pub(crate) fn count_wrong(dtype: DataType, op: ReduceOp, got: &[u8], want: &[u8]) -> u64 {
     if got == want {
         return 0;
     }

@@ -23,7 +23,7 @@ use crate::check;
 
 /// One (collective, type, operator, root) on one rank.
 #[derive(Debug, Clone, Copy)]
-pub struct Case {
+pub(crate) struct Case {
     /// The collective.
     pub coll: Collective,
     /// Element type.
@@ -44,7 +44,7 @@ impl Case {
     }
 
     /// Elements of the send buffer.
-    pub fn send_elems(&self, count: usize) -> usize {
+    pub(crate) fn send_elems(&self, count: usize) -> usize {
         match self.coll {
             Collective::ReduceScatter | Collective::AllToAll => self.n() * count,
             _ => count,
@@ -52,7 +52,7 @@ impl Case {
     }
 
     /// Elements of the out-of-place receive buffer.
-    pub fn recv_elems(&self, count: usize) -> usize {
+    pub(crate) fn recv_elems(&self, count: usize) -> usize {
         match self.coll {
             Collective::AllGather | Collective::AllToAll => self.n() * count,
             _ => count,
@@ -60,7 +60,7 @@ impl Case {
     }
 
     /// Elements of the in-place buffer.
-    pub fn in_place_elems(&self, count: usize) -> usize {
+    pub(crate) fn in_place_elems(&self, count: usize) -> usize {
         match self.coll {
             Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => {
                 self.n() * count
@@ -71,7 +71,7 @@ impl Case {
 
     /// The elements of the result this rank checks (in the receive buffer, or in the one buffer
     /// in place); `None` where it has nothing to check.
-    pub fn checked(&self, count: usize, in_place: bool) -> Option<Range<usize>> {
+    pub(crate) fn checked(&self, count: usize, in_place: bool) -> Option<Range<usize>> {
         match self.coll {
             Collective::Reduce if self.rank != self.root => None,
             Collective::ReduceScatter if in_place => {
@@ -82,7 +82,7 @@ impl Case {
     }
 
     /// Fills `buf` with this rank's input (the largest send buffer: every size uses a prefix).
-    pub fn fill_input(&self, buf: &mut [u8]) {
+    pub(crate) fn fill_input(&self, buf: &mut [u8]) {
         if self.coll.reduces() {
             check::fill_input(self.dtype, self.op, self.rank, self.nranks, buf);
         } else {
@@ -92,7 +92,7 @@ impl Case {
 
     /// Elements of the reduced reference this collective needs for `count` (0 if it reduces
     /// nothing): the reduction of every rank's whole send buffer.
-    pub fn reference_elems(&self, count: usize) -> usize {
+    pub(crate) fn reference_elems(&self, count: usize) -> usize {
         if self.coll.reduces() {
             self.send_elems(count)
         } else {
@@ -102,7 +102,7 @@ impl Case {
 
     /// The reference for the largest `count`: every rank's input reduced, element by element
     /// (a prefix serves every smaller count). Empty for collectives that do not reduce.
-    pub fn reference(&self, max_count: usize) -> Vec<u8> {
+    pub(crate) fn reference(&self, max_count: usize) -> Vec<u8> {
         let bytes = self.reference_elems(max_count) * self.dtype.size();
         if bytes == 0 {
             return Vec::new();
@@ -111,7 +111,7 @@ impl Case {
     }
 
     /// Writes the expected contents of the checked range (see [`Case::checked`]) into `out`.
-    pub fn expected(&self, count: usize, reference: &[u8], out: &mut [u8]) {
+    pub(crate) fn expected(&self, count: usize, reference: &[u8], out: &mut [u8]) {
         let (es, n, r) = (self.dtype.size(), self.n(), self.rank);
         let block = count * es;
         match self.coll {
@@ -140,7 +140,13 @@ impl Case {
     /// Sets up the one in-place buffer from this rank's `input` (the largest send buffer) before
     /// a checked call; `poisoned` is the expected result made wrong everywhere, written where the
     /// collective must write and this rank's input does not go.
-    pub fn prepare_in_place(&self, count: usize, input: &[u8], poisoned: &[u8], buf: &mut [u8]) {
+    pub(crate) fn prepare_in_place(
+        &self,
+        count: usize,
+        input: &[u8],
+        poisoned: &[u8],
+        buf: &mut [u8],
+    ) {
         let es = self.dtype.size();
         let mine = |b: &mut [u8]| b.copy_from_slice(&input[..b.len()]);
         match self.coll {
@@ -155,7 +161,7 @@ impl Case {
     }
 
     /// One out-of-place call.
-    pub fn run(&self, comm: &Communicator, send: &[u8], recv: &mut [u8]) -> Result<()> {
+    pub(crate) fn run(&self, comm: &Communicator, send: &[u8], recv: &mut [u8]) -> Result<()> {
         let (d, op, root) = (self.dtype, self.op, self.root);
         match self.coll {
             Collective::AllReduce => comm.all_reduce_bytes(Some(send), recv, d, op),
@@ -176,7 +182,7 @@ impl Case {
     }
 
     /// One in-place call on `buf`. Send/recv has no in-place form: callers skip it.
-    pub fn run_in_place(&self, comm: &Communicator, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn run_in_place(&self, comm: &Communicator, buf: &mut [u8]) -> Result<()> {
         let (d, op, root) = (self.dtype, self.op, self.root);
         match self.coll {
             Collective::AllReduce => comm.all_reduce_bytes(None, buf, d, op),

@@ -11,14 +11,14 @@ use oxccl::internals::bootstrap::{StoreServer, secret_hex};
 use crate::args::{Bind, Options, unrunnable};
 
 /// Exit status a rank uses when it ran to the end but some element was wrong.
-pub const EXIT_WRONG: i32 = 2;
+pub(crate) const EXIT_WRONG: i32 = 2;
 
 /// Set in each child's environment to the launcher's pid: the child exits when it is orphaned.
-pub const PARENT_VAR: &str = "OXCCL_PERF_PARENT";
+pub(crate) const PARENT_VAR: &str = "OXCCL_PERF_PARENT";
 
 /// In a child of `-N`: a thread that ends this process as soon as the launcher that started it
 /// is gone (killed, say, before it could kill its ranks), so no rank outlives its launcher.
-pub fn watch_parent() {
+pub(crate) fn watch_parent() {
     let Some(want) = std::env::var(PARENT_VAR)
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -63,7 +63,7 @@ const FOREIGN_LAUNCHER_VARS: &[&str] = &[
 
 /// A generous deadline for a whole run: a minute to start, ten seconds a row, plus the bytes
 /// moved at a pessimistic 100 MB/s per rank (ranks may share a core).
-pub fn default_watchdog(o: &Options, nranks: usize) -> Duration {
+pub(crate) fn default_watchdog(o: &Options, nranks: usize) -> Duration {
     let calls = 2.0 * (o.iters + o.warmup + 1) as f64;
     let passes = (o.ops_for().len() * o.roots_for(nranks).len()) as f64;
     let mut secs: f64 = 60.0;
@@ -130,7 +130,7 @@ fn kill_all(children: &mut [(usize, Child)], done: &mut [bool]) {
 }
 
 /// Runs `k` local ranks; returns the process exit status for this (parent) process.
-pub fn run_local(o: &Options, k: usize) -> i32 {
+pub(crate) fn run_local(o: &Options, k: usize) -> i32 {
     match launch(o, k) {
         Ok(code) => code,
         Err(msg) => {

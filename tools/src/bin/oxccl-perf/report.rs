@@ -6,7 +6,7 @@ use crate::args::{Options, Step};
 
 /// One timed mode (out-of-place or in-place) of one row.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Measure {
+pub(crate) struct Measure {
     /// Slowest rank's average time per call, in microseconds.
     pub time_us: f64,
     /// bytes / time, in GB/s (10^9 bytes).
@@ -19,7 +19,7 @@ pub struct Measure {
 
 impl Measure {
     /// Builds the bandwidths from the size, the time and the bus factor.
-    pub fn new(bytes: usize, time_us: f64, factor: f64, wrong: Option<u64>) -> Measure {
+    pub(crate) fn new(bytes: usize, time_us: f64, factor: f64, wrong: Option<u64>) -> Measure {
         let algbw = if time_us > 0.0 {
             bytes as f64 / time_us / 1e3
         } else {
@@ -36,7 +36,7 @@ impl Measure {
 
 /// One line of the table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     /// Message size in bytes (count * element size).
     pub bytes: usize,
     /// Elements per rank.
@@ -57,13 +57,13 @@ pub struct Row {
 
 impl Row {
     /// The measured modes: out of place, then in place where there is one.
-    pub fn measures(&self) -> impl Iterator<Item = &Measure> {
+    pub(crate) fn measures(&self) -> impl Iterator<Item = &Measure> {
         std::iter::once(&self.oop).chain(self.ip.as_ref())
     }
 }
 
 /// nccl-tests' time column: fewer decimals as the time grows, always 7 wide.
-pub fn format_time(us: f64) -> String {
+pub(crate) fn format_time(us: f64) -> String {
     if us >= 10000.0 {
         format!("{us:7.0}")
     } else if us >= 100.0 {
@@ -74,7 +74,7 @@ pub fn format_time(us: f64) -> String {
 }
 
 /// C's `%g` (6 significant digits, trailing zeros dropped), as nccl-tests' summary lines use.
-pub fn format_g(x: f64) -> String {
+pub(crate) fn format_g(x: f64) -> String {
     if x == 0.0 {
         return "0".into();
     }
@@ -107,7 +107,7 @@ pub fn format_g(x: f64) -> String {
 }
 
 /// The first header line (nccl-tests' `# nThread ...`).
-pub fn config_line(o: &Options) -> String {
+pub(crate) fn config_line(o: &Options) -> String {
     let (step, how) = match o.step {
         Step::Factor(f) => (f, "factor"),
         Step::Bytes(b) => (b, "bytes"),
@@ -125,12 +125,12 @@ pub fn config_line(o: &Options) -> String {
 }
 
 /// One `# Using devices` line.
-pub fn device_line(rank: usize, pid: u32, host: &str, transport: &str) -> String {
+pub(crate) fn device_line(rank: usize, pid: u32, host: &str, transport: &str) -> String {
     format!("#  Rank {rank:2} Group  0 Pid {pid:6} on {host:>10} device cpu [{transport}]")
 }
 
 /// The three column-title lines of the table; `algorithm` adds the trailing column's title.
-pub fn table_header(algorithm: bool) -> [String; 3] {
+pub(crate) fn table_header(algorithm: bool) -> [String; 3] {
     let mut lines = [
         format!(
             "# {:>10}  {:>12}  {:>8}  {:>6}  {:>6}           out-of-place                       in-place          ",
@@ -190,7 +190,7 @@ fn measure_cols(m: Option<&Measure>) -> String {
 }
 
 /// One table row, as nccl-tests prints it (then the algorithm, when rows differ in it).
-pub fn format_row(r: &Row) -> String {
+pub(crate) fn format_row(r: &Row) -> String {
     let mut s = format!(
         "{:12}  {:12}  {:>8}  {:>6}  {:6}{}{}",
         r.bytes,
@@ -208,7 +208,7 @@ pub fn format_row(r: &Row) -> String {
 }
 
 /// nccl-tests' average bus bandwidth: the mean busbw over every row's measured modes.
-pub fn avg_busbw(rows: &[Row]) -> f64 {
+pub(crate) fn avg_busbw(rows: &[Row]) -> f64 {
     let (sum, n) = rows
         .iter()
         .flat_map(Row::measures)
@@ -217,7 +217,7 @@ pub fn avg_busbw(rows: &[Row]) -> f64 {
 }
 
 /// Total wrong elements over every row and mode.
-pub fn total_wrong(rows: &[Row]) -> u64 {
+pub(crate) fn total_wrong(rows: &[Row]) -> u64 {
     rows.iter()
         .flat_map(Row::measures)
         .map(|m| m.wrong.unwrap_or(0))
@@ -225,7 +225,7 @@ pub fn total_wrong(rows: &[Row]) -> u64 {
 }
 
 /// The closing lines (`# Out of bounds values`, `# Avg bus bandwidth`, and `# Errors` when any).
-pub fn footer(rows: &[Row]) -> Vec<String> {
+pub(crate) fn footer(rows: &[Row]) -> Vec<String> {
     let wrong = total_wrong(rows);
     let mut out = vec![
         format!(
@@ -248,7 +248,7 @@ pub fn footer(rows: &[Row]) -> Vec<String> {
 }
 
 /// A JSON string literal.
-pub fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -289,7 +289,7 @@ fn json_measure(m: &Measure) -> String {
 }
 
 /// What the JSON report says besides the flags and the rows.
-pub struct RunInfo<'a> {
+pub(crate) struct RunInfo<'a> {
     /// Number of ranks.
     pub nranks: usize,
     /// The algorithm of every row, or "per-size" (each row then names its own).
@@ -299,7 +299,7 @@ pub struct RunInfo<'a> {
 }
 
 /// The whole JSON report: one object with the config, every row and the summary.
-pub fn json_report(o: &Options, info: &RunInfo<'_>, rows: &[Row]) -> String {
+pub(crate) fn json_report(o: &Options, info: &RunInfo<'_>, rows: &[Row]) -> String {
     let (stepfactor, stepbytes) = match o.step {
         Step::Factor(f) => (f.to_string(), "null".to_string()),
         Step::Bytes(b) => ("null".to_string(), b.to_string()),

@@ -12,7 +12,7 @@ use oxccl_tools::{Flags, read_flags};
 
 /// Which algorithms to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
+pub(crate) enum Which {
     /// One, forced.
     One(Algorithm),
     /// The tuner's pick at each size.
@@ -23,7 +23,7 @@ pub enum Which {
 
 /// Everything the command line says.
 #[derive(Debug, Clone)]
-pub struct Args {
+pub(crate) struct Args {
     /// The collective.
     pub coll: Collective,
     /// The algorithm(s).
@@ -205,7 +205,7 @@ fn parse_machine(s: &str) -> Result<Transport, String> {
 }
 
 /// The collective named on the command line (`allreduce`, `all_reduce`, ...).
-pub fn parse_coll(s: &str) -> Result<Collective, String> {
+pub(crate) fn parse_coll(s: &str) -> Result<Collective, String> {
     let k = s.replace(['_', '-'], "").to_ascii_lowercase();
     Collective::ALL
         .into_iter()
@@ -214,7 +214,7 @@ pub fn parse_coll(s: &str) -> Result<Collective, String> {
 }
 
 /// Parses the arguments (without the program name).
-pub fn parse(argv: &[String]) -> Result<Flags<Box<Args>>, String> {
+pub(crate) fn parse(argv: &[String]) -> Result<Flags<Box<Args>>, String> {
     let cli: Cli = match read_flags(Cli::command(), argv)? {
         Flags::Help(text) => return Ok(Flags::Help(text)),
         Flags::Given(cli) => cli,
