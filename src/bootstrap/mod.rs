@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use oxccl::bootstrap::{StoreClient, StoreServer, UniqueId};
+//! use oxccl::internals::bootstrap::{StoreClient, StoreServer, UniqueId};
 //!
 //! let id = UniqueId::bind("127.0.0.1:0".parse().unwrap()).unwrap();
 //! let server = StoreServer::start(id.take_listener().unwrap(), id.secret).unwrap();
