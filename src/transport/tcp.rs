@@ -56,6 +56,19 @@ pub fn decode_abort(body: &[u8], peer: usize) -> Error {
     }
 }
 
+/// How far ahead of the next message to hand out a receive may be posted (the executor offers
+/// up to 16 ahead).
+const POST_WINDOW: usize = 32;
+
+/// The posted destination of message `seq` with header `h`, or null (none posted, another
+/// length, or not data).
+fn posted_for(posted: &[Option<(u64, *mut u8, usize)>], seq: u64, h: &TcpHeader) -> *mut u8 {
+    match posted[(seq % POST_WINDOW as u64) as usize] {
+        Some((idx, dst, len)) if h.kind == KIND_DATA && idx == seq && len == h.len => dst,
+        _ => std::ptr::null_mut(),
+    }
+}
+
 struct Stream {
     sock: TcpStream,
     /// Next message sequence this socket receives.
@@ -87,7 +100,9 @@ pub struct TcpLink {
     slots: AlignedBuf,
     /// Per slot: (tag, len) when a message is ready in it.
     ready: Vec<Option<(Tag, usize, *mut u8)>>,
-    /// Per slot: a posted receive (message index, destination, length).
+    /// Posted receives (message index, destination, length), at `index % POST_WINDOW`: a
+    /// window wider than the slots, because the executor offers destinations for messages
+    /// further ahead than the credits let arrive.
     posted_rx: Vec<Option<(u64, *mut u8, usize)>>,
     /// Messages released so far (the next message to hand out has this sequence).
     released: u64,
@@ -154,7 +169,7 @@ impl TcpLink {
             nslots,
             slots: AlignedBuf::new(slot_size * nslots),
             ready: vec![None; nslots],
-            posted_rx: vec![None; nslots],
+            posted_rx: vec![None; POST_WINDOW],
             released: 0,
             abort_body: Vec::with_capacity(MAX_ABORT),
             peer_abort: None,
@@ -292,6 +307,15 @@ impl TcpLink {
                     // The credit: a message may only arrive once its slot has been released.
                     return Ok(moved);
                 }
+                Some((h, 0))
+                    if st.rx_dst.is_null()
+                        && !posted_for(&self.posted_rx, st.rx_seq, &h).is_null() =>
+                {
+                    // Posted after the header arrived but before any of the body: the body
+                    // goes to the posted destination after all.
+                    st.rx_dst = posted_for(&self.posted_rx, st.rx_seq, &h);
+                    continue;
+                }
                 Some((h, got)) if !st.rx_dst.is_null() => {
                     // SAFETY: post_recv's contract keeps dst..dst+len valid and untouched by
                     // others until this message is released or the receive is cancelled (which
@@ -327,15 +351,7 @@ impl TcpLink {
                             ));
                         }
                         Ok(Some(RxEvent::Header(h))) => {
-                            let slot = (st.rx_seq % self.nslots as u64) as usize;
-                            st.rx_dst = match self.posted_rx[slot] {
-                                Some((idx, dst, plen))
-                                    if h.kind == KIND_DATA && idx == st.rx_seq && plen == h.len =>
-                                {
-                                    dst
-                                }
-                                _ => std::ptr::null_mut(),
-                            };
+                            st.rx_dst = posted_for(&self.posted_rx, st.rx_seq, &h);
                             if h.len == 0 {
                                 self.finish_rx(i, h, nsocks)?;
                             }
@@ -470,7 +486,10 @@ impl Link for TcpLink {
     fn release_recv(&mut self) {
         let slot = (self.released % self.nslots as u64) as usize;
         if self.ready[slot].take().is_some() {
-            self.posted_rx[slot] = None;
+            let w = (self.released % POST_WINDOW as u64) as usize;
+            if self.posted_rx[w].is_some_and(|(idx, _, _)| idx == self.released) {
+                self.posted_rx[w] = None;
+            }
             self.released += 1;
         }
     }
@@ -480,13 +499,18 @@ impl Link for TcpLink {
     }
 
     unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
-        // Only messages that can still be placed: not yet arrived, within the slot window.
-        if index >= self.released && index < self.released + self.nslots as u64 && len > 0 {
-            let slot = (index % self.nslots as u64) as usize;
-            if self.ready[slot].is_none() {
-                self.posted_rx[slot] = Some((index, dst, len));
-            }
+        // Only messages that can still be placed: within the window, and whose body has not
+        // begun to arrive (the stream carrying it has not passed it, and is not in its body
+        // with a destination already chosen). A message whose body has begun in a slot just
+        // never looks here again.
+        if index < self.released || index >= self.released + POST_WINDOW as u64 || len == 0 {
+            return;
         }
+        let st = &self.streams[(index % self.streams.len() as u64) as usize];
+        if st.rx_seq > index {
+            return;
+        }
+        self.posted_rx[(index % POST_WINDOW as u64) as usize] = Some((index, dst, len));
     }
 
     fn cancel_recvs(&mut self) {
@@ -729,5 +753,110 @@ mod tests {
             }
             e => panic!("expected rank 1's reason (rank 2 lost), got {e:?}"),
         }
+    }
+
+    /// Receives posted further ahead than the slots (the executor offers 16 ahead, a link
+    /// has 4 slots), and ones posted after a message's header arrived but before its body
+    /// did, land at the posted destination: no copy out of a slot.
+    #[test]
+    fn posted_receives_beyond_the_slots_land_in_place() {
+        let (mut a, mut b) = pair(2, 4096, 4);
+        let n = 12usize;
+        let msgs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8 + 1; 4096]).collect();
+        let mut dsts = vec![vec![0u8; 4096]; n];
+        // Post every receive but the last one up front: 11 > 4 slots.
+        for (i, d) in dsts.iter_mut().enumerate().take(n - 1) {
+            // SAFETY: dsts outlives the link's use of it (cancel_recvs below) and is only
+            // read after each message is released.
+            unsafe { b.post_recv(i as u64, d.as_mut_ptr(), d.len()) };
+        }
+        let (mut sent, mut done, mut got) = (0, 0, 0);
+        let mut in_place = 0;
+        wait_until(|| {
+            while sent < n {
+                let tag = Tag {
+                    seq: sent as u64,
+                    ..Tag::default()
+                };
+                // SAFETY: msgs outlives the loop and is not modified.
+                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), 4096) }.unwrap() {
+                    break;
+                }
+                sent += 1;
+            }
+            a.progress().unwrap();
+            done += a.take_send_completions();
+            b.progress().unwrap();
+            while let Some((tag, data)) = b.peek_recv().unwrap() {
+                assert_eq!(tag.seq, got as u64);
+                assert_eq!(data, &msgs[got][..]);
+                if data.as_ptr() == dsts[got].as_ptr() {
+                    in_place += 1;
+                }
+                b.release_recv();
+                got += 1;
+            }
+            if got == n - 1 && sent == n {
+                // Post the last one once its header may have arrived.
+                let d = &mut dsts[n - 1];
+                // SAFETY: as above.
+                unsafe { b.post_recv((n - 1) as u64, d.as_mut_ptr(), d.len()) };
+            }
+            got == n && done == n
+        });
+        b.cancel_recvs();
+        assert!(
+            in_place >= n - 1,
+            "only {in_place} of {n} messages landed in place"
+        );
+        for (d, m) in dsts.iter().zip(&msgs).take(in_place) {
+            assert_eq!(d, m);
+        }
+    }
+
+    /// A receive posted after its message's header arrived, while the credit holds its body
+    /// back, still lands in place.
+    #[test]
+    fn a_receive_posted_after_the_header_lands_in_place() {
+        let (mut a, mut b) = pair(1, 4096, 4);
+        let msgs: Vec<Vec<u8>> = (0..5).map(|i| vec![i as u8 + 1; 4096]).collect();
+        let mut sent = 0;
+        // Messages 0-3 fill the slots; message 4's header arrives, its body waits for a slot.
+        wait_until(|| {
+            while sent < 5 {
+                let tag = Tag {
+                    seq: sent as u64,
+                    ..Tag::default()
+                };
+                // SAFETY: msgs outlives the loop and is not modified.
+                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), 4096) }.unwrap() {
+                    break;
+                }
+                sent += 1;
+            }
+            a.progress().unwrap();
+            b.progress().unwrap();
+            b.streams[0].rx_seq == 4 && b.streams[0].rx.body().is_some()
+        });
+        let mut dst = vec![0u8; 4096];
+        // SAFETY: dst outlives the link's use of it (cancel_recvs below).
+        unsafe { b.post_recv(4, dst.as_mut_ptr(), dst.len()) };
+        let mut got = 0;
+        let mut placed = false;
+        wait_until(|| {
+            a.progress().unwrap();
+            b.progress().unwrap();
+            while let Some((tag, data)) = b.peek_recv().unwrap() {
+                assert_eq!(tag.seq, got as u64);
+                assert_eq!(data, &msgs[got][..]);
+                placed |= got == 4 && data.as_ptr() == dst.as_ptr();
+                b.release_recv();
+                got += 1;
+            }
+            got == 5
+        });
+        b.cancel_recvs();
+        assert!(placed, "message 4 went through a slot");
+        assert_eq!(dst, msgs[4]);
     }
 }
