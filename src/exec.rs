@@ -11,6 +11,12 @@
 //! Every message carries the collective's [`Tag`]; a message whose tag differs from ours is an
 //! [`ErrorKind::Mismatch`](crate::error::ErrorKind::Mismatch) naming both calls. On any error the executor sends an abort to every
 //! peer, so ranks that are not talking to the failed one learn of it too.
+//!
+//! The executor holds no raw pointers: a call's buffers come as a [`CallMem`] (made from the
+//! caller's borrows), every step's range becomes a bounds-checked region of it (checked once per
+//! run against how far the Program reaches, see [`Plan`]), and the links take regions. Why the
+//! regions' slices may overlap in time only as the Program orders them is in
+//! [`crate::transport::mem`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -19,25 +25,9 @@ use crate::algo::{Buf, Collective, Op, Program, Range};
 use crate::error::Error;
 use crate::error::Result;
 use crate::reduce::{self, DataType, ReduceOp};
+use crate::transport::mem::{CallMem, Region, RegionMut};
 use crate::transport::wait::{self, Waiter};
 use crate::transport::{Link, Tag};
-
-/// The memory one collective works on. Lengths are in bytes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Mem {
-    /// The send buffer (never written). Equal to `output` for in-place calls.
-    pub input: *const u8,
-    /// Its length in bytes.
-    pub input_len: usize,
-    /// The receive buffer.
-    pub output: *mut u8,
-    /// Its length in bytes.
-    pub output_len: usize,
-    /// Scratch space of at least the Program's `scratch_len` elements.
-    pub scratch: *mut u8,
-    /// Its length in bytes.
-    pub scratch_len: usize,
-}
 
 /// What the executor needs besides the Program and the links.
 #[derive(Debug, Clone, Copy)]
@@ -344,21 +334,21 @@ const YIELD_FOR: Duration = Duration::from_micros(2000);
 const YIELD_NET: Duration = Duration::from_micros(100);
 
 /// One Program with its memory and parameters: an element of a group run by [`run_jobs_abortable`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Job<'a> {
     /// This rank's part of the call.
     pub prog: &'a Program,
     /// The call's buffers.
-    pub mem: Mem,
+    pub mem: CallMem<'a>,
     /// The call's type, operator and signature.
     pub params: Params,
 }
 
 /// A call's memory and parameters, for a Program already compiled into a [`Plan`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Call {
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
     /// The call's buffers.
-    pub mem: Mem,
+    pub mem: CallMem<'a>,
     /// The call's type, operator and signature.
     pub params: Params,
 }
@@ -398,13 +388,11 @@ impl Interrupt<'_> {
 /// On each link, messages keep job order (all of job 0's sends to a peer precede job 1's), which
 /// every rank agrees on because it issued the calls in the same order. Gives up with an error soon after `abort` is raised (see [`Interrupt`]).
 ///
-/// # Safety
-/// Every job's `mem` must describe live, properly sized buffers that nothing else reads or
-/// writes during the call (input may only be read); `input` and `output` may be the same memory
-/// only if the Program was built in place (then it never names `Input`); the jobs' buffers must
-/// not overlap each other (except a job's own input and output when it is in place).
-pub(crate) unsafe fn run_jobs_abortable(
-    jobs: &[Job<'_>],
+/// Each job's memory is a [`CallMem`], whose maker vouched that it is live, sized as it says and
+/// not otherwise accessed for the call; the Programs must come from `algo` (whose verifier proves
+/// every overlapping pair of steps ordered), as every caller's do.
+pub(crate) fn run_jobs_abortable(
+    jobs: Vec<Job<'_>>,
     links: &mut [Option<Box<dyn Link>>],
     abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
@@ -415,41 +403,40 @@ pub(crate) unsafe fn run_jobs_abortable(
     let mut plan = std::mem::take(&mut st.group);
     let progs: Vec<&Program> = jobs.iter().map(|j| j.prog).collect();
     plan.rebuild(&progs);
-    let calls: Vec<Call> = jobs
-        .iter()
+    let calls: Vec<Call<'_>> = jobs
+        .into_iter()
         .map(|j| Call {
             mem: j.mem,
             params: j.params,
         })
         .collect();
-    // SAFETY: forwarded from this function's contract; the plan was built from these jobs.
-    let r = unsafe { run_plan(&plan, &calls, links, abort, Some(&mut st)) };
+    let r = run_plan(&plan, &calls, links, abort, Some(&mut st));
     st.group = plan;
     st.give_back();
     r
 }
 
 /// Runs calls compiled into `plan` (one call per Program it was built from, in order), giving
-/// up soon after `abort` is raised: the fast path of a call whose Program is cached.
-///
-/// # Safety
-/// As [`run_jobs_abortable`], with each call's memory sized for its Program.
-pub(crate) unsafe fn run_planned(
+/// up soon after `abort` is raised: the fast path of a call whose Program is cached. As
+/// [`run_jobs_abortable`]; memory smaller than the plan reaches is refused before anything runs.
+pub(crate) fn run_planned(
     plan: &Plan,
-    calls: &[Call],
+    calls: &[Call<'_>],
     links: &mut [Option<Box<dyn Link>>],
     abort: Option<Interrupt<'_>>,
 ) -> Result<()> {
     if calls.is_empty() && plan.jobs() == 0 {
         return Ok(());
     }
-    // SAFETY: forwarded from this function's contract.
-    unsafe { run_plan(plan, calls, links, abort, None) }
+    run_plan(plan, calls, links, abort, None)
 }
 
-unsafe fn run_plan(
+/// Runs a plan over its calls' memory. Before returning, however it ends, no link holds a
+/// region of that memory: posted receives are cancelled, and on failure every link is aborted
+/// (a send posted but not complete is never read again). Completed runs completed every send.
+fn run_plan(
     plan: &Plan,
-    calls: &[Call],
+    calls: &[Call<'_>],
     links: &mut [Option<Box<dyn Link>>],
     abort: Option<Interrupt<'_>>,
     st: Option<&mut State>,
@@ -462,8 +449,7 @@ unsafe fn run_plan(
         )));
     }
     let mut failed_job = 0;
-    // SAFETY: forwarded from this function's contract.
-    let r = unsafe { Bufs::checked(plan, calls, links) }.and_then(|bufs| {
+    let r = Bufs::checked(plan, calls, links).and_then(|bufs| {
         let es = calls[0].params.dtype.size();
         if plan.straight
             && plan.max_message.saturating_mul(es) <= STRAIGHT_MAX
@@ -513,29 +499,23 @@ unsafe fn run_plan(
 const STRAIGHT_MAX: usize = 16 << 10;
 
 /// The calls' memory, as the steps name it. Made only by [`Bufs::checked`], so every range of
-/// the plan lies within its buffer.
+/// the plan lies within its buffer (the regions check again, one comparison each).
 struct Bufs<'a> {
-    calls: &'a [Call],
+    calls: &'a [Call<'a>],
 }
 
 impl<'a> Bufs<'a> {
     /// Checks the calls' memory against how far the plan's steps reach, and that every peer
     /// has a link.
-    ///
-    /// # Safety
-    /// The calls' memory must be as [`run_jobs_abortable`] requires.
-    unsafe fn checked(
+    fn checked(
         plan: &Plan,
-        calls: &'a [Call],
+        calls: &'a [Call<'a>],
         links: &[Option<Box<dyn Link>>],
     ) -> Result<Bufs<'a>> {
         for (call, end) in calls.iter().zip(&plan.ends) {
-            let (mem, es) = (&call.mem, call.params.dtype.size());
-            for (e, len, what) in [
-                (end[0], mem.input_len, "input"),
-                (end[1], mem.output_len, "output"),
-                (end[2], mem.scratch_len, "scratch"),
-            ] {
+            let (lens, es) = (call.mem.lens(), call.params.dtype.size());
+            for ((e, len), what) in end.iter().zip(lens).zip(["input", "output", "scratch"]) {
+                let e = *e;
                 if e.checked_mul(es).is_none_or(|b| b > len) {
                     return Err(Error::internal(format!(
                         "the Program reaches element {e} of the {what} buffer, which holds {len} bytes"
@@ -555,28 +535,41 @@ impl<'a> Bufs<'a> {
         self.calls[j].params.dtype.size()
     }
 
-    fn ptr(&self, j: usize, r: Range) -> *mut u8 {
-        let mem = &self.calls[j].mem;
-        let base = match r.buf {
-            Buf::Input => mem.input.cast_mut(),
-            Buf::Output => mem.output,
-            Buf::Scratch => mem.scratch,
-        };
-        // SAFETY: checked to be within the buffer (Bufs::checked).
-        unsafe { base.add(r.off * self.es(j)) }
+    /// Range `r` of job `j`'s memory, to read (or send from).
+    #[inline]
+    fn src(&self, j: usize, r: Range) -> Region<'a> {
+        let (mem, es) = (&self.calls[j].mem, self.es(j));
+        let (off, len) = (r.off * es, r.len * es);
+        match r.buf {
+            Buf::Input => mem.input(off, len),
+            Buf::Output => mem.output(off, len).map(RegionMut::read),
+            Buf::Scratch => mem.scratch(off, len).map(RegionMut::read),
+        }
+        .expect("within the buffer (Bufs::checked)")
     }
 
-    fn slice(&self, j: usize, r: Range) -> &[u8] {
-        // SAFETY: ranges are in bounds (checked); the Program orders every pair of steps
-        // touching overlapping memory (proven by algo::verify), and jobs do not overlap, so
-        // while a step reads this range nothing writes it.
-        unsafe { std::slice::from_raw_parts(self.ptr(j, r), r.len * self.es(j)) }
+    /// Range `r` of job `j`'s memory, to write (or receive into). Programs never write Input.
+    #[inline]
+    fn dst(&self, j: usize, r: Range) -> RegionMut<'a> {
+        let (mem, es) = (&self.calls[j].mem, self.es(j));
+        let (off, len) = (r.off * es, r.len * es);
+        match r.buf {
+            Buf::Input => None,
+            Buf::Output => mem.output(off, len),
+            Buf::Scratch => mem.scratch(off, len),
+        }
+        .expect("within a writable buffer (Bufs::checked, algo::verify)")
     }
 
-    #[allow(clippy::mut_from_ref)]
-    fn slice_mut(&self, j: usize, r: Range) -> &mut [u8] {
-        // SAFETY: as above; while a step writes this range no other live access aliases it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(j, r), r.len * self.es(j)) }
+    /// While a step reads this range nothing writes it (program order: see
+    /// [`crate::transport::mem`]).
+    fn slice(&self, j: usize, r: Range) -> &'a [u8] {
+        self.src(j, r).bytes()
+    }
+
+    /// While a step writes this range no other live access aliases it (program order).
+    fn slice_mut(&self, j: usize, r: Range) -> &'a mut [u8] {
+        self.dst(j, r).bytes_mut()
     }
 
     /// Runs local step `op` of job `j`.
@@ -602,7 +595,7 @@ impl<'a> Bufs<'a> {
         let es = self.es(j);
         match op {
             Op::Recv { dst, .. } if data.len() == dst.len * es => {
-                if data.as_ptr() != self.ptr(j, dst).cast_const() {
+                if data.as_ptr() != self.dst(j, dst).as_mut_ptr().cast_const() {
                     self.slice_mut(j, dst).copy_from_slice(data)
                 }
             }
@@ -776,9 +769,9 @@ fn run_straight(
         match op {
             Op::Send { peer, src } => loop {
                 let link = links[peer].as_mut().expect("checked");
-                // SAFETY: the range is in bounds and nothing writes it while the send is in
-                // flight: the link copies it out before post_send returns true.
-                if unsafe { link.post_send(&p.tag, bufs.ptr(0, src), src.len * bufs.es(0))? } {
+                // Nothing writes the range while the send is in flight: the link copies it out
+                // before post_send returns true.
+                if link.post_send(&p.tag, bufs.src(0, src))? {
                     if link.take_send_completions() != 1 {
                         return Err(Error::internal(format!(
                             "the link to rank {peer} did not complete a send on posting"
@@ -918,11 +911,9 @@ fn run_inner(
                     unreachable!()
                 };
                 *failed_job = j;
-                // SAFETY: the range stays valid and unwritten until the send completes: later
-                // writers of it depend on this step, which completes only on link completion.
-                if !unsafe {
-                    link.post_send(&jobs[j].params.tag, bufs.ptr(j, src), src.len * bufs.es(j))?
-                } {
+                // The range stays valid and unwritten until the send completes: later writers
+                // of it depend on this step, which completes only on link completion.
+                if !link.post_send(&jobs[j].params.tag, bufs.src(j, src))? {
                     break;
                 }
                 c.inflight.push_back(g);
@@ -950,16 +941,9 @@ fn run_inner(
                     break;
                 }
                 if let (j, Op::Recv { dst, .. }) = op_of(g) {
-                    // SAFETY: dst is in bounds and free (its dependencies are done); nothing
-                    // else touches it until this receive completes, and cancel_recvs runs
-                    // before this call returns.
-                    unsafe {
-                        link.post_recv(
-                            c.base + c.posted as u64,
-                            bufs.ptr(j, dst),
-                            dst.len * bufs.es(j),
-                        )
-                    };
+                    // dst is free (its dependencies are done); nothing else touches it until
+                    // this receive completes, and cancel_recvs runs before this call returns.
+                    link.post_recv(c.base + c.posted as u64, bufs.dst(j, dst));
                 }
                 c.posted += 1;
             }
@@ -1102,15 +1086,15 @@ mod tests {
         }
     }
 
-    fn mem(input: &[f32], output: &mut [f32]) -> Mem {
-        Mem {
-            input: input.as_ptr().cast(),
-            input_len: size_of_val(input),
-            output: output.as_mut_ptr().cast(),
-            output_len: size_of_val(output),
-            scratch: std::ptr::null_mut(),
-            scratch_len: 0,
-        }
+    fn mem<'a>(input: &'a [f32], output: &'a mut [f32]) -> CallMem<'a> {
+        CallMem::from_slices(
+            Some(bytemuck::cast_slice(input)),
+            Some(bytemuck::cast_slice_mut(output)),
+        )
+    }
+
+    fn in_place(buf: &mut [f32]) -> CallMem<'_> {
+        CallMem::from_slices(None, Some(bytemuck::cast_slice_mut(buf)))
     }
 
     #[test]
@@ -1125,8 +1109,7 @@ mod tests {
             mem: mem(&input, &mut out),
             params: params(1),
         };
-        // SAFETY: the buffers live through the call and match the Program.
-        unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap();
+        run_planned(&plan, &[call], &mut links, None).unwrap();
         assert_eq!(out, input);
         // An output one element short: refused before anything is written.
         let mut short = [0.0f32; 3];
@@ -1134,8 +1117,8 @@ mod tests {
             mem: mem(&input, &mut short),
             params: params(1),
         };
-        // SAFETY: as above; the executor must refuse the short buffer without touching it.
-        let e = unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap_err();
+        // The executor must refuse the short buffer without touching it.
+        let e = run_planned(&plan, &[call], &mut links, None).unwrap_err();
         assert!(
             e.message()
                 .contains("reaches element 4 of the output buffer"),
@@ -1143,8 +1126,18 @@ mod tests {
         );
         assert_eq!(short, [0.0; 3]);
         // A plan for one Program takes exactly one call.
-        // SAFETY: refused before any memory is looked at.
-        let e = unsafe { run_planned(&plan, &[call, call], &mut links, None) }.unwrap_err();
+        let (mut out1, mut out2) = ([0.0f32; 4], [0.0f32; 4]);
+        let calls = [
+            Call {
+                mem: mem(&input, &mut out1),
+                params: params(1),
+            },
+            Call {
+                mem: mem(&input, &mut out2),
+                params: params(1),
+            },
+        ];
+        let e = run_planned(&plan, &calls, &mut links, None).unwrap_err();
         assert!(e.message().contains("2 calls for a plan of 1"), "{e}");
     }
 
@@ -1156,18 +1149,13 @@ mod tests {
         peers.sort_unstable();
         assert_eq!(peers, prog.peers());
         let mut buf = [1.0f32; 6];
-        let m = mem(&[], &mut buf);
         let call = Call {
-            mem: Mem {
-                input: m.output,
-                input_len: m.output_len,
-                ..m
-            },
+            mem: in_place(&mut buf),
             params: params(3),
         };
         let mut links: Vec<Option<Box<dyn Link>>> = vec![None, None, None];
-        // SAFETY: refused before any memory is looked at: there are no links.
-        let e = unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap_err();
+        // Refused before any memory is looked at: there are no links.
+        let e = run_planned(&plan, &[call], &mut links, None).unwrap_err();
         assert!(e.message().contains("no link to rank"), "{e}");
     }
 
@@ -1209,7 +1197,7 @@ mod tests {
         fn max_message(&self) -> usize {
             1 << 20
         }
-        unsafe fn post_send(&mut self, _: &Tag, _: *const u8, _: usize) -> Result<bool> {
+        fn post_send(&mut self, _: &Tag, _: Region<'_>) -> Result<bool> {
             self.sent += 1;
             Ok(true)
         }
@@ -1232,7 +1220,7 @@ mod tests {
                 .push(format!("release {}", self.next));
             self.next += 1;
         }
-        unsafe fn post_recv(&mut self, index: u64, _: *mut u8, _: usize) {
+        fn post_recv(&mut self, index: u64, _: RegionMut<'_>) {
             self.log.lock().unwrap().push(format!("offer {index}"));
         }
         fn released(&self) -> u64 {
@@ -1273,17 +1261,11 @@ mod tests {
         };
         let mut links: Vec<Option<Box<dyn Link>>> = vec![None, Some(Box::new(link))];
         let mut buf = vec![1.0f32; count];
-        let m = mem(&[], &mut buf);
         let call = Call {
-            mem: Mem {
-                input: m.output,
-                input_len: m.output_len,
-                ..m
-            },
+            mem: in_place(&mut buf),
             params: p,
         };
-        // SAFETY: the buffer lives through the call and matches the Program.
-        unsafe { run_planned(&plan, &[call], &mut links, None) }.unwrap();
+        run_planned(&plan, &[call], &mut links, None).unwrap();
         let log = log.lock().unwrap();
         let offer = log.iter().position(|e| e == "offer 1");
         let first_release = log.iter().position(|e| e == "release 0");

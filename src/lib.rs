@@ -106,7 +106,9 @@ pub mod internals {
     }
     /// Links.
     pub mod transport {
-        pub use crate::transport::{Link, Tag, connect, framing, mpath, shm, tcp, wire};
+        pub use crate::transport::{
+            Link, Region, RegionMut, Tag, connect, framing, mpath, shm, tcp, wire,
+        };
         /// The RDMA transport's emulated NIC, and device probing.
         #[cfg(feature = "rdma")]
         pub mod rdma {

@@ -38,7 +38,7 @@ use oxccl::internals::transport::connect::Hello;
 use oxccl::internals::transport::mpath::{MHDR, MultipathLink, decode_header};
 use oxccl::internals::transport::shm::{Doorbell, Geometry, Segment, ShmLink, setup};
 use oxccl::internals::transport::tcp::{self, HDR, TcpLink};
-use oxccl::internals::transport::{Link, Tag};
+use oxccl::internals::transport::{Link, Region, RegionMut, Tag};
 use proptest::prelude::*;
 
 const SECRET: [u8; 16] = *b"fedcba9876543210";
@@ -587,7 +587,7 @@ fn snapshot(m: &oxccl::internals::sys::shm::Mapping) -> Vec<u8> {
 /// Sends `msg` from `a` and receives it on `b`, checking it.
 fn exchange(a: &mut ShmLink, b: &mut ShmLink, tag: &Tag, msg: &[u8]) {
     // SAFETY: `msg` outlives the send, which completes before we return (we drain b).
-    assert!(unsafe { a.post_send(tag, msg.as_ptr(), msg.len()) }.unwrap());
+    assert!(unsafe { a.post_send(tag, Region::from_raw(msg.as_ptr(), msg.len())) }.unwrap());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         a.progress().unwrap();
@@ -626,7 +626,7 @@ proptest! {
         let tail: Vec<Vec<u8>> = pending.iter().map(|&n| vec![0xAB; n]).collect();
         for m in &tail {
             // SAFETY: `tail` outlives both links.
-            let _ = unsafe { l0.post_send(&Tag::default(), m.as_ptr(), m.len()) };
+            let _ = unsafe { l0.post_send(&Tag::default(), Region::from_raw(m.as_ptr(), m.len())) };
         }
         let after = snapshot(&raw);
         let live: Vec<usize> = (0..after.len()).filter(|&i| after[i] != before[i]).collect();
@@ -639,7 +639,7 @@ proptest! {
         let mut dst = vec![0u8; 64 << 10];
         for round in 0..64u64 {
             // SAFETY: `dst` outlives the links and is not touched until cancel_recvs below.
-            unsafe { l1.post_recv(round, dst.as_mut_ptr(), dst.len()) };
+            unsafe { l1.post_recv(round, RegionMut::from_raw(dst.as_mut_ptr(), dst.len())) };
             let r1 = l1.progress().and_then(|_| match l1.peek_recv()? {
                 Some((_, body)) => {
                     assert!(body.len() <= 64 << 10);
@@ -650,7 +650,7 @@ proptest! {
             });
             // Zero-length sends: they read the peer's (scribbled) tail and write headers only.
             // SAFETY: a zero-length send reads no memory.
-            let r0 = unsafe { l0.post_send(&Tag::default(), std::ptr::NonNull::dangling().as_ptr(), 0) }
+            let r0 = unsafe { l0.post_send(&Tag::default(), Region::from_raw(std::ptr::NonNull::dangling().as_ptr(), 0)) }
                 .and_then(|_| l0.progress());
             let _ = l0.take_send_completions();
             if r1.is_err() && r0.is_err() {

@@ -8,9 +8,10 @@
 use super::{Communicator, Inner};
 use crate::algo::{self, Algorithm, Collective, Program, Shape};
 use crate::error::{Error, Result};
-use crate::exec::{self, Job, Mem, Params};
+use crate::exec::{self, Job, Params};
 use crate::reduce::{DataType, Element, ReduceOp};
 use crate::transport::Tag;
+use crate::transport::mem::CallMem;
 use std::sync::Arc;
 
 /// Declares blocking [`Communicator`] methods, each running the one [`Call`] its row builds:
@@ -282,31 +283,24 @@ fn same_shape(a: &Shape, b: &Shape) -> bool {
 /// How many recent answers a communicator keeps (a training step's few distinct calls).
 const RECENT: usize = 8;
 
-/// A validated call: its shape and its memory.
+/// A validated call: its shape and the bytes per rank block.
 struct Planned {
     shape: Shape,
-    mem: Mem,
     bytes: usize,
 }
 
-/// A call's buffers (scratch not yet given): in place, the input is the output.
-fn call_mem(call: &mut Call<'_>) -> Mem {
-    let (output, output_len) = match call.recv.as_deref_mut() {
-        Some(b) => (b.as_mut_ptr(), b.len()),
-        None => (std::ptr::null_mut(), 0),
-    };
-    let (input, input_len) = match call.send {
-        Some(s) => (s.as_ptr(), s.len()),
-        None => (output.cast_const(), output_len),
-    };
-    Mem {
-        input,
-        input_len,
-        output,
-        output_len,
-        scratch: std::ptr::null_mut(),
-        scratch_len: 0,
+/// A call's buffers (scratch not yet given), borrowed from it: in place, the input is the
+/// output.
+fn call_mem<'c>(call: &'c mut Call<'_>) -> CallMem<'c> {
+    CallMem::from_slices(call.send, call.recv.as_deref_mut())
+}
+
+/// The first `len` bytes of the communicator's scratch, grown to hold them if need be.
+fn scratch_bytes(scratch: &mut Vec<u64>, len: usize) -> &mut [u8] {
+    if scratch.len() * 8 < len {
+        scratch.resize(len.div_ceil(8), 0);
     }
+    &mut bytemuck::cast_slice_mut::<u64, u8>(scratch)[..len]
 }
 
 /// What decides everything `prepare` works out for a call on a given communicator: the same
@@ -363,7 +357,7 @@ fn bad(call: &Call<'_>, rank: usize, what: impl std::fmt::Display) -> Error {
 
 impl Communicator {
     /// Checks a call's buffers against the collective's rules and works out its shape.
-    fn plan(&self, call: &mut Call<'_>, chunk_bytes: usize) -> Result<Planned> {
+    fn plan(&self, call: &Call<'_>, chunk_bytes: usize) -> Result<Planned> {
         let (n, r) = (self.nranks, self.rank);
         let es = call.dtype.size();
         let chunk = (chunk_bytes / es).max(1);
@@ -398,7 +392,6 @@ impl Communicator {
         let count = shape.count;
         Ok(Planned {
             bytes: count * es,
-            mem: call_mem(call),
             shape,
         })
     }
@@ -571,14 +564,13 @@ impl Communicator {
                 return self.run_memo(inner, i, call);
             }
             let mut barrier_byte = 0u8;
-            let one = self.prepare(inner, call, chunk_bytes, &mut barrier_byte)?;
-            let one = std::slice::from_ref(&one);
-            self.connect(inner, one)?;
+            let (cached, one) = self.prepare(inner, call, chunk_bytes, &mut barrier_byte)?;
+            self.connect(inner, &cached, &one.params)?;
             if let Some(key) = key {
                 let memo = Memo {
                     key,
-                    cached: one[0].0.clone(),
-                    params: one[0].1.params,
+                    cached: cached.clone(),
+                    params: one.params,
                 };
                 if inner.memos.len() < MEMOS {
                     inner.memos.push(memo);
@@ -588,7 +580,7 @@ impl Communicator {
                     inner.memos[MEMOS - 1] = memo;
                 }
             }
-            return self.launch(inner, one);
+            return self.launch_one(inner, &cached, one);
         }
         // The byte each barrier's Program writes.
         let mut barrier_bytes = vec![0u8; calls.len()];
@@ -596,8 +588,10 @@ impl Communicator {
         for (call, byte) in calls.iter_mut().zip(&mut barrier_bytes) {
             planned.push(self.prepare(inner, call, chunk_bytes, byte)?);
         }
-        self.connect(inner, &planned)?;
-        self.launch(inner, &planned)
+        for (cached, call) in &planned {
+            self.connect(inner, cached, &call.params)?;
+        }
+        self.launch_group(inner, planned)
     }
 
     /// Runs a call whose key matches memo `i`.
@@ -619,23 +613,16 @@ impl Communicator {
             exec::describe(&params.tag),
             m.cached.prog.algo.name()
         );
-        let mut mem = call_mem(call);
         // The scratch was sized for this Program when the memo was made, and never shrinks.
-        mem.scratch_len = m.cached.prog.scratch_len * params.dtype.size();
-        if scratch.len() * 8 < mem.scratch_len {
-            scratch.resize(mem.scratch_len.div_ceil(8), 0);
-        }
-        mem.scratch = scratch.as_mut_ptr().cast();
-        // SAFETY: as in `launch`: the call's live borrows, the scratch we hold locked, and a
-        // plan compiled from the call's Program (same key, same Program).
-        let r = unsafe {
-            exec::run_planned(
-                &m.cached.plan,
-                &[exec::Call { mem, params }],
-                links,
-                self.interrupt(),
-            )
-        };
+        let scratch = scratch_bytes(scratch, m.cached.prog.scratch_len * params.dtype.size());
+        // The plan was compiled from the call's Program (same key, same Program).
+        let mem = call_mem(call).with_scratch(scratch);
+        let r = exec::run_planned(
+            &m.cached.plan,
+            &[exec::Call { mem, params }],
+            links,
+            self.interrupt(),
+        );
         self.record(inner, r)
     }
 
@@ -661,18 +648,14 @@ impl Communicator {
 
     /// Validates one call and finds its Program; gives it its sequence number and tag.
     /// `barrier_byte` is what a barrier's Program writes.
-    fn prepare(
+    fn prepare<'c>(
         &self,
         inner: &mut Inner,
-        call: &mut Call<'_>,
+        call: &'c mut Call<'_>,
         chunk_bytes: usize,
-        barrier_byte: &mut u8,
-    ) -> Result<(Arc<Cached>, exec::Call)> {
-        let mut p = self.plan(call, chunk_bytes)?;
-        if call.coll == Collective::Barrier {
-            p.mem.output = barrier_byte;
-            p.mem.output_len = 1;
-        }
+        barrier_byte: &'c mut u8,
+    ) -> Result<(Arc<Cached>, exec::Call<'c>)> {
+        let p = self.plan(call, chunk_bytes)?;
         let (algo, cached) = self.program_for(inner, call, &p.shape, p.bytes)?;
         let tag = match call.coll {
             Collective::Send | Collective::Recv => {
@@ -739,68 +722,69 @@ impl Communicator {
             timeout: self.cfg.timeout(),
             tag,
         };
-        Ok((cached, exec::Call { mem: p.mem, params }))
+        let mem = if call.coll == Collective::Barrier {
+            CallMem::from_slices(None, Some(std::slice::from_mut(barrier_byte)))
+        } else {
+            call_mem(call)
+        };
+        Ok((cached, exec::Call { mem, params }))
     }
 
-    /// Connects the links prepared calls need; a failure revokes the communicator.
-    fn connect(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
-        for (cached, call) in planned {
-            let es = call.params.dtype.size();
-            let r = self.connect_peers(&mut inner.links, &cached.peers, cached.max_message * es);
-            self.record(inner, r)?;
-        }
-        Ok(())
+    /// Connects the links a prepared call needs; a failure revokes the communicator.
+    fn connect(&self, inner: &mut Inner, cached: &Cached, params: &Params) -> Result<()> {
+        let es = params.dtype.size();
+        let r = self.connect_peers(&mut inner.links, &cached.peers, cached.max_message * es);
+        self.record(inner, r)
     }
 
-    /// Gives prepared calls (their links connected) scratch and runs them together.
-    fn launch(&self, inner: &mut Inner, planned: &[(Arc<Cached>, exec::Call)]) -> Result<()> {
-        // Scratch for all of them: one allocation, carved up.
-        let mut scratch_total = 0usize;
-        for (cached, call) in planned {
-            scratch_total += (cached.prog.scratch_len * call.params.dtype.size()).div_ceil(64) * 64;
-        }
-        if inner.scratch.len() * 8 < scratch_total {
-            inner.scratch.resize(scratch_total.div_ceil(8), 0);
-        }
-        let base: *mut u8 = inner.scratch.as_mut_ptr().cast();
-        let mut off = 0usize;
-        let mut give_scratch = |cached: &Cached, mut call: exec::Call| {
-            let len = cached.prog.scratch_len * call.params.dtype.size();
-            // SAFETY: off + len <= scratch_total <= the scratch allocation (sized just above).
-            call.mem.scratch = unsafe { base.add(off) };
-            call.mem.scratch_len = len;
-            off += len.div_ceil(64) * 64;
-            call
+    /// Gives a prepared call (its links connected) scratch and runs it.
+    fn launch_one(&self, inner: &mut Inner, cached: &Cached, call: exec::Call<'_>) -> Result<()> {
+        let scratch = scratch_bytes(
+            &mut inner.scratch,
+            cached.prog.scratch_len * call.params.dtype.size(),
+        );
+        let call = exec::Call {
+            mem: call.mem.with_scratch(scratch),
+            params: call.params,
         };
-        let interrupt = self.interrupt();
-        // SAFETY: each call's memory comes from the call's live borrows (recv exclusively) or
-        // the scratch owned by `inner`, which we hold locked; distinct calls' buffers are
-        // distinct borrows; in place, Programs never name Input; Programs come from algo, which
-        // the verifier proves race-free; each plan was compiled from its call's Program.
-        let r = unsafe {
-            if let [(cached, call)] = planned {
-                let call = give_scratch(cached, *call);
-                exec::run_planned(
-                    &cached.plan,
-                    std::slice::from_ref(&call),
-                    &mut inner.links,
-                    interrupt,
-                )
-            } else {
-                let jobs: Vec<Job<'_>> = planned
-                    .iter()
-                    .map(|(cached, call)| {
-                        let c = give_scratch(cached, *call);
-                        Job {
-                            prog: &cached.prog,
-                            mem: c.mem,
-                            params: c.params,
-                        }
-                    })
-                    .collect();
-                exec::run_jobs_abortable(&jobs, &mut inner.links, interrupt)
-            }
-        };
+        let r = exec::run_planned(
+            &cached.plan,
+            std::slice::from_ref(&call),
+            &mut inner.links,
+            self.interrupt(),
+        );
+        self.record(inner, r)
+    }
+
+    /// Gives prepared calls (their links connected) scratch and runs them together. Each
+    /// call's memory is its own borrows (distinct calls' buffers are distinct borrows) and its
+    /// own piece of the communicator's scratch.
+    fn launch_group(
+        &self,
+        inner: &mut Inner,
+        planned: Vec<(Arc<Cached>, exec::Call<'_>)>,
+    ) -> Result<()> {
+        // Scratch for all of them: one allocation, carved up in 64-byte aligned pieces.
+        let (cached, calls): (Vec<Arc<Cached>>, Vec<exec::Call<'_>>) = planned.into_iter().unzip();
+        let lens: Vec<usize> = cached
+            .iter()
+            .zip(&calls)
+            .map(|(c, call)| c.prog.scratch_len * call.params.dtype.size())
+            .collect();
+        let total = lens.iter().map(|l| l.div_ceil(64) * 64).sum();
+        let Inner { scratch, links, .. } = &mut *inner;
+        let mut rest = scratch_bytes(scratch, total);
+        let mut jobs = Vec::with_capacity(calls.len());
+        for ((call, c), len) in calls.into_iter().zip(&cached).zip(lens) {
+            let (mine, after) = std::mem::take(&mut rest).split_at_mut(len.div_ceil(64) * 64);
+            rest = after;
+            jobs.push(Job {
+                prog: &c.prog,
+                mem: call.mem.with_scratch(&mut mine[..len]),
+                params: call.params,
+            });
+        }
+        let r = exec::run_jobs_abortable(jobs, links, self.interrupt());
         self.record(inner, r)
     }
 

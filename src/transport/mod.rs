@@ -12,6 +12,7 @@
 pub mod connect;
 pub mod framing;
 pub(crate) mod links;
+pub(crate) mod mem;
 pub mod mpath;
 mod paths;
 #[cfg(feature = "rdma")]
@@ -22,6 +23,7 @@ pub(crate) mod wait;
 pub mod wire;
 
 use crate::error::{Error, Result};
+pub use mem::{Region, RegionMut};
 
 /// Which transport links use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,14 +123,12 @@ pub trait Link: Send {
     /// The largest message in bytes (the receiver's slot size).
     fn max_message(&self) -> usize;
 
-    /// Posts a send of `len` bytes starting at `data`, tagged `tag`. Returns `Ok(false)` when the
-    /// send window (the credits) is full; call [`Link::progress`] and retry.
-    ///
-    /// # Safety
-    /// `data..data + len` must stay valid and unmodified until [`Link::take_send_completions`]
-    /// has reported this send complete (sends complete in the order they were posted), or the
-    /// link is dropped.
-    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool>;
+    /// Posts a send of the bytes of `data`, tagged `tag`. Returns `Ok(false)` when the send
+    /// window (the credits) is full; call [`Link::progress`] and retry. The link may read `data`
+    /// until [`Link::take_send_completions`] has reported this send complete (sends complete in
+    /// the order they were posted), or it is aborted or dropped: the region's contract keeps it
+    /// valid and unmodified that long (see [`mem`]).
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool>;
 
     /// Drives I/O without blocking. Returns whether anything moved.
     fn progress(&mut self) -> Result<bool>;
@@ -169,14 +169,12 @@ pub trait Link: Send {
     /// Offers `dst` as the final destination of message number `index` (counting this link's
     /// received messages from 0), so the transport can place it there directly instead of in a
     /// slot (RDMA's posted receive). It is a hint: a transport may ignore it, and a message whose
-    /// length differs from `len` lands in a slot as usual. When it is used, [`Link::peek_recv`]
-    /// returns a slice of `dst` itself.
-    ///
-    /// # Safety
-    /// `dst..dst + len` must stay valid and untouched by anything else until that message has
-    /// been released or [`Link::cancel_recvs`] has been called.
-    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
-        let _ = (index, dst, len);
+    /// length differs from `dst`'s lands in a slot as usual. When it is used, [`Link::peek_recv`]
+    /// returns a slice of `dst` itself. The link may write `dst` until that message has been
+    /// released or [`Link::cancel_recvs`] has been called: the region's contract keeps it valid
+    /// and untouched by anything else that long (see [`mem`]).
+    fn post_recv(&mut self, index: u64, dst: RegionMut<'_>) {
+        let _ = (index, dst);
     }
 
     /// How many messages this link has released since it was created: the index

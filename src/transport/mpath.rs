@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use super::framing::{RxEvent, RxFramer, TxFramer};
 use super::wire::{self, ABORT, ACK, DATA, DEAD, MAX_ABORT};
-use super::{Link, Tag};
+use super::{Link, Region, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
@@ -123,7 +123,7 @@ impl std::fmt::Debug for MultipathLink {
     }
 }
 
-// SAFETY: the raw pointers in `pending`/`tx` point into caller memory that post_send's contract
+// SAFETY: the raw pointers in `pending`/`tx` point into caller memory that the sent Region's contract
 // keeps valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for MultipathLink {}
 
@@ -340,7 +340,7 @@ impl MultipathLink {
                 } else {
                     p.tx_body
                 };
-                // SAFETY: post_send's contract keeps the body valid and unmodified until the
+                // SAFETY: the sent Region's contract keeps the body valid and unmodified until the
                 // peer's `recv` covers it, which is after this frame is written; zero lengths
                 // need only a non-null aligned pointer.
                 let body = unsafe { std::slice::from_raw_parts(ptr, len) };
@@ -501,7 +501,8 @@ impl Link for MultipathLink {
         self.slot_size
     }
 
-    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+        let (data, len) = (data.as_ptr(), data.len());
         self.check()?;
         if len > self.slot_size {
             return Err(Error::internal(format!(
@@ -678,7 +679,14 @@ mod tests {
                     ..Tag::default()
                 };
                 // SAFETY: msgs outlives the loop and is not modified.
-                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), msgs[sent].len()) }.unwrap() {
+                if !unsafe {
+                    a.post_send(
+                        &tag,
+                        Region::from_raw(msgs[sent].as_ptr(), msgs[sent].len()),
+                    )
+                }
+                .unwrap()
+                {
                     break;
                 }
                 sent += 1;

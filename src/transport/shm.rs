@@ -53,7 +53,7 @@ use crossbeam_utils::CachePadded;
 
 use place::{POSTS, Post, Posted, Writer};
 
-use super::{Link, Tag};
+use super::{Link, Region, RegionMut, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::shm::{self as sys, Mapping};
@@ -701,7 +701,8 @@ impl Link for ShmLink {
         self.slot_size
     }
 
-    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+        let (data, len) = (data.as_ptr(), data.len());
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -726,7 +727,7 @@ impl Link for ShmLink {
         }
         let k = self.sent;
         // SAFETY: tx_posts is the table of the ring we send on; data..data+len is readable per
-        // post_send's contract.
+        // the sent Region's contract.
         let placed = unsafe { place::try_place(self.tx_posts, &mut self.writer, k, data, len) };
         let remote = !placed && len >= self.pull_min && self.peer_pulls();
         let (hdr, body) = self.slot_at(self.tx_slots, self.tx_i, if remote { 0 } else { len });
@@ -856,7 +857,7 @@ impl Link for ShmLink {
         let mut t = [0u8; Tag::LEN];
         // SAFETY: the sender wrote the tag (and the data, in the slot or in our posted buffer)
         // before its release store of seq, which we saw; it does not touch either again until
-        // we release the message. The posted buffer is valid until then (post_recv's contract).
+        // we release the message. The posted buffer is valid until then (the posted RegionMut's contract).
         // The slice stays valid and unchanged while `self` is borrowed (release needs &mut).
         let data = unsafe {
             std::ptr::copy_nonoverlapping(
@@ -909,7 +910,7 @@ impl Link for ShmLink {
         match self.reader {
             Writer::Same => {
                 // SAFETY: a thread peer's buffer in this process, which it keeps valid and
-                // unwritten until we release the message (post_send's contract on its side),
+                // unwritten until we release the message (the sent Region's contract on its side),
                 // and which it cannot take back while we are PULLING.
                 f(0, unsafe {
                     std::slice::from_raw_parts(addr as usize as *const u8, len)
@@ -977,7 +978,8 @@ impl Link for ShmLink {
         self.consumed
     }
 
-    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
+    fn post_recv(&mut self, index: u64, dst: RegionMut<'_>) {
+        let (dst, len) = (dst.as_mut_ptr(), dst.len());
         // Small messages always travel through the slot: do not even look at it (its header
         // line is the one the sender is about to write).
         if len < place::PLACE_MIN {
@@ -991,7 +993,7 @@ impl Link for ShmLink {
             }
         }
         // SAFETY: rx_posts is the table of the ring we receive on; dst stays valid until the
-        // message is released or cancel_recvs (post_recv's contract).
+        // message is released or cancel_recvs (the posted RegionMut's contract).
         unsafe {
             self.posted
                 .post(self.rx_posts, self.consumed, index, dst, len)

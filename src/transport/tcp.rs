@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 
 use super::framing::{RxEvent, RxFramer, TxFramer};
 use super::wire::{self, AbortBody, TcpHeader};
-use super::{Link, Tag};
+use super::{Link, Region, RegionMut, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
@@ -127,7 +127,7 @@ impl std::fmt::Debug for TcpLink {
     }
 }
 
-// SAFETY: the raw pointers in `pending` point into caller memory that post_send's contract keeps
+// SAFETY: the raw pointers in `pending` point into caller memory that the sent Region's contract keeps
 // valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for TcpLink {}
 
@@ -247,7 +247,7 @@ impl TcpLink {
                     tag: p.tag,
                 });
             }
-            // SAFETY: post_send's contract keeps p.data..p.data+p.len valid and unmodified until
+            // SAFETY: the sent Region's contract keeps p.data..p.data+p.len valid and unmodified until
             // this send is reported complete, which happens only after this loop finishes it.
             let ptr = if p.len == 0 {
                 std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const()
@@ -317,7 +317,7 @@ impl TcpLink {
                     continue;
                 }
                 Some((h, got)) if !st.rx_dst.is_null() => {
-                    // SAFETY: post_recv's contract keeps dst..dst+len valid and untouched by
+                    // SAFETY: the posted RegionMut's contract keeps dst..dst+len valid and untouched by
                     // others until this message is released or the receive is cancelled (which
                     // fails the link if a body is partly placed, so we never get here after it).
                     let buf = unsafe { std::slice::from_raw_parts_mut(st.rx_dst, h.len) };
@@ -400,7 +400,8 @@ impl Link for TcpLink {
         self.slot_size
     }
 
-    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+        let (data, len) = (data.as_ptr(), data.len());
         self.check()?;
         if len > self.slot_size {
             return Err(Error::internal(format!(
@@ -498,7 +499,8 @@ impl Link for TcpLink {
         self.released
     }
 
-    unsafe fn post_recv(&mut self, index: u64, dst: *mut u8, len: usize) {
+    fn post_recv(&mut self, index: u64, dst: RegionMut<'_>) {
+        let (dst, len) = (dst.as_mut_ptr(), dst.len());
         // Only messages that can still be placed: within the window, and whose body has not
         // begun to arrive (the stream carrying it has not passed it, and is not in its body
         // with a destination already chosen). A message whose body has begun in a slot just
@@ -652,7 +654,13 @@ mod tests {
                         ..Tag::default()
                     };
                     // SAFETY: msgs outlives the loop and is not modified.
-                    if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), msgs[sent].len()) }.unwrap()
+                    if !unsafe {
+                        a.post_send(
+                            &tag,
+                            Region::from_raw(msgs[sent].as_ptr(), msgs[sent].len()),
+                        )
+                    }
+                    .unwrap()
                     {
                         break;
                     }
@@ -768,7 +776,7 @@ mod tests {
         for (i, d) in dsts.iter_mut().enumerate().take(n - 1) {
             // SAFETY: dsts outlives the link's use of it (cancel_recvs below) and is only
             // read after each message is released.
-            unsafe { b.post_recv(i as u64, d.as_mut_ptr(), d.len()) };
+            unsafe { b.post_recv(i as u64, RegionMut::from_raw(d.as_mut_ptr(), d.len())) };
         }
         let (mut sent, mut done, mut got) = (0, 0, 0);
         let mut in_place = 0;
@@ -779,7 +787,9 @@ mod tests {
                     ..Tag::default()
                 };
                 // SAFETY: msgs outlives the loop and is not modified.
-                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), 4096) }.unwrap() {
+                if !unsafe { a.post_send(&tag, Region::from_raw(msgs[sent].as_ptr(), 4096)) }
+                    .unwrap()
+                {
                     break;
                 }
                 sent += 1;
@@ -800,7 +810,9 @@ mod tests {
                 // Post the last one once its header may have arrived.
                 let d = &mut dsts[n - 1];
                 // SAFETY: as above.
-                unsafe { b.post_recv((n - 1) as u64, d.as_mut_ptr(), d.len()) };
+                unsafe {
+                    b.post_recv((n - 1) as u64, RegionMut::from_raw(d.as_mut_ptr(), d.len()))
+                };
             }
             got == n && done == n
         });
@@ -829,7 +841,9 @@ mod tests {
                     ..Tag::default()
                 };
                 // SAFETY: msgs outlives the loop and is not modified.
-                if !unsafe { a.post_send(&tag, msgs[sent].as_ptr(), 4096) }.unwrap() {
+                if !unsafe { a.post_send(&tag, Region::from_raw(msgs[sent].as_ptr(), 4096)) }
+                    .unwrap()
+                {
                     break;
                 }
                 sent += 1;
@@ -840,7 +854,7 @@ mod tests {
         });
         let mut dst = vec![0u8; 4096];
         // SAFETY: dst outlives the link's use of it (cancel_recvs below).
-        unsafe { b.post_recv(4, dst.as_mut_ptr(), dst.len()) };
+        unsafe { b.post_recv(4, RegionMut::from_raw(dst.as_mut_ptr(), dst.len())) };
         let mut got = 0;
         let mut placed = false;
         wait_until(|| {

@@ -455,7 +455,7 @@ pub fn dial(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::{Link, Tag};
+    use crate::transport::{Link, Region, Tag};
 
     #[test]
     fn dial_accept_and_exchange() {
@@ -486,7 +486,8 @@ mod tests {
         };
         let m = *b"hello shm";
         // SAFETY: `m` outlives the call.
-        assert!(unsafe { l0.post_send(&Tag::default(), m.as_ptr(), m.len()) }.unwrap());
+        let sent = unsafe { l0.post_send(&Tag::default(), Region::from_raw(m.as_ptr(), m.len())) };
+        assert!(sent.unwrap());
         let (_, got) = l1.peek_recv().unwrap().unwrap();
         assert_eq!(got, b"hello shm");
         l1.release_recv();

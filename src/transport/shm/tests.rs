@@ -83,7 +83,11 @@ mod unit {
                 let mut done = 0;
                 for (i, m) in msgs2.iter().enumerate() {
                     // SAFETY: `m` outlives the loop and is not modified.
-                    while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
+                    while !unsafe {
+                        a.post_send(&tag(i as u64), Region::from_raw(m.as_ptr(), m.len()))
+                    }
+                    .unwrap()
+                    {
                         assert!(std::time::Instant::now() < d);
                         std::thread::yield_now();
                     }
@@ -114,18 +118,18 @@ mod unit {
         let m = [7u8; 64];
         for i in 0..3 {
             // SAFETY: `m` outlives the calls.
-            assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+            assert!(unsafe { a.post_send(&tag(i), Region::from_raw(m.as_ptr(), 64)) }.unwrap());
         }
         // SAFETY: as above.
-        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        assert!(!unsafe { a.post_send(&tag(3), Region::from_raw(m.as_ptr(), 64)) }.unwrap());
         assert_eq!(a.take_send_completions(), 3);
         // Peeking does not return the credit; releasing does.
         assert!(b.peek_recv().unwrap().is_some());
         // SAFETY: as above.
-        assert!(!unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        assert!(!unsafe { a.post_send(&tag(3), Region::from_raw(m.as_ptr(), 64)) }.unwrap());
         b.release_recv();
         // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(3), m.as_ptr(), 64) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(3), Region::from_raw(m.as_ptr(), 64)) }.unwrap());
         for i in 1..4 {
             let (t, d) = b.peek_recv().unwrap().unwrap();
             assert_eq!((t.seq, d.len()), (i, 64));
@@ -134,7 +138,7 @@ mod unit {
         assert!(b.peek_recv().unwrap().is_none());
         // A message larger than a slot is refused.
         // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
+        assert!(unsafe { a.post_send(&tag(9), Region::from_raw(m.as_ptr(), 65)) }.is_err());
     }
 
     #[test]
@@ -142,7 +146,7 @@ mod unit {
         let (mut a, mut b) = pair(4, 128);
         let m = [1u8; 8];
         // SAFETY: `m` outlives the call.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(0), Region::from_raw(m.as_ptr(), 8)) }.unwrap());
         a.send_abort(&Error::mismatch(2, "count 3 vs 4"));
         assert!(b.before_wait(), "an abort is news for a waiter");
         assert!(!b.before_wait(), "but only once");
@@ -161,7 +165,7 @@ mod unit {
         // Sticky, and a's own sends fail too.
         assert!(b.peek_recv().is_err());
         // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
+        assert!(unsafe { a.post_send(&tag(1), Region::from_raw(m.as_ptr(), 8)) }.is_err());
     }
 
     #[test]
@@ -204,10 +208,14 @@ mod unit {
             s.spawn(move || {
                 for i in 0..500u64 {
                     // SAFETY: `m` outlives the calls.
-                    while !unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                    while !unsafe { a.post_send(&tag(i), Region::from_raw(m.as_ptr(), 16)) }
+                        .unwrap()
+                    {
                         let seen = a.doorbell().unwrap().announce();
                         // SAFETY: as above.
-                        if unsafe { a.post_send(&tag(i), m.as_ptr(), 16) }.unwrap() {
+                        if unsafe { a.post_send(&tag(i), Region::from_raw(m.as_ptr(), 16)) }
+                            .unwrap()
+                        {
                             a.doorbell().unwrap().retract();
                             break;
                         }
@@ -244,10 +252,10 @@ mod unit {
         let mut dst = vec![0u8; len];
         // Message 0 is posted; message 1 (same size) is not; message 2 is posted too late.
         // SAFETY: dst stays valid and untouched until the message is released.
-        unsafe { b.post_recv(0, dst.as_mut_ptr(), len) };
+        unsafe { b.post_recv(0, RegionMut::from_raw(dst.as_mut_ptr(), len)) };
         for i in 0..2 {
             // SAFETY: `msg` outlives the calls.
-            assert!(unsafe { a.post_send(&tag(i), msg.as_ptr(), len) }.unwrap());
+            assert!(unsafe { a.post_send(&tag(i), Region::from_raw(msg.as_ptr(), len)) }.unwrap());
         }
         let dst_ptr = dst.as_ptr();
         {
@@ -270,10 +278,10 @@ mod unit {
         // A posting withdrawn before the send is never written to.
         let mut dst2 = vec![0u8; len];
         // SAFETY: as above.
-        unsafe { b.post_recv(2, dst2.as_mut_ptr(), len) };
+        unsafe { b.post_recv(2, RegionMut::from_raw(dst2.as_mut_ptr(), len)) };
         b.cancel_recvs();
         // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(2), msg.as_ptr(), len) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(2), Region::from_raw(msg.as_ptr(), len)) }.unwrap());
         let (_, got) = b.peek_recv().unwrap().unwrap();
         assert_eq!(got, &msg[..]);
         assert!(dst2.iter().all(|&x| x == 0));
@@ -281,9 +289,9 @@ mod unit {
         // Small messages are not posted (a second copy is cheaper than the bookkeeping).
         let mut small = vec![0u8; 64];
         // SAFETY: as above.
-        unsafe { b.post_recv(3, small.as_mut_ptr(), 64) };
+        unsafe { b.post_recv(3, RegionMut::from_raw(small.as_mut_ptr(), 64)) };
         // SAFETY: as above.
-        assert!(unsafe { a.post_send(&tag(3), msg.as_ptr(), 64) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(3), Region::from_raw(msg.as_ptr(), 64)) }.unwrap());
         assert_ne!(b.peek_recv().unwrap().unwrap().1.as_ptr(), small.as_ptr());
         b.release_recv();
         b.cancel_recvs();
@@ -297,7 +305,7 @@ mod unit {
         let mut dst = vec![0u8; len];
         let src = vec![9u8; len];
         // SAFETY: dst stays valid until cancel_recvs.
-        unsafe { b.post_recv(0, dst.as_mut_ptr(), len) };
+        unsafe { b.post_recv(0, RegionMut::from_raw(dst.as_mut_ptr(), len)) };
         // The peer places message 0 (as a's post_send would), but b gives the buffer back
         // before consuming it: the link can no longer be trusted.
         let mut w = place::Writer::Same;
@@ -367,7 +375,9 @@ mod pull {
             .collect();
         for (i, m) in msgs.iter().enumerate().take(4) {
             // SAFETY: `msgs` outlives the link's use of it (the messages are read below).
-            assert!(unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap());
+            let sent =
+                unsafe { a.post_send(&tag(i as u64), Region::from_raw(m.as_ptr(), m.len())) };
+            assert!(sent.unwrap());
         }
         assert_eq!(
             a.take_send_completions(),
@@ -396,7 +406,9 @@ mod pull {
         assert_eq!(a.take_send_completions(), 3);
         for (i, m) in msgs.iter().enumerate().skip(4) {
             // SAFETY: as above.
-            assert!(unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap());
+            let sent =
+                unsafe { a.post_send(&tag(i as u64), Region::from_raw(m.as_ptr(), m.len())) };
+            assert!(sent.unwrap());
             let (_, got, _) = take(&mut b).unwrap().unwrap();
             assert_eq!(&got, m);
         }
@@ -422,7 +434,7 @@ mod pull {
         a.peer_pulls = false;
         let m = message(PULL_MIN * 2, 3);
         // SAFETY: `m` outlives the calls.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(0), Region::from_raw(m.as_ptr(), m.len())) }.unwrap());
         assert_eq!(a.take_send_completions(), 1, "copied into the slot");
         let (_, got, pieces) = take(&mut b).unwrap().unwrap();
         assert_eq!((got, pieces), (m, 0));
@@ -434,7 +446,8 @@ mod pull {
             let (mut a, mut b) = pair(2, 1 << 20);
             let m = message(PULL_MIN, 1);
             // SAFETY: `m` outlives the calls.
-            assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+            let sent = unsafe { a.post_send(&tag(0), Region::from_raw(m.as_ptr(), m.len())) };
+            assert!(sent.unwrap());
             // The sender's call fails elsewhere and returns: its buffer is no longer offered.
             a.cancel_recvs();
             assert!(a.pulls.is_empty());
@@ -465,7 +478,7 @@ mod pull {
         let (mut a, mut b) = pair(2, 1 << 20);
         let m = message(PULL_MIN, 2);
         // SAFETY: `m` outlives the calls.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(0), Region::from_raw(m.as_ptr(), m.len())) }.unwrap());
         assert!(a.progress().is_ok(), "the receiver is alive");
         // The receiver process dies: its socket closes, its memory stays mapped.
         b.sock = None;
@@ -486,7 +499,7 @@ mod pull {
         let (mut a, mut b) = pair(2, 1 << 20);
         let m = message(PULL_MIN, 4);
         // SAFETY: `m` outlives the calls.
-        assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), m.len()) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(0), Region::from_raw(m.as_ptr(), m.len())) }.unwrap());
         // Play a sender process that is gone: a reaped child's pid reads nothing.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
@@ -532,8 +545,7 @@ mod bench {
                             seq: i,
                             ..Tag::default()
                         },
-                        m.as_ptr(),
-                        8,
+                        Region::from_raw(m.as_ptr(), 8),
                     )
                 }
                 .unwrap()
@@ -551,8 +563,7 @@ mod bench {
                             seq: i,
                             ..Tag::default()
                         },
-                        m.as_ptr(),
-                        8,
+                        Region::from_raw(m.as_ptr(), 8),
                     )
                 }
                 .unwrap()

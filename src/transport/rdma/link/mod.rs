@@ -48,7 +48,7 @@ mod sock;
 use crate::error::Error;
 use crate::error::Result;
 use crate::transport::wire;
-use crate::transport::{Link, Tag};
+use crate::transport::{self, Link, Tag};
 pub(crate) use sock::Awaiting;
 use sock::{SOCK_BUF, SetupState};
 
@@ -735,7 +735,8 @@ impl Link for RdmaLink {
         self.geo.slot_size
     }
 
-    unsafe fn post_send(&mut self, tag: &Tag, data: *const u8, len: usize) -> Result<bool> {
+    fn post_send(&mut self, tag: &Tag, data: transport::Region<'_>) -> Result<bool> {
+        let (data, len) = (data.as_ptr(), data.len());
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -784,7 +785,7 @@ impl Link for RdmaLink {
             lkey: self.mr.lkey,
         };
         let zc = if len >= self.params.zcopy_min && len > 0 {
-            // SAFETY: post_send's contract keeps the caller's bytes valid until this send is
+            // SAFETY: the sent Region's contract keeps the caller's bytes valid until this send is
             // reported complete; the cache is flushed at the end of the call (cancel_recvs) or
             // at drop, before the caller may free them.
             unsafe { self.cache.get(self.nic.as_mut(), data as u64, len) }

@@ -2,6 +2,7 @@
 
 use super::super::emu::Fabric;
 use super::*;
+use crate::transport::Region as Src;
 
 fn tag(seq: u64) -> Tag {
     Tag {
@@ -89,7 +90,9 @@ fn messages_arrive_in_order_with_tags_copy_and_zero_copy() {
             for (i, m) in msgs2.iter().enumerate() {
                 // SAFETY: `m` outlives the loop and the link's use of it (all sends
                 // complete before the thread ends, checked below).
-                while !unsafe { a.post_send(&tag(i as u64), m.as_ptr(), m.len()) }.unwrap() {
+                while !unsafe { a.post_send(&tag(i as u64), Src::from_raw(m.as_ptr(), m.len())) }
+                    .unwrap()
+                {
                     assert!(Instant::now() < d);
                     a.progress().unwrap();
                     done += a.take_send_completions();
@@ -123,10 +126,10 @@ fn credits_bound_the_sender_and_wake_it() {
     let m = [7u8; 64];
     for i in 0..2 {
         // SAFETY: `m` outlives the calls.
-        assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(i), Src::from_raw(m.as_ptr(), 64)) }.unwrap());
     }
     // SAFETY: as above.
-    assert!(!unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
+    assert!(!unsafe { a.post_send(&tag(2), Src::from_raw(m.as_ptr(), 64)) }.unwrap());
     assert_eq!(
         a.take_send_completions(),
         2,
@@ -145,14 +148,14 @@ fn credits_bound_the_sender_and_wake_it() {
         "credit woke the sender"
     );
     // SAFETY: as above.
-    assert!(unsafe { a.post_send(&tag(2), m.as_ptr(), 64) }.unwrap());
+    assert!(unsafe { a.post_send(&tag(2), Src::from_raw(m.as_ptr(), 64)) }.unwrap());
     for i in 1..3 {
         let (t, d) = recv_one(&mut b, deadline()).unwrap();
         assert_eq!((t.seq, d.len()), (i, 64));
     }
     // A message larger than a slot is refused.
     // SAFETY: as above.
-    assert!(unsafe { a.post_send(&tag(9), m.as_ptr(), 65) }.is_err());
+    assert!(unsafe { a.post_send(&tag(9), Src::from_raw(m.as_ptr(), 65)) }.is_err());
 }
 
 #[test]
@@ -161,7 +164,7 @@ fn abort_arrives_after_the_messages_before_it() {
     let (mut a, mut b) = pair(&f, 4, 128, LinkParams::default());
     let m = [1u8; 8];
     // SAFETY: `m` outlives the call.
-    assert!(unsafe { a.post_send(&tag(0), m.as_ptr(), 8) }.unwrap());
+    assert!(unsafe { a.post_send(&tag(0), Src::from_raw(m.as_ptr(), 8)) }.unwrap());
     a.send_abort(&Error::mismatch(2, "count 3 vs 4"));
     assert!(recv_one(&mut b, deadline()).is_ok());
     match b.peek_recv() {
@@ -176,7 +179,7 @@ fn abort_arrives_after_the_messages_before_it() {
     }
     assert!(b.peek_recv().is_err(), "sticky");
     // SAFETY: as above.
-    assert!(unsafe { a.post_send(&tag(1), m.as_ptr(), 8) }.is_err());
+    assert!(unsafe { a.post_send(&tag(1), Src::from_raw(m.as_ptr(), 8)) }.is_err());
 }
 
 #[test]
@@ -232,7 +235,7 @@ fn lost_packets_are_retransmitted_transparently() {
         }
         let m = [i as u8; 200];
         // SAFETY: `m` lives until the send is received below (copied sends complete at once).
-        while !unsafe { a.post_send(&tag(i), m.as_ptr(), 200) }.unwrap() {
+        while !unsafe { a.post_send(&tag(i), Src::from_raw(m.as_ptr(), 200)) }.unwrap() {
             assert!(Instant::now() < d);
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -249,7 +252,7 @@ fn dropping_a_link_delivers_what_it_already_reported_sent() {
     let m = [9u8; 64];
     for i in 0..3 {
         // SAFETY: copied sends: `m` is only read during the call.
-        assert!(unsafe { a.post_send(&tag(i), m.as_ptr(), 64) }.unwrap());
+        assert!(unsafe { a.post_send(&tag(i), Src::from_raw(m.as_ptr(), 64)) }.unwrap());
     }
     assert_eq!(
         a.take_send_completions(),
