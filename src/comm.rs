@@ -328,7 +328,8 @@ pub struct Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
-        // Started non-blocking calls borrow from callers and from self: finish them first.
+        // Detached calls hold an owner of the communicator, so none is queued now (unless this
+        // runs on their worker, dropping the last owner): stop the worker thread.
         self.stop_worker();
     }
 }

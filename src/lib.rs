@@ -15,13 +15,19 @@
 //!  exec        runs one rank's Program over its links, with deadlines; reduces on receive
 //!                                                          (src/exec.rs; kernels in src/reduce.rs)
 //!  transport   Link: post_send / poll_recv / release, credits: shared memory, TCP, multi-path
-//!              TCP, RDMA verbs (feature `rdma`); connection setup       (src/transport/)
+//!              TCP, RDMA verbs (feature `rdma`); connection setup; a call's memory as
+//!              bounds-checked regions (mem.rs: where buffers become pointers)
+//!                                                                       (src/transport/)
 //!  bootstrap   unique id, rendezvous store, launcher env discovery, HMAC handshake, card
 //!              exchange                                                 (src/bootstrap/)
 //!  sys         the unsafe syscall wrappers (memfd, mmap, futex, SCM_RIGHTS, affinity)
 //!                                                                      (src/sys/)
 //!  error, log  Error and Result; OXCCL_DEBUG logging to stderr    (src/error.rs, src/log.rs)
 //! ```
+//!
+//! `unsafe` lives only in `sys`, `transport` (its `mem` module is where a call's buffers become
+//! pointers), the reduce kernels and the C ABI crate; `comm`, `exec`, `algo`, `tune`, `sim`,
+//! `topo` and `bootstrap` have none.
 //!
 //! The public API is what this page lists: [`Communicator`] and its calls ([`Call`],
 //! [`Request`], [`Scope`]), [`Config`] and [`TransportKind`], [`Error`], the element types and
@@ -48,16 +54,24 @@ pub(crate) use log::{info, trace, warn};
 #[macro_use]
 mod enum_table;
 
+// The layers without `unsafe` keep it out (see the module docs above).
+#[forbid(unsafe_code)]
 mod algo;
+#[forbid(unsafe_code)]
 mod bootstrap;
+#[forbid(unsafe_code)]
 mod comm;
 mod error;
+#[forbid(unsafe_code)]
 mod exec;
 mod reduce;
+#[forbid(unsafe_code)]
 pub mod sim;
 mod sys;
+#[forbid(unsafe_code)]
 mod topo;
 mod transport;
+#[forbid(unsafe_code)]
 mod tune;
 
 pub use algo::{Algorithm, Collective};

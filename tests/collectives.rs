@@ -375,6 +375,41 @@ fn default_choice_8_ranks_all_types_and_ops() {
     run(8, test_cfg(20_000), &DataType::ALL, &ReduceOp::ALL);
 }
 
+/// A scope whose closure panics after starting a call still finishes the call before the panic
+/// goes on (the scope is a thread scope; its worker runs what was started). Detached calls (the
+/// C ABI's form) borrow nothing and hold an owner of the communicator: dropping every other
+/// owner while one runs leaves the communicator to the worker, which drops it when the call is
+/// done, on its own thread, without joining itself.
+#[test]
+fn a_panicking_scope_finishes_its_calls_and_detached_calls_own_the_communicator() {
+    let res = run_ranks(2, test_cfg(20_000), Duration::from_secs(60), |comm| {
+        let rank = comm.rank();
+        let mut v = vec![rank as f32 + 1.0; 64];
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            comm.scope(|s| {
+                s.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                panic!("the scope's closure panics after starting a call");
+            })
+        }));
+        let comm = std::sync::Arc::new(comm);
+        if rank == 1 {
+            // Rank 0's call is then still running when it drops its own owner below.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let send: &'static [u8] = vec![rank as u8 + 1; 16].leak();
+        let recv: &'static mut [u8] = vec![0u8; 16].leak();
+        let call = Call::all_reduce(Some(send), recv, DataType::U8, ReduceOp::Sum);
+        let req = Communicator::start_detached(comm.clone(), vec![call]).unwrap();
+        drop(comm);
+        (unwound.is_err(), v, req.wait())
+    });
+    for (unwound, v, r) in res {
+        assert!(unwound);
+        assert!(v.iter().all(|&x| x == 3.0), "{v:?}");
+        r.unwrap();
+    }
+}
+
 #[test]
 fn nonblocking_requests_and_scope() {
     let res = run_ranks(3, test_cfg(20_000), Duration::from_secs(60), |comm| {

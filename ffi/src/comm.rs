@@ -40,6 +40,14 @@ pub type oxcclComm_t = *mut oxcclComm;
 
 pub(crate) use oxcclComm as Handle;
 
+/// What a detached call's worker holds while the call is queued or running (see
+/// `Communicator::start_detached`): the handle, and through it the communicator.
+impl AsRef<Communicator> for oxcclComm {
+    fn as_ref(&self) -> &Communicator {
+        &self.comm
+    }
+}
+
 /// A communicator still initialising in the background (`config->blocking = 0`), or whose
 /// background initialisation failed. Its address is the handle C was given.
 pub(crate) struct Pending {
@@ -220,7 +228,7 @@ fn not_live() -> Error {
 pub(crate) fn with_comm(
     func: &'static str,
     comm: oxcclComm_t,
-    f: impl FnOnce(&Handle) -> Result<(), Error>,
+    f: impl FnOnce(&Arc<Handle>) -> Result<(), Error>,
 ) -> oxcclResult_t {
     match Handle::entry(comm) {
         Some(Entry::Ready(h)) => guard(func, Some(&h.shared), || f(&h)),

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::ffi::c_int;
 use std::sync::Arc;
 
-use core_oxccl::{Error, Request};
+use core_oxccl::{Call, Communicator, Error, Request};
 
 use crate::boundary::{Shared, fail, guard, null};
 use crate::comm::{Handle, oxcclComm_t};
@@ -93,13 +93,15 @@ pub(crate) fn no_group(func: &'static str) -> Result<(), oxcclResult_t> {
 /// non-null and writable.
 pub(crate) unsafe fn start(
     func: &'static str,
-    h: &Handle,
+    h: &Arc<Handle>,
     op: Op,
     request: *mut oxcclRequest_t,
 ) -> Result<(), Error> {
-    // SAFETY: the buffers stay valid until completion (caller's contract); the communicator's
-    // Drop waits for started calls, so it cannot go away under the worker either.
-    let req = unsafe { h.comm.start_detached(vec![op.call()])? };
+    // SAFETY: the buffers stay valid until the request completes (caller's contract), which is
+    // all the `'static` call borrows them for: the worker is done with them then. (The worker
+    // holds `h` meanwhile, so the communicator cannot go away under it either.)
+    let call = unsafe { op.call() };
+    let req = Communicator::start_detached(h.clone(), vec![call])?;
     let r = Box::new(oxcclRequest {
         req,
         shared: h.shared.clone(),
@@ -181,10 +183,12 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
                 .filter(move |(x, _, _)| *x == c)
                 .map(|(_, _, op)| {
                     // SAFETY: the buffers are valid until this returns (function contract), and
-                    // no two queued calls race on memory (check_disjoint above).
+                    // the calls (`'static`, as start_detached takes them) are done by then: the
+                    // blocking group returns after them, and every started request is waited
+                    // for below. No two queued calls race on memory (check_disjoint above).
                     unsafe { op.call() }
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<Call<'static>>>()
         };
         let mut results: Vec<Result<(), Error>> = Vec::new();
         if handles.len() == 1 {
@@ -193,9 +197,9 @@ pub unsafe extern "C" fn oxcclGroupEnd() -> oxcclResult_t {
             // Each communicator's calls on its worker, all at once, then wait for all.
             let mut started = Vec::new();
             for (h, &c) in handles.iter().zip(&comms) {
-                // SAFETY: the buffers stay valid until every request below has completed: we
-                // wait for all of them before returning.
-                started.push(unsafe { h.comm.start_detached(calls_of(c)) });
+                // The calls are `'static` (see calls_of): the buffers stay valid until every
+                // request below has completed, as we wait for all of them before returning.
+                started.push(Communicator::start_detached(h.clone(), calls_of(c)));
             }
             for s in started {
                 results.push(s.and_then(|req| req.wait()));
@@ -271,13 +275,11 @@ pub unsafe extern "C" fn oxcclGroupEndAsync(request: *mut oxcclRequest_t) -> oxc
         let ops: Vec<Op> = calls.into_iter().map(|(_, _, op)| op).collect();
         let refs: Vec<&Op> = ops.iter().collect();
         check_disjoint(&refs)?;
-        // SAFETY: the buffers stay valid until the request completes (caller's contract), no two
-        // calls race on memory (check_disjoint), and the communicator's Drop waits for started
-        // calls.
-        let req = unsafe {
-            h.comm
-                .start_detached(ops.iter().map(|op| op.call()).collect())?
-        };
+        // SAFETY: the buffers stay valid until the request completes (caller's contract), which
+        // is all the `'static` calls borrow them for, and no two calls race on memory
+        // (check_disjoint). The worker holds `h` meanwhile.
+        let calls = ops.iter().map(|op| unsafe { op.call() }).collect();
+        let req = Communicator::start_detached(h.clone(), calls)?;
         let r = Box::new(oxcclRequest {
             req,
             shared: h.shared.clone(),

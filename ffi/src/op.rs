@@ -553,13 +553,14 @@ impl Op {
         s.into_iter().chain(r).filter(|&(_, l, _)| l > 0)
     }
 
-    /// The core call over this op's buffers.
+    /// The core call over this op's buffers, borrowing them for `'a` (which the caller picks:
+    /// `'static` for a call started detached, see `Communicator::start_detached`).
     ///
     /// # Safety
-    /// The buffers the op was built from are still valid (send readable, recv writable), nothing
-    /// else accesses the receive buffer while the call lives, and no other live call's buffers
+    /// For all of `'a`: the buffers the op was built from are valid (send readable, recv
+    /// writable), nothing else accesses the receive buffer, and no other live call's buffers
     /// overlap this one's receive buffer.
-    pub(crate) unsafe fn call(&self) -> Call<'_> {
+    pub(crate) unsafe fn call<'a>(&self) -> Call<'a> {
         // SAFETY: (for both) non-null when the length is non-zero (checked at build), valid by
         // the caller's contract; a zero length uses an empty slice, whatever the pointer.
         let send: Option<&[u8]> = self.send.map(|(p, l)| {

@@ -1,8 +1,20 @@
-//! Non-blocking calls: they run on the communicator's worker thread, in ticket order with
-//! every other call. [`Communicator::scope`] makes borrowing buffers for them sound (like
-//! `std::thread::scope`, every request is finished before the scope returns);
-//! [`Communicator::start_detached`] is the raw form the C ABI uses.
+//! Non-blocking calls: they run on a worker thread, in ticket order with every other call.
+//!
+//! Nothing here is unsafe; borrowing is sound by construction:
+//!
+//! - [`Communicator::scope`] *is* a `std::thread::scope`: the calls started in it queue for a
+//!   worker thread spawned in that thread scope (one per `scope` call), which runs every queued
+//!   call before it ends, and the thread scope joins it before `scope` returns, however `f`
+//!   ends (a panic included). So calls may borrow buffers for the scope, and the worker may
+//!   borrow the communicator, exactly as a scoped thread may.
+//! - [`Communicator::start_detached`] takes calls that borrow nothing (`Call<'static>`) and a
+//!   shared owner of the communicator (`Arc<C>`, `C: AsRef<Communicator>`), which the
+//!   communicator's own worker thread holds while the calls are queued or running: no raw
+//!   pointer to the communicator, and no lifetime erased here. It is the form the C ABI uses;
+//!   the ABI makes `Call<'static>` out of the C caller's pointers in its own unsafe code, under
+//!   the C caller's promise that the buffers outlive the request.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -17,93 +29,105 @@ use crate::reduce::{Element, ReduceOp};
 
 impl Communicator {
     /// Runs `f` with a scope in which calls can be started without blocking; every request
-    /// started in it is finished before `scope` returns (so borrowing buffers is sound).
+    /// started in it is finished before `scope` returns (so borrowing buffers is sound). The
+    /// calls run on a thread the scope spawns (and joins).
     pub fn scope<'env, R>(
         &'env self,
         f: impl for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R,
     ) -> R {
         let scope = Scope {
             comm: self,
-            pending: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                closed: false,
+                failed: None,
+            }),
+            cv: Condvar::new(),
             _scope: PhantomData,
             _env: PhantomData,
         };
-        let r = f(&scope);
-        let pending = std::mem::take(&mut *scope.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        for c in pending {
-            let _ = c.wait_forever();
-        }
-        r
-    }
-
-    /// Starts calls on the worker thread without tying them to a scope.
-    ///
-    /// # Safety
-    /// Every buffer the calls borrow must stay valid (and, for receive buffers, untouched) until
-    /// the returned request reports completion; the communicator must not be dropped before that
-    /// either (dropping it waits for started calls, so this holds unless it is leaked).
-    pub unsafe fn start_detached(&self, calls: Vec<Call<'_>>) -> Result<Request<'static>> {
-        let done = self.start_raw(calls)?;
-        Ok(Request {
-            done,
-            _borrow: PhantomData,
+        std::thread::scope(|ts| {
+            // However `f` ends, the queue closes: the worker runs what was started, then ends,
+            // and the thread scope's join returns.
+            let _close = Close(&scope);
+            let spawned = std::thread::Builder::new()
+                .name(format!("oxccl-scope-{}", self.rank))
+                .spawn_scoped(ts, || scope.serve());
+            if let Err(e) = spawned {
+                scope.lock().failed = Some(Error::io("spawn the non-blocking worker thread", e));
+            }
+            f(&scope)
         })
     }
 
-    fn start_raw(&self, calls: Vec<Call<'_>>) -> Result<Arc<Completion>> {
+    /// Starts calls on the communicator's worker thread without tying them to a scope: the form
+    /// the C ABI uses. The calls borrow nothing (`'static`), and the worker holds `comm` (a
+    /// shared owner of the communicator) until they are done, so the communicator outlives
+    /// them; it is dropped on the worker if that was the last owner.
+    pub fn start_detached<C>(comm: Arc<C>, calls: Vec<Call<'static>>) -> Result<Request<'static>>
+    where
+        C: AsRef<Communicator> + Send + Sync + 'static,
+    {
+        let this: &Communicator = (*comm).as_ref();
         if calls.is_empty() {
             return Err(Error::invalid_argument("no calls to start"));
         }
-        let ticket = self.sched.take();
+        let ticket = this.sched.take();
         let done = Arc::new(Completion::default());
         let job = Detached {
-            comm: self as *const Communicator,
-            // SAFETY: only the lifetime is erased; start_raw's callers guarantee the borrows
-            // outlive the job (scope waits for it; start_detached's contract).
-            calls: unsafe { std::mem::transmute::<Vec<Call<'_>>, Vec<Call<'static>>>(calls) },
+            owner: comm.clone(),
+            calls,
             ticket,
             done: done.clone(),
         };
-        let mut w = self
+        let mut w = this
             .worker
             .lock()
             .map_err(|_| Error::internal("worker lock poisoned"))?;
         if w.is_none() {
-            *w = Some(Worker::start(self.rank)?);
+            *w = Some(Worker::start(this.rank)?);
         }
         let sent = w.as_ref().map(|w| w.tx.send(job));
         match sent {
-            Some(Ok(())) => Ok(done),
+            Some(Ok(())) => Ok(Request {
+                done,
+                _borrow: PhantomData,
+            }),
             Some(Err(mpsc::SendError(job))) => {
-                self.sched.done(job.ticket);
+                this.sched.done(job.ticket);
                 Err(Error::internal("the worker thread is gone"))
             }
             None => unreachable!("worker started above"),
         }
     }
 
-    /// Waits for started calls and stops the worker thread.
+    /// Waits for started calls and stops the worker thread. On the worker itself (the last
+    /// owner of the communicator was a detached job's) it only closes the queue: the queue is
+    /// empty (every queued job holds an owner) and the worker ends once this returns.
     pub(super) fn stop_worker(&self) {
         let w = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = w {
             drop(w.tx);
-            let _ = w.handle.join();
+            if w.handle.thread().id() != std::thread::current().id() {
+                let _ = w.handle.join();
+            }
         }
     }
 }
 
-/// Calls handed to the worker thread.
+impl AsRef<Communicator> for Communicator {
+    fn as_ref(&self) -> &Communicator {
+        self
+    }
+}
+
+/// Calls handed to the communicator's worker thread, with a shared owner of the communicator.
 struct Detached {
-    comm: *const Communicator,
+    owner: Arc<dyn AsRef<Communicator> + Send + Sync>,
     calls: Vec<Call<'static>>,
     ticket: u64,
     done: Arc<Completion>,
 }
-
-// SAFETY: the raw pointers (the communicator, and inside `calls` the borrowed buffers) stay valid
-// until `done` is signalled: scope() and start_detached() guarantee it, and the communicator's
-// Drop joins the worker before anything is freed. The communicator is Sync.
-unsafe impl Send for Detached {}
 
 pub(super) struct Worker {
     tx: mpsc::Sender<Detached>,
@@ -117,11 +141,18 @@ impl Worker {
             .name(format!("oxccl-worker-{rank}"))
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    // SAFETY: see `Detached`: the communicator outlives the job.
-                    let comm = unsafe { &*job.comm };
-                    let mut calls = job.calls;
-                    let r = comm.run_ticket(job.ticket, &mut calls);
-                    job.done.set(r);
+                    let Detached {
+                        owner,
+                        mut calls,
+                        ticket,
+                        done,
+                    } = job;
+                    let r = (*owner).as_ref().run_ticket(ticket, &mut calls);
+                    // The owner goes first: a waiter that sees the result finds the
+                    // communicator already dropped if this job held its last owner.
+                    drop(calls);
+                    drop(owner);
+                    done.set(r);
                 }
             })
             .map_err(|e| Error::io("spawn the non-blocking worker thread", e))?;
@@ -177,9 +208,36 @@ impl Completion {
 /// A scope for non-blocking calls; see [`Communicator::scope`].
 pub struct Scope<'scope, 'env: 'scope> {
     comm: &'env Communicator,
-    pending: Mutex<Vec<Arc<Completion>>>,
+    queue: Mutex<Queue<'scope>>,
+    cv: Condvar,
     _scope: PhantomData<&'scope mut &'scope ()>,
     _env: PhantomData<&'env mut &'env ()>,
+}
+
+/// A scope's started calls, waiting for its worker.
+struct Queue<'scope> {
+    jobs: VecDeque<Job<'scope>>,
+    /// The scope is over: the worker ends once `jobs` is empty.
+    closed: bool,
+    /// The worker thread could not be spawned.
+    failed: Option<Error>,
+}
+
+/// Calls started in a scope.
+struct Job<'scope> {
+    calls: Vec<Call<'scope>>,
+    ticket: u64,
+    done: Arc<Completion>,
+}
+
+/// Closes a scope's queue when dropped.
+struct Close<'a, 'scope, 'env>(&'a Scope<'scope, 'env>);
+
+impl Drop for Close<'_, '_, '_> {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.cv.notify_all();
+    }
 }
 
 impl std::fmt::Debug for Scope<'_, '_> {
@@ -191,13 +249,55 @@ impl std::fmt::Debug for Scope<'_, '_> {
 }
 
 impl<'scope> Scope<'scope, '_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<'scope>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker: runs the started calls in order until the scope is over and none is left.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut q = self.lock();
+                loop {
+                    if let Some(job) = q.jobs.pop_front() {
+                        break job;
+                    }
+                    if q.closed {
+                        return;
+                    }
+                    q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let Job {
+                mut calls,
+                ticket,
+                done,
+            } = job;
+            let r = self.comm.run_ticket(ticket, &mut calls);
+            drop(calls);
+            done.set(r);
+        }
+    }
+
     /// Starts calls (run together, like [`Communicator::group`]) and returns at once.
     pub fn start(&'scope self, calls: Vec<Call<'scope>>) -> Result<Request<'scope>> {
-        let done = self.comm.start_raw(calls)?;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(done.clone());
+        if calls.is_empty() {
+            return Err(Error::invalid_argument("no calls to start"));
+        }
+        let mut q = self.lock();
+        if let Some(e) = &q.failed {
+            return Err(e.clone());
+        }
+        // Taken under the queue's lock, so the worker runs the scope's calls in ticket order.
+        let ticket = self.comm.sched.take();
+        let done = Arc::new(Completion::default());
+        q.jobs.push_back(Job {
+            calls,
+            ticket,
+            done: done.clone(),
+        });
+        drop(q);
+        self.cv.notify_all();
         Ok(Request {
             done,
             _borrow: PhantomData,
