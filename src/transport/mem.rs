@@ -38,7 +38,13 @@
 //! completion), and a range posted for a receive is not touched until that message is released
 //! (the step that consumes it) or the executor cancels its posted receives, which it does before
 //! a run returns; on a failed run every link is sent an abort, after which it touches no posted
-//! memory. These types are crate-private: only the executor makes regions of a call's memory.
+//! memory.
+//!
+//! So [`CallMem`]'s region accessors and [`RegionMut::bytes_mut`] are safe functions whose
+//! soundness rests on an invariant the executor keeps (program order, and quiet links when a
+//! run returns), not on types alone: they are crate-private, and only `exec` calls them. Outside
+//! the crate (the links' tests, tools) a region comes only from the unsafe `from_raw`
+//! constructors, whose contracts say the same in words.
 
 use std::marker::PhantomData;
 

@@ -127,7 +127,7 @@ pub trait Link: Send {
     /// window (the credits) is full; call [`Link::progress`] and retry. The link may read `data`
     /// until [`Link::take_send_completions`] has reported this send complete (sends complete in
     /// the order they were posted), or it is aborted or dropped: the region's contract keeps it
-    /// valid and unmodified that long (see [`mem`]).
+    /// valid and unmodified that long (see [`Region::from_raw`]).
     fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool>;
 
     /// Drives I/O without blocking. Returns whether anything moved.
@@ -172,7 +172,7 @@ pub trait Link: Send {
     /// length differs from `dst`'s lands in a slot as usual. When it is used, [`Link::peek_recv`]
     /// returns a slice of `dst` itself. The link may write `dst` until that message has been
     /// released or [`Link::cancel_recvs`] has been called: the region's contract keeps it valid
-    /// and untouched by anything else that long (see [`mem`]).
+    /// and untouched by anything else that long (see [`RegionMut::from_raw`]).
     fn post_recv(&mut self, index: u64, dst: RegionMut<'_>) {
         let _ = (index, dst);
     }
