@@ -12,6 +12,8 @@
 #               calls to rise above the clock and the scheduler; the peers time ~0.2 s per size)
 #        PEERS  peer directory
 #        RANKS  rank counts to compare (default "2 4")   OXCCL_ARGS  extra oxccl-perf flags
+#        REG    1 (default): each round also runs oxccl-perf -R 1 (buffers in registered memory,
+#               which peer processes map) over the sizes above 32 KiB; 0 skips it
 #        CHART  PNG written with busbw and time against size (default benches/charts/shm.png;
 #               CHART= skips it); matplotlib is installed on first use (benches/chart.py)
 #
@@ -26,7 +28,7 @@ set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 PEERS=${PEERS:-$ROOT/../shared/peers}
 MAXB=${MAXB:-67108864} REPS=${REPS:-5} ITERS=${ITERS:-50} RANKS=${RANKS:-"2 4"}
-ITERS_SMALL=${ITERS_SMALL:-20000} SMALL=32768
+ITERS_SMALL=${ITERS_SMALL:-20000} SMALL=32768 REG=${REG:-1}
 PEERS_HOME=${PEERS_HOME:-$HOME/.cache/oxccl-peers}
 CHART=${CHART-$ROOT/benches/charts/shm.png}
 TMP=$(mktemp -d)
@@ -54,6 +56,17 @@ for n in $RANKS; do
       # shellcheck disable=SC2086
       "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -b "$MAXB" -e "$MAXB" -n "$ITERS" -w 5 \
         ${OXCCL_ARGS:-} | tee -a "$out"
+    fi
+    if [ "$REG" = 1 ] && [ "$MAXB" -gt "$SMALL" ]; then
+      echo "== round $rep of $REPS, $n ranks: oxccl-perf (shm, registered memory: -R 1)"
+      # shellcheck disable=SC2086
+      "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -R 1 -b $((SMALL * 4)) -e "$MAXB" -f 4 \
+        -n "$ITERS" -w 5 ${OXCCL_ARGS:-} | tee "$TMP/reg${n}_$rep.txt"
+      if [ "$s" -ne "$MAXB" ]; then
+        # shellcheck disable=SC2086
+        "$ROOT/target/release/oxccl-perf" -N "$n" --transport shm -R 1 -b "$MAXB" -e "$MAXB" \
+          -n "$ITERS" -w 5 ${OXCCL_ARGS:-} | tee -a "$TMP/reg${n}_$rep.txt"
+      fi
     fi
     echo "== round $rep of $REPS, $n ranks: Open MPI (sm)"
     MAXB=$MAXB REPS=1 "$PEERS/run.sh" "ompi$n" | tee "$TMP/peers${n}_$rep.txt"
@@ -90,19 +103,23 @@ def cell(r):
 for n in ranks:
     rounds = [(oxccl(os.path.join(d, f"ox{n}_{k}.txt")), peer(os.path.join(d, f"peers{n}_{k}.txt")))
               for k in range(1, reps + 1)]
+    regs = [oxccl(p) for p in (os.path.join(d, f"reg{n}_{k}.txt") for k in range(1, reps + 1))
+            if os.path.exists(p)]
     sizes = sorted(set().union(*(set(a) | set(m) for a, m in rounds)))
     print()
     print(f"all-reduce float32 sum, {n} ranks, shared memory: median time and busbw (GB/s) over {reps} rounds")
-    print(f"{'bytes':>10} | {'oxccl shm':>19} | {'Open MPI sm':>19} | {'ratio':>7} {'min':>6} {'max':>6}")
+    print(f"{'bytes':>10} | {'oxccl shm':>19} | {'Open MPI sm':>19} | {'ratio':>7} {'min':>6} {'max':>6}"
+          + (f" | {'oxccl -R 1 (registered)':>24}" if regs else ""))
     for size in sizes:
         a = med([r[0][size] for r in rounds if size in r[0]])
         m = med([r[1][size] for r in rounds if size in r[1]])
+        g = med([r[size] for r in regs if size in r])
         ratios = sorted(r[1][size][0] / r[0][size][0] for r in rounds
                         if size in r[0] and size in r[1] and r[0][size][0] > 0)
         rc = (f"{statistics.median(ratios):6.2f}x {ratios[0]:5.2f}x {ratios[-1]:5.2f}x"
               if ratios else f"{'-':>7} {'-':>6} {'-':>6}")
-        print(f"{size:>10} | {cell(a)} | {cell(m)} | {rc}")
-        for lib, r in (("oxccl", a), ("Open_MPI", m)):
+        print(f"{size:>10} | {cell(a)} | {cell(m)} | {rc}" + (f" | {cell(g):>24}" if regs else ""))
+        for lib, r in (("oxccl", a), ("Open_MPI", m), ("oxccl_registered", g)):
             if r:
                 print(lib, n, size, r[0], r[1], file=chart)
 print()

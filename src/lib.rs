@@ -80,6 +80,7 @@ pub use comm::{Call, Communicator, Config, NO_COLOR, Request, Scope, TransportKi
 pub use error::{Error, ErrorKind, Result};
 pub use reduce::{DataType, Element, ReduceOp};
 pub use topo::{Nic, NicKind, Topology};
+pub use transport::shm::reg::SharedMem;
 
 /// Not API: the internals that oxccl's own tools (`tools/`), integration tests, fuzz targets
 /// (`fuzz/`), benchmarks, examples and C ABI crate (`ffi/`) reach into, mirrored by module. No

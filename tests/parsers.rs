@@ -649,8 +649,9 @@ proptest! {
                 None => Ok(()),
             });
             // Zero-length sends: they read the peer's (scribbled) tail and write headers only.
+            let empty = std::ptr::NonNull::dangling().as_ptr();
             // SAFETY: a zero-length send reads no memory.
-            let r0 = unsafe { l0.post_send(&Tag::default(), Region::from_raw(std::ptr::NonNull::dangling().as_ptr(), 0)) }
+            let r0 = unsafe { l0.post_send(&Tag::default(), Region::from_raw(empty, 0)) }
                 .and_then(|_| l0.progress());
             let _ = l0.take_send_completions();
             if r1.is_err() && r0.is_err() {

@@ -4,12 +4,15 @@
 //!   still go through the full memfd + SCM_RIGHTS setup), several types and operators, in and
 //!   out of place, counts 0, 1, a prime and a multi-chunk prime.
 //! - `procs_large_*`: calls above 8 MiB, odd counts, pulled from the senders' buffers or not.
+//! - `procs_registered_memory`: calls on `oxccl::SharedMem` between processes, read and
+//!   written through mappings of the peers' buffers (or, switched off, through the kernel).
 //! - `procs_*`: processes as ranks (the test binary re-executes itself, `common::ProcGroup`):
 //!   forced shm, auto (shm for everyone here), a mix of shm and TCP links forced by the
 //!   test-only knob `OXCCL_SHM_DENY`, and forced TCP; each child checks its own results and its
 //!   log says which transport each link got.
 //! - `procs_killed_rank_*`: a rank SIGKILLed mid-collective (also while large messages are being
-//!   pulled from its buffers, or it pulls) makes every other rank fail naming it well within the
+//!   pulled from its buffers, or it pulls, or its registered buffers are mapped by its peers)
+//!   makes every other rank fail naming it well within the
 //!   timeout; the survivors' descriptor counts return to their baseline once
 //!   the communicator is dropped, and nothing named oxccl appears in /dev/shm.
 //! - `procs_oversubscribed_*`: 4 and 8 process ranks on this machine's cores complete 1,000
@@ -182,6 +185,7 @@ fn child_rank() {
             println!("rank {}: large cases passed", comm.rank());
             Ok(())
         }
+        "registered" => registered_cases(),
         "many_small" => {
             let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
             let mut buf = vec![1.0f32; 256];
@@ -205,6 +209,80 @@ fn child_rank() {
     });
 }
 
+/// Calls on registered memory (`oxccl::SharedMem`): peers read the sender's buffer and write
+/// the receiver's through mappings. Odd counts above 8 MiB, in and out of place, and calls where
+/// only the send or only the receive buffer is registered; every result checked. Then whether
+/// this rank mapped a peer's buffer at all (where pidfd_getfd works).
+fn registered_cases() -> Result<(), String> {
+    let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
+    let (n, rank) = (comm.size(), comm.rank());
+    for (count, op) in [(2_097_155usize, ReduceOp::Sum), (65_537, ReduceOp::Max)] {
+        let salt = count as u64 ^ 0xBEEF;
+        let want = expected::<f32>(op, n, count, salt);
+        let bytes = count * 4;
+        let fill = |m: &mut oxccl::SharedMem, vals: &[f32]| {
+            m[..bytes].copy_from_slice(bytemuck::cast_slice(vals));
+        };
+        let mine = input::<f32>(op, rank, count, salt);
+        let garbage = input::<f32>(ReduceOp::Max, rank + 1000, count, salt);
+        let mut send = oxccl::SharedMem::new(bytes).map_err(|e| e.to_string())?;
+        let mut recv = oxccl::SharedMem::new(bytes).map_err(|e| e.to_string())?;
+        // In place on registered memory.
+        fill(&mut recv, &mine);
+        comm.all_reduce_bytes(None, &mut recv, oxccl::DataType::F32, op)
+            .map_err(|e| format!("in place, count {count}: {e}"))?;
+        check(
+            "registered, in place",
+            op,
+            bytemuck::cast_slice(&recv[..]),
+            &want,
+        )?;
+        // Out of place: both registered, only the send buffer, only the receive buffer.
+        for (send_reg, recv_reg) in [(true, true), (true, false), (false, true)] {
+            let what = format!("registered send {send_reg} recv {recv_reg}, count {count}");
+            fill(&mut send, &mine);
+            fill(&mut recv, &garbage);
+            let mut plain_recv: Vec<f32> = garbage.clone();
+            let r = match (send_reg, recv_reg) {
+                (true, true) => {
+                    comm.all_reduce_bytes(Some(&send), &mut recv, oxccl::DataType::F32, op)
+                }
+                (true, false) => comm.all_reduce_bytes(
+                    Some(&send),
+                    bytemuck::cast_slice_mut(&mut plain_recv),
+                    oxccl::DataType::F32,
+                    op,
+                ),
+                _ => comm.all_reduce_bytes(
+                    Some(bytemuck::cast_slice(&mine)),
+                    &mut recv,
+                    oxccl::DataType::F32,
+                    op,
+                ),
+            };
+            r.map_err(|e| format!("{what}: {e}"))?;
+            let got: &[f32] = if recv_reg {
+                bytemuck::cast_slice(&recv[..])
+            } else {
+                &plain_recv
+            };
+            check(&what, op, got, &want)?;
+            if send_reg {
+                check(
+                    &format!("{what} (send buffer)"),
+                    ReduceOp::Sum,
+                    bytemuck::cast_slice(&send[..]),
+                    &mine,
+                )?;
+            }
+        }
+    }
+    comm.barrier().map_err(|e| format!("final barrier: {e}"))?;
+    let mapped = oxccl::internals::transport::shm::reg::peer_buffers_mapped();
+    println!("rank {rank}: registered cases passed, {mapped} peer buffers mapped");
+    Ok(())
+}
+
 /// Loops 1 MiB all-reduces (OXCCL_SHM_TEST_ELEMS floats) until a peer is killed; then the
 /// error must name the killed rank (OXCCL_SHM_TEST_VICTIM), and dropping the communicator must
 /// give back every descriptor.
@@ -213,16 +291,27 @@ fn loop_until_killed() -> Result<(), String> {
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or("no victim")?;
-    let baseline = open_fds();
-    let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
     let elems = std::env::var("OXCCL_SHM_TEST_ELEMS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256 << 10);
+    // OXCCL_SHM_TEST_REGISTERED=1: the buffer is registered memory, which the peers map (made
+    // before the descriptor baseline: its own descriptor lives as long as it does).
+    let mut reg = std::env::var("OXCCL_SHM_TEST_REGISTERED")
+        .is_ok_and(|v| v == "1")
+        .then(|| oxccl::SharedMem::new(elems * 4))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let baseline = open_fds();
+    let comm = Communicator::from_env().map_err(|e| format!("from_env: {e}"))?;
     let mut buf = vec![1.0f32; elems];
     let mut calls = 0u64;
     let err = loop {
-        match comm.all_reduce(&mut buf, ReduceOp::Sum) {
+        let r = match reg.as_mut() {
+            Some(m) => comm.all_reduce_bytes(None, m, DataType::F32, ReduceOp::Sum),
+            None => comm.all_reduce(&mut buf, ReduceOp::Sum),
+        };
+        match r {
             Ok(()) => {
                 calls += 1;
                 if calls == 3 {
@@ -389,6 +478,74 @@ fn procs_large_calls_pulled_and_through_slots() {
     }
 }
 
+/// Registered memory between processes (2 and 4 ranks; ring, tree, direct): every result
+/// right, and every rank read or wrote a peer's buffer through a mapping (unless pidfd_getfd
+/// is refused here, which the test then says); with mapping switched off (OXCCL_SHM_MAP=0)
+/// the same calls go through the kernel's copies.
+#[test]
+fn procs_registered_memory() {
+    for (n, algo, map) in [
+        (2, "ring", "1"),
+        (2, "tree", "1"),
+        (4, "ring", "1"),
+        (4, "direct", "1"),
+        (2, "ring", "0"),
+    ] {
+        let mut g = ProcGroup::spawn(
+            CHILD,
+            n,
+            &[
+                ("OXCCL_SHM_TEST_MODE", "registered"),
+                ("OXCCL_TIMEOUT_MS", "30000"),
+                ("OXCCL_TRANSPORT", "shm"),
+                ("OXCCL_ALGO", algo),
+                ("OXCCL_SHM_MAP", map),
+            ],
+        );
+        let ok = g.wait(Instant::now() + LIMIT, true);
+        let all_zero = (0..n).all(|r| g.status(r).is_some_and(|s| s.success()));
+        let report = g.report();
+        assert!(ok && all_zero, "{n} ranks, {algo}:\n{report}");
+        let mapped: Vec<u64> = report
+            .lines()
+            .filter_map(|l| {
+                l.split(", ")
+                    .nth(1)?
+                    .strip_suffix(" peer buffers mapped")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(mapped.len(), n, "{report}");
+        if map == "0" {
+            // Mapping off: the kernel copies, with the same results.
+            assert!(mapped.iter().all(|&m| m == 0), "{mapped:?}\n{report}");
+            continue;
+        }
+        if mapped.iter().all(|&m| m == 0) && !pidfd_getfd_works() {
+            eprintln!("skipped the mapping check: pidfd_getfd is refused here");
+            continue;
+        }
+        assert!(
+            mapped.iter().all(|&m| m > 0),
+            "{n} ranks, {algo}: {mapped:?}\n{report}"
+        );
+    }
+}
+
+/// Whether this process may duplicate its own descriptors through a pidfd (kernel 5.6+).
+fn pidfd_getfd_works() -> bool {
+    use oxccl::internals::sys::shm::{pidfd_getfd, pidfd_open};
+    use std::os::fd::{AsFd, AsRawFd};
+    let (Ok(me), Ok(f)) = (
+        pidfd_open(std::process::id() as i32),
+        std::fs::File::open("/proc/self/stat"),
+    ) else {
+        return false;
+    };
+    pidfd_getfd(me.as_fd(), f.as_raw_fd()).is_ok()
+}
+
 #[test]
 fn procs_auto_uses_shm_on_one_host() {
     let g = procs_cases(3, &[("OXCCL_TRANSPORT", "auto")]);
@@ -539,6 +696,19 @@ fn procs_killed_rank_while_large_messages_are_pulled() {
             algo,
             false,
             &[("OXCCL_SHM_TEST_ELEMS", "4194305"), ("OXCCL_SHM_PULL", "1")],
+        );
+    }
+    // The same on registered memory, which the peers read and write through their mappings.
+    for (n, victim, algo) in [(2, 1, "ring"), (4, 0, "ring")] {
+        killed_rank_with(
+            n,
+            victim,
+            algo,
+            false,
+            &[
+                ("OXCCL_SHM_TEST_ELEMS", "4194305"),
+                ("OXCCL_SHM_TEST_REGISTERED", "1"),
+            ],
         );
     }
 }

@@ -1114,6 +1114,25 @@ oxcclResult_t oxcclTest(oxcclRequest_t request, int *done);
 oxcclResult_t oxcclRequestFree(oxcclRequest_t request);
 
 /**
+ * Allocates `size` bytes (at least 1, zeroed, page aligned) of registered memory and writes
+ * its address to `*ptr`. Free it with `oxcclMemFree`.
+ *
+ * # Safety
+ * `ptr` is NULL (an error) or points to a writable `void*`.
+ */
+oxcclResult_t oxcclMemAlloc(void **ptr, size_t size);
+
+/**
+ * Frees memory from `oxcclMemAlloc` (NULL is fine: nothing happens). No collective may be
+ * using it.
+ *
+ * # Safety
+ * `ptr` is NULL or an address `oxcclMemAlloc` returned and not yet freed (any other address
+ * is refused with `oxcclInvalidArgument`).
+ */
+oxcclResult_t oxcclMemFree(void *ptr);
+
+/**
  * Stores an `oxcclAllReduce` for `oxcclStart` (the same arguments, checked now as that call
  * checks them; the operator may be one `oxcclRedOpCreatePreMulSum` made, resolved at each start)
  * and writes its id to `*id`. Free it with `oxcclPersistentFree`.

@@ -292,6 +292,26 @@ fn every_collective_blocking_nonblocking_and_grouped() {
 }
 
 #[test]
+fn registered_memory_between_processes() {
+    let exe = compile("memalloc", &[test_src("memalloc.c")], false);
+    for n in [2, 4] {
+        let l = launch(n);
+        let mut procs: Vec<Proc> = (0..n)
+            .map(|r| {
+                let mut env = l.env[r].clone();
+                env.push(("OXCCL_TRANSPORT".into(), "shm".into()));
+                spawn(&exe, r, &[], &env)
+            })
+            .collect();
+        wait_all(&mut procs, Duration::from_secs(120));
+        assert_all_ok(&procs);
+        for p in &procs {
+            assert!(p.stdout().contains("memalloc ok"), "{}", report(&procs));
+        }
+    }
+}
+
+#[test]
 fn error_paths() {
     let exe = compile("errors", &[test_src("errors.c")], false);
     let mut p = vec![spawn(&exe, 0, &[], &[])];

@@ -77,6 +77,30 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Maps all `len` bytes of `fd` read-only (MAP_SHARED): a peer's memory this process only
+    /// reads.
+    pub fn new_read_only(fd: RawFd, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses; it aliases no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or(io::ErrorKind::Other)?;
+        Ok(Mapping { ptr, len })
+    }
+
     /// The first byte (page aligned).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -269,6 +293,16 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(rustix::process::pidfd_open(
         pid,
         rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// A duplicate, in this process, of descriptor `target` of the process behind `pidfd`
+/// (pidfd_getfd(2), Linux 5.6+; needs the same permission as process_vm_readv).
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_getfd(
+        pidfd,
+        target,
+        rustix::process::PidfdGetfdFlags::empty(),
     )?)
 }
 

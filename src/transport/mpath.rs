@@ -123,7 +123,7 @@ impl std::fmt::Debug for MultipathLink {
     }
 }
 
-// SAFETY: the raw pointers in `pending`/`tx` point into caller memory that the sent Region's contract
+// SAFETY: the raw pointers in `pending`/`tx` point into caller memory that the Region's contract
 // keeps valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for MultipathLink {}
 
@@ -340,7 +340,7 @@ impl MultipathLink {
                 } else {
                     p.tx_body
                 };
-                // SAFETY: the sent Region's contract keeps the body valid and unmodified until the
+                // SAFETY: the Region's contract keeps the body valid and unmodified until the
                 // peer's `recv` covers it, which is after this frame is written; zero lengths
                 // need only a non-null aligned pointer.
                 let body = unsafe { std::slice::from_raw_parts(ptr, len) };

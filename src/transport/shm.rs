@@ -26,6 +26,15 @@
 //! message. A sender whose call ends early takes such a message back (REMOTE -> REVOKED), or
 //! waits while the receiver is reading it (PULLING).
 //!
+//! Between threads both paths are plain copies. Between processes they go through the kernel
+//! (process_vm_writev / process_vm_readv, which pin every page), unless the buffer is registered
+//! memory ([`reg`], `SharedMem`, `oxcclMemAlloc`): then the slot or the posted entry also
+//! carries the buffer's memory-file descriptor number, id and offset, the peer duplicates the
+//! descriptor with pidfd_getfd and maps the file once, and reads the message from, or writes it
+//! into, its mapping: one pass over memory between processes. Registered messages are left for
+//! the receiver to pull by default; unregistered ones between processes only with
+//! `OXCCL_SHM_PULL=1`.
+//!
 //! Waiting: each rank owns a [`Doorbell`] (a futex word in a page of its own memfd, mapped by
 //! every shm peer). A rank about to sleep announces itself in the doorbell's `waiting` word,
 //! looks at its links once more, then sleeps on the futex; a peer that publishes a message or
@@ -39,6 +48,7 @@
 
 mod doorbell;
 mod place;
+pub mod reg;
 pub mod setup;
 
 pub use doorbell::Doorbell;
@@ -134,7 +144,8 @@ const REVOKED: u32 = 4;
 /// cache; measured on a 2-vCPU VM that was no faster than the sender's copy into a slot (the
 /// 2 MiB slot ring stays in cache, and the kernel pins every 4 KiB page it copies, which costs
 /// about what the copy saves), and slower with 4 ranks on 2 CPUs, so between processes it is
-/// opt-in: `OXCCL_SHM_PULL=1` (and `0` turns it off between threads too).
+/// opt-in for unregistered memory: `OXCCL_SHM_PULL=1` (and `0` turns it off everywhere). A
+/// registered buffer ([`reg`]) is pulled through a mapping whenever the receiver can map it.
 const PULL_MIN: usize = 32 << 10;
 /// Bytes read per process_vm_readv when pulling: a piece stays in L2 until it is reduced
 /// (`OXCCL_SHM_PULL_PIECE` overrides).
@@ -340,8 +351,12 @@ pub struct ShmLink {
     pulls: std::collections::VecDeque<u64>,
     /// Sends reported complete so far.
     reported: u64,
-    /// The message peek_recv last returned, if the peer left it for us to pull: address, length.
-    pull: Option<(u64, usize)>,
+    /// The message peek_recv last returned, if the peer left it for us to pull: address,
+    /// length, and where it lies if the peer registered it ([`reg`]).
+    pull: Option<(u64, usize, Option<reg::Remote>)>,
+    /// The peer's registered buffers mapped here, read-only (pulls) and writable (placing).
+    maps: reg::PeerMaps,
+    wmaps: reg::PeerMaps,
     /// Where pulled pieces land (allocated at the first pull from another process).
     piece: Vec<u8>,
     piece_bytes: usize,
@@ -413,13 +428,19 @@ impl ShmLink {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
         };
-        let reader = match (env("OXCCL_SHM_PULL"), writer) {
-            (Some(0), _) | (None, Writer::Process(_)) => Writer::Off,
+        let pull_env = env("OXCCL_SHM_PULL");
+        // Reading the peer's memory is set up between processes too: registered buffers are
+        // pulled whenever it works; unregistered ones only with OXCCL_SHM_PULL=1 (pull_min).
+        let reader = match (pull_env, writer) {
+            (Some(0), _) => Writer::Off,
             (_, w) => w,
         };
-        let pull_min = env("OXCCL_SHM_PULL_MIN")
-            .unwrap_or(PULL_MIN)
-            .max(place::PLACE_MIN);
+        let pull_min = match (pull_env, writer) {
+            (None, Writer::Process(_)) => usize::MAX,
+            _ => env("OXCCL_SHM_PULL_MIN")
+                .unwrap_or(PULL_MIN)
+                .max(place::PLACE_MIN),
+        };
         let piece_bytes = env("OXCCL_SHM_PULL_PIECE")
             .unwrap_or(PULL_PIECE)
             .clamp(4096, 64 << 20)
@@ -454,6 +475,8 @@ impl ShmLink {
             pulls: std::collections::VecDeque::with_capacity(geo.nslots),
             reported: 0,
             pull: None,
+            maps: reg::PeerMaps::default(),
+            wmaps: reg::PeerMaps::writable(),
             piece: Vec::new(),
             piece_bytes,
             pidfd: peer_pid
@@ -727,9 +750,24 @@ impl Link for ShmLink {
         }
         let k = self.sent;
         // SAFETY: tx_posts is the table of the ring we send on; data..data+len is readable per
-        // the sent Region's contract.
-        let placed = unsafe { place::try_place(self.tx_posts, &mut self.writer, k, data, len) };
-        let remote = !placed && len >= self.pull_min && self.peer_pulls();
+        // the Region's contract.
+        let placed = unsafe {
+            place::try_place(
+                self.tx_posts,
+                &mut self.writer,
+                &mut self.wmaps,
+                self.pidfd.as_ref(),
+                k,
+                data,
+                len,
+            )
+        };
+        let registered = if !placed && len >= place::PLACE_MIN && self.writer != Writer::Same {
+            reg::lookup(data as usize, len)
+        } else {
+            None
+        };
+        let remote = !placed && (len >= self.pull_min || registered.is_some()) && self.peer_pulls();
         let (hdr, body) = self.slot_at(self.tx_slots, self.tx_i, if remote { 0 } else { len });
         // SAFETY: the slot is free (the receiver's release of message k - nslots happened
         // before its tail store, which our acquire load saw), so nobody reads it; `body` has
@@ -738,7 +776,17 @@ impl Link for ShmLink {
         // contract, and stays so until the receiver releases a remote message (completion).
         unsafe {
             if remote {
+                // Inline: the address, then (registered) the file offset, id and descriptor;
+                // id 0 means not registered.
+                let r = registered.unwrap_or(reg::Remote {
+                    offset: 0,
+                    id: 0,
+                    fd: 0,
+                });
                 body.cast::<u64>().write(data as u64);
+                body.add(8).cast::<u64>().write(r.offset);
+                body.add(16).cast::<u32>().write(r.id);
+                body.add(20).cast::<u32>().write(r.fd);
             } else if len > 0 && !placed {
                 std::ptr::copy_nonoverlapping(data, body, len);
             }
@@ -824,10 +872,21 @@ impl Link for ShmLink {
         let kind = hdr.kind.load(Ordering::Relaxed);
         if matches!(kind, REMOTE | PULLING | REVOKED) && self.reader != Writer::Off {
             let (_, addr) = self.slot_at(self.rx_slots, self.rx_i, 0);
-            // SAFETY: the inline area of the slot header, 8-byte aligned, written by the sender
-            // before its release store of seq. The address is only ever handed to the kernel
-            // (another process) or read as a thread peer's own buffer.
-            pull = Some((unsafe { addr.cast::<u64>().read() }, len));
+            // SAFETY: the inline area of the slot header (24 bytes, 8-byte aligned), written by
+            // the sender before its release store of seq. The address is only ever handed to
+            // the kernel (another process) or read as a thread peer's own buffer; the
+            // registration fields are checked against a mapping's header and size before use.
+            let (at, r) = unsafe {
+                (
+                    addr.cast::<u64>().read(),
+                    reg::Remote {
+                        offset: addr.add(8).cast::<u64>().read(),
+                        id: addr.add(16).cast::<u32>().read(),
+                        fd: addr.add(20).cast::<u32>().read(),
+                    },
+                )
+            };
+            pull = Some((at, len, (r.id != 0).then_some(r)));
             held = 0;
         } else if kind != DATA && kind != PLACED {
             let e = Error::peer_lost(
@@ -857,7 +916,7 @@ impl Link for ShmLink {
         let mut t = [0u8; Tag::LEN];
         // SAFETY: the sender wrote the tag (and the data, in the slot or in our posted buffer)
         // before its release store of seq, which we saw; it does not touch either again until
-        // we release the message. The posted buffer is valid until then (the posted RegionMut's contract).
+        // we release the message. The posted buffer is valid until then (the RegionMut's contract).
         // The slice stays valid and unchanged while `self` is borrowed (release needs &mut).
         let data = unsafe {
             std::ptr::copy_nonoverlapping(
@@ -872,11 +931,11 @@ impl Link for ShmLink {
     }
 
     fn pull_len(&self) -> usize {
-        self.pull.map_or(0, |(_, len)| len)
+        self.pull.map_or(0, |(_, len, _)| len)
     }
 
     fn pull_recv(&mut self, f: &mut dyn FnMut(usize, &[u8])) -> Result<()> {
-        let Some((addr, len)) = self.pull else {
+        let Some((addr, len, registered)) = self.pull else {
             return Ok(());
         };
         let (hdr, _) = self.slot_at(self.rx_slots, self.rx_i, 0);
@@ -910,13 +969,26 @@ impl Link for ShmLink {
         match self.reader {
             Writer::Same => {
                 // SAFETY: a thread peer's buffer in this process, which it keeps valid and
-                // unwritten until we release the message (the sent Region's contract on its side),
+                // unwritten until we release the message (the Region's contract on its side),
                 // and which it cannot take back while we are PULLING.
                 f(0, unsafe {
                     std::slice::from_raw_parts(addr as usize as *const u8, len)
                 });
             }
             Writer::Process(pid) => {
+                // A registered buffer: straight out of our mapping of it, in pieces (each is
+                // reduced while in cache).
+                if let Some(r) = registered {
+                    if let Some(m) = self.maps.get(self.pidfd.as_ref(), pid, r, len) {
+                        let mut off = 0;
+                        while off < len {
+                            let n = (len - off).min(self.piece_bytes);
+                            f(off, &m[off..off + n]);
+                            off += n;
+                        }
+                        return Ok(());
+                    }
+                }
                 if self.piece.len() < self.piece_bytes {
                     self.piece = vec![0; self.piece_bytes];
                 }
@@ -993,7 +1065,7 @@ impl Link for ShmLink {
             }
         }
         // SAFETY: rx_posts is the table of the ring we receive on; dst stays valid until the
-        // message is released or cancel_recvs (the posted RegionMut's contract).
+        // message is released or cancel_recvs (the RegionMut's contract).
         unsafe {
             self.posted
                 .post(self.rx_posts, self.consumed, index, dst, len)

@@ -127,7 +127,7 @@ impl std::fmt::Debug for TcpLink {
     }
 }
 
-// SAFETY: the raw pointers in `pending` point into caller memory that the sent Region's contract keeps
+// SAFETY: the raw pointers in `pending` point into caller memory that the Region's contract keeps
 // valid until completion; the link is used by one thread at a time (&mut self).
 unsafe impl Send for TcpLink {}
 
@@ -247,7 +247,7 @@ impl TcpLink {
                     tag: p.tag,
                 });
             }
-            // SAFETY: the sent Region's contract keeps p.data..p.data+p.len valid and unmodified until
+            // SAFETY: the Region's contract keeps p.data..p.data+p.len valid and unmodified until
             // this send is reported complete, which happens only after this loop finishes it.
             let ptr = if p.len == 0 {
                 std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const()
@@ -317,7 +317,7 @@ impl TcpLink {
                     continue;
                 }
                 Some((h, got)) if !st.rx_dst.is_null() => {
-                    // SAFETY: the posted RegionMut's contract keeps dst..dst+len valid and untouched by
+                    // SAFETY: the RegionMut's contract keeps dst..dst+len valid and untouched by
                     // others until this message is released or the receive is cancelled (which
                     // fails the link if a body is partly placed, so we never get here after it).
                     let buf = unsafe { std::slice::from_raw_parts_mut(st.rx_dst, h.len) };

@@ -11,6 +11,7 @@ others, and every rank calls ``oxccl.Communicator(rank, nranks, uid)``.
 
 from ._comm import Communicator, Request, UniqueId, group, init, version
 from ._lib import find_library, library_path
+from ._mem import mem_alloc
 from .errors import (
     AuthError,
     InProgressError,
@@ -36,6 +37,7 @@ __all__ = [
     "version",
     "find_library",
     "library_path",
+    "mem_alloc",
     "OxcclError",
     "InvalidArgumentError",
     "InvalidUsageError",

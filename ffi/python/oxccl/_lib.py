@@ -167,6 +167,8 @@ _PROTOTYPES = {
     "oxcclWait": [_vp],
     "oxcclTest": [_vp, _c_int_p],
     "oxcclRequestFree": [_vp],
+    "oxcclMemAlloc": [ctypes.POINTER(ctypes.c_void_p), _size],
+    "oxcclMemFree": [_vp],
 }
 _RESTYPES = {"oxcclGetErrorString": ctypes.c_char_p, "oxcclGetLastError": ctypes.c_char_p}
 

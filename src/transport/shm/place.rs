@@ -21,6 +21,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::reg;
 use crate::sys::shm as sys;
 
 /// Entries in a ring's table (the executor posts at most 16 receives ahead).
@@ -34,12 +35,15 @@ const CLAIMED: u64 = 2;
 const DONE: u64 = 3;
 
 /// One posted destination, in shared memory.
-#[repr(C, align(32))]
+#[repr(C, align(64))]
 pub(super) struct Post {
     state: AtomicU64,
     addr: AtomicU64,
     len: AtomicU64,
-    _pad: u64,
+    /// Where the destination lies when it is registered memory ([`reg`]): the offset in its
+    /// file, and `id << 32 | fd`; 0 when it is not.
+    reg_off: AtomicU64,
+    reg_id_fd: AtomicU64,
 }
 
 fn word(index: u64, st: u64) -> u64 {
@@ -91,14 +95,18 @@ impl Writer {
 }
 
 /// Sender side: places message `index` straight into the receiver's posted buffer if it posted
-/// one of exactly `len` bytes. Returns whether it did; on a failed copy `writer` is switched off
-/// (and the entry given back, so the message goes through a slot as usual).
+/// one of exactly `len` bytes: a copy into our mapping of it when it is registered memory
+/// (`maps`, see [`reg`]), else through `writer`. Returns whether it did; on a failed copy
+/// `writer` is switched off (and the entry given back, so the message goes through a slot as
+/// usual).
 ///
 /// # Safety
 /// `table` must point at the ring's POSTS entries; `src..src + len` must be readable.
 pub(super) unsafe fn try_place(
     table: *const Post,
     writer: &mut Writer,
+    maps: &mut reg::PeerMaps,
+    pidfd: Option<&std::os::fd::OwnedFd>,
     index: u64,
     src: *const u8,
     len: usize,
@@ -123,6 +131,30 @@ pub(super) unsafe fn try_place(
         .is_err()
     {
         return false;
+    }
+    let registered = match (*writer, p.reg_id_fd.load(Ordering::Relaxed)) {
+        (Writer::Process(pid), idfd) if idfd != 0 => maps
+            .get_ptr(
+                pidfd,
+                pid,
+                reg::Remote {
+                    offset: p.reg_off.load(Ordering::Relaxed),
+                    id: (idfd >> 32) as u32,
+                    fd: idfd as u32,
+                },
+                len,
+            )
+            .map(|d| (pid, d)),
+        _ => None,
+    };
+    if let Some((_, d)) = registered {
+        // SAFETY: src is readable (contract); d..d + len lies in our writable mapping of the
+        // receiver's registered buffer (bounds checked by get_ptr), which it posted for this
+        // message and cannot withdraw while we hold the claim; nothing in this process
+        // aliases that mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src, d, len) };
+        p.state.store(word(index, DONE), Ordering::Release);
+        return true;
     }
     // SAFETY: src is readable (contract); the receiver posted dst..dst+len for this message and
     // cannot withdraw it while we hold the claim; for a thread peer that is its live buffer.
@@ -179,6 +211,13 @@ impl Posted {
         }
         p.addr.store(dst as u64, Ordering::Relaxed);
         p.len.store(len as u64, Ordering::Relaxed);
+        let r = reg::lookup(dst as usize, len);
+        p.reg_off
+            .store(r.map_or(0, |r| r.offset), Ordering::Relaxed);
+        p.reg_id_fd.store(
+            r.map_or(0, |r| u64::from(r.id) << 32 | u64::from(r.fd)),
+            Ordering::Relaxed,
+        );
         p.state.store(word(index, POSTED), Ordering::Release);
         self.local[e] = Some((index, dst, len));
         self.live += 1;

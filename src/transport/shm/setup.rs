@@ -36,7 +36,8 @@ use crate::sys::shm as sys;
 use crate::transport::wire;
 
 const MAGIC: &[u8; 4] = b"OXSM";
-const VERSION: u32 = 1;
+/// 2: posted receives carry where a registered destination lies (64-byte entries).
+const VERSION: u32 = 2;
 const HELLO: usize = 56;
 const PROOF: usize = 48;
 const REPLY: usize = 256;

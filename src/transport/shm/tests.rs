@@ -311,7 +311,17 @@ mod unit {
         let mut w = place::Writer::Same;
         let (_, posts, _) = b.seg.ring(1 - b.side);
         // SAFETY: `posts` is the table b posts into; src is readable.
-        assert!(unsafe { place::try_place(posts, &mut w, 0, src.as_ptr(), len) });
+        assert!(unsafe {
+            place::try_place(
+                posts,
+                &mut w,
+                &mut crate::transport::shm::reg::PeerMaps::writable(),
+                None,
+                0,
+                src.as_ptr(),
+                len,
+            )
+        });
         b.cancel_recvs();
         assert_eq!(dst, src);
         assert!(

@@ -186,6 +186,25 @@ if torch is not None:
     comm.all_reduce(tb, op="max")
     assert tb.float().tolist() == [n - 1.0] * 6
 
+# Registered memory (oxcclMemAlloc): arrays peers map; in and out of place, above the size
+# that goes through the peers' mappings; freed with the array.
+count = (1 << 20) + 3
+reg_in = oxccl.mem_alloc(count, np.float32)
+reg_out = oxccl.mem_alloc((count,), "float32")
+assert reg_in.shape == (count,) and reg_in.dtype == np.float32 and not reg_in.any()
+reg_in[:] = val(rank, count, np.float32)
+comm.all_reduce(reg_in, out=reg_out)
+want = sum(val(r, count, np.float64) for r in range(n)).astype(np.float32)
+assert (reg_out == want).all()
+comm.all_reduce(reg_in)
+assert (reg_in == want).all()
+grid = oxccl.mem_alloc((3, 5), np.int64)
+grid[:] = rank
+comm.all_reduce(grid, op="max")
+assert (grid == n - 1).all()
+del reg_in, reg_out, grid
+assert oxccl.mem_alloc(0).size == 0
+
 assert comm.async_error() is None
 comm.barrier()
 comm.close()

@@ -785,7 +785,7 @@ impl Link for RdmaLink {
             lkey: self.mr.lkey,
         };
         let zc = if len >= self.params.zcopy_min && len > 0 {
-            // SAFETY: the sent Region's contract keeps the caller's bytes valid until this send is
+            // SAFETY: the Region's contract keeps the caller's bytes valid until this send is
             // reported complete; the cache is flushed at the end of the call (cancel_recvs) or
             // at drop, before the caller may free them.
             unsafe { self.cache.get(self.nic.as_mut(), data as u64, len) }

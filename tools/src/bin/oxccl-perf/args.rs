@@ -166,6 +166,8 @@ pub(crate) struct Options {
     pub warmup: usize,
     /// Whether to check results (`-c`).
     pub check: bool,
+    /// Whether the buffers come from oxccl's registered memory (`-R 1`, [`oxccl::SharedMem`]).
+    pub registered: bool,
     /// Element types, in the order measured (`-d`, `all` for every one).
     pub dtypes: Vec<DataType>,
     /// Operators, in the order measured (`-o`, `all` for every one).
@@ -315,6 +317,11 @@ struct Cli {
     #[arg(short = 'r', long = "root", value_name = "RANK", default_value = "0",
           allow_negative_numbers = true, value_parser = parse_root)]
     root: Root,
+    /// 1: allocate the buffers as registered memory (oxccl::SharedMem, oxcclMemAlloc), which
+    /// peers on the host read directly; 0: plain heap memory (as nccl-tests' -R)
+    #[arg(short = 'R', long = "registered", value_name = "0|1", default_value = "0",
+          action = clap::ArgAction::Set, value_parser = parse_bool01)]
+    registered: bool,
     /// Accepted and ignored (oxccl calls are blocking)
     #[arg(short = 'z', long = "blocking", value_name = "0|1", value_parser = parse_bool01)]
     blocking: Option<bool>,
@@ -523,6 +530,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Flags<Box<Options>>, String>
         iters: cli.iters,
         warmup: cli.warmup,
         check: cli.check,
+        registered: cli.registered,
         dtypes: cli.dtypes.0,
         ops: cli.ops.0,
         local_ranks: cli.nranks,
@@ -557,6 +565,7 @@ fn child_args(o: &Options) -> Vec<String> {
         format!("--iters={}", o.iters),
         format!("--warmup_iters={}", o.warmup),
         format!("--check={}", u8::from(o.check)),
+        format!("--registered={}", u8::from(o.registered)),
         format!(
             "--datatype={}",
             list(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use oxccl::internals::algo::Shape;
-use oxccl::{Algorithm, Communicator, DataType, ReduceOp, Result};
+use oxccl::{Algorithm, Communicator, DataType, ReduceOp, Result, SharedMem};
 
 use crate::args::{Collective, Options};
 use crate::check;
@@ -16,18 +16,31 @@ use crate::report::{self, Measure, Row};
 /// Bytes per rank in the `# Using devices` gather: pid (4), transport (12), host name (the rest).
 const CARD: usize = 128;
 
-/// A buffer of `bytes` bytes, 8-byte aligned (the element types' largest alignment).
-struct Buf(Vec<u64>, usize);
+/// A buffer of `bytes` bytes, 8-byte aligned (the element types' largest alignment): heap
+/// memory, or registered memory (`-R 1`).
+enum Buf {
+    Heap(Vec<u64>, usize),
+    Registered(SharedMem),
+}
 
 impl Buf {
-    fn new(bytes: usize) -> Buf {
-        Buf(vec![0u64; bytes.div_ceil(8)], bytes)
+    fn new(bytes: usize, registered: bool) -> Result<Buf> {
+        if registered && bytes > 0 {
+            return Ok(Buf::Registered(SharedMem::new(bytes)?));
+        }
+        Ok(Buf::Heap(vec![0u64; bytes.div_ceil(8)], bytes))
     }
     fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.0)[..self.1]
+        match self {
+            Buf::Heap(v, n) => &bytemuck::cast_slice(v)[..*n],
+            Buf::Registered(m) => m,
+        }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.0)[..self.1]
+        match self {
+            Buf::Heap(v, n) => &mut bytemuck::cast_slice_mut(v)[..*n],
+            Buf::Registered(m) => m,
+        }
     }
 }
 
@@ -242,24 +255,24 @@ struct Bufs {
 }
 
 impl Bufs {
-    fn new(base: &Case, max_count: usize, check: bool) -> Bufs {
+    fn new(base: &Case, max_count: usize, check: bool, registered: bool) -> Result<Bufs> {
         let es = base.dtype.size();
-        let mut input = Buf::new(base.send_elems(max_count) * es);
+        let mut input = Buf::new(base.send_elems(max_count) * es, registered)?;
         base.fill_input(input.bytes_mut());
         let big = base
             .recv_elems(max_count)
             .max(base.in_place_elems(max_count))
             * es;
-        Bufs {
+        Ok(Bufs {
             input,
             reference: if check {
                 base.reference(max_count)
             } else {
                 Vec::new()
             },
-            recv: Buf::new(big),
-            want: Buf::new(big),
-        }
+            recv: Buf::new(big, registered)?,
+            want: Buf::new(big, false)?,
+        })
     }
 }
 
@@ -374,7 +387,7 @@ pub(crate) fn run(
                 nranks,
             };
             // Neither the input nor the reference depends on the root.
-            let mut bufs = Bufs::new(&base, max_count, o.check);
+            let mut bufs = Bufs::new(&base, max_count, o.check, o.registered)?;
             for root in o.roots_for(nranks) {
                 let case = Case { root, ..base };
                 for &(bytes, count) in &sweep {
