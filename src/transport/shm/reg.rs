@@ -4,11 +4,11 @@
 //!
 //! A buffer made by [`SharedMem::new`] is one memory file: a 4 KiB header page (magic, owner
 //! pid, a process-unique id) followed by the caller's bytes. While it lives, its range sits in
-//! this process's registry. A send of at least [`super::place::PLACE_MIN`] bytes whose data
+//! this process's registry. A send of at least `place::PLACE_MIN` bytes whose data
 //! lies inside a registered buffer is left there for the receiver (as a pull, see
 //! [`super::ShmLink`]): the slot carries the address, the offset in the file, the id and the
 //! descriptor number. The receiver duplicates that descriptor out of the sender with
-//! pidfd_getfd(2), maps the file read-only once ([`PeerMaps`], a few per link), checks the
+//! pidfd_getfd(2), maps the file read-only once (`PeerMaps`, a few per link), checks the
 //! header names the sender and the id, and reduces or copies straight from the mapping. When
 //! anything of that fails it reads with process_vm_readv instead, as an unregistered pull.
 //!
