@@ -648,7 +648,14 @@ pub unsafe extern "C" fn oxcclCommDestroy(comm: oxcclComm_t) -> oxcclResult_t {
             return Ok(());
         }
         // A communicator still initialising is forgotten; its init thread aborts it when done.
-        drop(Handle::unregister(comm).ok_or_else(not_live)?);
+        let entry = Handle::unregister(comm).ok_or_else(not_live)?;
+        // Calls started on it and not yet finished (oxcclI*, requests not waited for) hold it
+        // until they end: wait for them (at most its timeout), so destroy returns only once
+        // nothing reads or writes the caller's buffers any more, as it always has.
+        if let Entry::Ready(h) = &entry {
+            let _ = h.comm.wait_idle();
+        }
+        drop(entry);
         Ok(())
     })
 }

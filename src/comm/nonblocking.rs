@@ -60,6 +60,14 @@ impl Communicator {
         })
     }
 
+    /// Waits until every call started on this communicator so far (blocking or not, from any
+    /// thread) has finished, for at most the communicator's timeout. What `oxcclCommDestroy`
+    /// does before it frees a communicator, so no started call outlives it.
+    pub fn wait_idle(&self) -> Result<()> {
+        let taken = self.sched.next.load(Ordering::Acquire);
+        self.sched.wait_turn(taken, self.cfg.timeout())
+    }
+
     /// Starts calls on the communicator's worker thread without tying them to a scope: the form
     /// the C ABI uses. The calls borrow nothing (`'static`), and the worker holds `comm` (a
     /// shared owner of the communicator) until they are done, so the communicator outlives
