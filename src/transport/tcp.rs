@@ -46,12 +46,17 @@ pub fn decode_hdr(h: &[u8; HDR], max_data: usize) -> std::result::Result<(u8, us
 /// Decodes an abort frame body (from `peer`) back into an error.
 pub fn decode_abort(body: &[u8], peer: usize) -> Error {
     match AbortBody::new_checked(body) {
-        Ok(a) => Error::from_parts(
-            a.code,
-            a.peer,
-            format!("{} [reported by rank {peer}]", a.message_lossy()),
-        )
-        .reported_by_rank(peer),
+        Ok(a) => {
+            // Relayed over several hops, the text names the first reporter once (it used to
+            // gain one "[reported by rank N]" per hop); the field names the latest.
+            let msg = a.message_lossy();
+            let msg = if msg.contains("[reported by rank ") {
+                msg.to_string()
+            } else {
+                format!("{msg} [reported by rank {peer}]")
+            };
+            Error::from_parts(a.code, a.peer, msg).reported_by_rank(peer)
+        }
         Err(_) => Error::peer_lost(peer, format!("rank {peer} aborted (truncated abort frame)")),
     }
 }
@@ -678,6 +683,26 @@ mod tests {
                 got == msgs.len() && done == msgs.len()
             });
         }
+    }
+
+    /// An error relayed over two hops says "[reported by rank N]" once, naming the first
+    /// reporter; the field names the latest.
+    #[test]
+    fn a_relayed_abort_names_its_reporter_once() {
+        let mut body = [0u8; 512];
+        let n =
+            crate::transport::wire::encode_abort(&Error::peer_lost(3, "rank 3 died"), &mut body);
+        let first = decode_abort(&body[..n], 2);
+        assert!(
+            first
+                .message()
+                .ends_with("rank 3 died [reported by rank 2]")
+        );
+        let n = crate::transport::wire::encode_abort(&first, &mut body);
+        let second = decode_abort(&body[..n], 1);
+        assert_eq!(second.message().matches("[reported by rank").count(), 1);
+        assert!(second.message().contains("[reported by rank 2]"));
+        assert_eq!((second.peer(), second.reported_by()), (Some(3), Some(1)));
     }
 
     #[test]
