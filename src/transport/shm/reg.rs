@@ -51,6 +51,8 @@ struct Entry {
 }
 
 static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+/// How many buffers are registered: a send looks in the registry (a lock) only when some are.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// Peer buffers mapped by this process so far (tests check the path was taken).
 static MAPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -106,6 +108,7 @@ impl SharedMem {
                 id,
                 fd: fd.as_raw_fd(),
             });
+        LIVE.fetch_add(1, Ordering::Release);
         Ok(SharedMem { map, _fd: fd, len })
     }
 
@@ -148,6 +151,7 @@ impl Drop for SharedMem {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|e| e.base != base);
+        LIVE.fetch_sub(1, Ordering::Release);
         // The mapping and the descriptor go with the fields.
     }
 }
@@ -164,10 +168,10 @@ pub(super) struct Remote {
 
 /// The registered buffer holding all of `addr..addr + len`, if any.
 pub(super) fn lookup(addr: usize, len: usize) -> Option<Remote> {
-    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    if reg.is_empty() {
+    if LIVE.load(Ordering::Acquire) == 0 {
         return None;
     }
+    let reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     let end = addr.checked_add(len)?;
     reg.iter()
         .find(|e| addr >= e.base && end <= e.base + e.len)
