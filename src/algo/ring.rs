@@ -12,6 +12,9 @@
 
 use super::{Buf, Builder, Range, Shape, slices, split};
 
+/// Slices one step of the ring runs ahead of the next (see the wavefront in [`all_reduce`]).
+const LAG: usize = 2;
+
 /// One rank's ring all-reduce.
 pub(crate) fn all_reduce(s: &Shape) -> Builder {
     let (n, r, count, in_place, chunk) = (s.nranks, s.rank, s.count, s.in_place, s.chunk);
@@ -27,41 +30,54 @@ pub(crate) fn all_reduce(s: &Shape) -> Builder {
     }
     let next = (r + 1) % n;
     let prev = (r + n - 1) % n;
-    // Every chunk is cut into the same number of slices, so message k on every link is slice
-    // (k % slices) of the same step on both sides.
+    // Every chunk is cut into the same number of slices, so every rank's wavefront (below) has
+    // the same shape.
     let nslices = split(count, n, 0).1.div_ceil(chunk).max(1);
     let piece = |c: usize, j: usize| {
         let (co, cl) = split(count, n, c);
         let (so, sl) = split(cl, nslices, j);
         (co + so, sl)
     };
-    for st in 0..n - 1 {
-        let send_c = (r + n - st) % n;
-        let recv_c = (r + 2 * n - st - 1) % n;
-        for j in 0..nslices {
-            let (o, l) = piece(send_c, j);
-            let src = if st == 0 && !in_place {
-                inp(o, l)
-            } else {
-                out(o, l)
+    // Wavefront order: slice j's step st is emitted at time j + st * LAG, so a slice reduced in
+    // one step is sent on in the next while it is still in cache (LAG slices later, about
+    // 2 (n - 1) LAG slices of traffic), instead of after the whole chunk has gone through the
+    // step (a chunk of a 64 MiB call is megabytes: out of the cache by then). Every rank emits
+    // in the same order, so the k-th message on each link is the same (slice, step) at both
+    // ends; a step depends only on steps of earlier times, so the order cannot deadlock.
+    let steps = 2 * (n - 1);
+    let lag = LAG.min(nslices);
+    for t in 0..nslices + (steps - 1) * lag {
+        for st in 0..steps {
+            let Some(j) = t.checked_sub(st * lag).filter(|&j| j < nslices) else {
+                continue;
             };
-            b.send(next, src);
-            let (o, l) = piece(recv_c, j);
-            let acc = (!in_place).then(|| inp(o, l));
-            b.recv_reduce(prev, out(o, l), acc);
-            if st == n - 2 {
-                b.finish(out(o, l));
+            if st < n - 1 {
+                // Reduce-scatter.
+                let send_c = (r + n - st) % n;
+                let recv_c = (r + 2 * n - st - 1) % n;
+                let (o, l) = piece(send_c, j);
+                let src = if st == 0 && !in_place {
+                    inp(o, l)
+                } else {
+                    out(o, l)
+                };
+                b.send(next, src);
+                let (o, l) = piece(recv_c, j);
+                let acc = (!in_place).then(|| inp(o, l));
+                b.recv_reduce(prev, out(o, l), acc);
+                if st == n - 2 {
+                    b.finish(out(o, l));
+                }
+            } else {
+                // All-gather.
+                let ag = st - (n - 1);
+                let send_c = (r + 1 + n - ag) % n;
+                let recv_c = (r + n - ag) % n;
+                let (o, l) = piece(send_c, j);
+                b.send(next, out(o, l));
+                let (o, l) = piece(recv_c, j);
+                b.recv(prev, out(o, l));
             }
-        }
-    }
-    for st in 0..n - 1 {
-        let send_c = (r + 1 + n - st) % n;
-        let recv_c = (r + n - st) % n;
-        for j in 0..nslices {
-            let (o, l) = piece(send_c, j);
-            b.send(next, out(o, l));
-            let (o, l) = piece(recv_c, j);
-            b.recv(prev, out(o, l));
         }
     }
     b
