@@ -912,8 +912,16 @@ fn run_inner(
                 };
                 *failed_job = j;
                 // The range stays valid and unwritten until the send completes: later writers
-                // of it depend on this step, which completes only on link completion.
-                if !link.post_send(&jobs[j].params.tag, bufs.src(j, src))? {
+                // of it depend on this step, which completes only on link completion. With such
+                // a writer the link must not hold the send for the peer's receive (see
+                // `Link::post_send_copied`): the peer's receive may wait for its own held send.
+                let (tag, region) = (&jobs[j].params.tag, bufs.src(j, src));
+                let posted = if dep_start[g as usize + 1] > dep_start[g as usize] {
+                    link.post_send_copied(tag, region)?
+                } else {
+                    link.post_send(tag, region)?
+                };
+                if !posted {
                     break;
                 }
                 c.inflight.push_back(g);

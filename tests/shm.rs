@@ -84,6 +84,30 @@ fn threads_all_reduce_1_to_8_ranks() {
     }
 }
 
+/// Every all-reduce algorithm on 2 and 3 thread ranks with messages far above the pull size,
+/// in and out of place: a rank whose later step overwrites what it sends (the direct and
+/// doubling exchanges in place) must not have its send held for the peer's receive, which
+/// waits for the peer's own held send (both ranks waited until the timeout before).
+#[test]
+fn threads_every_algorithm_large_in_place() {
+    for n in [2, 3] {
+        for algo in ["ring", "tree", "rhd", "direct", "doubling", "ordered"] {
+            let cfg = Config {
+                algo: Some(format!("allreduce:{algo}")),
+                ..shm_cfg(20_000)
+            };
+            let out = run_ranks(n, cfg, Duration::from_secs(60), |comm| {
+                case::<f32>(&comm, ReduceOp::Sum, &[BIG_PRIME])
+            });
+            for (r, res) in out.into_iter().enumerate() {
+                if let Err(e) = res {
+                    panic!("{n} ranks, {algo}, rank {r}: {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn threads_many_small_calls_interleaved_with_large() {
     // Back-to-back calls of alternating sizes: message order per link and slot reuse across
@@ -455,6 +479,8 @@ fn procs_large_calls_pulled_and_through_slots() {
         (2, "ring", "0"),
         (4, "ring", "1"),
         (4, "direct", "1"),
+        (2, "direct", "1"),
+        (2, "doubling", "1"),
     ] {
         let mut g = ProcGroup::spawn(
             CHILD,
@@ -489,6 +515,8 @@ fn procs_registered_memory() {
         (2, "tree", "1"),
         (4, "ring", "1"),
         (4, "direct", "1"),
+        (2, "direct", "1"),
+        (2, "doubling", "1"),
         (2, "ring", "0"),
     ] {
         let mut g = ProcGroup::spawn(

@@ -24,7 +24,9 @@
 //! can read it (`pulls` in the header, after a probe read): the receiver reads it in
 //! cache-sized pieces ([`Link::pull_recv`]) and the send completes when it releases the
 //! message. A sender whose call ends early takes such a message back (REMOTE -> REVOKED), or
-//! waits while the receiver is reading it (PULLING).
+//! waits while the receiver is reading it (PULLING). A send the sender's own later steps wait
+//! for ([`Link::post_send_copied`]) is never left: two ranks exchanging in place would each hold
+//! their send until the other's receive, which waits for its own held send.
 //!
 //! Between threads both paths are plain copies. Between processes they go through the kernel
 //! (process_vm_writev / process_vm_readv, which pin every page), unless the buffer is registered
@@ -713,18 +715,10 @@ impl ShmLink {
         }
         None
     }
-}
 
-impl Link for ShmLink {
-    fn peer(&self) -> usize {
-        self.peer
-    }
-
-    fn max_message(&self) -> usize {
-        self.slot_size
-    }
-
-    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+    /// Posts a send (see [`Link::post_send`]); `may_wait`: a large message may stay in the
+    /// sender's memory until the receiver takes it (else it is copied into the slot).
+    fn send(&mut self, tag: &Tag, data: Region<'_>, may_wait: bool) -> Result<bool> {
         let (data, len) = (data.as_ptr(), data.len());
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -762,12 +756,16 @@ impl Link for ShmLink {
                 len,
             )
         };
-        let registered = if !placed && len >= place::PLACE_MIN && self.writer != Writer::Same {
-            reg::lookup(data as usize, len)
-        } else {
-            None
-        };
-        let remote = !placed && (len >= self.pull_min || registered.is_some()) && self.peer_pulls();
+        let registered =
+            if may_wait && !placed && len >= place::PLACE_MIN && self.writer != Writer::Same {
+                reg::lookup(data as usize, len)
+            } else {
+                None
+            };
+        let remote = may_wait
+            && !placed
+            && (len >= self.pull_min || registered.is_some())
+            && self.peer_pulls();
         let (hdr, body) = self.slot_at(self.tx_slots, self.tx_i, if remote { 0 } else { len });
         // SAFETY: the slot is free (the receiver's release of message k - nslots happened
         // before its tail store, which our acquire load saw), so nobody reads it; `body` has
@@ -809,6 +807,24 @@ impl Link for ShmLink {
         fence(Ordering::SeqCst);
         self.peer_bell.ring_if_waiting();
         Ok(true)
+    }
+}
+
+impl Link for ShmLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.slot_size
+    }
+
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+        self.send(tag, data, true)
+    }
+
+    fn post_send_copied(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
+        self.send(tag, data, false)
     }
 
     fn progress(&mut self) -> Result<bool> {
