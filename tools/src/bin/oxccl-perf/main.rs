@@ -53,8 +53,17 @@ fn real_main() -> i32 {
     }
     let o = match args::parse_args(&argv) {
         Ok(Flags::Help(text)) => {
-            print!("{text}");
-            return 0;
+            // Through a writer, not print!: a stdout closed early (`--help | head -1`) must not
+            // panic (Rust ignores SIGPIPE, so the write fails with BrokenPipe instead).
+            let mut out = std::io::stdout().lock();
+            return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => {
+                    eprintln!("oxccl-perf: cannot write to stdout: {e}");
+                    1
+                }
+            };
         }
         Ok(Flags::Given(o)) => o,
         Err(e) => {

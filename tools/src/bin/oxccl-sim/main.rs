@@ -12,6 +12,7 @@
 
 mod args;
 
+use std::io::{self, Write};
 use std::time::Instant;
 
 use args::{Args, Which};
@@ -20,20 +21,46 @@ use oxccl::sim::{self, Symmetry};
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let a = match args::parse(&argv) {
-        Ok(oxccl_tools::Flags::Given(a)) => a,
-        Ok(oxccl_tools::Flags::Help(text)) => {
-            print!("{text}");
-            return;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let done = match args::parse(&argv) {
+        Ok(oxccl_tools::Flags::Given(a)) => run(&a, &mut out),
+        Ok(oxccl_tools::Flags::Help(text)) => write!(out, "{text}").map_err(Failure::from),
+        Err(e) => Err(Failure::Msg(e.to_string())),
+    }
+    .and_then(|()| out.flush().map_err(Failure::from));
+    match done {
+        Ok(()) => {}
+        // The reader went away (`oxccl-sim ... | head`): Rust ignores SIGPIPE, so the write
+        // fails instead of killing us. Stop quietly, as a tool killed by SIGPIPE would, but
+        // with status 0: what was asked for was read.
+        Err(Failure::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(Failure::Io(e)) => {
+            eprintln!("oxccl-sim: cannot write to stdout: {e}");
+            std::process::exit(1);
         }
-        Err(e) => {
+        Err(Failure::Msg(e)) => {
             eprintln!("oxccl-sim: {e}");
             std::process::exit(1);
         }
-    };
-    if let Err(e) = run(&a) {
-        eprintln!("oxccl-sim: {e}");
-        std::process::exit(1);
+    }
+}
+
+/// Why [`run`] stopped early: a bad flag or a failed replay, or stdout refusing a write.
+enum Failure {
+    Msg(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Msg(e)
     }
 }
 
@@ -50,10 +77,11 @@ fn sizes(a: &Args) -> Vec<usize> {
     v
 }
 
-fn header(a: &Args) {
+fn header(a: &Args, out: &mut impl Write) -> io::Result<()> {
     let n = &a.net;
     let hosts = a.ranks.div_ceil(n.ranks_per_host.max(1));
-    println!(
+    writeln!(
+        out,
         "# oxccl-sim: {}, {} ranks ({} host{} x {}), algorithm {}",
         a.coll.name(),
         a.ranks,
@@ -65,10 +93,11 @@ fn header(a: &Args) {
             Which::Auto => "auto (the tuner's pick)",
             Which::All => "all",
         }
-    );
+    )?;
     if let Some(t) = a.machine {
         let c = a.model.costs(t);
-        println!(
+        writeln!(
+            out,
             "# machine model {}: alpha {:.2} us, 1/beta {:.3} GB/s, 1/gamma {:.3} GB/s, overhead {:.2} us, wake {:.2} us, {} cores",
             t.name(),
             c.alpha * 1e6,
@@ -77,9 +106,10 @@ fn header(a: &Args) {
             c.overhead * 1e6,
             c.wake * 1e6,
             a.model.cores
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "# intra {:.3} us {:.2} GB/s (+{:.3} us/msg); inter {:.3} us {:.2} GB/s (+{:.3} us/msg); oversub {}",
             n.intra.lat * 1e6,
             n.intra.bw / 1e9,
@@ -88,9 +118,10 @@ fn header(a: &Args) {
             n.inter.bw / 1e9,
             n.inter.overhead * 1e6,
             n.oversub
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "# reduce {:.2} GB/s, copy {:.2} GB/s, credits {}, cores per host {}, {}; chunk {} KiB, {}",
         n.reduce_bw / 1e9,
         n.copy_bw / 1e9,
@@ -111,9 +142,10 @@ fn header(a: &Args) {
         } else {
             "out of place"
         }
-    );
-    println!("#");
-    println!(
+    )?;
+    writeln!(out, "#")?;
+    writeln!(
+        out,
         "# {:>12} {:>12} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6} {:>7}",
         "size",
         "count",
@@ -127,14 +159,16 @@ fn header(a: &Args) {
         "chunk",
         "sym",
         "wall"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "# {:>12} {:>12} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>6} {:>7}",
         "(B)", "(elements)", "", "(us)", "(GB/s)", "(GB/s)", "", "(ranks)", "", "(KiB)", "", "(s)"
-    );
+    )?;
+    Ok(())
 }
 
-fn run(a: &Args) -> Result<(), String> {
+fn run(a: &Args, out: &mut impl Write) -> Result<(), Failure> {
     let o = sim::Options {
         chunk_bytes: a.chunk,
         in_place: a.in_place,
@@ -146,9 +180,9 @@ fn run(a: &Args) -> Result<(), String> {
     let n = a.ranks;
     let factor = sim::busbw_factor(a.coll, n);
     if a.pick {
-        println!("# size pick   ({} over {n} ranks)", a.coll.name());
+        writeln!(out, "# size pick   ({} over {n} ranks)", a.coll.name())?;
     } else if !a.tsv {
-        header(a);
+        header(a, out)?;
     }
     for size in sizes(a) {
         let shape = sim::shape(a.coll, n, 0, size, &o);
@@ -160,7 +194,7 @@ fn run(a: &Args) -> Result<(), String> {
         };
         let pick = tune::pick(a.coll, n, block, a.chunk, &net);
         if a.pick {
-            println!("{size} {}", pick.name());
+            writeln!(out, "{size} {}", pick.name())?;
             continue;
         }
         let algos: Vec<_> = match a.which {
@@ -177,7 +211,7 @@ fn run(a: &Args) -> Result<(), String> {
         for (al, res) in algos.into_iter().zip(results) {
             let (r, wall) = res?;
             if a.tsv {
-                println!("{size}\t{}\t{:.3}", al.name(), r.time * 1e6);
+                writeln!(out, "{size}\t{}\t{:.3}", al.name(), r.time * 1e6)?;
                 continue;
             }
             let algbw = if r.time > 0.0 {
@@ -185,7 +219,8 @@ fn run(a: &Args) -> Result<(), String> {
             } else {
                 0.0
             };
-            println!(
+            writeln!(
+                out,
                 "  {:>12} {:>12} {:>9} {:>12.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>10} {:>8} {:>6} {:>7.2}",
                 size,
                 size / sim::ELEM,
@@ -205,15 +240,16 @@ fn run(a: &Args) -> Result<(), String> {
                     Symmetry::Padded => "padded",
                 },
                 wall
-            );
+            )?;
             if r.chunk_bytes > a.chunk {
-                println!(
+                writeln!(
+                    out,
                     "#   ({} replayed with {} KiB chunks, not {}: coarsened to fit --max-steps {})",
                     al.name(),
                     r.chunk_bytes >> 10,
                     a.chunk >> 10,
                     a.max_steps
-                );
+                )?;
             }
         }
     }
