@@ -3,20 +3,16 @@
 //! (`-a`), writes JSON and rejects bad flags. Every run has a deadline: a child that outlives it
 //! is killed and reaped, and the test fails instead of hanging.
 
+mod common;
+
 use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Output;
 use serde_json::Value;
 
 const PERF: &str = env!("CARGO_BIN_EXE_oxccl-perf");
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs oxccl-perf with `args`, killing it (and failing the test) after `timeout`.
 fn perf(args: &[&str], timeout: Duration) -> Output {
@@ -26,8 +22,8 @@ fn perf(args: &[&str], timeout: Duration) -> Output {
 /// Runs the binary at `exe` (oxccl-perf, or a link to it) with `args` and extra `envs`, killing
 /// it (and failing the test) after `timeout`.
 fn perf_with(exe: &str, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
-    let mut child = Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .env("OXCCL_TIMEOUT_MS", "60000")
         .env_remove("OXCCL_RANK")
         .env_remove("RANK")
@@ -36,56 +32,8 @@ fn perf_with(exe: &str, args: &[&str], envs: &[(&str, &str)], timeout: Duration)
         .env_remove("PMI_RANK")
         .env_remove("OXCCL_ALGO")
         .env_remove("OXCCL_DETERMINISTIC")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn oxccl-perf");
-    // Read both pipes on threads (a full pipe must not stall the child); results come back over
-    // channels so that a grandchild holding a pipe open cannot hang the test either.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            let _ = tx.send(s);
-        });
-        rx
-    };
-    let out_rx = drain(Box::new(child.stdout.take().unwrap()));
-    let err_rx = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let out = out_rx
-                .recv_timeout(Duration::from_secs(5))
-                .unwrap_or_default();
-            let err = err_rx
-                .recv_timeout(Duration::from_secs(5))
-                .unwrap_or_default();
-            panic!(
-                "oxccl-perf {args:?} still running after {timeout:?}; killed.\nstdout:\n{out}\nstderr:\n{err}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_default();
-    let stderr = err_rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_default();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
+        .envs(envs.iter().copied());
+    common::run(cmd, &format!("oxccl-perf {args:?}"), timeout)
 }
 
 const LIMIT: Duration = Duration::from_secs(120);

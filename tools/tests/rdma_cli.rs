@@ -4,6 +4,14 @@
 //! simulated).
 #![cfg(feature = "rdma")]
 
+mod common;
+
+use std::time::Duration;
+
+/// How long one oxccl-perf run may take: one still going then is killed and reaped, and the test
+/// fails with what it printed.
+const LIMIT: Duration = Duration::from_secs(120);
+
 fn perf(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oxccl-perf"));
     cmd.args(args);
@@ -18,12 +26,8 @@ fn perf(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run oxccl-perf");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::run(cmd, &format!("oxccl-perf {args:?} {env:?}"), LIMIT);
+    (out.status.success(), out.stdout, out.stderr)
 }
 
 /// Where RDMA is available (a machine with a device), these checks do not apply.
