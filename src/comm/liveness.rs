@@ -30,6 +30,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -78,8 +79,10 @@ impl Revoke {
 /// The liveness thread; dropping it says goodbye to the neighbours and joins the thread.
 pub(super) struct Heartbeat {
     stop: Arc<AtomicBool>,
-    /// A neighbour connection, shut for reading on drop to wake the thread from poll().
-    wake: Option<Arc<TcpStream>>,
+    /// The write end of a socket pair whose other end the thread always polls: shut on drop,
+    /// it wakes the thread at once (a neighbour's socket would not: one already closed is no
+    /// longer polled, and the thread would sleep out its period).
+    wake: Option<UnixStream>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -173,7 +176,11 @@ impl Heartbeat {
                 }
             })
             .collect();
-        let wake = Some(peers[0].sock.clone());
+        // Without a pair (descriptors exhausted) the drop waits up to one period.
+        let (wake, woken) = match UnixStream::pair() {
+            Ok((w, r)) => (Some(w), Some(r)),
+            Err(_) => (None, None),
+        };
         let s = stop.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("oxccl-live-{rank}"))
@@ -186,7 +193,7 @@ impl Heartbeat {
                     period: period(timeout),
                     limit: threshold(timeout),
                 }
-                .run(&s)
+                .run(&s, woken)
             });
         match spawned {
             Ok(t) => Heartbeat {
@@ -214,8 +221,8 @@ impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = &self.wake {
-            // poll() reports a socket shut for reading as readable: the thread wakes at once.
-            let _ = w.shutdown(Shutdown::Read);
+            // The thread's end reads EOF: poll() reports it readable at once.
+            let _ = w.shutdown(Shutdown::Both);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -281,7 +288,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn run(mut self, stop: &AtomicBool) {
+    fn run(mut self, stop: &AtomicBool, woken: Option<UnixStream>) {
         let mut next_beat = Instant::now();
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -290,6 +297,11 @@ impl Watch {
                 for p in &self.peers {
                     p.send(&[BYE]);
                 }
+                return;
+            }
+            // Nothing left to watch or tell: every neighbour closed, said goodbye or was
+            // declared lost.
+            if self.peers.iter().all(|p| !p.open) {
                 return;
             }
             let now = Instant::now();
@@ -330,6 +342,11 @@ impl Watch {
                     events: libc::POLLIN,
                     revents: 0,
                 })
+                .chain(woken.iter().map(|w| libc::pollfd {
+                    fd: w.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }))
                 .collect();
             let wait = next_beat.saturating_duration_since(Instant::now());
             let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
@@ -338,7 +355,7 @@ impl Watch {
                 std::thread::sleep(wait);
                 continue;
             }
-            for (i, fd) in fds.iter().enumerate() {
+            for (i, fd) in fds.iter().enumerate().take(self.peers.len()) {
                 if fd.revents != 0 && !stop.load(Ordering::SeqCst) {
                     self.read(i);
                 }
