@@ -43,6 +43,8 @@ pub use super::wire::MpathHeader as Header;
 /// Frame header size.
 pub const MHDR: usize = Header::LEN;
 const DISCARD: usize = 64 << 10;
+/// Why a socket that read EOF died.
+const CLOSED: &str = "closed by the peer";
 
 fn encode(kind: u8, len: usize, seq: u64, recv: u64, credit: u64, tag: &Tag) -> [u8; MHDR] {
     Header {
@@ -110,6 +112,10 @@ pub struct MultipathLink {
     reported: u64,
     next_path: usize,
     failed: Option<Error>,
+    /// Every path is gone while the peer owed us nothing and we owed it nothing (it finished
+    /// and exited, or every cable was cut at rest): messages already received are still
+    /// handed out; whatever needs the peer fails with this.
+    gone: Option<Error>,
 }
 
 impl std::fmt::Debug for MultipathLink {
@@ -197,6 +203,7 @@ impl MultipathLink {
             reported: 0,
             next_path: 0,
             failed: None,
+            gone: None,
         })
     }
 
@@ -240,7 +247,8 @@ impl MultipathLink {
     }
 
     /// Socket `i` is dead: stop using it, tell the peer on the others, and hand the messages it
-    /// still owed to them. Fails the link when no socket is left.
+    /// still owed to them. When no socket is left: fails the link if the peer has not received
+    /// everything we sent, else marks it gone ([`MultipathLink::gone`]).
     fn path_died(&mut self, i: usize, why: &str) -> Result<()> {
         if !self.paths[i].alive {
             return Ok(());
@@ -262,15 +270,31 @@ impl MultipathLink {
                     self.peer
                 ),
             );
+            if self.peer_recv >= self.posted && self.failed.is_none() {
+                // Nothing of ours is lost: what arrived is still good (the usual end of a job,
+                // where the peer left once it had what it needed).
+                self.gone = Some(e);
+                return Ok(());
+            }
             return Err(self.fail(e));
         }
-        crate::warn!(
-            None,
-            "link to rank {}: path of socket {i} ({name}) failed ({why}); \
-             continuing on {left} of {} sockets",
-            self.peer,
-            self.paths.len()
-        );
+        if self.peer_recv >= self.posted && why == CLOSED {
+            // Quiet: the peer closing its sockets at the end of the job (the other paths
+            // follow at once); a path that fails with data in flight is warned of below.
+            crate::info!(
+                None,
+                "link to rank {}: socket {i} ({name}) closed by the peer",
+                self.peer
+            );
+        } else {
+            crate::warn!(
+                None,
+                "link to rank {}: path of socket {i} ({name}) failed ({why}); \
+                 continuing on {left} of {} sockets",
+                self.peer,
+                self.paths.len()
+            );
+        }
         for s in self.peer_recv..self.posted {
             let idx = (s % self.nslots as u64) as usize;
             if self.pending[idx].path == i {
@@ -290,7 +314,7 @@ impl MultipathLink {
 
     /// An I/O error or EOF on socket `i`: the path is dead.
     fn io_failed(&mut self, i: usize, e: Option<io::Error>) -> Result<()> {
-        let why = e.map_or_else(|| "closed by the peer".to_string(), |e| e.to_string());
+        let why = e.map_or_else(|| CLOSED.to_string(), |e| e.to_string());
         self.path_died(i, &why)
     }
 
@@ -514,7 +538,10 @@ impl Link for MultipathLink {
             return Ok(false);
         }
         let Some(path) = self.pick() else {
-            return Err(self.check().expect_err("no live path means failed"));
+            let e = self.gone.clone().unwrap_or_else(|| {
+                Error::internal(format!("link to rank {}: no live path", self.peer))
+            });
+            return Err(self.fail(e));
         };
         let s = self.posted;
         self.pending[(s % self.nslots as u64) as usize] = Pending {
@@ -564,7 +591,10 @@ impl Link for MultipathLink {
                 let off = slot * self.slot_size;
                 Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
             }
-            _ => Ok(None),
+            _ => match self.gone.clone() {
+                Some(e) => Err(self.fail(e)),
+                None => Ok(None),
+            },
         }
     }
 
@@ -760,21 +790,80 @@ mod tests {
         assert_eq!(a.live_paths(), 2);
     }
 
+    fn is_peer_lost(e: &Error, peer: usize) -> bool {
+        e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(peer)
+    }
+
+    /// Every path lost with nothing in flight: whatever needs the peer is PeerLost naming it,
+    /// on both sides.
     #[test]
     fn losing_every_path_is_peer_lost() {
         let (mut a, mut b) = pair(2);
         a.path_died(0, "test").unwrap();
-        let e = a.path_died(1, "test").unwrap_err();
-        assert!(
-            (e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(1)),
-            "{e}"
-        );
+        a.path_died(1, "test").unwrap();
+        let e = a.peek_recv().unwrap_err();
+        assert!(is_peer_lost(&e, 1), "{e}");
+        let x = [0u8; 8];
+        // SAFETY: x outlives the call, which fails without reading it.
+        let e =
+            unsafe { a.post_send(&Tag::default(), Region::from_raw(x.as_ptr(), 8)) }.unwrap_err();
+        assert!(is_peer_lost(&e, 1), "{e}");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(Instant::now() < deadline);
-            if b.progress().is_err() {
+            b.progress().unwrap();
+            if let Err(e) = b.peek_recv() {
+                assert!(is_peer_lost(&e, 0), "{e}");
                 break;
             }
         }
+    }
+
+    /// Every path lost while a sent message is not yet acknowledged: the sender fails at once.
+    #[test]
+    fn losing_every_path_with_a_send_in_flight_fails() {
+        let (mut a, _b) = pair(2);
+        let x = [7u8; 64];
+        // SAFETY: x outlives the link's use of it (the link fails below and is dropped first).
+        assert!(unsafe { a.post_send(&Tag::default(), Region::from_raw(x.as_ptr(), 64)) }.unwrap());
+        a.path_died(0, "test").unwrap();
+        let e = a.path_died(1, "test").unwrap_err();
+        assert!(is_peer_lost(&e, 1), "{e}");
+    }
+
+    /// The end of a job: the peer sends its last messages, has them acknowledged and closes
+    /// every socket before this side has taken them. They are still handed out, in order; only
+    /// then does the link report the peer gone.
+    #[test]
+    fn messages_received_before_the_peer_left_are_delivered() {
+        let (mut a, mut b) = pair(2);
+        let msgs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100 + i as usize]).collect();
+        for (k, m) in msgs.iter().enumerate() {
+            let tag = Tag {
+                seq: k as u64,
+                ..Tag::default()
+            };
+            // SAFETY: msgs outlives a, which is dropped below.
+            assert!(unsafe { a.post_send(&tag, Region::from_raw(m.as_ptr(), m.len())) }.unwrap());
+        }
+        let (mut done, deadline) = (0, Instant::now() + Duration::from_secs(10));
+        while done < msgs.len() {
+            assert!(Instant::now() < deadline, "acknowledged {done}");
+            a.progress().unwrap();
+            b.progress().unwrap();
+            done += a.take_send_completions();
+        }
+        drop(a);
+        while b.live_paths() > 0 {
+            assert!(Instant::now() < deadline, "paths still up");
+            b.progress().unwrap();
+        }
+        for (k, m) in msgs.iter().enumerate() {
+            let (tag, data) = b.peek_recv().unwrap().expect("a message received before");
+            assert_eq!((tag.seq, data), (k as u64, &m[..]));
+            b.release_recv();
+        }
+        let e = b.peek_recv().unwrap_err();
+        assert!(is_peer_lost(&e, 0), "{e}");
     }
 }
