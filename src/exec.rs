@@ -325,6 +325,10 @@ const POST_AHEAD: usize = 16;
 /// Spin this many idle rounds before yielding, and yield this long before sleeping in poll.
 const SPIN_ROUNDS: u32 = 64;
 const YIELD_FOR: Duration = Duration::from_micros(2000);
+/// Idle this long with a step waiting for a send its link holds for the peer to take, the
+/// executor has the link copy it out ([`Link::settle_sends`]): long enough that a peer that
+/// is merely busy takes it first, short against a call that would otherwise never end.
+const SETTLE_AFTER: Duration = Duration::from_micros(200);
 /// How long to yield when some link waited on has descriptors (TCP): poll(2) wakes the moment
 /// its data lands, and yielding for milliseconds while a slow network link drains only burns
 /// the CPU the other ranks of the host need. 4 namespace hosts x 2 ranks on 2 loaded cores,
@@ -693,6 +697,11 @@ impl<'a> Idle<'a> {
         }
     }
 
+    /// How long this idle stretch has lasted (zero while still spinning).
+    fn idle_for(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
     fn interrupted(&self) -> Result<()> {
         match self.abort {
             Some(a) if a.raised() => Err(a.error(self.p.rank)),
@@ -912,16 +921,8 @@ fn run_inner(
                 };
                 *failed_job = j;
                 // The range stays valid and unwritten until the send completes: later writers
-                // of it depend on this step, which completes only on link completion. With such
-                // a writer the link must not hold the send for the peer's receive (see
-                // `Link::post_send_copied`): the peer's receive may wait for its own held send.
-                let (tag, region) = (&jobs[j].params.tag, bufs.src(j, src));
-                let posted = if dep_start[g as usize + 1] > dep_start[g as usize] {
-                    link.post_send_copied(tag, region)?
-                } else {
-                    link.post_send(tag, region)?
-                };
-                if !posted {
+                // of it depend on this step, which completes only on link completion.
+                if !link.post_send(&jobs[j].params.tag, bufs.src(j, src))? {
                     break;
                 }
                 c.inflight.push_back(g);
@@ -1009,6 +1010,28 @@ fn run_inner(
         }
         if done == n {
             break;
+        }
+        // A send the link holds for its peer to take (shm's single-copy paths) with a step of
+        // ours waiting for it: after a while idle, have the link copy it out. The peer may be
+        // waiting for us the same way (both exchanging in place), and neither would move.
+        if idle.idle_for() >= SETTLE_AFTER {
+            let mut settled = false;
+            for (q, c) in peers.iter().zip(cursors.iter()) {
+                let waited_on = c.inflight.iter().any(|&g| {
+                    let g = g as usize;
+                    dep_start[g + 1] > dep_start[g]
+                });
+                if waited_on {
+                    let link = links[q.peer].as_mut().expect("validated above");
+                    settled |= link
+                        .settle_sends()
+                        .map_err(|e| relayed(e, p0.rank, q.peer))?;
+                }
+            }
+            if settled {
+                idle.moved();
+                continue;
+            }
         }
         idle.wait(links, peers, || {
             timeout_error(peers, cursors, remaining, &p0)

@@ -130,15 +130,15 @@ pub trait Link: Send {
     /// valid and unmodified that long (see [`Region::from_raw`]).
     fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool>;
 
-    /// [`Link::post_send`] for a send whose completion a later step of the sender waits for
-    /// (it writes the memory the send reads): the link must complete it without waiting for
-    /// the peer's receive step (copy it out, as a slot does). A link that may leave a large
-    /// message in the sender's memory until the receiver takes it (shm's pull and registered
-    /// memory) would otherwise let two ranks wait for each other: each holds its send until
-    /// the other's receive, which waits for the other's own held send (a two-rank in-place
-    /// exchange). Links whose sends never wait for a receive step use `post_send`.
-    fn post_send_copied(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
-        self.post_send(tag, data)
+    /// Completes, without the peer, every posted send the link still holds for the peer to
+    /// take from the sender's memory (shm's pull and registered memory leave a large message
+    /// there until the receiver reads it): the link copies them out. Returns whether any send
+    /// completed. The executor calls it when a step of its own waits for such a send and the
+    /// rank has been idle a while: the peer may be waiting the same way (two ranks exchanging
+    /// in place, each receiving into what it sent), and neither would move. Links whose sends
+    /// never wait for a receive step keep the default.
+    fn settle_sends(&mut self) -> Result<bool> {
+        Ok(false)
     }
 
     /// Drives I/O without blocking. Returns whether anything moved.

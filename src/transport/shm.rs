@@ -24,8 +24,9 @@
 //! can read it (`pulls` in the header, after a probe read): the receiver reads it in
 //! cache-sized pieces ([`Link::pull_recv`]) and the send completes when it releases the
 //! message. A sender whose call ends early takes such a message back (REMOTE -> REVOKED), or
-//! waits while the receiver is reading it (PULLING). A send the sender's own later steps wait
-//! for ([`Link::post_send_copied`]) is never left: two ranks exchanging in place would each hold
+//! waits while the receiver is reading it (PULLING). A sender whose own later step waits for
+//! such a send, idle for a while, copies the message into its slot after all (REMOTE -> COPYING
+//! -> DATA, [`Link::settle_sends`]): two ranks exchanging in place would otherwise each hold
 //! their send until the other's receive, which waits for its own held send.
 //!
 //! Between threads both paths are plain copies. Between processes they go through the kernel
@@ -125,7 +126,8 @@ struct SlotHdr {
     len: AtomicU32,
     /// DATA (in the slot), PLACED (already in the receiver's posted buffer) or REMOTE (still
     /// in the sender's buffer, whose address is in `inline`; the receiver turns it PULLING
-    /// while it reads, the sender REVOKED when it gives the buffer back unread).
+    /// while it reads, the sender REVOKED when it gives the buffer back unread, or COPYING
+    /// and then DATA when it copies it into the slot after all: [`Link::settle_sends`]).
     kind: AtomicU32,
     /// Written by the sender before `seq` is released.
     tag: UnsafeCell<[u8; Tag::LEN]>,
@@ -138,6 +140,8 @@ const PLACED: u32 = 1;
 const REMOTE: u32 = 2;
 const PULLING: u32 = 3;
 const REVOKED: u32 = 4;
+/// The sender is copying a REMOTE message into its slot; it turns DATA when done.
+const COPYING: u32 = 5;
 
 /// Messages from this size on stay in the sender's buffer for the receiver to pull, once the
 /// receiver has said it can (`OXCCL_SHM_PULL_MIN` overrides). Between threads of one process
@@ -349,8 +353,9 @@ pub struct ShmLink {
     pull_min: usize,
     /// The peer said it can pull from us.
     peer_pulls: bool,
-    /// Our messages left for the peer to pull and not yet released by it, oldest first.
-    pulls: std::collections::VecDeque<u64>,
+    /// Our messages left for the peer to pull and not yet released by it, oldest first: index,
+    /// and the caller's bytes (address, length), valid until the send completes.
+    pulls: std::collections::VecDeque<(u64, usize, usize)>,
     /// Sends reported complete so far.
     reported: u64,
     /// The message peek_recv last returned, if the peer left it for us to pull: address,
@@ -558,10 +563,43 @@ impl ShmLink {
             .load(Ordering::Acquire)
             .min(self.sent);
         self.tail_cache = self.tail_cache.max(tail);
-        while self.pulls.front().is_some_and(|&k| k < tail) {
+        while self.pulls.front().is_some_and(|&(k, ..)| k < tail) {
             self.pulls.pop_front();
         }
-        self.pulls.front().copied().unwrap_or(self.sent)
+        self.pulls.front().map_or(self.sent, |&(k, ..)| k)
+    }
+
+    /// Copies every message still left for the peer to pull into its slot (REMOTE -> COPYING
+    /// -> DATA), which completes those sends without the peer. One the peer is reading
+    /// (PULLING) stays: it completes when the peer releases it. Whether any send completed.
+    fn settle(&mut self) -> bool {
+        self.send_frontier();
+        let mut settled = false;
+        let mut kept = std::collections::VecDeque::with_capacity(self.pulls.len());
+        while let Some((k, src, len)) = self.pulls.pop_front() {
+            let (hdr, body) = self.slot(self.tx_slots, k, len);
+            if hdr
+                .kind
+                .compare_exchange(REMOTE, COPYING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                kept.push_back((k, src, len));
+                continue;
+            }
+            // SAFETY: src..src+len is the caller's memory of send k, valid and unwritten until
+            // the send completes (post_send's contract), which it has not; the slot's data area
+            // has room for len (<= slot_size) bytes and the receiver does not read it while
+            // the message is COPYING (it waits for DATA, whose release store follows).
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, body, len) };
+            hdr.kind.store(DATA, Ordering::Release);
+            settled = true;
+        }
+        self.pulls = kept;
+        if settled {
+            fence(Ordering::SeqCst);
+            self.peer_bell.ring_if_waiting();
+        }
+        settled
     }
 
     /// Takes back every message still left for the peer to pull (the call is ending without
@@ -572,7 +610,7 @@ impl ShmLink {
             return;
         }
         let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while let Some(k) = self.pulls.pop_front() {
+        while let Some((k, ..)) = self.pulls.pop_front() {
             let (hdr, _) = self.slot(self.tx_slots, k, 0);
             if hdr
                 .kind
@@ -694,6 +732,35 @@ impl ShmLink {
         self.gone
     }
 
+    /// Hands `f` the current message, which its sender copied into the slot after all
+    /// (COPYING, then DATA: see `settle`), once the copy it is making now is done.
+    fn copied_into_slot(&mut self, len: usize, f: &mut dyn FnMut(usize, &[u8])) -> Result<()> {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (hdr, _) = self.slot_at(self.rx_slots, self.rx_i, 0);
+            if hdr.kind.load(Ordering::Acquire) == DATA {
+                break;
+            }
+            self.check_alive(true);
+            if let Some(e) = self.dead_end("it copied a message into its slot") {
+                return Err(e);
+            }
+            if std::time::Instant::now() >= end {
+                let e = self.lost("took more than 5 s to copy a message into its slot");
+                return Err(self.fail(e));
+            }
+            std::thread::yield_now();
+        }
+        let (_, body) = self.slot_at(self.rx_slots, self.rx_i, len);
+        // SAFETY: the sender copied len (<= slot_size, checked at peek) bytes into the slot's
+        // data area before its release store of DATA, which we acquired; it does not touch the
+        // slot again until we release the message.
+        f(0, unsafe {
+            std::slice::from_raw_parts(body.cast_const(), len)
+        });
+        Ok(())
+    }
+
     /// The error for "nothing from the peer and it can send nothing more", if that is the case.
     fn dead_end(&mut self, waiting_for: &str) -> Option<Error> {
         match self.peer_state() {
@@ -715,10 +782,18 @@ impl ShmLink {
         }
         None
     }
+}
 
-    /// Posts a send (see [`Link::post_send`]); `may_wait`: a large message may stay in the
-    /// sender's memory until the receiver takes it (else it is copied into the slot).
-    fn send(&mut self, tag: &Tag, data: Region<'_>, may_wait: bool) -> Result<bool> {
+impl Link for ShmLink {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+
+    fn max_message(&self) -> usize {
+        self.slot_size
+    }
+
+    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
         let (data, len) = (data.as_ptr(), data.len());
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -756,16 +831,12 @@ impl ShmLink {
                 len,
             )
         };
-        let registered =
-            if may_wait && !placed && len >= place::PLACE_MIN && self.writer != Writer::Same {
-                reg::lookup(data as usize, len)
-            } else {
-                None
-            };
-        let remote = may_wait
-            && !placed
-            && (len >= self.pull_min || registered.is_some())
-            && self.peer_pulls();
+        let registered = if !placed && len >= place::PLACE_MIN && self.writer != Writer::Same {
+            reg::lookup(data as usize, len)
+        } else {
+            None
+        };
+        let remote = !placed && (len >= self.pull_min || registered.is_some()) && self.peer_pulls();
         let (hdr, body) = self.slot_at(self.tx_slots, self.tx_i, if remote { 0 } else { len });
         // SAFETY: the slot is free (the receiver's release of message k - nslots happened
         // before its tail store, which our acquire load saw), so nobody reads it; `body` has
@@ -800,31 +871,13 @@ impl ShmLink {
         hdr.kind.store(kind, Ordering::Relaxed);
         hdr.seq.store(k + 1, Ordering::Release);
         if remote {
-            self.pulls.push_back(k);
+            self.pulls.push_back((k, data as usize, len));
         }
         self.sent = k + 1;
         self.tx_i = self.next_slot(self.tx_i);
         fence(Ordering::SeqCst);
         self.peer_bell.ring_if_waiting();
         Ok(true)
-    }
-}
-
-impl Link for ShmLink {
-    fn peer(&self) -> usize {
-        self.peer
-    }
-
-    fn max_message(&self) -> usize {
-        self.slot_size
-    }
-
-    fn post_send(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
-        self.send(tag, data, true)
-    }
-
-    fn post_send_copied(&mut self, tag: &Tag, data: Region<'_>) -> Result<bool> {
-        self.send(tag, data, false)
     }
 
     fn progress(&mut self) -> Result<bool> {
@@ -840,6 +893,13 @@ impl Link for ShmLink {
             }
         }
         Ok(false)
+    }
+
+    fn settle_sends(&mut self) -> Result<bool> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        Ok(self.settle())
     }
 
     fn take_send_completions(&mut self) -> usize {
@@ -885,7 +945,12 @@ impl Link for ShmLink {
         }
         let (_, mut body) = self.slot_at(self.rx_slots, self.rx_i, len);
         let (mut held, mut pull) = (len, None);
-        let kind = hdr.kind.load(Ordering::Relaxed);
+        // Acquire: a message the sender copied into the slot after publishing it (COPYING ->
+        // DATA) is read only after that store.
+        let kind = hdr.kind.load(Ordering::Acquire);
+        if kind == COPYING {
+            return Ok(None);
+        }
         if matches!(kind, REMOTE | PULLING | REVOKED) && self.reader != Writer::Off {
             let (_, addr) = self.slot_at(self.rx_slots, self.rx_i, 0);
             // SAFETY: the inline area of the slot header (24 bytes, 8-byte aligned), written by
@@ -960,6 +1025,7 @@ impl Link for ShmLink {
             .compare_exchange(REMOTE, PULLING, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) | Err(PULLING) => {}
+            Err(COPYING | DATA) => return self.copied_into_slot(len, f),
             Err(_) => {
                 // Taken back: the sender's call failed, and its abort (which says why, naming
                 // the rank really at fault) follows within microseconds; report that.

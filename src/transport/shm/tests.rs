@@ -450,6 +450,62 @@ mod pull {
         assert_eq!((got, pieces), (m, 0));
     }
 
+    /// A sender that settles its held messages (the executor's way out of two ranks waiting
+    /// on each other's held sends) completes them at once, and the receiver gets every byte
+    /// out of the slot: whether it had not looked yet, or had already seen the message as
+    /// one to pull. A message the receiver is reading stays held until it is released.
+    #[test]
+    fn settled_messages_complete_at_once_and_arrive_whole() {
+        let (mut a, mut b) = pair(4, 1 << 20);
+        let msgs: Vec<Vec<u8>> = (0..3).map(|i| message(PULL_MIN + 64 * i + 5, i)).collect();
+        for (i, m) in msgs.iter().take(2).enumerate() {
+            // SAFETY: `msgs` outlives the link's use of it.
+            let sent =
+                unsafe { a.post_send(&tag(i as u64), Region::from_raw(m.as_ptr(), m.len())) };
+            assert!(sent.unwrap());
+        }
+        assert_eq!(a.take_send_completions(), 0, "both held for b to pull");
+        // b sees message 0 as one to pull before a settles it.
+        let (t, data) = b.peek_recv().unwrap().unwrap();
+        assert_eq!((t, data.len(), b.pull_len()), (tag(0), 0, msgs[0].len()));
+        assert!(a.settle_sends().unwrap());
+        assert_eq!(a.take_send_completions(), 2, "complete without b");
+        assert!(!a.settle_sends().unwrap(), "nothing left to settle");
+        let mut got = Vec::new();
+        b.pull_recv(&mut |off, piece| {
+            assert_eq!(off, got.len());
+            got.extend_from_slice(piece);
+        })
+        .unwrap();
+        b.release_recv();
+        assert_eq!(got, msgs[0]);
+        let (t, got, pieces) = take(&mut b).unwrap().unwrap();
+        assert_eq!(
+            (t, &got, pieces),
+            (tag(1), &msgs[1], 0),
+            "settled before b looked"
+        );
+        // Held while b reads it: settling leaves it, and it completes on release.
+        // SAFETY: as above.
+        let sent =
+            unsafe { a.post_send(&tag(2), Region::from_raw(msgs[2].as_ptr(), msgs[2].len())) };
+        assert!(sent.unwrap());
+        assert!(b.peek_recv().unwrap().is_some());
+        let mut seen = 0;
+        b.pull_recv(&mut |_, piece| {
+            if seen == 0 {
+                assert!(!a.settle_sends().unwrap(), "b is reading it");
+            }
+            seen += piece.len();
+        })
+        .unwrap();
+        assert_eq!(seen, msgs[2].len());
+        assert_eq!(a.take_send_completions(), 0);
+        b.release_recv();
+        a.progress().unwrap();
+        assert_eq!(a.take_send_completions(), 1);
+    }
+
     #[test]
     fn a_sender_that_gives_up_takes_its_message_back_and_the_reader_says_why() {
         for with_abort in [true, false] {
@@ -494,7 +550,13 @@ mod pull {
         b.sock = None;
         b.abort_sent = true;
         drop(b);
-        assert!(a.before_wait());
+        // Another test of this process forking a child holds a copy of b's socket until the
+        // child execs: the EOF can come a moment late.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !a.before_wait() {
+            assert!(std::time::Instant::now() < deadline, "the EOF never came");
+            std::thread::yield_now();
+        }
         assert_eq!(a.take_send_completions(), 0);
         match a.progress() {
             Err(e) if e.kind() == crate::error::ErrorKind::PeerLost && e.peer() == Some(1) => {
