@@ -60,7 +60,8 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| {
             Error::invalid_argument(format!(
-                "{name}={v:?} is not a valid value; unset it or fix it"
+                "{name}={v:?} is not a whole number: give plain digits, with no unit or suffix \
+                 (K, M, ms); unset it or fix it"
             ))
         }),
         _ => Ok(None),
