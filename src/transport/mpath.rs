@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use super::framing::{RxEvent, RxFramer, TxFramer};
 use super::wire::{self, ABORT, ACK, DATA, DEAD, MAX_ABORT};
-use super::{Link, Region, Tag};
+use super::{Link, Region, RegionMut, Tag};
 use crate::error::Error;
 use crate::error::Result;
 use crate::sys::AlignedBuf;
@@ -43,6 +43,9 @@ pub use super::wire::MpathHeader as Header;
 /// Frame header size.
 pub const MHDR: usize = Header::LEN;
 const DISCARD: usize = 64 << 10;
+/// How far ahead of the next message to hand out a receive may be posted (the executor offers
+/// up to 16 ahead, beyond the slots' credit).
+const POST_WINDOW: usize = 32;
 /// Why a socket that read EOF died.
 const CLOSED: &str = "closed by the peer";
 
@@ -85,6 +88,9 @@ struct Path {
     /// The body of the frame `tx` writes (the caller's memory; its length is in the header).
     tx_body: *const u8,
     rx: RxFramer<Header>,
+    /// Whether the body `rx` is reading goes to its message's posted destination (decided at
+    /// its first byte; else to the slot).
+    rx_placed: bool,
 }
 
 /// A TCP link to one peer over several paths (see the module documentation).
@@ -94,8 +100,14 @@ pub struct MultipathLink {
     slot_size: usize,
     nslots: usize,
     slots: AlignedBuf,
-    /// Per slot: the message in it (seq, tag, len) once fully arrived.
+    /// Per slot: the message in it (seq, tag, len) once fully arrived, and whether it arrived
+    /// at its posted destination instead (`posted_rx`).
     ready: Vec<Option<(u64, Tag, usize)>>,
+    placed: Vec<bool>,
+    /// Receives posted for the next [`POST_WINDOW`] messages, at `seq % POST_WINDOW`: (seq,
+    /// destination, length), valid until that message is released or the receives are
+    /// cancelled.
+    posted_rx: Vec<Option<(u64, *mut u8, usize)>>,
     /// Gap-free count of arrived messages; `released` <= `received`.
     received: u64,
     released: u64,
@@ -173,6 +185,7 @@ impl MultipathLink {
                 tx: TxFramer::default(),
                 tx_body: std::ptr::null(),
                 rx: RxFramer::new(slot_size),
+                rx_placed: false,
             });
         }
         Ok(MultipathLink {
@@ -182,6 +195,8 @@ impl MultipathLink {
             nslots,
             slots: AlignedBuf::new(slot_size * nslots),
             ready: vec![None; nslots],
+            placed: vec![false; nslots],
+            posted_rx: vec![None; POST_WINDOW],
             received: 0,
             released: 0,
             adv_recv: 0,
@@ -260,6 +275,7 @@ impl MultipathLink {
         p.ctrl.clear();
         p.tx = TxFramer::default();
         p.rx = RxFramer::new(self.slot_size);
+        p.rx_placed = false;
         let _ = p.sock.shutdown(Shutdown::Both);
         let left = self.live_paths();
         if left == 0 {
@@ -422,9 +438,28 @@ impl MultipathLink {
                 }
                 Some((h, got)) if self.wanted(h.seq) => {
                     let slot = (h.seq % self.nslots as u64) as usize;
-                    let buf = &mut self.slots.as_mut_slice()
-                        [slot * slot_size + got..slot * slot_size + h.len];
-                    self.paths[i].sock.read(buf)
+                    let w = (h.seq % POST_WINDOW as u64) as usize;
+                    if got == 0 {
+                        self.paths[i].rx_placed =
+                            self.posted_rx[w].is_some_and(|(s, _, l)| s == h.seq && l == h.len);
+                    }
+                    match self.posted_rx[w] {
+                        Some((_, dst, _)) if self.paths[i].rx_placed => {
+                            // SAFETY: post_recv's contract: dst..dst + h.len (its length matched
+                            // at the first byte) is ours to write until the message is released
+                            // or the receives are cancelled, and cancel_recvs unbinds every
+                            // body being read into it; got < h.len.
+                            let buf = unsafe {
+                                std::slice::from_raw_parts_mut(dst.add(got), h.len - got)
+                            };
+                            self.paths[i].sock.read(buf)
+                        }
+                        _ => {
+                            let buf = &mut self.slots.as_mut_slice()
+                                [slot * slot_size + got..slot * slot_size + h.len];
+                            self.paths[i].sock.read(buf)
+                        }
+                    }
                 }
                 Some((h, got)) => {
                     // A duplicate (it came on another path too): read past it.
@@ -442,7 +477,10 @@ impl MultipathLink {
                     let event = self.paths[i].rx.advance(n);
                     match event.map_err(|e| self.protocol(e.0))? {
                         Some(RxEvent::Header(h)) => self.on_header(h)?,
-                        Some(RxEvent::Body(h)) => self.on_body(h)?,
+                        Some(RxEvent::Body(h)) => {
+                            let placed = std::mem::take(&mut self.paths[i].rx_placed);
+                            self.on_body(h, placed)?
+                        }
                         None => {}
                     }
                 }
@@ -473,7 +511,7 @@ impl MultipathLink {
         self.peer_credit = self.peer_credit.max(h.credit);
         // The framer is in the body now, or back at a header if there is none.
         match h.kind {
-            DATA | ABORT if h.len == 0 => self.on_body(h)?,
+            DATA | ABORT if h.len == 0 => self.on_body(h, false)?,
             DEAD => {
                 let dead = usize::try_from(h.seq).unwrap_or(usize::MAX);
                 if dead < self.paths.len() {
@@ -485,12 +523,15 @@ impl MultipathLink {
         Ok(())
     }
 
-    fn on_body(&mut self, h: Header) -> Result<()> {
+    /// Message `h` has fully arrived, at its posted destination when `placed`.
+    fn on_body(&mut self, h: Header, placed: bool) -> Result<()> {
         if h.kind == ABORT {
             return Err(super::tcp::decode_abort(&self.abort_body, self.peer));
         }
         if self.wanted(h.seq) {
-            self.ready[(h.seq % self.nslots as u64) as usize] = Some((h.seq, h.tag, h.len));
+            let slot = (h.seq % self.nslots as u64) as usize;
+            self.ready[slot] = Some((h.seq, h.tag, h.len));
+            self.placed[slot] = placed;
             while self.received < self.released + self.nslots as u64
                 && self.ready[(self.received % self.nslots as u64) as usize]
                     .is_some_and(|r| r.0 == self.received)
@@ -588,8 +629,20 @@ impl Link for MultipathLink {
         let slot = (self.released % self.nslots as u64) as usize;
         match self.ready[slot] {
             Some((s, tag, len)) if s == self.released => {
-                let off = slot * self.slot_size;
-                Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
+                match self.posted_rx[(s % POST_WINDOW as u64) as usize] {
+                    Some((_, dst, _)) if self.placed[slot] => {
+                        // SAFETY: the message arrived at its posted destination, valid (and written
+                        // by nothing else) until it is released or the receives are cancelled;
+                        // the slice borrows self, which both need mutably.
+                        Ok(Some((tag, unsafe {
+                            std::slice::from_raw_parts(dst.cast_const(), len)
+                        })))
+                    }
+                    _ => {
+                        let off = slot * self.slot_size;
+                        Ok(Some((tag, &self.slots.as_slice()[off..off + len])))
+                    }
+                }
             }
             _ => match self.gone.clone() {
                 Some(e) => Err(self.fail(e)),
@@ -602,7 +655,56 @@ impl Link for MultipathLink {
         let slot = (self.released % self.nslots as u64) as usize;
         if self.ready[slot].is_some_and(|r| r.0 == self.released) {
             self.ready[slot] = None;
+            self.placed[slot] = false;
+            let w = (self.released % POST_WINDOW as u64) as usize;
+            if self.posted_rx[w].is_some_and(|(s, ..)| s == self.released) {
+                self.posted_rx[w] = None;
+            }
             self.released += 1;
+        }
+    }
+
+    fn post_recv(&mut self, index: u64, dst: RegionMut<'_>) {
+        let (dst, len) = (dst.as_mut_ptr(), dst.len());
+        if len == 0 || index < self.released || index >= self.released + POST_WINDOW as u64 {
+            return;
+        }
+        let slot = (index % self.nslots as u64) as usize;
+        // Too late once any of its bytes went to the slot (or it has all arrived).
+        let started = self.paths.iter().any(|p| {
+            p.rx.body()
+                .is_some_and(|(h, got)| h.kind == DATA && h.seq == index && got > 0)
+        });
+        if started || self.ready[slot].is_some_and(|r| r.0 == index) {
+            return;
+        }
+        self.posted_rx[(index % POST_WINDOW as u64) as usize] = Some((index, dst, len));
+    }
+
+    fn cancel_recvs(&mut self) {
+        for w in 0..POST_WINDOW {
+            let Some((seq, dst, len)) = self.posted_rx[w].take() else {
+                continue;
+            };
+            let slot = (seq % self.nslots as u64) as usize;
+            let off = slot * self.slot_size;
+            if self.placed[slot] && self.ready[slot].is_some_and(|r| r.0 == seq) {
+                // Arrived but not taken: keep it, in the slot.
+                // SAFETY: dst..dst + len holds the message and is still ours (until we return).
+                let src = unsafe { std::slice::from_raw_parts(dst.cast_const(), len) };
+                self.slots.as_mut_slice()[off..off + len].copy_from_slice(src);
+                self.placed[slot] = false;
+            }
+            // Bodies still being read into dst go on in the slot, after what they have read.
+            for p in self.paths.iter_mut().filter(|p| p.rx_placed) {
+                if let Some((h, got)) = p.rx.body().filter(|(h, _)| h.seq == seq) {
+                    // SAFETY: as above; got < h.len == len.
+                    let src = unsafe { std::slice::from_raw_parts(dst.cast_const(), got) };
+                    self.slots.as_mut_slice()[off..off + got].copy_from_slice(src);
+                    debug_assert_eq!(h.len, len);
+                    p.rx_placed = false;
+                }
+            }
         }
     }
 
@@ -697,8 +799,22 @@ mod tests {
         mut kill: impl FnMut(&mut MultipathLink, &mut MultipathLink),
     ) {
         let (mut sent, mut got, mut done, mut killed) = (0, 0, 0, false);
+        // Every other message is received into a posted destination (they survive a path's
+        // death too: a re-sent body binds anew).
+        let mut dsts: Vec<Vec<u8>> = msgs.iter().map(|m| vec![0u8; m.len()]).collect();
+        let mut offered = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
         while got < msgs.len() || done < msgs.len() {
+            while offered < msgs.len() && offered < got + 4 {
+                if offered % 2 == 0 {
+                    let d = &mut dsts[offered];
+                    // SAFETY: dsts outlives the loop; cancel_recvs runs before it drops.
+                    unsafe {
+                        b.post_recv(offered as u64, RegionMut::from_raw(d.as_mut_ptr(), d.len()))
+                    };
+                }
+                offered += 1;
+            }
             assert!(
                 Instant::now() < deadline,
                 "no progress: sent {sent} got {got} done {done}"
@@ -736,12 +852,99 @@ mod tests {
                 kill(a, b);
             }
         }
+        b.cancel_recvs();
+        for (k, d) in dsts.iter().enumerate().step_by(2) {
+            assert!(
+                d == &msgs[k] || d.iter().all(|&x| x == 0),
+                "message {k}: torn"
+            );
+        }
     }
 
     fn msgs() -> Vec<Vec<u8>> {
         (0..200u32)
             .map(|i| vec![i as u8; (i as usize * 97) % 4097])
             .collect()
+    }
+
+    /// Sends `msgs` from a and runs both sides until b holds them all (unreleased).
+    fn deliver_all(a: &mut MultipathLink, b: &mut MultipathLink, msgs: &[Vec<u8>]) {
+        for (k, m) in msgs.iter().enumerate() {
+            let tag = Tag {
+                seq: k as u64,
+                ..Tag::default()
+            };
+            // SAFETY: msgs outlives the links' use of it (the caller keeps it to the end).
+            assert!(unsafe { a.post_send(&tag, Region::from_raw(m.as_ptr(), m.len())) }.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.received < msgs.len() as u64 {
+            assert!(Instant::now() < deadline, "received {}", b.received);
+            a.progress().unwrap();
+            b.progress().unwrap();
+        }
+    }
+
+    /// Receives posted before their messages arrive land at the posted destination (peek
+    /// hands out that memory: no copy out of a slot), also ones posted further ahead than the
+    /// slots' credit; one posted with another length, or not posted, goes through the slot.
+    #[test]
+    fn posted_receives_land_in_place() {
+        let (mut a, mut b) = pair(2);
+        let n = 3 * b.nslots;
+        let msgs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8 + 1; 1000 + 7 * i]).collect();
+        let mut dsts: Vec<Vec<u8>> = msgs.iter().map(|m| vec![0u8; m.len()]).collect();
+        dsts[2].push(0); // a length that does not match: ignored
+        for (k, d) in dsts.iter_mut().enumerate().take(n - 1) {
+            // SAFETY: dsts outlives the link's use (cancel_recvs below, before they drop).
+            unsafe { b.post_recv(k as u64, RegionMut::from_raw(d.as_mut_ptr(), d.len())) };
+        }
+        let (mut sent, mut got) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got < n {
+            assert!(Instant::now() < deadline, "sent {sent} got {got}");
+            while sent < n {
+                let tag = Tag {
+                    seq: sent as u64,
+                    ..Tag::default()
+                };
+                let m = &msgs[sent];
+                // SAFETY: msgs outlives the links' use of it.
+                if !unsafe { a.post_send(&tag, Region::from_raw(m.as_ptr(), m.len())) }.unwrap() {
+                    break;
+                }
+                sent += 1;
+            }
+            a.progress().unwrap();
+            a.take_send_completions();
+            b.progress().unwrap();
+            while let Some((tag, data)) = b.peek_recv().unwrap() {
+                assert_eq!((tag.seq, data), (got as u64, &msgs[got][..]));
+                let in_place = data.as_ptr() == dsts[got].as_ptr();
+                assert_eq!(in_place, got != 2 && got != n - 1, "message {got}");
+                b.release_recv();
+                got += 1;
+            }
+        }
+        b.cancel_recvs();
+        assert_eq!(dsts[n - 2], msgs[n - 2]);
+    }
+
+    /// Cancelling a receive whose message arrived at the posted destination but was not taken
+    /// keeps the message (in the slot): the caller may reuse its memory at once.
+    #[test]
+    fn a_cancelled_receive_keeps_its_arrived_message() {
+        let (mut a, mut b) = pair(2);
+        let msgs = vec![vec![5u8; 3000]];
+        let mut dst = vec![0u8; 3000];
+        // SAFETY: dst outlives the link's use of it (until cancel_recvs).
+        unsafe { b.post_recv(0, RegionMut::from_raw(dst.as_mut_ptr(), dst.len())) };
+        deliver_all(&mut a, &mut b, &msgs);
+        b.cancel_recvs();
+        dst.fill(9);
+        let (_, data) = b.peek_recv().unwrap().expect("kept");
+        assert_eq!(data, &msgs[0][..]);
+        assert_ne!(data.as_ptr(), dst.as_ptr());
     }
 
     #[test]
