@@ -580,9 +580,21 @@ impl Communicator {
             paths: ends.extra_addrs(),
             rails: crate::topo::Rails::for_card(ends.listener().addr(), &ends.extra_addrs()),
         };
-        let cards = exchange_cards(
+        let cards = match exchange_cards(
             &mut store, listener, &me, rank, nranks, secret, comm_id, deadline,
-        )?;
+        ) {
+            Ok(cards) => cards,
+            Err(e) => {
+                if e.kind() == ErrorKind::Timeout && server.is_some() {
+                    // The others give up at about the same moment (by their own clocks) and
+                    // then ask the store which rank never published its card; gone, it would
+                    // leave them naming a live neighbour instead. Serve a while longer.
+                    let until = deadline + bootstrap::exchange::NEWS_GRACE;
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                }
+                return Err(e);
+            }
+        };
         ends.learn_paths(
             cards.iter().map(|c| c.paths.clone()).collect(),
             local_ranks(&cards),

@@ -75,7 +75,7 @@ pub(crate) fn encode(first: usize, cards: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// How long past its deadline a rank waits for its parent's word (see `all_gather`).
-const NEWS_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const NEWS_GRACE: Duration = Duration::from_secs(2);
 
 /// `first` of a frame that says a rank never joined.
 const ABSENT: u32 = u32::MAX;
