@@ -1017,13 +1017,16 @@ fn run_inner(
         if done == n {
             break;
         }
-        // A send the link holds for its peer to take (shm's single-copy paths) with a step of
-        // ours waiting for it: after a while idle, have the link copy it out. The peer may be
-        // waiting for us the same way (both exchanging in place), and neither would move.
+        // A send the link holds for its peer to take (shm's single-copy paths) that a receive
+        // of ours waits for while its own message has arrived: after a short while idle, have
+        // the links copy their held sends out. The peer is then most likely waiting for us the
+        // same way (both exchanging in place), and neither would move. Idle much longer, do it
+        // whatever we wait for (a backstop for any other shape of mutual waiting).
         let idle_for = idle.idle_for();
         if idle_for >= SETTLE_AFTER
             && (idle_for >= SETTLE_ANYWAY
                 || blocked_arrival(
+                    p0.rank,
                     peers,
                     cursors,
                     remaining,
@@ -1068,6 +1071,7 @@ fn run_inner(
 /// waiting for its message does not count (the peer has not got there yet, and a held send
 /// completes when the peer releases it), nor does one waiting only for other steps.
 fn blocked_arrival(
+    rank: usize,
     peers: &[PeerSteps],
     cursors: &[Cursor],
     remaining: &[u32],
@@ -1082,7 +1086,11 @@ fn blocked_arrival(
             continue;
         }
         let link = links[q.peer].as_mut().expect("validated above");
-        if link.peek_recv()?.is_some() {
+        if link
+            .peek_recv()
+            .map_err(|e| relayed(e, rank, q.peer))?
+            .is_some()
+        {
             return Ok(true);
         }
     }

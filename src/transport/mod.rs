@@ -133,10 +133,11 @@ pub trait Link: Send {
     /// Completes, without the peer, every posted send the link still holds for the peer to
     /// take from the sender's memory (shm's pull and registered memory leave a large message
     /// there until the receiver reads it): the link copies them out. Returns whether any send
-    /// completed. The executor calls it when a step of its own waits for such a send and the
-    /// rank has been idle a while: the peer may be waiting the same way (two ranks exchanging
-    /// in place, each receiving into what it sent), and neither would move. Links whose sends
-    /// never wait for a receive step keep the default.
+    /// completed. The executor calls it when the rank has been idle a while with a receive
+    /// whose message has arrived waiting for such a send (or idle longer, whatever it waits
+    /// for): the peer may be waiting the same way (two ranks exchanging in place, each
+    /// receiving into what it sent), and neither would move. Links whose sends never wait for a
+    /// receive step keep the default.
     fn settle_sends(&mut self) -> Result<bool> {
         Ok(false)
     }

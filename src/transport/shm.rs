@@ -24,10 +24,11 @@
 //! can read it (`pulls` in the header, after a probe read): the receiver reads it in
 //! cache-sized pieces ([`Link::pull_recv`]) and the send completes when it releases the
 //! message. A sender whose call ends early takes such a message back (REMOTE -> REVOKED), or
-//! waits while the receiver is reading it (PULLING). A sender whose own later step waits for
-//! such a send, idle for a while, copies the message into its slot after all (REMOTE -> COPYING
-//! -> DATA, [`Link::settle_sends`]): two ranks exchanging in place would otherwise each hold
-//! their send until the other's receive, which waits for its own held send.
+//! waits while the receiver is reading it (PULLING). A sender with an arrived message whose
+//! receive waits for such a send copies its held messages into their slots after all (REMOTE ->
+//! COPYING -> DATA, [`Link::settle_sends`], which the executor calls after 20 us idle in that
+//! state, or 5 ms idle in any): two ranks exchanging in place would otherwise each hold their
+//! send until the other's receive, which waits for its own held send.
 //!
 //! Between threads both paths are plain copies. Between processes they go through the kernel
 //! (process_vm_writev / process_vm_readv, which pin every page), unless the buffer is registered
