@@ -1364,4 +1364,85 @@ mod tests {
         // Rank 0 reduced the peer's zeros into its second half and received its first.
         assert_eq!(buf, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     }
+
+    /// The settle trigger: a receive whose message has arrived but which waits for one of our
+    /// held sends (two ranks exchanging in place) counts; the same receive with no message yet,
+    /// or waiting for nothing, does not.
+    #[test]
+    fn only_an_arrived_receive_waiting_on_a_held_send_asks_for_settling() {
+        // The direct pair in place, rank 0: send the buffer, then reduce the peer's into it.
+        let prog = algo::build(Algorithm::Direct, &Shape::all_reduce(2, 0, 8, true, 8)).unwrap();
+        let plan = Plan::new(&[&prog]);
+        let q = &plan.peers[0];
+        let (send, recv) = (q.sends[0], q.recvs[0]);
+        let dependents = |g: u32| {
+            &plan.dep_list
+                [plan.dep_start[g as usize] as usize..plan.dep_start[g as usize + 1] as usize]
+        };
+        assert!(
+            dependents(send).contains(&recv),
+            "the receive must wait for the send"
+        );
+        let tag = params(2).tag;
+        let link = |arrived: bool| -> Vec<Option<Box<dyn Link>>> {
+            let inbox = if arrived {
+                vec![(tag, vec![0u8; 32])]
+            } else {
+                Vec::new()
+            };
+            let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            vec![
+                None,
+                Some(Box::new(Scripted {
+                    inbox,
+                    next: 0,
+                    sent: 0,
+                    log,
+                })),
+            ]
+        };
+        // The send posted and still held; the receive next on the link, waiting for it.
+        let cursors = vec![Cursor {
+            next_send: 1,
+            inflight: [send].into_iter().collect(),
+            ..Cursor::default()
+        }];
+        let waits_on_held = |g: u32| {
+            cursors
+                .iter()
+                .flat_map(|c| c.inflight.iter())
+                .any(|&s| dependents(s).contains(&g))
+        };
+        let mut remaining = plan.deps.clone();
+        remaining[send as usize] = 0;
+        let ask = |remaining: &[u32], arrived: bool| {
+            blocked_arrival(
+                0,
+                &plan.peers,
+                &cursors,
+                remaining,
+                waits_on_held,
+                &mut link(arrived),
+            )
+            .unwrap()
+        };
+        assert!(
+            ask(&remaining, true),
+            "arrived and blocked by the held send"
+        );
+        assert!(!ask(&remaining, false), "the peer has not sent yet");
+        // Blocked by something other than a send in flight: not the exchange's shape.
+        let other = blocked_arrival(
+            0,
+            &plan.peers,
+            &cursors,
+            &remaining,
+            |_| false,
+            &mut link(true),
+        );
+        assert!(!other.unwrap(), "blocked, but not by a held send");
+        // Once the send completed the receive waits for nothing.
+        remaining[recv as usize] = 0;
+        assert!(!ask(&remaining, true), "nothing holds the receive");
+    }
 }
